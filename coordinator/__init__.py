@@ -1,0 +1,1 @@
+"""invoice-sync coordinator: numbering, systems registry, forecaster, ops."""
