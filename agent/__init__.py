@@ -5,9 +5,7 @@ Thin on purpose: requests and the standard library only; never imports coordinat
 
 from agent._exceptions import AgentError, ConfigError
 
-__all__ = sorted(
-    [
-        "AgentError",
-        "ConfigError",
-    ]
-)
+__all__ = [
+    "AgentError",
+    "ConfigError",
+]
