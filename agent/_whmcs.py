@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3 import exceptions as urllib3_exc
 from urllib3.util.retry import Retry
 
 from agent._exceptions import (
@@ -319,7 +320,6 @@ class WhmcsClient:
         if self._access_key:
             form["accesskey"] = self._access_key
         self.calls += 1
-        host = _safe_url(self.url)
         try:
             response = self._session.post(
                 self.url,
@@ -331,38 +331,45 @@ class WhmcsClient:
                 headers={"Accept": "application/json"},
             )
             body = response.content
-        except requests.exceptions.SSLError as exc:
-            raise WhmcsTlsError(
+        except requests.exceptions.RequestException as exc:
+            raise self._transport_error(action, exc) from None
+        return self._interpret(action, response.status_code, response.headers, body)
+
+    def _transport_error(
+        self, action: str, exc: requests.exceptions.RequestException
+    ) -> WhmcsError:
+        host = _safe_url(self.url)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return WhmcsTlsError(
                 f"TLS connection to WHMCS at {host} failed ({self._reason(exc)}). Check that the "
                 "URL starts with https:// only if the server speaks TLS, and that its certificate "
                 "is valid for this host name and trusted here.",
                 action=action,
-            ) from None
-        except requests.exceptions.Timeout:
-            raise WhmcsTimeoutError(
+            )
+        if _is_timeout(exc):
+            return WhmcsTimeoutError(
                 f"WHMCS at {host} did not answer {action} within {self.timeout} seconds. Check "
                 "the server's load and network path; a smaller page size (step) makes each "
                 "GetInvoices call lighter.",
                 action=action,
-            ) from None
-        except (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError,
-        ) as exc:
-            raise WhmcsConnectionError(
+            )
+        if isinstance(
+            exc,
+            requests.exceptions.ConnectionError
+            | requests.exceptions.ChunkedEncodingError
+            | requests.exceptions.ContentDecodingError,
+        ):
+            return WhmcsConnectionError(
                 f"Connection to WHMCS at {host} failed during {action} ({self._reason(exc)}). "
                 "Check the API URL, DNS and any firewall between here and WHMCS; the call can "
                 "be retried.",
                 action=action,
-            ) from None
-        except requests.exceptions.RequestException as exc:
-            raise WhmcsConnectionError(
-                f"Request to WHMCS at {host} failed during {action} ({self._reason(exc)}). "
-                "Check the API URL.",
-                action=action,
-            ) from None
-        return self._interpret(action, response.status_code, response.headers, body)
+            )
+        return WhmcsConnectionError(
+            f"Request to WHMCS at {host} failed during {action} ({self._reason(exc)}). "
+            "Check the API URL.",
+            action=action,
+        )
 
     def _interpret(
         self, action: str, status: int, headers: Mapping[str, str], body: bytes
@@ -483,6 +490,27 @@ class WhmcsClient:
             break
         text = str(reason) or type(reason).__name__
         return self._scrub(_SPACE_RE.sub(" ", text))[:200]
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Tell whether a requests error is a timeout.
+
+    requests raises ``ConnectionError`` (not ``Timeout``) when urllib3 gave up retrying after a
+    read timeout, so the cause chain has to be searched.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, urllib3_exc.NewConnectionError):
+            return False  # a refused connection, which urllib3 derives from ConnectTimeoutError
+        if isinstance(seen, requests.exceptions.Timeout | TimeoutError | urllib3_exc.TimeoutError):
+            return True
+        nxt = getattr(seen, "reason", None)
+        if not isinstance(nxt, BaseException) and seen.args:
+            nxt = seen.args[0]
+        seen = nxt if isinstance(nxt, BaseException) else None
+    return False
 
 
 def _build_session(retries: int, backoff_factor: float) -> requests.Session:

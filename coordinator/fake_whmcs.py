@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -653,24 +654,40 @@ class FakeWhmcsServer:
     app: FakeWhmcs
     host: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/includes/api.php"
+        return f"{self.scheme}://{self.host}:{self.port}/includes/api.php"
 
 
 @contextlib.contextmanager
 def serve_fake_whmcs(
-    app: FakeWhmcs, host: str = "127.0.0.1", port: int = 0
+    app: FakeWhmcs,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[FakeWhmcsServer]:
-    """Serve ``app`` over HTTP in a background thread (port 0 = a free one); stop on exit."""
+    """Serve ``app`` in a background thread (port 0 = a free one); stop on exit.
+
+    Args:
+        ssl_context: A server-side context to serve HTTPS (e.g. a self-signed certificate, to
+            test TLS failures); plain HTTP without it.
+    """
     server = make_server(
         host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )
-    thread = threading.Thread(target=server.serve_forever, name="fake-whmcs", daemon=True)
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+    # A short poll interval keeps shutdown (and so every test using the fake) fast.
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="fake-whmcs", daemon=True
+    )
     thread.start()
     try:
-        yield FakeWhmcsServer(app=app, host=host, port=server.server_address[1])
+        scheme = "https" if ssl_context is not None else "http"
+        yield FakeWhmcsServer(app=app, host=host, port=server.server_address[1], scheme=scheme)
     finally:
         server.shutdown()
         server.server_close()
