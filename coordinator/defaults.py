@@ -61,3 +61,7 @@ LOG_LEVEL = "INFO"
 
 DATA_DIR = "./invoice-sync-data"
 """Where ``invoice-sync serve`` keeps the embedded server's files and the admin token."""
+
+SYNC_DAILY_MODE = "full"
+"""Mode of the automatic daily sync: ``full`` also picks up invoices paid, cancelled or renumbered
+since the last run (revenue counts Paid invoices); ``missing`` only fetches new invoices."""
