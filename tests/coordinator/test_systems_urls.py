@@ -92,3 +92,48 @@ def test_slow_resolver_does_not_hold_registration():
 ])
 def test_forbidden_addresses(address, forbidden):
     assert is_forbidden_address(address) is forbidden
+
+
+@pytest.fixture
+def local_http_server():
+    """A real HTTP server on loopback standing in for an internal service."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"result": "success"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/includes/api.php"
+    server.shutdown()
+    server.server_close()
+
+
+def test_guarded_session_refuses_forbidden_peer_at_connect(local_http_server):
+    """Even when the pre-fetch check was passed (rebinding), the connect itself is refused."""
+    import requests
+
+    from coordinator.systems.fetch import guarded_session
+
+    session = guarded_session({**STRICT, "ALLOW_HTTP_SYSTEM_URLS": True})
+    with pytest.raises(requests.ConnectionError, match="forbidden address 127.0.0.1"):
+        session.post(local_http_server, data={"action": "GetInvoices"}, timeout=5)
+    session.close()
+
+
+def test_guarded_session_plain_in_labs(local_http_server):
+    from coordinator.systems.fetch import guarded_session
+
+    session = guarded_session(LAB)
+    response = session.post(local_http_server, data={"action": "GetInvoices"}, timeout=5)
+    assert response.json() == {"result": "success"}
+    session.close()
