@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import click
 
 from coordinator import auth
 from coordinator.embedded import ValkeyServer
+from coordinator.forecaster.cli import register as _register_forecaster
 
 
 def _uses_embedded() -> bool:
@@ -52,7 +54,10 @@ def main() -> None:
 )
 @click.option("--workers", default=2, show_default=True, envvar="INVOICE_SYNC_WORKERS",
               help="gunicorn worker processes.")
-def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
+@click.option("--sync-worker/--no-sync-worker", default=True, show_default=True,
+              envvar="INVOICE_SYNC_SYNC_WORKER",
+              help="Also run an RQ sync worker with the daily scheduler as a child process.")
+def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool) -> None:
     """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
     from coordinator.app import create_app
     from coordinator.redis_client import get_redis
@@ -60,6 +65,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
 
     data_dir = data_dir.resolve()
     embedded = None
+    child = None
     if _uses_embedded():
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
@@ -72,8 +78,21 @@ def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
         click.echo(f"coordinator on http://{host}:{port}", err=True)
+        if sync_worker:
+            from coordinator.forecaster.worker import spawn_worker_process
+
+            # A child, not a thread: RQ forks a work horse per job and installs signal handlers.
+            child = spawn_worker_process()
+            click.echo(f"sync worker and daily scheduler: pid {child.pid}", err=True)
         run_gunicorn(bind=f"{host}:{port}", workers=workers)
     finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         if embedded:
             embedded.stop()
 
@@ -164,3 +183,6 @@ def create_admin(label: str) -> None:
         new = auth.new_token(auth.ADMIN)
         auth.register_admin_token(get_redis(), new, label)
     click.echo(new)
+
+
+_register_forecaster(main)

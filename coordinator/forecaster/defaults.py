@@ -1,7 +1,7 @@
 """Constants of the forecaster (not settings: changing them changes behaviour for every system)."""
 
 QUEUE_NAME = "invoice-sync"
-"""RQ queue the sync jobs go to; ``invoice-sync worker`` and the worker ``serve`` runs listen on it."""
+"""RQ queue of the sync jobs; ``invoice-sync worker`` and the worker ``serve`` runs listen on it."""
 
 SYNC_JOB_TIMEOUT = 6 * 3600
 """Seconds RQ lets one sync job run (a full sync of a very large WHMCS with small pages is slow)."""

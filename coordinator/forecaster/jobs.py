@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 from rq import Queue, get_current_job
+from urllib3.util.retry import Retry
 
 from agent import WhmcsClient, WhmcsError
 from coordinator import keys
@@ -45,7 +46,8 @@ def request_sync(
     from coordinator.systems import registry
 
     if mode not in records.MODES:
-        raise InvalidInput("Validation failed", {"json": {"mode": [f"One of: {', '.join(records.MODES)}."]}})
+        choices = ", ".join(records.MODES)
+        raise InvalidInput("Validation failed", {"json": {"mode": [f"One of: {choices}."]}})
     registry.get_system(client, system)  # NotFound
     sync_id = sync_id or records.new_id()
     if not lock.acquire_queued(client, system, sync_id):
@@ -70,6 +72,7 @@ def default_resolver(
 ) -> tuple[WhmcsClient, int]:
     """Return a WHMCS client for ``system`` (credentials decrypted, URL checked) and its step."""
     from coordinator.systems import registry, secrets
+    from coordinator.systems.fetch import guarded_session
     from coordinator.systems.urls import check_fetch_url
 
     step = int(registry.get_system(client, system)["step"])
@@ -77,7 +80,16 @@ def default_resolver(
         client, system, secrets.fernet_from_config(config)
     )
     check_fetch_url(url, config)
-    return WhmcsClient(url, identifier, secret, access_key), step
+    # The guarded session re-checks the peer address on connect (DNS rebinding); give its
+    # adapters the same transport retries WhmcsClient mounts on sessions it builds itself.
+    session = guarded_session(config)
+    for adapter in session.adapters.values():
+        adapter.max_retries = Retry(
+            total=3, other=0, redirect=0, backoff_factor=0.5, status_forcelist=(429, 503),
+            allowed_methods=frozenset({"POST"}), respect_retry_after_header=True,
+            raise_on_status=False, raise_on_redirect=False,
+        )
+    return WhmcsClient(url, identifier, secret, access_key, session=session), step
 
 
 def _fail(client: redis.Redis, record: dict, message: str, code: str) -> None:

@@ -34,12 +34,14 @@ def holder(client: redis.Redis, system: str) -> str | None:
 
 def claim(client: redis.Redis, system: str, sync_id: str, ttl_ms: int) -> bool:
     """Take the lock for a running sync (see lock_claim.lua)."""
-    return bool(script(client, "lock_claim")(keys=[keys.sys_sync_lock(system)], args=[sync_id, ttl_ms]))
+    key = keys.sys_sync_lock(system)
+    return bool(script(client, "lock_claim")(keys=[key], args=[sync_id, ttl_ms]))
 
 
 def renew(client: redis.Redis, system: str, sync_id: str, ttl_ms: int) -> bool:
     """Extend the lock if ``sync_id`` still owns it."""
-    return bool(script(client, "lock_renew")(keys=[keys.sys_sync_lock(system)], args=[sync_id, ttl_ms]))
+    key = keys.sys_sync_lock(system)
+    return bool(script(client, "lock_renew")(keys=[key], args=[sync_id, ttl_ms]))
 
 
 def release(client: redis.Redis, system: str, sync_id: str) -> bool:

@@ -55,7 +55,8 @@ def from_minor(minor: int, currency: str) -> Decimal:
 
 def quantize(amount: Decimal, currency: str) -> Decimal:
     """Round ``amount`` to ``currency``'s minor unit with :data:`ROUNDING` — the one rounding."""
-    return amount.quantize(Decimal(1).scaleb(-exponent(currency)), rounding=ROUNDING, context=CONTEXT)
+    unit = Decimal(1).scaleb(-exponent(currency))
+    return amount.quantize(unit, rounding=ROUNDING, context=CONTEXT)
 
 
 def fmt(amount: Decimal) -> str:

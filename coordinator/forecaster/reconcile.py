@@ -56,7 +56,8 @@ def reconcile(
         for number, n in store.iter_numbers(client, name):
             seen.setdefault(number, {})[name] = n
     duplicates = [
-        {"number": number, "systems": [{"system": s, "invoices": n} for s, n in sorted(where.items())]}
+        {"number": number,
+         "systems": [{"system": s, "invoices": n} for s, n in sorted(where.items())]}
         for number, where in sorted(seen.items())
         if len(where) > 1 or sum(where.values()) > 1
     ]
@@ -97,7 +98,8 @@ def raise_warnings(client: redis.Redis, report: Mapping[str, Any]) -> list[str]:
     grouped: dict[tuple[str, str], list[str]] = {}
     for item in report["duplicates"]:
         for where in item["systems"]:
-            grouped.setdefault((warnings.DUPLICATE_NUMBER, where["system"]), []).append(item["number"])
+            key = (warnings.DUPLICATE_NUMBER, where["system"])
+            grouped.setdefault(key, []).append(item["number"])
     for item in report["not_issued"]:
         for system in item["systems"]:
             grouped.setdefault((warnings.UNKNOWN_NUMBER, system), []).append(item["number"])

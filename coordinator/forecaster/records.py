@@ -1,4 +1,4 @@
-"""Sync job records: ``sync:<id>`` hashes that show a sync's progress, and each system's recent list.
+"""Sync job records: ``sync:<id>`` hashes showing a sync's progress; each system's recent list.
 
 States move ``queued`` → ``running`` → ``done`` | ``failed``. A record still ``queued`` or
 ``running`` whose system lock is no longer held by it belongs to a worker that died (or a queue

@@ -94,7 +94,8 @@ def parse_month(value: str, name: str = "month") -> str:
         if len(value) != 7:
             raise ValueError
     except (TypeError, ValueError):
-        raise InvalidInput("Validation failed", {"query": {name: ["Must be a month, YYYY-MM."]}}) from None
+        errors = {"query": {name: ["Must be a month, YYYY-MM."]}}
+        raise InvalidInput("Validation failed", errors) from None
     return value
 
 
@@ -240,7 +241,8 @@ def forecast(
     collections = {m: Decimal(0) for m in horizon}
     for system in systems:
         for cell in store.read_receivables(client, system.name):
-            month = current if cell.due is None or month_of(cell.due) < current else month_of(cell.due)
+            month = month_of(cell.due) if cell.due else current
+            month = max(month, current)
             if month in collections:
                 collections[month] += _convert(cell.gross, cell.currency, system.rate)
     rows, total_rev, total_col = [], Decimal(0), Decimal(0)

@@ -45,7 +45,7 @@ def tick(
     owner: str | None = None,
     request: Callable[..., dict] = jobs.request_sync,
 ) -> list[str]:
-    """Enqueue today's sync of every due ``auto_sync`` system not yet claimed; return their names."""
+    """Enqueue today's sync of each ``auto_sync`` system not yet claimed; return their names."""
     from coordinator.systems import registry
 
     now = now.astimezone(dt.UTC)

@@ -140,7 +140,9 @@ def high_water(client: redis.Redis, system: str) -> int:
     return int(client.hget(keys.sys_sync_state(system), "high_water") or 0)
 
 
-def _complete(client: redis.Redis, system: str, mode: str, mark: int, finished: dt.datetime) -> None:
+def _complete(
+    client: redis.Redis, system: str, mode: str, mark: int, finished: dt.datetime
+) -> None:
     state = keys.sys_sync_state(system)
     with client.pipeline(transaction=True) as pipe:
         if mark:
