@@ -203,7 +203,7 @@ def test_dead_worker_frees_the_system_and_a_rerun_completes(redis_client, fake, 
     # A worker claimed it and died mid-run: half the invoices stored, lock lapsed, no final state.
     records.update(redis_client, record["id"], state="running")
     store.upsert(redis_client, "blue", _first_invoices(fake, 150))
-    redis_client.delete(f"{{sys:blue}}:sync:lock")
+    redis_client.delete("{sys:blue}:sync:lock")
     assert records.get(redis_client, record["id"])["state"] == "failed"
     assert records.get(redis_client, record["id"])["error_code"] == "worker_lost"
     work()  # the RQ job of the dead sync may still be in the queue: it must not clobber
