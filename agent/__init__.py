@@ -1,13 +1,55 @@
 """invoice-sync agent: take the next legal number from the coordinator, fail closed.
 
 Thin on purpose: requests and the standard library only; never imports coordinator code.
+
+::
+
+    import agent
+
+    with agent.Client(agent.Config.load()) as client:
+        allocation = client.allocate("invoice", "10234")
+        ...
+        client.confirm(allocation.id, allocation.formatted)
 """
 
-from agent._exceptions import AgentError, ConfigError
-
-__all__ = sorted(
-    [
-        "AgentError",
-        "ConfigError",
-    ]
+from agent._cli import ExitCode, main
+from agent._client import Client, RetryPolicy
+from agent._config import Config
+from agent._exceptions import (
+    AgentError,
+    ConfigError,
+    CoordinatorBadResponse,
+    CoordinatorError,
+    CoordinatorRefused,
+    CoordinatorUnavailable,
+    CoordinatorUnreachable,
+    JournalError,
 )
+from agent._journal import Journal, JournalEntry
+from agent._models import Allocation, Status
+from agent._sidecar import Sidecar, make_server
+from agent._transport import MockTransport, mock_response
+
+__all__ = [
+    "AgentError",
+    "Allocation",
+    "Client",
+    "Config",
+    "ConfigError",
+    "CoordinatorBadResponse",
+    "CoordinatorError",
+    "CoordinatorRefused",
+    "CoordinatorUnavailable",
+    "CoordinatorUnreachable",
+    "ExitCode",
+    "Journal",
+    "JournalEntry",
+    "JournalError",
+    "MockTransport",
+    "RetryPolicy",
+    "Sidecar",
+    "Status",
+    "main",
+    "make_server",
+    "mock_response",
+]
