@@ -75,8 +75,8 @@ class RetryPolicy:
         return step / 2 + rng.uniform(0, step / 2)
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-"""A policy that tries once (for probes such as ``status()``)."""
+PROBE = RetryPolicy(attempts=1, statuses=frozenset())
+"""Try once and hand back any HTTP answer (``status()`` reports a 503, it does not raise)."""
 
 
 class Client:
@@ -209,12 +209,12 @@ class Client:
             CoordinatorUnreachable: The coordinator did not answer at all.
         """
         before = dt.datetime.now(dt.UTC)
-        live = self._request("GET", "/livez", None, auth=False, retry=NO_RETRY)
+        live = self._request("GET", "/livez", None, auth=False, retry=PROBE)
         after = dt.datetime.now(dt.UTC)
-        ready = self._request("GET", "/readyz", None, auth=False, retry=NO_RETRY)
+        ready = self._request("GET", "/readyz", None, auth=False, retry=PROBE)
         # No agent "whoami" exists in v1: ask for an allocation that cannot exist. 401 means
         # the token is bad; 404 (or 403/400) means it was accepted. Nothing is written.
-        probe = self._request("GET", "/v1/allocations/invoice:0:0", None, retry=NO_RETRY)
+        probe = self._request("GET", "/v1/allocations/invoice:0:0", None, retry=PROBE)
         token_valid: bool | None
         if probe.status_code == 401:
             token_valid = False
