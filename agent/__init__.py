@@ -24,12 +24,26 @@ from agent._exceptions import (
     CoordinatorUnavailable,
     CoordinatorUnreachable,
     JournalError,
+    WhmcsAccessDeniedError,
+    WhmcsAccessKeyError,
+    WhmcsApiError,
+    WhmcsAuthError,
+    WhmcsBadResponseError,
+    WhmcsConnectionError,
+    WhmcsError,
+    WhmcsIpBannedError,
+    WhmcsIpNotAllowedError,
+    WhmcsPermissionError,
+    WhmcsTimeoutError,
+    WhmcsTlsError,
 )
 from agent._journal import Journal, JournalEntry
 from agent._models import Allocation, Status
 from agent._sidecar import Sidecar, make_server
 from agent._transport import MockTransport, mock_response
+from agent._whmcs import InvoicePage, WhmcsClient, WhmcsInvoice
 
+# A plain sorted literal (not sorted(...)): linters only read literals; a test checks the order.
 __all__ = [
     "AgentError",
     "Allocation",
@@ -42,6 +56,7 @@ __all__ = [
     "CoordinatorUnavailable",
     "CoordinatorUnreachable",
     "ExitCode",
+    "InvoicePage",
     "Journal",
     "JournalEntry",
     "JournalError",
@@ -49,6 +64,20 @@ __all__ = [
     "RetryPolicy",
     "Sidecar",
     "Status",
+    "WhmcsAccessDeniedError",
+    "WhmcsAccessKeyError",
+    "WhmcsApiError",
+    "WhmcsAuthError",
+    "WhmcsBadResponseError",
+    "WhmcsClient",
+    "WhmcsConnectionError",
+    "WhmcsError",
+    "WhmcsInvoice",
+    "WhmcsIpBannedError",
+    "WhmcsIpNotAllowedError",
+    "WhmcsPermissionError",
+    "WhmcsTimeoutError",
+    "WhmcsTlsError",
     "main",
     "make_server",
     "mock_response",

@@ -1,0 +1,3 @@
+from coordinator.cli import main
+
+main(prog_name="invoice-sync")

@@ -1,0 +1,96 @@
+"""The ``invoice-sync`` command: serve, worker, doctor, admin tokens, syncs, reports, demo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from coordinator import auth
+from coordinator.embedded import ValkeyServer
+
+
+def _uses_embedded() -> bool:
+    return not (
+        os.environ.get("INVOICE_SYNC_REDIS_URL") or os.environ.get("INVOICE_SYNC_SENTINELS")
+    )
+
+
+def ensure_admin_token(client, data_dir: Path) -> str | None:
+    """Make sure an admin token exists; return it when it was just created (to print once).
+
+    The token lives in ``<data_dir>/admin-token`` (0600) and, as a hash, in Redis. When the file
+    exists its token is (re-)registered, so wiping Redis does not lock the admin out.
+    """
+    path = data_dir / "admin-token"
+    if path.exists():
+        auth.register_admin_token(client, path.read_text().strip())
+        return None
+    token = auth.new_token(auth.ADMIN)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    auth.register_admin_token(client, token)
+    return token
+
+
+@click.group()
+@click.version_option(package_name="invoice-sync")
+def main() -> None:
+    """invoice-sync coordinator: one numbering and one revenue view for many WHMCS."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="INVOICE_SYNC_HOST")
+@click.option("--port", default=8080, show_default=True, envvar="INVOICE_SYNC_PORT")
+@click.option(
+    "--data-dir", default="./invoice-sync-data", show_default=True,
+    envvar="INVOICE_SYNC_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
+    help="Embedded server files and the admin token.",
+)
+@click.option("--workers", default=2, show_default=True, envvar="INVOICE_SYNC_WORKERS",
+              help="gunicorn worker processes.")
+def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
+    """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
+    from coordinator.app import create_app
+    from coordinator.redis_client import get_redis
+    from coordinator.server import run_gunicorn
+
+    data_dir = data_dir.resolve()
+    embedded = None
+    if _uses_embedded():
+        embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
+        os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
+        click.echo(f"embedded Valkey: {embedded.url} (AOF, appendfsync always)", err=True)
+    try:
+        app = create_app()
+        with app.app_context():
+            token = ensure_admin_token(get_redis(), data_dir)
+        if token:
+            click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
+        click.echo(f"coordinator on http://{host}:{port}", err=True)
+        run_gunicorn(bind=f"{host}:{port}", workers=workers)
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+@main.group()
+def token() -> None:
+    """Manage admin tokens stored in Redis."""
+
+
+@token.command("create-admin")
+@click.option("--label", default="admin", show_default=True)
+def create_admin(label: str) -> None:
+    """Create an admin token in the configured Redis and print it once."""
+    from coordinator.app import create_app
+    from coordinator.redis_client import get_redis
+
+    app = create_app()
+    with app.app_context():
+        new = auth.new_token(auth.ADMIN)
+        auth.register_admin_token(get_redis(), new, label)
+    click.echo(new)

@@ -1,0 +1,63 @@
+"""Defaults for every coordinator setting.
+
+Each name here can be overridden by an environment variable ``INVOICE_SYNC_<NAME>`` (values are
+parsed as JSON when they parse, else taken as strings) and, in tests, by the mapping passed to
+``create_app(config=...)``.
+"""
+
+REDIS_URL = None
+"""Redis URL (``redis://``, ``rediss://`` or ``unix://``). ``invoice-sync serve`` sets it to its
+embedded Valkey when unset; ``create_app`` without it and without SENTINELS refuses to start."""
+
+SENTINELS = None
+"""Comma-separated ``host:port`` list of Redis Sentinels. When set, the master is found through
+Sentinel (redis-py's Sentinel client) and REDIS_URL is ignored."""
+
+SENTINEL_MASTER = "invoice-sync"
+"""Name of the master the Sentinels monitor."""
+
+SENTINEL_PASSWORD = None
+"""Password for the Sentinels themselves (the data password goes in REDIS_PASSWORD)."""
+
+REDIS_PASSWORD = None
+"""Password for the Redis data nodes when reached through Sentinel."""
+
+REDIS_SOCKET_TIMEOUT = 5.0
+"""Seconds a Redis command may take before the request fails (and the agent retries)."""
+
+ADMIN_TOKEN = None
+"""An admin token accepted in addition to the ones stored in Redis (compared as a hash)."""
+
+SECRET_KEYS = None
+"""Comma-separated Fernet keys for WHMCS API secrets at rest; the first encrypts, all decrypt."""
+
+DURABLE_REPLICAS = 0
+"""Replicas that must hold a write (Redis WAIT) before it is acknowledged. Set it to the
+number of replicas you run (1 with one replica) so a failover cannot lose an acknowledged number."""
+
+DURABILITY_TIMEOUT_MS = 1000
+"""How long an allocation waits for fsync/replicas before answering 503 (the agent retries)."""
+
+UNCONFIRMED_GRACE_SECONDS = 3600
+"""An issued number still unconfirmed after this long is listed as a gap and warned about."""
+
+MAX_CONTENT_LENGTH = 64 * 1024
+"""Largest request body accepted, in bytes; larger ones get 413 in the error shape."""
+
+BASE_CURRENCY = "EUR"
+"""Currency the revenue reports are converted into (each system has an exchange rate to it)."""
+
+ALLOW_HTTP_SYSTEM_URLS = False
+"""Accept plain-http WHMCS API URLs (only for labs and the demo: secrets would travel in clear)."""
+
+ALLOW_PRIVATE_SYSTEM_URLS = False
+"""Accept WHMCS API URLs on loopback, link-local or private addresses (SSRF guard off)."""
+
+SYNC_DAILY_AT = "04:30"
+"""UTC time of day for the automatic sync, after WHMCS's usual daily cron run."""
+
+LOG_LEVEL = "INFO"
+"""Level of the JSON log lines written to stderr."""
+
+DATA_DIR = "./invoice-sync-data"
+"""Where ``invoice-sync serve`` keeps the embedded server's files and the admin token."""

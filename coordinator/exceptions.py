@@ -1,0 +1,61 @@
+"""Errors the coordinator's domain raises. HTTP knows them only through ``errors.py``.
+
+    CoordinatorError              root
+    ├── InvalidInput              a value is well-formed JSON but not acceptable (422)
+    ├── NotFound                  no such sequence, allocation, system, sync, warning (404)
+    ├── Conflict                  the request contradicts what is stored (409)
+    ├── AuthError                 missing or unknown token (401)
+    │   └── Forbidden             valid token, wrong scope (403)
+    ├── RateLimited               too many requests for this token (429)
+    └── ServiceUnavailable        Redis down or a write not confirmed durable (503)
+        └── NotDurable
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CoordinatorError(Exception):
+    """Root of every domain error; carries a message safe to show and optional field errors."""
+
+    def __init__(self, message: str, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+
+
+class InvalidInput(CoordinatorError):
+    """A value parsed fine but cannot be accepted (e.g. a number past the padding width)."""
+
+
+class NotFound(CoordinatorError):
+    """The thing asked for does not exist."""
+
+
+class Conflict(CoordinatorError):
+    """The request contradicts stored state (lowering next_number, a sync already running)."""
+
+
+class AuthError(CoordinatorError):
+    """No token, or a token the coordinator does not know."""
+
+
+class Forbidden(AuthError):
+    """A valid token used outside its scope (an agent acting for another system or as admin)."""
+
+
+class RateLimited(CoordinatorError):
+    """Too many requests for one token; ``retry_after`` says when to try again (seconds)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(CoordinatorError):
+    """Redis cannot be reached or answered with an error; retrying later is safe."""
+
+
+class NotDurable(ServiceUnavailable):
+    """A write was not confirmed on disk (and replicas) in time; retry the same request."""

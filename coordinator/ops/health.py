@@ -1,0 +1,49 @@
+"""Health endpoints for load balancers and orchestrators (no auth)."""
+
+from __future__ import annotations
+
+import redis
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from coordinator import durability
+from coordinator.redis_client import get_redis
+
+blp = Blueprint("health", __name__, description="Liveness and readiness (no auth)")
+
+
+@blp.route("/livez")
+class Livez(MethodView):
+    @blp.response(200)
+    def get(self):
+        """Answer 200 while the process runs; touches nothing else."""
+        return {"status": "ok"}
+
+
+def _readiness():
+    try:
+        report = durability.check(get_redis(), current_app.config)
+    except redis.RedisError as error:
+        return {"status": "unavailable", "problems": [f"Redis: {type(error).__name__}"]}, 503
+    body = {"status": "ok" if report.ok else "not durable", "redis": report.facts,
+            "problems": report.problems}
+    return body, (200 if report.ok else 503)
+
+
+@blp.route("/readyz")
+class Readyz(MethodView):
+    @blp.response(200)
+    @blp.alt_response(503, description="Redis unreachable or not durable")
+    def get(self):
+        """Answer 200 when Redis answers and keeps what it acknowledges; 503 otherwise."""
+        return _readiness()
+
+
+@blp.route("/healthz")
+class Healthz(MethodView):
+    @blp.response(200)
+    @blp.alt_response(503, description="Redis unreachable or not durable")
+    def get(self):
+        """Alias of /readyz."""
+        return _readiness()
