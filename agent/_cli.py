@@ -259,7 +259,12 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     config.require("url", "token")
     journal = None if args.no_journal else Journal(config.journal)
     sidecar = Sidecar(lambda: Client(config), journal=journal)
-    server = make_server(args.listen, sidecar, allow_remote=args.allow_remote)
+    try:
+        server = make_server(args.listen, sidecar, allow_remote=args.allow_remote)
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(ExitCode.OK)

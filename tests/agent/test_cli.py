@@ -132,3 +132,39 @@ def test_status(env: FakeCoordinator, capsys) -> None:
 def test_status_with_bad_token_exits_4(env: FakeCoordinator, monkeypatch) -> None:
     monkeypatch.setenv("INVOICE_SYNC_AGENT_TOKEN", "nope")
     assert main(["status"]) == ExitCode.REFUSED
+
+
+def test_serve_answers_health_and_stops_cleanly_on_sigterm(
+    env: FakeCoordinator, tmp_path: Path
+) -> None:
+    import http.client
+    import os
+    import re
+    import subprocess
+    import sys
+
+    environ = {**os.environ, "INVOICE_SYNC_AGENT_JOURNAL": str(tmp_path / "j.sqlite3")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "serve", "--listen", "127.0.0.1:0"],
+        env=environ,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        host, port = re.search(r"listening on (\S+):(\d+)", line).groups()
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        process.terminate()
+        code = process.wait(timeout=30)
+        process.stderr.close()
+    assert code == ExitCode.OK
+    assert (tmp_path / "j.sqlite3").exists()
+
+
+def test_serve_refuses_a_public_address(env: FakeCoordinator, capsys) -> None:
+    assert main(["serve", "--listen", "0.0.0.0:0", "--no-journal"]) == ExitCode.CONFIG
+    assert "allow-remote" in capsys.readouterr().err
