@@ -56,9 +56,14 @@ class Durability:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Durability:
-        """Read ``DURABLE_REPLICAS`` and ``DURABILITY_TIMEOUT_MS``."""
-        return cls(int(config.get("DURABLE_REPLICAS") or 0),
-                   int(config.get("DURABILITY_TIMEOUT_MS") or 1000))
+        """Read ``DURABLE_REPLICAS`` and ``DURABILITY_TIMEOUT_MS``.
+
+        The wait is kept under 80% of ``REDIS_SOCKET_TIMEOUT``: a wait longer than the
+        socket timeout would surface as a dropped connection instead of a clear 503.
+        """
+        socket_ms = int(float(config.get("REDIS_SOCKET_TIMEOUT") or 5.0) * 800)
+        timeout = int(config.get("DURABILITY_TIMEOUT_MS") or 1000)
+        return cls(int(config.get("DURABLE_REPLICAS") or 0), max(1, min(timeout, socket_ms)))
 
 
 def run(
