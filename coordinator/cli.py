@@ -70,8 +70,9 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
         click.echo(f"embedded Valkey: {embedded.url} (AOF, appendfsync always)", err=True)
-        _use_key_file(data_dir)
     try:
+        if embedded:
+            _use_key_file(data_dir)
         app = create_app()
         with app.app_context():
             token = ensure_admin_token(get_redis(), data_dir)
