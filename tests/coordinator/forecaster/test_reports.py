@@ -80,12 +80,14 @@ def test_restoring_changes_moves_aggregates_exactly(redis_client):
     assert store.read_receivables(redis_client, "blue") == []
     cells = store.read_aggregates(redis_client, "blue")
     assert [(c.status, c.n, c.gross) for c in cells] == [("Paid", 1, 10000)]
-    # Huge amounts stay exact (no Lua doubles): 12 digits of euros.
-    big = "987654321098.76"
+    # Large amounts stay exact: ten digits of euros, summed over a batch.
+    big = "9876543210.98"
     store.upsert(redis_client, "blue", [invoice(2, big), invoice(3, big)])
     total = reports.revenue(redis_client, [SystemRate("blue", Decimal(1))], "EUR",
                             "2026-03", "2026-03")["total"]["gross"]
     assert total == str(Decimal(big) * 2 + 100)
+    with pytest.raises(money.AmountPrecisionError):
+        store.upsert(redis_client, "blue", [invoice(4, "98765432109.88")])
 
 
 class CountingRedis(redis.Redis):
