@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from coordinator import auth
 from coordinator.numbering import allocation, ledger, schemas, sequences
@@ -131,7 +132,7 @@ class SequenceByName(MethodView):
 @blp.route("/sequences/<string:name>/audit")
 class SequenceAudit(MethodView):
     @auth.require(auth.ADMIN)
-    @blp.arguments(schemas.AuditQuerySchema, location="query")
+    @blp.arguments(schemas.AuditQuerySchema, location="query", unknown=RAISE)
     @blp.response(200)
     def get(self, query, name):
         """Settings changes of one sequence (who, when, before, after), oldest first."""
@@ -141,7 +142,7 @@ class SequenceAudit(MethodView):
 @blp.route("/sequences/<string:name>/ledger")
 class SequenceLedger(MethodView):
     @auth.require(auth.ADMIN)
-    @blp.arguments(schemas.LedgerQuerySchema, location="query")
+    @blp.arguments(schemas.LedgerQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.LedgerPageSchema)
     def get(self, query, name):
         """Issued numbers of one period in number order (cursor: ``after``)."""
@@ -155,7 +156,7 @@ class SequenceLedger(MethodView):
 @blp.route("/sequences/<string:name>/gaps")
 class SequenceGaps(MethodView):
     @auth.require(auth.ADMIN)
-    @blp.arguments(schemas.GapsQuerySchema, location="query")
+    @blp.arguments(schemas.GapsQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.GapsSchema)
     def get(self, query, name):
         """Voided, skipped, long-unconfirmed and missing numbers of one period."""
