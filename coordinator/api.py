@@ -20,6 +20,7 @@ def init_app(app: Flask) -> None:
 
     # Imported here, not at module top: blueprints import api-level helpers from this module.
     from coordinator.ops.health import blp as health_blp
+    from coordinator.ops.metrics import blp as metrics_blp
 
-    for blueprint in (health_blp,):
+    for blueprint in (health_blp, metrics_blp):
         api.register_blueprint(blueprint)

@@ -35,3 +35,11 @@ SYSTEMS = "systems"
 def system(name: str) -> str:
     """Hash: one registered system (the API secret only as MultiFernet ciphertext)."""
     return f"{{sys:{name}}}:system"
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+def rate_limit(token_digest: str, window: int) -> str:
+    """String: requests counted for one token (by digest prefix) in one fixed time window."""
+    return f"ratelimit:{token_digest[:32]}:{window}"
