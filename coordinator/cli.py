@@ -55,14 +55,14 @@ def main() -> None:
               help="gunicorn worker processes.")
 def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
     """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
+    data_dir = data_dir.resolve()
+    # Before anything imports prometheus_client (the app does): workers share this directory
+    # for their metrics, and a previous run's files would otherwise be summed in.
+    prepare_dir(data_dir / "metrics")
+
     from coordinator.app import create_app
     from coordinator.redis_client import get_redis
     from coordinator.server import run_gunicorn
-
-    data_dir = data_dir.resolve()
-    # Before anything imports prometheus_client (create_app does): workers share this directory
-    # for their metrics, and a previous run's files would otherwise be summed in.
-    prepare_dir(data_dir / "metrics")
     embedded = None
     if _uses_embedded():
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()

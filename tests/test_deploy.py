@@ -442,3 +442,48 @@ def test_nginx_conf_passes_nginx_t(tmp_path):
     result = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", str(tmp_path / "e.log")],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_serve_sets_up_multiprocess_metrics(tmp_path):
+    data_dir = tmp_path / "data"
+    (data_dir / "metrics").mkdir(parents=True)
+    (data_dir / "metrics" / "counter_1.db").write_bytes(b"from a previous run")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("INVOICE_SYNC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({"PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
+    env.pop("XDG_RUNTIME_DIR", None)
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "serve", "--port", str(port),
+         "--data-dir", str(data_dir), "--workers", "2"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + "/livez", timeout=5).ok:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.1)
+        for _ in range(9):
+            requests.get(url + "/livez", headers={"Connection": "close"}, timeout=5)
+        text = requests.get(url + "/metrics", timeout=5).text
+        assert metric(text, "invoice_sync_http_requests_total", endpoint="/livez") >= 10
+        assert not (data_dir / "metrics" / "counter_1.db").exists()
+        assert any((data_dir / "metrics").glob("counter_*.db"))
+        assert (data_dir / "gunicorn.ctl").exists()
+        assert not (tmp_path / ".gunicorn").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
