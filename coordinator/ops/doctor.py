@@ -8,6 +8,7 @@ and memory pressure (``noeviction``: an evicting Redis may drop a counter and re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +128,7 @@ def redis_checks(client: redis.Redis, config: Mapping[str, Any]) -> list[Check]:
                         "`appendfsync always`"))
 
     admins = bool(config.get("ADMIN_TOKEN")) or any(
-        '"admin"' in record for record in client.hvals(keys.TOKENS)
+        json.loads(record).get("kind") == "admin" for record in client.hvals(keys.TOKENS)
     )
     checks.append(Check("admin token", admins,
                         "present" if admins else "no admin token in Redis or the environment",
