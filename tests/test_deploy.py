@@ -477,7 +477,11 @@ def test_serve_sets_up_multiprocess_metrics(tmp_path):
         assert metric(text, "invoice_sync_http_requests_total", endpoint="/livez") >= 10
         assert not (data_dir / "metrics" / "counter_1.db").exists()
         assert any((data_dir / "metrics").glob("counter_*.db"))
-        assert (data_dir / "gunicorn.ctl").exists()
+        # gunicorn opens its control socket from a thread once workers are up: give it time.
+        deadline = time.monotonic() + 10
+        while not (data_dir / "gunicorn.ctl").exists():
+            assert time.monotonic() < deadline, "no control socket in the data dir"
+            time.sleep(0.1)
         assert not (tmp_path / ".gunicorn").exists()
     finally:
         process.send_signal(signal.SIGINT)
