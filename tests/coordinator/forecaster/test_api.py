@@ -112,3 +112,14 @@ def test_warnings_list_since_and_ack(client, admin, redis_client, settings):
     warnings.raise_warning(redis_client, "sync_failed", "boom 3", system="blue")
     assert warnings.get(redis_client, wid)["acked"] is False
     assert warnings.unacked_by_type(redis_client)["sync_failed"] == 2
+
+
+def test_metrics_count_unacked_warnings_by_kind(client, admin, redis_client, settings):
+    wid = warnings.raise_warning(redis_client, "sync_failed", "boom", system="blue")
+    warnings.raise_warning(redis_client, "sync_failed", "boom", system="red")
+    warnings.raise_warning(redis_client, "mixed_currencies", "two", system="red")
+    client.post(f"/v1/warnings/{wid}/ack", headers=admin)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'invoice_sync_warnings_open{kind="sync_failed"} 1.0' in text
+    assert 'invoice_sync_warnings_open{kind="mixed_currencies"} 1.0' in text
+    assert 'invoice_sync_warnings_open{kind="duplicate_number"} 0.0' in text
