@@ -1,6 +1,6 @@
 """Forecaster benchmark (not collected by pytest). Run from the project root:
 
-    python -m tests.bench.bench_forecaster [--invoices 100000] [--step 100] [--stored 1000000]
+    python tests/bench/bench_forecaster.py [--invoices 100000] [--step 100] [--stored 1000000]
 
 Against a fake WHMCS over loopback HTTP in its own process (as a real WHMCS is another machine:
 in-process, its page rendering would hold our GIL) and a private Valkey:
@@ -18,17 +18,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import multiprocessing
+import os
 import platform
 import random
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import tracemalloc
 from decimal import Decimal
+from pathlib import Path
 
 import redis
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import WhmcsClient
 from coordinator.embedded import ValkeyServer
@@ -111,9 +116,12 @@ def main() -> None:
     parser.add_argument("--invoices", type=int, default=100_000)
     parser.add_argument("--step", type=int, default=100)
     parser.add_argument("--stored", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, {platform.python_version()}, "
-          f"{platform.machine()}, invoices={args.invoices}, step={args.step}")
+          f"{platform.machine()}, {os.cpu_count()} cores, load average "
+          f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}, invoices={args.invoices}, "
+          f"step={args.step}")
     with tempfile.TemporaryDirectory() as tmp, ValkeyServer(tmp, appendfsync="everysec") as vk:
         client = redis.Redis.from_url(vk.url, decode_responses=True)
         parent, child = multiprocessing.Pipe()
@@ -123,18 +131,23 @@ def main() -> None:
         print(f"seeded fake WHMCS (own process): {seeded:.1f}s")
         try:
             bare_fetch(url, args.step)  # warm-up: the fake builds its id view once
-            t = time.perf_counter()
-            rows = bare_fetch(url, args.step)
-            bare = time.perf_counter() - t
-            print(f"bare fetch loop:   {rows} invoices in {bare:.2f}s = {rows / bare:,.0f}/s")
-
-            whmcs = WhmcsClient(url, IDENT, SECRET)
-            t = time.perf_counter()
-            outcome = sync.run(client, "bench", "full", whmcs, args.step)
-            full = time.perf_counter() - t
+            # Interleaved rounds, medians: the box may be shared, so load changes over time.
+            bares, fulls = [], []
+            for _ in range(args.rounds):
+                t = time.perf_counter()
+                rows = bare_fetch(url, args.step)
+                bares.append(time.perf_counter() - t)
+                clear(client, "bench")
+                whmcs = WhmcsClient(url, IDENT, SECRET)
+                t = time.perf_counter()
+                outcome = sync.run(client, "bench", "full", whmcs, args.step)
+                fulls.append(time.perf_counter() - t)
+            bare, full = statistics.median(bares), statistics.median(fulls)
             n = outcome.invoices
-            print(f"full sync:         {n} invoices in {full:.2f}s = {n / full:,.0f}/s "
-                  f"({whmcs.calls} API calls)")
+            print(f"bare fetch loop:   {rows} invoices, median {bare:.2f}s = {rows / bare:,.0f}/s"
+                  f" (rounds: {', '.join(f'{x:.2f}' for x in bares)})")
+            print(f"full sync:         {n} invoices, median {full:.2f}s = {n / full:,.0f}/s "
+                  f"(rounds: {', '.join(f'{x:.2f}' for x in fulls)}; {whmcs.calls} API calls)")
             print(f"ratio full sync / bare loop: {bare / full:.1%}")
             assert store.count(client, "bench") == args.invoices
 
@@ -161,7 +174,7 @@ def main() -> None:
             process.join()
 
         for count in (10_000, args.stored):
-            client.flushall()
+            client.execute_command("FLUSHALL", "SYNC")  # synchronous: memory baseline is exact
             before = client.info("memory")["used_memory"]
             t = time.perf_counter()
             seed_store(client, "big", count)
