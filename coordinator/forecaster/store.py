@@ -209,8 +209,19 @@ def iter_stored(client: redis.Redis, system: str, count: int = 1000) -> Iterator
 
 def iter_stored_ids(client: redis.Redis, system: str, count: int = 1000) -> Iterator[int]:
     """Yield the ids of every stored invoice of ``system``."""
-    for invoice_id in client.hscan_iter(keys.sys_invoices(system), count=count, no_values=True):
-        yield int(invoice_id)
+    key = keys.sys_invoices(system)
+    try:
+        # HSCAN NOVALUES (Redis 7.4+, Valkey 8+) spares sending every record.
+        first = client.hscan(key, 0, count=count, no_values=True)
+    except redis.ResponseError:
+        for invoice_id, _ in client.hscan_iter(key, count=count):
+            yield int(invoice_id)
+        return
+    cursor, ids = first
+    yield from (int(i) for i in ids)
+    while cursor:
+        cursor, ids = client.hscan(key, cursor, count=count, no_values=True)
+        yield from (int(i) for i in ids)
 
 
 def get(client: redis.Redis, system: str, invoice_id: int) -> StoredInvoice | None:
