@@ -241,6 +241,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         print(f"ready        {'yes' if status.ready else 'NO'}")
         token = {True: "accepted", False: "REFUSED", None: "unknown"}[status.token_valid]
         print(f"token        {token}")
+        if status.system:
+            print(f"system       {status.system}")
         print(f"clock skew   {skew}")
         for problem in status.problems:
             print(f"problem: {problem}", file=sys.stderr)
