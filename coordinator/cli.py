@@ -165,3 +165,21 @@ def create_admin(label: str) -> None:
         new = auth.new_token(auth.ADMIN)
         auth.register_admin_token(get_redis(), new, label)
     click.echo(new)
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary data dir (logs, journals).")
+def demo(keep: bool) -> None:
+    """Show three WHMCS installations sharing one numbering (about a minute, all local).
+
+    Starts `invoice-sync serve` on a free port in a temporary dir, three fake WHMCS
+    installations (blue EUR, red USD, orange GBP), registers them, runs one agent poller per
+    installation at once, prints the ledger and what each WHMCS holds, and cleans up.
+    """
+    from coordinator.demo import DemoError, run_demo
+
+    try:
+        code = run_demo(click.echo, keep=keep)
+    except DemoError as error:
+        raise click.ClickException(str(error)) from None
+    raise SystemExit(code)
