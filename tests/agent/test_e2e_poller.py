@@ -248,3 +248,35 @@ def test_money_is_not_needed_to_decide_but_the_sign_is(live_coordinator, tmp_pat
     assert report.ok and report.outcomes[0].document == "invoice"
     assert Decimal(blue.whmcs.invoices_snapshot()[0]["total"]) == 0
     assert blue.invoicenums()[zero].startswith("INV-")
+
+
+def test_poll_loop_numbers_new_invoices_and_stops_cleanly_on_sigterm(
+    live_coordinator, tmp_path
+) -> None:
+    import signal
+    import time
+
+    from .e2e_support import spawn_cli
+
+    blue = live_coordinator.register("blue")
+    first = blue.whmcs.add_invoice(status="Paid", subtotal="10.00", date=TODAY)
+    process = spawn_cli(blue.agent_env(tmp_path / "j.sqlite3"), "poll", "--loop",
+                        "--interval", "0.2")
+    try:
+        deadline = time.monotonic() + 30
+        while not blue.invoicenums()[first]:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        second = blue.whmcs.add_invoice(status="Unpaid", subtotal="20.00", date=TODAY)
+        blue.whmcs.set_status(second, "Paid")  # paid later: the next round numbers it
+        while not blue.invoicenums()[second]:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.OK, err
+    assert [e["reference"] for e in live_coordinator.ledger()] == [str(first), str(second)]
