@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import click
 
 from coordinator import auth
 from coordinator.embedded import ValkeyServer
+from coordinator.forecaster.cli import register as _register_forecaster
 from coordinator.ops.multiproc import prepare_dir
 
 
@@ -53,7 +55,10 @@ def main() -> None:
 )
 @click.option("--workers", default=2, show_default=True, envvar="INVOICE_SYNC_WORKERS",
               help="gunicorn worker processes.")
-def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
+@click.option("--sync-worker/--no-sync-worker", default=True, show_default=True,
+              envvar="INVOICE_SYNC_SYNC_WORKER",
+              help="Also run an RQ sync worker with the daily scheduler as a child process.")
+def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool) -> None:
     """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
     data_dir = data_dir.resolve()
     # Before anything imports prometheus_client (the app does): workers share this directory
@@ -64,6 +69,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
     from coordinator.redis_client import get_redis
     from coordinator.server import run_gunicorn
     embedded = None
+    child = None
     if _uses_embedded():
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
@@ -77,9 +83,22 @@ def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
         click.echo(f"coordinator on http://{host}:{port}", err=True)
+        if sync_worker:
+            from coordinator.forecaster.worker import spawn_worker_process
+
+            # A child, not a thread: RQ forks a work horse per job and installs signal handlers.
+            child = spawn_worker_process()
+            click.echo(f"sync worker and daily scheduler: pid {child.pid}", err=True)
         run_gunicorn(bind=f"{host}:{port}", workers=workers, control_socket_disable=False,
                      control_socket=str(data_dir / "gunicorn.ctl"))
     finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         if embedded:
             embedded.stop()
 
@@ -223,3 +242,6 @@ def demo(keep: bool) -> None:
     except DemoError as error:
         raise click.ClickException(str(error)) from None
     raise SystemExit(code)
+
+
+_register_forecaster(main)

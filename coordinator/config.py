@@ -20,3 +20,10 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     app.config.from_prefixed_env(ENV_PREFIX)
     if overrides:
         app.config.update(overrides)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the same layered settings outside Flask (RQ workers, the scheduler, the CLI)."""
+    app = Flask("coordinator-settings")
+    load_config(app, overrides)
+    return dict(app.config)

@@ -79,3 +79,7 @@ TRUSTED_PROXIES = 0
 
 HSTS_SECONDS = 31536000
 """max-age of Strict-Transport-Security, sent on requests that came over https; 0 = not sent."""
+
+SYNC_DAILY_MODE = "full"
+"""Mode of the automatic daily sync: ``full`` also picks up invoices paid, cancelled or renumbered
+since the last run (revenue counts Paid invoices); ``missing`` only fetches new invoices."""

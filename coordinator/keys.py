@@ -102,3 +102,69 @@ RATE_LIMIT_PREFIX = "ratelimit:"
 def rate_limit(token_digest: str, window: int) -> str:
     """String: requests counted for one token (by digest prefix) in one fixed time window."""
     return f"{RATE_LIMIT_PREFIX}{token_digest[:32]}:{window}"
+
+
+# --- forecaster ---------------------------------------------------------------------------
+# One system's invoices, aggregates and sync state share {sys:<name>}: the upsert script and
+# the sync lock each touch one hash slot.
+
+
+def sys_invoices(name: str) -> str:
+    """Hash: WHMCS invoice id -> compact record (dates, status, currency, minor units, number)."""
+    return f"{{sys:{name}}}:invoices"
+
+
+def sys_aggregates(name: str) -> str:
+    """Hash: ``<YYYY-MM>|<status>|<currency>|<n|net|tax|gross>`` -> integer (minor units)."""
+    return f"{{sys:{name}}}:aggregates"
+
+
+def sys_receivables(name: str) -> str:
+    """Hash: ``<due YYYY-MM-DD>|<currency>|<n|gross>`` -> integer, over Unpaid invoices."""
+    return f"{{sys:{name}}}:receivables"
+
+
+def sys_currencies(name: str) -> str:
+    """Hash: currency code -> number of stored invoices in it (more than one field: mixed)."""
+    return f"{{sys:{name}}}:currencies"
+
+
+def sys_numbers(name: str) -> str:
+    """Hash: invoicenum seen in that WHMCS -> how many of its invoices carry it."""
+    return f"{{sys:{name}}}:numbers"
+
+
+def sys_sync_state(name: str) -> str:
+    """Hash: ``high_water`` (all ids up to it are stored), last completed syncs per mode."""
+    return f"{{sys:{name}}}:sync:state"
+
+
+def sys_sync_lock(name: str) -> str:
+    """String: id of the sync that owns the system (SET NX PX, renewed while it runs)."""
+    return f"{{sys:{name}}}:sync:lock"
+
+
+def sys_syncs(name: str) -> str:
+    """List: ids of the system's recent syncs, newest first."""
+    return f"{{sys:{name}}}:syncs"
+
+
+def sys_daily_claim(name: str, day: str) -> str:
+    """String: set once by the scheduler that enqueued ``day``'s automatic sync of the system."""
+    return f"{{sys:{name}}}:daily:{day}"
+
+
+def sync(sync_id: str) -> str:
+    """Hash: one sync job's record (system, mode, state, pages, invoices, times, error)."""
+    return f"sync:{sync_id}"
+
+
+# --- warnings -----------------------------------------------------------------------------
+
+WARNINGS = "warnings"
+"""Sorted set: warning id -> last seen (unix seconds), for ``GET /v1/warnings?since=``."""
+
+
+def warning(warning_id: str) -> str:
+    """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
+    return f"warning:{warning_id}"

@@ -1,0 +1,124 @@
+"""HTTP views of the forecaster (admin only), syncs and reports: parse, call the domain, reply."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from coordinator import auth
+from coordinator.exceptions import NotFound
+from coordinator.forecaster import jobs, reconcile, records, reports
+from coordinator.forecaster.schemas import (
+    ForecastQuerySchema,
+    RevenueQuerySchema,
+    SyncRequestSchema,
+    SyncSchema,
+)
+from coordinator.redis_client import get_redis
+
+blp = Blueprint("forecaster", __name__, description="Syncs from WHMCS and reports (admin)")
+
+
+def _today() -> dt.date:
+    # FORECASTER_TODAY: tests pin the date receivables and forecasts are computed for.
+    return current_app.config.get("FORECASTER_TODAY") or dt.datetime.now(dt.UTC).date()
+
+
+def _rates() -> list[reports.SystemRate]:
+    from coordinator.systems import registry
+
+    return reports.rates_of(registry.list_systems(get_redis()))
+
+
+@blp.route("/v1/systems/<name>/syncs")
+class SystemSyncs(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.arguments(SyncRequestSchema, required=False)
+    @blp.response(202, SyncSchema)
+    @blp.alt_response(409, description="A sync of this system is queued or running")
+    def post(self, body, name):
+        """Queue a sync of the system (``missing`` by default, or ``full``)."""
+        return jobs.request_sync(get_redis(), name, (body or {}).get("mode", "missing"))
+
+    @auth.require(auth.ADMIN)
+    @blp.response(200, SyncSchema(many=True))
+    def get(self, name):
+        """List the system's recent syncs, newest first."""
+        from coordinator.systems import registry
+
+        registry.get_system(get_redis(), name)  # 404 for an unknown system
+        return records.recent(get_redis(), name)
+
+
+@blp.route("/v1/syncs/<sync_id>")
+class Sync(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.response(200, SyncSchema)
+    def get(self, sync_id):
+        """Show one sync as it progresses (queued, running, done or failed)."""
+        record = records.get(get_redis(), sync_id)
+        if record is None:
+            raise NotFound(f"No sync {sync_id!r}")
+        return record
+
+
+@blp.route("/v1/reports/revenue")
+class Revenue(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.arguments(RevenueQuerySchema, location="query")
+    @blp.response(200)
+    def get(self, query):
+        """Revenue of Paid invoices by month or system, in the base currency."""
+        return reports.revenue(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
+                               query.get("from_"), query.get("to"), query["by"], today=_today())
+
+
+@blp.route("/v1/reports/receivables")
+class Receivables(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.response(200)
+    def get(self):
+        """Open receivables (Unpaid, overdue included) by days past due, due month and system."""
+        return reports.receivables(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
+                                   today=_today())
+
+
+@blp.route("/v1/reports/forecast")
+class Forecast(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.arguments(ForecastQuerySchema, location="query")
+    @blp.response(200)
+    def get(self, query):
+        """Forecast revenue and collections; the method is stated in the answer."""
+        return reports.forecast(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
+                                query["months"], today=_today())
+
+
+def ledger_entries(client):
+    """Yield every ledger entry of both sequences, or return None without a numbering ledger."""
+    try:
+        from coordinator.numbering import ledger
+    except ImportError:
+        return None
+
+    def entries():
+        for sequence in ("invoice", "credit_note"):
+            yield from ledger.iter_ledger(client, sequence)
+
+    return entries()
+
+
+@blp.route("/v1/reports/reconciliation")
+class Reconciliation(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.response(200)
+    def get(self):
+        """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen."""
+        client = get_redis()
+        names = [s.name for s in _rates()]
+        report = reconcile.reconcile(client, names, ledger_entries(client))
+        reconcile.raise_warnings(client, report)
+        return report

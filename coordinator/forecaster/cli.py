@@ -1,0 +1,134 @@
+"""``invoice-sync worker``, ``invoice-sync sync NAME`` and ``invoice-sync report …``."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import sys
+import time
+
+import click
+
+
+def _client():
+    from coordinator.config import load_settings
+    from coordinator.redis_client import make_redis
+
+    settings = load_settings()
+    return make_redis(settings), settings
+
+
+@click.command()
+@click.option("--with-scheduler/--without-scheduler", default=False, show_default=True,
+              envvar="INVOICE_SYNC_WITH_SCHEDULER",
+              help="Also run the daily automatic sync scheduler (safe on several workers).")
+@click.option("--burst", is_flag=True, envvar="INVOICE_SYNC_WORKER_BURST",
+              help="Exit when the queue is empty.")
+@click.option("--name", default=None, envvar="INVOICE_SYNC_WORKER_NAME", help="RQ worker name.")
+def worker(with_scheduler: bool, burst: bool, name: str | None) -> None:
+    """Run an RQ worker for sync jobs (connection from INVOICE_SYNC_REDIS_URL / SENTINELS)."""
+    from coordinator.forecaster.worker import run_worker
+
+    client, settings = _client()
+    run_worker(client, settings, with_scheduler=with_scheduler, burst=burst, name=name)
+
+
+@click.command("sync")
+@click.argument("name")
+@click.option("--full", is_flag=True, help="Every invoice (default: only new ones).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Show progress until the sync ends.")
+def sync_command(name: str, full: bool, wait: bool) -> None:
+    """Queue a sync of system NAME and follow it; exit 1 with WHMCS's reason if it fails."""
+    from coordinator.exceptions import CoordinatorError
+    from coordinator.forecaster import jobs, records
+
+    client, _ = _client()
+    try:
+        record = jobs.request_sync(client, name, "full" if full else "missing", trigger="cli")
+    except CoordinatorError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"sync {record['id']} of {name} queued ({record['mode']})", err=True)
+    if not wait:
+        return
+    with click.progressbar(length=1, label=f"syncing {name}", file=sys.stderr,
+                           show_pos=True) as bar:
+        done = 0
+        while True:
+            record = records.get(client, record["id"])
+            if record["total_hint"]:
+                bar.length = max(record["total_hint"], record["invoices"], 1)
+            bar.update(record["invoices"] - done)
+            done = record["invoices"]
+            if record["state"] in (records.DONE, records.FAILED):
+                break
+            time.sleep(0.5)
+    if record["state"] == records.FAILED:
+        raise click.ClickException(f"sync failed ({record['error_code']}): {record['error']}")
+    click.echo(f"done: {record['invoices']} invoices in {record['pages']} pages "
+               f"({record['inserted']} new, {record['updated']} changed, "
+               f"{record['deleted']} removed)")
+
+
+def _rates(client):
+    from coordinator.forecaster import reports
+    from coordinator.systems import registry
+
+    return reports.rates_of(registry.list_systems(client))
+
+
+def _emit(report: dict, rows_key: str, as_csv: bool) -> None:
+    if not as_csv:
+        click.echo(json.dumps(report, indent=2))
+        return
+    rows = report.get(rows_key) or []
+    if not rows:
+        return
+    writer = csv.DictWriter(sys.stdout, fieldnames=[k for k in rows[0] if k != "systems"],
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+@click.command()
+@click.argument("kind", type=click.Choice(["revenue", "receivables", "forecast", "reconciliation"]))
+@click.option("--from", "start", default=None, help="First month, YYYY-MM (revenue).")
+@click.option("--to", "end", default=None, help="Last month, YYYY-MM (revenue).")
+@click.option("--by", type=click.Choice(["month", "system"]), default="month", show_default=True)
+@click.option("--months", default=6, show_default=True, type=int, help="Forecast horizon.")
+@click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV instead of the JSON report.")
+def report(kind: str, start: str | None, end: str | None, by: str, months: int,
+           as_csv: bool) -> None:
+    """Print a report (the same JSON as GET /v1/reports/KIND)."""
+    from coordinator.exceptions import CoordinatorError
+    from coordinator.forecaster import reconcile, reports
+    from coordinator.forecaster.api import ledger_entries
+
+    client, settings = _client()
+    base = settings["BASE_CURRENCY"]
+    today = dt.datetime.now(dt.UTC).date()
+    try:
+        if kind == "revenue":
+            out = reports.revenue(client, _rates(client), base, start, end, by, today=today)
+            _emit(out, "rows", as_csv)
+        elif kind == "receivables":
+            _emit(reports.receivables(client, _rates(client), base, today=today), "buckets",
+                  as_csv)
+        elif kind == "forecast":
+            _emit(reports.forecast(client, _rates(client), base, months, today=today), "rows",
+                  as_csv)
+        else:
+            names = [s.name for s in _rates(client)]
+            out = reconcile.reconcile(client, names, ledger_entries(client))
+            reconcile.raise_warnings(client, out)
+            _emit(out, "not_issued", as_csv)
+    except CoordinatorError as error:
+        raise click.ClickException(f"{error.message}: {error.errors or ''}") from None
+
+
+def register(main: click.Group) -> None:
+    """Add the forecaster's commands to the ``invoice-sync`` group."""
+    main.add_command(worker)
+    main.add_command(sync_command)
+    main.add_command(report)

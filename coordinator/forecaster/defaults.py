@@ -1,0 +1,30 @@
+"""Constants of the forecaster (not settings: changing them changes behaviour for every system)."""
+
+QUEUE_NAME = "invoice-sync"
+"""RQ queue of the sync jobs; ``invoice-sync worker`` and the worker ``serve`` runs listen on it."""
+
+SYNC_JOB_TIMEOUT = 6 * 3600
+"""Seconds RQ lets one sync job run (a full sync of a very large WHMCS with small pages is slow)."""
+
+LOCK_QUEUED_MS = 3600 * 1000
+"""How long a queued sync holds its system's lock before a worker claims it. If no worker takes
+the job in that time the lock lapses and the job reads as failed (no worker running)."""
+
+LOCK_RUNNING_MS = 60 * 1000
+"""Lock lifetime while running; renewed every third of it. A crashed worker frees the system
+after at most this long."""
+
+RECENT_SYNCS = 50
+"""Sync records listed per system (older ones drop off the list, and expire)."""
+
+SYNC_RECORD_TTL = 90 * 86400
+"""Seconds a sync record is kept after it was created."""
+
+UPSERT_BATCH = 500
+"""Invoices per Lua upsert call: bounds how long one script blocks Redis (well under 10 ms)."""
+
+SCHEDULER_TICK_SECONDS = 30.0
+"""How often the daily-sync scheduler looks at the clock; its per-day claim makes ticks cheap."""
+
+DAILY_CLAIM_TTL = 3 * 86400
+"""Seconds a (system, day) claim of the daily scheduler is kept: longer than any clock skew."""

@@ -1,0 +1,184 @@
+"""RQ glue: request a sync (lock, record, enqueue) and run it on a worker.
+
+The job carries only the sync id. The worker reads the system, decrypts its credentials with its
+own ``INVOICE_SYNC_SECRET_KEYS``, checks the URL (SSRF guard) right before fetching, runs
+``sync.run`` and writes the outcome into the sync record — and a warning when it failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+from rq import Queue, get_current_job
+from urllib3.util.retry import Retry
+
+from agent import WhmcsClient, WhmcsError
+from coordinator import keys
+from coordinator.config import load_settings
+from coordinator.exceptions import Conflict, CoordinatorError, InvalidInput, NotFound
+from coordinator.forecaster import defaults, lock, money, records, sync
+from coordinator.forecaster.connections import with_decoding
+from coordinator.warnings import store as warnings
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[redis.Redis, str, Mapping[str, Any]], tuple[Any, int]]
+
+
+def queue(client: redis.Redis) -> Queue:
+    """Return the sync queue on ``client``'s server."""
+    return Queue(defaults.QUEUE_NAME, connection=with_decoding(client, False))
+
+
+def request_sync(
+    client: redis.Redis, system: str, mode: str, *, trigger: str = "api",
+    sync_id: str | None = None,
+) -> dict[str, Any]:
+    """Queue a sync of ``system`` and return its record (state ``queued``).
+
+    Raises:
+        InvalidInput: unknown mode. NotFound: no such system.
+        Conflict: a sync of this system is queued or running.
+    """
+    from coordinator.systems import registry
+
+    if mode not in records.MODES:
+        choices = ", ".join(records.MODES)
+        raise InvalidInput("Validation failed", {"json": {"mode": [f"One of: {choices}."]}})
+    registry.get_system(client, system)  # NotFound
+    sync_id = sync_id or records.new_id()
+    if not lock.acquire_queued(client, system, sync_id):
+        running = lock.holder(client, system)
+        raise Conflict(f"A sync of {system!r} is already queued or running (sync {running})")
+    record = records.create(client, system, mode, sync_id, trigger=trigger)
+    try:
+        queue(client).enqueue(
+            run_sync_job, sync_id, job_id=f"sync-{sync_id}",
+            job_timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
+        )
+    except redis.RedisError:
+        lock.release(client, system, sync_id)
+        records.update(client, sync_id, state=records.FAILED, error="Could not queue the sync",
+                       error_code="enqueue_failed")
+        raise
+    return record
+
+
+def default_resolver(
+    client: redis.Redis, system: str, config: Mapping[str, Any]
+) -> tuple[WhmcsClient, int]:
+    """Return a WHMCS client for ``system`` (credentials decrypted, URL checked) and its step."""
+    from coordinator.systems import registry, secrets
+    from coordinator.systems.fetch import guarded_session
+    from coordinator.systems.urls import check_fetch_url
+
+    step = int(registry.get_system(client, system)["step"])
+    url, identifier, secret, access_key = registry.get_credentials(
+        client, system, secrets.fernet_from_config(config)
+    )
+    check_fetch_url(url, config)
+    # The guarded session re-checks the peer address on connect (DNS rebinding); give its
+    # adapters the same transport retries WhmcsClient mounts on sessions it builds itself.
+    session = guarded_session(config)
+    for adapter in session.adapters.values():
+        adapter.max_retries = Retry(
+            total=3, other=0, redirect=0, backoff_factor=0.5, status_forcelist=(429, 503),
+            allowed_methods=frozenset({"POST"}), respect_retry_after_header=True,
+            raise_on_status=False, raise_on_redirect=False,
+        )
+    return WhmcsClient(url, identifier, secret, access_key, session=session), step
+
+
+def _fail(client: redis.Redis, record: dict, message: str, code: str) -> None:
+    records.update(client, record["id"], state=records.FAILED, error=message, error_code=code,
+                   finished_at=records.iso(records.utcnow()))
+    warnings.raise_warning(
+        client, warnings.SYNC_FAILED, f"Sync of {record['system']} failed: {message}",
+        system=record["system"], code=code,
+    )
+
+
+def execute(
+    client: redis.Redis, sync_id: str, config: Mapping[str, Any],
+    *, resolve: Resolver = default_resolver,
+) -> dict[str, Any]:
+    """Run the sync ``sync_id`` here and now; return its final record."""
+    raw = client.hgetall(keys.sync(sync_id))
+    if not raw:
+        raise NotFound(f"No sync {sync_id!r}")
+    record = {"id": sync_id, "system": raw["system"], "mode": raw["mode"]}
+    system = record["system"]
+    try:
+        held = lock.HeldLock(client, system, sync_id).__enter__()
+    except lock.LockLost as error:
+        _fail(client, record, str(error), "sync_running")
+        return records.get(client, sync_id)
+    try:
+        records.update(client, sync_id, state=records.RUNNING,
+                       started_at=records.iso(records.utcnow()))
+        source = None
+        try:
+            source, step = resolve(client, system, config)
+
+            def on_page(progress: sync.Progress) -> None:
+                records.update(
+                    client, sync_id, pages=progress.pages, invoices=progress.invoices,
+                    total_hint=progress.total_hint, inserted=progress.result.inserted,
+                    updated=progress.result.updated, api_calls=getattr(source, "calls", 0),
+                )
+
+            outcome = sync.run(client, system, record["mode"], source, step,
+                               on_page=on_page, check=held.check)
+        except WhmcsError as error:
+            _fail(client, record, error.message, error.code)
+        except (sync.SyncError, CoordinatorError) as error:
+            _fail(client, record, error.message, getattr(error, "code", "sync_error"))
+        except money.AmountPrecisionError as error:
+            _fail(client, record, f"WHMCS sent an amount that cannot be stored exactly: {error}",
+                  "amount_precision")
+        except lock.LockLost as error:
+            _fail(client, record, f"{error}; the sync stopped writing", "lock_lost")
+        except Exception:
+            log.exception("sync %s of %s crashed", sync_id, system)
+            _fail(client, record, "Internal error while syncing; see the worker's log",
+                  "internal")
+            raise
+        else:
+            records.update(
+                client, sync_id, state=records.DONE, finished_at=records.iso(records.utcnow()),
+                pages=outcome.pages, invoices=outcome.invoices, inserted=outcome.result.inserted,
+                updated=outcome.result.updated, deleted=outcome.result.deleted,
+                api_calls=getattr(source, "calls", 0),
+            )
+            _after_success(client, system)
+        finally:
+            if source is not None and hasattr(source, "close"):
+                source.close()
+    finally:
+        # The final state is written before the lock goes (records.get relies on that order).
+        held.release()
+    return records.get(client, sync_id)
+
+
+def _after_success(client: redis.Redis, system: str) -> None:
+    from coordinator.forecaster import store
+
+    found = store.currencies(client, system)
+    if len(found) > 1:
+        listing = ", ".join(f"{cur} ({n})" for cur, n in sorted(found.items()))
+        warnings.raise_warning(
+            client, warnings.MIXED_CURRENCIES,
+            f"{system} has invoices in more than one currency: {listing}. Its one exchange rate "
+            "is applied to all of them in reports; give each currency its own system.",
+            system=system, code="mixed_currencies",
+        )
+
+
+def run_sync_job(sync_id: str) -> str:
+    """RQ entry point: run the sync with this worker's settings; return its final state."""
+    job = get_current_job()
+    client = with_decoding(job.connection, True)
+    return execute(client, sync_id, load_settings())["state"]

@@ -1,0 +1,113 @@
+"""One sync per system at a time: a Redis lock owned by the sync's id.
+
+The lock is taken with ``SET NX PX`` when a sync is requested (a second request gets 409), claimed
+by the worker that runs it, renewed by a background thread while it runs and released by its owner
+only. A worker that dies stops renewing; the lock lapses after ``LOCK_RUNNING_MS`` and the next
+sync may start — it redoes what the dead one left unfinished (upserts are idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from coordinator import keys
+from coordinator.forecaster import defaults
+from coordinator.forecaster._lua import script
+
+log = logging.getLogger(__name__)
+
+
+def acquire_queued(client: redis.Redis, system: str, sync_id: str) -> bool:
+    """Take ``system``'s lock for a sync about to be queued; False if one is queued or running."""
+    return bool(
+        client.set(keys.sys_sync_lock(system), sync_id, nx=True, px=defaults.LOCK_QUEUED_MS)
+    )
+
+
+def holder(client: redis.Redis, system: str) -> str | None:
+    """Return the id of the sync holding ``system``, if any."""
+    return client.get(keys.sys_sync_lock(system))
+
+
+def claim(client: redis.Redis, system: str, sync_id: str, ttl_ms: int) -> bool:
+    """Take the lock for a running sync (see lock_claim.lua)."""
+    key = keys.sys_sync_lock(system)
+    return bool(script(client, "lock_claim")(keys=[key], args=[sync_id, ttl_ms]))
+
+
+def renew(client: redis.Redis, system: str, sync_id: str, ttl_ms: int) -> bool:
+    """Extend the lock if ``sync_id`` still owns it."""
+    key = keys.sys_sync_lock(system)
+    return bool(script(client, "lock_renew")(keys=[key], args=[sync_id, ttl_ms]))
+
+
+def release(client: redis.Redis, system: str, sync_id: str) -> bool:
+    """Free the lock if ``sync_id`` owns it."""
+    return bool(script(client, "lock_release")(keys=[keys.sys_sync_lock(system)], args=[sync_id]))
+
+
+class LockLost(Exception):
+    """The sync lost its lock (Redis unreachable for longer than its lifetime, or taken over)."""
+
+
+class HeldLock:
+    """A claimed lock kept alive by a daemon thread until :meth:`release`.
+
+    Usage::
+
+        with HeldLock(client, "blue", sync_id) as lock:
+            for page in pages:
+                lock.check()      # raises LockLost: stop writing, another sync may own it
+                ...
+
+    Args:
+        ttl_ms: Lifetime; renewed every third of it.
+    """
+
+    def __init__(
+        self, client: redis.Redis, system: str, sync_id: str, ttl_ms: int = defaults.LOCK_RUNNING_MS
+    ) -> None:
+        self.client = client
+        self.system = system
+        self.sync_id = sync_id
+        self.ttl_ms = ttl_ms
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> HeldLock:
+        if not claim(self.client, self.system, self.sync_id, self.ttl_ms):
+            raise LockLost(f"another sync of {self.system!r} is running")
+        self._thread = threading.Thread(
+            target=self._renew_loop, name=f"sync-lock-{self.system}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                if not renew(self.client, self.system, self.sync_id, self.ttl_ms):
+                    self._lost.set()
+                    return
+            except redis.RedisError as error:
+                # Keep trying: the lock survives until its lifetime ends.
+                log.warning("renewing the sync lock of %s failed: %s", self.system, error)
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` if renewing found the lock gone."""
+        if self._lost.is_set():
+            raise LockLost(f"the sync lock of {self.system!r} was lost")
+
+    def release(self) -> None:
+        """Stop renewing and free the lock (if still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        release(self.client, self.system, self.sync_id)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

@@ -1,0 +1,120 @@
+"""Reconciliation: the invoice numbers each WHMCS shows against the numbers the coordinator issued.
+
+Three findings (DESIGN "The forecaster"):
+
+* ``duplicates`` — a number carried by invoices of two systems (or twice in one);
+* ``not_issued`` — a number seen in a WHMCS that the ledger does not have (numbered by hand,
+  by WHMCS itself, or before the coordinator was adopted);
+* ``not_seen`` — a number issued and confirmed to a system that has completed a sync, yet no
+  WHMCS shows it (invoice deleted or renumbered after confirmation).
+
+It reads every stored number once (HSCAN of each system's ``numbers`` hash, not the invoices)
+and the ledger once: cost grows with the numbers compared, which is what the question is about.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from coordinator import keys
+from coordinator.forecaster import store
+from coordinator.warnings import store as warnings
+
+EXAMPLES = 20
+"""Numbers quoted in one warning's message; the report lists them all."""
+
+
+def synced_systems(client: redis.Redis, systems: Sequence[str]) -> list[str]:
+    """Return the systems that have completed at least one sync."""
+    out = []
+    for name in systems:
+        state = client.hgetall(keys.sys_sync_state(name))
+        if state.get("last_full_at") or state.get("last_missing_at"):
+            out.append(name)
+    return out
+
+
+def reconcile(
+    client: redis.Redis,
+    systems: Sequence[str],
+    ledger: Iterable[Mapping[str, Any]] | None,
+    *,
+    limit: int = 1000,
+) -> dict[str, Any]:
+    """Compare numbers seen in WHMCS with the ledger (``None``: no ledger to compare with).
+
+    Args:
+        ledger: Entries with ``formatted``, ``system``, ``status``, ``sequence``, ``id``.
+        limit: Most items listed per finding (``counts`` has the full numbers).
+    """
+    seen: dict[str, dict[str, int]] = {}
+    for name in systems:
+        for number, n in store.iter_numbers(client, name):
+            seen.setdefault(number, {})[name] = n
+    duplicates = [
+        {"number": number,
+         "systems": [{"system": s, "invoices": n} for s, n in sorted(where.items())]}
+        for number, where in sorted(seen.items())
+        if len(where) > 1 or sum(where.values()) > 1
+    ]
+    synced = set(synced_systems(client, systems))
+    not_issued, not_seen, issued_count = [], [], 0
+    if ledger is not None:
+        issued: set[str] = set()
+        for entry in ledger:
+            formatted = entry.get("formatted")
+            if not formatted or entry.get("status") == "void":
+                continue
+            issued.add(formatted)
+            issued_count += 1
+            if (entry.get("status") == "confirmed" and entry.get("system") in synced
+                    and formatted not in seen):
+                not_seen.append({"number": formatted, "system": entry.get("system"),
+                                 "allocation": entry.get("id")})
+        not_issued = [
+            {"number": number, "systems": sorted(where)}
+            for number, where in sorted(seen.items()) if number not in issued
+        ]
+    return {
+        "checked_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "systems": list(systems),
+        "systems_synced": sorted(synced),
+        "ledger_compared": ledger is not None,
+        "counts": {"numbers_seen": len(seen), "numbers_issued": issued_count,
+                   "duplicates": len(duplicates), "not_issued": len(not_issued),
+                   "not_seen": len(not_seen)},
+        "duplicates": duplicates[:limit],
+        "not_issued": not_issued[:limit],
+        "not_seen": not_seen[:limit],
+    }
+
+
+def raise_warnings(client: redis.Redis, report: Mapping[str, Any]) -> list[str]:
+    """Raise one warning per finding type and system, quoting the first numbers; return ids."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for item in report["duplicates"]:
+        for where in item["systems"]:
+            key = (warnings.DUPLICATE_NUMBER, where["system"])
+            grouped.setdefault(key, []).append(item["number"])
+    for item in report["not_issued"]:
+        for system in item["systems"]:
+            grouped.setdefault((warnings.UNKNOWN_NUMBER, system), []).append(item["number"])
+    for item in report["not_seen"]:
+        grouped.setdefault((warnings.MISSING_NUMBER, item["system"]), []).append(item["number"])
+    text = {
+        warnings.DUPLICATE_NUMBER: "invoice numbers also used by another invoice",
+        warnings.UNKNOWN_NUMBER: "invoice numbers the coordinator never issued",
+        warnings.MISSING_NUMBER: "issued and confirmed numbers no WHMCS shows",
+    }
+    ids = []
+    for (kind, system), numbers in sorted(grouped.items()):
+        shown = ", ".join(numbers[:EXAMPLES]) + (" …" if len(numbers) > EXAMPLES else "")
+        ids.append(warnings.raise_warning(
+            client, kind, f"{system}: {len(numbers)} {text[kind]}: {shown}",
+            system=system, code=kind,
+        ))
+    return ids

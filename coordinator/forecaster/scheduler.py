@@ -1,0 +1,100 @@
+"""The daily automatic sync: at ``SYNC_DAILY_AT`` (UTC), one sync per ``auto_sync`` system per day.
+
+Any number of schedulers may run (every ``invoice-sync worker --with-scheduler`` and every
+``invoice-sync serve`` runs one): each (system, day) is claimed with ``SET NX`` on
+``{sys:<name>}:daily:<YYYY-MM-DD>`` before enqueueing, so exactly one of them enqueues it. A
+scheduler that was down at the set time catches up later the same day.
+
+RQ's own ``CronScheduler`` is not used: each instance enqueues on its own (no cross-process
+claim, so two of them would sync twice) and its cron fields are in local time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+
+from coordinator import keys
+from coordinator.exceptions import Conflict, CoordinatorError
+from coordinator.forecaster import defaults, jobs
+
+log = logging.getLogger(__name__)
+
+
+def parse_at(value: str) -> dt.time:
+    """Parse ``"HH:MM"`` (UTC)."""
+    try:
+        hours, minutes = str(value).split(":")
+        return dt.time(int(hours), int(minutes))
+    except ValueError:
+        raise ValueError(f"INVOICE_SYNC_SYNC_DAILY_AT must be HH:MM (UTC), not {value!r}") from None
+
+
+def tick(
+    client: redis.Redis,
+    now: dt.datetime,
+    config: Mapping[str, Any],
+    *,
+    owner: str | None = None,
+    request: Callable[..., dict] = jobs.request_sync,
+) -> list[str]:
+    """Enqueue today's sync of each ``auto_sync`` system not yet claimed; return their names."""
+    from coordinator.systems import registry
+
+    now = now.astimezone(dt.UTC)
+    if now.time() < parse_at(config.get("SYNC_DAILY_AT", "04:30")):
+        return []
+    day = now.date().isoformat()
+    mode = config.get("SYNC_DAILY_MODE", "full")
+    owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+    enqueued = []
+    for system in registry.list_systems(client):
+        if not system.get("auto_sync"):
+            continue
+        name = system["name"]
+        if not client.set(keys.sys_daily_claim(name, day), owner, nx=True,
+                          ex=defaults.DAILY_CLAIM_TTL):
+            continue  # another scheduler (or an earlier tick) has it
+        try:
+            request(client, name, mode, trigger="daily")
+            enqueued.append(name)
+        except Conflict:
+            # A sync of it is already queued or running: that one serves as today's.
+            log.info("daily sync of %s skipped: a sync is already running", name)
+        except CoordinatorError as error:
+            log.warning("daily sync of %s not queued: %s", name, error.message)
+    return enqueued
+
+
+class SchedulerThread(threading.Thread):
+    """Run :func:`tick` every ``SCHEDULER_TICK_SECONDS`` until :meth:`stop`."""
+
+    def __init__(self, client: redis.Redis, config: Mapping[str, Any],
+                 interval: float = defaults.SCHEDULER_TICK_SECONDS) -> None:
+        super().__init__(name="invoice-sync-scheduler", daemon=True)
+        parse_at(config.get("SYNC_DAILY_AT", "04:30"))  # fail at start, not at 04:30
+        self.client = client
+        self.config = config
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                enqueued = tick(self.client, dt.datetime.now(dt.UTC), self.config)
+                if enqueued:
+                    log.info("daily sync queued for: %s", ", ".join(enqueued))
+            except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
+                log.exception("daily sync scheduler tick failed")
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current tick."""
+        self._stop_event.set()

@@ -1,0 +1,275 @@
+"""Sync one system's invoices from its WHMCS into the store.
+
+Two modes (``records.MODES``):
+
+* **full** — every invoice, ``orderby=id`` ascending. Changed records (status, datepaid,
+  invoicenum, amounts) are rewritten and the aggregates move by the difference; invoices stored
+  but no longer in WHMCS (deleted there) are removed. A completed full sync sets the high-water
+  mark to the highest id seen.
+* **missing** — only invoices not yet stored, ``orderby=id`` descending, stopping at the first
+  id at or below the **high-water mark** (every id up to it is stored). The mark advances only
+  when a run completes, so a crashed run is simply redone; with nothing new a sync costs exactly
+  one page request.
+
+Paging follows WHMCS.md: advance ``limitstart`` by the rows actually received, stop on an empty
+page, never trust ``totalresults``. On top of that each page re-reads the previous page's last
+row (one row of overlap): if that row is not where it was, invoices were deleted in WHMCS while
+we paged and rows shifted past us, so we step back a page instead of silently skipping them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+
+from coordinator import keys
+from coordinator.forecaster import store
+
+MAX_STEP_BACKS = 50
+"""Times one run steps back after rows shifted under it before giving up (WHMCS too busy)."""
+
+MAX_STALE_PAGES = 1000
+"""Consecutive pages with nothing new (descending order, many invoices created meanwhile)
+before we conclude WHMCS ignores ``limitstart``."""
+
+
+class SyncError(Exception):
+    """A sync cannot complete for a reason the admin must see (``code`` is stable)."""
+
+    code = "sync_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
+class InvoiceSource(Protocol):
+    """The WHMCS side: ``agent.WhmcsClient`` (``get_invoices`` and a ``calls`` counter)."""
+
+    calls: int
+
+    def get_invoices(
+        self, limitstart: int = 0, limitnum: int = 25, *, status: str | None = None,
+        orderby: str = "id", order: str = "asc",
+    ) -> Any: ...
+
+
+@dataclass
+class Progress:
+    """What a run has done so far; passed to the ``on_page`` callback after every page."""
+
+    pages: int = 0
+    invoices: int = 0
+    total_hint: int | None = None
+    result: store.UpsertResult = field(default_factory=store.UpsertResult)
+    high_water: int = 0
+    currencies: int = 0
+
+
+@dataclass
+class _Page:
+    fresh: Sequence[Any]
+    totalresults: int
+
+
+def _pages(
+    source: InvoiceSource, step: int, order: str, check: Callable[[], None],
+    last: Callable[[Sequence[Any]], bool] = lambda rows: False,
+) -> Iterator[_Page]:
+    """Yield each page's rows not yet yielded, in ``order`` of id, until WHMCS has no more.
+
+    While a full page is being stored, the next one is already requested (WHMCS renders it
+    meanwhile). Only after a full page that ``last`` does not call final: that request would
+    be made anyway, so prefetching never adds an API call to a run that ends normally.
+    """
+    ascending = order == "asc"
+
+    def after(a: int, b: int) -> bool:  # does id a come after id b in this order?
+        return a > b if ascending else a < b
+
+    def fetch(start: int) -> Any:
+        return source.get_invoices(start, step, orderby="id", order=order)
+
+    # One row of overlap needs two rows per page to make progress.
+    step = max(int(step), 2)
+    start, anchor, step_backs, stale, expected = 0, None, 0, 0, step
+    ahead: tuple[int, Future] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="whmcs-prefetch") as fetcher:
+        try:
+            while True:
+                check()
+                if ahead is not None and ahead[0] == start:
+                    page = ahead[1].result()
+                else:
+                    _drop(ahead)
+                    page = fetch(start)
+                ahead = None
+                rows = page.invoices
+                if not rows:
+                    return
+                if anchor is None:
+                    fresh = list(rows)
+                else:
+                    if not any(r.id == anchor for r in rows) and after(rows[0].id, anchor):
+                        # The row we read last moved up: rows after it may have shifted past us.
+                        step_backs += 1
+                        if step_backs > MAX_STEP_BACKS:
+                            raise SyncError(
+                                "WHMCS's invoice list kept changing while it was paged (invoices "
+                                "deleted during the sync); run the sync again.",
+                                "whmcs_list_unstable",
+                            )
+                        start = max(0, start - len(rows))
+                        continue
+                    fresh = [r for r in rows if after(r.id, anchor)]
+                    if not fresh and len(rows) == 1:
+                        return  # only the overlap row is left: the end
+                    if not fresh:
+                        stale += 1
+                        if ascending or stale > MAX_STALE_PAGES:
+                            raise SyncError(
+                                f"WHMCS answered GetInvoices limitstart={start} with rows it had "
+                                "already sent: it ignores limitstart, so paging cannot finish. "
+                                "Check for a module or proxy rewriting API requests.",
+                                "whmcs_bad_response",
+                            )
+                    else:
+                        stale = 0
+                if fresh:
+                    anchor = fresh[-1].id
+                next_start = start + len(rows) - 1
+                if len(rows) >= expected and not last(rows):
+                    ahead = (next_start, fetcher.submit(fetch, next_start))
+                expected = len(rows)
+                yield _Page(fresh, page.totalresults)
+                start = next_start
+        finally:
+            _drop(ahead)
+
+
+def _drop(ahead: tuple[int, Future] | None) -> None:
+    """Wait out a prefetch that is not needed (its errors do not matter)."""
+    if ahead is not None:
+        with contextlib.suppress(Exception):
+            ahead[1].result()
+
+
+def _store_page(client: redis.Redis, system: str, rows: Sequence[Any]) -> store.UpsertResult:
+    return store.write_records(client, system, {r.id: store.encode(r) for r in rows})
+
+
+def high_water(client: redis.Redis, system: str) -> int:
+    """Return the id up to which every invoice of ``system`` is stored (0: none yet)."""
+    return int(client.hget(keys.sys_sync_state(system), "high_water") or 0)
+
+
+def _complete(
+    client: redis.Redis, system: str, mode: str, mark: int, finished: dt.datetime
+) -> None:
+    state = keys.sys_sync_state(system)
+    with client.pipeline(transaction=True) as pipe:
+        if mark:
+            pipe.hset(state, "high_water", max(mark, high_water(client, system)))
+        pipe.hset(state, f"last_{mode}_at", finished.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        pipe.execute()
+
+
+def run(
+    client: redis.Redis,
+    system: str,
+    mode: str,
+    source: InvoiceSource,
+    step: int,
+    *,
+    on_page: Callable[[Progress], None] = lambda progress: None,
+    check: Callable[[], None] = lambda: None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> Progress:
+    """Run one sync of ``system`` and return what it did.
+
+    Args:
+        source: The system's WHMCS client.
+        step: Invoices per page (the system's ``step``).
+        on_page: Called after every stored page (progress reporting).
+        check: Called before every request; raises to abort (the lock was lost).
+
+    Raises:
+        agent.WhmcsError: WHMCS refused or failed (nothing after the last stored page changes).
+        SyncError: paging cannot complete; money.AmountPrecisionError: an unstorable amount.
+    """
+    if mode not in ("full", "missing"):
+        raise ValueError(f"unknown sync mode {mode!r}")
+    progress = Progress()
+    mark = high_water(client, system) if mode == "missing" else 0
+    seen = bytearray()  # full: bitmap of ids seen, to find invoices deleted in WHMCS
+    top = 0
+    stored_before = store.count(client, system)
+    # Storing a page overlaps fetching the next one: one writer thread, at most one
+    # write in flight, so pages are stored in order and a failed write stops the run.
+    with ThreadPoolExecutor(1, thread_name_prefix=f"sync-{system}") as writer:
+        pending: Future | None = None
+
+        def settle() -> None:
+            nonlocal pending
+            if pending is not None:
+                result = pending.result()
+                progress.result += result
+                progress.currencies = result.currencies or progress.currencies
+                pending = None
+                on_page(progress)
+
+        try:
+            order = "asc" if mode == "full" else "desc"
+            reached_mark = (lambda rows: rows[-1].id <= mark) if mode == "missing" else None
+            for page in _pages(source, step, order, check, reached_mark or (lambda rows: False)):
+                rows = page.fresh
+                if mode == "missing":
+                    new = [r for r in rows if r.id > mark]
+                    done = len(new) < len(rows)
+                    rows = new
+                else:
+                    done = False
+                    for r in rows:
+                        if r.id >= len(seen) * 8:
+                            seen.extend(bytes(max(len(seen), r.id // 8 + 1 - len(seen))))
+                        seen[r.id >> 3] |= 1 << (r.id & 7)
+                if progress.total_hint is None:
+                    total = page.totalresults
+                    progress.total_hint = total if mode == "full" else max(0, total - stored_before)
+                settle()
+                progress.pages += 1
+                progress.invoices += len(rows)
+                if rows:
+                    top = max(top, max(r.id for r in rows))
+                # Encoding runs on the writer too, while this thread waits for WHMCS. A bad
+                # amount fails the whole page before any of it is written.
+                pending = writer.submit(_store_page, client, system, rows)
+                if done:
+                    break
+            settle()
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(Exception):
+                    pending.result()
+    if mode == "full":
+        gone = [
+            i for i in store.iter_stored_ids(client, system)
+            if i >= len(seen) * 8 or not seen[i >> 3] & (1 << (i & 7))
+        ]
+        if gone:
+            progress.result += store.delete(client, system, gone)
+        progress.currencies = len(store.currencies(client, system))
+    elif not progress.currencies:
+        progress.currencies = len(store.currencies(client, system))
+    progress.high_water = max(top, mark)
+    _complete(client, system, mode, top, clock())
+    return progress

@@ -1,0 +1,110 @@
+"""Store and read warnings (keys in ``coordinator.keys``: ``warning:<id>`` and ``warnings``).
+
+A warning's id is its deduplication key, ``<type>:<system>`` or ``<type>:<system>:<detail>``:
+the same problem raised again bumps ``count`` and ``last_seen`` instead of piling up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+
+from coordinator import keys
+from coordinator.exceptions import NotFound
+
+SYNC_FAILED = "sync_failed"
+MIXED_CURRENCIES = "mixed_currencies"
+DUPLICATE_NUMBER = "duplicate_number"
+UNKNOWN_NUMBER = "number_not_issued"
+MISSING_NUMBER = "issued_number_not_seen"
+TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER)
+"""Warning types the forecaster raises (other parts of the coordinator may add theirs)."""
+
+
+@cache
+def _source() -> str:
+    return resources.files(__package__).joinpath("raise.lua").read_text()
+
+
+def warning_id(kind: str, system: str | None = None, detail: str | None = None) -> str:
+    """Return the deduplication id of a warning."""
+    return ":".join(part for part in (kind, system, detail) if part)
+
+
+def raise_warning(
+    client: redis.Redis,
+    kind: str,
+    message: str,
+    *,
+    system: str | None = None,
+    detail: str | None = None,
+    code: str | None = None,
+    now: dt.datetime | None = None,
+) -> str:
+    """Record a warning (or one more occurrence of it); return its id."""
+    now = now or dt.datetime.now(dt.UTC)
+    wid = warning_id(kind, system, detail)
+    client.register_script(_source())(
+        keys=[keys.warning(wid), keys.WARNINGS],
+        args=[wid, kind, system or "", message, code or "",
+              now.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{now.timestamp():.3f}"],
+    )
+    return wid
+
+
+def _shape(raw: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": raw["id"], "type": raw["type"], "system": raw.get("system") or None,
+        "message": raw.get("message", ""), "code": raw.get("code") or None,
+        "first_seen": raw.get("first_seen"), "last_seen": raw.get("last_seen"),
+        "count": int(raw.get("count", 0)), "acked": raw.get("acked") == "1",
+        "acked_at": raw.get("acked_at"),
+    }
+
+
+def get(client: redis.Redis, wid: str) -> dict[str, Any] | None:
+    """Return one warning, or None."""
+    raw = client.hgetall(keys.warning(wid))
+    return _shape(raw) if raw else None
+
+
+def list_warnings(
+    client: redis.Redis, since: dt.datetime | None = None, *, include_acked: bool = True,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Return warnings last seen at or after ``since``, most recent first."""
+    low = f"{since.timestamp():.3f}" if since else "-inf"
+    ids = client.zrevrangebyscore(keys.WARNINGS, "+inf", low, start=0, num=limit)
+    with client.pipeline(transaction=False) as pipe:
+        for wid in ids:
+            pipe.hgetall(keys.warning(wid))
+        raws = pipe.execute()
+    found = [_shape(raw) for raw in raws if raw]
+    return [w for w in found if include_acked or not w["acked"]]
+
+
+def ack(client: redis.Redis, wid: str, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Acknowledge a warning (it stays listed; it is unacknowledged again if it recurs).
+
+    Raises:
+        NotFound: no such warning.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    if not client.exists(keys.warning(wid)):
+        raise NotFound(f"No warning {wid!r}")
+    client.hset(keys.warning(wid), mapping={"acked": "1",
+                                            "acked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    return get(client, wid)
+
+
+def unacked_by_type(client: redis.Redis) -> Counter[str]:
+    """Return the number of unacknowledged warnings per type (for the metrics gauge)."""
+    counts: Counter[str] = Counter()
+    for warning in list_warnings(client, include_acked=False, limit=100_000):
+        counts[warning["type"]] += 1
+    return counts
