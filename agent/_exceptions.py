@@ -6,8 +6,21 @@ The hierarchy, in one place::
     ├── ConfigError                 the agent's own configuration is missing or invalid
     ├── CoordinatorError            talking to the coordinator failed (see _client.py)
     └── WhmcsError                  talking to this installation's WHMCS failed (see _whmcs.py)
+        ├── WhmcsAccessDeniedError  HTTP 403: an admin must change a WHMCS setting
+        │   ├── WhmcsAuthError          wrong API identifier/secret
+        │   ├── WhmcsPermissionError    the API role lacks the action (``.action``)
+        │   ├── WhmcsIpNotAllowedError  caller IP not in API IP Access Restriction (``.ip``)
+        │   ├── WhmcsAccessKeyError     wrong or missing ``accesskey``
+        │   └── WhmcsIpBannedError      the caller's IP is banned in WHMCS
+        ├── WhmcsConnectionError    WHMCS could not be reached (DNS, refused, reset)
+        │   └── WhmcsTimeoutError       WHMCS did not answer in time
+        ├── WhmcsTlsError           the TLS handshake or certificate check failed
+        ├── WhmcsBadResponseError   the answer was not WHMCS's JSON (firewall page, HTTP 5xx)
+        └── WhmcsApiError           WHMCS ran the action and reported an error (HTTP 200)
 
-Every message says what the operator must fix, never contains a token or secret.
+Every message says what the operator must fix, never contains a token or secret. Every
+``WhmcsError`` has a short stable ``code`` (``"whmcs_auth"``…) that the coordinator stores in
+its warnings, so dashboards can group by cause without parsing English.
 """
 
 from __future__ import annotations
@@ -19,3 +32,115 @@ class AgentError(Exception):
 
 class ConfigError(AgentError):
     """The agent's configuration is missing a value or has an invalid one."""
+
+
+class WhmcsError(AgentError):
+    """Talking to a WHMCS installation failed.
+
+    Attributes:
+        code: Short stable identifier of the cause, stored by the coordinator in warnings.
+        action: The WHMCS API action being called (``"GetInvoices"``), if known.
+        status_code: The HTTP status WHMCS (or whatever stood in front of it) answered, if any.
+    """
+
+    code = "whmcs"
+
+    def __init__(
+        self, message: str, *, action: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.action = action
+        self.status_code = status_code
+
+
+class WhmcsAccessDeniedError(WhmcsError):
+    """WHMCS refused the API call; an administrator has to change a setting."""
+
+    code = "whmcs_access_denied"
+
+
+class WhmcsAuthError(WhmcsAccessDeniedError):
+    """The API identifier or secret is wrong, or the credential was deleted."""
+
+    code = "whmcs_auth"
+
+
+class WhmcsPermissionError(WhmcsAccessDeniedError):
+    """The API role tied to the credentials does not allow the action (see ``.action``)."""
+
+    code = "whmcs_permission"
+
+
+class WhmcsIpNotAllowedError(WhmcsAccessDeniedError):
+    """The caller's IP is not in WHMCS's API IP Access Restriction list.
+
+    Attributes:
+        ip: The address WHMCS saw, which is what must be added (it may be a proxy's or NAT's).
+    """
+
+    code = "whmcs_ip_not_allowed"
+
+    def __init__(self, message: str, *, ip: str | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.ip = ip
+
+
+class WhmcsAccessKeyError(WhmcsAccessDeniedError):
+    """The ``accesskey`` is wrong or missing while WHMCS requires it."""
+
+    code = "whmcs_access_key"
+
+
+class WhmcsIpBannedError(WhmcsAccessDeniedError):
+    """WHMCS has banned the caller's IP (usually after repeated failed logins)."""
+
+    code = "whmcs_ip_banned"
+
+
+class WhmcsConnectionError(WhmcsError):
+    """WHMCS could not be reached or dropped the connection."""
+
+    code = "whmcs_connection"
+
+
+class WhmcsTimeoutError(WhmcsConnectionError):
+    """WHMCS did not connect or answer within the timeout."""
+
+    # A subclass of WhmcsConnectionError because callers treat both as "try again later".
+    code = "whmcs_timeout"
+
+
+class WhmcsTlsError(WhmcsError):
+    """The TLS connection to WHMCS failed (certificate invalid, or not HTTPS at all)."""
+
+    # Not a WhmcsConnectionError: retrying does not help, someone must fix a certificate or URL.
+    code = "whmcs_tls"
+
+
+class WhmcsBadResponseError(WhmcsError):
+    """The answer was not WHMCS API JSON (an HTML firewall page, an HTTP 5xx, garbage).
+
+    Attributes:
+        snippet: The first characters of the body, whitespace collapsed, for the admin to recognise.
+    """
+
+    code = "whmcs_bad_response"
+
+    def __init__(self, message: str, *, snippet: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.snippet = snippet
+
+
+class WhmcsApiError(WhmcsError):
+    """WHMCS ran the action and answered ``result=error`` (for example an unknown invoice id).
+
+    Attributes:
+        whmcs_message: WHMCS's own message, verbatim.
+    """
+
+    code = "whmcs_api"
+
+    def __init__(self, message: str, *, whmcs_message: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.whmcs_message = whmcs_message
