@@ -1,0 +1,303 @@
+"""The ``invoice-sync-agent`` command line (also ``python -m agent``)."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from agent._client import Client, check_date
+from agent._config import CONFIG_ENV, ENV_PREFIX, NUMBER_ON_CHOICES, Config
+from agent._exceptions import (
+    ConfigError,
+    CoordinatorError,
+    CoordinatorRefused,
+    JournalError,
+)
+from agent._models import DOCUMENTS
+
+log = logging.getLogger("agent")
+
+
+class ExitCode(enum.IntEnum):
+    """What ``invoice-sync-agent`` exits with; scripts may rely on these.
+
+    ``OK`` (0): done; for ``next`` the number was printed.
+    ``INTERNAL`` (1): a bug in the agent (the traceback goes to stderr).
+    ``USAGE`` (2): bad command line or bad input (nothing was sent).
+    ``UNAVAILABLE`` (3): the coordinator is unreachable, unavailable (5xx/429) or answered
+    garbage, even after retries; no number was taken for sure — retry later with the SAME
+    reference (the coordinator hands back the same number if it did take one).
+    ``REFUSED`` (4): the coordinator refused (401/403 token, 404 unknown id, 409 reference
+    taken with another date, 422 invalid); retrying unchanged will not help.
+    ``CONFIG`` (5): the agent's configuration is missing or invalid.
+    ``JOURNAL`` (6): the local journal could not be opened or refused a change.
+    """
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    UNAVAILABLE = 3
+    REFUSED = 4
+    CONFIG = 5
+    JOURNAL = 6
+
+
+EXIT_CODE_HELP = {
+    ExitCode.OK: "ok",
+    ExitCode.INTERNAL: "internal error (a bug; see the traceback)",
+    ExitCode.USAGE: "bad usage or input; nothing was sent",
+    ExitCode.UNAVAILABLE: "coordinator unreachable/unavailable; retry later, same reference",
+    ExitCode.REFUSED: "coordinator refused the request (token, scope, conflict, invalid)",
+    ExitCode.CONFIG: "configuration missing or invalid",
+    ExitCode.JOURNAL: "local journal unusable",
+}
+"""One line per exit code, as printed in ``--help``."""
+
+# Options mirroring the environment names (API.md, "Agent configuration").
+_OPTIONS: dict[str, str] = {
+    "url": "the coordinator's base URL",
+    "token": "this system's agent token (prefer the environment or the config file: "
+    "command lines are visible to other users)",
+    "whmcs_url": "this installation's .../includes/api.php",
+    "whmcs_identifier": "WHMCS API identifier",
+    "whmcs_secret": "WHMCS API secret (prefer the environment or the config file)",
+    "whmcs_access_key": "WHMCS API access key",
+    "number_on": f"when documents get a number: {' | '.join(NUMBER_ON_CHOICES)} (default paid)",
+    "journal": "path of the local journal (default under $XDG_STATE_HOME)",
+    "ca_bundle": "CA bundle to verify the coordinator's certificate",
+    "timeout": "seconds per attempt to connect and to read (default 10)",
+}
+
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {int(code)}  {text}" for code, text in EXIT_CODE_HELP.items())
+    return (
+        "configuration: options > environment (INVOICE_SYNC_AGENT_<NAME>) > config file "
+        f"(--config or {CONFIG_ENV}; TOML, keys like the option names) > defaults\n\n"
+        f"exit codes:\n{codes}"
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser (exposed for tests and docs)."""
+    parser = _Parser(
+        prog="invoice-sync-agent",
+        description="Take legal invoice numbers from the invoice-sync coordinator. Fails closed: "
+        "no coordinator answer, no number.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help=f"TOML config file (env {CONFIG_ENV})")
+    for name, text in _OPTIONS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            metavar=name.upper(),
+            help=f"{text} (env {ENV_PREFIX}{name.upper()})",
+        )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    nxt = commands.add_parser(
+        "next",
+        help="take the number for a document and print it",
+        description="Take the number for one document (the same reference always gets the "
+        "same number) and print the formatted number.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    nxt.add_argument("document", choices=DOCUMENTS)
+    nxt.add_argument("--reference", required=True, help="the document's id in this WHMCS")
+    nxt.add_argument("--date", help="the document date, YYYY-MM-DD (default: today)")
+    nxt.add_argument("--json", action="store_true", help="print the allocation object")
+
+    confirm = commands.add_parser("confirm", help="confirm a number is written into WHMCS")
+    confirm.add_argument("id", help="the allocation id, e.g. invoice:2026:51")
+    confirm.add_argument("--invoicenum", required=True, help="the number as written into WHMCS")
+    confirm.add_argument("--json", action="store_true", help="print the allocation object")
+
+    void = commands.add_parser("void", help="give a number up, with a reason")
+    void.add_argument("id", help="the allocation id, e.g. invoice:2026:51")
+    void.add_argument("--reason", required=True, help="why (kept in the ledger for audits)")
+    void.add_argument("--json", action="store_true", help="print the allocation object")
+
+    get = commands.add_parser("get", help="show one allocation")
+    get.add_argument("id", help="the allocation id, e.g. invoice:2026:51")
+
+    status = commands.add_parser(
+        "status",
+        help="check the coordinator: live, ready, token, clock skew",
+        description="Exit 0 when all is well, 3 when the coordinator is down or not ready, "
+        "4 when the token is refused.",
+    )
+    status.add_argument("--json", action="store_true", help="print the status object")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the local sidecar for the WHMCS hook",
+        description="Answer the WHMCS PHP hook on a loopback port or a unix socket, so PHP "
+        "never holds the coordinator token.",
+    )
+    serve.add_argument(
+        "--listen",
+        default="127.0.0.1:8765",
+        help="HOST:PORT or unix:/path (default 127.0.0.1:8765)",
+    )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback address and callers (the sidecar has no auth of its own)",
+    )
+    serve.add_argument("--no-journal", action="store_true", help="do not keep the local journal")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = Config.load(args.config, **{name: getattr(args, name) for name in _OPTIONS})
+        return _COMMANDS[args.command](config, args)
+    except ValueError as exc:
+        return _fail(ExitCode.USAGE, str(exc))
+    except ConfigError as exc:
+        return _fail(ExitCode.CONFIG, f"configuration: {exc}")
+    except CoordinatorRefused as exc:
+        return _fail(ExitCode.REFUSED, f"coordinator refused: {exc.message}", exc.errors)
+    except CoordinatorError as exc:
+        return _fail(ExitCode.UNAVAILABLE, f"coordinator: {exc.message}")
+    except JournalError as exc:
+        return _fail(ExitCode.JOURNAL, f"journal: {exc}")
+
+
+def _fail(code: ExitCode, message: str, errors: dict[str, Any] | None = None) -> int:
+    print(f"invoice-sync-agent: {message}", file=sys.stderr)
+    if errors:
+        print(json.dumps(errors, indent=2, sort_keys=True), file=sys.stderr)
+    return int(code)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _next(config: Config, args: argparse.Namespace) -> int:
+    date = check_date(args.date) if args.date else None
+    with Client(config) as client:
+        allocation = client.allocate(args.document, args.reference, date)
+    _print_json(allocation.to_json()) if args.json else print(allocation.formatted)
+    return ExitCode.OK
+
+
+def _confirm(config: Config, args: argparse.Namespace) -> int:
+    with Client(config) as client:
+        allocation = client.confirm(args.id, args.invoicenum)
+    _print_json(allocation.to_json()) if args.json else print(allocation.status)
+    return ExitCode.OK
+
+
+def _void(config: Config, args: argparse.Namespace) -> int:
+    with Client(config) as client:
+        allocation = client.void(args.id, args.reason)
+    _print_json(allocation.to_json()) if args.json else print(allocation.status)
+    return ExitCode.OK
+
+
+def _get(config: Config, args: argparse.Namespace) -> int:
+    with Client(config) as client:
+        _print_json(client.get(args.id).to_json())
+    return ExitCode.OK
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    with Client(config) as client:
+        status = client.status()
+    if args.json:
+        _print_json(status.to_json())
+    else:
+        skew = (
+            "unknown" if status.clock_skew is None else f"{status.clock_skew.total_seconds():+.0f}s"
+        )
+        print(f"coordinator  {status.url}")
+        print(f"live         {'yes' if status.live else 'NO'}")
+        print(f"ready        {'yes' if status.ready else 'NO'}")
+        token = {True: "accepted", False: "REFUSED", None: "unknown"}[status.token_valid]
+        print(f"token        {token}")
+        print(f"clock skew   {skew}")
+        for problem in status.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+    if status.token_valid is False:
+        return ExitCode.REFUSED
+    if not (status.live and status.ready):
+        return ExitCode.UNAVAILABLE
+    return ExitCode.OK
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    # Imported here: the other commands should not pay for http.server and sqlite3.
+    from agent._journal import Journal
+    from agent._sidecar import Sidecar, make_server
+
+    config.require("url", "token")
+    journal = None if args.no_journal else Journal(config.journal)
+    sidecar = Sidecar(lambda: Client(config), journal=journal)
+    try:
+        server = make_server(args.listen, sidecar, allow_remote=args.allow_remote)
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(ExitCode.OK)
+
+    signal.signal(signal.SIGTERM, stop)
+    # Printed (not logged) so supervisors and tests see it at any verbosity; with port 0
+    # it names the port the system picked.
+    where = (
+        args.listen
+        if args.listen.startswith("unix:")
+        else "{}:{}".format(*server.server_address[:2])
+    )
+    print(
+        f"invoice-sync-agent: sidecar listening on {where} for {config.url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.server_close()
+        if journal is not None:
+            journal.close()
+    return ExitCode.OK
+
+
+_COMMANDS = {
+    "next": _next,
+    "confirm": _confirm,
+    "void": _void,
+    "get": _get,
+    "status": _status,
+    "serve": _serve,
+}

@@ -1,0 +1,189 @@
+"""deploy/whmcs/invoice_sync.php, run by php-cli against WHMCS stubs and a real sidecar process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import TOKEN, FakeCoordinator
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOK = ROOT / "deploy" / "whmcs" / "invoice_sync.php"
+RUNNER = Path(__file__).parent / "php" / "run_hook.php"
+PHP = shutil.which("php")
+
+pytestmark = pytest.mark.skipif(
+    PHP is None,
+    reason="php-cli is not installed (apt-get install -y php-cli); the PHP hook was NOT tested",
+)
+
+
+def php_has_curl() -> bool:
+    out = subprocess.run(
+        [PHP, "-r", "echo function_exists('curl_init') ? 1 : 0;"], capture_output=True, text=True
+    )
+    return out.stdout.strip() == "1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_curl() -> None:
+    if not php_has_curl():
+        pytest.skip("php has no curl extension (apt-get install -y php-curl); hook NOT tested")
+
+
+class SidecarProcess:
+    def __init__(self, coordinator: FakeCoordinator, tmp_path: Path, listen: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_AGENT_")}
+        env.update(
+            INVOICE_SYNC_AGENT_URL=coordinator.url,
+            INVOICE_SYNC_AGENT_TOKEN=TOKEN,
+            INVOICE_SYNC_AGENT_JOURNAL=str(tmp_path / "journal.sqlite3"),
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "serve", "--listen", listen],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stderr.readline()
+        match = re.search(r"listening on (\S+)", line)
+        if not match:
+            self.process.kill()
+            raise AssertionError(f"sidecar did not start: {line}{self.process.stderr.read()}")
+        where = match.group(1)
+        self.address = where if where.startswith("unix:") else f"http://{where}"
+
+    def stop(self) -> int:
+        self.process.terminate()
+        code = self.process.wait(timeout=30)
+        self.process.stderr.close()
+        return code
+
+
+@pytest.fixture
+def sidecar(coordinator: FakeCoordinator, tmp_path: Path) -> Iterator[SidecarProcess]:
+    process = SidecarProcess(coordinator, tmp_path, "127.0.0.1:0")
+    yield process
+    assert process.stop() == 0  # SIGTERM is a clean shutdown
+
+
+def invoice(id: int, total: str = "15.95", invoicenum: str = "", date: str = "2026-11-21"):
+    return {"id": id, "invoicenum": invoicenum, "date": date, "total": total, "status": "Paid"}
+
+
+def run_hook(
+    tmp_path: Path,
+    sidecar: str,
+    event: str,
+    invoices: list[dict[str, Any]],
+    ids: list[int],
+    **settings: str,
+) -> dict[str, Any]:
+    state = tmp_path / "tblinvoices.json"
+    state.write_text(json.dumps(invoices))
+    env = {**os.environ, "INVOICE_SYNC_SIDECAR": sidecar, **settings}
+    result = subprocess.run(
+        [PHP, str(RUNNER), str(HOOK), str(state), event, *map(str, ids)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_paid_invoice_gets_numbered_and_confirmed(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaidPreEmail", [invoice(10)], [10])
+    assert out["log"] == []
+    assert out["invoices"][0]["invoicenum"] == "INV-2026-000001"
+    assert set(out["hooks"]) == {"InvoicePaidPreEmail", "InvoicePaid"}
+    assert coordinator.allocations["invoice:2026:1"]["status"] == "confirmed"
+    assert coordinator.posts("/v1/allocations") == [
+        {"document": "invoice", "reference": "10", "date": "2026-11-21"}
+    ]
+
+
+def test_negative_total_is_a_credit_note(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(11, "-20.00")], [11])
+    assert out["invoices"][0]["invoicenum"] == "CN-2026-000001"
+    assert coordinator.posts("/v1/allocations")[0]["document"] == "credit_note"
+
+
+def test_numbered_invoices_are_left_alone(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    out = run_hook(
+        tmp_path, sidecar.address, "InvoicePaidPreEmail", [invoice(12, invoicenum="OLD-7")], [12]
+    )
+    assert out["invoices"][0]["invoicenum"] == "OLD-7"
+    assert coordinator.posts("/v1/allocations") == []
+
+
+def test_sidecar_down_leaves_the_invoice_unnumbered_and_logs(
+    tmp_path: Path, coordinator: FakeCoordinator
+) -> None:
+    out = run_hook(tmp_path, "http://127.0.0.1:9", "InvoicePaidPreEmail", [invoice(13)], [13])
+    assert out["invoices"][0]["invoicenum"] == ""
+    assert len(out["log"]) == 1 and "invoice 13, taking a number failed" in out["log"][0]
+    assert "unreachable" in out["log"][0]
+
+
+def test_a_refusal_is_logged_with_the_coordinator_message(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(14, date="2026-01-01")], [14])
+    # the same invoice id, now dated in another year, with its number lost
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(14, date="2027-01-01")], [14])
+    assert out["invoices"][0]["invoicenum"] == ""
+    assert "HTTP 409" in out["log"][0] and "another period" in out["log"][0]
+
+
+def test_number_on_created_hooks_creation_not_payment(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    out = run_hook(
+        tmp_path,
+        sidecar.address,
+        "InvoicePaidPreEmail",
+        [invoice(15)],
+        [15],
+        INVOICE_SYNC_NUMBER_ON="created",
+    )
+    assert set(out["hooks"]) == {"InvoiceCreationPreEmail", "InvoiceCreated"}
+    assert out["invoices"][0]["invoicenum"] == ""
+    out = run_hook(
+        tmp_path,
+        sidecar.address,
+        "InvoiceCreated",
+        [invoice(15)],
+        [15],
+        INVOICE_SYNC_NUMBER_ON="created",
+    )
+    assert out["invoices"][0]["invoicenum"] == "INV-2026-000001"
+
+
+def test_over_a_unix_socket(tmp_path: Path, coordinator: FakeCoordinator) -> None:
+    process = SidecarProcess(coordinator, tmp_path, f"unix:{tmp_path / 'agent.sock'}")
+    try:
+        out = run_hook(
+            tmp_path, process.address, "InvoicePaid", [invoice(16), invoice(17)], [16, 17]
+        )
+    finally:
+        assert process.stop() == 0
+    assert [i["invoicenum"] for i in out["invoices"]] == ["INV-2026-000001", "INV-2026-000002"]
+    assert out["log"] == []
