@@ -64,9 +64,14 @@ def allocate_until_acked(base_url: str, token: str, history: History, system: st
 
 def agent_run(base_url: str, token: str, system: str, prefix: str, count: int, seconds: float,
               history: History, documents: tuple[str, ...] = ("invoice",),
-              date: str | None = "2026-11-21", stop: Callable[[], bool] = lambda: False
-              ) -> int:
-    """Allocate ``count`` references ``<prefix>-<i>`` one after another; return how many."""
+              date: str | None = "2026-11-21", stop: Callable[[], bool] = lambda: False,
+              grace: float = 20.0) -> int:
+    """Allocate ``count`` references ``<prefix>-<i>`` one after another; return how many.
+
+    No new reference starts after ``seconds``; the one in progress may retry ``grace`` seconds
+    longer, so a run ends with every reference it started acknowledged unless the coordinator
+    stayed down.
+    """
     deadline = time.monotonic() + seconds
     done = 0
     for i in range(count):
@@ -74,7 +79,7 @@ def agent_run(base_url: str, token: str, system: str, prefix: str, count: int, s
             break
         document = documents[i % len(documents)]
         allocate_until_acked(base_url, token, history, system, document, f"{prefix}-{i}",
-                             date, deadline)
+                             date, deadline + grace)
         done += 1
     return done
 

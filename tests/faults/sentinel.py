@@ -23,7 +23,9 @@ from coordinator.embedded import ValkeyServer, free_port, server_binary
 
 MASTER_NAME = "invoice-sync"
 REPL_USER, REPL_PASSWORD = "repl", "repl-test-password"
-_REPL_ACL = f"user {REPL_USER} on >{REPL_PASSWORD} ~* &* +@all"
+# Every node carries both halves: after a failover any of them may be master or replica.
+_REPL = [f"user {REPL_USER} on >{REPL_PASSWORD} ~* &* +@all",
+         f"masteruser {REPL_USER}", f"masterauth {REPL_PASSWORD}"]
 
 
 class SentinelCluster:
@@ -47,11 +49,10 @@ class SentinelCluster:
         self.failover_timeout_ms = failover_timeout_ms
         rule = [f"min-replicas-to-write {1 if durable else 0}",
                 f"min-replicas-max-lag {max_lag_s}"]
-        self.master = ValkeyServer(self.base_dir / "master", extra=[_REPL_ACL, *rule])
+        self.master = ValkeyServer(self.base_dir / "master", extra=[*_REPL, *rule])
         self.replicas = [
             ValkeyServer(self.base_dir / f"replica{i}", extra=[
-                _REPL_ACL, *rule, f"replicaof 127.0.0.1 {self.master.port}",
-                f"masteruser {REPL_USER}", f"masterauth {REPL_PASSWORD}",
+                *_REPL, *rule, f"replicaof 127.0.0.1 {self.master.port}",
             ])
             for i in range(replicas)
         ]
@@ -77,13 +78,20 @@ class SentinelCluster:
             replica.start()
         for index, port in enumerate(self.sentinel_ports):
             self.sentinels.append(self._start_sentinel(index, port))
+        try:
+            self.wait_settled(timeout)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Wait until every replica is in sync and every sentinel knows them and its peers."""
         deadline = time.monotonic() + timeout
         while not self._settled():
             if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("sentinel cluster did not settle in time")
+                raise TimeoutError("sentinel cluster did not settle in time")
             time.sleep(0.2)
-        return self
 
     def _start_sentinel(self, index: int, port: int) -> subprocess.Popen:
         directory = self.base_dir / f"sentinel{index}"
@@ -107,13 +115,20 @@ class SentinelCluster:
 
     def _settled(self) -> bool:
         try:
-            for replica in self.replicas:
+            master = self.master_port() if self.sentinels else self.master.port
+            replicas = [s for s in self.servers if s.port != master]
+            for replica in replicas:
+                if not replica.running:
+                    return False
                 info = redis.Redis.from_url(replica.url, socket_timeout=1).info("replication")
-                if info.get("master_link_status") != "up":
+                if info.get("master_link_status") != "up" or info.get("master_port") != master:
                     return False
             for port in self.sentinel_ports:
                 s = self.sentinel(port)
-                if len(s.sentinel_slaves(MASTER_NAME)) < len(self.replicas):
+                known = [r for r in s.sentinel_slaves(MASTER_NAME)
+                         if "s_down" not in r.get("flags", "") and
+                         "disconnected" not in r.get("flags", "")]
+                if len(known) < len(replicas):
                     return False
                 if len(s.sentinel_sentinels(MASTER_NAME)) < len(self.sentinel_ports) - 1:
                     return False
