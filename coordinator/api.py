@@ -20,6 +20,7 @@ def init_app(app: Flask) -> None:
 
     # Imported here, not at module top: blueprints import api-level helpers from this module.
     from coordinator.ops.health import blp as health_blp
+    from coordinator.systems.api import blp as systems_blp
 
-    for blueprint in (health_blp,):
+    for blueprint in (health_blp, systems_blp):
         api.register_blueprint(blueprint)

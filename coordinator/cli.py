@@ -65,6 +65,8 @@ def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
         click.echo(f"embedded Valkey: {embedded.url} (AOF, appendfsync always)", err=True)
     try:
+        if embedded:
+            _use_key_file(data_dir)
         app = create_app()
         with app.app_context():
             token = ensure_admin_token(get_redis(), data_dir)
@@ -75,6 +77,75 @@ def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
     finally:
         if embedded:
             embedded.stop()
+
+
+def _use_key_file(data_dir: Path) -> None:
+    """On the embedded default, take WHMCS-secret keys from ``<data-dir>/secret-keys``.
+
+    Created (0600) on first start, so one machine encrypts secrets without any setup; an
+    explicit INVOICE_SYNC_SECRET_KEYS always wins. Workers inherit it through the environment.
+    """
+    from coordinator.systems import secrets
+
+    if os.environ.get("INVOICE_SYNC_SECRET_KEYS"):
+        return
+    path = data_dir / secrets.KEY_FILE_NAME
+    found, created = secrets.load_or_create_key_file(path)
+    os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(found)
+    if created:
+        click.echo(f"secret key for WHMCS credentials created in {path} (keep a backup)",
+                   err=True)
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Keys that encrypt WHMCS API secrets at rest (INVOICE_SYNC_SECRET_KEYS)."""
+
+
+@secrets_group.command("generate-key")
+def secrets_generate_key() -> None:
+    """Print a new Fernet key (put it first in INVOICE_SYNC_SECRET_KEYS to encrypt with it)."""
+    from coordinator.systems import secrets
+
+    click.echo(secrets.generate_key())
+
+
+@secrets_group.command("rotate")
+@click.option(
+    "--data-dir", default="./invoice-sync-data", show_default=True,
+    envvar="INVOICE_SYNC_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
+    help="On the embedded default: where `serve` keeps its socket and secret-keys file.",
+)
+def secrets_rotate(data_dir: Path) -> None:
+    """Re-encrypt every stored WHMCS secret with the first configured key.
+
+    Without INVOICE_SYNC_REDIS_URL it talks to a running `invoice-sync serve` through its
+    socket in the data dir, and without INVOICE_SYNC_SECRET_KEYS it reads its key file.
+    """
+    from coordinator.app import create_app
+    from coordinator.exceptions import CoordinatorError
+    from coordinator.redis_client import get_redis
+    from coordinator.systems import registry, secrets
+
+    data_dir = data_dir.resolve()
+    if _uses_embedded():
+        socket_path = data_dir / "valkey" / "valkey.sock"
+        if not socket_path.exists():
+            raise click.ClickException(
+                f"no running `invoice-sync serve` socket at {socket_path}: start it, "
+                "or set INVOICE_SYNC_REDIS_URL"
+            )
+        os.environ["INVOICE_SYNC_REDIS_URL"] = f"unix://{socket_path}"
+        key_file = data_dir / secrets.KEY_FILE_NAME
+        if not os.environ.get("INVOICE_SYNC_SECRET_KEYS") and key_file.exists():
+            os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(secrets.read_key_file(key_file))
+    app = create_app()
+    try:
+        with app.app_context():
+            count = registry.rotate_secrets(get_redis(), secrets.fernet_from_config(app.config))
+    except CoordinatorError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"re-encrypted {count} stored secret(s) with the first key")
 
 
 @main.group()

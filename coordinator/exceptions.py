@@ -2,13 +2,16 @@
 
     CoordinatorError              root
     ├── InvalidInput              a value is well-formed JSON but not acceptable (422)
+    │   └── UnsafeURL             a WHMCS URL points where the coordinator must not fetch
     ├── NotFound                  no such sequence, allocation, system, sync, warning (404)
     ├── Conflict                  the request contradicts what is stored (409)
     ├── AuthError                 missing or unknown token (401)
     │   └── Forbidden             valid token, wrong scope (403)
     ├── RateLimited               too many requests for this token (429)
+    ├── SecretUnreadable          a stored secret no configured key decrypts (500)
     └── ServiceUnavailable        Redis down or a write not confirmed durable (503)
-        └── NotDurable
+        ├── NotDurable
+        └── SecretsNotConfigured  no (valid) INVOICE_SYNC_SECRET_KEYS to encrypt with
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ class InvalidInput(CoordinatorError):
     """A value parsed fine but cannot be accepted (e.g. a number past the padding width)."""
 
 
+class UnsafeURL(InvalidInput):
+    """A WHMCS URL is not https, or points at loopback, link-local, private or metadata hosts.
+
+    Raised at registration (422) and again right before each fetch, so a name that resolved
+    to a public address when registered cannot be re-pointed inside the network later.
+    """
+
+
 class NotFound(CoordinatorError):
     """The thing asked for does not exist."""
 
@@ -45,6 +56,13 @@ class Forbidden(AuthError):
     """A valid token used outside its scope (an agent acting for another system or as admin)."""
 
 
+class SecretUnreadable(CoordinatorError):
+    """A stored secret cannot be decrypted with any configured key (a key removed too early).
+
+    Deliberately not a 4xx: the caller did nothing wrong, the operator's key list is incomplete.
+    """
+
+
 class RateLimited(CoordinatorError):
     """Too many requests for one token; ``retry_after`` says when to try again (seconds)."""
 
@@ -59,3 +77,7 @@ class ServiceUnavailable(CoordinatorError):
 
 class NotDurable(ServiceUnavailable):
     """A write was not confirmed on disk (and replicas) in time; retry the same request."""
+
+
+class SecretsNotConfigured(ServiceUnavailable):
+    """No usable INVOICE_SYNC_SECRET_KEYS, so WHMCS secrets cannot be encrypted or read."""

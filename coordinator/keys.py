@@ -35,3 +35,18 @@ SYSTEMS = "systems"
 def system(name: str) -> str:
     """Hash: one registered system (the API secret only as MultiFernet ciphertext)."""
     return f"{{sys:{name}}}:system"
+
+
+def system_tag(name: str) -> str:
+    """The hash tag ``{sys:<name>}`` every per-system key starts with (one Cluster slot)."""
+    return f"{{sys:{name}}}"
+
+
+def system_data_pattern(name: str) -> str:
+    """SCAN pattern of every key of system ``name``: its record and its forecaster data.
+
+    Deleting a system purges everything under this pattern, so per-system data (invoices,
+    aggregates, sync history) must live under ``system_tag(name)``. Names are slugs
+    (``[a-z0-9_-]``), so they hold no glob characters.
+    """
+    return f"{system_tag(name)}:*"

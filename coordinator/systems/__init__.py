@@ -1,0 +1,1 @@
+"""The systems registry: WHMCS installations, their encrypted credentials and agent tokens."""

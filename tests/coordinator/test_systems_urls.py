@@ -1,0 +1,139 @@
+"""The SSRF guard: URL shape, registration policy, and the check right before each fetch."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from coordinator.exceptions import UnsafeURL
+from coordinator.systems.urls import (
+    UrlPolicy,
+    check_fetch_url,
+    is_forbidden_address,
+    validate_system_url,
+)
+from tests.coordinator.systems_support import URL, FakeResolver
+
+STRICT = {"ALLOW_HTTP_SYSTEM_URLS": False, "ALLOW_PRIVATE_SYSTEM_URLS": False}
+LAB = {"ALLOW_HTTP_SYSTEM_URLS": True, "ALLOW_PRIVATE_SYSTEM_URLS": True}
+
+
+def test_fetch_check_returns_public_addresses():
+    resolver = FakeResolver()
+    assert check_fetch_url(URL, STRICT, resolver) == ["93.184.216.34"]
+    assert resolver.calls == [("billing.blue.example", 443)]
+    red = "https://billing.red.example:8443/includes/api.php"
+    assert len(check_fetch_url(red, STRICT, resolver)) == 2
+    assert resolver.calls[-1] == ("billing.red.example", 8443)
+
+
+def test_fetch_check_defeats_dns_rebinding():
+    resolver = FakeResolver()
+    policy = UrlPolicy(resolver=resolver)
+    assert validate_system_url(URL, policy) == URL
+    resolver.table["billing.blue.example"] = ["169.254.169.254"]
+    with pytest.raises(UnsafeURL) as caught:
+        check_fetch_url(URL, STRICT, resolver)
+    assert caught.value.errors == {"json": {"url": [caught.value.message]}}
+
+
+def test_fetch_check_refuses_any_private_answer():
+    with pytest.raises(UnsafeURL):
+        check_fetch_url("https://mixed.example/includes/api.php", STRICT, FakeResolver())
+
+
+def test_fetch_check_refuses_unresolvable_names():
+    # Registration accepts them (best effort); fetching cannot check them, so it refuses.
+    url = "https://gone.example/includes/api.php"
+    assert validate_system_url(url, UrlPolicy(resolver=FakeResolver()))
+    with pytest.raises(UnsafeURL, match="does not resolve"):
+        check_fetch_url(url, STRICT, FakeResolver())
+
+
+def test_fetch_check_relaxed_in_labs():
+    resolver = FakeResolver({"whmcs-lab": ["127.0.0.1"]})
+    url = "http://whmcs-lab:8081/includes/api.php"
+    assert check_fetch_url(url, LAB, resolver) == ["127.0.0.1"]
+    assert check_fetch_url("http://127.0.0.1:9/includes/api.php", LAB) == ["127.0.0.1"]
+    with pytest.raises(UnsafeURL):
+        check_fetch_url(url, STRICT, resolver)
+
+
+def test_fetch_check_refuses_http_without_flag():
+    with pytest.raises(UnsafeURL, match="https"):
+        check_fetch_url("http://billing.blue.example/includes/api.php",
+                        {**STRICT, "ALLOW_PRIVATE_SYSTEM_URLS": True}, FakeResolver())
+
+
+def test_flags_from_environment_strings():
+    policy = UrlPolicy.from_config({"ALLOW_HTTP_SYSTEM_URLS": "false",
+                                    "ALLOW_PRIVATE_SYSTEM_URLS": "1"})
+    assert (policy.allow_http, policy.allow_private) == (False, True)
+
+
+def test_slow_resolver_does_not_hold_registration():
+    def slow(host, port):
+        time.sleep(1.0)
+        return ["127.0.0.1"]
+
+    started = time.monotonic()
+    validate_system_url(URL, UrlPolicy(resolver=slow, resolve_timeout=0.1))
+    assert time.monotonic() - started < 0.9
+
+
+@pytest.mark.parametrize("address,forbidden", [
+    ("93.184.216.34", False), ("2606:2800:220:1:248:1893:25c8:1946", False),
+    ("127.0.0.1", True), ("10.0.0.1", True), ("169.254.169.254", True), ("fe80::1", True),
+    ("::1", True), ("::", True), ("0.0.0.0", True), ("224.0.0.251", True),
+    ("::ffff:10.0.0.1", True), ("64:ff9b::a00:1", True), ("2001:0:4136:e378:8000:63bf:f5ff:fffe",
+                                                           True),
+    ("100.64.0.1", True), ("192.0.2.1", True), ("fe80::1%eth0", True),
+])
+def test_forbidden_addresses(address, forbidden):
+    assert is_forbidden_address(address) is forbidden
+
+
+@pytest.fixture
+def local_http_server():
+    """A real HTTP server on loopback standing in for an internal service."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"result": "success"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/includes/api.php"
+    server.shutdown()
+    server.server_close()
+
+
+def test_guarded_session_refuses_forbidden_peer_at_connect(local_http_server):
+    """Even when the pre-fetch check was passed (rebinding), the connect itself is refused."""
+    import requests
+
+    from coordinator.systems.fetch import guarded_session
+
+    session = guarded_session({**STRICT, "ALLOW_HTTP_SYSTEM_URLS": True})
+    with pytest.raises(requests.ConnectionError, match="forbidden address 127.0.0.1"):
+        session.post(local_http_server, data={"action": "GetInvoices"}, timeout=5)
+    session.close()
+
+
+def test_guarded_session_plain_in_labs(local_http_server):
+    from coordinator.systems.fetch import guarded_session
+
+    session = guarded_session(LAB)
+    response = session.post(local_http_server, data={"action": "GetInvoices"}, timeout=5)
+    assert response.json() == {"result": "success"}
+    session.close()
