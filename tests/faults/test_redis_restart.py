@@ -63,7 +63,7 @@ def _run(gunicorn, own_valkey, *, seconds, per_agent, agents, crashes, down_for)
 
 
 def test_redis_restart_short(gunicorn, own_valkey):
-    _run(gunicorn, own_valkey, seconds=6, per_agent=60, agents=4, crashes=1, down_for=0.5)
+    _run(gunicorn, own_valkey, seconds=6, per_agent=100000, agents=4, crashes=1, down_for=0.5)
 
 
 @pytest.mark.slow
