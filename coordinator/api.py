@@ -19,8 +19,9 @@ def init_app(app: Flask) -> None:
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
 
     # Imported here, not at module top: blueprints import api-level helpers from this module.
+    from coordinator.numbering.api import blp as numbering_blp
     from coordinator.ops.health import blp as health_blp
     from coordinator.systems.api import blp as systems_blp
 
-    for blueprint in (health_blp, systems_blp):
+    for blueprint in (health_blp, numbering_blp, systems_blp):
         api.register_blueprint(blueprint)

@@ -22,8 +22,48 @@ def seq_settings(seq: str) -> str:
 
 
 def seq_counter(seq: str, period: str) -> str:
-    """String: the last number issued in ``period`` (``all``, ``2026`` or ``2026-11``)."""
+    """String: the last number taken in ``period`` (``all``, ``2026`` or ``2026-11``).
+
+    Allocation INCRBYs it by the increment; an admin raising ``next_number`` moves it forward
+    (recorded in :func:`seq_skips`). The next number of the period is ``counter + increment``.
+    """
     return f"{{seq:{seq}}}:counter:{period}"
+
+
+def seq_ledger(seq: str, period: str) -> str:
+    """Hash: number -> JSON ledger entry, for every number issued in ``period``."""
+    return f"{{seq:{seq}}}:ledger:{period}"
+
+
+def seq_ledger_order(seq: str, period: str) -> str:
+    """Sorted set: the numbers of :func:`seq_ledger` scored by themselves (exact below 2^53)."""
+    return f"{{seq:{seq}}}:ledger-order:{period}"
+
+
+def seq_refs(seq: str, document: str, system: str) -> str:
+    """Hash: WHMCS reference -> ledger id, for ``document``s of ``system`` numbered in ``seq``."""
+    return f"{{seq:{seq}}}:refs:{document}:{system}"
+
+
+def seq_periods(seq: str) -> str:
+    """Set: every period of ``seq`` that has a counter (so listings need no SCAN)."""
+    return f"{{seq:{seq}}}:periods"
+
+
+def seq_stats(seq: str) -> str:
+    """Hash: ``credit_notes`` (numbered here, guards the dedicated toggle), ``replays``
+    (bumped by each replay so WAITAOF has a write of this connection to wait for)."""
+    return f"{{seq:{seq}}}:stats"
+
+
+def seq_skips(seq: str, period: str) -> str:
+    """Hash: counter value -> counter value an admin moved it to (explains a gap)."""
+    return f"{{seq:{seq}}}:skips:{period}"
+
+
+def seq_audit(seq: str) -> str:
+    """List: JSON audit records of settings changes (who, when, before, after), oldest first."""
+    return f"{{seq:{seq}}}:audit"
 
 
 # --- systems ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from coordinator import auth
+from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.embedded import ValkeyServer
 
@@ -71,3 +71,27 @@ def admin_token(redis_client: redis.Redis) -> str:
 def admin(admin_token: str) -> dict:
     """Headers of an admin request."""
     return {"Authorization": f"Bearer {admin_token}"}
+
+
+@pytest.fixture
+def agent(redis_client: redis.Redis):
+    """Factory: ``agent("blue")`` registers an agent token of system blue, returns its headers.
+
+    Stores the token the way the systems registry does (hash -> agent record in TOKENS).
+    """
+
+    def make(system: str) -> dict:
+        token = auth.new_token(auth.AGENT)
+        redis_client.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(system))
+        return {"Authorization": f"Bearer {token}"}
+
+    return make
+
+
+def snapshot(url: str) -> dict:
+    """Return every key of the server with its DUMP, to prove a request changed nothing."""
+    raw = redis.Redis.from_url(url)
+    try:
+        return {key: raw.dump(key) for key in sorted(raw.keys("*"))}
+    finally:
+        raw.close()

@@ -1,0 +1,96 @@
+-- Take the next number of one sequence for one WHMCS document, or return the one it already has.
+-- All or nothing: the counter, the ledger entry and the reference index change together.
+--
+-- KEYS[1]      {seq:S}:settings       hash: increment, format, padding, reset, routing flag
+-- KEYS[2]      {seq:S}:stats          hash: issued, credit_notes, replays
+-- KEYS[3]      {seq:S}:refs:<doc>:<system>   hash: reference -> ledger id
+-- KEYS[4]      {seq:S}:periods        set of periods
+-- KEYS[5..7]   counter of the period for reset never / yearly / monthly
+-- KEYS[8..10]  ledger hash of the period for reset never / yearly / monthly
+-- KEYS[11..13] ledger-order zset of the period for reset never / yearly / monthly
+--
+-- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
+-- ARGV[4] document date YYYY-MM-DD            ARGV[5..7] period for never / yearly / monthly
+-- ARGV[8] now (ISO 8601 UTC)                  ARGV[9] largest number allowed (< 2^53)
+-- ARGV[10] sequence name S
+--
+-- Returns {"new", entry_json} | {"replay", entry_json} | {"error", code, detail...}
+--   codes: uninitialized (no settings yet), moved (credit notes are not numbered in S),
+--          period (reference already numbered in another period: detail = its id),
+--          exhausted (next number past the cap or the padding: detail = last number)
+--
+-- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
+
+local raw = redis.call('HGETALL', KEYS[1])
+if #raw == 0 then
+  return {'error', 'uninitialized'}
+end
+local s = {}
+for i = 1, #raw, 2 do
+  s[raw[i]] = raw[i + 1]
+end
+
+local seq, document = ARGV[10], ARGV[1]
+if document == 'credit_note' then
+  local served = (seq == 'invoice' and s['credit_notes'] == '1')
+    or (seq == 'credit_note' and s['dedicated'] == '1')
+  if not served then
+    return {'error', 'moved'}
+  end
+end
+
+local which = ({never = 0, yearly = 1, monthly = 2})[s['reset']]
+if which == nil then
+  return redis.error_reply('invalid reset setting in ' .. KEYS[1])
+end
+local period = ARGV[5 + which]
+local counter_key, ledger_key, order_key = KEYS[5 + which], KEYS[8 + which], KEYS[11 + which]
+
+local existing = redis.call('HGET', KEYS[3], ARGV[3])
+if existing then
+  local existing_period, existing_number = string.match(existing, '^[^:]+:([^:]+):(%d+)$')
+  if existing_period ~= period then
+    return {'error', 'period', existing}
+  end
+  -- A write of our own, so the WAITAOF sent after this script waits until the original
+  -- allocation (an earlier offset) is on disk and on the replicas too.
+  redis.call('HINCRBY', KEYS[2], 'replays', 1)
+  return {'replay', redis.call('HGET', ledger_key, existing_number)}
+end
+
+local increment = tonumber(s['increment'])
+local padding = tonumber(s['padding'])
+local current = tonumber(redis.call('GET', counter_key) or '0')
+local number = current + increment
+local digits = string.format('%.0f', number)
+if number > tonumber(ARGV[9]) or (padding > 0 and #digits > padding) then
+  return {'error', 'exhausted', string.format('%.0f', current)}
+end
+if padding > #digits then
+  digits = string.rep('0', padding - #digits) .. digits
+end
+
+local date = ARGV[4]
+local parts = {
+  ['{YEAR}'] = string.sub(date, 1, 4), ['{MONTH}'] = string.sub(date, 6, 7),
+  ['{DAY}'] = string.sub(date, 9, 10), ['{NUMBER}'] = digits,
+}
+local formatted = string.gsub(s['format'], '{%u+}', function(tag) return parts[tag] end)
+
+local id = seq .. ':' .. period .. ':' .. string.format('%.0f', number)
+local entry = cjson.encode({
+  id = id, number = string.format('%.0f', number), previous = string.format('%.0f', current),
+  formatted = formatted, sequence = seq, period = period, system = ARGV[2],
+  document = document, reference = ARGV[3], date = date, status = 'issued', issued_at = ARGV[8],
+})
+
+redis.call('INCRBY', counter_key, increment)
+redis.call('HSET', ledger_key, string.format('%.0f', number), entry)
+redis.call('ZADD', order_key, number, string.format('%.0f', number))
+redis.call('HSET', KEYS[3], ARGV[3], id)
+redis.call('SADD', KEYS[4], period)
+redis.call('HINCRBY', KEYS[2], 'issued', 1)
+if document == 'credit_note' then
+  redis.call('HINCRBY', KEYS[2], 'credit_notes', 1)
+end
+return {'new', entry}

@@ -1,0 +1,134 @@
+"""marshmallow schemas of the numbering API: they validate input and document the output.
+
+marshmallow 4 raises on unknown fields by default; ``unknown = RAISE`` is spelled out anyway,
+because a typo in a field name must never be silently ignored on a legal numbering.
+"""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from coordinator.numbering.ledger import MAX_PAGE
+from coordinator.numbering.sequences import (
+    DOCUMENTS,
+    MAX_INCREMENT,
+    MAX_NUMBER,
+    MAX_PADDING,
+    RESETS,
+)
+
+PERIOD = validate.Regexp(r"^(all|\d{4}|\d{4}-(0[1-9]|1[0-2]))$",
+                         error="Not a period: 'all', 'YYYY' or 'YYYY-MM'.")
+
+
+def _printable(value: str) -> None:
+    if not value.isprintable():
+        raise ValidationError("Must contain printable characters only (no control characters).")
+
+
+def _year_in_range(value) -> None:
+    # Periods and {YEAR} are four digits; a year outside this range is a typo, not a document.
+    if not 1900 <= value.year <= 9999:
+        raise ValidationError("Year must be between 1900 and 9999.")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class AllocationRequestSchema(StrictSchema):
+    document = fields.String(required=True, validate=validate.OneOf(DOCUMENTS))
+    reference = fields.String(required=True, validate=[validate.Length(1, 128), _printable])
+    date = fields.Date(load_default=None, validate=_year_in_range,
+                       metadata={"description": "Document date (default: today, UTC)."})
+
+
+class ConfirmSchema(StrictSchema):
+    invoicenum = fields.String(required=True, validate=[validate.Length(1, 255), _printable])
+
+
+class VoidSchema(StrictSchema):
+    reason = fields.String(required=True, validate=[validate.Length(1, 500), _printable])
+
+
+class AllocationSchema(Schema):
+    id = fields.String()
+    number = fields.Integer()
+    formatted = fields.String()
+    sequence = fields.String()
+    period = fields.String()
+    system = fields.String()
+    document = fields.String()
+    reference = fields.String()
+    date = fields.String()
+    status = fields.String()
+    issued_at = fields.String()
+    confirmed_at = fields.String()
+    confirmed_by = fields.String()
+    voided_at = fields.String()
+    voided_by = fields.String()
+    void_reason = fields.String()
+
+
+class PeriodRowSchema(Schema):
+    period = fields.String()
+    last_number = fields.Integer(allow_none=True)
+    next_number = fields.Integer()
+    issued = fields.Integer()
+
+
+class SequenceSchema(Schema):
+    name = fields.String()
+    next_number = fields.Integer(metadata={"description": "Next number of `period` (today's)."})
+    increment = fields.Integer()
+    format = fields.String()
+    padding = fields.Integer()
+    reset = fields.String()
+    dedicated = fields.Boolean()
+    period = fields.String()
+    periods = fields.List(fields.Nested(PeriodRowSchema))
+
+
+class SequencePatchSchema(StrictSchema):
+    next_number = fields.Integer(strict=True, validate=validate.Range(1, MAX_NUMBER))
+    increment = fields.Integer(strict=True, validate=validate.Range(1, MAX_INCREMENT))
+    format = fields.String(validate=[validate.Length(1, 64), _printable])
+    padding = fields.Integer(strict=True, validate=validate.Range(0, MAX_PADDING))
+    reset = fields.String(validate=validate.OneOf(RESETS))
+    dedicated = fields.Boolean()
+    period = fields.String(validate=PERIOD, metadata={
+        "description": "Period next_number applies to (default: today's period, UTC)."})
+
+    @validates_schema
+    def _not_empty(self, data, **kwargs) -> None:
+        if not data:
+            raise ValidationError("Send at least one setting to change.")
+
+
+class AuditQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+
+
+class LedgerQuerySchema(StrictSchema):
+    period = fields.String(load_default=None, validate=PERIOD)
+    after = fields.Integer(load_default=0, validate=validate.Range(0, MAX_NUMBER))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, MAX_PAGE))
+
+
+class GapsQuerySchema(StrictSchema):
+    period = fields.String(load_default=None, validate=PERIOD)
+
+
+class LedgerPageSchema(Schema):
+    sequence = fields.String()
+    period = fields.String()
+    entries = fields.List(fields.Nested(AllocationSchema))
+    next_after = fields.Integer(allow_none=True, metadata={
+        "description": "Pass as `after` for the next page; null on the last page."})
+
+
+class GapsSchema(Schema):
+    sequence = fields.String()
+    period = fields.String()
+    gaps = fields.List(fields.Dict())

@@ -1,0 +1,288 @@
+"""Allocation over HTTP against a real Valkey: replays, periods, credit notes, scopes, input."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator import keys
+from coordinator.numbering import sequences
+from tests.conftest import snapshot
+
+pytestmark = pytest.mark.integration
+
+
+def take(client, headers, reference, document="invoice", date="2026-11-21"):
+    body = {"document": document, "reference": reference}
+    if date is not None:
+        body["date"] = date
+    return client.post("/v1/allocations", json=body, headers=headers)
+
+
+def test_new_then_replay_same_number(client, agent):
+    blue = agent("blue")
+    first = take(client, blue, "10234")
+    assert first.status_code == 201
+    body = first.get_json()
+    assert body["id"] == "invoice:2026:1"
+    assert body["formatted"] == "INV-2026-000001"
+    assert (body["system"], body["document"], body["reference"], body["status"]) == (
+        "blue", "invoice", "10234", "issued")
+    assert body["issued_at"].endswith("Z")
+    again = take(client, blue, "10234", date="2026-01-02")  # same period: same answer
+    assert again.status_code == 200
+    assert again.get_json() == body
+    assert take(client, blue, "10235").get_json()["number"] == 2
+
+
+def test_same_reference_different_systems_get_different_numbers(client, agent):
+    assert take(client, agent("blue"), "1").get_json()["number"] == 1
+    assert take(client, agent("red"), "1").get_json()["number"] == 2
+
+
+def test_replay_with_date_in_other_period_is_409_and_changes_nothing(client, agent, valkey):
+    blue = agent("blue")
+    take(client, blue, "7", date="2026-12-31")
+    before = snapshot(valkey.url)
+    response = take(client, blue, "7", date="2027-01-01")
+    assert response.status_code == 409
+    assert "invoice:2026:1" in response.get_json()["message"]
+    assert snapshot(valkey.url) == before
+
+
+def test_yearly_reset_follows_document_date_not_clock(client, agent, admin):
+    blue = agent("blue")
+    assert take(client, blue, "a", date="2025-12-31").get_json()["id"] == "invoice:2025:1"
+    assert take(client, blue, "b", date="2026-01-01").get_json()["id"] == "invoice:2026:1"
+    late = take(client, blue, "c", date="2025-06-01").get_json()
+    assert (late["id"], late["formatted"]) == ("invoice:2025:2", "INV-2025-000002")
+
+
+def test_monthly_reset_and_day_tags(client, agent, admin):
+    response = client.patch("/v1/sequences/invoice", headers=admin, json={
+        "reset": "monthly", "format": "R{YEAR}{MONTH}{DAY}-{NUMBER}", "padding": 3})
+    assert response.status_code == 200, response.get_json()
+    blue = agent("blue")
+    assert take(client, blue, "a", date="2026-11-30").get_json()["formatted"] == "R20261130-001"
+    assert take(client, blue, "b", date="2026-11-02").get_json()["formatted"] == "R20261102-002"
+    december = take(client, blue, "c", date="2026-12-01").get_json()
+    assert (december["id"], december["formatted"]) == ("invoice:2026-12:1", "R20261201-001")
+
+
+def test_reset_never(client, agent, admin):
+    client.patch("/v1/sequences/invoice", headers=admin, json={"reset": "never",
+                                                                "format": "{NUMBER}"})
+    blue = agent("blue")
+    assert take(client, blue, "a", date="2025-01-01").get_json()["id"] == "invoice:all:1"
+    assert take(client, blue, "b", date="2030-01-01").get_json()["formatted"] == "000002"
+
+
+def test_increment_is_followed(client, agent, admin):
+    client.patch("/v1/sequences/invoice", headers=admin, json={"increment": 10})
+    blue = agent("blue")
+    assert [take(client, blue, str(i)).get_json()["number"] for i in range(3)] == [10, 20, 30]
+
+
+def test_date_defaults_to_today(client, agent):
+    body = take(client, agent("blue"), "x", date=None).get_json()
+    assert body["period"] == str(sequences.utcnow().year)
+
+
+def test_credit_notes_dedicated_by_default(client, agent):
+    blue = agent("blue")
+    note = take(client, blue, "5", document="credit_note").get_json()
+    assert (note["id"], note["formatted"]) == ("credit_note:2026:1", "CN-2026-000001")
+    # Same WHMCS id as an invoice is another document: its own number.
+    assert take(client, blue, "5").get_json()["id"] == "invoice:2026:1"
+
+
+def test_credit_notes_shared_draw_from_invoice(client, agent, admin):
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"dedicated": False}).status_code == 200
+    blue = agent("blue")
+    assert take(client, blue, "1").get_json()["number"] == 1
+    note = take(client, blue, "1", document="credit_note")
+    assert note.status_code == 201
+    assert (note.get_json()["id"], note.get_json()["document"]) == ("invoice:2026:2",
+                                                                    "credit_note")
+    assert take(client, blue, "2").get_json()["number"] == 3
+    assert take(client, blue, "1", document="credit_note").status_code == 200
+
+
+@pytest.mark.parametrize("start_dedicated", [True, False])
+def test_dedicated_toggle_refused_once_credit_notes_exist(client, agent, admin,
+                                                         start_dedicated, valkey):
+    """The hazard: a replay must never find itself in the other sequence and get a 2nd number."""
+    client.patch("/v1/sequences/credit_note", headers=admin, json={"dedicated": start_dedicated})
+    blue = agent("blue")
+    note = take(client, blue, "cn-1", document="credit_note").get_json()
+    before = snapshot(valkey.url)
+    refused = client.patch("/v1/sequences/credit_note", headers=admin,
+                           json={"dedicated": not start_dedicated})
+    assert refused.status_code == 409
+    assert snapshot(valkey.url) == before
+    replay = take(client, blue, "cn-1", document="credit_note")
+    assert (replay.status_code, replay.get_json()["id"]) == (200, note["id"])
+
+
+def test_toggle_before_use_and_stale_routing_hint(client, agent, admin, app_config):
+    """Another coordinator process still believing the old routing is corrected by the script."""
+    from coordinator.app import create_app
+
+    other = create_app(app_config).test_client()  # same process-wide hint, on purpose stale
+    blue = agent("blue")
+    take(other, blue, "inv", document="invoice")
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"dedicated": False}).status_code == 200
+    note = take(other, blue, "cn", document="credit_note").get_json()
+    assert note["sequence"] == "invoice"
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"dedicated": True}).status_code == 409
+    audit = client.get("/v1/sequences/credit_note/audit", headers=admin).get_json()["records"]
+    assert audit[-1]["after"] == {"dedicated": False}
+
+
+def test_interrupted_toggle_answers_503_then_repairs(client, agent, admin, redis_client):
+    blue = agent("blue")
+    take(client, blue, "warm-up")
+    # Half a switch to dedicated=False: credit_note closed, invoice not yet opened.
+    redis_client.hset(keys.seq_settings("credit_note"), "dedicated", "0")
+    assert take(client, blue, "n", document="credit_note").status_code == 503
+    assert redis_client.hget(keys.seq_stats("invoice"), "credit_notes") is None
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"dedicated": False}).status_code == 200
+    assert take(client, blue, "n", document="credit_note").get_json()["sequence"] == "invoice"
+
+
+def test_agent_scopes(client, agent, admin):
+    blue, red = agent("blue"), agent("red")
+    entry = take(client, blue, "1").get_json()
+    url = f"/v1/allocations/{entry['id']}"
+    assert client.get(url, headers=red).status_code == 403
+    assert client.post(url + "/confirm", headers=red,
+                       json={"invoicenum": entry["formatted"]}).status_code == 403
+    assert client.post(url + "/void", headers=red, json={"reason": "x"}).status_code == 403
+    for method, path in [("get", "/v1/sequences"), ("get", "/v1/sequences/invoice"),
+                         ("patch", "/v1/sequences/invoice"),
+                         ("get", "/v1/sequences/invoice/ledger"),
+                         ("get", "/v1/sequences/invoice/gaps"),
+                         ("get", "/v1/sequences/invoice/audit")]:
+        response = getattr(client, method)(path, headers=blue, json={"increment": 2}
+                                           if method == "patch" else None)
+        assert response.status_code == 403, path
+    assert take(client, admin, "1").status_code == 403  # an admin has no system to number for
+    assert take(client, {}, "1").status_code == 401
+    assert client.get(url, headers=blue).get_json() == entry
+    assert client.get(url, headers=admin).status_code == 200
+
+
+def test_confirm_and_void_transitions(client, agent, admin):
+    blue = agent("blue")
+    one, two, three = (take(client, blue, r).get_json() for r in ("1", "2", "3"))
+    url = "/v1/allocations/{}/"
+    wrong = client.post(url.format(one["id"]) + "confirm", headers=blue,
+                        json={"invoicenum": "INV-2026-000002"})
+    assert wrong.status_code == 409
+    ok = client.post(url.format(one["id"]) + "confirm", headers=blue,
+                     json={"invoicenum": one["formatted"]})
+    assert ok.status_code == 200
+    confirmed = ok.get_json()
+    assert (confirmed["status"], confirmed["confirmed_by"]) == ("confirmed", "agent:blue")
+    again = client.post(url.format(one["id"]) + "confirm", headers=blue,
+                        json={"invoicenum": one["formatted"]})
+    assert again.get_json() == confirmed  # idempotent, times unchanged
+    # An agent cannot void a confirmed number; an admin can.
+    assert client.post(url.format(one["id"]) + "void", headers=blue,
+                       json={"reason": "oops"}).status_code == 403
+    voided = client.post(url.format(one["id"]) + "void", headers=admin, json={"reason": "oops"})
+    assert voided.get_json()["voided_by"].startswith("admin:")
+    # Void an issued number (agent), then it cannot be confirmed; repeat void is idempotent.
+    void = client.post(url.format(two["id"]) + "void", headers=blue,
+                       json={"reason": "deleted before sending"}).get_json()
+    assert (void["status"], void["void_reason"]) == ("void", "deleted before sending")
+    assert client.post(url.format(two["id"]) + "confirm", headers=blue,
+                       json={"invoicenum": two["formatted"]}).status_code == 409
+    assert client.post(url.format(two["id"]) + "void", headers=blue,
+                       json={"reason": "other"}).get_json() == void
+    assert client.post(url.format(three["id"]) + "void", headers=blue,
+                       json={}).status_code == 422
+    assert client.post("/v1/allocations/invoice:2026:99/void", headers=admin,
+                       json={"reason": "x"}).status_code == 404
+    assert client.get("/v1/allocations/nonsense", headers=admin).status_code == 404
+
+
+def test_confirm_is_agent_only(client, agent, admin):
+    entry = take(client, agent("blue"), "1").get_json()
+    assert client.post(f"/v1/allocations/{entry['id']}/confirm", headers=admin,
+                       json={"invoicenum": entry["formatted"]}).status_code == 403
+
+
+BAD_BODIES = [
+    {"document": "quote", "reference": "1"},
+    {"document": "invoice", "reference": ""},
+    {"document": "invoice", "reference": "x" * 129},
+    {"document": "invoice", "reference": "a\x00b"},
+    {"document": "invoice", "reference": "a\nb"},
+    {"document": "invoice", "reference": "a\u200bb"},
+    {"document": "invoice", "reference": 12},
+    {"document": "invoice", "reference": "1", "date": "21.11.2026"},
+    {"document": "invoice", "reference": "1", "date": "2026-02-30"},
+    {"document": "invoice", "reference": "1", "date": "2026-11-21T10:00:00"},
+    {"document": "invoice", "reference": "1", "date": "0001-01-01"},
+    {"document": "invoice", "reference": "1", "system": "red"},
+    {"reference": "1"},
+    [],
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+def test_bad_allocation_input_changes_nothing(client, agent, valkey, body):
+    blue = agent("blue")
+    take(client, blue, "warm-up")
+    before = snapshot(valkey.url)
+    response = client.post("/v1/allocations", json=body, headers=blue)
+    assert 400 <= response.status_code < 500
+    error = response.get_json()
+    assert error["code"] == response.status_code and error["message"]
+    assert snapshot(valkey.url) == before
+
+
+@pytest.mark.parametrize("raw, content_type, code", [
+    (b"{not json", "application/json", 400),
+    (b'{"document": "invoice", "reference": "' + b"x" * 70000 + b'"}', "application/json", 413),
+])
+def test_malformed_and_oversized_bodies(client, agent, valkey, raw, content_type, code):
+    blue = agent("blue")
+    take(client, blue, "warm-up")
+    before = snapshot(valkey.url)
+    response = client.post("/v1/allocations", data=raw,
+                           headers={**blue, "Content-Type": content_type})
+    assert response.status_code == code
+    assert response.get_json()["code"] == code
+    assert snapshot(valkey.url) == before
+
+
+def test_padding_exhausted_is_a_clear_409(client, agent, admin, valkey):
+    client.patch("/v1/sequences/invoice", headers=admin,
+                 json={"padding": 2, "next_number": 99, "period": "2026"})
+    blue = agent("blue")
+    assert take(client, blue, "last").get_json()["formatted"] == "INV-2026-99"
+    before = snapshot(valkey.url)
+    response = take(client, blue, "one-too-many")
+    assert response.status_code == 409
+    assert "exhausted" in response.get_json()["message"]
+    assert snapshot(valkey.url) == before
+    # The next year starts over, so only that period is exhausted.
+    assert take(client, blue, "next-year", date="2027-01-01").status_code == 201
+
+
+def test_cap_below_2_53_is_exact_and_never_wraps(client, agent, admin, valkey):
+    client.patch("/v1/sequences/invoice", headers=admin, json={
+        "padding": 0, "next_number": sequences.MAX_NUMBER - 1, "period": "2026"})
+    blue = agent("blue")
+    numbers = [take(client, blue, r).get_json()["number"] for r in ("a", "b")]
+    assert numbers == [sequences.MAX_NUMBER - 1, sequences.MAX_NUMBER]
+    assert take(client, blue, "b").get_json()["formatted"] == f"INV-2026-{sequences.MAX_NUMBER}"
+    before = snapshot(valkey.url)
+    response = take(client, blue, "c")
+    assert response.status_code == 409 and "exhausted" in response.get_json()["message"]
+    assert snapshot(valkey.url) == before

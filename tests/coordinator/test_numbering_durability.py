@@ -1,0 +1,149 @@
+"""Durable before acknowledged: restarts, kill -9, replicas that are missing or stalled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import redis
+
+from coordinator import auth, keys
+from coordinator.app import create_app
+from coordinator.embedded import ValkeyServer
+from coordinator.numbering import iter_ledger
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+def _agent(url: str, system: str = "blue") -> dict:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    token = auth.new_token(auth.AGENT)
+    client.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(system))
+    client.close()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _app(url: str, **config):
+    return create_app({"TESTING": True, "REDIS_URL": url, **config}).test_client()
+
+
+def _take(client, headers, reference):
+    return client.post("/v1/allocations", headers=headers, json={
+        "document": "invoice", "reference": reference, "date": "2026-03-03"})
+
+
+@pytest.mark.parametrize("crash", [True, False], ids=["kill-9", "sigterm"])
+def test_counter_and_ledger_survive_restart(tmp_path, crash):
+    server = ValkeyServer(tmp_path / "v").start()
+    try:
+        headers = _agent(server.url)
+        client = _app(server.url)
+        taken = [_take(client, headers, f"r{i}").get_json() for i in range(25)]
+        server.kill() if crash else server.stop()
+        server.start()
+        client = _app(server.url)
+        # Every acknowledged number is still there, replays answer the same, the next is 26.
+        assert _take(client, headers, "r3").get_json() == taken[3]
+        assert _take(client, headers, "new").get_json()["number"] == 26
+        reader = redis.Redis.from_url(server.url, decode_responses=True)
+        assert [e["number"] for e in iter_ledger(reader, "invoice", "2026")] == list(
+            range(1, 27))
+        reader.close()
+    finally:
+        server.stop()
+
+
+def test_missing_replica_answers_503_and_retry_returns_same_number(tmp_path):
+    primary = ValkeyServer(tmp_path / "p").start()
+    replica = None
+    try:
+        headers = _agent(primary.url)
+        strict = _app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=200)
+        refused = _take(strict, headers, "10234")
+        assert refused.status_code == 503
+        assert refused.get_json()["code"] == 503
+        # The write happened but was never acknowledged; the retry must not take another.
+        replica = ValkeyServer(tmp_path / "r", extra=[
+            f"replicaof {primary.host} {primary.port}"]).start()
+        deadline = time.monotonic() + 10
+        admin = redis.Redis.from_url(primary.url, decode_responses=True)
+        admin.incr("probe")
+        while admin.execute_command("WAITAOF", 0, 1, 100)[1] < 1:
+            assert time.monotonic() < deadline, "replica did not sync"
+        admin.close()
+        retried = _take(_app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=3000),
+                        headers, "10234")
+        assert (retried.status_code, retried.get_json()["number"]) == (200, 1)
+        relaxed = _take(_app(primary.url), headers, "10234")
+        assert (relaxed.status_code, relaxed.get_json()["number"]) == (200, 1)
+    finally:
+        if replica:
+            replica.stop()
+        primary.stop()
+
+
+def test_replay_waits_for_the_original_write_not_just_its_own(tmp_path):
+    """A replay on a fresh connection has written nothing, so a bare WAITAOF would return at
+    once with the stalled replica counted; the replay's own tiny write makes it wait."""
+    primary = ValkeyServer(tmp_path / "p").start()
+    replica = ValkeyServer(tmp_path / "r", extra=[f"replicaof {primary.host} {primary.port}"])
+    replica.start()
+    try:
+        headers = _agent(primary.url)
+        admin = redis.Redis.from_url(primary.url, decode_responses=True)
+        deadline = time.monotonic() + 10
+        admin.incr("probe")
+        while admin.execute_command("WAITAOF", 0, 1, 100)[1] < 1:
+            assert time.monotonic() < deadline, "replica did not sync"
+        config = {"DURABLE_REPLICAS": 1, "DURABILITY_TIMEOUT_MS": 2000}
+        assert _take(_app(primary.url, **config), headers, "warm").status_code == 201
+
+        os.kill(replica.process.pid, signal.SIGSTOP)  # connected, but acknowledges nothing
+        try:
+            assert _take(_app(primary.url, **config), headers, "10234").status_code == 503
+            # Proof the naive wait would lie: a fresh connection with no write of its own.
+            fresh = redis.Redis.from_url(primary.url)
+            assert fresh.execute_command("WAITAOF", 1, 1, 2000) == [1, 1]
+            fresh.close()
+            replays = int(admin.hget(keys.seq_stats("invoice"), "replays") or 0)
+            replay = _take(_app(primary.url, **config), headers, "10234")
+            assert replay.status_code == 503
+            assert int(admin.hget(keys.seq_stats("invoice"), "replays")) == replays + 1
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        done = _take(_app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=3000),
+                     headers, "10234")
+        assert (done.status_code, done.get_json()["number"]) == (200, 2)
+        admin.close()
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_aof_off_is_never_acknowledged(tmp_path):
+    server = ValkeyServer(tmp_path / "v").start()
+    try:
+        redis.Redis.from_url(server.url).config_set("appendonly", "no")
+        response = _take(_app(server.url), _agent(server.url), "1")
+        assert response.status_code == 503
+        assert "appendonly" in response.get_json()["message"]
+    finally:
+        server.stop()
+
+
+def test_confirm_and_void_wait_for_durability(tmp_path):
+    primary = ValkeyServer(tmp_path / "p").start()
+    try:
+        headers = _agent(primary.url)
+        entry = _take(_app(primary.url), headers, "1").get_json()
+        strict = _app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=100)
+        response = strict.post(f"/v1/allocations/{entry['id']}/confirm", headers=headers,
+                               json={"invoicenum": entry["formatted"]})
+        assert response.status_code == 503
+        again = _app(primary.url).post(f"/v1/allocations/{entry['id']}/confirm",
+                                       headers=headers, json={"invoicenum": entry["formatted"]})
+        assert (again.status_code, again.get_json()["status"]) == (200, "confirmed")
+    finally:
+        primary.stop()
