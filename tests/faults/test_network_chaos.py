@@ -31,7 +31,7 @@ def _run(gunicorn, own_valkey, *, seconds, per_agent, agents, seed):
     coordinator = gunicorn({"REDIS_URL": own_valkey.url}, workers=2, threads=4)
     history = History()
     with ChaosProxy(("127.0.0.1", coordinator.port), weighted_policy(seed, WEIGHTS),
-                    hold_limit=2) as proxy:
+                    hold_limit=1) as proxy:
         started = time.monotonic()
         run_threads(
             (lambda i=i: agent_run(proxy.url, tokens[SYSTEMS[i % 3]], SYSTEMS[i % 3], f"n{i}",
@@ -50,7 +50,7 @@ def _run(gunicorn, own_valkey, *, seconds, per_agent, agents, seed):
 
 
 def test_network_chaos_short(gunicorn, own_valkey):
-    _run(gunicorn, own_valkey, seconds=6, per_agent=30, agents=6, seed=11)
+    _run(gunicorn, own_valkey, seconds=4, per_agent=100000, agents=6, seed=11)
 
 
 @pytest.mark.slow

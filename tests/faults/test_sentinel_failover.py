@@ -53,15 +53,19 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
         master.execute_command("WAIT", 2, 2000)  # the tokens are on the replicas too
         coordinator = gunicorn({
             "SENTINELS": cluster.sentinels_spec, "DURABLE_REPLICAS": 1 if rule else 0,
-            "DURABILITY_TIMEOUT_MS": 300, "REDIS_SOCKET_TIMEOUT": 1,
+            # Replicas report their fsync offset about once a second, so a WAITAOF for one
+            # replica can take up to ~1 s: the timeout must sit above that (see README).
+            "DURABILITY_TIMEOUT_MS": 1500, "REDIS_SOCKET_TIMEOUT": 2,
         }, workers=2, threads=4)
         url = coordinator.url
         history = History()
         resume_times = []
         b_acks = 0
+        marks = [("start", time.monotonic())]
         for rnd in range(rounds):
             # A: normal load, replicated
             _batch(url, tokens, history, f"A{rnd}", before)
+            marks.append((f"A{rnd}", time.monotonic()))
             # B: the replicas stop hearing from the master; each reference asked once
             cluster.cut_replication()
             lagging = []
@@ -71,6 +75,7 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
                                         f"{system}-B{rnd}-{i}", DATE, timeout=3)
                 lagging.append(attempt)
                 b_acks += attempt.acknowledged
+            marks.append((f"B{rnd}", time.monotonic()))
             # C: the master dies; allocation must resume on the promoted replica
             old = cluster.kill_master()
             killed_at = time.monotonic()
@@ -86,14 +91,21 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
             for attempt in lagging:
                 allocate_until_acked(url, tokens[attempt.system], history, attempt.system,
                                      "invoice", attempt.reference, DATE, deadline)
+            marks.append((f"C{rnd}", time.monotonic()))
             if rnd + 1 < rounds:  # bring the dead node back as a replica for the next round
                 cluster.server_at(old).start()
                 cluster.wait_settled()
-        # D: the agent asks again for everything it was told
+        # D: the agent asks again for everything it was told (8 agents in parallel)
         deadline = time.monotonic() + 60
-        for a in list({a.ref: a for a in history.acknowledged}.values()):
-            allocate_until_acked(url, tokens[a.system], history, a.system, a.document,
-                                 a.reference, DATE, deadline)
+        told = list({a.ref: a for a in history.acknowledged}.values())
+        run_threads(
+            (lambda part=told[k::8]: [
+                allocate_until_acked(url, tokens[a.system], history, a.system, a.document,
+                                     a.reference, DATE, deadline) for a in part])
+            for k in range(8))
+        marks.append(("D", time.monotonic()))
+        print("  phase durations: " + ", ".join(
+            f"{name} {t - marks[i][1]:.1f}s" for i, (name, t) in enumerate(marks[1:])))
         label = f"Sentinel failover, durability rule {'ON' if rule else 'OFF'}"
         verdict = verify(url, admin, history, label)
         print(f"  phase B acknowledged {b_acks} of {during * rounds} while replication was cut;"
@@ -103,16 +115,16 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
 
 
 def test_failover_with_durability_rule_keeps_every_number(tmp_path, gunicorn):
-    verdict, b_acks = _failover_run(tmp_path, gunicorn, rule=True, before=5, during=6, after=5)
+    verdict, b_acks = _failover_run(tmp_path, gunicorn, rule=True, before=4, during=3, after=3)
     assert b_acks == 0, "with the rule on, writes the replicas never saw must not be acked"
     assert verdict.ok, verdict.line()
     assert verdict.counts["acked_refs"] == verdict.counts["references"]
 
 
 def test_failover_without_durability_rule_is_caught_by_the_checker(tmp_path, gunicorn):
-    verdict, b_acks = _failover_run(tmp_path, gunicorn, rule=False, before=5, during=6,
-                                    after=5)
-    assert b_acks == 6, "with the rule off, the master alone acknowledges"
+    verdict, b_acks = _failover_run(tmp_path, gunicorn, rule=False, before=4, during=3,
+                                    after=3)
+    assert b_acks == 3, "with the rule off, the master alone acknowledges"
     assert not verdict.ok, "the checker must see the numbers the failover lost"
     assert any(v.startswith("DUPLICATE") for v in verdict.violations), verdict.violations
 

@@ -72,7 +72,7 @@ def _run(tmp_path, gunicorn, own_valkey, *, seconds, per_agent, threads, procs, 
 
 
 def test_worker_kills_short(tmp_path, gunicorn, own_valkey):
-    _run(tmp_path, gunicorn, own_valkey, seconds=8, per_agent=40, threads=4, procs=2,
+    _run(tmp_path, gunicorn, own_valkey, seconds=5, per_agent=100000, threads=4, procs=2,
          kill_every=(0.4, 0.9))
 
 
