@@ -1,21 +1,21 @@
 -- Take the next number of one sequence for one WHMCS document, or return the one it already has.
 -- All or nothing: the counter, the ledger entry and the reference index change together.
 --
--- KEYS[1]      {seq:S}:settings       hash: increment, format, padding, reset, routing flag
--- KEYS[2]      {seq:S}:stats          hash: issued, credit_notes, replays
--- KEYS[3]      {seq:S}:refs:<doc>:<system>   hash: reference -> ledger id
--- KEYS[4]      {seq:S}:periods        set of periods
--- KEYS[5..7]   counter of the period for reset never / yearly / monthly
--- KEYS[8..10]  ledger hash of the period for reset never / yearly / monthly
--- KEYS[11..13] ledger-order zset of the period for reset never / yearly / monthly
+-- KEYS[1] {seq:S}:settings       hash: increment, format, padding, reset, routing flag
+-- KEYS[2] {seq:S}:stats          hash: issued, credit_notes, replays
+-- KEYS[3] {seq:S}:refs:<doc>:<system>   hash: reference -> ledger id
+-- KEYS[4] {seq:S}:periods        set of periods
+-- KEYS[5] {seq:S}:counter:<P>    KEYS[6] {seq:S}:ledger:<P>    KEYS[7] {seq:S}:ledger-order:<P>
+--         where P is the period of the document date under the reset the caller expects
 --
 -- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
--- ARGV[4] document date YYYY-MM-DD            ARGV[5..7] period for never / yearly / monthly
--- ARGV[8] now (ISO 8601 UTC)                  ARGV[9] largest number allowed (< 2^53)
--- ARGV[10] sequence name S
+-- ARGV[4] document date YYYY-MM-DD            ARGV[5] period P   ARGV[6] reset P was chosen by
+-- ARGV[7] now (ISO 8601 UTC)                  ARGV[8] largest number allowed (< 2^53)
+-- ARGV[9] sequence name S
 --
 -- Returns {"new", entry_json} | {"replay", entry_json} | {"error", code, detail...}
 --   codes: uninitialized (no settings yet), moved (credit notes are not numbered in S),
+--          reset (the sequence resets otherwise: detail = its reset; choose P again),
 --          period (reference already numbered in another period: detail = its id),
 --          exhausted (next number past the cap or the padding: detail = last number)
 --
@@ -30,7 +30,7 @@ for i = 1, #raw, 2 do
   s[raw[i]] = raw[i + 1]
 end
 
-local seq, document = ARGV[10], ARGV[1]
+local seq, document = ARGV[9], ARGV[1]
 if document == 'credit_note' then
   local served = (seq == 'invoice' and s['credit_notes'] == '1')
     or (seq == 'credit_note' and s['dedicated'] == '1')
@@ -38,13 +38,12 @@ if document == 'credit_note' then
     return {'error', 'moved'}
   end
 end
-
-local which = ({never = 0, yearly = 1, monthly = 2})[s['reset']]
-if which == nil then
-  return redis.error_reply('invalid reset setting in ' .. KEYS[1])
+if s['reset'] ~= ARGV[6] then
+  return {'error', 'reset', s['reset']}
 end
-local period = ARGV[5 + which]
-local counter_key, ledger_key, order_key = KEYS[5 + which], KEYS[8 + which], KEYS[11 + which]
+
+local period = ARGV[5]
+local counter_key, ledger_key, order_key = KEYS[5], KEYS[6], KEYS[7]
 
 local existing = redis.call('HGET', KEYS[3], ARGV[3])
 if existing then
@@ -63,7 +62,7 @@ local padding = tonumber(s['padding'])
 local current = tonumber(redis.call('GET', counter_key) or '0')
 local number = current + increment
 local digits = string.format('%.0f', number)
-if number > tonumber(ARGV[9]) or (padding > 0 and #digits > padding) then
+if number > tonumber(ARGV[8]) or (padding > 0 and #digits > padding) then
   return {'error', 'exhausted', string.format('%.0f', current)}
 end
 if padding > #digits then
@@ -81,7 +80,7 @@ local id = seq .. ':' .. period .. ':' .. string.format('%.0f', number)
 local entry = cjson.encode({
   id = id, number = string.format('%.0f', number), previous = string.format('%.0f', current),
   formatted = formatted, sequence = seq, period = period, system = ARGV[2],
-  document = document, reference = ARGV[3], date = date, status = 'issued', issued_at = ARGV[8],
+  document = document, reference = ARGV[3], date = date, status = 'issued', issued_at = ARGV[7],
 })
 
 redis.call('INCRBY', counter_key, increment)

@@ -4,6 +4,7 @@ An allocation is one Lua script (``allocate.lua``) plus ``WAITAOF`` in one round
 sequence that numbers credit notes is guessed from the last answer (a process-wide hint); the
 script checks the guess atomically against the routing flag stored in its own slot and
 answers ``moved`` when wrong, so a stale guess costs one more round trip, never a number.
+The sequence's reset (which picks the period, hence the keys) is a hint checked the same way.
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ from coordinator.numbering import scripts
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
     CREDIT_NOTE,
+    DEFAULTS,
     INVOICE,
     MAX_NUMBER,
     ensure_sequences,
     iso,
-    periods_of,
+    period_of,
     utcnow,
 )
 
 _credit_note_home = {"sequence": CREDIT_NOTE}
 """Where credit notes were numbered last time; only a hint (see the module docstring)."""
+
+_reset_hint: dict[str, str] = {}
+"""The reset each sequence had last time (a hint checked by the script, like the above)."""
 
 _ID = re.compile(r"^(invoice|credit_note):(all|\d{4}|\d{4}-\d{2}):([1-9]\d{0,14})$")
 
@@ -77,17 +82,18 @@ def allocate(
         NotDurable: the write was not confirmed durable in time (retry the same call).
     """
     sequence = INVOICE if document == INVOICE else _credit_note_home["sequence"]
-    periods = periods_of(day)
-    args = [document, system, reference, day.isoformat(), *periods, iso(utcnow()), MAX_NUMBER]
+    now = iso(utcnow())
     tried: set[str] = set()
     while True:
+        reset = _reset_hint.get(sequence, DEFAULTS[sequence]["reset"])
+        period = period_of(day, reset)
         seq_keys = [
             keys.seq_settings(sequence), keys.seq_stats(sequence),
             keys.seq_refs(sequence, document, system), keys.seq_periods(sequence),
-            *(keys.seq_counter(sequence, p) for p in periods),
-            *(keys.seq_ledger(sequence, p) for p in periods),
-            *(keys.seq_ledger_order(sequence, p) for p in periods),
+            keys.seq_counter(sequence, period), keys.seq_ledger(sequence, period),
+            keys.seq_ledger_order(sequence, period),
         ]
+        args = [document, system, reference, day.isoformat(), period, reset, now, MAX_NUMBER]
         reply, wait = scripts.run(
             client, scripts.ALLOCATE, seq_keys, [*args, sequence], durability
         )
@@ -102,6 +108,9 @@ def allocate(
         if code == "uninitialized" and "init" not in tried:
             tried.add("init")
             ensure_sequences(client)
+        elif code == "reset" and f"reset:{sequence}" not in tried:
+            tried.add(f"reset:{sequence}")
+            _reset_hint[sequence] = reply[2]
         elif code == "moved" and sequence not in tried:
             tried.add(sequence)
             sequence = INVOICE if sequence == CREDIT_NOTE else CREDIT_NOTE

@@ -123,7 +123,7 @@ def gaps(
             elif entry["status"] == "issued":
                 issued = datetime.fromisoformat(entry["issued_at"].replace("Z", "+00:00"))
                 age = int((now - issued).total_seconds())
-                if age > grace_seconds:
+                if age >= grace_seconds:
                     found.append({"kind": "unconfirmed", **base, "age_seconds": age})
         if len(page) < MAX_PAGE:
             break

@@ -201,11 +201,13 @@ def update(
 
     reset = changes.get("reset", current["reset"])
     check_format(changes.get("format", current["format"]), reset)
-    if name == CREDIT_NOTE and current["dedicated"]:
-        invoice_format = read_settings(client, INVOICE)["format"]
-        if changes.get("format", current["format"]) == invoice_format:
+    if "format" in changes:
+        other = read_settings(client, CREDIT_NOTE if name == INVOICE else INVOICE)
+        dedicated = (other if name == INVOICE else current)["dedicated"]
+        if dedicated and changes["format"] == other["format"]:
+            # Two sequences printing the same strings would issue the same invoice number twice.
             raise InvalidInput("Invalid format", {"json": {"format": [
-                "Dedicated credit notes need a format different from the invoices'."]}})
+                "Invoices and dedicated credit notes need different formats."]}})
     if period is None:
         period = period_of(today or utcnow().date(), reset)
     next_number = changes.pop("next_number", None)

@@ -1,0 +1,166 @@
+"""Sequence settings (forward-only, audited), ledger paging and the gap report."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import fakeredis
+import pytest
+
+from coordinator import keys
+from coordinator.exceptions import InvalidInput
+from coordinator.numbering import allocate, gaps, list_ledger, sequences
+from tests.conftest import snapshot
+
+
+def take(client, headers, reference, date="2026-11-21"):
+    return client.post("/v1/allocations", headers=headers,
+                       json={"document": "invoice", "reference": reference, "date": date})
+
+
+# --- units (no server) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, reset", [
+    ("INV-{YEAR}-{NUMBER}", "yearly"), ("{YEAR}/{MONTH}/{DAY}/{NUMBER}", "monthly"),
+    ("{NUMBER}", "never"), ("A{YEAR}{MONTH}-{NUMBER}", "monthly"),
+])
+def test_good_formats(fmt, reset):
+    sequences.check_format(fmt, reset)
+
+
+@pytest.mark.parametrize("fmt, reset", [
+    ("INV-{YEAR}", "yearly"), ("INV-{NUMBER}", "yearly"), ("{YEAR}-{NUMBER}", "monthly"),
+    ("{NUMBER}-{NUMBER}", "never"), ("{number}", "never"), ("{YEAR-{NUMBER}", "never"),
+    ("{ID}-{NUMBER}", "never"), ("{NUMBER}}", "never"),
+])
+def test_bad_formats(fmt, reset):
+    with pytest.raises(InvalidInput):
+        sequences.check_format(fmt, reset)
+
+
+def test_periods_by_document_date():
+    assert sequences.periods_of(date(2026, 1, 5)) == ("all", "2026", "2026-01")
+    assert sequences.period_of(date(2025, 12, 31), "monthly") == "2025-12"
+
+
+def test_allocation_logic_on_fakeredis():
+    client = fakeredis.FakeRedis(decode_responses=True)
+    entry, new = allocate(client, "blue", "invoice", "1", date(2026, 2, 3))
+    assert new and (entry["formatted"], entry["number"]) == ("INV-2026-000001", 1)
+    again, new = allocate(client, "blue", "invoice", "1", date(2026, 7, 3))
+    assert not new and again == entry
+
+
+# --- HTTP on the real server -----------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_next_number_only_moves_forward_and_is_audited(client, agent, admin, valkey):
+    blue = agent("blue")
+    for i in range(3):
+        take(client, blue, str(i))
+    before = snapshot(valkey.url)
+    for wanted in (1, 3):
+        response = client.patch("/v1/sequences/invoice", headers=admin,
+                                 json={"next_number": wanted, "period": "2026"})
+        assert response.status_code == 409
+        assert "only move forward" in response.get_json()["message"]
+    assert snapshot(valkey.url) == before
+    raised = client.patch("/v1/sequences/invoice", headers=admin,
+                          json={"next_number": 50, "period": "2026"}).get_json()
+    row = next(r for r in raised["periods"] if r["period"] == "2026")
+    assert (row["last_number"], row["next_number"]) == (3, 50)
+    assert take(client, blue, "x").get_json()["number"] == 50
+    record = client.get("/v1/sequences/invoice/audit", headers=admin).get_json()["records"][-1]
+    assert record["by"].startswith("admin:") and record["period"] == "2026"
+    assert (record["before"]["next_number"], record["after"]["next_number"]) == ("4", "50")
+
+
+@pytest.mark.integration
+def test_reset_locked_once_numbers_issued(client, agent, admin):
+    take(client, agent("blue"), "1")
+    response = client.patch("/v1/sequences/invoice", headers=admin,
+                            json={"reset": "monthly", "format": "{YEAR}{MONTH}{NUMBER}"})
+    assert response.status_code == 409
+
+
+BAD_PATCHES = [
+    {"increment": 0}, {"increment": -1}, {"increment": 10**9}, {"increment": "2"},
+    {"next_number": 10**16}, {"next_number": 0}, {"padding": 16}, {"padding": -1},
+    {"format": "INV-{YEAR}-{NUM}"}, {"format": "INV-{NUMBER}"}, {"format": "x\x07{NUMBER}"},
+    {"reset": "weekly"}, {"colour": "red"}, {}, {"next_number": 9, "period": "2026-13"},
+    {"next_number": 9, "period": "2026-11"}, {"dedicated": True},
+    {"format": "CN-{YEAR}-{NUMBER}"},
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("body", BAD_PATCHES)
+def test_bad_patches_change_nothing(client, admin, agent, valkey, body):
+    take(client, agent("blue"), "warm-up")
+    before = snapshot(valkey.url)
+    response = client.patch("/v1/sequences/invoice", headers=admin, json=body)
+    assert 400 <= response.status_code < 500, body
+    assert response.get_json()["code"] == response.status_code
+    assert snapshot(valkey.url) == before
+
+
+@pytest.mark.integration
+def test_credit_note_format_must_differ_from_invoices(client, admin):
+    response = client.patch("/v1/sequences/credit_note", headers=admin,
+                            json={"format": "INV-{YEAR}-{NUMBER}"})
+    assert response.status_code == 422
+
+
+@pytest.mark.integration
+def test_ledger_pages_in_number_order(client, agent, admin):
+    blue = agent("blue")
+    for i in range(7):
+        take(client, blue, f"r{i}")
+    page = client.get("/v1/sequences/invoice/ledger?period=2026&limit=3", headers=admin)
+    body = page.get_json()
+    assert [e["number"] for e in body["entries"]] == [1, 2, 3] and body["next_after"] == 3
+    rest = client.get("/v1/sequences/invoice/ledger?period=2026&after=3&limit=10",
+                      headers=admin).get_json()
+    assert [e["number"] for e in rest["entries"]] == [4, 5, 6, 7] and rest["next_after"] is None
+    for query in ("limit=0", "limit=100000", "after=-1", "period=26", "cursor=1"):
+        assert client.get(f"/v1/sequences/invoice/ledger?{query}",
+                          headers=admin).status_code == 422
+    assert client.get("/v1/sequences/nope/ledger", headers=admin).status_code == 404
+
+
+@pytest.mark.integration
+def test_gaps_list_void_unconfirmed_skipped_and_missing(app_config, redis_client, agent, admin):
+    from coordinator.app import create_app
+
+    client = create_app({**app_config, "UNCONFIRMED_GRACE_SECONDS": 0}).test_client()
+    blue = agent("blue")
+    one, two, three = (take(client, blue, r).get_json() for r in "abc")
+    client.post(f"/v1/allocations/{one['id']}/void", headers=blue, json={"reason": "dup"})
+    client.post(f"/v1/allocations/{two['id']}/confirm", headers=blue,
+                json={"invoicenum": two["formatted"]})
+    client.patch("/v1/sequences/invoice", headers=admin, json={"next_number": 10,
+                                                               "period": "2026"})
+    ten = take(client, blue, "d").get_json()
+    eleven = take(client, blue, "e").get_json()
+    take(client, blue, "f")
+    # Simulate lost data (impossible through the API): number 11's ledger entry disappears.
+    redis_client.hdel(keys.seq_ledger("invoice", "2026"), "11")
+    redis_client.zrem(keys.seq_ledger_order("invoice", "2026"), "11")
+    found = client.get("/v1/sequences/invoice/gaps?period=2026",
+                       headers=admin).get_json()["gaps"]
+    kinds = [(g["kind"], g.get("number", g.get("after"))) for g in found]
+    assert ("void", 1) in kinds and ("unconfirmed", 3) in kinds
+    assert ("skipped", 3) in kinds and ("unconfirmed", ten["number"]) in kinds
+    assert {"kind": "missing", "after": 10, "before": 12} in found
+    assert all(g.get("number") != two["number"] for g in found)  # confirmed: no gap
+    assert eleven["number"] == 11
+    assert next(g for g in found if g["kind"] == "void")["reason"] == "dup"
+
+
+@pytest.mark.integration
+def test_domain_ledger_api(redis_client):
+    for i in range(3):
+        allocate(redis_client, "blue", "invoice", str(i), date(2026, 1, 1))
+    assert [e["number"] for e in list_ledger(redis_client, "invoice", "2026")] == [1, 2, 3]
+    assert gaps(redis_client, "invoice", "2026", grace_seconds=10**9) == []
