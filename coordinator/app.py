@@ -9,6 +9,7 @@ from flask import Flask
 
 from coordinator import api, errors, redis_client
 from coordinator.config import load_config
+from coordinator.ops import headers, logs, metrics, ratelimit
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -20,7 +21,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask("coordinator")
     load_config(app, config)
     app.json.sort_keys = False
+    # Logs first: its before_request gives every later hook and line the request id.
+    logs.init_app(app)
+    metrics.init_app(app)
+    headers.init_app(app)
     redis_client.init_app(app)
+    ratelimit.init_app(app)
     api.init_app(app)
     errors.init_app(app)
     return app

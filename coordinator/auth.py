@@ -20,6 +20,8 @@ from flask import current_app, g, request
 
 from coordinator import keys
 from coordinator.exceptions import AuthError, Forbidden
+from coordinator.ops import ratelimit
+from coordinator.ops.ratelimit import RateLimiter
 from coordinator.redis_client import get_redis
 
 ADMIN = "admin"
@@ -61,30 +63,59 @@ def agent_token_record(system: str) -> str:
     return json.dumps({"kind": AGENT, "system": system})
 
 
-def authenticate(client: redis.Redis, header: str | None, admin_token: str | None) -> Principal:
-    """Resolve an ``Authorization`` header to a principal.
+def authenticate(
+    client: redis.Redis,
+    header: str | None,
+    admin_token: str | None,
+    limiter: RateLimiter | None = None,
+) -> Principal:
+    """Resolve an ``Authorization`` header to a principal, counting it against its rate limit.
+
+    The token lookup and the rate counter go to Redis on one pipeline: one round trip.
 
     Raises:
         AuthError: no bearer token, or one the coordinator does not know (401).
+        RateLimited: the token has used up its requests for this window (429).
     """
     if not header or not header.startswith("Bearer "):
         raise AuthError("Missing bearer token: send `Authorization: Bearer <token>`")
     token = header[len("Bearer ") :].strip()
     token_digest = digest(token)
-    if admin_token and hmac.compare_digest(token_digest, digest(str(admin_token))):
-        return Principal(ADMIN)
-    raw = client.hget(keys.TOKENS, token_digest)
-    if raw is None:
+    is_config_admin = bool(admin_token) and hmac.compare_digest(
+        token_digest, digest(str(admin_token))
+    )
+    limiting = limiter is not None and limiter.enabled
+    if not limiting:
+        raw = None if is_config_admin else client.hget(keys.TOKENS, token_digest)
+        count = window = 0
+    else:
+        pipe = client.pipeline(transaction=False)
+        if not is_config_admin:
+            pipe.hget(keys.TOKENS, token_digest)
+        window = limiter.queue(pipe, token_digest)
+        results = pipe.execute()
+        raw = None if is_config_admin else results[0]
+        count = results[-2]
+    if is_config_admin:
+        principal = Principal(ADMIN)
+    elif raw is None:
         raise AuthError("Invalid or revoked token")
-    record: dict[str, Any] = json.loads(raw)
-    return Principal(record["kind"], record.get("system"))
+    else:
+        record: dict[str, Any] = json.loads(raw)
+        principal = Principal(record["kind"], record.get("system"))
+    if limiting:
+        limiter.check(principal.kind, count, window)
+    return principal
 
 
 def current_principal() -> Principal:
     """Authenticate the current request once and remember the result on ``g``."""
     if "principal" not in g:
         g.principal = authenticate(
-            get_redis(), request.headers.get("Authorization"), current_app.config["ADMIN_TOKEN"]
+            get_redis(),
+            request.headers.get("Authorization"),
+            current_app.config["ADMIN_TOKEN"],
+            current_app.extensions.get(ratelimit.EXTENSION),
         )
     return g.principal
 

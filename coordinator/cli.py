@@ -9,6 +9,7 @@ import click
 
 from coordinator import auth
 from coordinator.embedded import ValkeyServer
+from coordinator.ops.multiproc import prepare_dir
 
 
 def _uses_embedded() -> bool:
@@ -54,11 +55,14 @@ def main() -> None:
               help="gunicorn worker processes.")
 def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
     """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
+    data_dir = data_dir.resolve()
+    # Before anything imports prometheus_client (the app does): workers share this directory
+    # for their metrics, and a previous run's files would otherwise be summed in.
+    prepare_dir(data_dir / "metrics")
+
     from coordinator.app import create_app
     from coordinator.redis_client import get_redis
     from coordinator.server import run_gunicorn
-
-    data_dir = data_dir.resolve()
     embedded = None
     if _uses_embedded():
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
@@ -73,7 +77,8 @@ def serve(host: str, port: int, data_dir: Path, workers: int) -> None:
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
         click.echo(f"coordinator on http://{host}:{port}", err=True)
-        run_gunicorn(bind=f"{host}:{port}", workers=workers)
+        run_gunicorn(bind=f"{host}:{port}", workers=workers, control_socket_disable=False,
+                     control_socket=str(data_dir / "gunicorn.ctl"))
     finally:
         if embedded:
             embedded.stop()
@@ -165,3 +170,38 @@ def create_admin(label: str) -> None:
         new = auth.new_token(auth.ADMIN)
         auth.register_admin_token(get_redis(), new, label)
     click.echo(new)
+
+
+@main.command()
+@click.option(
+    "--data-dir", default="./invoice-sync-data", show_default=True,
+    envvar="INVOICE_SYNC_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
+    help="Where `serve` keeps its embedded Valkey (checked when no Redis URL is set).",
+)
+def doctor(data_dir: Path) -> None:
+    """Check the Redis and settings the coordinator would use; exit 1 if anything is wrong."""
+    from flask import Flask
+
+    from coordinator.config import load_config
+    from coordinator.ops import doctor as checks
+    from coordinator.redis_client import make_redis
+
+    app = Flask("coordinator")
+    load_config(app)
+    config = dict(app.config)
+    # A doctor should answer quickly even when Redis hangs.
+    config["REDIS_SOCKET_TIMEOUT"] = min(float(config["REDIS_SOCKET_TIMEOUT"]), 3.0)
+    factory = make_redis
+    if _uses_embedded():
+        socket_path = data_dir.resolve() / "valkey" / "valkey.sock"
+        config["REDIS_URL"] = f"unix://{socket_path}"
+        if not socket_path.exists():
+            factory = None
+    results = checks.run(config, factory)
+    for check in results:
+        click.echo(check.line())
+    failed = [check for check in results if not check.ok]
+    if failed:
+        click.echo(f"{len(failed)} problem(s) found")
+        raise SystemExit(1)
+    click.echo("all checks passed")

@@ -61,3 +61,21 @@ LOG_LEVEL = "INFO"
 
 DATA_DIR = "./invoice-sync-data"
 """Where ``invoice-sync serve`` keeps the embedded server's files and the admin token."""
+
+RATE_LIMIT_AGENT = 600
+"""Requests per RATE_LIMIT_WINDOW one agent token may make (allocate, confirm, void); 0 = no
+limit. An agent numbers one invoice per request, so 600/min is far above any WHMCS's pace."""
+
+RATE_LIMIT_ADMIN = 300
+"""Requests per RATE_LIMIT_WINDOW one admin token may make; 0 = no limit."""
+
+RATE_LIMIT_WINDOW = 60
+"""Length in seconds of the fixed window the rate limits count in. Over the limit: 429 with
+Retry-After. Unauthenticated endpoints (health, metrics, openapi) are never limited."""
+
+TRUSTED_PROXIES = 0
+"""How many reverse proxies (nginx, a load balancer) stand in front and set X-Forwarded-For,
+-Proto, -Host and -Port. 0 trusts none: the headers are ignored, as anyone can send them."""
+
+HSTS_SECONDS = 31536000
+"""max-age of Strict-Transport-Security, sent on requests that came over https; 0 = not sent."""

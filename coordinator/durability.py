@@ -8,6 +8,20 @@ from typing import Any
 
 import redis
 
+EVICTION_SAFE_POLICIES = frozenset({"noeviction"})
+"""maxmemory policies that never delete keys. Any other (allkeys-lru, volatile-ttl, ...) may
+evict a sequence counter or ledger entry when memory fills: numbers would be handed out twice."""
+
+
+def eviction_problem(policy: str | None) -> str | None:
+    """Say what to fix when ``policy`` (maxmemory-policy) may evict keys; None when it cannot."""
+    if policy is None or policy in EVICTION_SAFE_POLICIES:
+        return None
+    return (
+        f"maxmemory-policy is {policy!r}: set `maxmemory-policy noeviction`; an evicting Redis "
+        "can drop counters and ledger entries and hand out numbers twice"
+    )
+
 
 @dataclass
 class DurabilityReport:
@@ -40,6 +54,8 @@ def check(client: redis.Redis, config: Mapping[str, Any]) -> DurabilityReport:
         # Managed services often disable CONFIG; WAITAOF still proves each write is on disk.
         fsync = None
     report.facts["appendfsync"] = fsync
+    # INFO, not CONFIG GET: managed services that hide CONFIG still report the policy here.
+    report.facts["maxmemory_policy"] = client.info("memory").get("maxmemory_policy")
 
     if not report.facts["aof_enabled"]:
         report.problems.append(
@@ -50,6 +66,9 @@ def check(client: redis.Redis, config: Mapping[str, Any]) -> DurabilityReport:
             f"appendfsync is {fsync!r}: set `appendfsync always` so every acknowledged "
             "number is on disk (allocations still wait with WAITAOF, at a latency cost)"
         )
+    eviction = eviction_problem(report.facts["maxmemory_policy"])
+    if eviction:
+        report.problems.append(eviction)
     if report.facts["role"] != "master":
         report.problems.append("this Redis is a replica: point the coordinator at the master")
     wanted = int(config.get("DURABLE_REPLICAS") or 0)

@@ -90,3 +90,15 @@ def system_data_pattern(name: str) -> str:
     (``[a-z0-9_-]``), so they hold no glob characters.
     """
     return f"{system_tag(name)}:*"
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+RATE_LIMIT_PREFIX = "ratelimit:"
+"""Prefix of the rate counters: accounting of requests, not data (they expire on their own)."""
+
+
+def rate_limit(token_digest: str, window: int) -> str:
+    """String: requests counted for one token (by digest prefix) in one fixed time window."""
+    return f"{RATE_LIMIT_PREFIX}{token_digest[:32]}:{window}"

@@ -87,11 +87,3 @@ def agent(redis_client: redis.Redis):
 
     return make
 
-
-def snapshot(url: str) -> dict:
-    """Return every key of the server with its DUMP, to prove a request changed nothing."""
-    raw = redis.Redis.from_url(url)
-    try:
-        return {key: raw.dump(key) for key in sorted(raw.keys("*"))}
-    finally:
-        raw.close()

@@ -8,8 +8,10 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from coordinator import auth
+from coordinator.exceptions import NotDurable
 from coordinator.numbering import allocation, ledger, schemas, sequences
 from coordinator.numbering.scripts import Durability
+from coordinator.ops.metrics import ALLOCATIONS
 from coordinator.redis_client import get_redis
 
 blp = Blueprint("numbering", __name__, url_prefix="/v1",
@@ -53,10 +55,16 @@ class Allocations(MethodView):
     def post(self, body):
         """Take the next number for a document of the token's system (or its existing one)."""
         day = body["date"] or sequences.utcnow().date()
-        entry, new = allocation.allocate(
-            get_redis(), auth.current_principal().system, body["document"], body["reference"],
-            day, _durability(),
-        )
+        try:
+            entry, new = allocation.allocate(
+                get_redis(), auth.current_principal().system, body["document"],
+                body["reference"], day, _durability(),
+            )
+        except NotDurable:
+            # The physical sequence is unknown here; the document names it closely enough.
+            ALLOCATIONS.labels(sequence=body["document"], result="not_durable").inc()
+            raise
+        ALLOCATIONS.labels(sequence=entry["sequence"], result="new" if new else "replay").inc()
         return entry, (201 if new else 200)
 
 

@@ -8,6 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coordinator import durability
+from coordinator.ops.metrics import REDIS_DURABLE
 from coordinator.redis_client import get_redis
 
 blp = Blueprint("health", __name__, description="Liveness and readiness (no auth)")
@@ -25,7 +26,9 @@ def _readiness():
     try:
         report = durability.check(get_redis(), current_app.config)
     except redis.RedisError as error:
+        REDIS_DURABLE.set(0)
         return {"status": "unavailable", "problems": [f"Redis: {type(error).__name__}"]}, 503
+    REDIS_DURABLE.set(1 if report.ok else 0)
     body = {"status": "ok" if report.ok else "not durable", "redis": report.facts,
             "problems": report.problems}
     return body, (200 if report.ok else 503)

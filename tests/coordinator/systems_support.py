@@ -1,4 +1,4 @@
-"""Helpers for the systems tests: a fake resolver, a full Redis snapshot, request bodies."""
+"""Helpers for the systems tests: a fake resolver, every Redis value readable, request bodies."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def body(**overrides: Any) -> dict[str, Any]:
     return data
 
 
-def snapshot(client: redis.Redis) -> dict[str, Any]:
-    """Every key with its type and full value, to prove a request changed nothing."""
+def values(client: redis.Redis) -> dict[str, Any]:
+    """Every key with its type and full value, readable (DUMP may compress long strings)."""
     out: dict[str, Any] = {}
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
@@ -68,4 +68,4 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
 
 def raw_dump(client: redis.Redis) -> str:
     """All keys and values as one string, to search for plaintext."""
-    return repr(snapshot(client))
+    return repr(values(client))

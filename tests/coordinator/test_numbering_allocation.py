@@ -6,7 +6,7 @@ import pytest
 
 from coordinator import keys
 from coordinator.numbering import sequences
-from tests.conftest import snapshot
+from tests.support import snapshot
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from coordinator import keys
 from coordinator.exceptions import InvalidInput
 from coordinator.numbering import allocate, gaps, list_ledger, sequences
-from tests.conftest import snapshot
+from tests.support import snapshot
 
 
 def take(client, headers, reference, date="2026-11-21"):

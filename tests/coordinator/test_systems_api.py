@@ -17,8 +17,8 @@ from tests.coordinator.systems_support import (
     FakeResolver,
     body,
     raw_dump,
-    snapshot,
 )
+from tests.support import snapshot
 
 pytestmark = pytest.mark.integration
 
