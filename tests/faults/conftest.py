@@ -35,6 +35,9 @@ def gunicorn(tmp_path: Path) -> Callable[..., GunicornCoordinator]:
     started: list[GunicornCoordinator] = []
 
     def start(settings: dict, **options) -> GunicornCoordinator:
+        # Rate limits are evidence of their own (tests/security); here they would only turn
+        # a long fault run into a wait for Retry-After.
+        settings = {"RATE_LIMIT_AGENT": 0, "RATE_LIMIT_ADMIN": 0, **settings}
         coordinator = GunicornCoordinator(tmp_path / f"gunicorn{len(started)}", settings,
                                           **options)
         started.append(coordinator)
