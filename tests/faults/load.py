@@ -24,17 +24,23 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
 def allocate_once(base_url: str, token: str, history: History, system: str, document: str,
-                  reference: str, date: str | None, timeout: float = 5.0) -> Attempt:
-    """Send one ``POST /v1/allocations`` on a fresh connection and record it."""
+                  reference: str, date: str | None, timeout: float = 5.0,
+                  session: requests.Session | None = None) -> Attempt:
+    """Send one ``POST /v1/allocations`` and record it.
+
+    Without ``session`` each request has its own connection (so a chaos proxy can fault each
+    one); with it, connections are kept alive as a real agent's would be.
+    """
     attempt = history.begin(system, document, reference, date)
     payload = {"document": document, "reference": reference}
     if date:
         payload["date"] = date
+    headers = {"Authorization": f"Bearer {token}"}
+    if session is None:
+        headers["Connection"] = "close"
     try:
-        response = requests.post(
-            base_url + "/v1/allocations", json=payload, timeout=timeout,
-            headers={"Authorization": f"Bearer {token}", "Connection": "close"},
-        )
+        response = (session or requests).post(
+            base_url + "/v1/allocations", json=payload, timeout=timeout, headers=headers)
     except requests.RequestException as error:
         return history.end(attempt, None, error=type(error).__name__)
     try:
