@@ -24,6 +24,7 @@ from agent._exceptions import (
     CoordinatorUnavailable,
     CoordinatorUnreachable,
     JournalError,
+    PollerBusy,
     WhmcsAccessDeniedError,
     WhmcsAccessKeyError,
     WhmcsApiError,
@@ -39,6 +40,7 @@ from agent._exceptions import (
 )
 from agent._journal import Journal, JournalEntry
 from agent._models import Allocation, Status
+from agent._poller import Outcome, Poller, PollReport, needs_number
 from agent._sidecar import Sidecar, make_server
 from agent._transport import MockTransport, mock_response
 from agent._whmcs import InvoicePage, WhmcsClient, WhmcsInvoice
@@ -61,6 +63,10 @@ __all__ = [
     "JournalEntry",
     "JournalError",
     "MockTransport",
+    "Outcome",
+    "PollReport",
+    "Poller",
+    "PollerBusy",
     "RetryPolicy",
     "Sidecar",
     "Status",
@@ -81,4 +87,5 @@ __all__ = [
     "main",
     "make_server",
     "mock_response",
+    "needs_number",
 ]

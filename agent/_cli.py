@@ -37,6 +37,11 @@ class ExitCode(enum.IntEnum):
     taken with another date, 422 invalid); retrying unchanged will not help.
     ``CONFIG`` (5): the agent's configuration is missing or invalid.
     ``JOURNAL`` (6): the local journal could not be opened or refused a change.
+    ``WHMCS`` (7): ``poll`` could not read or write this installation's WHMCS (unreachable,
+    credentials, API role, IP restriction); nothing more was numbered.
+    ``INCOMPLETE`` (8): ``poll`` ran through, but some invoices are left unnumbered or
+    unconfirmed; the messages name each one and why (the next run retries them).
+    ``BUSY`` (9): another ``poll`` of this installation holds the lock; nothing was done.
     """
 
     OK = 0
@@ -46,6 +51,9 @@ class ExitCode(enum.IntEnum):
     REFUSED = 4
     CONFIG = 5
     JOURNAL = 6
+    WHMCS = 7
+    INCOMPLETE = 8
+    BUSY = 9
 
 
 EXIT_CODE_HELP = {
@@ -56,6 +64,9 @@ EXIT_CODE_HELP = {
     ExitCode.REFUSED: "coordinator refused the request (token, scope, conflict, invalid)",
     ExitCode.CONFIG: "configuration missing or invalid",
     ExitCode.JOURNAL: "local journal unusable",
+    ExitCode.WHMCS: "poll: WHMCS unreachable or refused the API call",
+    ExitCode.INCOMPLETE: "poll: some invoices left unnumbered/unconfirmed (named on stderr)",
+    ExitCode.BUSY: "poll: another poller of this installation is running",
 }
 """One line per exit code, as printed in ``--help``."""
 
@@ -161,7 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback address and callers (the sidecar has no auth of its own)",
     )
     serve.add_argument("--no-journal", action="store_true", help="do not keep the local journal")
+
+    poll = commands.add_parser(
+        "poll",
+        help="number every invoice of this WHMCS that needs a number and has none",
+        description="Finish what the journal left pending, then give every invoice that "
+        "needs a number (see number_on) the coordinator's number: write it with "
+        "UpdateInvoice, read it back, confirm it. Exit 0 when all are done. Safe from cron: "
+        "a lock next to the journal keeps two pollers of one installation apart.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    poll.add_argument("--loop", action="store_true", help="run again every --interval seconds "
+                      "until SIGTERM/SIGINT (failures are reported and retried next round)")
+    poll.add_argument("--interval", type=_positive_float, default=300.0,
+                      help="seconds between runs with --loop (default 300)")
+    poll.add_argument("--page-size", type=int, default=100,
+                      help="invoices per GetInvoices page (default 100)")
+    poll.add_argument("--json", action="store_true", help="print each run's report as JSON")
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,6 +280,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         print(f"ready        {'yes' if status.ready else 'NO'}")
         token = {True: "accepted", False: "REFUSED", None: "unknown"}[status.token_valid]
         print(f"token        {token}")
+        if status.system:
+            print(f"system       {status.system}")
         print(f"clock skew   {skew}")
         for problem in status.problems:
             print(f"problem: {problem}", file=sys.stderr)
@@ -293,6 +334,98 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _poll(config: Config, args: argparse.Namespace) -> int:
+    # Imported here, like serve: next/confirm/void should not pay for sqlite3 and the poller.
+    import threading
+
+    config.require("url", "token", "whmcs_url", "whmcs_identifier", "whmcs_secret")
+    if args.page_size < 1:
+        raise ValueError("--page-size must be >= 1")
+    stop = threading.Event()
+    if args.loop:
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.warning("signal %d: stopping after the current invoice", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    while True:
+        try:
+            code = _poll_once(config, args, stop)
+        except JournalError as exc:
+            if not args.loop:
+                raise
+            code = _fail(ExitCode.JOURNAL, f"journal: {exc}")
+        if not args.loop:
+            return code
+        if stop.wait(args.interval):
+            return ExitCode.OK
+
+
+def _poll_once(config: Config, args: argparse.Namespace, stop: Any) -> int:
+    from agent._exceptions import PollerBusy
+    from agent._journal import Journal
+    from agent._poller import Poller, poll_lock
+    from agent._whmcs import WhmcsClient
+
+    try:
+        with (
+            poll_lock(config.journal),
+            Journal(config.journal) as journal,
+            Client(config) as client,
+            WhmcsClient(
+                config.whmcs_url or "",
+                config.whmcs_identifier or "",
+                config.whmcs_secret or "",
+                config.whmcs_access_key,
+            ) as whmcs,
+        ):
+            poller = Poller(client, whmcs, journal, number_on=config.number_on,
+                            page_size=args.page_size, should_stop=stop.is_set)
+            report = poller.run()
+    except PollerBusy as exc:
+        return _fail(ExitCode.BUSY, str(exc))
+    return _print_report(report, args.json)
+
+
+_ABORT_CODES = {"coordinator": ExitCode.UNAVAILABLE, "refused": ExitCode.REFUSED,
+                "whmcs": ExitCode.WHMCS}
+
+
+def _print_report(report: Any, as_json: bool) -> int:
+    failed = report.of("failed")
+    if as_json:
+        _print_json({
+            "seen": report.seen,
+            "allocations": report.allocations,
+            "outcomes": [vars(o) for o in report.outcomes],
+            "aborted": None if report.aborted is None else vars(report.aborted),
+            "ok": report.ok,
+        })
+    else:
+        for o in report.outcomes:
+            if o.action == "failed":
+                continue
+            what = "credit note" if o.document == "credit_note" else "invoice"
+            tail = f"  ({o.message})" if o.message else ""
+            print(f"{o.action:<10} {what} {o.reference:<8} {o.formatted}{tail}")
+        print(
+            f"poll: {len(report.of('numbered'))} numbered, {len(report.of('confirmed'))} "
+            f"confirmed, {len(report.of('voided'))} voided, {len(failed)} failed; "
+            f"{report.seen} invoice(s) read from WHMCS"
+        )
+    for o in failed:
+        print(f"invoice-sync-agent: invoice {o.reference}: not done ({o.kind}): {o.message}",
+              file=sys.stderr)
+    if report.aborted is not None:
+        where = "" if report.aborted.reference == "-" else f" at invoice {report.aborted.reference}"
+        print(f"invoice-sync-agent: poll stopped{where}, no number taken or written after "
+              f"this: {report.aborted.message}", file=sys.stderr)
+        return int(_ABORT_CODES.get(report.aborted.kind or "", ExitCode.INTERNAL))
+    return int(ExitCode.INCOMPLETE if failed else ExitCode.OK)
+
+
 _COMMANDS = {
     "next": _next,
     "confirm": _confirm,
@@ -300,4 +433,5 @@ _COMMANDS = {
     "get": _get,
     "status": _status,
     "serve": _serve,
+    "poll": _poll,
 }

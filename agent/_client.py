@@ -212,23 +212,56 @@ class Client:
         live = self._request("GET", "/livez", None, auth=False, retry=PROBE)
         after = dt.datetime.now(dt.UTC)
         ready = self._request("GET", "/readyz", None, auth=False, retry=PROBE)
-        # No agent "whoami" exists in v1: ask for an allocation that cannot exist. 401 means
-        # the token is bad; 404 (or 403/400) means it was accepted. Nothing is written.
-        probe = self._request("GET", "/v1/allocations/invoice:0:0", None, retry=PROBE)
-        token_valid: bool | None
-        if probe.status_code == 401:
-            token_valid = False
-        elif probe.status_code >= 500:
-            token_valid = None
-        else:
-            token_valid = True
+        token_valid, system = self._check_token()
         return Status(
             url=self.config.url or "",
             live=live.ok,
             ready=ready.ok,
             token_valid=token_valid,
             clock_skew=_clock_skew(live.headers.get("Date"), before, after),
+            system=system,
         )
+
+    def whoami(self) -> dict[str, Any]:
+        """Return who the token is, ``{"kind": "agent", "system": "blue"}`` (``GET /v1/whoami``).
+
+        Raises:
+            CoordinatorRefused: The token is refused (401), or the coordinator predates
+                ``/v1/whoami`` (404).
+            CoordinatorError: No answer (after retries).
+        """
+        response = self._request("GET", "/v1/whoami", None)
+        if response.status_code != 200:
+            raise _error_from(response)
+        data = _json_body(response)
+        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+            raise CoordinatorBadResponse("/v1/whoami answered JSON of the wrong shape")
+        return data
+
+    def _check_token(self) -> tuple[bool | None, str | None]:
+        """Return (token accepted?, its system) with one probe; nothing is written."""
+        response = self._request("GET", "/v1/whoami", None, retry=PROBE)
+        if response.status_code == 401:
+            return False, None
+        if response.status_code == 200:
+            try:
+                data = response.json()
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and isinstance(data.get("kind"), str):
+                system = data.get("system")
+                return True, system if isinstance(system, str) else None
+        if response.status_code >= 500:
+            return None, None
+        # A coordinator older than /v1/whoami (404) or a proxy in the way: ask for an
+        # allocation that cannot exist. 401 means the token is bad; 404 (or 403/400) means it
+        # was accepted.
+        probe = self._request("GET", "/v1/allocations/invoice:0:0", None, retry=PROBE)
+        if probe.status_code == 401:
+            return False, None
+        if probe.status_code >= 500:
+            return None, None
+        return True, None
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ The hierarchy, in one place::
     │                               ``{code, status, message, errors}``; retrying will not help
     ├── JournalError                the local journal refused a change (impossible state
     │                               transition, unknown entry) or could not be opened
+    ├── PollerBusy                  another poller of this installation holds the poll lock
     └── WhmcsError                  talking to this installation's WHMCS failed (see _whmcs.py)
         ├── WhmcsAccessDeniedError  HTTP 403: an admin must change a WHMCS setting
         │   ├── WhmcsAuthError          wrong API identifier/secret
@@ -106,6 +107,10 @@ class CoordinatorRefused(CoordinatorError):
 
 class JournalError(AgentError):
     """The local journal refused a change or could not be opened."""
+
+
+class PollerBusy(AgentError):
+    """Another ``invoice-sync-agent poll`` of this installation is running (it holds the lock)."""
 
 
 class WhmcsError(AgentError):

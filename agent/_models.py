@@ -113,6 +113,8 @@ class Status:
         token_valid: The agent token was accepted (``None``: not checked, no token).
         clock_skew: Coordinator clock minus local clock, from the HTTP ``Date`` header
             (``None`` when the coordinator sent none). One-second resolution.
+        system: The system the agent token belongs to (``GET /v1/whoami``); ``None`` when
+            unknown (older coordinator, refused token).
     """
 
     url: str
@@ -120,6 +122,7 @@ class Status:
     ready: bool
     token_valid: bool | None
     clock_skew: dt.timedelta | None
+    system: str | None = None
 
     MAX_CLOCK_SKEW = dt.timedelta(minutes=2)
     """Skew beyond which documents dated "today" may land in another period at midnight."""
@@ -152,6 +155,7 @@ class Status:
             "ready": self.ready,
             "token_valid": self.token_valid,
             "clock_skew_seconds": skew,
+            "system": self.system,
             "ok": self.ok,
             "problems": self.problems,
         }

@@ -22,7 +22,8 @@ def init_app(app: Flask) -> None:
     from coordinator.numbering.api import blp as numbering_blp
     from coordinator.ops.health import blp as health_blp
     from coordinator.ops.metrics import blp as metrics_blp
+    from coordinator.ops.whoami import blp as whoami_blp
     from coordinator.systems.api import blp as systems_blp
 
-    for blueprint in (health_blp, metrics_blp, numbering_blp, systems_blp):
+    for blueprint in (health_blp, metrics_blp, numbering_blp, systems_blp, whoami_blp):
         api.register_blueprint(blueprint)

@@ -205,3 +205,21 @@ def doctor(data_dir: Path) -> None:
         click.echo(f"{len(failed)} problem(s) found")
         raise SystemExit(1)
     click.echo("all checks passed")
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary data dir (logs, journals).")
+def demo(keep: bool) -> None:
+    """Show three WHMCS installations sharing one numbering (about a minute, all local).
+
+    Starts `invoice-sync serve` on a free port in a temporary dir, three fake WHMCS
+    installations (blue EUR, red USD, orange GBP), registers them, runs one agent poller per
+    installation at once, prints the ledger and what each WHMCS holds, and cleans up.
+    """
+    from coordinator.demo import DemoError, run_demo
+
+    try:
+        code = run_demo(click.echo, keep=keep)
+    except DemoError as error:
+        raise click.ClickException(str(error)) from None
+    raise SystemExit(code)

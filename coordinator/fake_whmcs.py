@@ -86,6 +86,7 @@ class _Fault:
     retry_after: str | None
     remaining: int | None
     at_request: int | None
+    action: str | None = None
 
 
 class FakeWhmcs:
@@ -368,19 +369,24 @@ class FakeWhmcs:
         content_type: str | None = None,
         delay: float = 0.0,
         retry_after: str | int | None = None,
+        action: str | None = None,
     ) -> None:
         """Make coming requests fail.
 
         Args:
             kind: ``"html"`` (a firewall page, default HTTP 403), ``"status"`` (an HTTP error,
                 default 500; with ``body`` any raw answer), ``"delay"`` (sleep ``delay`` seconds,
-                then answer normally) or ``"reset"`` (send headers and part of the body, then
-                reset the connection).
+                then answer normally), ``"hang"`` (sleep ``delay`` seconds, then reset the
+                connection without running the action: a request lost in a stuck PHP worker
+                or proxy) or ``"reset"`` (send headers and part of the body, then reset the
+                connection).
             times: Affect this many requests; ``None`` = every request until :meth:`clear_faults`.
             nth: Affect only the nth request from now (1 = the next one).
             retry_after: ``Retry-After`` header to send with the error.
+            action: Affect only requests of this API action (``"UpdateInvoice"``, any case);
+                ``times`` and ``nth`` then count those requests only.
         """
-        if kind not in ("html", "status", "delay", "reset"):
+        if kind not in ("html", "status", "delay", "hang", "reset"):
             raise ValueError(f"unknown fault kind {kind!r}")
         if kind == "html":
             status = status or 403
@@ -400,7 +406,8 @@ class FakeWhmcs:
                     delay=delay,
                     retry_after=None if retry_after is None else str(retry_after),
                     remaining=times,
-                    at_request=None if nth is None else self._requests + nth,
+                    at_request=None if nth is None else self._count(action) + nth,
+                    action=None if action is None else _ACTIONS.get(action.lower(), action),
                 )
             )
 
@@ -409,10 +416,15 @@ class FakeWhmcs:
         with self._lock:
             self._faults.clear()
 
-    def _take_fault_locked(self) -> _Fault | None:
+    def _count(self, action: str | None) -> int:
+        return self._requests if action is None else self.calls[action]
+
+    def _take_fault_locked(self, action: str) -> _Fault | None:
         for fault in self._faults:
+            if fault.action is not None and fault.action != action:
+                continue
             if fault.at_request is not None:
-                if fault.at_request == self._requests:
+                if fault.at_request == self._count(fault.action):
                     self._faults.remove(fault)
                     return fault
                 continue
@@ -432,11 +444,11 @@ class FakeWhmcs:
         with self._lock:
             self._requests += 1
             self.calls[action] += 1
-            fault = self._take_fault_locked()
+            fault = self._take_fault_locked(action)
         if fault is not None:
-            if fault.kind == "delay":
+            if fault.kind in ("delay", "hang"):
                 time.sleep(fault.delay)  # outside the lock: other requests go on meanwhile
-            else:
+            if fault.kind != "delay":
                 return self._fault_answer(fault, environ, start_response)
         as_json = params.get("responsetype", "").lower() == "json"
         status, payload = self._dispatch(action, params, environ)
@@ -451,6 +463,14 @@ class FakeWhmcs:
         return [body]
 
     def _fault_answer(self, fault: _Fault, environ: dict, start_response: Callable) -> list[bytes]:
+        if fault.kind == "hang":
+            sock = environ.get("fake_whmcs.socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            start_response("500 Internal Server Error", [("Content-Length", "0")])
+            return []
         if fault.kind == "reset":
             body = json.dumps({"result": "success", "invoices": {"invoice": []}}).encode() * 20
             start_response(

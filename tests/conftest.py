@@ -87,3 +87,19 @@ def agent(redis_client: redis.Redis):
 
     return make
 
+
+@pytest.fixture
+def live_coordinator(app_config: dict, redis_client: redis.Redis, admin_token: str):
+    """The real coordinator served over HTTP on loopback (see tests/live.py).
+
+    ``live_coordinator.register("blue")`` serves a fake WHMCS and registers it through
+    ``POST /v1/systems``, returning its real agent token. SECRET_KEYS gets a fresh Fernet key.
+    """
+    from cryptography.fernet import Fernet
+
+    from tests.live import live_coordinator as serve_live
+
+    config = {**app_config, "TESTING": False, "SECRET_KEYS": Fernet.generate_key().decode()}
+    with serve_live(create_app(config), admin_token) as live:
+        yield live
+
