@@ -68,6 +68,14 @@ def _redis_error(error: redis.RedisError):
     return error_response(503, "The coordinator's Redis is unavailable; retry shortly")
 
 
+def _recursion(error: RecursionError):
+    # json.loads recurses once per nesting level, and webargs only turns JSONDecodeError into
+    # a 400: a body like [[[[...]]]] (a few KB) would otherwise surface as a 500.
+    if "JSON" in str(error):
+        return error_response(400, "Malformed JSON: nested too deeply")
+    return _unexpected(error)
+
+
 def _unexpected(error: Exception):
     log.exception("unhandled error")
     return error_response(500, "Internal server error")
@@ -78,4 +86,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(exc.CoordinatorError, _domain_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(redis.RedisError, _redis_error)
+    app.register_error_handler(RecursionError, _recursion)
     app.register_error_handler(Exception, _unexpected)

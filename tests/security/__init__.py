@@ -1,0 +1,1 @@
+"""Hostile input and security evidence: fuzzing, scope, secrecy, SSRF, limits."""
