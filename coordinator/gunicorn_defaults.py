@@ -1,6 +1,7 @@
 """gunicorn settings shared by ``invoice-sync serve`` and ``deploy/gunicorn.conf.py``."""
 
-worker_class = "gthread"
+# gthread, answering gunicorn's own errors (unparseable requests) in the API's JSON shape.
+worker_class = "coordinator.ops.gunicorn_worker.JsonErrorWorker"
 # Threads let one worker overlap requests that wait on Redis's fsync.
 threads = 8
 timeout = 30

@@ -67,7 +67,8 @@ def test_gunicorn_config_reads_environment(monkeypatch):
     exec(compile((DEPLOY / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"),
          namespace)
     assert namespace["bind"] == ["127.0.0.1:9999"] and namespace["workers"] == 3
-    assert namespace["worker_class"] == "gthread" and namespace["control_socket_disable"]
+    assert namespace["worker_class"] == "coordinator.ops.gunicorn_worker.JsonErrorWorker"
+    assert namespace["control_socket_disable"]
     assert callable(namespace["child_exit"]) and callable(namespace["on_starting"])
     assert namespace["wsgi_app"] == "coordinator.app:create_app()"
 

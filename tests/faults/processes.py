@@ -69,7 +69,9 @@ class GunicornCoordinator:
             [sys.executable, "-m", "gunicorn",
              "--bind", f"127.0.0.1:{self.port}",
              "--workers", str(self.workers),
-             "--worker-class", "gthread", "--threads", str(self.threads),
+             # The production worker class (coordinator/gunicorn_defaults.py).
+             "--worker-class", "coordinator.ops.gunicorn_worker.JsonErrorWorker",
+             "--threads", str(self.threads),
              "--timeout", "30", "--graceful-timeout", "3", "--keep-alive", "2",
              "coordinator.app:create_app()"],
             cwd=ROOT, env=self._env(), stdin=subprocess.DEVNULL,
