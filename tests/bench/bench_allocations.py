@@ -16,7 +16,9 @@ on the same two cores, which squeezed the faster server hardest and flattened th
     /work/venv/bin/python tests/bench/bench_allocations.py --clients 16 --seconds 10 --rounds 5
 
 Prints every round, then the median of the per-round ratios (the aim: throughput >= 0.90,
-p99 <= 1.5 of the bare endpoint).
+p99 <= 1.5 of the bare endpoint). Each line also gives the CPU time per request of the server
+(gunicorn master and workers) and of Valkey, read from /proc: on a shared, CPU-bound machine
+that is the steadiest figure, and the throughput ratio follows it.
 """
 
 from __future__ import annotations
@@ -166,6 +168,27 @@ def drive(port: int, token: str, clients: int, seconds: float, prefix: str) -> d
     }
 
 
+def _cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of process ``root`` and its descendants, from /proc (Linux)."""
+    parent, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
 def _drive_in_child(port: int, token: str, clients: int, seconds: float, prefix: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--drive", str(port), token, str(clients), str(seconds),
@@ -198,6 +221,7 @@ def main() -> None:
         client = redis.Redis.from_url(valkey.url, decode_responses=True)
         token = auth.new_token(auth.AGENT)
         client.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record("bench"))
+        valkey_pid = int(client.info("server")["process_id"])
         ports = {kind: free_port() for kind in KINDS}
         children = []
         try:
@@ -220,8 +244,14 @@ def main() -> None:
                 for kind in order:
                     prefix = f"{kind}-{number}"
                     _drive_in_child(ports[kind], token, args.clients, args.warmup, "w" + prefix)
-                    result[kind] = _drive_in_child(
+                    pids = (children[KINDS.index(kind)].pid, valkey_pid)
+                    before = [_cpu_seconds(pid) for pid in pids]
+                    result[kind] = r = _drive_in_child(
                         ports[kind], token, args.clients, args.seconds, prefix)
+                    after = [_cpu_seconds(pid) for pid in pids]
+                    done = max(1, r["requests"] + r["errors"])
+                    r["server_cpu_ms"] = 1000 * (after[0] - before[0]) / done
+                    r["valkey_cpu_ms"] = 1000 * (after[1] - before[1]) / done
                 bare, coord = result["bare"], result["coordinator"]
                 result["rps_ratio"] = coord["rps"] / bare["rps"]
                 result["p99_ratio"] = coord["p99_ms"] / bare["p99_ms"]
@@ -231,7 +261,9 @@ def main() -> None:
                     r = result[kind]
                     print(f"  {kind:12s} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                           f"p99 {r['p99_ms']:6.2f} ms  ({r['requests']} ok, "
-                          f"{r['errors']} errors)", flush=True)
+                          f"{r['errors']} errors)  CPU/request: server "
+                          f"{r['server_cpu_ms']:.2f} ms, valkey {r['valkey_cpu_ms']:.2f} ms",
+                          flush=True)
                 print(f"  ratio throughput {result['rps_ratio']:.2f}  "
                       f"p99 {result['p99_ratio']:.2f}", flush=True)
         finally:
@@ -244,7 +276,10 @@ def main() -> None:
             print(f"  {kind:12s} "
                   f"{statistics.median(r[kind]['rps'] for r in rounds):8.1f} req/s  "
                   f"p50 {statistics.median(r[kind]['p50_ms'] for r in rounds):6.2f} ms  "
-                  f"p99 {statistics.median(r[kind]['p99_ms'] for r in rounds):6.2f} ms")
+                  f"p99 {statistics.median(r[kind]['p99_ms'] for r in rounds):6.2f} ms  "
+                  "CPU/request: server "
+                  f"{statistics.median(r[kind]['server_cpu_ms'] for r in rounds):.2f} ms, "
+                  f"valkey {statistics.median(r[kind]['valkey_cpu_ms'] for r in rounds):.2f} ms")
         rps_ratios = sorted(r["rps_ratio"] for r in rounds)
         p99_ratios = sorted(r["p99_ratio"] for r in rounds)
         print(f"throughput ratio coordinator/bare: median {statistics.median(rps_ratios):.2f} "
