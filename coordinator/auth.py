@@ -95,7 +95,7 @@ def authenticate(
         window = limiter.queue(pipe, token_digest)
         results = pipe.execute()
         raw = None if is_config_admin else results[0]
-        count = results[-2]
+        count = results[-1]
     if is_config_admin:
         principal = Principal(ADMIN)
     elif raw is None:
