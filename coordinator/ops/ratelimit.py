@@ -31,8 +31,12 @@ from coordinator.exceptions import RateLimited
 EXTENSION = "invoice_sync.rate_limiter"
 """``app.extensions`` key of the limiter ``auth.current_principal`` counts requests with."""
 
-COUNT_SCRIPT = resources.files(__package__).joinpath("ratelimit.lua").read_text()
-"""Lua that counts one request outside the AOF (sent with EVAL: one round trip, always)."""
+COUNT_SCRIPT = "\n".join(
+    line for line in resources.files(__package__).joinpath("ratelimit.lua").read_text().splitlines()
+    if line.strip() and not line.lstrip().startswith("--")
+)
+"""Lua that counts one request outside the AOF, sent with EVAL on every request (so never a
+NOSCRIPT and a second round trip), hence without its comments: 120 bytes instead of 800."""
 
 
 @dataclass
