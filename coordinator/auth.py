@@ -95,7 +95,7 @@ def authenticate(
         window = limiter.queue(pipe, token_digest)
         results = pipe.execute()
         raw = None if is_config_admin else results[0]
-        count = results[-2]
+        count = results[-1]
     if is_config_admin:
         principal = Principal(ADMIN)
     elif raw is None:
@@ -110,14 +110,17 @@ def authenticate(
 
 def current_principal() -> Principal:
     """Authenticate the current request once and remember the result on ``g``."""
-    if "principal" not in g:
-        g.principal = authenticate(
+    context = g._get_current_object()  # one proxy lookup, not one per attribute
+    principal = context.get("principal")
+    if principal is None:
+        app = current_app._get_current_object()
+        principal = context.principal = authenticate(
             get_redis(),
             request.headers.get("Authorization"),
-            current_app.config["ADMIN_TOKEN"],
-            current_app.extensions.get(ratelimit.EXTENSION),
+            app.config["ADMIN_TOKEN"],
+            app.extensions.get(ratelimit.EXTENSION),
         )
-    return g.principal
+    return principal
 
 
 def require(*kinds: str) -> Callable:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -11,7 +11,7 @@ from coordinator import auth
 from coordinator.exceptions import NotDurable
 from coordinator.numbering import allocation, ledger, schemas, sequences
 from coordinator.numbering.scripts import Durability
-from coordinator.ops.metrics import ALLOCATIONS
+from coordinator.ops.metrics import ALLOCATIONS, child
 from coordinator.redis_client import get_redis
 
 blp = Blueprint("numbering", __name__, url_prefix="/v1",
@@ -22,6 +22,20 @@ blp = Blueprint("numbering", __name__, url_prefix="/v1",
 # is a measurable share of the allocation hot path.
 _ALLOCATION_REQUEST = schemas.AllocationRequestSchema()
 _ALLOCATION = schemas.AllocationSchema()
+_ALLOCATION_FIELDS = tuple(_ALLOCATION.dump_fields)
+
+DURABILITY = "invoice_sync.durability"
+"""``app.extensions`` key of the app's :class:`Durability`, read from its config once."""
+
+
+def _shaped(entry: dict) -> dict:
+    """Return ``entry`` as ``AllocationSchema().dump(entry)`` would, without marshmallow.
+
+    The entry comes from ``allocation.entry_out``: strings, and ``number`` already an int, so
+    the dump would only pick and order the schema's fields, at several times the cost on the
+    allocation hot path. A test holds the two equal; /openapi.json still documents the schema.
+    """
+    return {name: entry[name] for name in _ALLOCATION_FIELDS if name in entry}
 
 
 def _actor() -> str:
@@ -34,7 +48,11 @@ def _actor() -> str:
 
 
 def _durability() -> Durability:
-    return Durability.from_config(current_app.config)
+    extensions = current_app.extensions
+    durability = extensions.get(DURABILITY)
+    if durability is None:
+        durability = extensions[DURABILITY] = Durability.from_config(current_app.config)
+    return durability
 
 
 def _period(name: str, given: str | None) -> str:
@@ -62,10 +80,11 @@ class Allocations(MethodView):
             )
         except NotDurable:
             # The physical sequence is unknown here; the document names it closely enough.
-            ALLOCATIONS.labels(sequence=body["document"], result="not_durable").inc()
+            child(ALLOCATIONS, body["document"], "not_durable").inc()
             raise
-        ALLOCATIONS.labels(sequence=entry["sequence"], result="new" if new else "replay").inc()
-        return entry, (201 if new else 200)
+        child(ALLOCATIONS, entry["sequence"], "new" if new else "replay").inc()
+        # A Response passes flask-smorest's @response untouched (see _shaped).
+        return jsonify(_shaped(entry)), (201 if new else 200)
 
 
 @blp.route("/allocations/<string:allocation_id>")

@@ -22,15 +22,18 @@ SECURITY_HEADERS = {
 
 
 def _add_headers(app: Flask):
+    # Built once: on every response only the names a view set itself are looked at.
+    # (werkzeug's Headers.setdefault raises and catches a KeyError per missing header.)
     hsts_seconds = int(app.config["HSTS_SECONDS"])
+    hsts = f"max-age={hsts_seconds}; includeSubDomains"
+    pairs = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS.items())
 
     def add(response):
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if hsts_seconds and request.is_secure:
-            response.headers.setdefault(
-                "Strict-Transport-Security", f"max-age={hsts_seconds}; includeSubDomains"
-            )
+        headers = response.headers
+        present = {name.lower() for name, _ in headers}
+        headers.extend([(name, value) for lower, name, value in pairs if lower not in present])
+        if hsts_seconds and "strict-transport-security" not in present and request.is_secure:
+            headers.add("Strict-Transport-Security", hsts)
         return response
 
     return add

@@ -16,7 +16,6 @@ import re
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 
 from flask import Flask, g, has_request_context, request
 
@@ -36,16 +35,17 @@ class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object: time, level, logger, message, then any extras."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # One line per request goes through here: time.strftime and a dict comprehension cost
+        # a fraction of datetime.isoformat() and a loop of membership tests.
         entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+        entry.update({key: value for key, value in vars(record).items()
+                      if key not in _RESERVED and key[0] != "_"})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -102,23 +102,28 @@ def _begin() -> None:
 
 
 def _finish(response):
-    request_id = g.get("request_id") or request_id_from(None)
+    context = g._get_current_object()  # one proxy lookup instead of one per attribute
+    request_id = context.get("request_id") or request_id_from(None)
     response.headers[REQUEST_ID_HEADER] = request_id
-    started = g.get("log_started")
+    status = response.status_code
+    level = logging.ERROR if status >= 500 else logging.INFO
+    if not log.isEnabledFor(level):
+        return response
+    started = context.get("log_started")
+    method, path = request.method, request.path
     fields = {
         "request_id": request_id,
-        "method": request.method,
-        "path": request.path,
-        "status": response.status_code,
+        "method": method,
+        "path": path,
+        "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
     }
-    principal = g.get("principal")
+    principal = context.get("principal")
     if principal is not None:
         fields["principal"] = principal.kind
         if principal.system:
             fields["system"] = principal.system
-    level = logging.ERROR if response.status_code >= 500 else logging.INFO
-    log.log(level, "%s %s %s", request.method, request.path, response.status_code, extra=fields)
+    log.log(level, "%s %s %s", method, path, status, extra=fields)
     return response
 
 

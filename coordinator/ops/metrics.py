@@ -2,8 +2,8 @@
 
 The metrics are module-level so the code that counts imports them::
 
-    from coordinator.ops.metrics import ALLOCATIONS
-    ALLOCATIONS.labels(sequence="invoice", result="new").inc()
+    from coordinator.ops.metrics import ALLOCATIONS, child
+    child(ALLOCATIONS, "invoice", "new").inc()   # = ALLOCATIONS.labels("invoice", "new")
 
 Under gunicorn every worker is its own process, so ``invoice-sync serve`` and
 ``deploy/gunicorn.conf.py`` set ``PROMETHEUS_MULTIPROC_DIR`` (see ``multiproc.py``): each
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from flask.views import MethodView
@@ -71,6 +72,21 @@ UNMATCHED = "<unmatched>"
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+_CHILDREN: dict[tuple, Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """Return ``metric.labels(*labels)``, remembered: ``labels()`` checks, joins and takes a
+    lock on every call, and every request counts into the same few children.
+
+    Only for label values from a small closed set (URL rules, methods, statuses, sequences).
+    """
+    try:
+        return _CHILDREN[metric, labels]
+    except KeyError:
+        return _CHILDREN.setdefault((metric, labels), metric.labels(*labels))
+
+
 def multiprocess_enabled() -> bool:
     """Whether values are shared through ``PROMETHEUS_MULTIPROC_DIR``."""
     return bool(os.environ.get(MULTIPROC_ENV))
@@ -109,8 +125,8 @@ def _observe(response):
         return response
     endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
     method = request.method if request.method in _KNOWN_METHODS else "other"
-    HTTP_REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
-    HTTP_LATENCY.labels(endpoint, method).observe(time.perf_counter() - started)
+    child(HTTP_REQUESTS, endpoint, method, str(response.status_code)).inc()
+    child(HTTP_LATENCY, endpoint, method).observe(time.perf_counter() - started)
     return response
 
 

@@ -286,3 +286,25 @@ def test_cap_below_2_53_is_exact_and_never_wraps(client, agent, admin, valkey):
     response = take(client, blue, "c")
     assert response.status_code == 409 and "exhausted" in response.get_json()["message"]
     assert snapshot(valkey.url) == before
+
+
+def test_allocation_body_is_exactly_the_schema_dump(client, agent, admin):
+    # The hot path shapes the body without marshmallow; it must stay what the schema dumps
+    # (fields, types and order), for new, replayed, confirmed and voided entries alike.
+    from coordinator.numbering.schemas import AllocationSchema
+
+    schema, blue = AllocationSchema(), agent("blue")
+
+    def same_as_dump(response):
+        raw = response.get_json()
+        stored = client.get(f"/v1/allocations/{raw['id']}", headers=admin).get_json()
+        assert list(raw.items()) == list(schema.dump(stored).items())
+        return raw
+
+    new = same_as_dump(take(client, blue, "shape-1"))
+    client.post(f"/v1/allocations/{new['id']}/confirm", headers=blue,
+                json={"invoicenum": new["formatted"]})
+    assert same_as_dump(take(client, blue, "shape-1"))["status"] == "confirmed"
+    voided = same_as_dump(take(client, blue, "shape-2"))
+    client.post(f"/v1/allocations/{voided['id']}/void", headers=blue, json={"reason": "x"})
+    assert same_as_dump(take(client, blue, "shape-2"))["void_reason"] == "x"

@@ -283,6 +283,18 @@ def test_auth_and_rate_counter_share_one_round_trip(redis_client, agent_token):
     assert len(calls) == 1
 
 
+def test_rate_counter_stays_out_of_the_aof(redis_client, agent_token):
+    # A counter in the AOF would make every token lookup wait for an fsync (appendfsync always).
+    limiter = RateLimiter({"agent": 10, "admin": 10}, window=60, clock=lambda: 6000.0)
+    before = redis_client.info("persistence")["aof_current_size"]
+    for _ in range(3):
+        auth.authenticate(redis_client, f"Bearer {agent_token}", None, limiter)
+    assert redis_client.info("persistence")["aof_current_size"] == before
+    key = keys.rate_limit(auth.digest(agent_token), 100)
+    assert redis_client.get(key) == "3"
+    assert 0 < redis_client.ttl(key) <= 120
+
+
 def test_rate_limiter_window_and_retry_after():
     now = [1000.0]
     limiter = RateLimiter({"agent": 1, "admin": 0}, window=60, clock=lambda: now[0])
