@@ -102,15 +102,20 @@ def _public(record: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _transaction(client: redis.Redis, key: str, body: Callable[[Any], Any]) -> Any:
-    """Run ``body(pipe)`` under WATCH ``key``, retrying when someone else changed it."""
+def _transaction(
+    client: redis.Redis, key: str, body: Callable[[Any], Any], *, replies: bool = False
+) -> Any:
+    """Run ``body(pipe)`` under WATCH ``key``, retrying when someone else changed it.
+
+    Returns what ``body`` returned, or with ``replies`` the replies of the queued commands.
+    """
     for _ in range(_RETRIES):
         with client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(key)
                 result = body(pipe)
-                pipe.execute()
-                return result
+                executed = pipe.execute()
+                return executed if replies else result
             except redis.WatchError:
                 continue
     raise Conflict("The system was changed concurrently too often; retry")
@@ -325,9 +330,10 @@ def _unlink_unless_registered(client: redis.Redis, name: str, batch: list[str]) 
             raise Conflict(f"System {name!r} exists; its data is not purged")
         pipe.multi()
         pipe.unlink(*batch)
-        return len(batch)
 
-    return _transaction(client, key, body)
+    # Count what UNLINK removed: SCAN may return a key more than once (while the keyspace
+    # shrinks under our own deletes), so the batch size would overcount.
+    return _transaction(client, key, body, replies=True)[0]
 
 
 def get_credentials(client: redis.Redis, name: str, fernet: MultiFernet) -> Credentials:

@@ -143,6 +143,16 @@ def test_delete_purges_many_keys(redis_client, fernet):
         registry.delete_system(redis_client, "blue")
 
 
+def test_purge_counts_keys_removed_not_keys_scanned(redis_client):
+    # SCAN may hand the same key back twice; the purge must not count it twice.
+    tag = keys.system_tag("gone")
+    redis_client.set(f"{tag}:a", "x")
+    redis_client.set(f"{tag}:b", "x")
+    assert registry._unlink_unless_registered(
+        redis_client, "gone", [f"{tag}:a", f"{tag}:a", f"{tag}:b"]
+    ) == 2
+
+
 def test_list_skips_dangling_names(redis_client, fernet):
     registry.create_system(redis_client, fernet, body(), POLICY)
     redis_client.sadd(keys.SYSTEMS, "ghost")
