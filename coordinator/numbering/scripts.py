@@ -58,12 +58,16 @@ class Durability:
     def from_config(cls, config: Mapping[str, Any]) -> Durability:
         """Read ``DURABLE_REPLICAS`` and ``DURABILITY_TIMEOUT_MS``.
 
-        The wait is kept under 80% of ``REDIS_SOCKET_TIMEOUT``: a wait longer than the
-        socket timeout would surface as a dropped connection instead of a clear 503.
+        The waits are kept under 80% of ``REDIS_SOCKET_TIMEOUT`` together (with replicas there
+        are two, see :func:`run`): a wait longer than the socket timeout would surface as a
+        dropped connection instead of a clear 503.
         """
+        replicas = int(config.get("DURABLE_REPLICAS") or 0)
         socket_ms = int(float(config.get("REDIS_SOCKET_TIMEOUT") or 5.0) * 800)
+        if replicas:
+            socket_ms //= 2
         timeout = int(config.get("DURABILITY_TIMEOUT_MS") or 1000)
-        return cls(int(config.get("DURABLE_REPLICAS") or 0), max(1, min(timeout, socket_ms)))
+        return cls(replicas, max(1, min(timeout, socket_ms)))
 
 
 def run(
@@ -85,16 +89,21 @@ def run(
         pipe.evalsha(script.sha, len(keys), *keys, *args)
         if durability is not None:
             # Timeout 0 would mean "wait forever"; never block an allocation without bound.
-            pipe.execute_command(
-                "WAITAOF", 1, durability.replicas, max(1, durability.timeout_ms)
-            )
+            timeout = max(1, durability.timeout_ms)
+            if durability.replicas:
+                # WAIT makes the master ask its replicas for an ack at once, and that ack
+                # carries the replica's fsynced AOF offset. Without it, WAITAOF learns of the
+                # replica's fsync only from its once-a-second ack: ~1000 ms per allocation
+                # instead of ~1 ms (measured on Valkey 8.1). WAITAOF alone still decides.
+                pipe.execute_command("WAIT", durability.replicas, timeout)
+            pipe.execute_command("WAITAOF", 1, durability.replicas, timeout)
         replies = pipe.execute(raise_on_error=False)
         if isinstance(replies[0], NoScriptError) and attempt == 1:
             client.script_load(script.source)
             continue
         if isinstance(replies[0], Exception):
             raise replies[0]
-        return replies[0], (replies[1] if durability is not None else None)
+        return replies[0], (replies[-1] if durability is not None else None)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

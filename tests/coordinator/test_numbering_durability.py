@@ -84,6 +84,29 @@ def test_missing_replica_answers_503_and_retry_returns_same_number(tmp_path):
         primary.stop()
 
 
+def test_replica_fsync_is_learned_without_waiting_for_its_periodic_ack(tmp_path):
+    """A replica reports its fsynced offset on its own only once a second; the allocation
+    asks for the ack (WAIT) so a healthy replica confirms well within a 500 ms budget.
+    Without that every allocation here would wait ~1 s and answer 503."""
+    primary = ValkeyServer(tmp_path / "p").start()
+    replica = ValkeyServer(tmp_path / "r", extra=[f"replicaof {primary.host} {primary.port}"])
+    try:
+        replica.start()
+        admin = redis.Redis.from_url(primary.url, decode_responses=True)
+        deadline = time.monotonic() + 10
+        admin.incr("probe")
+        while admin.execute_command("WAITAOF", 0, 1, 100)[1] < 1:
+            assert time.monotonic() < deadline, "replica did not sync"
+        admin.close()
+        headers = _agent(primary.url)
+        client = _app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=500)
+        statuses = [_take(client, headers, f"ha-{i}").status_code for i in range(10)]
+        assert statuses == [201] * 10
+    finally:
+        replica.stop()
+        primary.stop()
+
+
 def test_replay_waits_for_the_original_write_not_just_its_own(tmp_path):
     """A replay on a fresh connection has written nothing, so a bare WAITAOF would return at
     once with the stalled replica counted; the replay's own tiny write makes it wait."""
