@@ -9,15 +9,10 @@ from pathlib import Path
 import click
 
 from coordinator import auth
+from coordinator.cli_common import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
 from coordinator.embedded import ValkeyServer
 from coordinator.forecaster.cli import register as _register_forecaster
 from coordinator.ops.multiproc import prepare_dir
-
-
-def _uses_embedded() -> bool:
-    return not (
-        os.environ.get("INVOICE_SYNC_REDIS_URL") or os.environ.get("INVOICE_SYNC_SENTINELS")
-    )
 
 
 def ensure_admin_token(client, data_dir: Path) -> str | None:
@@ -48,11 +43,7 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="INVOICE_SYNC_HOST")
 @click.option("--port", default=8080, show_default=True, envvar="INVOICE_SYNC_PORT")
-@click.option(
-    "--data-dir", default="./invoice-sync-data", show_default=True,
-    envvar="INVOICE_SYNC_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
-    help="Embedded server files and the admin token.",
-)
+@data_dir_option
 @click.option("--workers", default=2, show_default=True, envvar="INVOICE_SYNC_WORKERS",
               help="gunicorn worker processes.")
 @click.option("--sync-worker/--no-sync-worker", default=True, show_default=True,
@@ -70,7 +61,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
     from coordinator.server import run_gunicorn
     embedded = None
     child = None
-    if _uses_embedded():
+    if uses_embedded():
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
         click.echo(f"embedded Valkey: {embedded.url} (AOF, appendfsync always)", err=True)
@@ -135,11 +126,7 @@ def secrets_generate_key() -> None:
 
 
 @secrets_group.command("rotate")
-@click.option(
-    "--data-dir", default="./invoice-sync-data", show_default=True,
-    envvar="INVOICE_SYNC_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
-    help="On the embedded default: where `serve` keeps its socket and secret-keys file.",
-)
+@data_dir_option
 def secrets_rotate(data_dir: Path) -> None:
     """Re-encrypt every stored WHMCS secret with the first configured key.
 
@@ -151,18 +138,7 @@ def secrets_rotate(data_dir: Path) -> None:
     from coordinator.redis_client import get_redis
     from coordinator.systems import registry, secrets
 
-    data_dir = data_dir.resolve()
-    if _uses_embedded():
-        socket_path = data_dir / "valkey" / "valkey.sock"
-        if not socket_path.exists():
-            raise click.ClickException(
-                f"no running `invoice-sync serve` socket at {socket_path}: start it, "
-                "or set INVOICE_SYNC_REDIS_URL"
-            )
-        os.environ["INVOICE_SYNC_REDIS_URL"] = f"unix://{socket_path}"
-        key_file = data_dir / secrets.KEY_FILE_NAME
-        if not os.environ.get("INVOICE_SYNC_SECRET_KEYS") and key_file.exists():
-            os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(secrets.read_key_file(key_file))
+    attach_to_serve(data_dir)
     app = create_app()
     try:
         with app.app_context():
@@ -179,11 +155,13 @@ def token() -> None:
 
 @token.command("create-admin")
 @click.option("--label", default="admin", show_default=True)
-def create_admin(label: str) -> None:
+@data_dir_option
+def create_admin(label: str, data_dir: Path) -> None:
     """Create an admin token in the configured Redis and print it once."""
     from coordinator.app import create_app
     from coordinator.redis_client import get_redis
 
+    attach_to_serve(data_dir)
     app = create_app()
     with app.app_context():
         new = auth.new_token(auth.ADMIN)
@@ -192,11 +170,7 @@ def create_admin(label: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--data-dir", default="./invoice-sync-data", show_default=True,
-    envvar="INVOICE_SYNC_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
-    help="Where `serve` keeps its embedded Valkey (checked when no Redis URL is set).",
-)
+@data_dir_option
 def doctor(data_dir: Path) -> None:
     """Check the Redis and settings the coordinator would use; exit 1 if anything is wrong."""
     from flask import Flask
@@ -211,8 +185,8 @@ def doctor(data_dir: Path) -> None:
     # A doctor should answer quickly even when Redis hangs.
     config["REDIS_SOCKET_TIMEOUT"] = min(float(config["REDIS_SOCKET_TIMEOUT"]), 3.0)
     factory = make_redis
-    if _uses_embedded():
-        socket_path = data_dir.resolve() / "valkey" / "valkey.sock"
+    if uses_embedded():
+        socket_path = embedded_socket(data_dir)
         config["REDIS_URL"] = f"unix://{socket_path}"
         if not socket_path.exists():
             factory = None

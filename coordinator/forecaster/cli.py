@@ -7,14 +7,18 @@ import datetime as dt
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
+from coordinator.cli_common import attach_to_serve, data_dir_option
 
-def _client():
+
+def _client(data_dir: Path):
     from coordinator.config import load_settings
     from coordinator.redis_client import make_redis
 
+    attach_to_serve(data_dir)
     settings = load_settings()
     return make_redis(settings), settings
 
@@ -26,11 +30,12 @@ def _client():
 @click.option("--burst", is_flag=True, envvar="INVOICE_SYNC_WORKER_BURST",
               help="Exit when the queue is empty.")
 @click.option("--name", default=None, envvar="INVOICE_SYNC_WORKER_NAME", help="RQ worker name.")
-def worker(with_scheduler: bool, burst: bool, name: str | None) -> None:
+@data_dir_option
+def worker(with_scheduler: bool, burst: bool, name: str | None, data_dir: Path) -> None:
     """Run an RQ worker for sync jobs (connection from INVOICE_SYNC_REDIS_URL / SENTINELS)."""
     from coordinator.forecaster.worker import run_worker
 
-    client, settings = _client()
+    client, settings = _client(data_dir)
     run_worker(client, settings, with_scheduler=with_scheduler, burst=burst, name=name)
 
 
@@ -39,12 +44,13 @@ def worker(with_scheduler: bool, burst: bool, name: str | None) -> None:
 @click.option("--full", is_flag=True, help="Every invoice (default: only new ones).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Show progress until the sync ends.")
-def sync_command(name: str, full: bool, wait: bool) -> None:
+@data_dir_option
+def sync_command(name: str, full: bool, wait: bool, data_dir: Path) -> None:
     """Queue a sync of system NAME and follow it; exit 1 with WHMCS's reason if it fails."""
     from coordinator.exceptions import CoordinatorError
     from coordinator.forecaster import jobs, records
 
-    client, _ = _client()
+    client, _ = _client(data_dir)
     try:
         record = jobs.request_sync(client, name, "full" if full else "missing", trigger="cli")
     except CoordinatorError as error:
@@ -98,14 +104,15 @@ def _emit(report: dict, rows_key: str, as_csv: bool) -> None:
 @click.option("--by", type=click.Choice(["month", "system"]), default="month", show_default=True)
 @click.option("--months", default=6, show_default=True, type=int, help="Forecast horizon.")
 @click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV instead of the JSON report.")
+@data_dir_option
 def report(kind: str, start: str | None, end: str | None, by: str, months: int,
-           as_csv: bool) -> None:
+           as_csv: bool, data_dir: Path) -> None:
     """Print a report (the same JSON as GET /v1/reports/KIND)."""
     from coordinator.exceptions import CoordinatorError
     from coordinator.forecaster import reconcile, reports
     from coordinator.forecaster.api import ledger_entries
 
-    client, settings = _client()
+    client, settings = _client(data_dir)
     base = settings["BASE_CURRENCY"]
     today = dt.datetime.now(dt.UTC).date()
     try:
