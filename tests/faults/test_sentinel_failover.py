@@ -51,11 +51,10 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
         tokens = agent_tokens(master)
         admin = register_admin(master)
         master.execute_command("WAIT", 2, 2000)  # the tokens are on the replicas too
+        # Default durability timeout and socket timeout: since numbering sends WAIT before
+        # WAITAOF, a replica's fsync is confirmed in about a millisecond, not a second.
         coordinator = gunicorn({
             "SENTINELS": cluster.sentinels_spec, "DURABLE_REPLICAS": 1 if rule else 0,
-            # Replicas report their fsync offset about once a second, so a WAITAOF for one
-            # replica can take up to ~1 s: the timeout must sit above that (see README).
-            "DURABILITY_TIMEOUT_MS": 1500, "REDIS_SOCKET_TIMEOUT": 2,
         }, workers=2, threads=4)
         url = coordinator.url
         history = History()
