@@ -2,9 +2,13 @@
 
 Not collected by pytest. Starts its own Valkey (AOF, appendfsync always), gunicorn and a fake
 WHMCS on loopback, registers systems through the API, then for a fixed time runs:
-agents allocating across the systems, an admin reading sequences and ledger pages, and (where
-the build has the forecaster) a full sync of each system against the fake WHMCS. At the end the
-ledger is read back and the history checker gives its verdict.
+agents allocating across the systems, an admin reading sequences and ledger pages, and a full
+sync of each system, one after another (the first after a third of the time: a baseline),
+against the fake WHMCS (seeded with ``--invoices``, served from its own process as a real WHMCS
+is another machine) by an RQ worker process (``invoice-sync worker``). Each sync's duration
+and invoices/s are printed next to the allocation figures, with the allocation rate while a
+sync ran and while none did. At the end the ledger is read back and the history checker gives
+its verdict.
 
     python tests/bench/load_report.py --seconds 30 --agents 12 --systems 3 --workers 2
 """
@@ -13,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import multiprocessing
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +41,28 @@ from tests.faults.load import allocate_once, percentile  # noqa: E402
 from tests.faults.processes import GunicornCoordinator  # noqa: E402
 
 NAMES = ("blue", "red", "orange", "green", "violet", "amber", "teal", "rose")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _serve_whmcs(conn, count: int) -> None:
+    """Child process: seed and serve a fake WHMCS until told to stop."""
+    whmcs = FakeWhmcs("ident", "secret")
+    whmcs.seed(count, seed=7)
+    with serve_fake_whmcs(whmcs) as fake:
+        conn.send(fake.url)
+        conn.recv()
+        conn.send(dict(whmcs.calls))
+
+
+def _start_worker(settings: dict, log: Path) -> subprocess.Popen:
+    """``invoice-sync worker`` in its own process, on the same settings as gunicorn."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update({f"INVOICE_SYNC_{k}": str(v) for k, v in settings.items()})
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "coordinator", "worker"], cwd=ROOT,
+                                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
 
 
 def _ms(values: list[float], q: float) -> str:
@@ -47,20 +76,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--invoices", type=int, default=2000, help="per fake WHMCS")
+    parser.add_argument("--invoices", type=int, default=20000,
+                        help="invoices in the fake WHMCS (every system syncs them all)")
+    parser.add_argument("--sync-after", type=float, default=None,
+                        help="seconds of allocations alone before the first sync starts, "
+                        "for a baseline (default: a third of --seconds)")
+    parser.add_argument("--sync-timeout", type=float, default=300,
+                        help="seconds to wait for each sync to finish")
     args = parser.parse_args(argv)
 
     admin = "isa_" + secrets.token_urlsafe(32)
     systems = NAMES[: args.systems]
-    with tempfile.TemporaryDirectory() as tmp, ValkeyServer(Path(tmp) / "valkey") as valkey:
-        whmcs = FakeWhmcs("ident", "secret")
-        whmcs.seed(args.invoices, seed=7)
-        with serve_fake_whmcs(whmcs) as fake, GunicornCoordinator(Path(tmp), {
-            "REDIS_URL": valkey.url, "ADMIN_TOKEN": admin,
-            "SECRET_KEYS": Fernet.generate_key().decode(), "ALLOW_HTTP_SYSTEM_URLS": 1,
-            "ALLOW_PRIVATE_SYSTEM_URLS": 1, "RATE_LIMIT_AGENT": 0, "RATE_LIMIT_ADMIN": 0,
-        }, workers=args.workers, threads=args.threads) as coordinator:
-            return run(args, coordinator.url, admin, systems, fake.url)
+    ours, theirs = multiprocessing.Pipe()
+    whmcs = multiprocessing.Process(target=_serve_whmcs, args=(theirs, args.invoices),
+                                    daemon=True)
+    whmcs.start()
+    whmcs_url = ours.recv()
+    worker = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp, \
+                ValkeyServer(Path(tmp) / "valkey") as valkey:
+            settings = {
+                "REDIS_URL": valkey.url, "ADMIN_TOKEN": admin,
+                "SECRET_KEYS": Fernet.generate_key().decode(), "ALLOW_HTTP_SYSTEM_URLS": 1,
+                "ALLOW_PRIVATE_SYSTEM_URLS": 1, "RATE_LIMIT_AGENT": 0, "RATE_LIMIT_ADMIN": 0,
+            }
+            worker = _start_worker(settings, Path(tmp) / "worker.log")
+            with GunicornCoordinator(Path(tmp), settings, workers=args.workers,
+                                     threads=args.threads) as coordinator:
+                code = run(args, coordinator.url, admin, systems, whmcs_url)
+            if worker.poll() is not None:
+                print(f"sync worker exited early ({worker.returncode}):\n"
+                      + (Path(tmp) / "worker.log").read_text(errors="replace")[-3000:])
+            return code
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        ours.send("stop")
+        calls = ours.recv() if ours.poll(10) else {}
+        print(f"fake WHMCS answered {calls.get('GetInvoices', 0)} GetInvoices calls")
+        whmcs.join(10)
 
 
 def run(args, url: str, admin: str, systems: tuple[str, ...], whmcs_url: str) -> int:
@@ -105,15 +165,40 @@ def run(args, url: str, admin: str, systems: tuple[str, ...], whmcs_url: str) ->
             stop.wait(0.05)
 
     sync_notes: list[str] = []
+    sync_windows: list[tuple[float, float]] = []
+    synced: list[tuple[int, float]] = []
 
     def syncer() -> None:
+        """A full sync of each system in turn; each one's wall time from request to done."""
+        session = requests.Session()
+        wait = args.seconds / 3 if args.sync_after is None else args.sync_after
+        if stop.wait(wait):
+            return
         for name in systems:
-            response = requests.post(url + f"/v1/systems/{name}/syncs", headers=auth,
-                                     json={"mode": "full"}, timeout=10)
-            if response.status_code in (404, 405):
-                sync_notes.append("sync: not available in this build (forecaster not merged)")
+            started = time.monotonic()
+            response = session.post(url + f"/v1/systems/{name}/syncs", headers=auth,
+                                    json={"mode": "full"}, timeout=10)
+            if response.status_code != 202:
+                sync_notes.append(f"sync {name}: {response.status_code} {response.text[:300]}")
                 return
-            sync_notes.append(f"sync {name}: {response.status_code} {response.json()}")
+            sync_id = response.json()["id"]
+            record = response.json()
+            give_up = started + args.sync_timeout
+            while record["state"] in ("queued", "running") and time.monotonic() < give_up:
+                time.sleep(0.1)
+                record = session.get(url + f"/v1/syncs/{sync_id}", headers=auth,
+                                     timeout=10).json()
+            took = time.monotonic() - started
+            sync_windows.append((started, started + took))
+            if record["state"] != "done":
+                sync_notes.append(f"sync {name}: {record['state']} after {took:.1f}s "
+                                  f"({record.get('error_code')}: {record.get('error')})")
+                return
+            synced.append((record["invoices"], took))
+            sync_notes.append(
+                f"sync {name}: done, {record['invoices']} invoices, {record['pages']} pages, "
+                f"{record['api_calls']} API calls in {took:.1f}s = "
+                f"{record['invoices'] / took:,.0f} invoices/s")
 
     threads = [threading.Thread(target=agent, args=(i,)) for i in range(args.agents)]
     threads += [threading.Thread(target=reader), threading.Thread(target=syncer)]
@@ -122,10 +207,10 @@ def run(args, url: str, admin: str, systems: tuple[str, ...], whmcs_url: str) ->
         thread.start()
     for thread in threads[: args.agents]:
         thread.join()
-    stop.set()
-    for thread in threads[args.agents:]:
-        thread.join()
     elapsed = time.monotonic() - started
+    threads[-1].join()  # the syncs run to their end, however long the allocations ran
+    stop.set()
+    threads[-2].join()
 
     def fetch(path):
         response = requests.get(url + path, headers=auth, timeout=30)
@@ -146,6 +231,25 @@ def run(args, url: str, admin: str, systems: tuple[str, ...], whmcs_url: str) ->
     print(f"admin statuses: {dict(read_status)}")
     for note in sync_notes:
         print(note)
+    if synced:
+        invoices = sum(n for n, _ in synced)
+        seconds = sum(t for _, t in synced)
+        print(f"syncs: {len(synced)} of {len(systems)} done, {invoices} invoices in "
+              f"{seconds:.1f}s = {invoices / seconds:,.0f} invoices/s while allocating")
+    # Allocation rate while a sync ran, and while none did (within the allocation period).
+    end = started + elapsed
+    windows = [(max(a, started), min(b, end)) for a, b in sync_windows if a < end]
+    busy = sum(b - a for a, b in windows)
+
+    def during(t: float) -> bool:
+        return any(a <= t < b for a, b in windows)
+
+    acked_times = [a.finished for a in history.acknowledged]
+    in_sync = sum(1 for t in acked_times if during(t))
+    if busy > 0 and elapsed - busy > 0:
+        print(f"allocations/s while a sync ran: {in_sync / busy:.0f} ({busy:.1f}s); "
+              f"while none ran: {(len(acked_times) - in_sync) / (elapsed - busy):.0f} "
+              f"({elapsed - busy:.1f}s)")
     print(verdict.line("load report"))
     return 0 if verdict.ok else 1
 

@@ -56,6 +56,11 @@ def _reset(sock: socket.socket) -> None:
     """Close with RST (SO_LINGER 0), like a crashed middlebox, not a polite FIN."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Wake the other pump if it is blocked in recv() on this socket (SHUT_RD sends
+        # nothing): until that recv returns, close() does not release the socket, and the RST
+        # would wait for the peer's next byte or the hold limit — a cut answer would look
+        # like a timeout to the agent.
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     sock.close()
@@ -116,6 +121,9 @@ class ChaosProxy:
             except OSError:
                 return
             conn.settimeout(None)
+            # No Nagle: clients write headers and body separately, and a proxy that holds the
+            # second write for the first one's ACK adds ~40 ms (delayed ACK) to every request.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             action = self.policy()
             with self._lock:
                 self.stats[action.kind] += 1
@@ -129,6 +137,7 @@ class ChaosProxy:
             time.sleep(action.delay)
         try:
             upstream = socket.create_connection(self.target, timeout=self.hold_limit)
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             _reset(client)
             return

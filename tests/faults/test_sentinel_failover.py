@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from tests.faults.history import History
-from tests.faults.load import allocate_once, allocate_until_acked, run_threads
+from tests.faults.load import allocate_once, allocate_until_acked, percentile, run_threads
 from tests.faults.scenario import DATE, SYSTEMS, agent_tokens, register_admin, verify
 from tests.faults.sentinel import SentinelCluster
 
@@ -51,11 +51,10 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
         tokens = agent_tokens(master)
         admin = register_admin(master)
         master.execute_command("WAIT", 2, 2000)  # the tokens are on the replicas too
+        # Default durability timeout and socket timeout: since numbering sends WAIT before
+        # WAITAOF, a replica's fsync is confirmed in about a millisecond, not a second.
         coordinator = gunicorn({
             "SENTINELS": cluster.sentinels_spec, "DURABLE_REPLICAS": 1 if rule else 0,
-            # Replicas report their fsync offset about once a second, so a WAITAOF for one
-            # replica can take up to ~1 s: the timeout must sit above that (see README).
-            "DURABILITY_TIMEOUT_MS": 1500, "REDIS_SOCKET_TIMEOUT": 2,
         }, workers=2, threads=4)
         url = coordinator.url
         history = History()
@@ -64,8 +63,14 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
         marks = [("start", time.monotonic())]
         for rnd in range(rounds):
             # A: normal load, replicated
+            first_a = len(history.attempts)
             _batch(url, tokens, history, f"A{rnd}", before)
             marks.append((f"A{rnd}", time.monotonic()))
+            took = sorted(a.finished - a.started for a in history.attempts[first_a:])
+            print(f"  round {rnd} phase A: {len(took)} requests, p50 "
+                  f"{1000 * percentile(took, 0.5):.1f} ms, p99 {1000 * percentile(took, 0.99):.1f}"
+                  f" ms, max {1000 * took[-1]:.1f} ms, statuses "
+                  f"{dict(History(history.attempts[first_a:]).status_counts())}")
             # B: the replicas stop hearing from the master; each reference asked once
             cluster.cut_replication()
             lagging = []
@@ -95,6 +100,7 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
             if rnd + 1 < rounds:  # bring the dead node back as a replica for the next round
                 cluster.server_at(old).start()
                 cluster.wait_settled()
+                marks.append((f"rejoin{rnd}", time.monotonic()))
         # D: the agent asks again for everything it was told (8 agents in parallel)
         deadline = time.monotonic() + 60
         told = list({a.ref: a for a in history.acknowledged}.values())
