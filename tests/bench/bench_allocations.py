@@ -13,7 +13,7 @@ one keep-alive socket, sending pre-encoded HTTP/1.1 requests and reading the rep
 ``Content-Length``. (``requests`` spent about as much CPU per call as the bare server does,
 on the same two cores, which squeezed the faster server hardest and flattened the ratio.)
 
-    /work/venv/bin/python tests/bench/bench_allocations.py --clients 16 --seconds 10 --rounds 5
+    python tests/bench/bench_allocations.py --clients 16 --seconds 10 --rounds 5
 
 Prints every round, then the median of the per-round ratios (the aim: throughput >= 0.90,
 p99 <= 1.5 of the bare endpoint). Each line also gives the CPU time per request of the server
