@@ -92,15 +92,30 @@ def _clean(text: str) -> str:
     return text.replace("|", "/").strip()
 
 
-def _minor(invoice: InvoiceLike, name: str, currency: str, exponent: int) -> str:
-    amount = getattr(invoice, name)
-    scaled = amount.scaleb(exponent)
-    minor = int(scaled)
-    if scaled != minor:
-        raise money.AmountPrecisionError(
-            f"invoice {invoice.id}: {name} {amount} has more decimals than "
-            f"{currency or 'the currency'} allows ({exponent})"
-        )
+def _minor(
+    invoice: InvoiceLike, name: str, amount: Decimal, currency: str, exponent: int
+) -> str:
+    text = str(amount)
+    try:
+        # Fast and exact for the usual case, an amount with exactly the currency's decimals
+        # ("398.94" for EUR): drop the point. int() refuses anything else (exponent notation,
+        # fewer or more decimals put something other than digits around the cut), and then the
+        # Decimal arithmetic below decides.
+        if exponent:
+            cut = len(text) - exponent - 1
+            if cut < 1 or text[cut] != ".":
+                raise ValueError
+            minor = int(text[:cut] + text[cut + 1 :])
+        else:
+            minor = int(text)
+    except ValueError:
+        scaled = amount.scaleb(exponent)
+        minor = int(scaled)
+        if scaled != minor:
+            raise money.AmountPrecisionError(
+                f"invoice {invoice.id}: {name} {amount} has more decimals than "
+                f"{currency or 'the currency'} allows ({exponent})"
+            ) from None
     if not -MAX_MINOR <= minor <= MAX_MINOR:
         raise money.AmountPrecisionError(
             f"invoice {invoice.id}: {name} {amount} is beyond what the forecaster stores exactly"
@@ -127,20 +142,20 @@ def encode(invoice: InvoiceLike) -> str:
         (
             _day(invoice.date),
             _day(invoice.duedate),
-            paid.isoformat(" ", "seconds").translate(_DIGITS_ONLY) if paid else "",
+            # Same as str.translate deleting "- :", in half the time.
+            paid.isoformat(" ", "seconds").replace("-", "").replace(":", "").replace(" ", "")
+            if paid
+            else "",
             _clean(invoice.status),
             currency,
-            _minor(invoice, "subtotal", currency, exponent),
-            _minor(invoice, "tax", currency, exponent),
-            _minor(invoice, "tax2", currency, exponent),
-            _minor(invoice, "credit", currency, exponent),
-            _minor(invoice, "total", currency, exponent),
+            _minor(invoice, "subtotal", invoice.subtotal, currency, exponent),
+            _minor(invoice, "tax", invoice.tax, currency, exponent),
+            _minor(invoice, "tax2", invoice.tax2, currency, exponent),
+            _minor(invoice, "credit", invoice.credit, currency, exponent),
+            _minor(invoice, "total", invoice.total, currency, exponent),
             invoice.invoicenum,
         )
     )
-
-
-_DIGITS_ONLY = str.maketrans("", "", "- :")
 
 
 def decode(invoice_id: int | str, record: str) -> StoredInvoice:
