@@ -54,3 +54,25 @@ def test_amounts_the_store_cannot_hold_exactly_are_refused(amount, currency):
 def test_aware_datepaid_encodes_as_before():
     paid = dt.datetime(2026, 3, 3, 14, 6, 34, 120, tzinfo=dt.UTC)
     assert store.encode(invoice("1.00", datepaid=paid)).split("|")[2] == "20260303140634+0000"
+
+
+@pytest.mark.integration
+def test_aggregates_beyond_double_precision_stay_exact(redis_client):
+    # 1,100 invoices of ten billion euros less a cent: the cell's sums pass 10^15 minor units,
+    # where upsert.lua stops adding in doubles and lets HINCRBY add exactly.
+    amount = "9999999999.99"
+    invoices = [invoice(amount) for _ in range(1100)]
+    invoices = [WhmcsInvoice(**{**{f: getattr(inv, f) for f in inv.__slots__}, "id": i + 1})
+                for i, inv in enumerate(invoices)]
+    store.upsert(redis_client, "big", invoices)
+    store.upsert(redis_client, "big", invoices[:700])  # unchanged: nothing moves
+    (cell,) = store.read_aggregates(redis_client, "big")
+    assert (cell.n, cell.gross, cell.net) == (1100, 1100 * 999999999999, 1100 * 999999999999)
+    store.delete(redis_client, "big", range(1, 1100))
+    (cell,) = store.read_aggregates(redis_client, "big")
+    assert (cell.n, cell.gross) == (1, 999999999999)
+    assert store.currencies(redis_client, "big") == {"EUR": 1}
+    assert dict(store.iter_numbers(redis_client, "big")) == {"INV|1": 1}
+    store.delete(redis_client, "big", [1100])
+    assert store.read_aggregates(redis_client, "big") == []
+    assert redis_client.hgetall("{sys:big}:numbers") == {}
