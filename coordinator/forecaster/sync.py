@@ -29,10 +29,15 @@ from typing import Any, Protocol
 import redis
 
 from coordinator import keys
-from coordinator.forecaster import store
+from coordinator.forecaster import defaults, store
 
 MAX_STEP_BACKS = 50
 """Times one run steps back after rows shifted under it before giving up (WHMCS too busy)."""
+
+WRITE_ROWS = defaults.UPSERT_BATCH
+"""Rows gathered from consecutive pages before they are stored (one upsert.lua call). Fewer,
+larger calls touch each aggregate cell once per batch instead of once per page; a run that
+fails loses at most this many fetched rows, which the next run fetches again."""
 
 MAX_STALE_PAGES = 1000
 """Consecutive pages with nothing new (descending order, many invoices created meanwhile)
@@ -64,7 +69,7 @@ class InvoiceSource(Protocol):
 
 @dataclass
 class Progress:
-    """What a run has done so far; passed to the ``on_page`` callback after every page."""
+    """What a run has done so far; passed to the ``on_page`` callback after every stored batch."""
 
     pages: int = 0
     invoices: int = 0
@@ -204,7 +209,7 @@ def run(
     Args:
         source: The system's WHMCS client.
         step: Invoices per page (the system's ``step``).
-        on_page: Called after every stored page (progress reporting).
+        on_page: Called after every stored batch of pages (progress reporting).
         check: Called before every request; raises to abort (the lock was lost).
 
     Raises:
@@ -218,10 +223,11 @@ def run(
     seen = bytearray()  # full: bitmap of ids seen, to find invoices deleted in WHMCS
     top = 0
     stored_before = store.count(client, system)
-    # Storing a page overlaps fetching the next one: one writer thread, at most one
-    # write in flight, so pages are stored in order and a failed write stops the run.
+    # Storing overlaps fetching: one writer thread, at most one write in flight, so pages are
+    # stored in order and a failed write stops the run. Pages are stored WRITE_ROWS at a time.
     with ThreadPoolExecutor(1, thread_name_prefix=f"sync-{system}") as writer:
         pending: Future | None = None
+        batch: list[Any] = []
 
         def settle() -> None:
             nonlocal pending
@@ -253,16 +259,22 @@ def run(
                 if progress.total_hint is None:
                     total = page.totalresults
                     progress.total_hint = total if mode == "full" else max(0, total - stored_before)
-                settle()
                 progress.pages += 1
                 progress.invoices += len(rows)
                 if rows:
                     top = max(top, max(r.id for r in rows))
-                # Encoding runs on the writer too, while this thread waits for WHMCS. A bad
-                # amount fails the whole page before any of it is written.
-                pending = writer.submit(_store_page, client, system, rows)
+                    batch += rows
+                if len(batch) >= WRITE_ROWS or done:
+                    # Encoding runs on the writer too, while this thread waits for WHMCS. A bad
+                    # amount fails the whole batch before any of it is written.
+                    settle()
+                    pending = writer.submit(_store_page, client, system, batch)
+                    batch = []
                 if done:
                     break
+            if batch:
+                settle()
+                pending = writer.submit(_store_page, client, system, batch)
             settle()
         finally:
             if pending is not None:
