@@ -98,6 +98,10 @@ class WhmcsInvoice:
         Raises:
             WhmcsBadResponseError: A field we rely on is missing or malformed.
         """
+        if type(raw) is dict:
+            fast = _from_api_fast(cls, raw)
+            if fast is not None:
+                return fast
         if not isinstance(raw, Mapping):
             raise WhmcsBadResponseError(
                 "WHMCS sent an invoice that is not an object; check the WHMCS version and "
@@ -584,6 +588,76 @@ def _bad_field(field: str, invoice_id: int | None, value: Any) -> WhmcsBadRespon
         f"WHMCS sent field {field!r}{where} as {shown}, which is not a valid value. Check the "
         "WHMCS version and any module that rewrites API output."
     )
+
+
+_new = object.__new__
+_date = dt.date.fromisoformat
+_datetime = dt.datetime.fromisoformat
+_ZERO_DATETIME = "0000-00-00 00:00:00"
+
+
+def _from_api_fast(cls: type[WhmcsInvoice], raw: dict[str, Any]) -> WhmcsInvoice | None:
+    """Parse the well-formed common case (GetInvoices of WHMCS 7+), or return None.
+
+    Gives exactly what the tolerant path would, a few times faster: each step either takes a
+    value the tolerant path would read the same way, or gives up (None) and lets it decide
+    (string ids, missing fields, padding, unknown date formats, bad values and their errors).
+    Money must be a ``str`` here: ``Decimal`` of a float would keep its binary noise.
+    """
+    get = raw.get
+    invoice_id, invoicenum, status, currency = (
+        get("id"), get("invoicenum"), get("status"), get("currencycode")
+    )
+    subtotal, credit, tax, tax2, total = (
+        get("subtotal"), get("credit"), get("tax"), get("tax2"), get("total")
+    )
+    if (
+        type(invoice_id) is not int
+        or type(invoicenum) is not str
+        or type(status) is not str
+        or type(currency) is not str
+        or type(subtotal) is not str
+        or type(credit) is not str
+        or type(tax) is not str
+        or type(tax2) is not str
+        or type(total) is not str
+    ):
+        return None
+    date, duedate, datepaid, updated_at = (
+        get("date"), get("duedate"), get("datepaid"), get("updated_at")
+    )
+    try:
+        # fromisoformat rejects surrounding blanks and, for dates, anything longer than a date:
+        # whatever it takes the tolerant path (strip, first ten characters) reads identically.
+        values = (
+            invoice_id,
+            invoicenum,
+            None if date == "0000-00-00" else _date(date),
+            None if duedate == "0000-00-00" else _date(duedate),
+            None if datepaid == _ZERO_DATETIME else _datetime(datepaid),
+            status,
+            Decimal(subtotal),
+            Decimal(credit),
+            Decimal(tax),
+            Decimal(tax2),
+            Decimal(total),
+            currency,
+            None if updated_at == _ZERO_DATETIME else _datetime(updated_at),
+        )
+    except (TypeError, ValueError, ArithmeticError):  # InvalidOperation is an ArithmeticError
+        return None
+    for amount in values[6:11]:
+        if not amount.is_finite():
+            return None
+    invoice = _new(cls)
+    for setter, value in zip(_SETTERS, values, strict=True):
+        setter(invoice, value)
+    return invoice
+
+
+# A frozen dataclass's __init__ goes through object.__setattr__ per field; the slots' own
+# descriptors set the same attributes in about half the time.
+_SETTERS = tuple(getattr(WhmcsInvoice, f).__set__ for f in WhmcsInvoice.__dataclass_fields__)
 
 
 def _to_int(value: Any, field: str, invoice_id: int | None, default: int | None = None) -> int:

@@ -184,7 +184,8 @@ def test_reset_mid_run_then_rerun_finishes_without_double_counting(redis_client,
                                                                     register, work):
     fake.app.seed(1000, seed=5)
     register("blue", fake, step=100)
-    fake.app.inject_fault("reset", nth=6)  # the 6th request: five pages stored, then a reset
+    # The 10th request fails: the first six pages (595 rows, >= WRITE_ROWS) were stored.
+    fake.app.inject_fault("reset", nth=10)
     first = run(redis_client, work, "blue", "full")
     assert first["state"] == "failed" and first["error_code"] == "whmcs_connection"
     assert 0 < store.count(redis_client, "blue") < 1000
