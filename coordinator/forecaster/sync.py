@@ -279,8 +279,10 @@ def run(
         finally:
             if pending is not None:
                 pending.cancel()
+                # A batch already being written still lands: count it, so the record of a
+                # failed run says what it stored.
                 with contextlib.suppress(Exception):
-                    pending.result()
+                    settle()
     if mode == "full":
         # Every id seen is stored now, so when the store holds no more ids than were seen,
         # none was deleted in WHMCS: skip reading every stored id back (a tenth of a run).
