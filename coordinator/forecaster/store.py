@@ -15,11 +15,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Protocol
 
 import redis
 
+from agent import WhmcsInvoice
 from coordinator import keys
 from coordinator.forecaster import defaults, money
 from coordinator.forecaster._lua import script
@@ -30,23 +29,6 @@ batch's amounts in Lua doubles, exact below 2**53; this bound keeps every batch 
 
 METRICS = ("n", "net", "tax", "gross")
 """Aggregate metrics: invoice count and sums (minor units) of subtotal, tax + tax2, total."""
-
-
-class InvoiceLike(Protocol):
-    """What the store reads from an invoice (``agent.WhmcsInvoice`` has exactly this)."""
-
-    id: int
-    invoicenum: str
-    date: dt.date | None
-    duedate: dt.date | None
-    datepaid: dt.datetime | None
-    status: str
-    subtotal: Decimal
-    credit: Decimal
-    tax: Decimal
-    tax2: Decimal
-    total: Decimal
-    currencycode: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +74,7 @@ def _clean(text: str) -> str:
     return text.replace("|", "/").strip()
 
 
-def _minor(invoice: InvoiceLike, name: str, currency: str, exponent: int) -> str:
+def _minor(invoice: WhmcsInvoice, name: str, currency: str, exponent: int) -> str:
     amount = getattr(invoice, name)
     if not amount:
         return "0"  # the most common amount (credit, tax2, often tax), and "-0.00" is 0 too
@@ -116,7 +98,7 @@ def _minor(invoice: InvoiceLike, name: str, currency: str, exponent: int) -> str
     return str(minor)
 
 
-def encode(invoice: InvoiceLike) -> str:
+def encode(invoice: WhmcsInvoice) -> str:
     """Return the compact record of ``invoice`` (see upsert.lua for the layout).
 
     Raises:
@@ -194,7 +176,7 @@ def write_records(client: redis.Redis, system: str, records: Mapping[int, str]) 
     return total
 
 
-def upsert(client: redis.Redis, system: str, invoices: Iterable[InvoiceLike]) -> UpsertResult:
+def upsert(client: redis.Redis, system: str, invoices: Iterable[WhmcsInvoice]) -> UpsertResult:
     """Store ``invoices`` of ``system``; aggregates move by exactly what changed.
 
     All records are encoded before anything is written, so a bad amount stores nothing.
