@@ -188,7 +188,7 @@ def _check_coordinator_url(url: str) -> None:
         raise ConfigError(f"url must be the coordinator's http(s) base URL, not {url!r}")
     if parts.query or parts.fragment:
         raise ConfigError("url must not carry a query or fragment")
-    if parts.scheme == "http" and not _is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         # The bearer token would cross the network in clear text, and anyone holding it can
         # burn numbers (gaps the tax office will ask about). Plain HTTP only on this machine.
         raise ConfigError(
@@ -197,7 +197,8 @@ def _check_coordinator_url(url: str) -> None:
         )
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP literal (no DNS lookup)."""
     if host == "localhost":
         return True
     try:

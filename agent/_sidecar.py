@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agent._client import Client, check_date, check_document, check_reference
+from agent._config import is_loopback_host
 from agent._exceptions import (
     ConfigError,
     CoordinatorBadResponse,
@@ -249,14 +250,6 @@ def parse_listen(listen: str) -> tuple[str, Any]:
     return "tcp", (host, int(port))
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "invoice-sync-agent-sidecar"
@@ -344,13 +337,13 @@ def make_server(
         if kind == "unix":
             return _bind_unix(address, handler)
         host, port = address
-        if not _is_loopback_host(host) and not allow_remote:
+        if not is_loopback_host(host) and not allow_remote:
             raise ConfigError(
                 f"refusing to listen on {host}, which other machines can reach; the sidecar "
                 "has no authentication of its own. Use 127.0.0.1 or a unix socket "
                 "(or --allow-remote if a firewall really guards it)"
             )
-        if not _is_loopback_host(host):
+        if not is_loopback_host(host):
             log.warning(
                 "listening on %s with --allow-remote: anyone who reaches it can take numbers", host
             )

@@ -162,7 +162,7 @@ def test_refuses_callers_that_are_not_loopback(sidecar: Sidecar, monkeypatch) ->
     if ip is None:
         pytest.skip("this machine has no non-loopback IPv4 address to call from")
     # Lift only the bind guard, so the caller check is what stands between a remote and a number.
-    monkeypatch.setattr(agent._sidecar, "_is_loopback_host", lambda host: True)
+    monkeypatch.setattr(agent._sidecar, "is_loopback_host", lambda host: True)
     server = make_server("0.0.0.0:0", sidecar)
     serve(server)
     try:
