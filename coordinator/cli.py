@@ -69,8 +69,11 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
         if embedded:
             _use_key_file(data_dir)
         app = create_app()
-        with app.app_context():
-            token = ensure_admin_token(get_redis(), data_dir)
+        token = None
+        # API.md: INVOICE_SYNC_ADMIN_TOKEN sets the admin token instead of a generated one.
+        if not app.config["ADMIN_TOKEN"]:
+            with app.app_context():
+                token = ensure_admin_token(get_redis(), data_dir)
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
         click.echo(f"coordinator on http://{host}:{port}", err=True)

@@ -18,9 +18,10 @@ from coordinator.embedded import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env() -> dict:
+def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
     env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
     return env
 
 
@@ -32,8 +33,9 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 class Serve:
     """`python -m coordinator serve` on a free port with its data in ``data_dir``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
+        self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stdout = data_dir.parent / f"serve-{self.port}.out"
@@ -43,7 +45,7 @@ class Serve:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "coordinator", "serve", "--data-dir", str(self.data_dir),
              "--port", str(self.port), "--workers", "1"],
-            env=_env(), cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, text=True)
+            env=_env(**self.env), cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
         while True:
             assert self.process.poll() is None, self.stdout.read_text()
@@ -108,3 +110,14 @@ def test_commands_without_a_running_serve_say_what_to_do(data_dir):
     result = _cli("report", "revenue", "--data-dir", str(data_dir))
     assert result.returncode != 0
     assert "invoice-sync serve" in result.stderr and "INVOICE_SYNC_REDIS_URL" in result.stderr
+
+
+def test_admin_token_from_the_environment_replaces_the_generated_one(data_dir):
+    serve = Serve(data_dir, INVOICE_SYNC_ADMIN_TOKEN="isa_from-the-environment").start()
+    try:
+        assert not (data_dir / "admin-token").exists()
+        assert "admin token" not in serve.stdout.read_text()
+        admin = {"Authorization": "Bearer isa_from-the-environment"}
+        assert requests.get(serve.url + "/v1/systems", headers=admin, timeout=10).ok
+    finally:
+        assert serve.stop() == 0
