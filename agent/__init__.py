@@ -43,7 +43,7 @@ from agent._models import Allocation, Status
 from agent._poller import Outcome, Poller, PollReport, needs_number
 from agent._sidecar import Sidecar, make_server
 from agent._transport import MockTransport, mock_response
-from agent._whmcs import InvoicePage, WhmcsClient, WhmcsInvoice
+from agent.whmcs import InvoicePage, WhmcsClient, WhmcsInvoice
 
 # A plain sorted literal (not sorted(...)): linters only read literals; a test checks the order.
 __all__ = [

@@ -367,7 +367,7 @@ def _poll_once(config: Config, args: argparse.Namespace, stop: Any) -> int:
     from agent._exceptions import PollerBusy
     from agent._journal import Journal
     from agent._poller import Poller, poll_lock
-    from agent._whmcs import WhmcsClient
+    from agent.whmcs import WhmcsClient
 
     try:
         with (

@@ -61,7 +61,7 @@ from agent._exceptions import (
     WhmcsError,
 )
 from agent._journal import Journal, JournalEntry
-from agent._whmcs import WhmcsClient, WhmcsInvoice
+from agent.whmcs import WhmcsClient, WhmcsInvoice
 
 log = logging.getLogger("agent.poller")
 

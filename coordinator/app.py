@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Flask
 
-from coordinator import api, errors, redis_client
+from coordinator import api, errors
 from coordinator.config import load_config
-from coordinator.ops import headers, logs, metrics, ratelimit
+from coordinator.ops import headers, logs, metrics, ratelimit, redis_client
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

@@ -22,7 +22,7 @@ from coordinator import keys
 from coordinator.exceptions import AuthError, Forbidden
 from coordinator.ops import ratelimit
 from coordinator.ops.ratelimit import RateLimiter
-from coordinator.redis_client import get_redis
+from coordinator.ops.redis_client import get_redis
 
 ADMIN = "admin"
 AGENT = "agent"

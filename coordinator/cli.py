@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from coordinator import auth
-from coordinator.cli_common import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
-from coordinator.embedded import ValkeyServer
 from coordinator.forecaster.cli import register as _register_forecaster
+from coordinator.ops.datadir import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
+from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
 
 
@@ -57,8 +57,8 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
     prepare_dir(data_dir / "metrics")
 
     from coordinator.app import create_app
-    from coordinator.redis_client import get_redis
-    from coordinator.server import run_gunicorn
+    from coordinator.ops.redis_client import get_redis
+    from coordinator.ops.server import run_gunicorn
     embedded = None
     child = None
     if uses_embedded():
@@ -138,7 +138,7 @@ def secrets_rotate(data_dir: Path) -> None:
     """
     from coordinator.app import create_app
     from coordinator.exceptions import CoordinatorError
-    from coordinator.redis_client import get_redis
+    from coordinator.ops.redis_client import get_redis
     from coordinator.systems import registry, secrets
 
     attach_to_serve(data_dir)
@@ -162,7 +162,7 @@ def token() -> None:
 def create_admin(label: str, data_dir: Path) -> None:
     """Create an admin token in the configured Redis and print it once."""
     from coordinator.app import create_app
-    from coordinator.redis_client import get_redis
+    from coordinator.ops.redis_client import get_redis
 
     attach_to_serve(data_dir)
     app = create_app()
@@ -180,7 +180,7 @@ def doctor(data_dir: Path) -> None:
 
     from coordinator.config import load_config
     from coordinator.ops import doctor as checks
-    from coordinator.redis_client import make_redis
+    from coordinator.ops.redis_client import make_redis
 
     app = Flask("coordinator")
     load_config(app)
@@ -212,7 +212,7 @@ def demo(keep: bool) -> None:
     installations (blue EUR, red USD, orange GBP), registers them, runs one agent poller per
     installation at once, prints the ledger and what each WHMCS holds, and cleans up.
     """
-    from coordinator.demo import DemoError, run_demo
+    from coordinator.demo.run import DemoError, run_demo
 
     try:
         code = run_demo(click.echo, keep=keep)

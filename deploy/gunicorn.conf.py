@@ -15,7 +15,7 @@ environment), on top of the defaults ``invoice-sync serve`` uses too:
 
 import os
 
-from coordinator.gunicorn_defaults import *  # noqa: F403 (the shared settings and hooks)
+from coordinator.ops.gunicorn_defaults import *  # noqa: F403 (the shared settings and hooks)
 
 
 def _cpus() -> int:

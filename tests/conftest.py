@@ -7,7 +7,7 @@ import redis
 
 from coordinator import auth, keys
 from coordinator.app import create_app
-from coordinator.embedded import ValkeyServer
+from coordinator.ops.embedded import ValkeyServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

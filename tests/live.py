@@ -29,7 +29,7 @@ import requests
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from agent import Config
-from coordinator.fake_whmcs import FakeWhmcs, FakeWhmcsServer, serve_fake_whmcs
+from coordinator.demo.fake_whmcs import FakeWhmcs, FakeWhmcsServer, serve_fake_whmcs
 
 
 class _QuietHandler(WSGIRequestHandler):

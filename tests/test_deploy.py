@@ -22,7 +22,7 @@ import requests
 import yaml
 
 from coordinator import auth, keys
-from coordinator.embedded import free_port, server_binary
+from coordinator.ops.embedded import free_port, server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -17,7 +17,7 @@ from coordinator.forecaster.schemas import (
     SyncRequestSchema,
     SyncSchema,
 )
-from coordinator.redis_client import get_redis
+from coordinator.ops.redis_client import get_redis
 
 blp = Blueprint("forecaster", __name__, description="Syncs from WHMCS and reports (admin)")
 

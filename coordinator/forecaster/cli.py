@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 
-from coordinator.cli_common import attach_to_serve, data_dir_option
+from coordinator.ops.datadir import attach_to_serve, data_dir_option
 
 
 def _client(data_dir: Path):
     from coordinator.config import load_settings
-    from coordinator.redis_client import make_redis
+    from coordinator.ops.redis_client import make_redis
 
     attach_to_serve(data_dir)
     settings = load_settings()

@@ -12,7 +12,7 @@ from coordinator.exceptions import NotDurable
 from coordinator.numbering import allocation, ledger, schemas, sequences
 from coordinator.numbering.scripts import Durability
 from coordinator.ops.metrics import ALLOCATIONS, child
-from coordinator.redis_client import get_redis
+from coordinator.ops.redis_client import get_redis
 
 blp = Blueprint("numbering", __name__, url_prefix="/v1",
                 description="Invoice and credit-note numbers: allocations, sequences, ledger")

@@ -16,7 +16,8 @@ from typing import Any
 import redis
 from cryptography.fernet import Fernet
 
-from coordinator import durability, keys
+from coordinator import keys
+from coordinator.ops import durability
 
 
 @dataclass(frozen=True)

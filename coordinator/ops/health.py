@@ -7,9 +7,9 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from coordinator import durability
+from coordinator.ops import durability
 from coordinator.ops.metrics import REDIS_DURABLE
-from coordinator.redis_client import get_redis
+from coordinator.ops.redis_client import get_redis
 
 blp = Blueprint("health", __name__, description="Liveness and readiness (no auth)")
 

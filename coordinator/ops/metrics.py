@@ -107,7 +107,7 @@ class Metrics(MethodView):
     @blp.doc(responses={200: {"description": "Prometheus text exposition format"}})
     def get(self):
         """Expose the metrics in the Prometheus text format."""
-        from coordinator.redis_client import get_redis
+        from coordinator.ops.redis_client import get_redis
         from coordinator.warnings.metrics import refresh
 
         refresh(WARNINGS_OPEN, get_redis())

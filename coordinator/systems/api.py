@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coordinator import auth
-from coordinator.redis_client import get_redis
+from coordinator.ops.redis_client import get_redis
 from coordinator.systems import registry, secrets
 from coordinator.systems.schemas import (
     SystemCreateSchema,

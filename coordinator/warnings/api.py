@@ -6,7 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coordinator import auth
-from coordinator.redis_client import get_redis
+from coordinator.ops.redis_client import get_redis
 from coordinator.warnings import store
 from coordinator.warnings.schemas import WarningSchema, WarningsQuerySchema
 

@@ -29,7 +29,7 @@ from agent import (
     WhmcsTlsError,
 )
 from agent._exceptions import AgentError
-from coordinator.fake_whmcs import FakeWhmcs, serve_fake_whmcs
+from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 
 IDENT = "ident-Xq7rT9vLm2"
 SECRET = "secret-Pz4kW8nB3s"

@@ -9,7 +9,7 @@ from types import MappingProxyType
 import pytest
 
 from agent import WhmcsBadResponseError, WhmcsInvoice
-from agent._whmcs import _from_api_fast
+from agent.whmcs import _from_api_fast
 
 ROW = {
     "id": 7, "userid": 3, "firstname": "Liam", "lastname": "Müller", "companyname": "Acme",

@@ -2,7 +2,7 @@
 
 Not part of the test suite (pytest collects ``test_*.py`` only). One run starts a Valkey
 (AOF, appendfsync always) and, with the production gunicorn settings
-(``coordinator/gunicorn_defaults.py``, same workers and threads for both), (a) a bare Flask
+(``coordinator/ops/gunicorn_defaults.py``, same workers and threads for both), (a) a bare Flask
 app whose endpoint runs one INCRBY and (b) the coordinator as ``invoice-sync serve`` runs it
 (multiprocess metrics, JSON request logs, security headers, rate limiting on, with a limit
 high enough never to answer 429). Both servers stay up for the whole run; rounds alternate
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from coordinator import auth, keys  # noqa: E402
-from coordinator.embedded import ValkeyServer, free_port  # noqa: E402
+from coordinator.ops.embedded import ValkeyServer, free_port  # noqa: E402
 
 KINDS = ("bare", "coordinator")
 
@@ -64,7 +64,7 @@ def serve(kind: str, port: int, redis_url: str, workers: int, threads: int | Non
     """Run one server in this process (called in a child process)."""
     from gunicorn.app.base import BaseApplication
 
-    from coordinator import gunicorn_defaults
+    from coordinator.ops import gunicorn_defaults
 
     class App(BaseApplication):
         def load_config(self):

@@ -36,9 +36,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import WhmcsClient
-from coordinator.embedded import ValkeyServer
-from coordinator.fake_whmcs import FakeWhmcs, serve_fake_whmcs
+from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 from coordinator.forecaster import reports, store, sync
+from coordinator.ops.embedded import ValkeyServer
 
 IDENT, SECRET = "bench-identifier", "bench-secret-0123456789"
 

@@ -34,8 +34,8 @@ from cryptography.fernet import Fernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from coordinator.embedded import ValkeyServer  # noqa: E402
-from coordinator.fake_whmcs import FakeWhmcs, serve_fake_whmcs  # noqa: E402
+from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs  # noqa: E402
+from coordinator.ops.embedded import ValkeyServer  # noqa: E402
 from tests.faults.history import History, check, read_all_ledgers  # noqa: E402
 from tests.faults.load import allocate_once, percentile  # noqa: E402
 from tests.faults.processes import GunicornCoordinator  # noqa: E402

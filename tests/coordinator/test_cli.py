@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from coordinator.embedded import free_port
+from coordinator.ops.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from cryptography.fernet import Fernet
 
 from coordinator import auth
 from coordinator.cli import main
-from coordinator.embedded import ValkeyServer
+from coordinator.ops.embedded import ValkeyServer
 
 pytestmark = pytest.mark.integration
 

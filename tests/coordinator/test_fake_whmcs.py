@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import requests
 
-from coordinator.fake_whmcs import DEFAULT_LIMITNUM, FakeWhmcs, serve_fake_whmcs
+from coordinator.demo.fake_whmcs import DEFAULT_LIMITNUM, FakeWhmcs, serve_fake_whmcs
 
 IDENT, SECRET = "ident-abc", "secret-xyz"
 NOW = dt.datetime(2026, 6, 15, 12, 0, 0)

@@ -11,8 +11,8 @@ import redis
 from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.cli import ensure_admin_token
-from coordinator.embedded import ValkeyServer
 from coordinator.exceptions import AuthError
+from coordinator.ops.embedded import ValkeyServer
 
 
 def assert_error_shape(response, code):

@@ -11,8 +11,8 @@ import redis
 
 from coordinator import auth, keys
 from coordinator.app import create_app
-from coordinator.embedded import ValkeyServer
 from coordinator.numbering import iter_ledger
+from coordinator.ops.embedded import ValkeyServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -172,7 +172,7 @@ def test_cli_rotate_on_embedded_default(runner, tmp_path, monkeypatch):
     """With no Redis URL, rotate reaches a running `serve` through its socket and key file."""
     import redis
 
-    from coordinator.embedded import ValkeyServer
+    from coordinator.ops.embedded import ValkeyServer
 
     monkeypatch.delenv("INVOICE_SYNC_REDIS_URL", raising=False)
     monkeypatch.delenv("INVOICE_SYNC_SENTINELS", raising=False)

@@ -10,7 +10,7 @@ import redis
 import requests
 
 from coordinator import auth, keys
-from coordinator.embedded import ValkeyServer
+from coordinator.ops.embedded import ValkeyServer
 from tests.faults.processes import GunicornCoordinator
 
 

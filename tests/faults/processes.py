@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from coordinator.embedded import free_port
+from coordinator.ops.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ class GunicornCoordinator:
             [sys.executable, "-m", "gunicorn",
              "--bind", f"127.0.0.1:{self.port}",
              "--workers", str(self.workers),
-             # The production worker class (coordinator/gunicorn_defaults.py).
+             # The production worker class (coordinator/ops/gunicorn_defaults.py).
              "--worker-class", "coordinator.ops.gunicorn_worker.JsonErrorWorker",
              "--threads", str(self.threads),
              "--timeout", "30", "--graceful-timeout", "3", "--keep-alive", "2",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from coordinator.embedded import ValkeyServer, free_port, server_binary
+from coordinator.ops.embedded import ValkeyServer, free_port, server_binary
 
 MASTER_NAME = "invoice-sync"
 REPL_USER, REPL_PASSWORD = "repl", "repl-test-password"

@@ -39,7 +39,7 @@ from rq import SimpleWorker
 
 from coordinator import keys
 from coordinator.config import load_settings
-from coordinator.fake_whmcs import FakeWhmcs, serve_fake_whmcs
+from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 from coordinator.forecaster import defaults, jobs, money, records, store, sync
 from coordinator.forecaster.connections import with_decoding
 from coordinator.systems import registry, secrets

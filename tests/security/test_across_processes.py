@@ -21,7 +21,7 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
-from coordinator.embedded import ValkeyServer
+from coordinator.ops.embedded import ValkeyServer
 from tests.faults.processes import GunicornCoordinator
 
 pytestmark = pytest.mark.integration

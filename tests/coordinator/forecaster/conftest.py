@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from rq import SimpleWorker
 
 from coordinator.config import load_settings
-from coordinator.fake_whmcs import FakeWhmcs, serve_fake_whmcs
+from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 from coordinator.forecaster import defaults
 from coordinator.forecaster.connections import with_decoding
 from coordinator.systems import registry, secrets

@@ -26,7 +26,7 @@ class _Gunicorn(BaseApplication):
 
 def run_gunicorn(**options: Any) -> None:
     """Serve until SIGINT/SIGTERM with the production defaults plus ``options``."""
-    from coordinator import gunicorn_defaults
+    from coordinator.ops import gunicorn_defaults
 
     settings = {k: v for k, v in vars(gunicorn_defaults).items() if not k.startswith("_")}
     settings.update(options)

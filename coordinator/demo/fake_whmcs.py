@@ -13,7 +13,7 @@ codes (403 for auth/permission/IP, 200 for errors inside an action), XML without
 ``responsetype=json``, old versions' string ids and ignored ``limitnum``. Faults can be injected
 at runtime: a firewall's HTML page, an HTTP error, a delay, a connection reset mid-body.
 
-Run it by hand with ``python -m coordinator.fake_whmcs --port 9000 --seed-count 500``.
+Run it by hand with ``python -m coordinator.demo.fake_whmcs --port 9000 --seed-count 500``.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from typing import Any
 
 import requests
 
-from coordinator.embedded import free_port
-from coordinator.fake_whmcs import FakeWhmcs, FakeWhmcsServer, serve_fake_whmcs
+from coordinator.demo.fake_whmcs import FakeWhmcs, FakeWhmcsServer, serve_fake_whmcs
+from coordinator.ops.embedded import free_port
 
 STARTUP_TIMEOUT = 60.0
 """Seconds to wait for ``invoice-sync serve`` to answer /readyz."""
@@ -34,7 +34,7 @@ STARTUP_TIMEOUT = 60.0
 AGENT_TIMEOUT = 120.0
 """Seconds the agents may take to number everything."""
 
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
