@@ -25,3 +25,19 @@ def snapshot(target: str | redis.Redis) -> dict[bytes, bytes]:
         }
     finally:
         raw.close()
+
+
+def require_tool(what: str) -> None:
+    """Skip a test whose tool is missing — or fail it where CI promised the tool.
+
+    ``.ci/run`` installs every tool the suite uses and sets ``INVOICE_SYNC_REQUIRE_TOOLS=1``,
+    so a missing tool there is a broken CI, never a silently skipped test.
+    """
+    import os
+
+    import pytest
+
+    message = f"{what} is not installed: this test did NOT run"
+    if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
