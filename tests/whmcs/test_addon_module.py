@@ -265,7 +265,8 @@ def front(live_coordinator) -> Iterator[Any]:
 def test_a_503_is_retried_with_the_same_reference_and_burns_no_number(
     whmcs: Whmcs, live_coordinator, front
 ) -> None:
-    proxy = front(fail=2, swallow=True)  # the number is taken twice... in the coordinator's eyes once
+    # The coordinator gets the request three times and takes one number: only answers were lost.
+    proxy = front(fail=2, swallow=True)
     whmcs.set("coordinator_url", proxy.url)
     whmcs.tables["tblinvoices"] = [invoice(16)]
     out = whmcs.pay(16)
@@ -390,7 +391,7 @@ def test_the_admin_page_shows_reachability_the_tokens_system_and_unconfirmed_num
 ) -> None:
     whmcs.tables["tblinvoices"] = [invoice(23), invoice(24)]
     whmcs.pay(23)
-    live_coordinator.stop()  # 24 gets its number... no: the coordinator is gone
+    live_coordinator.stop()
     whmcs.tables["mod_invoice_sync"].append({
         "id": 9, "invoiceid": 24, "allocation_id": f"invoice:{YEAR}:2", "sequence": "invoice",
         "period": YEAR, "number": 2, "formatted": f"INV-{YEAR}-000002", "status": "failed",
