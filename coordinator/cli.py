@@ -13,6 +13,7 @@ from coordinator.forecaster.cli import register as _register_forecaster
 from coordinator.ops.datadir import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
+from coordinator.systems.addon import register as _register_addon
 
 
 def ensure_admin_token(client, data_dir: Path) -> str | None:
@@ -222,3 +223,4 @@ def demo(keep: bool) -> None:
 
 
 _register_forecaster(main)
+_register_addon(main)
