@@ -91,7 +91,17 @@ CREATE TABLE received (
     document      TEXT NOT NULL,
     reference     TEXT NOT NULL
 );
-CREATE INDEX received_numbers ON received (series, sequence, period, number)
+CREATE INDEX received_numbers ON received (series, sequence, period, number);
+CREATE TABLE IF NOT EXISTS refused (
+    series        TEXT NOT NULL,
+    sequence      TEXT NOT NULL,
+    period        TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    document      TEXT NOT NULL,
+    reference     TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    PRIMARY KEY (series, sequence, period, number, document, reference)
+)
 """
 
 _ALLOCATION_ID = re.compile(r"(?:(?P<series>[^/]+)/)?(?P<sequence>[^:/]+):(?P<period>[^:]+):\d+")
@@ -267,7 +277,9 @@ class Journal:
                 document of the same series, sequence and period.
         """
         with self._write() as db:
-            self._receive(db, allocation, before)
+            refusal = self._receive(db, allocation, before)
+        if refusal is not None:
+            raise refusal
 
     def highest(self, series: str, sequence: str, period: str) -> int | None:
         """Return the highest number received for a sequence and period, or None."""
@@ -279,8 +291,20 @@ class Journal:
             ).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def _receive(self, db: sqlite3.Connection, allocation: Allocation, before: int | None) -> None:
+    def _receive(
+        self, db: sqlite3.Connection, allocation: Allocation, before: int | None
+    ) -> NumberWentBackwards | None:
+        """Remember the number, or the refusal (committed) that the caller then raises."""
         key = (allocation.series, allocation.sequence, allocation.period)
+        mine = (allocation.number, allocation.document, allocation.reference)
+        refused = db.execute(
+            "SELECT message FROM refused WHERE series = ? AND sequence = ? AND period = ? "
+            "AND number = ? AND document = ? AND reference = ?",
+            (*key, *mine),
+        ).fetchone()
+        if refused is not None:
+            # Refused before, now answered as a replay: still the same number, still refused.
+            return self._refusal(refused["message"], allocation, None)
         if before is not None and allocation.replay is not True:
             # Any increment, any number of systems: a counter that only moves forward gives a
             # request sent after number N was received something above N.
@@ -289,28 +313,29 @@ class Journal:
                 "WHERE series = ? AND sequence = ? AND period = ? AND mark <= ? "
                 "AND number >= ? AND NOT (document = ? AND reference = ?) "
                 "ORDER BY number DESC LIMIT 1",
-                (*key, before, allocation.number, allocation.document, allocation.reference),
+                (*key, before, *mine),
             ).fetchone()
             if above is not None:
-                raise NumberWentBackwards(
+                message = (
                     f"the coordinator gave {allocation.document} {allocation.reference} number "
                     f"{allocation.formatted} ({allocation.number}), but this installation "
                     f"already received {above['formatted']} ({above['number']}) for "
                     f"{above['document']} {above['reference']} in {allocation.sequence} "
                     f"{allocation.period}: the coordinator's numbering went backwards (data "
                     "lost or an old backup restored?). Not written anywhere. An admin must "
-                    f"raise next_number of {allocation.sequence} above {above['number']} "
-                    f"and void {allocation.id} with the reason",
-                    number=allocation.number,
-                    formatted=allocation.formatted,
-                    highest=int(above["number"]),
-                    highest_formatted=str(above["formatted"]),
-                    highest_reference=str(above["reference"]),
+                    f"raise next_number of {allocation.sequence} above {above['number']}, "
+                    f"void {allocation.id} with the reason and reissue it"
                 )
+                db.execute(
+                    "INSERT OR IGNORE INTO refused (series, sequence, period, number, document, "
+                    "reference, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*key, *mine, message),
+                )
+                return self._refusal(message, allocation, above)
         known = db.execute(
             "SELECT 1 FROM received WHERE series = ? AND sequence = ? AND period = ? "
             "AND number = ? AND document = ? AND reference = ?",
-            (*key, allocation.number, allocation.document, allocation.reference),
+            (*key, *mine),
         ).fetchone()
         if known is None:
             db.execute(
@@ -319,6 +344,20 @@ class Journal:
                 (*key, allocation.number, allocation.formatted, allocation.document,
                  allocation.reference),
             )
+        return None
+
+    @staticmethod
+    def _refusal(
+        message: str, allocation: Allocation, above: sqlite3.Row | None
+    ) -> NumberWentBackwards:
+        return NumberWentBackwards(
+            message,
+            number=allocation.number,
+            formatted=allocation.formatted,
+            highest=int(above["number"]) if above else allocation.number,
+            highest_formatted=str(above["formatted"]) if above else allocation.formatted,
+            highest_reference=str(above["reference"]) if above else allocation.reference,
+        )
 
     def record_allocated(
         self, allocation: Allocation, *, before: int | None = None
@@ -348,21 +387,17 @@ class Journal:
                     f"{allocation.document} {allocation.reference!r} already holds allocation "
                     f"{row['allocation_id']} ({row['state']}); refusing {allocation.id}"
                 )
-            self._receive(db, allocation, before)
-            db.execute(
-                "INSERT OR REPLACE INTO allocations (document, reference, allocation_id, "
-                "number, formatted, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?)",
-                (
-                    allocation.document,
-                    allocation.reference,
-                    allocation.id,
-                    allocation.number,
-                    allocation.formatted,
-                    now,
-                    now,
-                ),
-            )
+            refusal = self._receive(db, allocation, before)
+            if refusal is None:
+                db.execute(
+                    "INSERT OR REPLACE INTO allocations (document, reference, allocation_id, "
+                    "number, formatted, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?)",
+                    (allocation.document, allocation.reference, allocation.id,
+                     allocation.number, allocation.formatted, now, now),
+                )
+        if refusal is not None:
+            raise refusal  # after the commit: the refusal is remembered, nothing else
         entry = self.by_id(allocation.id)
         assert entry is not None
         return entry

@@ -47,8 +47,9 @@ What a poll reads (it pays for what is new, not for the installation's history):
   draft), with ``orderby=invoicenumber`` where an empty number sorts first (one call each when
   there are none); and the invoices the journal watches: drafts that need a number once
   published (``created`` mode, or a draft credit note) and invoices left unnumbered by a
-  failure, one GetInvoice each. An idle poll in ``paid`` mode costs three calls, whatever the
-  size of the installation; numbering k invoices costs O(k) more.
+  failure, one GetInvoice each (or, from three watched drafts, one listing of the drafts). An
+  idle poll costs three calls in ``paid`` mode and two in ``created`` mode, whatever the size
+  of the installation, plus those watched invoices; numbering k invoices costs O(k) more.
 
 Not seen by the cheap runs: an invoice whose total turns negative by an edit while unpaid, or
 whose number someone erased while it is not in a rechecked status. ``poll --full`` finds those.
@@ -105,6 +106,10 @@ statuses (paid later, refunded, a draft published) without getting a new id."""
 
 NOT_ISSUED = frozenset({"Draft"})
 """Statuses of invoices that were never issued: never numbered."""
+
+DRAFT_LISTING_FROM = 3
+"""Watched drafts from which one listing of all drafts (at least two calls: a page and the
+empty page that ends it) is cheaper than a GetInvoice for each."""
 
 _PER_INVOICE_REFUSALS = frozenset({404, 409, 422})
 """Coordinator refusals about one document; 401/403 (the token) stop the whole run."""
@@ -276,7 +281,7 @@ class Poller:
 
     def _read_new(self, report: PollReport, mark: int) -> int | None:
         """Look at what may need a number since the run that set ``mark``; None if stopped."""
-        for reference in list(self._watched):
+        for reference in self._watched_to_recheck():
             if self.should_stop():
                 return None
             self._recheck(report, reference)
@@ -292,6 +297,19 @@ class Poller:
                     return None
                 self._examine(report, invoice)
         return top
+
+    def _watched_to_recheck(self) -> list[str]:
+        """Return the watched invoices worth a GetInvoice now.
+
+        Many watched drafts are checked with one listing of the drafts (two calls or more):
+        only those no longer drafts (published, deleted) are read one by one.
+        """
+        drafts = [r for r, why in self._watched.items() if why == "draft"]
+        others = [r for r, why in self._watched.items() if why != "draft"]
+        if len(drafts) < DRAFT_LISTING_FROM:
+            return others + drafts
+        still = {str(i.id) for i in self.whmcs.iter_invoices(self.page_size, status="Draft")}
+        return others + [r for r in drafts if r not in still]
 
     def _recheck(self, report: PollReport, reference: str) -> None:
         """Look at a watched invoice again (a draft, or one left unnumbered)."""
