@@ -75,7 +75,7 @@ def test_all_is_sorted_and_exported():
 def test_error_codes_are_distinct_and_every_error_is_an_agent_error():
     classes = [getattr(agent, n) for n in agent.__all__ if n.startswith("Whmcs")]
     errors = [c for c in classes if isinstance(c, type) and issubclass(c, Exception)]
-    assert len(errors) == 12
+    assert len(errors) == 13
     codes = [c.code for c in errors]
     assert len(set(codes)) == len(codes)
     assert all(issubclass(c, WhmcsError) and issubclass(c, AgentError) for c in errors)
