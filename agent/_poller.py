@@ -43,13 +43,14 @@ What a poll reads (it pays for what is new, not for the installation's history):
   remembers the highest id in the journal (per WHMCS URL and ``number_on``);
 * every other run: invoices created since (``orderby=id`` descending down to that id: one call
   when there are none); the unnumbered invoices of the statuses an older invoice can move
-  into and then need a number (``paid``: Paid and Refunded; ``created``: Unpaid, a published
-  draft), with ``orderby=invoicenumber`` where an empty number sorts first (one call each when
-  there are none); and the invoices the journal watches: drafts that need a number once
-  published (``created`` mode, or a draft credit note) and invoices left unnumbered by a
-  failure, one GetInvoice each (or, from three watched drafts, one listing of the drafts). An
-  idle poll costs three calls in ``paid`` mode and two in ``created`` mode, whatever the size
-  of the installation, plus those watched invoices; numbering k invoices costs O(k) more.
+  into and then need a number (``paid`` mode: Paid and Refunded), with
+  ``orderby=invoicenumber`` where an empty number sorts first (one call each when there are
+  none); and the invoices the journal watches: invoices left unnumbered by a failure and draft
+  credit notes (one GetInvoice each), and in ``created`` mode every draft (one call to count
+  the drafts; only when the count changed are they listed and those gone read). An idle poll
+  costs three calls in ``paid`` mode and two in ``created`` mode, whatever the size of the
+  installation, plus one per watched invoice of the first kind; numbering k invoices costs
+  O(k) more.
 
 Not seen by the cheap runs: an invoice whose total turns negative by an edit while unpaid, or
 whose number someone erased while it is not in a rechecked status. ``poll --full`` finds those.
@@ -99,17 +100,14 @@ DEFAULT_PAGE_SIZE = 100
 PAID_STATUSES = ("Paid", "Refunded")
 """Statuses of invoices that were paid once: numbered in ``paid`` mode."""
 
-RECHECKED_STATUSES = {"paid": PAID_STATUSES, "created": ("Unpaid",)}
+RECHECKED_STATUSES = {"paid": PAID_STATUSES, "created": ()}
 """Per ``number_on``, the statuses whose unnumbered invoices every poll asks WHMCS for
 (``orderby=invoicenumber``: one call when there are none). An invoice moves into these
-statuses (paid later, refunded, a draft published) without getting a new id."""
+statuses (paid later, refunded) without getting a new id. In ``created`` mode only a draft
+becomes a candidate later, and drafts are watched."""
 
 NOT_ISSUED = frozenset({"Draft"})
 """Statuses of invoices that were never issued: never numbered."""
-
-DRAFT_LISTING_FROM = 3
-"""Watched drafts from which one listing of all drafts (at least two calls: a page and the
-empty page that ends it) is cheaper than a GetInvoice for each."""
 
 _PER_INVOICE_REFUSALS = frozenset({404, 409, 422})
 """Coordinator refusals about one document; 401/403 (the token) stop the whole run."""
@@ -281,7 +279,10 @@ class Poller:
 
     def _read_new(self, report: PollReport, mark: int) -> int | None:
         """Look at what may need a number since the run that set ``mark``; None if stopped."""
-        for reference in self._watched_to_recheck():
+        watched = [r for r, why in self._watched.items() if why != "draft"]
+        if self.number_on == "paid":  # only draft credit notes are watched: a few at most
+            watched += [r for r, why in self._watched.items() if why == "draft"]
+        for reference in watched:
             if self.should_stop():
                 return None
             self._recheck(report, reference)
@@ -296,20 +297,30 @@ class Poller:
                 if self.should_stop():
                     return None
                 self._examine(report, invoice)
+        if self.number_on == "created":
+            for reference in self._drafts_gone():
+                if self.should_stop():
+                    return None
+                self._recheck(report, reference)
         return top
 
-    def _watched_to_recheck(self) -> list[str]:
-        """Return the watched invoices worth a GetInvoice now.
+    def _drafts_gone(self) -> list[str]:
+        """Return the watched drafts that are drafts no more (``created`` mode; after new ids).
 
-        Many watched drafts are checked with one listing of the drafts (two calls or more):
-        only those no longer drafts (published, deleted) are read one by one.
+        One call while nothing changed: the number of drafts WHMCS reports equals the number
+        watched (new drafts were just added by reading the new ids). Only when they differ
+        are the drafts listed. A wrong ``totalresults`` from WHMCS costs that listing; it
+        ends no loop (WHMCS.md).
         """
-        drafts = [r for r, why in self._watched.items() if why == "draft"]
-        others = [r for r, why in self._watched.items() if why != "draft"]
-        if len(drafts) < DRAFT_LISTING_FROM:
-            return others + drafts
-        still = {str(i.id) for i in self.whmcs.iter_invoices(self.page_size, status="Draft")}
-        return others + [r for r in drafts if r not in still]
+        drafts = {r for r, why in self._watched.items() if why == "draft"}
+        if self.whmcs.get_invoices(0, 1, status="Draft").totalresults == len(drafts):
+            return []
+        still: set[str] = set()
+        for invoice in self.whmcs.iter_invoices(self.page_size, status="Draft"):
+            still.add(str(invoice.id))
+            if may_need_number_later(invoice, self.number_on):
+                self._watch(str(invoice.id), "draft")  # one the id scan could not see
+        return sorted(drafts - still, key=int)
 
     def _recheck(self, report: PollReport, reference: str) -> None:
         """Look at a watched invoice again (a draft, or one left unnumbered)."""

@@ -251,6 +251,14 @@ class FakeWhmcs:
             row["updated_at"] = _fmt_dt(now)
             self._views.clear()
 
+    def set_invoicenum(self, invoiceid: int, invoicenum: str) -> None:
+        """Write an invoice's number, as an admin (or a hook) writing tblinvoices would."""
+        with self._lock:
+            row = self._invoices[invoiceid]
+            row["invoicenum"] = invoicenum
+            row["updated_at"] = _fmt_dt(self.clock())
+            self._views.clear()
+
     def delete_invoice(self, invoiceid: int) -> None:
         """Delete an invoice, as an admin can in WHMCS (its id is never reused)."""
         with self._lock:
