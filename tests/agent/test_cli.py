@@ -199,3 +199,27 @@ def test_options_are_taken_before_or_after_the_command(
     with pytest.raises(SystemExit) as info:
         main(["next", "invoice", "--reference", "3", "--no-such-option", *common])
     assert info.value.code == ExitCode.USAGE
+
+
+def test_next_refuses_a_number_below_one_this_installations_journal_holds(
+    env: FakeCoordinator, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    monkeypatch.setenv("INVOICE_SYNC_AGENT_JOURNAL", str(journal))
+    for reference in ("1", "2"):
+        assert main(["next", "invoice", "--reference", reference]) == ExitCode.OK
+    year = dt.date.today().year
+    assert capsys.readouterr().out == f"INV-{year}-000001\nINV-{year}-000002\n"
+    # Without a journal file nothing is remembered, so nothing is checked. With one (the
+    # sidecar's and the poller's): the coordinator, restored from an old backup, starts at 2.
+    from agent import Journal
+
+    Journal(journal).close()
+    assert main(["next", "invoice", "--reference", "3"]) == ExitCode.OK
+    capsys.readouterr()
+    with env.lock:
+        env.counters[("invoice", str(year))] = 2
+    assert main(["next", "invoice", "--reference", "4"]) == ExitCode.BACKWARDS
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing printed to write into an invoice
+    assert f"INV-{year}-000003 (3)" in err and "already received" in err
