@@ -77,6 +77,16 @@ CREATE TABLE IF NOT EXISTS watch (
     reference     TEXT PRIMARY KEY,
     reason        TEXT NOT NULL,
     since         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refused (
+    series        TEXT NOT NULL,
+    sequence      TEXT NOT NULL,
+    period        TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    document      TEXT NOT NULL,
+    reference     TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    PRIMARY KEY (series, sequence, period, number, document, reference)
 )
 """
 
@@ -91,17 +101,7 @@ CREATE TABLE received (
     document      TEXT NOT NULL,
     reference     TEXT NOT NULL
 );
-CREATE INDEX received_numbers ON received (series, sequence, period, number);
-CREATE TABLE IF NOT EXISTS refused (
-    series        TEXT NOT NULL,
-    sequence      TEXT NOT NULL,
-    period        TEXT NOT NULL,
-    number        INTEGER NOT NULL,
-    document      TEXT NOT NULL,
-    reference     TEXT NOT NULL,
-    message       TEXT NOT NULL,
-    PRIMARY KEY (series, sequence, period, number, document, reference)
-)
+CREATE INDEX received_numbers ON received (series, sequence, period, number)
 """
 
 _ALLOCATION_ID = re.compile(r"(?:(?P<series>[^/]+)/)?(?P<sequence>[^:/]+):(?P<period>[^:]+):\d+")

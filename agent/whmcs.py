@@ -348,39 +348,33 @@ class WhmcsClient:
         """Yield the invoices of ``status`` that have no ``invoicenum`` (few calls when few).
 
         Uses ``orderby=invoicenumber`` ascending, where an empty ``invoicenum`` sorts first:
-        the first page that shows a numbered invoice holds the end of the unnumbered ones.
-        The caller is expected to number what it gets before asking for more: the next page
-        is then read from the start again (numbered invoices have left the front), because
-        MySQL orders rows that tie on the ``ORDER BY`` column (all the empty ones) differently
-        from one query to the next, so ``limitstart`` cannot page through them. Only when a
-        whole page holds invoices already yielded (left unnumbered) does it page on.
+        a page that shows a numbered invoice holds all the unnumbered ones. The caller is
+        expected to number what it gets before asking for more: the front is then read again
+        (what was numbered has left it). ``limitstart`` cannot page through the unnumbered
+        ones: they all tie on the ``ORDER BY`` column, and MySQL orders ties differently from
+        one query to the next. So when a whole page holds only invoices already yielded (left
+        unnumbered), every invoice of ``status`` is listed by id instead, which is reliable,
+        and costs what the installation's history costs: it takes a page of invoices that
+        could not be numbered to get there.
         """
         yielded: set[int] = set()
-        start, previous = 0, None
         while True:
             rows = self.get_invoices(
-                start, page_size, status=status, orderby="invoicenumber", order="asc"
+                0, page_size, status=status, orderby="invoicenumber", order="asc"
             ).invoices
             blank = [inv for inv in rows if not inv.invoicenum.strip()]
             fresh = [inv for inv in blank if inv.id not in yielded]
             for inv in fresh:
                 yielded.add(inv.id)
                 yield inv
-            ends_here = len(blank) < len(rows) or not rows
-            if ends_here and (start == 0 or not fresh):
-                return
-            if fresh:
-                continue  # read the front again: what was numbered has left it
-            ids = [inv.id for inv in rows]
-            if ids == previous:
-                raise WhmcsBadResponseError(
-                    f"WHMCS at {_safe_url(self.url)} answered GetInvoices limitstart={start} "
-                    "with the rows it had already sent: it ignores limitstart. Check for a "
-                    "module or proxy rewriting API requests.",
-                    action="GetInvoices",
-                )
-            previous = ids
-            start += len(rows)
+            if len(blank) < len(rows) or not rows:
+                return  # the page showed where the unnumbered ones end: all were in it
+            if not fresh:
+                break
+        for inv in self.iter_invoices(page_size, status=status):
+            if not inv.invoicenum.strip() and inv.id not in yielded:
+                yielded.add(inv.id)
+                yield inv
 
     def get_invoice(self, invoiceid: int) -> WhmcsInvoice:
         """Fetch one invoice by its WHMCS id (action GetInvoice).
