@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -264,6 +265,16 @@ def test_errors_always_carry_errors(client, admin):
                      client.get("/no/such/route")):
         body = response.get_json()
         assert body["errors"] == {} and body["code"] == response.status_code
+
+
+def test_gunicorn_own_errors_have_the_one_shape_too():
+    from coordinator.ops.gunicorn_worker import error_response
+
+    raw = error_response(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n<html>")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400 Bad Request")
+    assert json.loads(body) == {"code": 400, "status": "Bad Request", "errors": {},
+                                "message": "The request could not be parsed: Bad Request"}
 
 
 @pytest.mark.parametrize("method, path, who", [
