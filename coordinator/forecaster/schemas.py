@@ -56,10 +56,17 @@ def _money(**kwargs) -> fields.String:
     return fields.String(metadata={**_MONEY, **kwargs})
 
 
-class _ReportSchema(Schema):
-    currency = fields.String(metadata={"description": "The base currency (BASE_CURRENCY)"})
-    rounding = fields.String(metadata={"description": "How every figure was rounded"})
-    mixed_currency_systems = fields.List(fields.String(), metadata={
+# Functions, not a base class: inherited fields would come first in every answer.
+def _currency() -> fields.String:
+    return fields.String(metadata={"description": "The base currency (BASE_CURRENCY)"})
+
+
+def _rounding() -> fields.String:
+    return fields.String(metadata={"description": "How every figure was rounded"})
+
+
+def _mixed() -> fields.List:
+    return fields.List(fields.String(), metadata={
         "description": "Systems whose invoices carry more than one currency (see warnings)"})
 
 
@@ -70,16 +77,23 @@ class RevenueTotalSchema(Schema):
     gross = _money(description="WHMCS's total")
 
 
-class RevenueRowSchema(RevenueTotalSchema):
-    key = fields.String(metadata={"description": "The month (YYYY-MM) or the system"})
+class RevenueRowSchema(Schema):
+    key = fields.String(metadata={"description": "The month (YYYY-MM), or the system"})
+    invoices = fields.Integer()
+    net = _money(description="WHMCS's subtotal")
+    tax = _money(description="tax + tax2")
+    gross = _money(description="WHMCS's total")
 
 
-class RevenueSchema(_ReportSchema):
+class RevenueSchema(Schema):
+    currency = _currency()
     from_ = fields.String(data_key="from", attribute="from")
     to = fields.String()
     by = fields.String(metadata={"description": "`month` or `system`"})
     rows = fields.List(fields.Nested(RevenueRowSchema))
     total = fields.Nested(RevenueTotalSchema)
+    rounding = _rounding()
+    mixed_currency_systems = _mixed()
 
 
 class ReceivablesTotalSchema(Schema):
@@ -87,11 +101,14 @@ class ReceivablesTotalSchema(Schema):
     gross = _money(description="WHMCS's invoice totals")
 
 
-class ReceivablesRowSchema(ReceivablesTotalSchema):
+class ReceivablesRowSchema(Schema):
     key = fields.String(metadata={"description": "Bucket, due month or system"})
+    invoices = fields.Integer()
+    gross = _money(description="WHMCS's invoice totals")
 
 
-class ReceivablesSchema(_ReportSchema):
+class ReceivablesSchema(Schema):
+    currency = _currency()
     as_of = fields.String(metadata={"description": "The day (YYYY-MM-DD) days past due count to"})
     status = fields.String(metadata={"description": "`Unpaid`"})
     buckets = fields.List(fields.Nested(ReceivablesRowSchema), metadata={
@@ -99,6 +116,8 @@ class ReceivablesSchema(_ReportSchema):
     by_due_month = fields.List(fields.Nested(ReceivablesRowSchema))
     by_system = fields.List(fields.Nested(ReceivablesRowSchema))
     total = fields.Nested(ReceivablesTotalSchema)
+    rounding = _rounding()
+    mixed_currency_systems = _mixed()
 
 
 class ForecastMethodSchema(Schema):
@@ -118,7 +137,8 @@ class ForecastTotalSchema(Schema):
     collections = _money()
 
 
-class ForecastSchema(_ReportSchema):
+class ForecastSchema(Schema):
+    currency = _currency()
     months = fields.Integer()
     from_ = fields.String(data_key="from", attribute="from")
     to = fields.String()
@@ -127,6 +147,8 @@ class ForecastSchema(_ReportSchema):
         "description": "Paid revenue of the 12 complete months before, by month"})
     rows = fields.List(fields.Nested(ForecastRowSchema))
     total = fields.Nested(ForecastTotalSchema)
+    rounding = _rounding()
+    mixed_currency_systems = _mixed()
 
 
 class ReconciliationCountsSchema(Schema):
