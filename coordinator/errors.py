@@ -23,6 +23,8 @@ from redis import exceptions as rex
 from werkzeug.exceptions import HTTPException
 
 from coordinator import exceptions as exc
+from coordinator.ops.redis_client import get_redis
+from coordinator.warnings import store
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +160,6 @@ def _report_fault(message: str, cause: str) -> str | None:
     One warning per (endpoint, cause), so a fault hit a thousand times is one warning counted a
     thousand times. Best effort: with Redis itself broken the log line must do.
     """
-    from coordinator.ops.redis_client import get_redis
-    from coordinator.warnings import store
-
     endpoint = (request.endpoint or "unmatched") if has_request_context() else "unknown"
     where = f"{request.method} {request.path}: " if has_request_context() else ""
     try:

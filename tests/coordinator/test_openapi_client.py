@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,14 @@ def _generate(url: str, where: Path):
     document = requests.get(f"{url}/openapi.json", timeout=30).json()
     spec = where / "openapi.json"
     spec.write_text(json.dumps(document))
-    tool = Path(sys.executable).with_name("openapi-python-client")
+    bin_dir = Path(sys.executable).parent
+    # Its post-generation hooks run ruff: the one installed beside it, even without an
+    # activated virtualenv.
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(
-        [str(tool), "generate", "--path", str(spec), "--meta", "none",
-         "--output-path", str(where / PACKAGE)],
-        capture_output=True, text=True, timeout=300, cwd=where)
+        [str(bin_dir / "openapi-python-client"), "generate", "--path", str(spec),
+         "--meta", "none", "--output-path", str(where / PACKAGE)],
+        capture_output=True, text=True, timeout=300, cwd=where, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Warning" not in result.stdout + result.stderr, result.stdout + result.stderr
     sys.path.insert(0, str(where))
