@@ -79,6 +79,10 @@ api = _Api()
 
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 
+_RETRY_AFTER = {"Retry-After": {
+    "description": "Seconds to wait before sending the same request again",
+    "schema": {"type": "integer", "minimum": 0}}}
+
 _SECURED_ERRORS = {
     "401": "Missing, unknown or revoked token",
     "403": "A valid token of a role (or system) that may not do this",
@@ -151,6 +155,8 @@ class ContractPlugin(BasePlugin):
             if str(code) == "default" or int(code) >= 400:
                 if isinstance(response, dict) and "content" not in response:
                     response["content"] = _ERROR_CONTENT
+                    if str(code) in ("429", "503"):
+                        response["headers"] = _RETRY_AFTER
 
 
 def _require_json_body() -> None:

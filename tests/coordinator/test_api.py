@@ -143,6 +143,8 @@ def test_every_error_answer_is_documented_with_the_one_error_schema(document):
                 wrong.append(f"{method.upper()} {path} {code}: {schema}")
         if operation["security"]:
             assert {"401", "403", "503"} <= set(operation["responses"]), (method, path)
+            for code in ("429", "503"):
+                assert "Retry-After" in operation["responses"][code]["headers"], (method, path)
         if "requestBody" in operation:
             assert "415" in operation["responses"], (method, path)
     assert not wrong, wrong
