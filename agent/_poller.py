@@ -278,14 +278,10 @@ class Poller:
         return top
 
     def _read_new(self, report: PollReport, mark: int) -> int | None:
-        """Look at what may need a number since the run that set ``mark``; None if stopped."""
-        watched = [r for r, why in self._watched.items() if why != "draft"]
-        if self.number_on == "paid":  # only draft credit notes are watched: a few at most
-            watched += [r for r, why in self._watched.items() if why == "draft"]
-        for reference in watched:
-            if self.should_stop():
-                return None
-            self._recheck(report, reference)
+        """Look at what may need a number since the run that set ``mark``; None if stopped.
+
+        The listings come first, so no number is taken before GetInvoices has answered.
+        """
         top = mark
         for invoice in self.whmcs.iter_invoices_above(mark, self.page_size):
             if self.should_stop():
@@ -297,11 +293,15 @@ class Poller:
                 if self.should_stop():
                     return None
                 self._examine(report, invoice)
-        if self.number_on == "created":
-            for reference in self._drafts_gone():
-                if self.should_stop():
-                    return None
-                self._recheck(report, reference)
+        watched = [r for r, why in self._watched.items() if why != "draft"]
+        if self.number_on == "paid":  # only draft credit notes are watched: a few at most
+            watched += [r for r, why in self._watched.items() if why == "draft"]
+        else:
+            watched += self._drafts_gone()
+        for reference in watched:
+            if self.should_stop():
+                return None
+            self._recheck(report, reference)
         return top
 
     def _drafts_gone(self) -> list[str]:
@@ -324,7 +324,9 @@ class Poller:
 
     def _recheck(self, report: PollReport, reference: str) -> None:
         """Look at a watched invoice again (a draft, or one left unnumbered)."""
-        if reference in self._tried or not reference.isdigit():
+        if reference in self._tried:
+            return  # handled in this run already
+        if not reference.isdigit():
             self._unwatch(reference)
             return
         found: list[WhmcsInvoice | None] = []

@@ -271,3 +271,21 @@ def test_whmcs_storing_another_number_than_sent_gets_no_confirmed_number(
     assert poll(monkeypatch, blue) == ExitCode.OK
     assert blue.statuses() == {str(iid): "void"}  # never used: the invoice carries another
     assert blue.invoicenums()[iid] == f"MOD-INV-{YEAR}-000001"
+
+
+def test_a_role_without_getinvoices_takes_no_number_for_watched_invoices(
+    blue, monkeypatch, capsys
+) -> None:
+    stuck = blue.paid()
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:  # its number, another year
+        client.allocate("invoice", str(stuck), dt.date(YEAR - 1, 12, 31))
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE  # 409: left unnumbered, watched
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(stuck): "unnumbered"}
+    capsys.readouterr()
+    asked = len(blue.coordinator.posts("/v1/allocations"))
+    blue.whmcs.allowed_actions = {"getinvoice", "updateinvoice"}
+
+    assert poll(monkeypatch, blue) == ExitCode.WHMCS
+    assert 'API action "getinvoices" is not allowed' in capsys.readouterr().err
+    assert len(blue.coordinator.posts("/v1/allocations")) == asked  # nothing asked for
