@@ -280,8 +280,10 @@ class Poller:
     def _read_new(self, report: PollReport, mark: int) -> int | None:
         """Look at what may need a number since the run that set ``mark``; None if stopped.
 
-        The listings come first, so no number is taken before GetInvoices has answered.
+        The listings come first, so no number is taken before GetInvoices has answered;
+        what they add to the watch list was just read and waits for the next run.
         """
+        earlier = dict(self._watched)
         top = mark
         for invoice in self.whmcs.iter_invoices_above(mark, self.page_size):
             if self.should_stop():
@@ -293,15 +295,16 @@ class Poller:
                 if self.should_stop():
                     return None
                 self._examine(report, invoice)
-        watched = [r for r, why in self._watched.items() if why != "draft"]
+        watched = [r for r, why in earlier.items() if why != "draft"]
         if self.number_on == "paid":  # only draft credit notes are watched: a few at most
-            watched += [r for r, why in self._watched.items() if why == "draft"]
+            watched += [r for r, why in earlier.items() if why == "draft"]
         else:
             watched += self._drafts_gone()
         for reference in watched:
             if self.should_stop():
                 return None
-            self._recheck(report, reference)
+            if reference in self._watched:  # not settled by the listings meanwhile
+                self._recheck(report, reference)
         return top
 
     def _drafts_gone(self) -> list[str]:
