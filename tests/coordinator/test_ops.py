@@ -250,7 +250,7 @@ def test_rate_limit_zero_means_off_and_keeps_no_counter(app_config, redis_client
     client = app.test_client()
     assert all(client.post("/v1/test/whoami", headers=bearer(agent_token)).status_code == 200
                for _ in range(5))
-    assert not redis_client.keys("ratelimit:*")
+    assert not redis_client.keys(keys.RATE_LIMIT_PREFIX + "*")
 
 
 def test_rate_limit_config_admin_token(app_config, redis_client):

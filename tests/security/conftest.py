@@ -7,7 +7,7 @@ import redis
 
 from coordinator import auth, keys
 
-VOLATILE_PREFIXES = ("ratelimit:", "rate:", "{rate")
+VOLATILE_PREFIXES = ("ratelimit:", "rate:", "{rate", keys.RATE_LIMIT_PREFIX)
 """Keys a rejected request may legitimately touch (per-token request counters)."""
 
 
