@@ -15,7 +15,6 @@ from coordinator.ops.datadir import attach_to_serve, data_dir_option, embedded_s
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
 
-
 ADMIN_FILE_LABEL = "admin-token file"
 """Label of the token ``serve`` keeps in ``<data-dir>/admin-token`` (see GET /v1/tokens)."""
 
