@@ -247,3 +247,22 @@ def test_token_keys_share_one_hash_slot():
     tagged = [keys.TOKENS, keys.TOKEN_AUDIT, keys.TOKENS_REVOKED, keys.TOKENS_LAST_USED,
               keys.rate_limit("ab" * 32, 7), keys.rate_auth_failures(7)]
     assert all(key.startswith("{auth}:") for key in tagged)
+
+
+def test_package_surface_other_code_relies_on(redis_client):
+    """``from coordinator import auth``: the names views, the dashboard and OpenAPI use."""
+    for name in ("require", "ADMIN", "AUDITOR", "AGENT", "Principal", "authenticate",
+                 "current_principal", "require_system_access", "digest", "new_token",
+                 "register_admin_token", "agent_token_record"):
+        assert hasattr(auth, name), name
+    assert (auth.ADMIN, auth.AUDITOR, auth.AGENT) == ("admin", "auditor", "agent")
+    assert all(hasattr(auth, name) for name in auth.__all__)
+
+    @auth.require(auth.ADMIN, auth.AUDITOR)
+    def view():
+        return "ok"
+
+    assert view._invoice_sync_auth == ("admin", "auditor")
+    _, token = tokens.create_token(redis_client, auth.AUDITOR, "dashboard login", "cli")
+    assert auth.authenticate(redis_client, f"Bearer {token}", None).kind == "auditor"
+    assert auth.authenticate(redis_client, "Bearer isa_env", "isa_env").kind == "admin"
