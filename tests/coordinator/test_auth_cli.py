@@ -87,3 +87,45 @@ def test_previous_release_tokens_are_moved_first(run, redis_client):
     listed = json.loads(run("list", "--json").stdout)
     assert [t["id"] for t in listed] == [auth.token_id(auth.digest(old))]
     assert not redis_client.exists("auth:tokens")
+
+
+def test_serve_upgrades_a_previous_release_data_dir(tmp_path):
+    """A data dir as the previous release left it: its admin-token file, its Valkey with
+    tokens in auth:tokens. The new `serve` accepts every token and lists them with ids."""
+    import redis
+    import requests
+
+    from coordinator.ops.embedded import ValkeyServer
+    from tests.coordinator.test_cli import Serve, _cli
+
+    data_dir = tmp_path / "data"
+    admin, agent_blue = auth.new_token(auth.ADMIN), auth.new_token(auth.AGENT)
+    old = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
+    try:
+        raw = redis.Redis.from_url(old.url, decode_responses=True)
+        raw.hset("auth:tokens", mapping={
+            auth.digest(admin): json.dumps({"kind": "admin", "label": "admin"}),
+            auth.digest(agent_blue): json.dumps({"kind": "agent", "system": "blue"}),
+        })
+        raw.close()
+    finally:
+        old.stop()
+    (data_dir / "admin-token").write_text(admin + "\n")
+
+    serve = Serve(data_dir).start()
+    try:
+        assert admin not in serve.stdout.read_text(), "no new admin token on an upgrade"
+        headers = {"Authorization": f"Bearer {admin}"}
+        listed = requests.get(serve.url + "/v1/tokens", headers=headers, timeout=10)
+        assert listed.status_code == 200, listed.text
+        assert {(t["id"], t["role"]) for t in listed.json()} == {
+            (auth.token_id(auth.digest(admin)), "admin"),
+            (auth.token_id(auth.digest(agent_blue)), "agent")}
+        whoami = requests.get(serve.url + "/v1/whoami", timeout=10,
+                              headers={"Authorization": f"Bearer {agent_blue}"})
+        assert whoami.json() == {"kind": "agent", "system": "blue"}
+        cli_list = _cli("token", "list", "--json", "--data-dir", str(data_dir))
+        assert cli_list.returncode == 0, cli_list.stderr
+        assert len(json.loads(cli_list.stdout)) == 2
+    finally:
+        assert serve.stop() == 0
