@@ -89,7 +89,7 @@ class AllocationById(MethodView):
     @auth.require(auth.ADMIN, auth.AUDITOR, auth.AGENT)
     @blp.response(200, schemas.AllocationSchema)
     def get(self, allocation_id):
-        """Return one allocation (agent of its system, or admin)."""
+        """Return one allocation (agent of its system, admin or auditor)."""
         entry = allocation.get(get_redis(), allocation_id)
         auth.require_system_access(entry["system"])
         return entry
