@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -181,8 +182,14 @@ def list_tokens(client: redis.Redis, admin_token: str | None = None) -> list[dic
     return shown
 
 
+TOKEN_ID = re.compile(r"tok_[0-9a-f]{16}")
+"""What every token id looks like; anything else names no token."""
+
+
 def _find(stored: dict[str, str], wanted: str) -> str | None:
-    return next((d for d in stored if hmac.compare_digest(token_id(d), wanted)), None)
+    # Ids are public names, not secrets: a plain comparison is right (and, unlike
+    # hmac.compare_digest, takes any string a client may put in the URL).
+    return next((d for d in stored if token_id(d) == wanted), None)
 
 
 def revoke_token(
@@ -196,6 +203,8 @@ def revoke_token(
         Conflict: an agent token (rotate it through its system), the token set by
             INVOICE_SYNC_ADMIN_TOKEN (change the variable), or the last admin token.
     """
+    if not TOKEN_ID.fullmatch(wanted_id):
+        raise NotFound(f"No token {wanted_id!r}: token ids look like tok_0123456789abcdef")
     if admin_token and token_id(digest(str(admin_token))) == wanted_id:
         raise Conflict("This admin token is set by INVOICE_SYNC_ADMIN_TOKEN: change or unset "
                        "the variable and restart the coordinator to revoke it")

@@ -201,6 +201,18 @@ def test_bad_create_is_422_and_changes_nothing(client, admin, redis_client, payl
     assert snapshot(redis_client) == before
 
 
+@pytest.mark.parametrize("token_id", ["tok_zz", "%C3%A9t%C3%A9", "%F3%81%AD%AB", "tok_" + "0" * 17,
+                                      "TOK_0123456789ABCDEF", "%00"])
+def test_delete_of_an_id_of_any_shape_is_404(client, admin, redis_client, token_id):
+    """Regression: a non-ASCII id reached hmac.compare_digest, which raised (500)."""
+    tokens.create_token(redis_client, AUDITOR, "present", "cli")  # something to compare with
+    before = snapshot(redis_client)
+    answer = client.delete(f"/v1/tokens/{token_id}", headers=admin)
+    assert answer.status_code == 404, answer.get_data(as_text=True)
+    assert answer.get_json()["code"] == 404
+    assert snapshot(redis_client) == before
+
+
 def test_agent_token_delete_is_409_and_keeps_it(client, admin, agent):
     headers = agent("blue")
     token = headers["Authorization"].removeprefix("Bearer ")
