@@ -282,7 +282,10 @@ class Client:
         response = self._request(method, path, body)
         if response.status_code not in expect:
             raise _error_from(response)
-        return Allocation.from_json(_json_body(response))
+        allocation = Allocation.from_json(_json_body(response))
+        if 201 in expect:  # taking a number: 200 is a replay of one issued before, 201 new
+            allocation = dataclasses.replace(allocation, replay=response.status_code == 200)
+        return allocation
 
     def _request(
         self,
@@ -433,7 +436,9 @@ def _error_from(
     """Turn a non-success response into the matching typed error, keeping the JSON error."""
     code = response.status_code
     if cls is None:
-        if 400 <= code < 500:
+        # A 500 is the coordinator saying something is broken (a bug, damaged data), as opposed
+        # to 503 "try again": the same request would fail for ever, so it is refused, not retried.
+        if 400 <= code <= 500:
             cls = CoordinatorRefused
         elif code >= 500:
             cls = CoordinatorUnavailable
