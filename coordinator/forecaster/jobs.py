@@ -131,7 +131,7 @@ def execute(
                 )
 
             outcome = sync.run(client, system, record["mode"], source, step,
-                               on_page=on_page, check=held.check)
+                               on_page=on_page, check=held.check, owner=sync_id)
         except WhmcsError as error:
             _fail(client, record, error.message, error.code)
         except (sync.SyncError, CoordinatorError) as error:

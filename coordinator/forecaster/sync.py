@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import redis
 
 from coordinator import keys
-from coordinator.forecaster import defaults, store
+from coordinator.forecaster import defaults, lock, store
 
 MAX_STEP_BACKS = 50
 """Times one run steps back after rows shifted under it before giving up (WHMCS too busy)."""
@@ -215,8 +215,10 @@ def _drop(ahead: tuple[int, Future]) -> None:
         ahead[1].result()
 
 
-def _store_page(client: redis.Redis, system: str, rows: Sequence[Any]) -> store.UpsertResult:
-    return store.write_records(client, system, {r.id: store.encode(r) for r in rows})
+def _store_page(
+    client: redis.Redis, system: str, rows: Sequence[Any], owner: str | None
+) -> store.UpsertResult:
+    return store.write_records(client, system, {r.id: store.encode(r) for r in rows}, owner=owner)
 
 
 def high_water(client: redis.Redis, system: str) -> int:
@@ -225,14 +227,27 @@ def high_water(client: redis.Redis, system: str) -> int:
 
 
 def _complete(
-    client: redis.Redis, system: str, mode: str, mark: int, finished: dt.datetime
+    client: redis.Redis, system: str, mode: str, mark: int, finished: dt.datetime,
+    owner: str | None,
 ) -> None:
-    state = keys.sys_sync_state(system)
+    state, lock_key = keys.sys_sync_state(system), keys.sys_sync_lock(system)
     with client.pipeline(transaction=True) as pipe:
+        if owner is not None:
+            # Fenced like every write: MULTI runs only if the lock did not change since WATCH.
+            pipe.watch(lock_key)
+            if pipe.get(lock_key) != owner:
+                raise lock.LockLost(f"the sync lock of {system!r} is no longer held by {owner}")
+            current = pipe.hget(state, "high_water")
+            pipe.multi()
+        else:
+            current = client.hget(state, "high_water")
         if mark:
-            pipe.hset(state, "high_water", max(mark, high_water(client, system)))
+            pipe.hset(state, "high_water", max(mark, int(current or 0)))
         pipe.hset(state, f"last_{mode}_at", finished.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            raise lock.LockLost(f"the sync lock of {system!r} changed while completing") from None
 
 
 def run(
@@ -245,6 +260,7 @@ def run(
     on_page: Callable[[Progress], None] = lambda progress: None,
     check: Callable[[], None] = lambda: None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    owner: str | None = None,
 ) -> Progress:
     """Run one sync of ``system`` and return what it did.
 
@@ -253,10 +269,13 @@ def run(
         step: Invoices per page (the system's ``step``).
         on_page: Called after every stored batch of pages (progress reporting).
         check: Called before every request; raises to abort (the lock was lost).
+        owner: The sync's id, holder of the system's lock: every write and deletion is refused
+            (``lock.LockLost``) once the lock is someone else's (see ``store.write_records``).
 
     Raises:
         agent.WhmcsError: WHMCS refused or failed (nothing after the last stored page changes).
         SyncError: paging cannot complete; money.AmountPrecisionError: an unstorable amount.
+        lock.LockLost: ``owner`` lost the lock; nothing was written after that.
     """
     if mode not in ("full", "missing"):
         raise ValueError(f"unknown sync mode {mode!r}")
@@ -307,13 +326,13 @@ def run(
                     # Encoding runs on the writer too, while this thread waits for WHMCS. A bad
                     # amount fails the whole batch before any of it is written.
                     settle()
-                    pending = writer.submit(_store_page, client, system, batch)
+                    pending = writer.submit(_store_page, client, system, batch, owner)
                     batch = []
                 if done:
                     break
             if batch:
                 settle()
-                pending = writer.submit(_store_page, client, system, batch)
+                pending = writer.submit(_store_page, client, system, batch, owner)
             settle()
         finally:
             if pending is not None:
@@ -329,10 +348,11 @@ def run(
         if store.count(client, system) > seen.count():
             gone = [i for i in store.iter_stored_ids(client, system) if i not in seen]
         if gone:
-            progress.result += store.delete(client, system, gone)
+            check()
+            progress.result += store.delete(client, system, gone, owner=owner)
         progress.currencies = len(store.currencies(client, system))
     elif not progress.currencies:
         progress.currencies = len(store.currencies(client, system))
     progress.high_water = max(top, mark)
-    _complete(client, system, mode, top, clock())
+    _complete(client, system, mode, top, clock(), owner)
     return progress
