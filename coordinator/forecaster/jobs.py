@@ -7,6 +7,7 @@ own ``INVOICE_SYNC_SECRET_KEYS``, checks the URL (SSRF guard) right before fetch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,13 +36,21 @@ def queue(client: redis.Redis) -> Queue:
 
 def request_sync(
     client: redis.Redis, system: str, mode: str, *, trigger: str = "api",
-    sync_id: str | None = None,
+    sync_id: str | None = None, confirm: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Queue a sync of ``system`` and return its record (state ``queued``).
+
+    The record and the RQ job are written in one transaction: a sync is either queued and
+    visible, or (on a Redis error) not there at all and its lock given back.
+
+    Args:
+        confirm: ``(key, seconds)``: set that key's expiry in the same transaction (the daily
+            scheduler confirms its claim of the day only if the sync really was queued).
 
     Raises:
         InvalidInput: unknown mode. NotFound: no such system.
         Conflict: a sync of this system is queued or running.
+        redis.RedisError: nothing was queued.
     """
     from coordinator.systems import registry
 
@@ -53,18 +62,25 @@ def request_sync(
     if not lock.acquire_queued(client, system, sync_id):
         running = lock.holder(client, system)
         raise Conflict(f"A sync of {system!r} is already queued or running (sync {running})")
-    record = records.create(client, system, mode, sync_id, trigger=trigger)
+    sync_queue = queue(client)
     try:
-        queue(client).enqueue(
-            run_sync_job, sync_id, job_id=f"sync-{sync_id}",
-            job_timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
-        )
+        with sync_queue.connection.pipeline(transaction=True) as pipe:
+            pipe.multi()  # RQ adds its writes to an explicit MULTI rather than starting one
+            records.create(pipe, system, mode, sync_id, trigger=trigger)
+            sync_queue.enqueue_call(
+                run_sync_job, args=(sync_id,), job_id=f"sync-{sync_id}",
+                timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
+                pipeline=pipe,
+            )
+            if confirm is not None:
+                pipe.expire(*confirm)
+            pipe.execute()
     except redis.RedisError:
-        lock.release(client, system, sync_id)
-        records.update(client, sync_id, state=records.FAILED, error="Could not queue the sync",
-                       error_code="enqueue_failed")
+        # Nothing was written; free the system at once (else the lock lapses on its own).
+        with contextlib.suppress(redis.RedisError):
+            lock.release(client, system, sync_id)
         raise
-    return record
+    return records.get(client, sync_id)
 
 
 def default_resolver(

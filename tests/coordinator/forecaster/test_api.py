@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator import auth
-from coordinator.forecaster import store
+from coordinator import auth, keys
+from coordinator.forecaster import records, store
 from coordinator.warnings import store as warnings
 
 pytestmark = pytest.mark.integration
@@ -32,6 +32,23 @@ def test_sync_lifecycle_over_http(client, admin, redis_client, fake, register, w
     assert [s["id"] for s in listed] == [body["id"]]
     # Without a body the mode is "missing".
     assert client.post("/v1/systems/blue/syncs", headers=admin).get_json()["mode"] == "missing"
+
+
+def test_reading_a_dead_sync_shows_it_failed_and_writes_nothing(client, admin, redis_client,
+                                                                fake, register):
+    register("blue", fake)
+    sync_id = client.post("/v1/systems/blue/syncs", headers=admin).get_json()["id"]
+    # Its worker claimed it and died: the lock lapsed, the record still says running.
+    records.update(redis_client, sync_id, state="running")
+    redis_client.delete(keys.sys_sync_lock("blue"))
+    stored = redis_client.hgetall(keys.sync(sync_id))
+    for url in (f"/v1/syncs/{sync_id}", "/v1/systems/blue/syncs"):
+        response = client.get(url, headers=admin)
+        assert response.status_code == 200
+        body = response.get_json()
+        shown = body if isinstance(body, dict) else body[0]
+        assert (shown["state"], shown["error_code"]) == ("failed", "worker_lost")
+        assert redis_client.hgetall(keys.sync(sync_id)) == stored
 
 
 @pytest.mark.parametrize("url, code", [

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import redis
 
 from coordinator import keys
 from coordinator.forecaster import defaults, jobs, lock, store
-from tests.coordinator.forecaster.conftest import expected_aggregates, stored_aggregates
+from tests.coordinator.forecaster.conftest import (
+    expected_aggregates,
+    stored_aggregates,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 LOCK = keys.sys_sync_lock("blue")
-
-
-def wait_for(condition, what: str, limit: float = 30.0) -> None:
-    """Wait until ``condition()`` holds (a state to reach, not a duration to assert)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.02)
 
 
 def test_only_the_holder_claims_renews_and_releases(redis_client):
