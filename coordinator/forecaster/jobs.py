@@ -193,8 +193,23 @@ def _after_success(client: redis.Redis, system: str) -> None:
         )
 
 
+class SyncJobFailed(Exception):
+    """Raised by the RQ job of a sync that ended ``failed``, so RQ records and logs a failed job
+    (not "Job OK") and keeps it in its failed-job registry. The sync record says why."""
+
+
 def run_sync_job(sync_id: str) -> str:
-    """RQ entry point: run the sync with this worker's settings; return its final state."""
+    """RQ entry point: run the sync with this worker's settings; return its final state.
+
+    Raises:
+        SyncJobFailed: the sync failed (its record and warning were written first).
+    """
     job = get_current_job()
     client = with_decoding(job.connection, True)
-    return execute(client, sync_id, load_settings())["state"]
+    record = execute(client, sync_id, load_settings())
+    if record["state"] == records.FAILED:
+        raise SyncJobFailed(
+            f"sync {sync_id} of {record['system']} failed ({record['error_code']}): "
+            f"{record['error']}"
+        )
+    return record["state"]
