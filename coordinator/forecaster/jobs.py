@@ -180,7 +180,8 @@ def execute(
 
 
 def _after_success(client: redis.Redis, system: str) -> None:
-    from coordinator.forecaster import store
+    from coordinator.forecaster import reconcile, store
+    from coordinator.systems import registry
 
     found = store.currencies(client, system)
     if len(found) > 1:
@@ -191,6 +192,8 @@ def _after_success(client: redis.Redis, system: str) -> None:
             "is applied to all of them in reports; give each currency its own system.",
             system=system, code="mixed_currencies",
         )
+    # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
+    reconcile.check(client, [s["name"] for s in registry.list_systems(client)])
 
 
 class SyncJobFailed(Exception):
