@@ -9,6 +9,8 @@ import zlib
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.whmcs import MAX_INVOICE_ID
 from coordinator.exceptions import Conflict
@@ -294,3 +296,17 @@ def test_an_invoice_id_beyond_what_whmcs_can_hold_fails_the_sync(redis_client, f
         "API output."
     )
     assert store.count(redis_client, "blue") == 0
+
+
+@given(pages=st.lists(st.lists(st.integers(min_value=1, max_value=MAX_INVOICE_ID), max_size=8),
+                      max_size=8),
+       probes=st.lists(st.integers(min_value=0, max_value=MAX_INVOICE_ID + 1), max_size=8))
+def test_the_ids_a_full_sync_saw_answer_like_a_set(pages, probes):
+    # In order (the normal case) or not (a WHMCS that sorts oddly), with repeats or not.
+    seen, expected = sync._SeenIds(), set()
+    for page in pages:
+        seen.extend(page)
+        expected.update(page)
+    assert seen.count() == len(expected)
+    for invoice_id in [*probes, *expected]:
+        assert (invoice_id in seen) == (invoice_id in expected)
