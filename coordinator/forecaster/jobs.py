@@ -193,7 +193,11 @@ def _after_success(client: redis.Redis, system: str) -> None:
             system=system, code="mixed_currencies",
         )
     # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
-    reconcile.check(client, [s["name"] for s in registry.list_systems(client)])
+    # The sync itself is done and recorded: a failure here is logged, not the sync's failure.
+    try:
+        reconcile.check(client, [s["name"] for s in registry.list_systems(client)])
+    except Exception:
+        log.exception("reconciliation after the sync of %s failed", system)
 
 
 class SyncJobFailed(Exception):

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from coordinator import keys
-from coordinator.forecaster import jobs, reconcile
+from coordinator.forecaster import jobs, reconcile, records
 from coordinator.forecaster.reconcile import ledger_entries
 from coordinator.numbering import allocation
 from coordinator.warnings import store as warnings
@@ -70,3 +70,17 @@ def test_issued_numbers_of_unsynced_systems_are_not_reported_missing(redis_clien
     confirm(redis_client, "blue", "1")
     report = reconcile.reconcile(redis_client, ["blue"], ledger_entries(redis_client))
     assert report["not_seen"] == [] and report["systems_synced"] == []
+
+
+def test_a_failing_reconciliation_does_not_fail_the_sync(redis_client, fake, register, work,
+                                                         monkeypatch):
+    register("blue", fake)
+    fake.app.add_invoice(subtotal="10.00", status="Paid")
+
+    def broken(client, systems):
+        raise RuntimeError("injected: reconciliation broke")
+
+    monkeypatch.setattr(reconcile, "check", broken)
+    record = jobs.request_sync(redis_client, "blue", "full")
+    work()
+    assert records.get(redis_client, record["id"])["state"] == "done"
