@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from coordinator import keys
-from coordinator.forecaster import defaults, jobs, lock, store
+from coordinator.forecaster import jobs, lock, store
 from tests.coordinator.forecaster.conftest import (
     expected_aggregates,
     stored_aggregates,
@@ -52,8 +52,8 @@ def test_renewals_keep_the_lock_past_its_lifetime(redis_client, monkeypatch):
     renewed = []
     real_renew = lock.renew
     monkeypatch.setattr(lock, "renew", lambda *a: renewed.append(real_renew(*a)) or renewed[-1])
-    with lock.HeldLock(redis_client, "blue", "a", ttl_ms=1500) as held:
-        wait_for(lambda: len(renewed) >= 4, "four renewals (two lifetimes)")
+    with lock.HeldLock(redis_client, "blue", "a", ttl_ms=3000) as held:
+        wait_for(lambda: len(renewed) >= 4, "four renewals (more than a lifetime)")
         held.check()
         assert lock.holder(redis_client, "blue") == "a"
     assert all(renewed)
@@ -87,7 +87,9 @@ def test_a_write_fenced_by_a_sync_that_does_not_hold_the_lock_changes_nothing(re
 
 
 class _PauseAtEnd:
-    """A WHMCS client whose last page, once fetched, is held back until ``resume`` is set."""
+    """A WHMCS client whose last page, once the sync's own thread fetched it, is held back until
+    ``resume`` is set: A has then read every page, and stored nothing yet (fewer rows than
+    ``WRITE_ROWS``). Prefetches (other threads) are not held."""
 
     def __init__(self, source, at_end: threading.Event, resume: threading.Event) -> None:
         self.source, self.at_end, self.resume = source, at_end, resume
@@ -98,7 +100,8 @@ class _PauseAtEnd:
 
     def get_invoices(self, *args, **kwargs):
         page = self.source.get_invoices(*args, **kwargs)
-        if len(page.invoices) <= 1:  # only the overlap row, or nothing: the end of the list
+        # Only the overlap row, or nothing: the end of the list.
+        if len(page.invoices) <= 1 and threading.current_thread().name == "worker-a":
             self.at_end.set()
             assert self.resume.wait(60)
         return page
@@ -107,13 +110,26 @@ class _PauseAtEnd:
         self.source.close()
 
 
+@pytest.mark.parametrize("a_notices", [True, False], ids=["lease-ran-out", "paused-unaware"])
 def test_a_sync_that_lost_its_lock_does_not_delete_what_the_next_sync_stored(
-    valkey, redis_client, fake, register, settings, monkeypatch
+    a_notices, valkey, redis_client, fake, register, settings, monkeypatch
 ):
+    """Two workers. ``lease-ran-out``: A knows its lease is over (its check stops it);
+    ``paused-unaware``: A was frozen between its check and its writes (only the fence stops it)."""
     fake.app.seed(300, seed=11)
     register("blue", fake, step=100)
-    monkeypatch.setattr(defaults, "LOCK_RUNNING_MS", 600)
     first = jobs.request_sync(redis_client, "blue", "full")
+    # Worker A's lock lives 600 ms in Redis; A's own sense of time is the test's to move, so
+    # however slow this machine is, A reads every page before it can believe its lease is over.
+    a_now = [0.0]
+
+    class LockOfA(lock.HeldLock):
+        def __init__(self, client, system, sync_id, ttl_ms=None, **kwargs):
+            if sync_id == first["id"]:
+                ttl_ms, kwargs["clock"] = 600, lambda: a_now[0]
+            super().__init__(client, system, sync_id, ttl_ms, **kwargs)
+
+    monkeypatch.setattr(lock, "HeldLock", LockOfA)
     # Worker A is cut off from Redis for its renewals: they fail with an error.
     real_renew = lock.renew
 
@@ -136,12 +152,14 @@ def test_a_sync_that_lost_its_lock_does_not_delete_what_the_next_sync_stored(
         finally:
             client.close()
 
-    thread = threading.Thread(target=worker_a)
+    thread = threading.Thread(target=worker_a, name="worker-a")
     thread.start()
     try:
         # A has read every page of WHMCS (300 invoices) and is held before storing the last.
         assert at_end.wait(60)
         wait_for(lambda: not redis_client.exists(LOCK), "A's lock lapsed unrenewed")
+        if a_notices:
+            a_now[0] += 10.0  # A, too, has been away longer than its lease
         # Meanwhile invoices are created in WHMCS and worker B syncs them.
         for _ in range(10):
             fake.app.add_invoice(subtotal="10.00", status="Paid", currencycode="EUR")
