@@ -62,6 +62,10 @@ LOG_LEVEL = "INFO"
 DATA_DIR = "./invoice-sync-data"
 """Where ``invoice-sync serve`` keeps the embedded server's files and the admin token."""
 
+CENTRAL_POLL_DIR = None
+"""Where a worker keeps the journals of its central polls (one SQLite file per system);
+unset: ``<DATA_DIR>/central-poll``. Local to each worker's machine: the ledger stays the truth."""
+
 RATE_LIMIT_AGENT = 600
 """Requests per RATE_LIMIT_WINDOW one agent token may make (allocate, confirm, void); 0 = no
 limit. An agent numbers one invoice per request, so 600/min is far above any WHMCS's pace."""

@@ -183,6 +183,21 @@ def sys_daily_claim(name: str, day: str) -> str:
     return f"{{sys:{name}}}:daily:{day}"
 
 
+def sys_central_poll(name: str) -> str:
+    """Hash: the last central poll of the system (state, when, what it did, why it failed)."""
+    return f"{{sys:{name}}}:central-poll"
+
+
+def sys_central_poll_lock(name: str) -> str:
+    """String: the worker polling the system now (SET NX PX; one central poll at a time)."""
+    return f"{{sys:{name}}}:central-poll:lock"
+
+
+def sys_central_poll_due(name: str) -> str:
+    """String: set by the scheduler that queued the system's poll; expires when the next is due."""
+    return f"{{sys:{name}}}:central-poll:due"
+
+
 def sync(sync_id: str) -> str:
     """Hash: one sync job's record (system, mode, state, pages, invoices, times, error)."""
     return f"sync:{sync_id}"

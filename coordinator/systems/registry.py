@@ -50,7 +50,7 @@ _RETRIES = 20
 Clock = Callable[[], datetime]
 
 # Plain fields stored as given (strings in Redis) and shown as they are.
-_PLAIN = ("description", "url", "api_identifier", "exchange_rate")
+_PLAIN = ("description", "url", "api_identifier", "exchange_rate", "number_on")
 
 
 def _utcnow() -> datetime:
@@ -96,6 +96,9 @@ def _public(record: Mapping[str, str]) -> dict[str, Any]:
         "step": int(record["step"]),
         "auto_sync": record.get("auto_sync") == "1",
         "exchange_rate": record["exchange_rate"],
+        "central_poll": record.get("central_poll") == "1",
+        "central_poll_minutes": int(record.get("central_poll_minutes") or 5),
+        "number_on": record.get("number_on") or "paid",
         "agent_token_issued_at": record.get("agent_token_issued_at"),
         "created_at": record["created_at"],
         "updated_at": record["updated_at"],
@@ -139,6 +142,10 @@ def _encode(fields: Mapping[str, Any], fernet: MultiFernet | None) -> tuple[dict
         to_set["step"] = str(int(fields["step"]))
     if "auto_sync" in fields:
         to_set["auto_sync"] = "1" if fields["auto_sync"] else "0"
+    if "central_poll" in fields:
+        to_set["central_poll"] = "1" if fields["central_poll"] else "0"
+    if "central_poll_minutes" in fields:
+        to_set["central_poll_minutes"] = str(int(fields["central_poll_minutes"]))
     for name in ("api_secret", "access_key"):
         if name not in fields:
             continue
@@ -159,7 +166,8 @@ def create_system(
 
     Args:
         fields: Validated values: name, url, api_identifier, api_secret, and optionally
-            description, access_key, step (100), auto_sync (true), exchange_rate ("1").
+            description, access_key, step (100), auto_sync (true), exchange_rate ("1"),
+            central_poll (false), central_poll_minutes (5), number_on ("paid").
         policy: Which URLs are acceptable (https, SSRF guard).
 
     Raises:
@@ -170,7 +178,8 @@ def create_system(
         raise InvalidInput("Validation failed", {"json": {"name": ["Not a valid system name."]}})
     validate_system_url(fields["url"], policy)
     values = {"description": "", "step": 100, "auto_sync": True, "exchange_rate": "1",
-              "access_key": None, **fields}
+              "access_key": None, "central_poll": False, "central_poll_minutes": 5,
+              "number_on": "paid", **fields}
     to_set, _ = _encode(values, fernet)
     token = auth.new_token(auth.AGENT)
     stamp = _iso(now())

@@ -24,8 +24,10 @@ UNKNOWN_NUMBER = "number_not_issued"
 MISSING_NUMBER = "issued_number_not_seen"
 INTERNAL_ERROR = "internal_error"
 """A request failed on something broken (a bug, damaged data), answered 500 (``errors.py``)."""
+CENTRAL_POLL_FAILED = "central_poll_failed"
+"""The coordinator's poll of a system's WHMCS left invoices unnumbered (``central_poll.py``)."""
 TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER,
-         INTERNAL_ERROR)
+         INTERNAL_ERROR, CENTRAL_POLL_FAILED)
 """Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 
