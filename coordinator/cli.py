@@ -10,7 +10,13 @@ import click
 
 from coordinator import auth
 from coordinator.forecaster.cli import register as _register_forecaster
-from coordinator.ops.datadir import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
+from coordinator.ops.datadir import (
+    attach_to_serve,
+    data_dir_option,
+    embedded_socket,
+    hold_data_dir,
+    uses_embedded,
+)
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
 
@@ -52,6 +58,8 @@ def main() -> None:
 def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool) -> None:
     """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
     data_dir = data_dir.resolve()
+    # First of all: a second serve on this data dir must exit before it touches anything.
+    hold_data_dir(data_dir)
     # Before anything imports prometheus_client (the app does): workers share this directory
     # for their metrics, and a previous run's files would otherwise be summed in.
     prepare_dir(data_dir / "metrics")

@@ -7,6 +7,7 @@ in the data dir. The other commands (sync, report, worker, secrets, token) reach
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -20,6 +21,54 @@ data_dir_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Embedded default: its Valkey, admin token and secret keys (when no Redis URL is set).",
 )
+
+
+LOCK_FILE_NAME = "serve.lock"
+"""File in the data dir that a running ``serve`` holds an exclusive ``flock`` on (with its pid)."""
+
+EXIT_DATA_DIR_IN_USE = 75
+"""Exit code of a ``serve`` refused because another one holds the data dir (EX_TEMPFAIL)."""
+
+_held_lock: int | None = None
+"""The descriptor of the held lock file: open for the whole life of the process, never closed."""
+
+
+class DataDirInUse(click.ClickException):
+    """Another ``invoice-sync serve`` holds the data dir."""
+
+    exit_code = EXIT_DATA_DIR_IN_USE
+
+
+def hold_data_dir(data_dir: Path) -> None:
+    """Take the data dir for this process, for its whole life, or fail without touching it.
+
+    One ``serve`` per data dir: a second one would start its own Valkey on the same socket and
+    AOF and, on its way out, remove the socket the first one serves on. The lock is an exclusive
+    ``flock`` on ``<data_dir>/serve.lock``; the kernel drops it when the process (and the
+    gunicorn workers that inherit it) ends, however it ends, so a crash leaves no stale lock.
+
+    Raises:
+        DataDirInUse: another process holds the lock (the message names its pid).
+    """
+    global _held_lock
+    if _held_lock is not None:
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse(
+            f"{data_dir} is in use by another `invoice-sync serve` (pid {holder}); "
+            "stop that one first, or give this one another --data-dir"
+        ) from None
+    # Only the holder writes: a refused process leaves the file as it found it.
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    _held_lock = fd
 
 
 def uses_embedded() -> bool:
