@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import requests
 
 from coordinator.ops.datadir import EXIT_DATA_DIR_IN_USE, LOCK_FILE_NAME, embedded_socket
 from coordinator.ops.embedded import free_port
+from tests.support import interrupt
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,6 @@ def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
             cwd=data_dir.parent, env=_env(data_dir.parent), stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -94,7 +84,7 @@ def test_second_serve_on_same_data_dir_exits_and_leaves_the_first_working(tmp_pa
         try:
             code = second.wait(30)
         finally:
-            _stop(second)
+            interrupt(second)
         output = second_log.read_text()
         assert code == EXIT_DATA_DIR_IN_USE, output
         assert f"is in use by another `invoice-sync serve` (pid {first.pid})" in output
@@ -113,7 +103,7 @@ def test_second_serve_on_same_data_dir_exits_and_leaves_the_first_working(tmp_pa
         assert answer.status_code == 201, answer.text
         assert answer.json()["number"] == 2
     finally:
-        _stop(first)
+        interrupt(first)
 
 
 def test_data_dir_is_free_again_after_serve_exits(tmp_path):
@@ -125,4 +115,4 @@ def test_data_dir_is_free_again_after_serve_exits(tmp_path):
         try:
             _wait_ready(f"http://127.0.0.1:{port}", process, log)
         finally:
-            _stop(process)
+            interrupt(process)
