@@ -15,6 +15,7 @@ from coordinator.ops.datadir import (
     data_dir_option,
     embedded_socket,
     hold_data_dir,
+    use_key_file,
     uses_embedded,
 )
 from coordinator.ops.embedded import ValkeyServer
@@ -111,15 +112,9 @@ def _use_key_file(data_dir: Path) -> None:
     Created (0600) on first start, so one machine encrypts secrets without any setup; an
     explicit INVOICE_SYNC_SECRET_KEYS always wins. Workers inherit it through the environment.
     """
-    from coordinator.systems import secrets
-
-    if os.environ.get("INVOICE_SYNC_SECRET_KEYS"):
-        return
-    path = data_dir / secrets.KEY_FILE_NAME
-    found, created = secrets.load_or_create_key_file(path)
-    os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(found)
-    if created:
-        click.echo(f"secret key for WHMCS credentials created in {path} (keep a backup)",
+    used = use_key_file(data_dir, create=True)
+    if used and used[1]:
+        click.echo(f"secret key for WHMCS credentials created in {used[0]} (keep a backup)",
                    err=True)
 
 
@@ -190,6 +185,8 @@ def doctor(data_dir: Path) -> None:
     from coordinator.ops import doctor as checks
     from coordinator.ops.redis_client import make_redis
 
+    # The keys `serve` uses: on the embedded default, its key file unless the variable is set.
+    key_file = use_key_file(data_dir) if uses_embedded() else None
     app = Flask("coordinator")
     load_config(app)
     config = dict(app.config)
@@ -201,7 +198,7 @@ def doctor(data_dir: Path) -> None:
         config["REDIS_URL"] = f"unix://{socket_path}"
         if not socket_path.exists():
             factory = None
-    results = checks.run(config, factory)
+    results = checks.run(config, factory, key_file[0] if key_file else None)
     for check in results:
         click.echo(check.line())
     failed = [check for check in results if not check.ok]

@@ -91,8 +91,6 @@ def attach_to_serve(data_dir: Path) -> None:
     """
     if not uses_embedded():
         return
-    from coordinator.systems import secrets
-
     socket_path = embedded_socket(data_dir)
     if not socket_path.exists():
         raise click.ClickException(
@@ -100,6 +98,31 @@ def attach_to_serve(data_dir: Path) -> None:
             "start it (or pass its --data-dir), or set INVOICE_SYNC_REDIS_URL"
         )
     os.environ["INVOICE_SYNC_REDIS_URL"] = f"unix://{socket_path}"
-    key_file = data_dir.resolve() / secrets.KEY_FILE_NAME
-    if not os.environ.get("INVOICE_SYNC_SECRET_KEYS") and key_file.exists():
-        os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(secrets.read_key_file(key_file))
+    use_key_file(data_dir)
+
+
+def use_key_file(data_dir: Path, *, create: bool = False) -> tuple[Path, bool] | None:
+    """Without INVOICE_SYNC_SECRET_KEYS, take the WHMCS-secret keys from the data dir's key file.
+
+    The one resolution every command shares, so ``serve`` and the commands that reach it (and
+    ``doctor``, which checks what they would use) see the same keys: an explicit
+    INVOICE_SYNC_SECRET_KEYS always wins; otherwise ``<data_dir>/secret-keys``, which ``serve``
+    creates (0600) on first start (``create=True``) and the others only read. The keys go into
+    this process's environment, so gunicorn and RQ workers inherit them.
+
+    Returns:
+        The key file and whether it was just created, or None when it is not used.
+    """
+    from coordinator.systems import secrets
+
+    if os.environ.get("INVOICE_SYNC_SECRET_KEYS"):
+        return None
+    path = data_dir.resolve() / secrets.KEY_FILE_NAME
+    if create:
+        found, created = secrets.load_or_create_key_file(path)
+    elif path.exists():
+        found, created = secrets.read_key_file(path), False
+    else:
+        return None
+    os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(found)
+    return path, created
