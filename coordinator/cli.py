@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import click
 
 from coordinator import auth
+from coordinator.demo import DEMO_DURATION
 from coordinator.forecaster.cli import register as _register_forecaster
 from coordinator.ops.datadir import (
     attach_to_serve,
@@ -41,7 +43,32 @@ def ensure_admin_token(client, data_dir: Path) -> str | None:
     return token
 
 
-@click.group()
+class _Group(click.Group):
+    """A command group whose list shows each command's first sentence whole, never cut.
+
+    click shortens the list's descriptions to the terminal width with "...", mid-sentence;
+    here the first sentence is wrapped onto more lines instead. Subgroups are of this class too.
+    """
+
+    group_class = type  # click: subgroups made with @group.group() use this same class
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=sys.maxsize)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+ENVVAR_PREFIX = "INVOICE_SYNC"
+"""Every option without an explicit ``envvar=`` reads ``INVOICE_SYNC_<COMMAND>_<OPTION>``
+(click's ``auto_envvar_prefix``: e.g. ``INVOICE_SYNC_SYNC_FULL``, ``INVOICE_SYNC_REPORT_BY``)."""
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": ENVVAR_PREFIX})
 @click.version_option(package_name="invoice-sync")
 def main() -> None:
     """invoice-sync coordinator: one numbering and one revenue view for many WHMCS."""
@@ -57,7 +84,7 @@ def main() -> None:
               envvar="INVOICE_SYNC_SYNC_WORKER",
               help="Also run an RQ sync worker with the daily scheduler as a child process.")
 def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool) -> None:
-    """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
+    """Run the coordinator (gunicorn), on an embedded Valkey unless a Redis URL is set."""
     data_dir = data_dir.resolve()
     # First of all: a second serve on this data dir must exit before it touches anything.
     hold_data_dir(data_dir)
@@ -160,7 +187,7 @@ def token() -> None:
 
 
 @token.command("create-admin")
-@click.option("--label", default="admin", show_default=True)
+@click.option("--label", default="admin", show_default=True, envvar="INVOICE_SYNC_TOKEN_LABEL")
 @data_dir_option
 def create_admin(label: str, data_dir: Path) -> None:
     """Create an admin token in the configured Redis and print it once."""
@@ -208,15 +235,15 @@ def doctor(data_dir: Path) -> None:
     click.echo("all checks passed")
 
 
-@main.command()
-@click.option("--keep", is_flag=True, help="Keep the temporary data dir (logs, journals).")
-def demo(keep: bool) -> None:
-    """Show three WHMCS installations sharing one numbering (about a minute, all local).
+@main.command(help=f"""Show three WHMCS installations sharing one numbering ({DEMO_DURATION}).
 
-    Starts `invoice-sync serve` on a free port in a temporary dir, three fake WHMCS
+    All local: starts `invoice-sync serve` on a free port in a temporary dir, three fake WHMCS
     installations (blue EUR, red USD, orange GBP), registers them, runs one agent poller per
     installation at once, prints the ledger and what each WHMCS holds, and cleans up.
-    """
+    """)
+@click.option("--keep", is_flag=True, envvar="INVOICE_SYNC_DEMO_KEEP",
+              help="Keep the temporary data dir (logs, journals).")
+def demo(keep: bool) -> None:
     from coordinator.demo.run import DemoError, run_demo
 
     try:
