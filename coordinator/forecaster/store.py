@@ -21,7 +21,9 @@ import redis
 from agent import WhmcsInvoice
 from coordinator import keys
 from coordinator.forecaster import defaults, money
-from coordinator.forecaster._lua import script
+from coordinator.lua import LuaScript
+
+_UPSERT = LuaScript.load(__package__, "upsert")
 
 MAX_MINOR = 10**12
 """Largest amount (in minor units) one invoice may carry: ten billion euros. upsert.lua sums a
@@ -161,7 +163,6 @@ def write_records(client: redis.Redis, system: str, records: Mapping[int, str]) 
     """Store encoded records (``""`` deletes), ``UPSERT_BATCH`` per atomic script call."""
     if not records:
         return UpsertResult(currencies=client.hlen(keys.sys_currencies(system)))
-    upsert_script = script(client, "upsert")
     total = UpsertResult()
     items = list(records.items())
     for i in range(0, len(items), defaults.UPSERT_BATCH):
@@ -171,7 +172,7 @@ def write_records(client: redis.Redis, system: str, records: Mapping[int, str]) 
         for invoice_id, record in items[i : i + defaults.UPSERT_BATCH]:
             data = record.encode()
             parts.append(b"%d|%d|%b" % (int(invoice_id), len(data), data))
-        result = upsert_script(keys=_upsert_keys(system), args=[b"".join(parts)])
+        result = _UPSERT(client, keys=_upsert_keys(system), args=[b"".join(parts)])
         total += UpsertResult(*(int(x) for x in result))
     return total
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
 
 from coordinator import keys
 from coordinator.exceptions import NotFound
+from coordinator.lua import LuaScript
 
 SYNC_FAILED = "sync_failed"
 MIXED_CURRENCIES = "mixed_currencies"
@@ -26,9 +25,7 @@ TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSIN
 """Warning types the forecaster raises (other parts of the coordinator may add theirs)."""
 
 
-@cache
-def _source() -> str:
-    return resources.files(__package__).joinpath("raise.lua").read_text()
+_RAISE = LuaScript.load(__package__, "raise")
 
 
 def warning_id(kind: str, system: str | None = None, detail: str | None = None) -> str:
@@ -49,7 +46,8 @@ def raise_warning(
     """Record a warning (or one more occurrence of it); return its id."""
     now = now or dt.datetime.now(dt.UTC)
     wid = warning_id(kind, system, detail)
-    client.register_script(_source())(
+    _RAISE(
+        client,
         keys=[keys.warning(wid), keys.WARNINGS],
         args=[wid, kind, system or "", message, code or "",
               now.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{now.timestamp():.3f}"],
