@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.exceptions import NotFound
 from coordinator.lua import LuaScript
 
@@ -44,13 +45,13 @@ def raise_warning(
     now: dt.datetime | None = None,
 ) -> str:
     """Record a warning (or one more occurrence of it); return its id."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     wid = warning_id(kind, system, detail)
     _RAISE(
         client,
         keys=[keys.warning(wid), keys.WARNINGS],
         args=[wid, kind, system or "", message, code or "",
-              now.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{now.timestamp():.3f}"],
+              iso(now), f"{now.timestamp():.3f}"],
     )
     return wid
 
@@ -92,11 +93,10 @@ def ack(client: redis.Redis, wid: str, now: dt.datetime | None = None) -> dict[s
     Raises:
         NotFound: no such warning.
     """
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     if not client.exists(keys.warning(wid)):
         raise NotFound(f"No warning {wid!r}")
-    client.hset(keys.warning(wid), mapping={"acked": "1",
-                                            "acked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    client.hset(keys.warning(wid), mapping={"acked": "1", "acked_at": iso(now)})
     return get(client, wid)
 
 
