@@ -69,7 +69,8 @@ ENVVAR_PREFIX = "INVOICE_SYNC"
 
 
 @click.group(cls=_Group, context_settings={"auto_envvar_prefix": ENVVAR_PREFIX})
-@click.version_option(package_name="invoice-sync")
+# Not from INVOICE_SYNC_VERSION: a deployment may well set that name for its own purposes.
+@click.version_option(package_name="invoice-sync", allow_from_autoenv=False)
 def main() -> None:
     """invoice-sync coordinator: one numbering and one revenue view for many WHMCS."""
 

@@ -75,6 +75,12 @@ def test_automatic_variable_reaches_a_forecaster_option(monkeypatch):
     assert result.exit_code == 2 and "'nonsense' is not one of" in result.output
 
 
+def test_version_is_not_taken_from_the_environment():
+    result = CliRunner().invoke(main, ["secrets", "generate-key"],
+                                env={"INVOICE_SYNC_VERSION": "1.2.3"})
+    assert result.exit_code == 0 and "version" not in result.output
+
+
 def test_demo_duration_is_the_same_in_help_and_readme():
     section = Path(ROOT / "README.md").read_text().partition("\n## Demo\n")[2]
     section = section.partition("\n## ")[0]
