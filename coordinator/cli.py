@@ -88,7 +88,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
     """Run the coordinator (gunicorn), on an embedded Valkey unless a Redis URL is set."""
     data_dir = data_dir.resolve()
     # First of all: a second serve on this data dir must exit before it touches anything.
-    hold_data_dir(data_dir)
+    lock = hold_data_dir(data_dir)
     # Before anything imports prometheus_client (the app does): workers share this directory
     # for their metrics, and a previous run's files would otherwise be summed in.
     prepare_dir(data_dir / "metrics")
@@ -99,7 +99,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
     embedded = None
     child = None
     if uses_embedded():
-        embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
+        embedded = ValkeyServer(data_dir / "valkey", unixsocket=True, keep_fds=(lock,)).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
         click.echo(f"embedded Valkey: {embedded.url} (AOF, appendfsync always)", err=True)
     try:

@@ -39,36 +39,60 @@ class DataDirInUse(click.ClickException):
     exit_code = EXIT_DATA_DIR_IN_USE
 
 
-def hold_data_dir(data_dir: Path) -> None:
+def hold_data_dir(data_dir: Path) -> int:
     """Take the data dir for this process, for its whole life, or fail without touching it.
 
     One ``serve`` per data dir: a second one would start its own Valkey on the same socket and
     AOF and, on its way out, remove the socket the first one serves on. The lock is an exclusive
-    ``flock`` on ``<data_dir>/serve.lock``; the kernel drops it when the process (and the
-    gunicorn workers that inherit it) ends, however it ends, so a crash leaves no stale lock.
+    ``flock`` on ``<data_dir>/serve.lock``; the kernel drops it when the last process holding the
+    descriptor ends, however it ends, so a crash leaves no stale lock. ``serve`` passes the
+    descriptor to its Valkey too: a Valkey left running by a killed ``serve`` still holds the
+    data dir, and no second Valkey is started on its AOF.
+
+    Returns:
+        The lock's descriptor (to pass to children that must hold the data dir as well).
 
     Raises:
-        DataDirInUse: another process holds the lock (the message names its pid).
+        DataDirInUse: another process holds the lock (the message names it).
     """
     global _held_lock
     if _held_lock is not None:
-        return
+        return _held_lock
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / LOCK_FILE_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
         os.close(fd)
-        raise DataDirInUse(
-            f"{data_dir} is in use by another `invoice-sync serve` (pid {holder}); "
-            "stop that one first, or give this one another --data-dir"
-        ) from None
+        raise DataDirInUse(_in_use_message(data_dir, holder)) from None
     # Only the holder writes: a refused process leaves the file as it found it.
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode("ascii"))
     _held_lock = fd
+    return fd
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _in_use_message(data_dir: Path, holder: str) -> str:
+    message = f"{data_dir} is in use by another `invoice-sync serve` (pid {holder or 'unknown'})"
+    if holder and not _alive(holder):
+        # That serve was killed, but the Valkey it started (which holds the lock too) was not.
+        pid_file = data_dir / "valkey" / "valkey.pid"
+        valkey = pid_file.read_text().strip() if pid_file.exists() else "unknown"
+        return (f"{message}, which is gone, but its embedded Valkey (pid {valkey}) still runs: "
+                "stop that Valkey (it flushes its AOF on SIGTERM), then start serve again")
+    return f"{message}; stop that one first, or give this one another --data-dir"
 
 
 def uses_embedded() -> bool:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 import requests
 
@@ -68,3 +75,66 @@ def test_data_dir_is_free_again_after_serve_exits(tmp_path):
     for _ in range(2):  # the kernel drops the lock with the process: no stale lock file
         with Serve(data_dir, port) as serve:
             port = serve.port
+
+
+def test_valkey_left_by_a_killed_serve_still_holds_the_data_dir(tmp_path):
+    data_dir = tmp_path / "data"
+    first = Serve(data_dir).wait_ready()
+    valkey_pid = int((data_dir / "valkey" / "valkey.pid").read_text())
+    try:
+        workers = set(_children(first.process.pid)) - {valkey_pid}
+        assert workers  # gunicorn's workers: they hold the lock too until they notice and exit
+        first.process.kill()  # SIGKILL: serve cannot stop its Valkey, which runs on (own session)
+        first.process.wait(30)
+        _wait_gone(workers)
+        assert _running(valkey_pid)  # still there, with the AOF open
+        second = Serve(data_dir)
+        try:
+            code = second.process.wait(30)
+        finally:
+            second.stop()
+        assert code == EXIT_DATA_DIR_IN_USE, second.output()
+        assert (f"(pid {first.process.pid}), which is gone, but its embedded Valkey "
+                f"(pid {valkey_pid}) still runs" in " ".join(second.output().split()))
+        assert _running(valkey_pid)  # and it was left alone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(valkey_pid, signal.SIGTERM)
+    # Once that Valkey (and the killed serve's gunicorn workers) are gone, the data dir is free.
+    _wait_lock_free(data_dir / LOCK_FILE_NAME)
+    with Serve(data_dir):
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a slow init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: set[int]) -> None:
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"{pids} did not exit"
+        time.sleep(0.05)
+
+
+def _wait_lock_free(path) -> None:
+    deadline = time.monotonic() + 30
+    with path.open("rb") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the data dir lock was never released"
+                time.sleep(0.05)
+            else:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
