@@ -45,15 +45,9 @@ def test_second_serve_on_same_data_dir_exits_and_leaves_the_first_working(tmp_pa
         metrics = sorted(p.name for p in (data_dir / "metrics").iterdir())
 
         # The same port too, as a user repeating the command would (this is how it broke).
-        second = Serve(data_dir, first.port)
-        try:
-            code = second.process.wait(30)
-        finally:
-            second.stop()
-        assert code == EXIT_DATA_DIR_IN_USE, second.output()
-        assert (f"is in use by another `invoice-sync serve` (pid {first.process.pid})"
-                in second.output())
-        assert "embedded Valkey" not in second.output()  # it started none
+        output = _refused(data_dir, first.port)
+        assert f"is in use by another `invoice-sync serve` (pid {first.process.pid})" in output
+        assert "embedded Valkey" not in output  # it started none
 
         # It touched nothing: the same socket file, Valkey's config/log/pid, the metrics files.
         assert socket_path.stat().st_ino == socket_inode
@@ -88,14 +82,9 @@ def test_valkey_left_by_a_killed_serve_still_holds_the_data_dir(tmp_path):
         first.process.wait(30)
         _wait_gone(workers)
         assert _running(valkey_pid)  # still there, with the AOF open
-        second = Serve(data_dir)
-        try:
-            code = second.process.wait(30)
-        finally:
-            second.stop()
-        assert code == EXIT_DATA_DIR_IN_USE, second.output()
+        output = " ".join(_refused(data_dir).split())
         assert (f"(pid {first.process.pid}), which is gone, but its embedded Valkey "
-                f"(pid {valkey_pid}) still runs" in " ".join(second.output().split()))
+                f"(pid {valkey_pid}) still runs" in output)
         assert _running(valkey_pid)  # and it was left alone
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -104,6 +93,17 @@ def test_valkey_left_by_a_killed_serve_still_holds_the_data_dir(tmp_path):
     _wait_lock_free(data_dir / LOCK_FILE_NAME)
     with Serve(data_dir):
         pass
+
+
+def _refused(data_dir: Path, port: int | None = None) -> str:
+    """Start another serve on ``data_dir``; assert it exits as refused; return its output."""
+    second = Serve(data_dir, port)
+    try:
+        code = second.process.wait(30)
+    finally:
+        second.stop()
+    assert code == EXIT_DATA_DIR_IN_USE, second.output()
+    return second.output()
 
 
 def _children(pid: int) -> list[int]:
