@@ -88,7 +88,7 @@ def run_hook(
     ids: list[int],
     **settings: str,
 ) -> dict[str, Any]:
-    state = tmp_path / "tblinvoices.json"
+    state = tmp_path / "tblinvoices.json"  # the WHMCS database the hook reads and writes
     state.write_text(json.dumps(invoices))
     env = {**os.environ, "INVOICE_SYNC_SIDECAR": sidecar, **settings}
     result = subprocess.run(
@@ -186,3 +186,47 @@ def test_over_a_unix_socket(tmp_path: Path, coordinator: FakeCoordinator) -> Non
         assert process.stop() == 0
     assert [i["invoicenum"] for i in out["invoices"]] == ["INV-2026-000001", "INV-2026-000002"]
     assert out["log"] == []
+
+
+def test_a_number_written_by_someone_else_while_the_hook_waits_is_kept(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    """The hook read the invoice unnumbered and asked for a number; while it waited, an admin
+    (or WHMCS's own numbering) wrote one. The hook must not overwrite it, and must void the
+    number it got, with the reason, so the ledger explains the gap."""
+    state = tmp_path / "tblinvoices.json"
+
+    def admin_numbers_invoice_20(allocation: dict[str, Any]) -> None:
+        rows = json.loads(state.read_text())
+        rows[0]["invoicenum"] = "ADMIN-0007"
+        state.write_text(json.dumps(rows))
+
+    coordinator.on_allocate = admin_numbers_invoice_20
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(20)], [20])
+    assert out["invoices"][0]["invoicenum"] == "ADMIN-0007"  # never overwritten
+    ours = coordinator.allocations["invoice:2026:1"]
+    assert ours["status"] == "void" and "ADMIN-0007" in ours["reason"]
+    assert out["log"] == [
+        "invoice-sync: invoice 20 already had number 'ADMIN-0007'; voided INV-2026-000001"
+    ]
+
+
+def test_a_number_that_went_backwards_is_refused_and_logged_with_both_numbers(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid",
+                   [invoice(21), invoice(22), invoice(23)], [21, 22, 23])
+    assert out["invoices"][2]["invoicenum"] == "INV-2026-000003"
+    with coordinator.lock:  # an old backup of the coordinator restored: it forgot 2 and 3
+        for number, reference in ((2, "22"), (3, "23")):
+            del coordinator.allocations[f"invoice:2026:{number}"]
+            del coordinator.by_reference[("invoice", reference)]
+        coordinator.counters[("invoice", "2026")] = 1
+
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(24)], [24])
+    assert out["invoices"][0]["invoicenum"] == ""  # not written
+    (line,) = out["log"]
+    assert "invoice 24, taking a number failed" in line and "HTTP 409" in line
+    assert "INV-2026-000002 (2)" in line and "already received INV-2026-000003 (3)" in line
+    assert "for invoice 23" in line
+
