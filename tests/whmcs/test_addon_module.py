@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import require_tool
+from tests.support import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "deploy" / "whmcs" / "modules" / "addons" / "invoice_sync"
@@ -34,11 +34,11 @@ YEAR = "2026"
 @pytest.fixture(scope="module", autouse=True)
 def _php() -> None:
     if PHP is None:
-        require_tool("php-cli (apt-get install -y php-cli)")
+        missing_tool("php-cli is not installed (apt-get install -y php-cli); the addon NOT tested")
     curl = subprocess.run([PHP, "-r", "echo function_exists('curl_init') ? 1 : 0;"],
                           capture_output=True, text=True)
     if curl.stdout.strip() != "1":
-        require_tool("php-curl (apt-get install -y php-curl)")
+        missing_tool("php has no curl (apt-get install -y php-curl); the addon NOT tested")
 
 
 def invoice(id: int, total: str = "15.95", invoicenum: str = "", date: str = f"{YEAR}-11-21"):
