@@ -37,6 +37,7 @@ from agent import (
     PollReport,
 )
 from coordinator import keys
+from coordinator.clock import Clock, iso, utcnow
 from coordinator.exceptions import (
     Conflict,
     CoordinatorError,
@@ -44,6 +45,7 @@ from coordinator.exceptions import (
     NotFound,
     ServiceUnavailable,
 )
+from coordinator.forecaster import lock
 from coordinator.numbering import allocation
 from coordinator.numbering.scripts import Durability
 from coordinator.warnings import store as warnings
@@ -73,10 +75,12 @@ class LocalNumbering:
         poller = Poller(LocalNumbering(client, "blue", durability), whmcs, journal)
     """
 
-    def __init__(self, client: redis.Redis, system: str, durability: Durability) -> None:
+    def __init__(self, client: redis.Redis, system: str, durability: Durability,
+                 clock: Clock = utcnow) -> None:
         self.client = client
         self.system = system
         self.durability = durability
+        self.clock = clock
 
     @staticmethod
     def _out(entry: Mapping[str, Any], replay: bool | None = None) -> Allocation:
@@ -90,7 +94,7 @@ class LocalNumbering:
         try:
             entry, new = allocation.allocate(
                 self.client, self.system, document, str(reference),
-                date or dt.datetime.now(dt.UTC).date(), self.durability)
+                date or self.clock().date(), self.durability)
         except CoordinatorError as error:
             raise _agent_error(error) from None
         return self._out(entry, replay=not new)
@@ -145,7 +149,7 @@ def status(client: redis.Redis, system: str) -> dict[str, Any] | None:
 
 def run(
     client: redis.Redis, system: str, config: Mapping[str, Any], *, resolve: Any = None,
-    full: bool = False,
+    full: bool = False, clock: Clock = utcnow,
 ) -> dict[str, Any]:
     """Poll ``system``'s WHMCS now and number what needs it; record and return the outcome.
 
@@ -165,7 +169,7 @@ def run(
     try:
         path = journal_path(config, system)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        numbering = LocalNumbering(client, system, Durability.from_config(config))
+        numbering = LocalNumbering(client, system, Durability.from_config(config), clock)
         try:
             whmcs, _step = (resolve or default_resolver)(client, system, config)
             with Journal(path) as journal:
@@ -176,8 +180,7 @@ def run(
             calls = report.whmcs_calls
         except CoordinatorError as error:  # the system's credentials or URL
             ok, message, numbered, failed, calls = False, f"stopped: {error.message}", 0, 0, 0
-        outcome = {"state": "done" if ok else "failed",
-                   "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        outcome = {"state": "done" if ok else "failed", "at": iso(clock()),
                    "message": message, "numbered": numbered, "failed": failed,
                    "whmcs_calls": calls}
         client.hset(keys.sys_central_poll(system), mapping=outcome)
@@ -190,9 +193,7 @@ def run(
     finally:
         if whmcs is not None and hasattr(whmcs, "close"):
             whmcs.close()
-        # Only our own lock: compare-and-delete in one step.
-        client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                    "return redis.call('DEL', KEYS[1]) end return 0", 1, lock_key, owner)
+        lock.release_owned(client, lock_key, owner)
 
 
 def run_central_poll_job(system: str) -> str:
@@ -213,7 +214,7 @@ class CentralPollFailed(Exception):
     """Raised by a central poll's RQ job that left invoices unnumbered (RQ logs a failed job)."""
 
 
-def due(client: redis.Redis, now: dt.datetime | None = None) -> list[str]:
+def due(client: redis.Redis) -> list[str]:
     """Queue the central poll of each opted-in system whose interval has passed; return them.
 
     Each system's turn is claimed with ``SET NX EX <interval>``, so any number of schedulers

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import missing_tool
+from tests.support import missing_tool, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "deploy" / "whmcs" / "modules" / "addons" / "invoice_sync"
@@ -33,8 +33,7 @@ YEAR = "2026"
 
 @pytest.fixture(scope="module", autouse=True)
 def _php() -> None:
-    if PHP is None:
-        missing_tool("php-cli is not installed (apt-get install -y php-cli); the addon NOT tested")
+    require_tool("php", "php-cli")
     curl = subprocess.run([PHP, "-r", "echo function_exists('curl_init') ? 1 : 0;"],
                           capture_output=True, text=True)
     if curl.stdout.strip() != "1":
