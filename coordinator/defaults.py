@@ -83,3 +83,16 @@ HSTS_SECONDS = 31536000
 SYNC_DAILY_MODE = "full"
 """Mode of the automatic daily sync: ``full`` also picks up invoices paid, cancelled or renumbered
 since the last run (revenue counts Paid invoices); ``missing`` only fetches new invoices."""
+
+UI_SECRET_KEY = None
+"""Key signing the dashboard's session cookie (``/ui/``). Unset: a random key is made once and
+kept in Redis (``ui:secret-key``), so every coordinator process shares it and logins survive
+restarts. Set it (a long random string) to keep it out of Redis; changing it logs everyone out."""
+
+UI_SESSION_SECONDS = 8 * 3600
+"""How long a dashboard login lasts (absolute, not sliding). Revoking the token behind a login,
+or logging out, ends it at once."""
+
+UI_COOKIE_SECURE = True
+"""Send the dashboard's session cookie only over https (``__Host-`` cookie). Browsers treat
+http://localhost as secure too; turn it off only for a plain-http lab on another address."""

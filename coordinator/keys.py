@@ -168,3 +168,18 @@ WARNINGS = "warnings"
 def warning(warning_id: str) -> str:
     """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
     return f"warning:{warning_id}"
+
+
+# --- dashboard ----------------------------------------------------------------------------
+
+UI_SECRET = "ui:secret-key"
+"""String: the random key signing dashboard session cookies (when UI_SECRET_KEY is unset)."""
+
+
+def ui_session(session_digest: str) -> str:
+    """Hash: one dashboard login (``token`` digest, ``kind``, ``created_at``), with a TTL.
+
+    Named by the SHA-256 of the session id the cookie carries, so a Redis dump holds no
+    usable session id; the record holds the token's digest, never the token.
+    """
+    return f"ui:session:{session_digest}"
