@@ -61,6 +61,18 @@ def seq_skips(seq: str, period: str) -> str:
     return f"{{seq:{seq}}}:skips:{period}"
 
 
+def seq_unconfirmed(seq: str, period: str) -> str:
+    """Sorted set: numbers of ``period`` seen still ``issued``, scored by issue time (unix s).
+
+    Kept by ``ops.unconfirmed`` for the metrics; settled numbers leave it when re-checked."""
+    return f"{{seq:{seq}}}:unconfirmed:{period}"
+
+
+def seq_unconfirmed_scan(seq: str, period: str) -> str:
+    """String: the highest number of ``period`` whose status ``ops.unconfirmed`` has looked at."""
+    return f"{{seq:{seq}}}:unconfirmed-scan:{period}"
+
+
 def seq_audit(seq: str) -> str:
     """List: JSON audit records of settings changes (who, when, before, after), oldest first."""
     return f"{{seq:{seq}}}:audit"
@@ -152,6 +164,12 @@ def sys_syncs(name: str) -> str:
 def sys_daily_claim(name: str, day: str) -> str:
     """String: set once by the scheduler that enqueued ``day``'s automatic sync of the system."""
     return f"{{sys:{name}}}:daily:{day}"
+
+
+def sys_sync_stats(name: str) -> str:
+    """Hash: cumulative sync outcomes of a system for metrics: ``done``, ``failed`` (runs),
+    ``invoices`` (fetched), ``seconds`` (summed run time), ``last_seconds``."""
+    return f"{{sys:{name}}}:sync:stats"
 
 
 def sync(sync_id: str) -> str:
