@@ -18,6 +18,8 @@ import redis
 from coordinator import keys
 from coordinator.numbering import sequences
 
+FIRST_PAGE = 64
+"""Entries read first from each period; pages double from there up to :data:`PAGE`."""
 PAGE = 1000
 MAX_ENTRIES = 100_000
 """Entries read at most per overview (about 2,000 numbers an hour for 48 hours)."""
@@ -50,12 +52,12 @@ def per_hour(client: redis.Redis, now: datetime | None = None, hours: int = 48) 
         reset = sequences.read_settings(client, name)["reset"]
         for period in _periods_between(start, now, reset):
             order, ledger = keys.seq_ledger_order(name, period), keys.seq_ledger(name, period)
-            offset = 0
+            offset, size = 0, FIRST_PAGE
             while True:
                 if read >= MAX_ENTRIES:
                     complete = False
                     break
-                numbers = client.zrevrange(order, offset, offset + PAGE - 1)
+                numbers = client.zrevrange(order, offset, offset + size - 1)
                 if not numbers:
                     break
                 read += len(numbers)
@@ -70,8 +72,9 @@ def per_hour(client: redis.Redis, now: datetime | None = None, hours: int = 48) 
                         older = True
                     elif hour in counts:
                         counts[hour] += 1
-                if older or len(numbers) < PAGE:
+                if older or len(numbers) < size:
                     break
-                offset += PAGE
+                offset += size
+                size = min(size * 2, PAGE)
     return {"hours": [h.strftime("%Y-%m-%dT%H:00Z") for h in labels],
             "counts": [counts[h] for h in labels], "complete": complete}

@@ -14,7 +14,6 @@ from coordinator.exceptions import CoordinatorError
 from coordinator.numbering import allocation, ledger, sequences
 from coordinator.numbering.schemas import PERIOD, SequencePatchSchema
 from coordinator.ops.redis_client import get_redis
-from coordinator.systems import registry
 from coordinator.ui import forms
 from coordinator.ui.blueprint import bp, viewer
 
@@ -41,12 +40,17 @@ def _period(name: str) -> str:
 
 
 def find_by_reference(client: redis.Redis, name: str, reference: str) -> list[dict[str, Any]]:
-    """Return the allocations of ``name`` numbering WHMCS document ``reference``, any system."""
-    systems = {s["name"] for s in registry.list_systems(client)}
+    """Return the allocations of ``name`` numbering WHMCS document ``reference``, any system.
+
+    Every system's reference index is looked in, deleted systems' too (their numbers stay in
+    the ledger). The indexes are found with SCAN: a few keys per system, never per invoice.
+    """
+    prefix = keys.seq_refs(name, "", "")[: -len("::")] + ":"
     found = []
-    for system in sorted(systems):
-        for document in sequences.DOCUMENTS:
-            allocation_id = client.hget(keys.seq_refs(name, document, system), reference)
+    for key in sorted(client.scan_iter(match=keys.seq_refs(name, "*", "*"), count=1000)):
+        document, _, system = key[len(prefix):].partition(":")
+        if document in sequences.DOCUMENTS and system:
+            allocation_id = client.hget(key, reference)
             if allocation_id:
                 found.append(allocation.get(client, allocation_id))
     return found
