@@ -59,4 +59,4 @@ def test_counts_every_number_of_a_busy_window_over_several_pages(redis_client, m
         take(redis_client, monkeypatch, NOW - dt.timedelta(minutes=i), f"r{i}")
     result = activity.per_hour(redis_client, now=NOW)
     assert sum(result["counts"]) == 200
-    assert result["counts"][-1] == 91  # 01:30 back to 01:00, minute by minute (i = 0..90)
+    assert result["counts"][-1] == 31  # 01:30 back to 01:00, minute by minute (i = 0..30)
