@@ -68,12 +68,18 @@ def page(browser, request):
     page.outside = []
     page.on("request", lambda request: page.outside.append(request.url)
             if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+    # No script error and no Content-Security-Policy violation on any page.
+    page.errors = []
+    page.on("console", lambda message: page.errors.append(message.text)
+            if message.type == "error" and "status of 4" not in message.text else None)
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
     yield page
     if getattr(request.node, "call_failed", False):
         SCREENSHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"FAILED-{request.node.name}.png"), full_page=True)
     context.close()
     assert page.outside == []
+    assert page.errors == []
 
 
 @pytest.fixture
