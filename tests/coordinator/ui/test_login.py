@@ -105,3 +105,26 @@ def test_open_redirect_after_login_is_refused(dashboard, admin_token):
 def test_api_requests_get_no_session_cookie(client, admin):
     response = client.get("/v1/systems", headers=admin, base_url=BASE)
     assert "Set-Cookie" not in response.headers
+
+
+def test_a_tampered_cookie_is_no_login(as_admin, client):
+    cookie = client.get_cookie("__Host-invoice-sync-ui", domain="coordinator.test")
+    payload, _, signature = cookie.value.partition(".")
+    forged = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + signature
+    client.set_cookie("__Host-invoice-sync-ui", forged, domain="coordinator.test")
+    assert as_admin.get("/ui/").status_code == 303
+
+
+def test_logging_in_starts_a_new_session(dashboard, admin_token, redis_client):
+    dashboard.login(admin_token)
+    first = set(redis_client.scan_iter("ui:session:*"))
+    dashboard.login(admin_token)  # again, from the same browser
+    second = set(redis_client.scan_iter("ui:session:*"))
+    assert len(first) == len(second) == 1 and first != second  # the old one was ended
+
+
+def test_a_form_posted_from_another_site_is_refused(as_admin, redis_client):
+    response = as_admin.post("/ui/warnings/ack", {"id": "x"}, page="/ui/warnings",
+                             headers={"Referer": "https://evil.example/page"})
+    assert response.status_code == 400
+    assert "referrer does not match" in response.get_data(as_text=True).lower()

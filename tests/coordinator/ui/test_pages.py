@@ -159,3 +159,12 @@ def test_pages_send_a_strict_content_security_policy(as_admin):
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_auditors_do_not_see_api_identifiers(as_admin, client, auditor_token):
+    register(as_admin)
+    assert "ident" in as_admin.get("/ui/systems/blue").get_data(as_text=True)
+    as_admin.post("/ui/logout", page="/ui/")
+    assert as_admin.login(auditor_token).status_code == 303
+    page = as_admin.get("/ui/systems/blue").get_data(as_text=True)
+    assert "shown to admins only" in page and ">ident<" not in page
