@@ -14,6 +14,7 @@ import requests
 
 from coordinator import auth, keys
 from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
+from coordinator.forecaster import jobs
 from tests.browser.conftest import Gate
 
 pytestmark = pytest.mark.integration
@@ -261,8 +262,13 @@ def test_auditor_sees_everything_and_can_change_nothing(page, shot, live_coordin
         return (await fetch('/ui/systems/red/delete', {method: 'POST', body})).status; }""")
     assert status == 403
     assert redis_client.sismember(keys.SYSTEMS, "red")
-    # Revoking the token logs the browser out on its next click.
+    # Revoking the token ends the login at once: the sync page polling in the background
+    # (a sync waiting for a worker) lands on the login page by itself.
+    queued = jobs.request_sync(redis_client, "red", "missing")
+    page.goto(f"{live.url}/ui/syncs/{queued['id']}")
+    assert page.locator("#sync-progress").get_attribute("data-state") == "queued"
     redis_client.hdel(keys.TOKENS, auth.digest(token))
+    page.wait_for_url(re.compile(r".*/ui/login\?next=.*"))
     page.goto(live.url + "/ui/")
     assert "/ui/login" in page.url
 

@@ -36,6 +36,12 @@
     });
   }
 
+  // A progress poll answered 401 means the login ended (token revoked, logged out elsewhere):
+  // reload, which lands on the login page instead of a bar that silently stops.
+  document.addEventListener("htmx:responseError", function (event) {
+    if (event.detail.xhr && event.detail.xhr.status === 401) window.location.reload();
+  });
+
   var palette = ["#14508c", "#c1550b", "#2a7f3e", "#8e2c8e", "#6b5b00", "#0b7285", "#a4161a"];
 
   function activityChart() {
