@@ -47,7 +47,7 @@ class RedisStateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             yield from self._systems()
-            yield self._unconfirmed()
+            yield from self._unconfirmed()
         except redis.RedisError as error:
             # /metrics must answer when Redis does not; invoice_sync_redis_durable says 0.
             log.warning("Redis-derived metrics skipped: %s", type(error).__name__)
@@ -86,12 +86,19 @@ class RedisStateCollector(Collector):
             invoices.add_metric([name], int(stats.get("invoices", 0)))
         yield from (last, runs, durations, invoices)
 
-    def _unconfirmed(self) -> Metric:
+    def _unconfirmed(self) -> Iterator[Metric]:
         grace = int(self.config["UNCONFIRMED_GRACE_SECONDS"])
         metric = GaugeMetricFamily(
             "invoice_sync_unconfirmed_past_grace",
             "Numbers issued more than UNCONFIRMED_GRACE_SECONDS ago and neither confirmed "
             "nor voided (WHMCS may never have received them).", labels=["series", "sequence"])
-        for sequence, count in unconfirmed.refresh(self.client, grace).items():
+        backlog = GaugeMetricFamily(
+            "invoice_sync_unconfirmed_backlog",
+            "Ledger entries the unconfirmed-number index has not looked at yet (non-zero only "
+            "while it catches up with a long ledger; the count above may be low until then).",
+            labels=["series", "sequence"])
+        for sequence, (count, left) in unconfirmed.refresh_with_backlog(self.client,
+                                                                         grace).items():
             metric.add_metric([SERIES, sequence], count)
-        return metric
+            backlog.add_metric([SERIES, sequence], left)
+        yield from (metric, backlog)

@@ -39,20 +39,34 @@ def _epoch(stamp: str) -> float:
 
 def refresh(client: redis.Redis, grace_seconds: int, now: datetime | None = None) -> dict[str, int]:
     """Bring the index up to date; return unconfirmed-past-grace counts per sequence."""
+    return {name: count for name, (count, _) in refresh_with_backlog(
+        client, grace_seconds, now).items()}
+
+
+def refresh_with_backlog(
+    client: redis.Redis, grace_seconds: int, now: datetime | None = None
+) -> dict[str, tuple[int, int]]:
+    """Like :func:`refresh`, also returning per sequence the numbers not yet looked at.
+
+    The backlog is non-zero only while the index catches up with a long ledger (the first
+    scrapes after an upgrade): until then the count may be too low, and says so.
+    """
     now = now or datetime.now(UTC)
     cutoff = now.timestamp() - grace_seconds
     budget = SCAN_BUDGET
-    counts: dict[str, int] = {}
+    found: dict[str, tuple[int, int]] = {}
     for name in sequences.SEQUENCES:
-        counts[name] = 0
+        count = backlog = 0
         for period in ledger.periods(client, name):
-            budget = _scan(client, name, period, budget)
-            counts[name] += _recheck(client, name, period, cutoff)
-    return counts
+            budget, left = _scan(client, name, period, budget)
+            backlog += left
+            count += _recheck(client, name, period, cutoff)
+        found[name] = (count, backlog)
+    return found
 
 
-def _scan(client: redis.Redis, name: str, period: str, budget: int) -> int:
-    """Look at the numbers issued since the cursor; return the budget left."""
+def _scan(client: redis.Redis, name: str, period: str, budget: int) -> tuple[int, int]:
+    """Look at the numbers issued since the cursor; return the budget and numbers left."""
     cursor_key = keys.seq_unconfirmed_scan(name, period)
     cursor = int(client.get(cursor_key) or 0)
     while budget > 0:
@@ -68,7 +82,9 @@ def _scan(client: redis.Redis, name: str, period: str, budget: int) -> int:
                 pipe.zadd(keys.seq_unconfirmed(name, period), issued)
             pipe.set(cursor_key, cursor)
             pipe.execute()
-    return budget
+    if budget > 0:
+        return budget, 0
+    return 0, client.zcount(keys.seq_ledger_order(name, period), f"({cursor}", "+inf")
 
 
 def _recheck(client: redis.Redis, name: str, period: str, cutoff: float) -> int:

@@ -72,13 +72,13 @@ def test_each_refresh_reads_a_bounded_number_of_entries(redis_client, monkeypatc
     monkeypatch.setattr(ledger, "list_ledger", lambda *a, **k: read.append(
         len(result := original(*a, **k))) or result)
     when = later(GRACE + 60)
-    counts = []
+    found = []
     for _ in range(4):
         read.clear()
-        counts.append(unconfirmed.refresh(redis_client, GRACE, now=when)["invoice"])
+        found.append(unconfirmed.refresh_with_backlog(redis_client, GRACE, now=when)["invoice"])
         assert sum(read) <= 10
-    # The index catches up over scrapes: 10, 20, then all 25.
-    assert counts == [10, 20, 25, 25] and oracle(redis_client, when) == 25
+    # The index catches up over scrapes (10, 20, then all 25) and says how far behind it is.
+    assert found == [(10, 15), (20, 5), (25, 0), (25, 0)] and oracle(redis_client, when) == 25
 
 
 def test_settled_numbers_leave_the_index(redis_client):
