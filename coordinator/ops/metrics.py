@@ -117,7 +117,8 @@ def render(state: Any = None) -> tuple[bytes, str]:
 
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @blp.doc(responses={200: {"description": "Prometheus text exposition format"}})
+    @blp.doc(responses={200: {"description": "Prometheus text exposition format", "content": {
+        "text/plain": {"schema": {"type": "string"}}}}})
     def get(self):
         """Expose the metrics in the Prometheus text format."""
         from flask import current_app
