@@ -7,6 +7,7 @@ CSRF-checked (Flask-WTF), and only admins may post anything but logout (auditors
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,15 @@ OPEN_ENDPOINTS = frozenset({"ui.static", "ui.login", "ui.login_post"})
 
 READ_ONLY_POSTS = frozenset({"ui.logout"})
 """Posts an auditor may make: they change nothing of the business's data."""
+
+ADMIN_ONLY = "_ui_admin_only"
+"""Attribute :func:`admin_only` sets on a view."""
+
+
+def admin_only(view: Callable) -> Callable:
+    """Mark a page as admins' only: auditors get 403, as from the API it stands for."""
+    setattr(view, ADMIN_ONLY, True)
+    return view
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -53,7 +63,12 @@ def _guard() -> Any:
     if request.method not in ("GET", "HEAD"):
         csrf.protect()
         if not viewer.can_change and request.endpoint not in READ_ONLY_POSTS:
-            raise Forbidden("An auditor's login can read everything and change nothing.")
+            raise Forbidden("An auditor's login reads; it changes nothing.")
+    elif not viewer.can_change and getattr(current_app.view_functions.get(request.endpoint),
+                                           ADMIN_ONLY, False):
+        raise Forbidden("The systems registry (WHMCS addresses, API identifiers, sync "
+                        "details) is for admins, as in the API; the overview shows each "
+                        "system's last sync.")
     return None
 
 

@@ -22,11 +22,8 @@ from flask.sessions import SecureCookieSessionInterface
 
 from coordinator import auth, keys
 
-AUDITOR = getattr(auth, "AUDITOR", "auditor")
-"""The read-only role (``coordinator.auth.AUDITOR`` once the token roles land)."""
-
-ROLES = (auth.ADMIN, AUDITOR)
-"""Roles that may log in to the dashboard (agent tokens may not)."""
+ROLES = auth.READERS
+"""Roles that may log in to the dashboard: admin and auditor (agent tokens may not)."""
 
 PREFIX = "/ui"
 SESSION_ID = "sid"
@@ -47,8 +44,8 @@ class Viewer:
 
     @property
     def actor(self) -> str:
-        """How records name this viewer, as the API does: ``admin:<digest prefix>``."""
-        return f"{self.kind}:{self.token_digest[:12]}"
+        """How records name this viewer, as the API does: ``admin:<token id>``."""
+        return f"{self.kind}:{auth.token_id(self.token_digest)}"
 
 
 def secret_key(app: Flask, client: redis.Redis) -> str:

@@ -25,9 +25,13 @@ def login_post():
     app = current_app._get_current_object()
     client = get_redis()
     error = None
+    # Tokens of the previous release move to their new place first (idempotent, as the API's
+    # first lookup does it); failed logins count against this address, like failed API calls.
+    auth.migrate_legacy(client)
     try:
         principal = auth.authenticate(client, f"Bearer {token}", app.config.get("ADMIN_TOKEN"),
-                                      app.extensions.get(ratelimit.EXTENSION))
+                                      app.extensions.get(ratelimit.EXTENSION),
+                                      request.remote_addr or "")
     except RateLimited as refused:
         error, status = refused.message, 429
     except AuthError:

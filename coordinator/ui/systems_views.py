@@ -1,5 +1,8 @@
 """Systems: list, register (token shown once), edit (secrets write-only), rotate the agent token,
-delete with a typed confirmation, and start a sync whose progress the page follows."""
+delete with a typed confirmation, and start a sync whose progress the page follows.
+
+Admins only, reading included: the API keeps the systems registry from auditors too.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from coordinator.systems.api import get_fernet
 from coordinator.systems.schemas import SystemCreateSchema, SystemPatchSchema
 from coordinator.systems.urls import UrlPolicy
 from coordinator.ui import forms
-from coordinator.ui.blueprint import bp, status_of
+from coordinator.ui.blueprint import admin_only, bp, status_of
 from coordinator.ui.overview import age, systems_with_syncs
 
 _CREATE = SystemCreateSchema()
@@ -56,6 +59,7 @@ def _list_page(status: int = 200, **context: Any):
 
 
 @bp.get("/systems")
+@admin_only
 def systems():
     """List the systems, with the registration form for admins."""
     return _list_page()
@@ -94,6 +98,7 @@ def _detail_page(name: str, status: int = 200, **context: Any):
 
 
 @bp.get("/systems/<name>")
+@admin_only
 def system(name: str):
     """Show one system: settings (secrets only as set/not set), syncs, and the admin's forms."""
     return _detail_page(name)
@@ -159,12 +164,14 @@ def _sync_or_404(sync_id: str) -> dict[str, Any]:
 
 
 @bp.get("/syncs/<sync_id>")
+@admin_only
 def sync(sync_id: str):
     """Show a sync's progress; the bar polls until the sync is done or failed."""
     return render_template("sync.html", sync=_sync_or_404(sync_id), fixes=FIXES)
 
 
 @bp.get("/syncs/<sync_id>/progress")
+@admin_only
 def sync_progress(sync_id: str):
     """Return the progress fragment (htmx swaps it in every second while the sync runs)."""
     return render_template("_sync_progress.html", sync=_sync_or_404(sync_id), fixes=FIXES)

@@ -3,13 +3,12 @@ client (https, so the Secure ``__Host-`` cookie is kept, as a browser keeps it).
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 from cryptography.fernet import Fernet
 
-from coordinator import auth, keys
+from coordinator import auth
 
 BASE = "https://coordinator.test"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -56,10 +55,8 @@ def dashboard(client) -> Dashboard:
 
 @pytest.fixture
 def auditor_token(redis_client) -> str:
-    """An auditor token, stored as the token-roles work stores it."""
-    token = "isu_" + auth.new_token(auth.ADMIN)[4:]
-    redis_client.hset(keys.TOKENS, auth.digest(token), json.dumps({"kind": "auditor"}))
-    return token
+    """An auditor token, created as ``invoice-sync token create --role auditor`` does."""
+    return auth.create_token(redis_client, auth.AUDITOR, "tax advisor", "test")[1]
 
 
 @pytest.fixture

@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from coordinator import auth, keys
 from tests.coordinator.ui.conftest import BASE
+from tests.support import snapshot
 
 pytestmark = pytest.mark.integration
 
-PAGES = ["/ui/", "/ui/systems", "/ui/numbering", "/ui/numbering/invoice/ledger",
-         "/ui/numbering/invoice/gaps", "/ui/revenue", "/ui/revenue.csv", "/ui/warnings"]
+READER_PAGES = ["/ui/", "/ui/numbering", "/ui/numbering/invoice/ledger",
+                "/ui/numbering/invoice/gaps", "/ui/revenue", "/ui/revenue.csv", "/ui/warnings"]
+ADMIN_PAGES = ["/ui/systems", "/ui/systems/blue", "/ui/syncs/abc", "/ui/syncs/abc/progress"]
+PAGES = READER_PAGES + ["/ui/systems"]
+OPEN = {"/ui/login", "/ui/static/<path:filename>"}
 
 
-@pytest.mark.parametrize("path", PAGES + ["/ui/systems/blue", "/ui/syncs/abc"])
-def test_no_page_without_login(dashboard, path):
-    response = dashboard.get(path)
-    assert response.status_code == 303
-    assert response.headers["Location"].startswith("/ui/login?next=")
+def dashboard_routes(app) -> list[tuple[str, str]]:
+    """Every (method, rule) under /ui/, including routes added after these tests."""
+    return sorted((method, rule.rule) for rule in app.url_map.iter_rules()
+                  if rule.rule.startswith("/ui/")
+                  for method in rule.methods - {"HEAD", "OPTIONS"})
+
+
+def concrete(rule: str) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", "blue", rule)
+
+
+def test_no_dashboard_route_without_login(app, dashboard, valkey):
+    """Holds for every route under /ui/, including ones added after this test was written."""
+    routes = dashboard_routes(app)
+    assert len(routes) > 15
+    dashboard.get("/ui/login")  # the cookie-signing key is made on the first visit
+    before = snapshot(valkey.url)
+    for method, rule in routes:
+        if rule in OPEN:
+            continue
+        response = dashboard.client.open(concrete(rule), method=method, base_url=BASE)
+        assert response.status_code == 303, (method, rule)
+        assert response.headers["Location"].startswith("/ui/login?next="), (method, rule)
+    assert snapshot(valkey.url) == before
 
 
 def test_admin_logs_in_and_sees_every_page(as_admin):
@@ -54,6 +79,13 @@ def test_revoking_the_token_ends_the_login_at_once(as_admin, admin_token, redis_
     assert as_admin.get("/ui/").status_code == 303
 
 
+def test_revoking_through_the_token_api_ends_an_auditor_login(as_auditor, auditor_token,
+                                                              redis_client):
+    assert as_auditor.get("/ui/").status_code == 200
+    auth.revoke_token(redis_client, auth.token_id(auth.digest(auditor_token)), "admin:test")
+    assert as_auditor.get("/ui/").status_code == 303
+
+
 def test_logout_ends_the_session_server_side(as_admin, client):
     cookie = client.get_cookie("__Host-invoice-sync-ui", domain="coordinator.test")
     as_admin.post("/ui/logout", page="/ui/")
@@ -79,8 +111,29 @@ def test_login_form_needs_csrf_too(dashboard, admin_token):
     assert dashboard.get("/ui/").status_code == 303
 
 
+def test_no_dashboard_post_lets_an_auditor_change_anything(app, as_auditor, valkey):
+    """Every form post under /ui/ but logging out answers an auditor 403 and changes nothing,
+    with a valid CSRF token — for routes added after this test too."""
+    posts = [rule for method, rule in dashboard_routes(app)
+             if method not in ("GET",) and rule not in ("/ui/login", "/ui/logout")]
+    assert len(posts) >= 7
+    as_auditor.get("/ui/")  # reading writes the sequences' default settings on first use
+    before = {k: v for k, v in snapshot(valkey.url).items() if not k.startswith(b"ui:")}
+    for rule in posts:
+        assert as_auditor.post(concrete(rule), {"confirm": "blue", "id": "x"},
+                               page="/ui/").status_code == 403, rule
+    after = {k: v for k, v in snapshot(valkey.url).items() if not k.startswith(b"ui:")}
+    assert after == before
+
+
+@pytest.mark.parametrize("path", ADMIN_PAGES)
+def test_the_systems_registry_is_for_admins_as_in_the_api(as_auditor, path):
+    assert as_auditor.get(path).status_code == 403
+    assert 'href="/ui/systems"' not in as_auditor.get("/ui/").get_data(as_text=True)
+
+
 def test_auditor_sees_everything_without_forms_and_posts_are_refused(as_auditor, redis_client):
-    for path in PAGES:
+    for path in READER_PAGES:
         response = as_auditor.get(path)
         assert response.status_code == 200, path
         body = response.get_data(as_text=True)
