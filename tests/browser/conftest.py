@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import missing_tool
+
 CHROMIUM = os.environ.get("INVOICE_SYNC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -30,10 +32,7 @@ pytestmark = pytest.mark.integration
 
 
 def _missing(what: str) -> None:
-    message = f"{what}; the browser tests need it"
-    if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_tool(f"{what}; the browser tests need it, NOT tested")
 
 
 @pytest.fixture(scope="session")
