@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from coordinator import keys
+from coordinator import clock, keys
 from coordinator.numbering import ledger, sequences
 
 SCAN_BUDGET = 5000
@@ -51,7 +51,7 @@ def refresh_with_backlog(
     The backlog is non-zero only while the index catches up with a long ledger (the first
     scrapes after an upgrade): until then the count may be too low, and says so.
     """
-    now = now or datetime.now(UTC)
+    now = now or clock.utcnow()
     cutoff = now.timestamp() - grace_seconds
     budget = SCAN_BUDGET
     found: dict[str, tuple[int, int]] = {}

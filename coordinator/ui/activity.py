@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from coordinator import keys
+from coordinator import clock, keys
 from coordinator.numbering import sequences
 
 FIRST_PAGE = 64
@@ -42,7 +42,7 @@ def per_hour(client: redis.Redis, now: datetime | None = None, hours: int = 48) 
         ``{"hours": ["2026-11-28T07:00Z", …], "counts": [3, …], "complete": bool}``; the last
         hour is the current, unfinished one.
     """
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    now = (now or clock.utcnow()).astimezone(UTC)
     top = now.replace(minute=0, second=0, microsecond=0)
     start = top - timedelta(hours=hours - 1)
     labels = [(start + timedelta(hours=i)) for i in range(hours)]

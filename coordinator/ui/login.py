@@ -14,13 +14,13 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import redis
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 
-from coordinator import auth, keys
+from coordinator import auth, clock, keys
 
 ROLES = auth.READERS
 """Roles that may log in to the dashboard: admin and auditor (agent tokens may not)."""
@@ -94,7 +94,7 @@ def start(client: redis.Redis, kind: str, token_digest: str, seconds: int) -> st
     key = keys.ui_session(_digest(session_id))
     with client.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping={"token": token_digest, "kind": kind,
-                                "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+                                "created_at": clock.iso(clock.utcnow())})
         pipe.expire(key, seconds)
         pipe.execute()
     return session_id

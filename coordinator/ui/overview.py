@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from flask import current_app, render_template
 
-from coordinator import keys
+from coordinator import clock, keys
 from coordinator.forecaster import records
 from coordinator.numbering import sequences
 from coordinator.ops import durability
@@ -30,7 +30,7 @@ def age(stamp: str | None, now: datetime | None = None) -> str:
     moment = _parse(stamp)
     if moment is None:
         return "never"
-    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    seconds = int(((now or clock.utcnow()) - moment).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds // size} {unit} ago"

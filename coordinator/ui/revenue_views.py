@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Response, current_app, render_template, request
 
+from coordinator import clock
 from coordinator.exceptions import InvalidInput
 from coordinator.forecaster import reports
 from coordinator.ops.redis_client import get_redis
@@ -21,7 +22,7 @@ FORECAST_MONTHS = 6
 
 def _today() -> dt.date:
     # FORECASTER_TODAY: tests pin the date, as for the reports API.
-    return current_app.config.get("FORECASTER_TODAY") or dt.datetime.now(dt.UTC).date()
+    return current_app.config.get("FORECASTER_TODAY") or clock.utcnow().date()
 
 
 def revenue_by_system(start: str | None, end: str | None) -> dict[str, Any]:
