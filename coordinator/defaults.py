@@ -38,6 +38,11 @@ number of replicas you run (1 with one replica) so a failover cannot lose an ack
 DURABILITY_TIMEOUT_MS = 1000
 """How long an allocation waits for fsync/replicas before answering 503 (the agent retries)."""
 
+DURABILITY_RECHECK_SECONDS = 5
+"""How old the write path's knowledge of the server (AOF, fsync policy, replicas, WAITAOF,
+eviction policy) may get before it asks again; /readyz always asks. The fsync policy itself is
+read back with every write on servers without WAITAOF, so this bounds only the rest."""
+
 UNCONFIRMED_GRACE_SECONDS = 3600
 """An issued number still unconfirmed after this long is listed as a gap and warned about."""
 

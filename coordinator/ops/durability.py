@@ -1,16 +1,51 @@
-"""Check that the Redis we write to keeps what it acknowledges (AOF fsync, replicas)."""
+"""Decide whether the Redis we write to keeps what it acknowledges, and how to confirm a write.
+
+One decision, :func:`assess`, serves the allocation path, ``/readyz`` and ``invoice-sync
+doctor``: they judge the same :class:`ServerFacts` with the same rules, so the coordinator is
+never ready while a write would be refused for durability, and never refuses a write while the
+doctor says all is well (docs/REDIS.md has the table per server version and the sources).
+
+How a write is confirmed depends on the server:
+
+- ``waitaof`` (Redis/Valkey >= 7.2): ``WAITAOF 1 <replicas> <timeout>`` after the write, on the
+  same connection, in the same round trip. It answers how many nodes fsynced the write.
+- ``fsync-always`` (Redis < 7.2, e.g. Debian's 7.0): no WAITAOF. With ``appendonly yes`` and
+  ``appendfsync always`` the server writes and fsyncs its AOF buffer in ``beforeSleep``, before
+  it sends any reply of that event-loop iteration (redis src/server.c, ``flushAppendOnlyFile``
+  before ``handleClientsWithPendingWritesUsingThreads``), so the reply itself is the proof. The
+  policy is read back (``CONFIG GET append*``) in the same round trip as the write, so a policy
+  changed at runtime is noticed on the next write, not later; replicas are waited for with
+  ``WAIT`` (they have the write; whether they fsynced it, only WAITAOF can tell).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from coordinator.exceptions import NotDurable
+
 EVICTION_SAFE_POLICIES = frozenset({"noeviction"})
 """maxmemory policies that never delete keys. Any other (allkeys-lru, volatile-ttl, ...) may
 evict a sequence counter or ledger entry when memory fills: numbers would be handed out twice."""
+
+WAITAOF = "waitaof"
+FSYNC_ALWAYS = "fsync-always"
+
+# Problem codes: any of them makes writes answer 503, /readyz 503 and the doctor fail.
+AOF_OFF = "aof_off"
+FSYNC = "fsync"
+ROLE = "role"
+REPLICAS = "replicas"
+EVICTION = "eviction"
+# Advice codes: shown by the doctor and /readyz, writes still go through.
+SLOW_FSYNC = "slow_fsync"
+MIN_REPLICAS = "min_replicas"
 
 
 def eviction_problem(policy: str | None) -> str | None:
@@ -23,12 +58,175 @@ def eviction_problem(policy: str | None) -> str | None:
     )
 
 
+def _version_tuple(version: str | None) -> tuple[int, ...]:
+    parts = []
+    for part in str(version or "0").split("."):
+        parts.append(int(part) if part.isdigit() else 0)
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What one server told us about itself (see :meth:`probe`)."""
+
+    name: str = "redis"
+    version: str = "?"
+    redis_version: str = "?"
+    waitaof: bool = False
+    aof_enabled: bool = False
+    appendfsync: str | None = None
+    role: str | None = None
+    connected_replicas: int = 0
+    min_replicas_to_write: int | None = None
+    maxmemory_policy: str | None = None
+
+    @classmethod
+    def probe(cls, client: redis.Redis) -> ServerFacts:
+        """Ask the server, in one round trip, what it is and how it persists.
+
+        ``WAITAOF 0 0 1`` waits for nothing: it answers at once where the command exists (7.2+)
+        and "unknown command" where it does not; that is the capability, not the version
+        string (Valkey 8 reports ``redis_version:7.2.4``; forks report what they like).
+
+        Raises:
+            redis.RedisError: the server cannot be reached.
+        """
+        pipe = client.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.info("persistence")
+        pipe.info("replication")
+        pipe.info("memory")
+        pipe.execute_command("CONFIG", "GET", "append*")
+        pipe.execute_command("CONFIG", "GET", "min-replicas-to-write")
+        pipe.execute_command("WAITAOF", 0, 0, 1)
+        server, persistence, replication, memory, append, min_replicas, waitaof = pipe.execute(
+            raise_on_error=False)
+        for reply in (server, persistence, replication, memory):
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(waitaof, redis.ResponseError):
+            # "unknown command" before 7.2; a replica refuses WAITAOF even where it exists.
+            supported = ("unknown command" not in str(waitaof).lower()
+                         and _version_tuple(server.get("redis_version")) >= (7, 2))
+        else:
+            supported = not isinstance(waitaof, Exception)
+        append = append if isinstance(append, dict) else {}
+        raw_min = (min_replicas.get("min-replicas-to-write")
+                   if isinstance(min_replicas, dict) else None)
+        return cls(
+            name=server.get("server_name") or "redis",
+            version=str(server.get("valkey_version") or server.get("redis_version") or "?"),
+            redis_version=str(server.get("redis_version") or "?"),
+            waitaof=supported,
+            aof_enabled=bool(int(persistence.get("aof_enabled", 0))),
+            appendfsync=append.get("appendfsync"),
+            role=replication.get("role"),
+            connected_replicas=int(replication.get("connected_slaves", 0)),
+            min_replicas_to_write=(int(raw_min) if raw_min is not None
+                                   and str(raw_min).isdigit() else None),
+            # INFO, not CONFIG GET: managed services that hide CONFIG still report it here.
+            maxmemory_policy=memory.get("maxmemory_policy"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The facts as shown by ``/readyz``."""
+        return {
+            "server": f"{self.name} {self.version}", "waitaof": self.waitaof,
+            "aof_enabled": self.aof_enabled, "appendfsync": self.appendfsync,
+            "role": self.role, "connected_replicas": self.connected_replicas,
+            "min_replicas_to_write": self.min_replicas_to_write,
+            "maxmemory_policy": self.maxmemory_policy,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem (blocks writes) or piece of advice (does not), with what to do about it."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The one answer to "is this server durable enough?" and, if so, how writes confirm it."""
+
+    facts: ServerFacts
+    problems: tuple[Finding, ...] = ()
+    advice: tuple[Finding, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether writes may be acknowledged."""
+        return not self.problems
+
+    @property
+    def strategy(self) -> str | None:
+        """``waitaof``, ``fsync-always``, or None when nothing can confirm a write."""
+        if not self.ok:
+            return None
+        return WAITAOF if self.facts.waitaof else FSYNC_ALWAYS
+
+    def codes(self) -> set[str]:
+        """Codes of every problem and piece of advice."""
+        return {f.code for f in (*self.problems, *self.advice)}
+
+    def finding(self, code: str) -> Finding | None:
+        """The problem or advice with ``code``, if any."""
+        return next((f for f in (*self.problems, *self.advice) if f.code == code), None)
+
+
+def assess(facts: ServerFacts, replicas: int) -> Verdict:
+    """Judge ``facts`` for a coordinator that wants ``replicas`` replicas to hold each write."""
+    problems: list[Finding] = []
+    advice: list[Finding] = []
+    server = f"{facts.name} {facts.version}"
+    if facts.role != "master":
+        problems.append(Finding(ROLE, f"this Redis is a {facts.role}: point the coordinator "
+                                      "at the master (or use INVOICE_SYNC_SENTINELS)"))
+    if not facts.aof_enabled:
+        problems.append(Finding(AOF_OFF, "AOF is off: set `appendonly yes` and "
+                                         "`appendfsync always` in redis.conf"))
+    elif facts.appendfsync != "always":
+        if not facts.waitaof and facts.appendfsync is None:
+            problems.append(Finding(FSYNC, (
+                f"{server} has no WAITAOF (added in 7.2) and refuses CONFIG GET, so nothing "
+                "confirms that a write is on disk: allow `CONFIG GET` for the coordinator's "
+                "user (and set `appendfsync always`), or use Redis/Valkey 7.2+")))
+        elif not facts.waitaof:
+            problems.append(Finding(FSYNC, (
+                f"appendfsync is {facts.appendfsync!r} and {server} has no WAITAOF (added in "
+                "7.2): set `appendfsync always` (CONFIG SET appendfsync always, then CONFIG "
+                "REWRITE) so the server replies only after fsync, or upgrade to 7.2+")))
+        elif facts.appendfsync is not None:
+            advice.append(Finding(SLOW_FSYNC, (
+                f"appendfsync is {facts.appendfsync!r}: every write waits (WAITAOF) for the "
+                "next fsync, up to a second, and answers 503 past INVOICE_SYNC_DURABILITY_"
+                "TIMEOUT_MS; set `appendfsync always`")))
+    eviction = eviction_problem(facts.maxmemory_policy)
+    if eviction:
+        problems.append(Finding(EVICTION, eviction))
+    if facts.connected_replicas < replicas:
+        problems.append(Finding(REPLICAS, (
+            f"{facts.connected_replicas} replica(s) connected, INVOICE_SYNC_DURABLE_REPLICAS "
+            f"wants {replicas}: start the missing replica(s) (`replicaof <master> <port>`, with "
+            "`appendonly yes`) or lower INVOICE_SYNC_DURABLE_REPLICAS")))
+    if replicas and (facts.min_replicas_to_write or 0) < 1:
+        known = facts.min_replicas_to_write
+        advice.append(Finding(MIN_REPLICAS, (
+            f"min-replicas-to-write is {'unknown' if known is None else known}: set "
+            "`min-replicas-to-write 1` and `min-replicas-max-lag 10` so a master cut off from "
+            "its replicas refuses writes it could lose in a failover")))
+    return Verdict(facts, tuple(problems), tuple(advice))
+
+
 @dataclass
 class DurabilityReport:
     """What ``check`` found: ``problems`` is empty when the server is durable enough."""
 
     facts: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -36,45 +234,185 @@ class DurabilityReport:
         return not self.problems
 
 
+def report(verdict: Verdict) -> DurabilityReport:
+    """Turn a verdict into what ``/readyz`` shows."""
+    facts = verdict.facts.as_dict()
+    facts["confirmation"] = verdict.strategy
+    return DurabilityReport(facts, [p.message for p in verdict.problems],
+                            [a.message for a in verdict.advice])
+
+
 def check(client: redis.Redis, config: Mapping[str, Any]) -> DurabilityReport:
-    """Inspect persistence and replication; say what to fix for each shortfall.
+    """Probe and judge the server now; say what to fix for each shortfall.
 
     Raises:
         redis.RedisError: the server cannot be reached.
     """
-    report = DurabilityReport()
-    persistence = client.info("persistence")
-    replication = client.info("replication")
-    report.facts["aof_enabled"] = bool(int(persistence.get("aof_enabled", 0)))
-    report.facts["role"] = replication.get("role")
-    report.facts["connected_replicas"] = int(replication.get("connected_slaves", 0))
-    try:
-        fsync = client.config_get("appendfsync").get("appendfsync")
-    except redis.ResponseError:
-        # Managed services often disable CONFIG; WAITAOF still proves each write is on disk.
-        fsync = None
-    report.facts["appendfsync"] = fsync
-    # INFO, not CONFIG GET: managed services that hide CONFIG still report the policy here.
-    report.facts["maxmemory_policy"] = client.info("memory").get("maxmemory_policy")
+    return report(assess(ServerFacts.probe(client), int(config.get("DURABLE_REPLICAS") or 0)))
 
-    if not report.facts["aof_enabled"]:
-        report.problems.append(
-            "AOF is off: set `appendonly yes` and `appendfsync always` in redis.conf"
-        )
-    elif fsync not in (None, "always"):
-        report.problems.append(
-            f"appendfsync is {fsync!r}: set `appendfsync always` so every acknowledged "
-            "number is on disk (allocations still wait with WAITAOF, at a latency cost)"
-        )
-    eviction = eviction_problem(report.facts["maxmemory_policy"])
-    if eviction:
-        report.problems.append(eviction)
-    if report.facts["role"] != "master":
-        report.problems.append("this Redis is a replica: point the coordinator at the master")
-    wanted = int(config.get("DURABLE_REPLICAS") or 0)
-    if report.facts["connected_replicas"] < wanted:
-        report.problems.append(
-            f"{report.facts['connected_replicas']} replica(s) connected, "
-            f"INVOICE_SYNC_DURABLE_REPLICAS wants {wanted}: allocations will answer 503"
-        )
-    return report
+
+# --- confirming writes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Durability:
+    """How a write is confirmed durable: the strategy, the replicas, the wait.
+
+    Usage::
+
+        durability = guard.current(client)          # raises NotDurable when it cannot be
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(...)                           # the write
+        durability.queue(pipe)                      # same connection, same round trip
+        replies = pipe.execute(raise_on_error=False)
+        durability.confirm(replies[-durability.commands:])
+    """
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+    strategy: str = WAITAOF
+    guard: Guard | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], strategy: str = WAITAOF,
+                    guard: Guard | None = None) -> Durability:
+        """Read ``DURABLE_REPLICAS`` and ``DURABILITY_TIMEOUT_MS``.
+
+        The waits are kept under 80% of ``REDIS_SOCKET_TIMEOUT`` together (with replicas there
+        are two): a wait longer than the socket timeout would surface as a dropped connection
+        instead of a clear 503.
+        """
+        replicas = int(config.get("DURABLE_REPLICAS") or 0)
+        socket_ms = int(float(config.get("REDIS_SOCKET_TIMEOUT") or 5.0) * 800)
+        if replicas:
+            socket_ms //= 2
+        timeout = int(config.get("DURABILITY_TIMEOUT_MS") or 1000)
+        return cls(replicas, max(1, min(timeout, socket_ms)), strategy, guard)
+
+    @property
+    def commands(self) -> int:
+        """How many commands :meth:`queue` adds (their replies go to :meth:`confirm`)."""
+        return 2 if self.replicas else 1
+
+    def queue(self, pipe: Any) -> None:
+        """Queue the confirmation after the write, on the write's connection."""
+        # Timeout 0 would mean "wait forever"; never block a request without bound.
+        timeout = max(1, self.timeout_ms)
+        if self.strategy == WAITAOF:
+            if self.replicas:
+                # WAIT makes the master ask its replicas for an ack at once, and that ack
+                # carries the replica's fsynced AOF offset. Without it, WAITAOF learns of the
+                # replica's fsync only from its once-a-second ack: ~1000 ms per write
+                # instead of ~1 ms (measured on Valkey 8.1). WAITAOF alone still decides.
+                pipe.execute_command("WAIT", self.replicas, timeout)
+            pipe.execute_command("WAITAOF", 1, self.replicas, timeout)
+            return
+        # Read the policy back in the same batch as the write: the AOF buffer holding the
+        # write is flushed under this policy before the replies of the batch are sent.
+        pipe.execute_command("CONFIG", "GET", "append*")
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, timeout)
+
+    def confirm(self, replies: Sequence[Any]) -> None:
+        """Raise ``NotDurable`` unless the replies of :meth:`queue` confirm the write.
+
+        With WAITAOF, replicas count only when they fsynced the write to their own AOF, so
+        replicas must run with ``appendonly yes``.
+        """
+        replies = list(replies)
+        if self.strategy == WAITAOF:
+            wait_reply = replies[-1]
+            if isinstance(wait_reply, Exception):
+                # "unknown command" after a failover to an older server, or AOF turned off:
+                # learn the server again before the next write.
+                self._forget()
+                raise NotDurable(
+                    f"Durability could not be confirmed ({wait_reply}); retry the request")
+            local, replicas = (int(x) for x in wait_reply)
+            if local < 1 or replicas < self.replicas:
+                raise NotDurable(
+                    f"Not confirmed durable within {self.timeout_ms} ms "
+                    f"(fsynced locally: {bool(local)}, replicas: {replicas}/{self.replicas}); "
+                    "retry the same request")
+            return
+        config = replies[0]
+        if isinstance(config, Exception) or not isinstance(config, dict):
+            self._forget()
+            raise NotDurable(f"Durability could not be confirmed (CONFIG GET: {config}); "
+                             "retry the request")
+        if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+            self._forget()
+            raise NotDurable(
+                "Not confirmed durable: the server runs appendonly "
+                f"{config.get('appendonly')!r}, appendfsync {config.get('appendfsync')!r} and "
+                "has no WAITAOF; set `appendonly yes` and `appendfsync always`")
+        if self.replicas:
+            acked = replies[1]
+            if isinstance(acked, Exception) or int(acked) < self.replicas:
+                raise NotDurable(
+                    f"Not confirmed on {self.replicas} replica(s) within {self.timeout_ms} ms "
+                    f"(WAIT answered {acked}); retry the same request")
+
+    def _forget(self) -> None:
+        if self.guard is not None:
+            self.guard.forget()
+
+
+class Guard:
+    """The write path's view of :func:`assess`: facts probed at most every ``recheck`` seconds.
+
+    ``/readyz`` refreshes it (:meth:`refresh`) and a confirmation that fails for a reason the
+    facts did not foresee forgets them, so a change of server (failover, upgrade) or of its
+    settings is learned by the next write.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = dict(config)
+        self.replicas = int(config.get("DURABLE_REPLICAS") or 0)
+        self.recheck = float(config.get("DURABILITY_RECHECK_SECONDS") or 0)
+        self._lock = threading.Lock()
+        self._verdict: tuple[float, Verdict] | None = None
+
+    def forget(self) -> None:
+        """Drop the cached facts: the next write probes the server again."""
+        self._verdict = None
+
+    def refresh(self, client: redis.Redis) -> Verdict:
+        """Probe the server now and remember the verdict."""
+        verdict = assess(ServerFacts.probe(client), self.replicas)
+        self._verdict = (time.monotonic(), verdict)
+        return verdict
+
+    def verdict(self, client: redis.Redis) -> Verdict:
+        """The remembered verdict, or a fresh one when it is older than ``recheck``."""
+        cached = self._verdict
+        if cached is None or time.monotonic() - cached[0] >= self.recheck:
+            with self._lock:
+                cached = self._verdict
+                if cached is None or time.monotonic() - cached[0] >= self.recheck:
+                    return self.refresh(client)
+        return cached[1]
+
+    def current(self, client: redis.Redis) -> Durability:
+        """How to confirm the next write, or ``NotDurable`` (503) saying what to fix.
+
+        Raises:
+            NotDurable: the server cannot keep what it acknowledges (nothing was written).
+            redis.RedisError: the server cannot be reached.
+        """
+        verdict = self.verdict(client)
+        if not verdict.ok:
+            raise NotDurable("Redis is not durable: "
+                             + "; ".join(p.message for p in verdict.problems))
+        return Durability.from_config(self.config, verdict.strategy, self)
+
+
+EXTENSION = "invoice_sync.durability_guard"
+
+
+def guard_for(app: Any) -> Guard:
+    """Return the app's :class:`Guard` (made from its config on first use)."""
+    guard = app.extensions.get(EXTENSION)
+    if guard is None:
+        guard = app.extensions[EXTENSION] = Guard(app.config)
+    return guard

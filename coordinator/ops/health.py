@@ -23,14 +23,17 @@ class Livez(MethodView):
 
 
 def _readiness():
+    # The verdict the write path uses (and now refreshed for it): ready exactly when a write
+    # would not be refused for durability.
     try:
-        report = durability.check(get_redis(), current_app.config)
+        verdict = durability.guard_for(current_app).refresh(get_redis())
     except redis.RedisError as error:
         REDIS_DURABLE.set(0)
         return {"status": "unavailable", "problems": [f"Redis: {type(error).__name__}"]}, 503
+    report = durability.report(verdict)
     REDIS_DURABLE.set(1 if report.ok else 0)
     body = {"status": "ok" if report.ok else "not durable", "redis": report.facts,
-            "problems": report.problems}
+            "problems": report.problems, "advice": report.advice}
     return body, (200 if report.ok else 503)
 
 
