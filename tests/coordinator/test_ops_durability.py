@@ -188,3 +188,47 @@ def test_guard_probes_once_per_recheck_interval(tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec"])
+def test_registry_writes_follow_the_same_verdict(tmp_path, server_binary, fsync):
+    """Register, rotate and delete are refused exactly when allocations are, and then change
+    nothing (regression: they were acknowledged without any durability wait)."""
+    from tests.coordinator.systems_support import FakeResolver, body
+    from tests.support import snapshot
+
+    server = ValkeyServer(tmp_path / "s", binary=server_binary, appendfsync=fsync).start()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        config = {"TESTING": True, "REDIS_URL": server.url, "SYSTEM_URL_RESOLVER": FakeResolver(),
+                  "SECRET_KEYS": Fernet.generate_key().decode()}
+        token = auth.new_token(auth.ADMIN)
+        auth.register_admin_token(client, token)
+        admin = {"Authorization": f"Bearer {token}"}
+        # Set up through a plain client (no durability wait), whatever the server.
+        plain = redis.Redis.from_url(server.url, decode_responses=True)
+        setup = create_app({**config, "REDIS_CLIENT": plain}).test_client()
+        assert setup.post("/v1/systems", headers=admin, json=body(name="red")).status_code == 201
+        expected = fsync == "always" or has_waitaof(server_binary)
+        for replicas in (1, 0):  # 1: no replica runs, never durable
+            durable = expected and replicas == 0
+            http = create_app({**config, "DURABLE_REPLICAS": replicas,
+                               "DURABILITY_TIMEOUT_MS": 300}).test_client()
+            before = snapshot(client)
+            responses = [
+                http.post("/v1/systems", headers=admin, json=body(name=f"blue{replicas}")),
+                http.post("/v1/systems/red/agent-token", headers=admin),
+                http.delete("/v1/systems/red", headers=admin),
+            ]
+            ready = http.get("/readyz").status_code
+            if durable:
+                assert [r.status_code for r in responses] == [201, 200, 204]
+                assert ready == 200
+            else:
+                assert {r.status_code for r in responses} == {503}, [
+                    r.get_json() for r in responses]
+                assert ready == 503
+                assert snapshot(client) == before
+    finally:
+        client.close()
+        server.stop()
