@@ -13,6 +13,15 @@ SENTINELS = None
 """Comma-separated ``host:port`` list of Redis Sentinels. When set, the master is found through
 Sentinel (redis-py's Sentinel client) and REDIS_URL is ignored."""
 
+REDIS_CLUSTER = None
+"""Comma-separated ``host:port`` seed nodes of a Redis/Valkey Cluster. When set, the coordinator
+uses redis-py's RedisCluster (REDIS_URL and SENTINELS are ignored) and needs QUEUE_REDIS_URL
+for the sync jobs: RQ does not run on a Cluster."""
+
+QUEUE_REDIS_URL = None
+"""URL of a plain Redis for the sync job queue (RQ). Unset: the jobs share the data Redis, which
+is what a single server or Sentinel wants; required with REDIS_CLUSTER."""
+
 SENTINEL_MASTER = "invoice-sync"
 """Name of the master the Sentinels monitor."""
 

@@ -20,7 +20,7 @@ from coordinator import keys
 from coordinator.config import load_settings
 from coordinator.exceptions import Conflict, CoordinatorError, InvalidInput, NotFound
 from coordinator.forecaster import defaults, lock, money, records, sync
-from coordinator.forecaster.connections import with_decoding
+from coordinator.forecaster.connections import queue_connection, with_decoding
 from coordinator.warnings import store as warnings
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ Resolver = Callable[[redis.Redis, str, Mapping[str, Any]], tuple[Any, int]]
 
 def queue(client: redis.Redis) -> Queue:
     """Return the sync queue on ``client``'s server."""
-    return Queue(defaults.QUEUE_NAME, connection=with_decoding(client, False))
+    return Queue(defaults.QUEUE_NAME, connection=queue_connection(client))
 
 
 def request_sync(
@@ -180,5 +180,22 @@ def _after_success(client: redis.Redis, system: str) -> None:
 def run_sync_job(sync_id: str) -> str:
     """RQ entry point: run the sync with this worker's settings; return its final state."""
     job = get_current_job()
-    client = with_decoding(job.connection, True)
-    return execute(client, sync_id, load_settings())["state"]
+    settings = load_settings()
+    return execute(_data_client(job.connection, settings), sync_id, settings)["state"]
+
+
+_DATA_CLIENTS: dict[str, redis.Redis] = {}
+
+
+def _data_client(queue_connection: redis.Redis, settings: Mapping[str, Any]) -> redis.Redis:
+    """The data Redis of a job: the queue's own server, unless the queue lives apart
+    (INVOICE_SYNC_QUEUE_REDIS_URL, e.g. next to a Cluster): then the configured one."""
+    if not settings.get("QUEUE_REDIS_URL"):
+        return with_decoding(queue_connection, True)
+    from coordinator.ops.redis_client import make_redis
+
+    key = str(settings.get("REDIS_CLUSTER") or settings.get("SENTINELS")
+              or settings.get("REDIS_URL"))
+    if key not in _DATA_CLIENTS:
+        _DATA_CLIENTS[key] = make_redis(settings)
+    return _DATA_CLIENTS[key]

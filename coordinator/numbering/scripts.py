@@ -18,8 +18,9 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
+from coordinator.ops import redis_client
 from coordinator.ops.durability import Durability
 
 
@@ -58,22 +59,46 @@ def run(
         Whether the wait succeeded is judged by :func:`check_durable`, because a script
         that refused (and wrote nothing) needs no durability.
     """
+    # On a Cluster: the master of the script's slot, so the confirmation shares its connection.
+    node = redis_client.for_key(client, keys[0])
+    if durability is not None and redis_client.is_cluster(client):
+        durability = durability.on_node(redis_client.node_address(client, keys[0]))
     for attempt in (1, 2):
-        pipe = client.pipeline(transaction=False)
+        pipe = node.pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys), *keys, *args)
         if durability is not None:
             durability.queue(pipe)
-        replies = pipe.execute(raise_on_error=False)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            redis_client.forget_topology(client)  # a dead master: its replica takes over
+            if durability is not None:
+                durability.forget()
+            raise
         if isinstance(replies[0], NoScriptError) and attempt == 1:
-            client.script_load(script.source)
+            node.script_load(script.source)
             continue
         if isinstance(replies[0], Exception):
+            if isinstance(replies[0], (MovedError, AskError, ClusterDownError, TryAgainError)):
+                redis_client.forget_topology(client)  # slots moved (failover, resharding)
+                if durability is not None:
+                    durability.forget()
             raise replies[0]
-        return replies[0], (replies[1:] if durability is not None else None)
+        return replies[0], (_Confirmation(durability, replies[1:]) if durability is not None
+                            else None)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def check_durable(wait_replies: Any, durability: Durability) -> None:
+@dataclass(frozen=True)
+class _Confirmation:
+    """The replies of the confirmation sent with a script, and how it was sent (on a Cluster
+    the master of the slot decides whether WAITAOF or the fsync policy confirms)."""
+
+    durability: Durability
+    replies: Sequence[Any]
+
+
+def check_durable(wait: _Confirmation, durability: Durability) -> None:
     """Raise ``NotDurable`` unless the confirmation queued with the write holds (see
     :meth:`coordinator.ops.durability.Durability.confirm`)."""
-    durability.confirm(wait_replies)
+    wait.durability.confirm(wait.replies)

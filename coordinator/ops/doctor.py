@@ -54,16 +54,28 @@ def redis_checks(client: redis.Redis, config: Mapping[str, Any]) -> list[Check]:
     The durability lines come from :func:`coordinator.ops.durability.assess`, the verdict the
     write path and ``/readyz`` use: a ✗ here is a 503 there, and the other way round.
     """
+    wanted = int(config.get("DURABLE_REPLICAS") or 0)
     try:
         client.ping()
-        facts = durability.ServerFacts.probe(client)
+        verdict = durability.probe_verdict(client, wanted)
     except redis.RedisError as error:
         return [Check("Redis reachable", False, f"{type(error).__name__}: {error}",
-                      "start Redis or fix INVOICE_SYNC_REDIS_URL / INVOICE_SYNC_SENTINELS "
-                      "(and the password in the URL or INVOICE_SYNC_REDIS_PASSWORD)")]
-    wanted = int(config.get("DURABLE_REPLICAS") or 0)
-    verdict = durability.assess(facts, wanted)
+                      "start Redis or fix INVOICE_SYNC_REDIS_URL / INVOICE_SYNC_SENTINELS / "
+                      "INVOICE_SYNC_REDIS_CLUSTER (and the password in the URL or "
+                      "INVOICE_SYNC_REDIS_PASSWORD)")]
+    facts = verdict.facts
     checks = [Check("Redis reachable", True, f"{facts.name} {facts.version}")]
+    if verdict.nodes:
+        checks.append(_finding_check(
+            verdict, durability.CLUSTER, "Cluster",
+            f"{len(verdict.nodes)} masters ({', '.join(verdict.nodes)}); every durability "
+            "line below holds for each of them"))
+        checks.append(_finding_check(verdict, durability.SLOTS, "Cluster slots served",
+                                     "16384 of 16384" if durability.SLOTS not in
+                                     verdict.codes() else "some are not"))
+        checks.append(_finding_check(
+            verdict, durability.UNREACHABLE, "Cluster masters reachable",
+            "all" if durability.UNREACHABLE not in verdict.codes() else "not all"))
     checks.append(_finding_check(
         verdict, durability.AOF_OFF, "AOF on",
         "appendonly yes" if facts.aof_enabled else "appendonly no",
@@ -102,6 +114,7 @@ def redis_checks(client: redis.Redis, config: Mapping[str, Any]) -> list[Check]:
     admins = bool(config.get("ADMIN_TOKEN")) or any(
         json.loads(record).get("kind") == "admin" for record in client.hvals(keys.TOKENS)
     )
+    checks.append(queue_check(config))
     checks.append(Check("admin token", admins,
                         "present" if admins else "no admin token in Redis or the environment",
                         "run `invoice-sync token create-admin` (or start `invoice-sync serve` "
@@ -115,6 +128,28 @@ def _with_advice(check: Check, verdict: durability.Verdict, code: str) -> Check:
     if not check.ok or finding is None:
         return check
     return Check(check.name, True, check.detail, finding.message, warning=True)
+
+
+def queue_check(config: Mapping[str, Any]) -> Check:
+    """Check where the sync jobs (RQ) go: RQ does not run on a Cluster."""
+    url = config.get("QUEUE_REDIS_URL")
+    if not url:
+        if config.get("REDIS_CLUSTER"):
+            return Check("job queue", False, "INVOICE_SYNC_QUEUE_REDIS_URL is not set",
+                         "RQ does not run on a Redis Cluster: set INVOICE_SYNC_QUEUE_REDIS_URL "
+                         "to a plain Redis (redis://host:6379/0) for the sync jobs; without it "
+                         "syncs answer 503")
+        return Check("job queue", True, "sync jobs on the data Redis")
+    try:
+        queue = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            queue.ping()
+        finally:
+            queue.close()
+    except (redis.RedisError, ValueError) as error:
+        return Check("job queue", False, f"INVOICE_SYNC_QUEUE_REDIS_URL: {type(error).__name__}",
+                     "start that Redis or fix INVOICE_SYNC_QUEUE_REDIS_URL")
+    return Check("job queue", True, "sync jobs on INVOICE_SYNC_QUEUE_REDIS_URL (reachable)")
 
 
 def secret_key_check(config: Mapping[str, Any]) -> Check:

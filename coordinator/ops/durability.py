@@ -23,10 +23,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from coordinator.exceptions import NotDurable
 
@@ -43,6 +44,9 @@ FSYNC = "fsync"
 ROLE = "role"
 REPLICAS = "replicas"
 EVICTION = "eviction"
+CLUSTER = "cluster"
+SLOTS = "slots"
+UNREACHABLE = "unreachable"
 # Advice codes: shown by the doctor and /readyz, writes still go through.
 SLOW_FSYNC = "slow_fsync"
 MIN_REPLICAS = "min_replicas"
@@ -149,11 +153,23 @@ class Finding:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The one answer to "is this server durable enough?" and, if so, how writes confirm it."""
+    """The one answer to "is this server durable enough?" and, if so, how writes confirm it.
+
+    On a Cluster, ``facts`` are the weakest of its masters', ``problems`` those of all of them
+    (each naming its master), and ``by_node`` each master's own verdict: a write is refused
+    only when the master of its slot cannot keep it, ``/readyz`` and the doctor fail when any
+    master cannot.
+    """
 
     facts: ServerFacts
     problems: tuple[Finding, ...] = ()
     advice: tuple[Finding, ...] = ()
+    by_node: tuple[tuple[str, Verdict], ...] = ()
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The ``host:port`` of every master of a Cluster; empty for one server."""
+        return tuple(address for address, _ in self.by_node)
 
     @property
     def ok(self) -> bool:
@@ -220,6 +236,78 @@ def assess(facts: ServerFacts, replicas: int) -> Verdict:
     return Verdict(facts, tuple(problems), tuple(advice))
 
 
+def _weakest(facts: list[ServerFacts]) -> ServerFacts:
+    """One ServerFacts standing for several masters: each fact at its least durable."""
+    first = facts[0]
+    fsyncs = [f.appendfsync for f in facts]
+    policies = [f.maxmemory_policy for f in facts]
+    return ServerFacts(
+        name=first.name, version=first.version, redis_version=first.redis_version,
+        waitaof=all(f.waitaof for f in facts), aof_enabled=all(f.aof_enabled for f in facts),
+        appendfsync=next((x for x in fsyncs if x != "always"), "always"),
+        role=next((f.role for f in facts if f.role != "master"), "master"),
+        connected_replicas=min(f.connected_replicas for f in facts),
+        min_replicas_to_write=min((f.min_replicas_to_write or 0) for f in facts),
+        maxmemory_policy=next((p for p in policies if eviction_problem(p)), policies[0]),
+    )
+
+
+def probe_verdict(client: redis.Redis, replicas: int) -> Verdict:
+    """Probe and judge the server, or every master of a Cluster (each must hold up).
+
+    Raises:
+        redis.RedisError: the server (on a Cluster: every master) cannot be reached.
+    """
+    if not isinstance(client, RedisCluster):
+        return assess(ServerFacts.probe(client), replicas)
+    verdicts: list[tuple[str, Verdict]] = []
+    reachable: list[ServerFacts] = []
+    for node in client.get_primaries():
+        address = f"{node.host}:{node.port}"
+        try:
+            verdict = assess(ServerFacts.probe(node.redis_connection), replicas)
+            reachable.append(verdict.facts)
+        except redis.RedisError as error:
+            verdict = Verdict(ServerFacts(), (Finding(UNREACHABLE, (
+                f"master unreachable ({type(error).__name__}): its slots answer 503 until "
+                "its replica is promoted")),))
+        verdicts.append((address, verdict))
+    if len(reachable) < len(verdicts) or any(f.role != "master" for f in reachable):
+        try:  # a master died or was demoted: learn who serves its slots, for the next probe
+            client.nodes_manager.initialize()
+        except redis.RedisError:
+            pass
+    if not reachable:
+        raise redis.ConnectionError("no master of the Cluster answers")
+    problems = [Finding(p.code, f"{address}: {p.message}")
+                for address, v in verdicts for p in v.problems]
+    advice = [Finding(a.code, f"{address}: {a.message}")
+              for address, v in verdicts for a in v.advice]
+    info = _cluster_info(client)
+    if info.get("cluster_state") != "ok":
+        problems.append(Finding(CLUSTER, (
+            f"cluster_state {info.get('cluster_state')}: the Cluster refuses writes "
+            "(CLUSTER INFO, `valkey-cli --cluster check`)")))
+    elif int(info.get("cluster_slots_ok", 0)) < 16384:
+        # Only the writes to those slots fail (cluster-require-full-coverage no).
+        problems.append(Finding(SLOTS, (
+            f"{info.get('cluster_slots_ok')} of 16384 slots served: a master is down and its "
+            "replica not (yet) promoted")))
+    return Verdict(_weakest(reachable), tuple(problems), tuple(advice), tuple(verdicts))
+
+
+def _cluster_info(client: RedisCluster) -> dict[str, str]:
+    for node in client.get_primaries():
+        try:
+            info = node.redis_connection.execute_command("CLUSTER", "INFO")
+        except redis.RedisError:
+            continue
+        if isinstance(info, dict):
+            return info
+        return dict(line.split(":", 1) for line in str(info).splitlines() if ":" in line)
+    return {}
+
+
 @dataclass
 class DurabilityReport:
     """What ``check`` found: ``problems`` is empty when the server is durable enough."""
@@ -238,6 +326,8 @@ def report(verdict: Verdict) -> DurabilityReport:
     """Turn a verdict into what ``/readyz`` shows."""
     facts = verdict.facts.as_dict()
     facts["confirmation"] = verdict.strategy
+    if verdict.nodes:
+        facts["cluster_masters"] = list(verdict.nodes)
     return DurabilityReport(facts, [p.message for p in verdict.problems],
                             [a.message for a in verdict.advice])
 
@@ -248,7 +338,7 @@ def check(client: redis.Redis, config: Mapping[str, Any]) -> DurabilityReport:
     Raises:
         redis.RedisError: the server cannot be reached.
     """
-    return report(assess(ServerFacts.probe(client), int(config.get("DURABLE_REPLICAS") or 0)))
+    return report(probe_verdict(client, int(config.get("DURABLE_REPLICAS") or 0)))
 
 
 # --- confirming writes ---------------------------------------------------------------------
@@ -272,6 +362,27 @@ class Durability:
     timeout_ms: int = 1000
     strategy: str = WAITAOF
     guard: Guard | None = field(default=None, compare=False, repr=False)
+    verdict: Verdict | None = field(default=None, compare=False, repr=False)
+
+    def on_node(self, address: str) -> Durability:
+        """On a Cluster: how to confirm a write on the master at ``address``.
+
+        Raises:
+            NotDurable: that master cannot keep the write, or is not known (yet).
+        """
+        nodes = dict(self.verdict.by_node) if self.verdict is not None else {}
+        if not nodes:
+            return self
+        verdict = nodes.get(address)
+        if verdict is None:
+            self._forget()  # the slots moved since the last probe
+            raise NotDurable(f"Cluster master {address} is new to the coordinator; retry")
+        if not verdict.ok:
+            # Probe again next time: a failover in progress changes this within seconds.
+            self._forget()
+            raise NotDurable(f"Redis master {address} is not durable: "
+                             + "; ".join(p.message for p in verdict.problems))
+        return replace(self, strategy=verdict.strategy)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], strategy: str = WAITAOF,
@@ -353,6 +464,10 @@ class Durability:
                     f"Not confirmed on {self.replicas} replica(s) within {self.timeout_ms} ms "
                     f"(WAIT answered {acked}); retry the same request")
 
+    def forget(self) -> None:
+        """Make the next write probe the server again (after a failover, a refusal)."""
+        self._forget()
+
     def _forget(self) -> None:
         if self.guard is not None:
             self.guard.forget()
@@ -379,7 +494,7 @@ class Guard:
 
     def refresh(self, client: redis.Redis) -> Verdict:
         """Probe the server now and remember the verdict."""
-        verdict = assess(ServerFacts.probe(client), self.replicas)
+        verdict = probe_verdict(client, self.replicas)
         self._verdict = (time.monotonic(), verdict)
         return verdict
 
@@ -401,6 +516,14 @@ class Guard:
             redis.RedisError: the server cannot be reached.
         """
         verdict = self.verdict(client)
+        if verdict.by_node:
+            # A Cluster: each write is judged by the master of its slot (Durability.on_node);
+            # here only what stops every write.
+            blocking = [p for p in verdict.problems if p.code == CLUSTER]
+            if blocking:
+                raise NotDurable("Redis Cluster is not durable: "
+                                 + "; ".join(p.message for p in blocking))
+            return replace(Durability.from_config(self.config, WAITAOF, self), verdict=verdict)
         if not verdict.ok:
             raise NotDurable("Redis is not durable: "
                              + "; ".join(p.message for p in verdict.problems))

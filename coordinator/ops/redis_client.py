@@ -1,4 +1,5 @@
-"""Build the Redis client from configuration: a URL, or a master found through Sentinel.
+"""Build the Redis client from configuration: a URL, a master found through Sentinel, or a
+Redis Cluster (``INVOICE_SYNC_REDIS_CLUSTER``, redis-py's ``RedisCluster``).
 
 The client is a :class:`DurableRedis`: every MULTI/EXEC transaction on it (systems registry,
 tokens) is acknowledged only once durable, exactly like an allocation — refused before it is
@@ -15,6 +16,7 @@ from typing import Any
 import redis
 from flask import Flask, current_app
 from redis.client import Pipeline
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
 from coordinator.exceptions import NotDurable
@@ -81,6 +83,8 @@ class DurableRedis(redis.Redis):
     """
 
     durability_guard: durability.Guard | None = None
+    queue_client: redis.Redis | None = None
+    """A plain Redis for the job queue (INVOICE_SYNC_QUEUE_REDIS_URL); None: this one."""
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         """Return a pipeline; a :class:`DurablePipeline` when a guard is attached."""
@@ -93,15 +97,64 @@ class DurableRedis(redis.Redis):
         return pipe
 
 
-def parse_sentinels(value: str) -> list[tuple[str, int]]:
+class DurableCluster(RedisCluster):
+    """``RedisCluster`` for the coordinator: carries the durability guard and the queue client.
+
+    Numbering sends each script and its confirmation to the master of the script's slot on one
+    connection (:func:`for_key`); other commands are routed by redis-py.
+    """
+
+    durability_guard: durability.Guard | None = None
+    queue_client: redis.Redis | None = None
+    """A plain Redis for the job queue (INVOICE_SYNC_QUEUE_REDIS_URL): RQ needs one."""
+
+
+def parse_nodes(value: str, setting: str = "INVOICE_SYNC_SENTINELS") -> list[tuple[str, int]]:
     """Parse ``"h1:26379,h2:26379"`` into ``[("h1", 26379), ("h2", 26379)]``."""
     nodes = []
     for item in str(value).split(","):
         host, _, port = item.strip().rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"INVOICE_SYNC_SENTINELS: {item!r} is not host:port")
+            raise ValueError(f"{setting}: {item!r} is not host:port")
         nodes.append((host, int(port)))
     return nodes
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """Parse ``INVOICE_SYNC_SENTINELS`` (see :func:`parse_nodes`)."""
+    return parse_nodes(value)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
+
+
+def for_key(client: redis.Redis, key: str) -> redis.Redis:
+    """The client that serves ``key`` on one connection: on a Cluster the master of its slot
+    (so a script and its WAIT/WAITAOF share a connection), elsewhere ``client`` itself."""
+    if not is_cluster(client):
+        return client
+    node = client.get_node_from_key(key)
+    if node is None or node.redis_connection is None:
+        client.nodes_manager.initialize()
+        node = client.get_node_from_key(key)
+    return node.redis_connection
+
+
+def node_address(client: Any, key: str) -> str:
+    """``host:port`` of the Cluster master serving ``key`` (as :func:`for_key` uses it)."""
+    node = client.get_node_from_key(key)
+    return f"{node.host}:{node.port}"
+
+
+def forget_topology(client: Any) -> None:
+    """After a MOVED or a dead node on a Cluster, learn the slots again before the next try."""
+    if is_cluster(client):
+        try:
+            client.nodes_manager.initialize()
+        except redis.RedisError:
+            pass  # the next request tries again
 
 
 def make_redis(config: Mapping[str, Any]) -> redis.Redis:
@@ -111,11 +164,23 @@ def make_redis(config: Mapping[str, Any]) -> redis.Redis:
     """
     client = _connect(config)
     client.durability_guard = durability.Guard(config)
+    if config.get("QUEUE_REDIS_URL"):
+        client.queue_client = redis.Redis.from_url(
+            config["QUEUE_REDIS_URL"], socket_timeout=float(config["REDIS_SOCKET_TIMEOUT"]))
     return client
 
 
-def _connect(config: Mapping[str, Any]) -> DurableRedis:
+def _connect(config: Mapping[str, Any]) -> DurableRedis | DurableCluster:
     timeout = float(config["REDIS_SOCKET_TIMEOUT"])
+    if config.get("REDIS_CLUSTER"):
+        seeds = parse_nodes(config["REDIS_CLUSTER"], "INVOICE_SYNC_REDIS_CLUSTER")
+        return DurableCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+            password=config.get("REDIS_PASSWORD"), socket_timeout=timeout,
+            socket_connect_timeout=timeout, decode_responses=True,
+            # While a master's replica is being promoted, the other masters keep serving.
+            require_full_coverage=False,
+        )
     if config.get("SENTINELS"):
         sentinel = Sentinel(
             parse_sentinels(config["SENTINELS"]),
@@ -131,7 +196,8 @@ def _connect(config: Mapping[str, Any]) -> DurableRedis:
         )
     if not config.get("REDIS_URL"):
         raise RuntimeError(
-            "No Redis configured: set INVOICE_SYNC_REDIS_URL (or INVOICE_SYNC_SENTINELS), "
+            "No Redis configured: set INVOICE_SYNC_REDIS_URL (or INVOICE_SYNC_SENTINELS, or "
+            "INVOICE_SYNC_REDIS_CLUSTER), "
             "or run `invoice-sync serve`, which starts an embedded one"
         )
     return DurableRedis.from_url(
