@@ -1,7 +1,11 @@
-"""Store and read warnings (keys in ``coordinator.keys``: ``warning:<id>`` and ``warnings``).
+"""Store and read warnings (keys in ``coordinator.keys``: ``{warnings}:warning:<id>`` and
+``{warnings}:index``, one hash slot).
 
 A warning's id is its deduplication key, ``<type>:<system>`` or ``<type>:<system>:<detail>``:
 the same problem raised again bumps ``count`` and ``last_seen`` instead of piling up.
+
+Warnings of the previous release (``warning:<id>``, ``warnings``) are moved to these keys the
+first time a process touches warnings (:func:`migrate_legacy`, idempotent).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from coordinator import keys
 from coordinator.exceptions import NotFound
@@ -27,8 +32,35 @@ TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSIN
 
 
 @cache
-def _source() -> str:
-    return resources.files(__package__).joinpath("raise.lua").read_text()
+def _source(name: str = "raise") -> str:
+    return resources.files(__package__).joinpath(f"{name}.lua").read_text()
+
+
+_MIGRATED: set[int] = set()
+"""ids of the clients this process already migrated (a check per process, not per call)."""
+
+
+def migrate_legacy(client: redis.Redis) -> int:
+    """Move the previous release's warnings to this release's keys; return how many moved.
+
+    Idempotent and safe with several processes at once (one script per warning). A Cluster
+    holds no data of the previous release (which did not run on one): nothing to do there.
+    """
+    if isinstance(client, RedisCluster) or not client.exists(keys.LEGACY_WARNINGS):
+        return 0
+    move = client.register_script(_source("migrate"))
+    moved = 0
+    for wid in client.zrange(keys.LEGACY_WARNINGS, 0, -1):
+        moved += int(move(keys=[keys.legacy_warning(wid), keys.LEGACY_WARNINGS,
+                                keys.warning(wid), keys.WARNINGS], args=[wid]))
+    return moved
+
+
+def _migrated(client: redis.Redis) -> redis.Redis:
+    if id(client) not in _MIGRATED:
+        migrate_legacy(client)
+        _MIGRATED.add(id(client))
+    return client
 
 
 def warning_id(kind: str, system: str | None = None, detail: str | None = None) -> str:
@@ -49,7 +81,7 @@ def raise_warning(
     """Record a warning (or one more occurrence of it); return its id."""
     now = now or dt.datetime.now(dt.UTC)
     wid = warning_id(kind, system, detail)
-    client.register_script(_source())(
+    _migrated(client).register_script(_source())(
         keys=[keys.warning(wid), keys.WARNINGS],
         args=[wid, kind, system or "", message, code or "",
               now.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{now.timestamp():.3f}"],
@@ -69,7 +101,7 @@ def _shape(raw: dict[str, str]) -> dict[str, Any]:
 
 def get(client: redis.Redis, wid: str) -> dict[str, Any] | None:
     """Return one warning, or None."""
-    raw = client.hgetall(keys.warning(wid))
+    raw = _migrated(client).hgetall(keys.warning(wid))
     return _shape(raw) if raw else None
 
 
@@ -79,7 +111,7 @@ def list_warnings(
 ) -> list[dict[str, Any]]:
     """Return warnings last seen at or after ``since``, most recent first."""
     low = f"{since.timestamp():.3f}" if since else "-inf"
-    ids = client.zrevrangebyscore(keys.WARNINGS, "+inf", low, start=0, num=limit)
+    ids = _migrated(client).zrevrangebyscore(keys.WARNINGS, "+inf", low, start=0, num=limit)
     with client.pipeline(transaction=False) as pipe:
         for wid in ids:
             pipe.hgetall(keys.warning(wid))
@@ -95,7 +127,7 @@ def ack(client: redis.Redis, wid: str, now: dt.datetime | None = None) -> dict[s
         NotFound: no such warning.
     """
     now = now or dt.datetime.now(dt.UTC)
-    if not client.exists(keys.warning(wid)):
+    if not _migrated(client).exists(keys.warning(wid)):
         raise NotFound(f"No warning {wid!r}")
     client.hset(keys.warning(wid), mapping={"acked": "1",
                                             "acked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
