@@ -23,6 +23,7 @@ from redis.cluster import key_slot
 from coordinator import keys
 from coordinator.cli import main
 from coordinator.ops.redis_client import for_key
+from tests.conftest import SERVERS, resolve_server
 from tests.faults.cluster import ClusterDeployment
 from tests.faults.history import History
 from tests.faults.load import agent_run, allocate_until_acked, run_threads
@@ -31,9 +32,13 @@ from tests.faults.scenario import DATE, SYSTEMS, agent_tokens, register_admin, v
 pytestmark = pytest.mark.faults
 
 
-@pytest.fixture
-def cluster(tmp_path, server_binary):
-    with ClusterDeployment(tmp_path / "cluster", binary=server_binary) as deployment:
+@pytest.fixture(scope="module", params=SERVERS)
+def cluster(request, tmp_path_factory):
+    """One cluster per server for this module (starting one takes seconds): the kill test
+    leaves it healthy (the old master back as a replica); the doctor test, last, kills a
+    replica."""
+    binary = resolve_server(request.config, request.param)
+    with ClusterDeployment(tmp_path_factory.mktemp("cluster"), binary=binary) as deployment:
         yield deployment
 
 
@@ -107,6 +112,7 @@ def test_allocations_survive_a_master_kill_on_a_cluster(cluster, gunicorn):
 
 
 def test_doctor_and_readyz_on_a_cluster(cluster, gunicorn, monkeypatch):
+    cluster.wait_healthy()
     env = {"INVOICE_SYNC_REDIS_CLUSTER": cluster.seeds, "INVOICE_SYNC_DURABLE_REPLICAS": "1",
            "INVOICE_SYNC_SECRET_KEYS": Fernet.generate_key().decode()}
     for name in ("INVOICE_SYNC_REDIS_URL", "INVOICE_SYNC_SENTINELS",
