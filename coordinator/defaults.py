@@ -97,3 +97,7 @@ HSTS_SECONDS = 31536000
 SYNC_DAILY_MODE = "full"
 """Mode of the automatic daily sync: ``full`` also picks up invoices paid, cancelled or renumbered
 since the last run (revenue counts Paid invoices); ``missing`` only fetches new invoices."""
+
+RETRY_AFTER_SECONDS = 1
+"""``Retry-After`` of a 503 (Redis unreachable, failing over, loading, or a write not confirmed
+durable): the agent waits at least this long before it sends the same request again."""

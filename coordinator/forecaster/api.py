@@ -13,7 +13,11 @@ from coordinator.exceptions import NotFound
 from coordinator.forecaster import jobs, reconcile, records, reports
 from coordinator.forecaster.schemas import (
     ForecastQuerySchema,
+    ForecastSchema,
+    ReceivablesSchema,
+    ReconciliationSchema,
     RevenueQuerySchema,
+    RevenueSchema,
     SyncRequestSchema,
     SyncSchema,
 )
@@ -69,7 +73,7 @@ class Sync(MethodView):
 class Revenue(MethodView):
     @auth.require(auth.ADMIN)
     @blp.arguments(RevenueQuerySchema, location="query")
-    @blp.response(200)
+    @blp.response(200, RevenueSchema)
     def get(self, query):
         """Revenue of Paid invoices by month or system, in the base currency."""
         return reports.revenue(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
@@ -79,7 +83,7 @@ class Revenue(MethodView):
 @blp.route("/v1/reports/receivables")
 class Receivables(MethodView):
     @auth.require(auth.ADMIN)
-    @blp.response(200)
+    @blp.response(200, ReceivablesSchema)
     def get(self):
         """Open receivables (Unpaid, overdue included) by days past due, due month and system."""
         return reports.receivables(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
@@ -90,7 +94,7 @@ class Receivables(MethodView):
 class Forecast(MethodView):
     @auth.require(auth.ADMIN)
     @blp.arguments(ForecastQuerySchema, location="query")
-    @blp.response(200)
+    @blp.response(200, ForecastSchema)
     def get(self, query):
         """Forecast revenue and collections; the method is stated in the answer."""
         return reports.forecast(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
@@ -114,7 +118,7 @@ def ledger_entries(client):
 @blp.route("/v1/reports/reconciliation")
 class Reconciliation(MethodView):
     @auth.require(auth.ADMIN)
-    @blp.response(200)
+    @blp.response(200, ReconciliationSchema)
     def get(self):
         """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen."""
         client = get_redis()

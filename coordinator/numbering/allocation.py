@@ -17,7 +17,13 @@ from typing import Any
 import redis
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, Forbidden, NotFound, ServiceUnavailable
+from coordinator.exceptions import (
+    Conflict,
+    Forbidden,
+    InternalFault,
+    NotFound,
+    ServiceUnavailable,
+)
 from coordinator.numbering import scripts
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
@@ -98,6 +104,13 @@ def allocate(
             client, scripts.ALLOCATE, seq_keys, [*args, sequence], durability
         )
         kind = reply[0]
+        if kind == "replay" and reply[1] is None:
+            # The reference index names a ledger entry that is not there: damaged data that
+            # no retry repairs (and numbering it anew could print a number twice).
+            raise InternalFault(
+                f"the reference index of system {system!r} says {document} {reference!r} "
+                f"was numbered in {sequence} period {period}, but that ledger entry is "
+                "missing; no new number was taken")
         if kind in ("new", "replay"):
             if document == CREDIT_NOTE:
                 _credit_note_home["sequence"] = sequence

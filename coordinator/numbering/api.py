@@ -155,7 +155,7 @@ class SequenceByName(MethodView):
 class SequenceAudit(MethodView):
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.AuditQuerySchema, location="query", unknown=RAISE)
-    @blp.response(200)
+    @blp.response(200, schemas.AuditSchema)
     def get(self, query, name):
         """Settings changes of one sequence (who, when, before, after), oldest first."""
         return {"sequence": name, "records": sequences.audit(get_redis(), name, query["limit"])}

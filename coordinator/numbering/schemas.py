@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from coordinator.api import FullMatch
 from coordinator.numbering.ledger import MAX_PAGE
 from coordinator.numbering.sequences import (
     DOCUMENTS,
@@ -17,8 +18,8 @@ from coordinator.numbering.sequences import (
     RESETS,
 )
 
-PERIOD = validate.Regexp(r"^(all|\d{4}|\d{4}-(0[1-9]|1[0-2]))$",
-                         error="Not a period: 'all', 'YYYY' or 'YYYY-MM'.")
+PERIOD = FullMatch(r"^(all|[0-9]{4}|[0-9]{4}-(0[1-9]|1[0-2]))$",
+                   error="Not a period: 'all', 'YYYY' or 'YYYY-MM'.")
 
 
 def _printable(value: str) -> None:
@@ -126,6 +127,12 @@ class LedgerPageSchema(Schema):
     entries = fields.List(fields.Nested(AllocationSchema))
     next_after = fields.Integer(allow_none=True, metadata={
         "description": "Pass as `after` for the next page; null on the last page."})
+
+
+class AuditSchema(Schema):
+    sequence = fields.String()
+    records = fields.List(fields.Dict(), metadata={
+        "description": "Settings changes, oldest first: who, when, before, after"})
 
 
 class GapsSchema(Schema):

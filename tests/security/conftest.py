@@ -30,7 +30,7 @@ def assert_error_shape(response, codes=None) -> dict:
             response.status_code, response.get_data(as_text=True)[:300])
     assert response.mimetype == "application/json", response.get_data(as_text=True)[:300]
     body = response.get_json()
-    assert set(body) <= {"code", "status", "message", "errors"}, body
+    assert set(body) == {"code", "status", "message", "errors"}, body
     assert body["code"] == response.status_code
     assert isinstance(body["status"], str) and body["status"]
     assert isinstance(body["message"], str) and body["message"]
