@@ -191,6 +191,7 @@ def init_app(app: Flask) -> None:
     app.before_request(_require_json_body)
 
     # Imported here, not at module top: blueprints import api-level helpers from this module.
+    from coordinator.auth.api import blp as tokens_blp
     from coordinator.forecaster.api import blp as forecaster_blp
     from coordinator.numbering.api import blp as numbering_blp
     from coordinator.ops.health import blp as health_blp
@@ -200,6 +201,6 @@ def init_app(app: Flask) -> None:
     from coordinator.warnings.api import blp as warnings_blp
 
     for blueprint in (health_blp, metrics_blp, numbering_blp, systems_blp, whoami_blp,
-                      forecaster_blp, warnings_blp):
+                      forecaster_blp, warnings_blp, tokens_blp):
         api.register_blueprint(blueprint)
 

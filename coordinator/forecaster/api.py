@@ -1,4 +1,4 @@
-"""HTTP views of the forecaster (admin only), syncs and reports: parse, call the domain, reply."""
+"""HTTP views of the forecaster: syncs (admin), reports (admin, auditor). Parse, call, reply."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from coordinator.forecaster.schemas import (
 )
 from coordinator.ops.redis_client import get_redis
 
-blp = Blueprint("forecaster", __name__, description="Syncs from WHMCS and reports (admin)")
+blp = Blueprint("forecaster", __name__,
+                description="Syncs from WHMCS (admin) and reports (admin, auditor)")
 
 
 def _today() -> dt.date:
@@ -71,7 +72,7 @@ class Sync(MethodView):
 
 @blp.route("/v1/reports/revenue")
 class Revenue(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(RevenueQuerySchema, location="query")
     @blp.response(200, RevenueSchema)
     def get(self, query):
@@ -82,7 +83,7 @@ class Revenue(MethodView):
 
 @blp.route("/v1/reports/receivables")
 class Receivables(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, ReceivablesSchema)
     def get(self):
         """Open receivables (Unpaid, overdue included) by days past due, due month and system."""
@@ -92,7 +93,7 @@ class Receivables(MethodView):
 
 @blp.route("/v1/reports/forecast")
 class Forecast(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(ForecastQuerySchema, location="query")
     @blp.response(200, ForecastSchema)
     def get(self, query):
@@ -117,7 +118,7 @@ def ledger_entries(client):
 
 @blp.route("/v1/reports/reconciliation")
 class Reconciliation(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, ReconciliationSchema)
     def get(self):
         """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen."""
