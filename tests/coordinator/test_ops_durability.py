@@ -192,8 +192,8 @@ def test_guard_probes_once_per_recheck_interval(tmp_path):
 
 @pytest.mark.parametrize("fsync", ["always", "everysec"])
 def test_registry_writes_follow_the_same_verdict(tmp_path, server_binary, fsync):
-    """Register, rotate and delete are refused exactly when allocations are, and then change
-    nothing (regression: they were acknowledged without any durability wait)."""
+    """Register, rotate, delete, and token create/revoke are refused exactly when allocations
+    are, and then change nothing (regression: they were acknowledged without any wait)."""
     from tests.coordinator.systems_support import FakeResolver, body
     from tests.support import snapshot
 
@@ -209,6 +209,8 @@ def test_registry_writes_follow_the_same_verdict(tmp_path, server_binary, fsync)
         plain = redis.Redis.from_url(server.url, decode_responses=True)
         setup = create_app({**config, "REDIS_CLIENT": plain}).test_client()
         assert setup.post("/v1/systems", headers=admin, json=body(name="red")).status_code == 201
+        auditor = setup.post("/v1/tokens", headers=admin, json={"role": "auditor", "label": "a"})
+        assert auditor.status_code == 201, auditor.get_json()
         expected = fsync == "always" or has_waitaof(server_binary)
         for replicas in (1, 0):  # 1: no replica runs, never durable
             durable = expected and replicas == 0
@@ -219,10 +221,13 @@ def test_registry_writes_follow_the_same_verdict(tmp_path, server_binary, fsync)
                 http.post("/v1/systems", headers=admin, json=body(name=f"blue{replicas}")),
                 http.post("/v1/systems/red/agent-token", headers=admin),
                 http.delete("/v1/systems/red", headers=admin),
+                http.post("/v1/tokens", headers=admin, json={"role": "auditor", "label": "b"}),
+                http.delete(f"/v1/tokens/{auditor.get_json()['id']}", headers=admin),
             ]
             ready = http.get("/readyz").status_code
             if durable:
-                assert [r.status_code for r in responses] == [201, 200, 204]
+                assert [r.status_code for r in responses] == [201, 200, 204, 201, 200], [
+                    r.get_json() for r in responses]
                 assert ready == 200
             else:
                 assert {r.status_code for r in responses} == {503}, [
