@@ -45,11 +45,16 @@ class DurablePipeline(Pipeline):
     guard: durability.Guard
     owner: redis.Redis
 
+    node_address: str | None = None
+    """On a Cluster: ``host:port`` of the master this pipeline runs on (see _SlotPipeline)."""
+
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Check the server can keep the transaction, run it, confirm it (or NotDurable)."""
         self._durability = None
         if (self.transaction or self.explicit_transaction) and self.command_stack:
             self._durability = self.guard.current(self.owner)
+            if self.node_address is not None:
+                self._durability = self._durability.on_node(self.node_address)
         return super().execute(raise_on_error)
 
     def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: bool):
@@ -97,14 +102,65 @@ class DurableRedis(redis.Redis):
         return pipe
 
 
+class _SlotPipeline:
+    """A transaction on a Cluster, run on the master of its first key's slot.
+
+    A Cluster runs a transaction only when all its keys share a slot, so the first key names
+    the master; a :class:`DurablePipeline` on that master's own connections then confirms the
+    transaction on the connection that ran EXEC, as on a single server. Binds on the first
+    call that names a key (``watch``, or the first queued command).
+    """
+
+    def __init__(self, cluster: DurableCluster) -> None:
+        self._cluster = cluster
+        self._pipe: DurablePipeline | None = None
+
+    def _bind(self, key: str) -> DurablePipeline:
+        node = for_key(self._cluster, key)
+        pipe = DurablePipeline(node.connection_pool, node.response_callbacks, True, None)
+        pipe.guard = self._cluster.durability_guard
+        pipe.owner = self._cluster
+        pipe.node_address = node_address(self._cluster, key)
+        self._pipe = pipe
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        if self._pipe is not None:
+            return getattr(self._pipe, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._pipe is None:
+                if not args:  # execute/reset of an empty transaction
+                    return [] if name == "execute" else None
+                self._bind(args[0])
+            return getattr(self._pipe, name)(*args, **kwargs)
+
+        return call
+
+    def __enter__(self) -> _SlotPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pipe is not None:
+            self._pipe.reset()
+
+
 class DurableCluster(RedisCluster):
     """``RedisCluster`` for the coordinator: carries the durability guard and the queue client.
 
     Numbering sends each script and its confirmation to the master of the script's slot on one
-    connection (:func:`for_key`); other commands are routed by redis-py.
+    connection (:func:`for_key`); transactions run on the master of their slot and wait for
+    durability as on one server (:class:`_SlotPipeline`); other commands are routed by
+    redis-py.
     """
 
     durability_guard: durability.Guard | None = None
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        """A transaction (``transaction=True``) on its slot's master; else redis-py's."""
+        if transaction and self.durability_guard is not None:
+            return _SlotPipeline(self)
+        return super().pipeline(transaction, shard_hint)
     queue_client: redis.Redis | None = None
     """A plain Redis for the job queue (INVOICE_SYNC_QUEUE_REDIS_URL): RQ needs one."""
 

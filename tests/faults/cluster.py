@@ -145,6 +145,15 @@ class ClusterDeployment:
         return sorted({m for _, _, m in self._slots(next(
             n.port for n in self.nodes if n.running))})
 
+    def replica_of(self, master: int) -> int:
+        """The port of a running replica of the master at ``master``."""
+        for node in self.nodes:
+            if node.running and node.port != master:
+                info = self._client(node.port).info("replication")
+                if info["role"] == "slave" and int(info["master_port"]) == master:
+                    return node.port
+        raise LookupError(f"no replica of :{master}")
+
     def kill(self, port: int) -> None:
         """SIGKILL one node."""
         self.node(port).kill()

@@ -132,12 +132,24 @@ def test_doctor_and_readyz_on_a_cluster(cluster, gunicorn, monkeypatch):
     ready = requests.get(coordinator.url + "/readyz", timeout=10)
     assert ready.status_code == 200, ready.json()
     assert len(ready.json()["redis"]["cluster_masters"]) == 3
-    # A master whose replica is gone: not durable, for the doctor and /readyz alike.
-    replica = next(n for n in cluster.nodes if n.running and n.port not in cluster.masters())
-    replica.kill()
+    admin = {"Authorization": f"Bearer {register_admin(cluster.client())}"}
+    created = requests.post(coordinator.url + "/v1/tokens", headers=admin, timeout=10,
+                            json={"role": "auditor", "label": "before"})
+    assert created.status_code == 201, created.json()
+    # The token store's master loses its replica: not durable, for the doctor and /readyz
+    # alike, and a token transaction (on that master's connection) is not acknowledged.
+    cluster.kill(cluster.replica_of(cluster.master_of(keys.TOKENS)))
     deadline = time.monotonic() + 20
     while requests.get(coordinator.url + "/readyz", timeout=10).status_code != 503:
         assert time.monotonic() < deadline, "readyz stayed ok with a replica missing"
         time.sleep(0.2)
     result = CliRunner().invoke(main, ["doctor"], env=env)
     assert "✗ replicas connected: 0 connected" in result.output, result.output
+    for attempt in (
+        lambda: requests.post(coordinator.url + "/v1/tokens", headers=admin, timeout=10,
+                              json={"role": "auditor", "label": "after"}),
+        lambda: requests.delete(coordinator.url + f"/v1/tokens/{created.json()['id']}",
+                                headers=admin, timeout=10),
+    ):
+        response = attempt()
+        assert response.status_code == 503, response.json()
