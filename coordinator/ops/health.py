@@ -22,9 +22,13 @@ class LivenessSchema(Schema):
 class ReadinessSchema(Schema):
     status = fields.String(metadata={"description": "`ok`, `not durable` or `unavailable`"})
     redis = fields.Dict(metadata={
-        "description": "What was found: aof_enabled, appendfsync, role, connected_replicas, "
-                       "maxmemory_policy"})
+        "description": "What was found: server, waitaof, aof_enabled, appendfsync, role, "
+                       "connected_replicas, min_replicas_to_write, maxmemory_policy, "
+                       "confirmation (waitaof | fsync-always | null), cluster_masters"})
     problems = fields.List(fields.String(), metadata={"description": "What to fix; [] when ok"})
+    advice = fields.List(fields.String(), metadata={
+        "description": "What would be better but does not stop writes (e.g. appendfsync "
+                       "everysec on a server with WAITAOF: slower, still durable)"})
 
 
 @blp.route("/livez")
