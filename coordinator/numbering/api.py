@@ -11,7 +11,7 @@ from coordinator import auth
 from coordinator.exceptions import NotDurable
 from coordinator.numbering import allocation, ledger, schemas, sequences
 from coordinator.numbering.scripts import Durability
-from coordinator.ops import durability
+from coordinator.ops import confirmation
 from coordinator.ops.metrics import ALLOCATIONS, child
 from coordinator.ops.redis_client import get_redis
 
@@ -44,7 +44,7 @@ def _actor() -> str:
 def _durability() -> Durability:
     # The same verdict as /readyz and the doctor: 503 before writing when the server cannot
     # keep what it acknowledges (coordinator.ops.durability).
-    return durability.guard_for(current_app).current(get_redis())
+    return confirmation.guard_for(current_app).current(get_redis())
 
 
 def _period(name: str, given: str | None) -> str:

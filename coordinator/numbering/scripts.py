@@ -21,7 +21,7 @@ import redis
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
 from coordinator.ops import redis_client
-from coordinator.ops.durability import Durability
+from coordinator.ops.confirmation import Durability
 
 
 @dataclass(frozen=True)
@@ -100,5 +100,5 @@ class _Confirmation:
 
 def check_durable(wait: _Confirmation, durability: Durability) -> None:
     """Raise ``NotDurable`` unless the confirmation queued with the write holds (see
-    :meth:`coordinator.ops.durability.Durability.confirm`)."""
+    :meth:`coordinator.ops.confirmation.Durability.confirm`)."""
     wait.durability.confirm(wait.replies)

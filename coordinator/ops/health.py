@@ -8,7 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from coordinator.ops import durability
+from coordinator.ops import confirmation, durability
 from coordinator.ops.metrics import REDIS_DURABLE
 from coordinator.ops.redis_client import get_redis
 
@@ -43,7 +43,7 @@ def _readiness():
     # The verdict the write path uses (and now refreshed for it): ready exactly when a write
     # would not be refused for durability.
     try:
-        verdict = durability.guard_for(current_app).refresh(get_redis())
+        verdict = confirmation.guard_for(current_app).refresh(get_redis())
     except redis.RedisError as error:
         REDIS_DURABLE.set(0)
         return {"status": "unavailable", "problems": [f"Redis: {type(error).__name__}"]}, 503

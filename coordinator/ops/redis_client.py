@@ -20,7 +20,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
 from coordinator.exceptions import NotDurable
-from coordinator.ops import durability
+from coordinator.ops import confirmation
 
 EXTENSION = "invoice_sync.redis"
 
@@ -42,7 +42,7 @@ class DurablePipeline(Pipeline):
     confirmation (the numbering scripts).
     """
 
-    guard: durability.Guard
+    guard: confirmation.Guard
     owner: redis.Redis
 
     node_address: str | None = None
@@ -87,7 +87,7 @@ class DurableRedis(redis.Redis):
     ``durability_guard`` None (the default) makes it a plain client.
     """
 
-    durability_guard: durability.Guard | None = None
+    durability_guard: confirmation.Guard | None = None
     queue_client: redis.Redis | None = None
     """A plain Redis for the job queue (INVOICE_SYNC_QUEUE_REDIS_URL); None: this one."""
 
@@ -154,7 +154,7 @@ class DurableCluster(RedisCluster):
     redis-py.
     """
 
-    durability_guard: durability.Guard | None = None
+    durability_guard: confirmation.Guard | None = None
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         """A transaction (``transaction=True``) on its slot's master; else redis-py's."""
@@ -219,7 +219,7 @@ def make_redis(config: Mapping[str, Any]) -> redis.Redis:
     Its transactions wait for durability as ``config`` asks (DURABLE_REPLICAS, ...).
     """
     client = _connect(config)
-    client.durability_guard = durability.Guard(config)
+    client.durability_guard = confirmation.Guard(config)
     if config.get("QUEUE_REDIS_URL"):
         client.queue_client = redis.Redis.from_url(
             config["QUEUE_REDIS_URL"], socket_timeout=float(config["REDIS_SOCKET_TIMEOUT"]))
@@ -272,7 +272,7 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = client
     guard = getattr(client, "durability_guard", None)
     if guard is not None:
-        app.extensions[durability.EXTENSION] = guard
+        app.extensions[confirmation.EXTENSION] = guard
 
 
 def get_redis() -> redis.Redis:

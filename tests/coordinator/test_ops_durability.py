@@ -19,7 +19,7 @@ from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.cli import main
 from coordinator.numbering import iter_ledger
-from coordinator.ops import durability
+from coordinator.ops import confirmation
 from coordinator.ops.embedded import ValkeyServer
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_guard_probes_once_per_recheck_interval(tmp_path):
     server = ValkeyServer(tmp_path / "s").start()
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)
-        guard = durability.Guard({"DURABILITY_RECHECK_SECONDS": 3600})
+        guard = confirmation.Guard({"DURABILITY_RECHECK_SECONDS": 3600})
 
         def probes() -> int:  # each probe sends one WAITAOF 0 0 1
             return client.info("commandstats").get("cmdstat_waitaof", {}).get("calls", 0)
