@@ -63,6 +63,9 @@ def request_sync(
         running = lock.holder(client, system)
         raise Conflict(f"A sync of {system!r} is already queued or running (sync {running})")
     sync_queue = queue(client)
+    if getattr(client, "queue_client", None) is not None:
+        return _request_on_separate_queue(client, sync_queue, system, mode, sync_id, trigger,
+                                          confirm)
     try:
         with sync_queue.connection.pipeline(transaction=True) as pipe:
             pipe.multi()  # RQ adds its writes to an explicit MULTI rather than starting one
@@ -80,6 +83,32 @@ def request_sync(
         with contextlib.suppress(redis.RedisError):
             lock.release(client, system, sync_id)
         raise
+    return records.get(client, sync_id)
+
+
+def _request_on_separate_queue(
+    client: redis.Redis, sync_queue: Queue, system: str, mode: str, sync_id: str, trigger: str,
+    confirm: tuple[str, int] | None,
+) -> dict[str, Any]:
+    """:func:`request_sync` when the jobs live on another Redis (INVOICE_SYNC_QUEUE_REDIS_URL,
+    e.g. beside a Cluster): no transaction spans two servers, so the record is written to the
+    data Redis first and taken back if the job cannot be queued."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            records.create(pipe, system, mode, sync_id, trigger=trigger)
+            pipe.execute()
+        sync_queue.enqueue_call(
+            run_sync_job, args=(sync_id,), job_id=f"sync-{sync_id}",
+            timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
+        )
+    except redis.RedisError:
+        with contextlib.suppress(redis.RedisError):
+            client.delete(keys.sync(sync_id))
+            client.lrem(keys.sys_syncs(system), 0, sync_id)
+            lock.release(client, system, sync_id)
+        raise
+    if confirm is not None:
+        client.expire(*confirm)
     return records.get(client, sync_id)
 
 
