@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.exceptions import NotFound
+from coordinator.lua import LuaScript
 
 SYNC_FAILED = "sync_failed"
 MIXED_CURRENCIES = "mixed_currencies"
@@ -34,10 +34,8 @@ TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSIN
 """Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 
-@cache
-def _source(name: str = "raise") -> str:
-    return resources.files(__package__).joinpath(f"{name}.lua").read_text()
-
+_RAISE = LuaScript.load(__package__, "raise")
+_MIGRATE = LuaScript.load(__package__, "migrate")
 
 _MIGRATED: set[int] = set()
 """ids of the clients this process already migrated (a check per process, not per call)."""
@@ -51,11 +49,10 @@ def migrate_legacy(client: redis.Redis) -> int:
     """
     if isinstance(client, RedisCluster) or not client.exists(keys.LEGACY_WARNINGS):
         return 0
-    move = client.register_script(_source("migrate"))
     moved = 0
     for wid in client.zrange(keys.LEGACY_WARNINGS, 0, -1):
-        moved += int(move(keys=[keys.legacy_warning(wid), keys.LEGACY_WARNINGS,
-                                keys.warning(wid), keys.WARNINGS], args=[wid]))
+        moved += int(_MIGRATE(client, keys=[keys.legacy_warning(wid), keys.LEGACY_WARNINGS,
+                                            keys.warning(wid), keys.WARNINGS], args=[wid]))
     return moved
 
 
@@ -82,12 +79,13 @@ def raise_warning(
     now: dt.datetime | None = None,
 ) -> str:
     """Record a warning (or one more occurrence of it); return its id."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     wid = warning_id(kind, system, detail)
-    _migrated(client).register_script(_source())(
+    _RAISE(
+        _migrated(client),
         keys=[keys.warning(wid), keys.WARNINGS],
         args=[wid, kind, system or "", message, code or "",
-              now.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{now.timestamp():.3f}"],
+              iso(now), f"{now.timestamp():.3f}"],
     )
     return wid
 
@@ -129,11 +127,10 @@ def ack(client: redis.Redis, wid: str, now: dt.datetime | None = None) -> dict[s
     Raises:
         NotFound: no such warning.
     """
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     if not _migrated(client).exists(keys.warning(wid)):
         raise NotFound(f"No warning {wid!r}")
-    client.hset(keys.warning(wid), mapping={"acked": "1",
-                                            "acked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    client.hset(keys.warning(wid), mapping={"acked": "1", "acked_at": iso(now)})
     return get(client, wid)
 
 
