@@ -222,13 +222,25 @@ def sync(sync_id: str) -> str:
 
 
 # --- warnings -----------------------------------------------------------------------------
+# Redis Cluster: the index and every warning share the hash tag {warnings}, so raise.lua
+# touches one slot. The previous release's names (below) are moved at first use.
 
-WARNINGS = "warnings"
+WARNINGS = "{warnings}:index"
 """Sorted set: warning id -> last seen (unix seconds), for ``GET /v1/warnings?since=``."""
 
 
 def warning(warning_id: str) -> str:
     """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
+    return f"{{warnings}}:warning:{warning_id}"
+
+
+LEGACY_WARNINGS = "warnings"
+"""Where the previous release kept :data:`WARNINGS` (no hash tag); moved by
+``coordinator.warnings.store.migrate_legacy``."""
+
+
+def legacy_warning(warning_id: str) -> str:
+    """Where the previous release kept :func:`warning`."""
     return f"warning:{warning_id}"
 
 

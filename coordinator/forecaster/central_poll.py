@@ -47,7 +47,7 @@ from coordinator.exceptions import (
 )
 from coordinator.forecaster import lock
 from coordinator.numbering import allocation
-from coordinator.numbering.scripts import Durability
+from coordinator.ops.confirmation import Durability, Guard
 from coordinator.warnings import store as warnings
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,10 @@ def run(
     try:
         path = journal_path(config, system)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        numbering = LocalNumbering(client, system, Durability.from_config(config), clock)
         try:
+            # The same durability verdict as /readyz and the HTTP allocations: on a server that
+            # cannot keep what it acknowledges, no number is taken (NotDurable, below).
+            numbering = LocalNumbering(client, system, Guard(config).current(client), clock)
             whmcs, _step = (resolve or default_resolver)(client, system, config)
             with Journal(path) as journal:
                 report = Poller(numbering, whmcs, journal,
@@ -178,7 +180,7 @@ def run(
             ok, message = _summary(report)
             numbered, failed = len(report.of("numbered")), len(report.of("failed"))
             calls = report.whmcs_calls
-        except CoordinatorError as error:  # the system's credentials or URL
+        except CoordinatorError as error:  # credentials, URL, or a Redis that is not durable
             ok, message, numbered, failed, calls = False, f"stopped: {error.message}", 0, 0, 0
         outcome = {"state": "done" if ok else "failed", "at": iso(clock()),
                    "message": message, "numbered": numbered, "failed": failed,

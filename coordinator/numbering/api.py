@@ -12,6 +12,7 @@ from coordinator.clock import utcnow
 from coordinator.exceptions import NotDurable
 from coordinator.numbering import allocation, ledger, schemas, sequences
 from coordinator.numbering.scripts import Durability
+from coordinator.ops import confirmation
 from coordinator.ops.metrics import ALLOCATIONS, child
 from coordinator.ops.redis_client import get_redis
 
@@ -27,10 +28,6 @@ _ALLOCATION_FIELDS = tuple(_ALLOCATION.dump_fields)
 
 SERIES = "default"
 """The ``series`` label of the allocation metrics (one series until series land)."""
-
-DURABILITY = "invoice_sync.durability"
-"""``app.extensions`` key of the app's :class:`Durability`, read from its config once."""
-
 
 def _shaped(entry: dict) -> dict:
     """Return ``entry`` as ``AllocationSchema().dump(entry)`` would, without marshmallow.
@@ -49,11 +46,9 @@ def _actor() -> str:
 
 
 def _durability() -> Durability:
-    extensions = current_app.extensions
-    durability = extensions.get(DURABILITY)
-    if durability is None:
-        durability = extensions[DURABILITY] = Durability.from_config(current_app.config)
-    return durability
+    # The same verdict as /readyz and the doctor: 503 before writing when the server cannot
+    # keep what it acknowledges (coordinator.ops.durability).
+    return confirmation.guard_for(current_app).current(get_redis())
 
 
 def _period(name: str, given: str | None) -> str:
