@@ -9,7 +9,8 @@ from marshmallow import RAISE
 
 from coordinator import auth
 from coordinator.exceptions import NotDurable
-from coordinator.numbering import allocation, ledger, schemas, sequences
+from coordinator.numbering import allocation, ledger, migrate, schemas, sequences
+from coordinator.numbering.allocation import Hints
 from coordinator.numbering.scripts import Durability
 from coordinator.ops.metrics import ALLOCATIONS, child
 from coordinator.ops.redis_client import get_redis
@@ -26,6 +27,33 @@ _ALLOCATION_FIELDS = tuple(_ALLOCATION.dump_fields)
 
 DURABILITY = "invoice_sync.durability"
 """``app.extensions`` key of the app's :class:`Durability`, read from its config once."""
+
+HINTS = "invoice_sync.numbering_hints"
+"""``app.extensions`` key of the app's allocation :class:`Hints` (never shared between apps)."""
+
+READY = "invoice_sync.numbering_ready"
+"""``app.extensions`` key set once this app saw the numbering data in the series layout."""
+
+
+@blp.before_request
+def ensure_layout() -> None:
+    """Once per app, before it reads or writes a number: migrate an older layout (idempotent).
+
+    ``invoice-sync serve`` migrates before it starts serving; this covers coordinators started
+    another way (gunicorn directly), so no request ever sees the old keys as missing.
+    """
+    extensions = current_app.extensions
+    if not extensions.get(READY):
+        migrate.ensure_layout(get_redis())
+        extensions[READY] = True
+
+
+def hints() -> Hints:
+    """Return this app's allocation hints."""
+    found = current_app.extensions.get(HINTS)
+    if found is None:
+        found = current_app.extensions[HINTS] = Hints()
+    return found
 
 
 def _shaped(entry: dict) -> dict:
@@ -55,10 +83,10 @@ def _durability() -> Durability:
     return durability
 
 
-def _period(name: str, given: str | None) -> str:
+def _period(name: str, given: str | None, series: str) -> str:
     if given is not None:
         return given
-    settings = sequences.read_settings(get_redis(), name)
+    settings = sequences.read_settings(get_redis(), name, series)
     return sequences.period_of(sequences.utcnow().date(), settings["reset"])
 
 
@@ -76,7 +104,7 @@ class Allocations(MethodView):
         try:
             entry, new = allocation.allocate(
                 get_redis(), auth.current_principal().system, body["document"],
-                body["reference"], day, _durability(),
+                body["reference"], day, _durability(), hints(),
             )
         except NotDurable:
             # The physical sequence is unknown here; the document names it closely enough.
@@ -127,13 +155,60 @@ class Void(MethodView):
         return _transition(allocation_id, "void", body["reason"])
 
 
+def list_sequences(series: str) -> list[dict]:
+    """Both sequences of ``series``."""
+    return [sequences.describe(get_redis(), name, series=series) for name in sequences.SEQUENCES]
+
+
+def show_sequence(series: str, name: str) -> dict:
+    """One sequence of ``series``."""
+    sequences.check_name(name)
+    return sequences.describe(get_redis(), name, series=series)
+
+
+def patch_sequence(series: str, name: str, body: dict) -> dict:
+    """Change settings of one sequence of ``series``."""
+    sequences.check_name(name)
+    period = body.pop("period", None)
+    return sequences.update(get_redis(), name, body, actor=_actor(), period=period,
+                            series=series)
+
+
+def sequence_audit(series: str, name: str, limit: int) -> dict:
+    """Settings changes of one sequence of ``series``."""
+    return {"sequence": name,
+            "records": sequences.audit(get_redis(), name, limit, series=series)}
+
+
+def sequence_ledger(series: str, name: str, query: dict) -> dict:
+    """One page of the ledger of one sequence of ``series``."""
+    sequences.check_name(name)
+    period = _period(name, query["period"], series)
+    entries = ledger.list_ledger(get_redis(), name, period, query["after"], query["limit"],
+                                 series=series)
+    next_after = entries[-1]["number"] if len(entries) == query["limit"] else None
+    return {"sequence": name, "period": period, "entries": entries, "next_after": next_after}
+
+
+def sequence_gaps(series: str, name: str, query: dict) -> dict:
+    """The gap report of one period of one sequence of ``series``."""
+    sequences.check_name(name)
+    period = _period(name, query["period"], series)
+    found = ledger.gaps(get_redis(), name, period,
+                        int(current_app.config["UNCONFIRMED_GRACE_SECONDS"]), series=series)
+    return {"sequence": name, "period": period, "gaps": found}
+
+
+DEFAULT = sequences.DEFAULT_SERIES
+
+
 @blp.route("/sequences")
 class Sequences(MethodView):
     @auth.require(auth.ADMIN)
     @blp.response(200, schemas.SequenceSchema(many=True))
     def get(self):
         """Both sequences: settings and, per period, the last number issued."""
-        return [sequences.describe(get_redis(), name) for name in sequences.SEQUENCES]
+        return list_sequences(DEFAULT)
 
 
 @blp.route("/sequences/<string:name>")
@@ -142,18 +217,16 @@ class SequenceByName(MethodView):
     @blp.response(200, schemas.SequenceSchema)
     def get(self, name):
         """One sequence: settings and, per period, the last number issued."""
-        sequences.check_name(name)
-        return sequences.describe(get_redis(), name)
+        return show_sequence(DEFAULT, name)
 
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.SequencePatchSchema)
     @blp.response(200, schemas.SequenceSchema)
-    @blp.alt_response(409, description="next_number backwards, reset locked, dedicated in use")
+    @blp.alt_response(409, description="next_number backwards, reset locked, dedicated in use, "
+                                       "or settings that could print one number twice")
     def patch(self, body, name):
         """Change settings; next_number only moves forward. Every change is audited."""
-        sequences.check_name(name)
-        period = body.pop("period", None)
-        return sequences.update(get_redis(), name, body, actor=_actor(), period=period)
+        return patch_sequence(DEFAULT, name, body)
 
 
 @blp.route("/sequences/<string:name>/audit")
@@ -163,7 +236,7 @@ class SequenceAudit(MethodView):
     @blp.response(200)
     def get(self, query, name):
         """Settings changes of one sequence (who, when, before, after), oldest first."""
-        return {"sequence": name, "records": sequences.audit(get_redis(), name, query["limit"])}
+        return sequence_audit(DEFAULT, name, query["limit"])
 
 
 @blp.route("/sequences/<string:name>/ledger")
@@ -173,11 +246,7 @@ class SequenceLedger(MethodView):
     @blp.response(200, schemas.LedgerPageSchema)
     def get(self, query, name):
         """Issued numbers of one period in number order (cursor: ``after``)."""
-        sequences.check_name(name)
-        period = _period(name, query["period"])
-        entries = ledger.list_ledger(get_redis(), name, period, query["after"], query["limit"])
-        next_after = entries[-1]["number"] if len(entries) == query["limit"] else None
-        return {"sequence": name, "period": period, "entries": entries, "next_after": next_after}
+        return sequence_ledger(DEFAULT, name, query)
 
 
 @blp.route("/sequences/<string:name>/gaps")
@@ -187,8 +256,4 @@ class SequenceGaps(MethodView):
     @blp.response(200, schemas.GapsSchema)
     def get(self, query, name):
         """Voided, skipped, long-unconfirmed and missing numbers of one period."""
-        sequences.check_name(name)
-        period = _period(name, query["period"])
-        found = ledger.gaps(get_redis(), name, period,
-                            int(current_app.config["UNCONFIRMED_GRACE_SECONDS"]))
-        return {"sequence": name, "period": period, "gaps": found}
+        return sequence_gaps(DEFAULT, name, query)

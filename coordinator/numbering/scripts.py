@@ -40,6 +40,8 @@ ALLOCATE = LuaScript.load("allocate")
 TRANSITION = LuaScript.load("transition")
 SETTINGS = LuaScript.load("settings")
 ROUTE = LuaScript.load("route")
+MIGRATE_FENCE = LuaScript.load("migrate_fence")
+MIGRATE_COMMIT = LuaScript.load("migrate_commit")
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,14 @@ def _credential_field(**kwargs: Any) -> fields.String:
                          **kwargs)
 
 
+def _series(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=validate.Regexp(NAME_RE, error=_NAME_MESSAGE),
+        metadata={"description": "The series (legal entity) that numbers its documents; a "
+                                 "system that has numbers cannot move", "example": "default"},
+        **kwargs)
+
+
 class SystemCreateSchema(Schema):
     """Body of ``POST /v1/systems``."""
 
@@ -128,6 +136,7 @@ class SystemCreateSchema(Schema):
     exchange_rate = ExchangeRate(load_default="1",
                                  metadata={"description": "To the base currency",
                                            "example": "1.0000", "type": "string"})
+    series = _series(load_default="default")
 
 
 class SystemPatchSchema(Schema):
@@ -142,6 +151,7 @@ class SystemPatchSchema(Schema):
     step = StrictInteger(validate=validate.Range(min=1, max=1000))
     auto_sync = StrictBoolean()
     exchange_rate = ExchangeRate(metadata={"type": "string"})
+    series = _series()
 
 
 class SystemSchema(Schema):
@@ -156,6 +166,7 @@ class SystemSchema(Schema):
     step = fields.Integer()
     auto_sync = fields.Boolean()
     exchange_rate = fields.String()
+    series = fields.String(metadata={"description": "The series that numbers its documents"})
     agent_token_issued_at = fields.String(allow_none=True)
     created_at = fields.String()
     updated_at = fields.String()
