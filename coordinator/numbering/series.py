@@ -264,6 +264,18 @@ def leave(client: redis.Redis, name: str, system: str, *, keep_numbers: bool = F
     _transaction(client, [members_key, *number_keys], body)
 
 
+def prepare_registration(client: redis.Redis, name: str, system: str) -> None:
+    """Before the record of a new ``system`` of series ``name`` exists: close it in ``default``.
+
+    ``default`` serves systems it never heard of (those of the release before series), so a
+    system registered elsewhere must be closed there before anything can name it; :func:`join`
+    follows once the record exists. A number that an earlier, deleted system of the same name
+    got in ``default`` stays in its ledger.
+    """
+    if name != DEFAULT:
+        leave(client, DEFAULT, system, keep_numbers=True)
+
+
 def series_of_system(client: redis.Redis, system: str) -> str | None:
     """Return the series the registry names for ``system``; None when it is not registered."""
     name, series = client.hmget(keys.system(system), ["name", "series"])

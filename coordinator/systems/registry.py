@@ -225,6 +225,9 @@ def create_system(
         pipe.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(name))
 
     with _series_lock(client, name):
+        if client.exists(key):
+            raise Conflict(f"A system named {name!r} already exists")
+        numbering_series.prepare_registration(client, values["series"], name)
         _transaction(client, key, body)
         try:
             numbering_series.join(client, values["series"], name)
