@@ -115,7 +115,7 @@ class Allocations(MethodView):
         return jsonify(_shaped(entry)), (201 if new else 200)
 
 
-@blp.route("/allocations/<string:allocation_id>")
+@blp.route("/allocations/<path:allocation_id>")
 class AllocationById(MethodView):
     @auth.require(auth.ADMIN, auth.AGENT)
     @blp.response(200, schemas.AllocationSchema)
@@ -135,7 +135,7 @@ def _transition(allocation_id: str, action: str, value: str):
     return entry
 
 
-@blp.route("/allocations/<string:allocation_id>/confirm")
+@blp.route("/allocations/<path:allocation_id>/confirm")
 class Confirm(MethodView):
     @auth.require(auth.AGENT)
     @blp.arguments(schemas.ConfirmSchema)
@@ -145,7 +145,7 @@ class Confirm(MethodView):
         return _transition(allocation_id, "confirm", body["invoicenum"])
 
 
-@blp.route("/allocations/<string:allocation_id>/void")
+@blp.route("/allocations/<path:allocation_id>/void")
 class Void(MethodView):
     @auth.require(auth.ADMIN, auth.AGENT)
     @blp.arguments(schemas.VoidSchema)
