@@ -71,7 +71,7 @@ class Revenue(MethodView):
     @blp.arguments(RevenueQuerySchema, location="query")
     @blp.response(200)
     def get(self, query):
-        """Revenue of Paid invoices by month or system, in the base currency."""
+        """Revenue of Paid invoices by month, system or series, in the base currency."""
         return reports.revenue(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
                                query.get("from_"), query.get("to"), query["by"], today=_today())
 
@@ -98,15 +98,18 @@ class Forecast(MethodView):
 
 
 def ledger_entries(client):
-    """Yield every ledger entry of both sequences, or return None without a numbering ledger."""
+    """Yield every ledger entry of both sequences of every series (each carries ``series``),
+    or return None without a numbering ledger."""
     try:
-        from coordinator.numbering import ledger
+        from coordinator import numbering
     except ImportError:
         return None
+    numbering.ensure_layout(client)  # a ledger of the release before series is moved first
 
     def entries():
-        for sequence in ("invoice", "credit_note"):
-            yield from ledger.iter_ledger(client, sequence)
+        for series in numbering.list_series(client):
+            for sequence in ("invoice", "credit_note"):
+                yield from numbering.iter_ledger(client, sequence, series=series["name"])
 
     return entries()
 
@@ -118,7 +121,8 @@ class Reconciliation(MethodView):
     def get(self):
         """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen."""
         client = get_redis()
-        names = [s.name for s in _rates()]
-        report = reconcile.reconcile(client, names, ledger_entries(client))
+        rates = _rates()
+        report = reconcile.reconcile(client, [s.name for s in rates], ledger_entries(client),
+                                     series_of={s.name: s.series for s in rates})
         reconcile.raise_warnings(client, report)
         return report

@@ -38,7 +38,7 @@ _MONTH = validate.Regexp(r"^\d{4}-(0[1-9]|1[0-2])$", error="Must be a month, YYY
 class RevenueQuerySchema(Schema):
     from_ = fields.String(data_key="from", validate=_MONTH)
     to = fields.String(validate=_MONTH)
-    by = fields.String(load_default="month", validate=validate.OneOf(("month", "system")))
+    by = fields.String(load_default="month", validate=validate.OneOf(reports.BY))
 
 
 class ForecastQuerySchema(Schema):
