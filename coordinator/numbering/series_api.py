@@ -10,7 +10,8 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from coordinator import auth
-from coordinator.numbering import api, schemas, series
+from coordinator.numbering import api, schemas
+from coordinator.numbering import series as domain
 from coordinator.ops.redis_client import get_redis
 
 blp = Blueprint("series", __name__, url_prefix="/v1/series",
@@ -22,10 +23,18 @@ blp.before_request(api.ensure_layout)
 _NOT_FOUND = {"description": "No such series (or sequence)"}
 
 
-def _systems_of(client, name: str) -> list[str]:
+def _systems_by_series(client) -> dict[str, list[str]]:
+    # Imported here: the registry imports numbering, which this blueprint is part of.
     from coordinator.systems import registry
 
-    return [s["name"] for s in registry.list_systems(client) if s["series"] == name]
+    found: dict[str, list[str]] = {}
+    for system in registry.list_systems(client):
+        found.setdefault(system["series"], []).append(system["name"])
+    return found
+
+
+def _systems_of(client, name: str) -> list[str]:
+    return _systems_by_series(client).get(name, [])
 
 
 def _shown(record: dict) -> dict:
@@ -33,7 +42,7 @@ def _shown(record: dict) -> dict:
 
 
 def _existing(name: str) -> str:
-    series.require(get_redis(), name)
+    domain.require(get_redis(), name)
     return name
 
 
@@ -44,12 +53,9 @@ class SeriesList(MethodView):
     def get(self):
         """Every series, ``default`` first, with the systems it numbers."""
         client = get_redis()
-        from coordinator.systems import registry
-
-        systems = registry.list_systems(client)
-        return [{**record, "systems": [s["name"] for s in systems
-                                       if s["series"] == record["name"]]}
-                for record in series.list_series(client)]
+        members = _systems_by_series(client)
+        return [{**record, "systems": members.get(record["name"], [])}
+                for record in domain.list_series(client)]
 
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.SeriesCreateSchema)
@@ -57,55 +63,55 @@ class SeriesList(MethodView):
     @blp.alt_response(409, description="A series of that name exists")
     def post(self, body):
         """Create a series with both sequences at their default settings."""
-        record = series.create_series(get_redis(), body["name"], body["description"])
+        record = domain.create_series(get_redis(), body["name"], body["description"])
         return {**record, "systems": []}
 
 
-@blp.route("/<string:name>")
+@blp.route("/<string:series>")
 class SeriesByName(MethodView):
     @auth.require(auth.ADMIN)
     @blp.response(200, schemas.SeriesSchema)
     @blp.alt_response(404, **_NOT_FOUND)
-    def get(self, name):
+    def get(self, series):
         """One series and the systems it numbers."""
-        return _shown(series.get_series(get_redis(), name))
+        return _shown(domain.get_series(get_redis(), series))
 
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.SeriesPatchSchema)
     @blp.response(200, schemas.SeriesSchema)
     @blp.alt_response(404, **_NOT_FOUND)
-    def patch(self, body, name):
+    def patch(self, body, series):
         """Change the series' description."""
-        return _shown(series.update_series(get_redis(), name, body))
+        return _shown(domain.update_series(get_redis(), series, body))
 
     @auth.require(auth.ADMIN)
     @blp.response(204)
     @blp.alt_response(404, **_NOT_FOUND)
     @blp.alt_response(409, description="default, or a series with a system or a number")
-    def delete(self, name):
+    def delete(self, series):
         """Delete a series that has no system and never issued a number."""
         client = get_redis()
-        series.delete_series(client, name, _systems_of(client, name))
+        domain.delete_series(client, series, _systems_of(client, series))
 
 
-@blp.route("/<string:name>/sequences")
+@blp.route("/<string:series>/sequences")
 class SeriesSequences(MethodView):
     @auth.require(auth.ADMIN)
     @blp.response(200, schemas.SequenceSchema(many=True))
     @blp.alt_response(404, **_NOT_FOUND)
-    def get(self, name):
+    def get(self, series):
         """Both sequences of the series, as ``GET /v1/sequences`` shows default's."""
-        return api.list_sequences(_existing(name))
+        return api.list_sequences(_existing(series))
 
 
-@blp.route("/<string:name>/sequences/<string:sequence>")
+@blp.route("/<string:series>/sequences/<string:name>")
 class SeriesSequence(MethodView):
     @auth.require(auth.ADMIN)
     @blp.response(200, schemas.SequenceSchema)
     @blp.alt_response(404, **_NOT_FOUND)
-    def get(self, name, sequence):
+    def get(self, series, name):
         """One sequence of the series: settings and, per period, the last number issued."""
-        return api.show_sequence(_existing(name), sequence)
+        return api.show_sequence(_existing(series), name)
 
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.SequencePatchSchema)
@@ -113,39 +119,39 @@ class SeriesSequence(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     @blp.alt_response(409, description="next_number backwards, reset locked, dedicated in use, "
                                        "or settings that could print one number twice")
-    def patch(self, body, name, sequence):
+    def patch(self, body, series, name):
         """Change settings of one sequence of the series (as ``PATCH /v1/sequences/…``)."""
-        return api.patch_sequence(_existing(name), sequence, body)
+        return api.patch_sequence(_existing(series), name, body)
 
 
-@blp.route("/<string:name>/sequences/<string:sequence>/audit")
+@blp.route("/<string:series>/sequences/<string:name>/audit")
 class SeriesSequenceAudit(MethodView):
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.AuditQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.AuditSchema)
     @blp.alt_response(404, **_NOT_FOUND)
-    def get(self, query, name, sequence):
+    def get(self, query, series, name):
         """Settings changes of one sequence of the series, oldest first."""
-        return api.sequence_audit(_existing(name), sequence, query["limit"])
+        return api.sequence_audit(_existing(series), name, query["limit"])
 
 
-@blp.route("/<string:name>/sequences/<string:sequence>/ledger")
+@blp.route("/<string:series>/sequences/<string:name>/ledger")
 class SeriesSequenceLedger(MethodView):
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.LedgerQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.LedgerPageSchema)
     @blp.alt_response(404, **_NOT_FOUND)
-    def get(self, query, name, sequence):
+    def get(self, query, series, name):
         """Issued numbers of one period of one sequence of the series, in number order."""
-        return api.sequence_ledger(_existing(name), sequence, query)
+        return api.sequence_ledger(_existing(series), name, query)
 
 
-@blp.route("/<string:name>/sequences/<string:sequence>/gaps")
+@blp.route("/<string:series>/sequences/<string:name>/gaps")
 class SeriesSequenceGaps(MethodView):
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.GapsQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.GapsSchema)
     @blp.alt_response(404, **_NOT_FOUND)
-    def get(self, query, name, sequence):
+    def get(self, query, series, name):
         """Voided, skipped, long-unconfirmed and missing numbers of one period of the series."""
-        return api.sequence_gaps(_existing(name), sequence, query)
+        return api.sequence_gaps(_existing(series), name, query)
