@@ -44,7 +44,11 @@ def ensure_layout() -> None:
     """
     extensions = current_app.extensions
     if not extensions.get(READY):
-        migrate.ensure_layout(get_redis())
+        # Read-only unless there is old data to move: a request refused later (bad body,
+        # bad token) must change nothing. A fresh store is initialised by its first number.
+        client = get_redis()
+        if migrate.needs_migration(client):
+            migrate.migrate(client)
         extensions[READY] = True
 
 

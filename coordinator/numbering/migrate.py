@@ -85,6 +85,16 @@ def ensure_layout(client: redis.Redis) -> MigrationReport:
     return migrate(client)
 
 
+def needs_migration(client: redis.Redis) -> bool:
+    """Whether data of the old layout waits to be moved (read-only: one round trip)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.exists(keys.seq_settings(SEQUENCES[0], DEFAULT))
+        for sequence in SEQUENCES:
+            pipe.exists(_legacy(sequence, "settings"))
+        current, *legacy = pipe.execute()
+    return not current and any(legacy)
+
+
 def migrate(client: redis.Redis) -> MigrationReport:
     """Run the migration (see the module docstring); return what it did."""
     marker = keys.seq_settings(SEQUENCES[0], DEFAULT)

@@ -216,7 +216,9 @@ def create_system(
         if pipe.exists(key):
             raise Conflict(f"A system named {name!r} already exists")
         # Leftovers of an earlier system of that name whose purge was interrupted.
-        leftovers = list(pipe.scan_iter(match=keys.system_data_pattern(name), count=1000))
+        leftovers = [found for found in pipe.scan_iter(match=keys.system_data_pattern(name),
+                                                       count=1000)
+                     if found != keys.system_series_lock(name)]  # ours, held right now
         pipe.multi()
         if leftovers:
             pipe.delete(*leftovers)
