@@ -436,7 +436,9 @@ def _error_from(
     """Turn a non-success response into the matching typed error, keeping the JSON error."""
     code = response.status_code
     if cls is None:
-        if 400 <= code < 500:
+        # A 500 is the coordinator saying something is broken (a bug, damaged data), as opposed
+        # to 503 "try again": the same request would fail for ever, so it is refused, not retried.
+        if 400 <= code <= 500:
             cls = CoordinatorRefused
         elif code >= 500:
             cls = CoordinatorUnavailable

@@ -14,7 +14,8 @@ The hierarchy, in one place::
     │   │                           JSON of the wrong shape)
     │   └── CoordinatorRefused      a 4xx: bad token (401), wrong scope (403), unknown
     │                               allocation (404), reference taken with another date (409),
-    │                               invalid request (400/422); carries the coordinator's
+    │                               invalid request (400/422); or a 500: the coordinator is
+    │                               broken until an operator acts; carries the coordinator's
     │                               ``{code, status, message, errors}``; retrying will not help
     ├── JournalError                the local journal refused a change (impossible state
     │                               transition, unknown entry) or could not be opened
@@ -102,7 +103,7 @@ class CoordinatorBadResponse(CoordinatorError):
 
 
 class CoordinatorRefused(CoordinatorError):
-    """The coordinator answered 4xx; the request must change before it can succeed."""
+    """The coordinator answered 4xx, or 500 (broken): retrying the same request cannot help."""
 
 
 class JournalError(AgentError):

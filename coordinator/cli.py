@@ -1,4 +1,4 @@
-"""The ``invoice-sync`` command: serve, worker, doctor, admin tokens, syncs, reports, demo."""
+"""The ``invoice-sync`` command: serve, worker, doctor, tokens, syncs, reports, demo."""
 
 from __future__ import annotations
 
@@ -9,29 +9,41 @@ from pathlib import Path
 import click
 
 from coordinator import auth
+from coordinator.auth.cli import register as _register_tokens
 from coordinator.forecaster.cli import register as _register_forecaster
 from coordinator.numbering.cli import register as _register_numbering
 from coordinator.ops.datadir import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
 
+ADMIN_FILE_LABEL = "admin-token file"
+"""Label of the token ``serve`` keeps in ``<data-dir>/admin-token`` (see GET /v1/tokens)."""
+
 
 def ensure_admin_token(client, data_dir: Path) -> str | None:
     """Make sure an admin token exists; return it when it was just created (to print once).
 
     The token lives in ``<data_dir>/admin-token`` (0600) and, as a hash, in Redis. When the file
-    exists its token is (re-)registered, so wiping Redis does not lock the admin out.
+    exists its token is (re-)registered, so wiping Redis does not lock the admin out; unless it
+    was revoked (``DELETE /v1/tokens/{id}``): then the file gets a new token, never the old one.
+    Tokens of the previous release are moved to this release's keys first.
     """
+    from coordinator.auth import tokens
+
+    tokens.migrate_legacy(client)
     path = data_dir / "admin-token"
     if path.exists():
-        auth.register_admin_token(client, path.read_text().strip())
-        return None
+        existing = path.read_text().strip()
+        if not tokens.is_revoked(client, existing):
+            auth.register_admin_token(client, existing, ADMIN_FILE_LABEL, created_by="serve")
+            return None
+        path.unlink()
     token = auth.new_token(auth.ADMIN)
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
-    auth.register_admin_token(client, token)
+    auth.register_admin_token(client, token, ADMIN_FILE_LABEL, created_by="serve")
     return token
 
 
@@ -156,27 +168,6 @@ def secrets_rotate(data_dir: Path) -> None:
     click.echo(f"re-encrypted {count} stored secret(s) with the first key")
 
 
-@main.group()
-def token() -> None:
-    """Manage admin tokens stored in Redis."""
-
-
-@token.command("create-admin")
-@click.option("--label", default="admin", show_default=True)
-@data_dir_option
-def create_admin(label: str, data_dir: Path) -> None:
-    """Create an admin token in the configured Redis and print it once."""
-    from coordinator.app import create_app
-    from coordinator.ops.redis_client import get_redis
-
-    attach_to_serve(data_dir)
-    app = create_app()
-    with app.app_context():
-        new = auth.new_token(auth.ADMIN)
-        auth.register_admin_token(get_redis(), new, label)
-    click.echo(new)
-
-
 @main.command()
 @data_dir_option
 def doctor(data_dir: Path) -> None:
@@ -228,3 +219,4 @@ def demo(keep: bool) -> None:
 
 _register_forecaster(main)
 _register_numbering(main)
+_register_tokens(main)

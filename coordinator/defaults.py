@@ -69,6 +69,20 @@ limit. An agent numbers one invoice per request, so 600/min is far above any WHM
 RATE_LIMIT_ADMIN = 300
 """Requests per RATE_LIMIT_WINDOW one admin token may make; 0 = no limit."""
 
+RATE_LIMIT_AUDITOR = 300
+"""Requests per RATE_LIMIT_WINDOW one auditor token may make; 0 = no limit."""
+
+RATE_LIMIT_AUTH_FAILURES = 60
+"""Failed authentications (unknown or revoked tokens) one client address may make per
+RATE_LIMIT_WINDOW before they get 429 instead of 401; 0 = not counted. IPv6 addresses count per
+/64. The address is the peer's, or X-Forwarded-For's only when TRUSTED_PROXIES is set. Valid
+tokens from that address are still served."""
+
+RATE_LIMIT_AUTH_FAILURE_ADDRESSES = 10000
+"""Most client addresses whose failed authentications are counted one by one per window; later
+addresses share one counter. Bounds the memory an attacker with many addresses can make the
+coordinator use (one Redis hash of at most this many fields per window)."""
+
 RATE_LIMIT_WINDOW = 60
 """Length in seconds of the fixed window the rate limits count in. Over the limit: 429 with
 Retry-After. Unauthenticated endpoints (health, metrics, openapi) are never limited."""
@@ -83,3 +97,7 @@ HSTS_SECONDS = 31536000
 SYNC_DAILY_MODE = "full"
 """Mode of the automatic daily sync: ``full`` also picks up invoices paid, cancelled or renumbered
 since the last run (revenue counts Paid invoices); ``missing`` only fetches new invoices."""
+
+RETRY_AFTER_SECONDS = 1
+"""``Retry-After`` of a 503 (Redis unreachable, failing over, loading, or a write not confirmed
+durable): the agent waits at least this long before it sends the same request again."""

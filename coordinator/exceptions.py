@@ -9,6 +9,8 @@
     │   └── Forbidden             valid token, wrong scope (403)
     ├── RateLimited               too many requests for this token (429)
     ├── SecretUnreadable          a stored secret no configured key decrypts (500)
+    ├── InternalFault             something is broken (a bug, damaged data): retrying will
+    │                             not help, an operator must look (500, raises a warning)
     └── ServiceUnavailable        Redis down or a write not confirmed durable (503)
         ├── NotDurable
         └── SecretsNotConfigured  no (valid) INVOICE_SYNC_SECRET_KEYS to encrypt with
@@ -60,6 +62,15 @@ class SecretUnreadable(CoordinatorError):
     """A stored secret cannot be decrypted with any configured key (a key removed too early).
 
     Deliberately not a 4xx: the caller did nothing wrong, the operator's key list is incomplete.
+    """
+
+
+class InternalFault(CoordinatorError):
+    """Something is broken: stored data contradicts itself, or Redis refused a command as wrong.
+
+    Deliberately not a ``ServiceUnavailable``: a 503 tells agents to retry the same request,
+    and this request would fail the same way for ever. Answered 500, and raised as a warning
+    so an operator sees it (``errors.py``).
     """
 
 

@@ -8,10 +8,26 @@ on Redis Cluster.
 from __future__ import annotations
 
 # --- auth -------------------------------------------------------------------------------
+# Every key of the token store and of its request accounting shares the hash tag {auth}: the
+# lookup-and-count script and the create/revoke transactions each touch one hash slot.
 
-TOKENS = "auth:tokens"
-"""Hash: sha256(token) -> JSON ``{"kind": "admin"|"agent", "system": name|None, ...}``."""
+AUTH_TAG = "{auth}"
+"""The hash tag every auth key starts with (one Cluster slot)."""
 
+TOKENS = f"{AUTH_TAG}:tokens"
+"""Hash: sha256(token) -> JSON ``{"kind": "admin"|"auditor"|"agent", "system": name|None,
+"label", "created_at", "created_by"}`` (records of the previous release hold only ``kind`` and
+``label`` or ``system``)."""
+
+LEGACY_TOKENS = "auth:tokens"
+"""Where the previous release kept :data:`TOKENS`, without a hash tag; moved at start."""
+
+TOKEN_AUDIT = f"{AUTH_TAG}:audit"
+"""List: JSON records of token creations and revocations (who, when, token id), oldest first."""
+
+TOKENS_REVOKED = f"{AUTH_TAG}:revoked"
+"""Set: digests of revoked admin and auditor tokens, so a restart of ``serve`` never brings
+back the token of ``<data-dir>/admin-token`` once it was revoked."""
 
 # --- numbering ----------------------------------------------------------------------------
 # Every key of one series (its two sequences, ledgers, reference indexes, formatted-number
@@ -159,13 +175,26 @@ def system_data_pattern(name: str) -> str:
 # --- operations ---------------------------------------------------------------------------
 
 
-RATE_LIMIT_PREFIX = "ratelimit:"
-"""Prefix of the rate counters: accounting of requests, not data (they expire on their own)."""
+RATE_LIMIT_PREFIX = f"{AUTH_TAG}:rate:"
+"""Prefix of the request accounting: counters, not data (kept out of the AOF, most expire)."""
 
 
 def rate_limit(token_digest: str, window: int) -> str:
-    """String: requests counted for one token (by digest prefix) in one fixed time window."""
+    """String: requests of one known token (by digest prefix) in one fixed time window."""
     return f"{RATE_LIMIT_PREFIX}{token_digest[:32]}:{window}"
+
+
+def rate_auth_failures(window: int) -> str:
+    """Hash: client address -> failed authentications in one window (a bounded field count).
+
+    One key per window whatever the number of addresses or tokens tried: past a cap, further
+    addresses share one field (see ``ops/ratelimit.lua``).
+    """
+    return f"{RATE_LIMIT_PREFIX}failed:{window}"
+
+
+TOKENS_LAST_USED = f"{RATE_LIMIT_PREFIX}last-used"
+"""Hash: sha256(token) -> unix start of the last rate window the token was used in."""
 
 
 # --- forecaster ---------------------------------------------------------------------------

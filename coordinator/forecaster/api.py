@@ -1,4 +1,4 @@
-"""HTTP views of the forecaster (admin only), syncs and reports: parse, call the domain, reply."""
+"""HTTP views of the forecaster: syncs (admin), reports (admin, auditor). Parse, call, reply."""
 
 from __future__ import annotations
 
@@ -13,13 +13,18 @@ from coordinator.exceptions import NotFound
 from coordinator.forecaster import jobs, reconcile, records, reports
 from coordinator.forecaster.schemas import (
     ForecastQuerySchema,
+    ForecastSchema,
+    ReceivablesSchema,
+    ReconciliationSchema,
     RevenueQuerySchema,
+    RevenueSchema,
     SyncRequestSchema,
     SyncSchema,
 )
 from coordinator.ops.redis_client import get_redis
 
-blp = Blueprint("forecaster", __name__, description="Syncs from WHMCS and reports (admin)")
+blp = Blueprint("forecaster", __name__,
+                description="Syncs from WHMCS (admin) and reports (admin, auditor)")
 
 
 def _today() -> dt.date:
@@ -67,9 +72,9 @@ class Sync(MethodView):
 
 @blp.route("/v1/reports/revenue")
 class Revenue(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(RevenueQuerySchema, location="query")
-    @blp.response(200)
+    @blp.response(200, RevenueSchema)
     def get(self, query):
         """Revenue of Paid invoices by month, system or series, in the base currency."""
         return reports.revenue(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
@@ -78,8 +83,8 @@ class Revenue(MethodView):
 
 @blp.route("/v1/reports/receivables")
 class Receivables(MethodView):
-    @auth.require(auth.ADMIN)
-    @blp.response(200)
+    @auth.require(*auth.READERS)
+    @blp.response(200, ReceivablesSchema)
     def get(self):
         """Open receivables (Unpaid, overdue included) by days past due, due month and system."""
         return reports.receivables(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
@@ -88,9 +93,9 @@ class Receivables(MethodView):
 
 @blp.route("/v1/reports/forecast")
 class Forecast(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(ForecastQuerySchema, location="query")
-    @blp.response(200)
+    @blp.response(200, ForecastSchema)
     def get(self, query):
         """Forecast revenue and collections; the method is stated in the answer."""
         return reports.forecast(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
@@ -116,8 +121,8 @@ def ledger_entries(client):
 
 @blp.route("/v1/reports/reconciliation")
 class Reconciliation(MethodView):
-    @auth.require(auth.ADMIN)
-    @blp.response(200)
+    @auth.require(*auth.READERS)
+    @blp.response(200, ReconciliationSchema)
     def get(self):
         """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen."""
         client = get_redis()

@@ -19,7 +19,13 @@ from typing import Any
 import redis
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, Forbidden, NotFound, ServiceUnavailable
+from coordinator.exceptions import (
+    Conflict,
+    Forbidden,
+    InternalFault,
+    NotFound,
+    ServiceUnavailable,
+)
 from coordinator.numbering import scripts
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.scripts import Durability
@@ -132,6 +138,13 @@ def allocate(
                 "1" if series == DEFAULT_SERIES else "0"]
         reply, wait = scripts.run(client, scripts.ALLOCATE, seq_keys, args, durability)
         kind = reply[0]
+        if kind == "replay" and reply[1] is None:
+            # The reference index names a ledger entry that is not there: damaged data that
+            # no retry repairs (and numbering it anew could print a number twice).
+            raise InternalFault(
+                f"the reference index of system {system!r} says {document} {reference!r} "
+                f"was numbered in {sequence} period {period}, but that ledger entry is "
+                "missing; no new number was taken")
         if kind in ("new", "replay"):
             if document == CREDIT_NOTE:
                 hints.credit_note_home[series] = sequence

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request
+from flask import current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -71,12 +71,9 @@ def _shaped(entry: dict) -> dict:
 
 
 def _actor() -> str:
-    """Name the caller for records: ``agent:<system>`` or ``admin:<token hash prefix>``."""
-    principal = auth.current_principal()
-    if principal.is_admin:
-        token = request.headers.get("Authorization", "")[len("Bearer "):].strip()
-        return f"admin:{auth.digest(token)[:12]}"
-    return f"agent:{principal.system}"
+    """Name the caller for records: ``agent:<system>`` or ``admin:<token id>`` (as listed by
+    ``GET /v1/tokens``)."""
+    return auth.current_principal().actor
 
 
 def _durability() -> Durability:
@@ -121,10 +118,10 @@ class Allocations(MethodView):
 
 @blp.route("/allocations/<path:allocation_id>")
 class AllocationById(MethodView):
-    @auth.require(auth.ADMIN, auth.AGENT)
+    @auth.require(auth.ADMIN, auth.AUDITOR, auth.AGENT)
     @blp.response(200, schemas.AllocationSchema)
     def get(self, allocation_id):
-        """Return one allocation (agent of its system, or admin)."""
+        """Return one allocation (agent of its system, admin or auditor)."""
         entry = allocation.get(get_redis(), allocation_id)
         auth.require_system_access(entry["system"])
         return entry
@@ -208,7 +205,7 @@ DEFAULT = sequences.DEFAULT_SERIES
 
 @blp.route("/sequences")
 class Sequences(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, schemas.SequenceSchema(many=True))
     def get(self):
         """Both sequences: settings and, per period, the last number issued."""
@@ -217,7 +214,7 @@ class Sequences(MethodView):
 
 @blp.route("/sequences/<string:name>")
 class SequenceByName(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, schemas.SequenceSchema)
     def get(self, name):
         """One sequence: settings and, per period, the last number issued."""
@@ -235,9 +232,9 @@ class SequenceByName(MethodView):
 
 @blp.route("/sequences/<string:name>/audit")
 class SequenceAudit(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(schemas.AuditQuerySchema, location="query", unknown=RAISE)
-    @blp.response(200)
+    @blp.response(200, schemas.AuditSchema)
     def get(self, query, name):
         """Settings changes of one sequence (who, when, before, after), oldest first."""
         return sequence_audit(DEFAULT, name, query["limit"])
@@ -245,7 +242,7 @@ class SequenceAudit(MethodView):
 
 @blp.route("/sequences/<string:name>/ledger")
 class SequenceLedger(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(schemas.LedgerQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.LedgerPageSchema)
     def get(self, query, name):
@@ -255,7 +252,7 @@ class SequenceLedger(MethodView):
 
 @blp.route("/sequences/<string:name>/gaps")
 class SequenceGaps(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(schemas.GapsQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.GapsSchema)
     def get(self, query, name):

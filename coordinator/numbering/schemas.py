@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from coordinator.api import FullMatch
 from coordinator.numbering.ledger import MAX_PAGE
 from coordinator.numbering.sequences import (
     DOCUMENTS,
@@ -17,8 +18,8 @@ from coordinator.numbering.sequences import (
     RESETS,
 )
 
-PERIOD = validate.Regexp(r"^(all|\d{4}|\d{4}-(0[1-9]|1[0-2]))$",
-                         error="Not a period: 'all', 'YYYY' or 'YYYY-MM'.")
+PERIOD = FullMatch(r"^(all|[0-9]{4}|[0-9]{4}-(0[1-9]|1[0-2]))$",
+                   error="Not a period: 'all', 'YYYY' or 'YYYY-MM'.")
 
 
 def _printable(value: str) -> None:
@@ -131,14 +132,20 @@ class LedgerPageSchema(Schema):
         "description": "Pass as `after` for the next page; null on the last page."})
 
 
+class AuditSchema(Schema):
+    sequence = fields.String()
+    records = fields.List(fields.Dict(), metadata={
+        "description": "Settings changes, oldest first: who, when, before, after"})
+
+
 class GapsSchema(Schema):
     sequence = fields.String()
     period = fields.String()
     gaps = fields.List(fields.Dict())
 
 
-SERIES_NAME = validate.Regexp(
-    r"^[a-z0-9][a-z0-9_-]{0,62}\Z",
+SERIES_NAME = FullMatch(
+    r"^[a-z0-9][a-z0-9_-]{0,62}$",
     error="Must be 1 to 63 characters: lowercase letters, digits, '-' and '_', starting with "
           "a letter or digit.")
 
@@ -164,9 +171,3 @@ class SeriesSchema(Schema):
     updated_at = fields.String(allow_none=True)
     systems = fields.List(fields.String(), metadata={
         "description": "Registered systems whose documents this series numbers."})
-
-
-class AuditSchema(Schema):
-    sequence = fields.String()
-    records = fields.List(fields.Dict(), metadata={
-        "description": "Settings changes, oldest first: at, by, period, before, after."})

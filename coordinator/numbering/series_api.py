@@ -16,7 +16,7 @@ from coordinator.ops.redis_client import get_redis
 
 blp = Blueprint("series", __name__, url_prefix="/v1/series",
                 description="Series: one numbering (invoice and credit-note sequences, ledger) "
-                            "per legal entity (admin)")
+                            "per legal entity (admin; auditors read)")
 
 blp.before_request(api.ensure_layout)
 
@@ -48,7 +48,7 @@ def _existing(name: str) -> str:
 
 @blp.route("")
 class SeriesList(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, schemas.SeriesSchema(many=True))
     def get(self):
         """Every series, ``default`` first, with the systems it numbers."""
@@ -69,7 +69,7 @@ class SeriesList(MethodView):
 
 @blp.route("/<string:series>")
 class SeriesByName(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, schemas.SeriesSchema)
     @blp.alt_response(404, **_NOT_FOUND)
     def get(self, series):
@@ -96,7 +96,7 @@ class SeriesByName(MethodView):
 
 @blp.route("/<string:series>/sequences")
 class SeriesSequences(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, schemas.SequenceSchema(many=True))
     @blp.alt_response(404, **_NOT_FOUND)
     def get(self, series):
@@ -106,7 +106,7 @@ class SeriesSequences(MethodView):
 
 @blp.route("/<string:series>/sequences/<string:name>")
 class SeriesSequence(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.response(200, schemas.SequenceSchema)
     @blp.alt_response(404, **_NOT_FOUND)
     def get(self, series, name):
@@ -126,7 +126,7 @@ class SeriesSequence(MethodView):
 
 @blp.route("/<string:series>/sequences/<string:name>/audit")
 class SeriesSequenceAudit(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(schemas.AuditQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.AuditSchema)
     @blp.alt_response(404, **_NOT_FOUND)
@@ -137,7 +137,7 @@ class SeriesSequenceAudit(MethodView):
 
 @blp.route("/<string:series>/sequences/<string:name>/ledger")
 class SeriesSequenceLedger(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(schemas.LedgerQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.LedgerPageSchema)
     @blp.alt_response(404, **_NOT_FOUND)
@@ -148,7 +148,7 @@ class SeriesSequenceLedger(MethodView):
 
 @blp.route("/<string:series>/sequences/<string:name>/gaps")
 class SeriesSequenceGaps(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(schemas.GapsQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.GapsSchema)
     @blp.alt_response(404, **_NOT_FOUND)

@@ -8,7 +8,6 @@ and memory pressure (``noeviction``: an evicting Redis may drop a counter and re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import redis
 from cryptography.fernet import Fernet
 
-from coordinator import keys
+from coordinator.auth.tokens import any_admin
 from coordinator.ops import durability
 
 
@@ -128,9 +127,7 @@ def redis_checks(client: redis.Redis, config: Mapping[str, Any]) -> list[Check]:
                         "upgrade to Redis 7.2+ or Valkey 7.2+; until then rely on "
                         "`appendfsync always`"))
 
-    admins = bool(config.get("ADMIN_TOKEN")) or any(
-        json.loads(record).get("kind") == "admin" for record in client.hvals(keys.TOKENS)
-    )
+    admins = bool(config.get("ADMIN_TOKEN")) or any_admin(client)
     checks.append(Check("admin token", admins,
                         "present" if admins else "no admin token in Redis or the environment",
                         "run `invoice-sync token create-admin` (or start `invoice-sync serve` "

@@ -41,7 +41,8 @@ def error_response(raw: bytes) -> bytes:
         "Internal server error" if code >= 500 and code != 501
         else f"The request could not be parsed: {phrase}"
     )
-    body = json.dumps({"code": code, "status": phrase, "message": message}).encode()
+    body = json.dumps({"code": code, "status": phrase, "message": message,
+                       "errors": {}}).encode()
     headers = {
         "Content-Type": "application/json",
         "Content-Length": str(len(body)),

@@ -6,6 +6,7 @@ import redis
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import Schema, fields
 
 from coordinator.ops import durability
 from coordinator.ops.metrics import REDIS_DURABLE
@@ -14,9 +15,21 @@ from coordinator.ops.redis_client import get_redis
 blp = Blueprint("health", __name__, description="Liveness and readiness (no auth)")
 
 
+class LivenessSchema(Schema):
+    status = fields.String(metadata={"description": "`ok`"})
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(metadata={"description": "`ok`, `not durable` or `unavailable`"})
+    redis = fields.Dict(metadata={
+        "description": "What was found: aof_enabled, appendfsync, role, connected_replicas, "
+                       "maxmemory_policy"})
+    problems = fields.List(fields.String(), metadata={"description": "What to fix; [] when ok"})
+
+
 @blp.route("/livez")
 class Livez(MethodView):
-    @blp.response(200)
+    @blp.response(200, LivenessSchema)
     def get(self):
         """Answer 200 while the process runs; touches nothing else."""
         return {"status": "ok"}
@@ -36,8 +49,8 @@ def _readiness():
 
 @blp.route("/readyz")
 class Readyz(MethodView):
-    @blp.response(200)
-    @blp.alt_response(503, description="Redis unreachable or not durable")
+    @blp.response(200, ReadinessSchema)
+    @blp.alt_response(503, schema=ReadinessSchema, description="Redis unreachable or not durable")
     def get(self):
         """Answer 200 when Redis answers and keeps what it acknowledges; 503 otherwise."""
         return _readiness()
@@ -45,8 +58,8 @@ class Readyz(MethodView):
 
 @blp.route("/healthz")
 class Healthz(MethodView):
-    @blp.response(200)
-    @blp.alt_response(503, description="Redis unreachable or not durable")
+    @blp.response(200, ReadinessSchema)
+    @blp.alt_response(503, schema=ReadinessSchema, description="Redis unreachable or not durable")
     def get(self):
         """Alias of /readyz."""
         return _readiness()

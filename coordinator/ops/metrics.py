@@ -104,7 +104,8 @@ def render() -> tuple[bytes, str]:
 
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @blp.doc(responses={200: {"description": "Prometheus text exposition format"}})
+    @blp.doc(responses={200: {"description": "Prometheus text exposition format", "content": {
+        "text/plain": {"schema": {"type": "string"}}}}})
     def get(self):
         """Expose the metrics in the Prometheus text format."""
         from coordinator.ops.redis_client import get_redis

@@ -13,14 +13,14 @@ blp = Blueprint("whoami", __name__, url_prefix="/v1",
 
 
 class WhoamiSchema(Schema):
-    kind = fields.String(metadata={"description": "`admin` or `agent`"})
+    kind = fields.String(metadata={"description": "`admin`, `auditor` or `agent`"})
     system = fields.String(allow_none=True,
-                           metadata={"description": "The agent's system; null for admins"})
+                           metadata={"description": "The agent's system; null otherwise"})
 
 
 @blp.route("/whoami")
 class Whoami(MethodView):
-    @auth.require(auth.ADMIN, auth.AGENT)
+    @auth.require(*auth.ROLES)
     @blp.response(200, WhoamiSchema)
     def get(self):
         """Return the kind of the token and, for an agent, its system. Changes nothing."""

@@ -6,7 +6,7 @@ Domain logic only (no Flask): functions take a Redis client and plain values. La
 - ``{sys:<name>}:system`` — hash, one system. ``api_secret_enc`` / ``access_key_enc`` hold
   MultiFernet ciphertext; ``agent_token_digest`` the SHA-256 of the current agent token.
 - ``systems`` — set of names.
-- ``auth:tokens`` — hash, token digest → ``{"kind": "agent", "system": name}``.
+- ``{auth}:tokens`` — hash, token digest → ``{"kind": "agent", "system": name, ...}``.
 
 Every change to those three keys happens in one MULTI/EXEC guarded by WATCH on the system's
 hash, so a token is never left valid for a system that no longer has it, and two admins

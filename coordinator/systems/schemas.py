@@ -11,10 +11,11 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from coordinator.api import FullMatch
 from coordinator.exceptions import UnsafeURL
 from coordinator.systems.urls import MAX_URL_LENGTH, check_url_shape
 
-NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}\Z"  # \Z, not $: "$" would let a trailing newline in
+NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # FullMatch: no trailing newline passes "$"
 _NAME_MESSAGE = ("Must be 1 to 63 characters: lowercase letters, digits, '-' and '_', "
                  "starting with a letter or digit.")
 _RATE_RE = re.compile(r"(?:0|[1-9][0-9]{0,11})(?:\.[0-9]{1,10})?")
@@ -111,7 +112,7 @@ def _credential_field(**kwargs: Any) -> fields.String:
 
 def _series(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=validate.Regexp(NAME_RE, error=_NAME_MESSAGE),
+        validate=FullMatch(NAME_RE, error=_NAME_MESSAGE),
         metadata={"description": "The series (legal entity) that numbers its documents; a "
                                  "system that has numbers cannot move", "example": "default"},
         **kwargs)
@@ -121,7 +122,7 @@ class SystemCreateSchema(Schema):
     """Body of ``POST /v1/systems``."""
 
     name = fields.String(required=True,
-                         validate=validate.Regexp(NAME_RE, error=_NAME_MESSAGE),
+                         validate=FullMatch(NAME_RE, error=_NAME_MESSAGE),
                          metadata={"description": "Slug naming the system", "example": "blue"})
     description = _description(load_default="")
     url = _url(required=True)

@@ -1,4 +1,4 @@
-"""HTTP views of warnings (admin only)."""
+"""HTTP views of warnings: admins and auditors read them, admins acknowledge them."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from coordinator.warnings import store
 from coordinator.warnings.schemas import WarningSchema, WarningsQuerySchema
 
 blp = Blueprint("warnings", __name__, url_prefix="/v1/warnings",
-                description="Warnings an admin must see (admin)")
+                description="Warnings an admin must see (read: admin, auditor; ack: admin)")
 
 
 @blp.route("")
 class Warnings(MethodView):
-    @auth.require(auth.ADMIN)
+    @auth.require(*auth.READERS)
     @blp.arguments(WarningsQuerySchema, location="query")
     @blp.response(200, WarningSchema(many=True))
     def get(self, query):

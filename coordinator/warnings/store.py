@@ -22,8 +22,11 @@ MIXED_CURRENCIES = "mixed_currencies"
 DUPLICATE_NUMBER = "duplicate_number"
 UNKNOWN_NUMBER = "number_not_issued"
 MISSING_NUMBER = "issued_number_not_seen"
-TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER)
-"""Warning types the forecaster raises (other parts of the coordinator may add theirs)."""
+INTERNAL_ERROR = "internal_error"
+"""A request failed on something broken (a bug, damaged data), answered 500 (``errors.py``)."""
+TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER,
+         INTERNAL_ERROR)
+"""Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 
 @cache

@@ -18,7 +18,7 @@ from coordinator.ops.embedded import ValkeyServer
 def assert_error_shape(response, code):
     assert response.status_code == code
     body = response.get_json()
-    assert set(body) >= {"code", "status", "message"}
+    assert set(body) == {"code", "status", "message", "errors"}
     assert body["code"] == code
     assert isinstance(body["message"], str) and body["message"]
     return body

@@ -10,6 +10,7 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
+from coordinator import keys
 from coordinator.app import create_app
 from tests.coordinator.systems_support import FakeResolver, body
 from tests.support import snapshot
@@ -111,8 +112,8 @@ def test_routing_hints_belong_to_one_app(app_config, valkey, admin_token, agent)
     redis.Redis.from_url(other_db["REDIS_URL"]).flushdb()
     second = create_app(other_db).test_client()
     redis.Redis.from_url(other_db["REDIS_URL"], decode_responses=True).hset(
-        "auth:tokens", mapping=redis.Redis.from_url(valkey.url, decode_responses=True).hgetall(
-            "auth:tokens"))
+        keys.TOKENS, mapping=redis.Redis.from_url(valkey.url, decode_responses=True).hgetall(
+            keys.TOKENS))
     take(second, blue, "warm-up")
     calls = _evalsha_calls(valkey.url)
     note = take(second, blue, "n1", document="credit_note").get_json()

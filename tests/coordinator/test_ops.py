@@ -246,11 +246,12 @@ def test_rate_limit_counts_across_app_instances(app_config, redis_client, agent_
 
 
 def test_rate_limit_zero_means_off_and_keeps_no_counter(app_config, redis_client, agent_token):
-    app = add_whoami(create_app({**app_config, "RATE_LIMIT_AGENT": 0, "RATE_LIMIT_ADMIN": 0}))
+    app = add_whoami(create_app({**app_config, "RATE_LIMIT_AGENT": 0, "RATE_LIMIT_ADMIN": 0,
+                                 "RATE_LIMIT_AUDITOR": 0, "RATE_LIMIT_AUTH_FAILURES": 0}))
     client = app.test_client()
     assert all(client.post("/v1/test/whoami", headers=bearer(agent_token)).status_code == 200
                for _ in range(5))
-    assert not redis_client.keys("ratelimit:*")
+    assert not redis_client.keys(keys.RATE_LIMIT_PREFIX + "*")
 
 
 def test_rate_limit_config_admin_token(app_config, redis_client):

@@ -81,6 +81,7 @@ def stack(tmp_path_factory):
     coordinator = GunicornCoordinator(base / "gunicorn", {
         "REDIS_URL": valkey.url, "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEYS": FERNET_KEY,
         "RATE_LIMIT_AGENT": RATE_LIMIT, "RATE_LIMIT_ADMIN": 0, "RATE_LIMIT_WINDOW": RATE_WINDOW,
+        "RATE_LIMIT_AUTH_FAILURES": 1000,  # this module's 401s come from one address
     }, workers=3, threads=2).start()
     yield valkey, coordinator, Recorder(coordinator.url)
     coordinator.stop()
@@ -135,6 +136,31 @@ def test_rotated_and_revoked_tokens_stop_at_once_in_every_worker(stack):
     assert deleted.status_code in (200, 204), deleted.text
     statuses = {_allocate(rec, new, f"g-del-{i}").status_code for i in range(12)}
     assert statuses == {401}, statuses
+
+
+def test_revoked_admin_and_auditor_tokens_stop_at_once_in_every_worker(stack):
+    _, coordinator, rec = stack
+    made = {}
+    for role in ("auditor", "admin"):
+        created = rec.call("POST", "/v1/tokens", ADMIN_TOKEN, json={"role": role, "label": role})
+        assert created.status_code == 201, created.text
+        made[role] = created.json()
+        rec.shown_once(made[role]["token"])
+    listed = rec.call("GET", "/v1/tokens", ADMIN_TOKEN)
+    assert {t["id"] for t in listed.json()} >= {m["id"] for m in made.values()}
+    reader, admin = made["auditor"]["token"], made["admin"]["token"]
+    # Fresh connections land on all workers: every one accepts the new tokens...
+    assert {rec.call("GET", "/v1/warnings", reader).status_code for _ in range(12)} == {200}
+    assert {rec.call("GET", "/v1/systems", admin).status_code for _ in range(12)} == {200}
+    assert rec.call("PATCH", "/v1/sequences/invoice", reader,
+                    json={"increment": 2}).status_code == 403
+    # ...and once revoked, none does, from the very next request.
+    for role in made:
+        revoked = rec.call("DELETE", f"/v1/tokens/{made[role]['id']}", ADMIN_TOKEN)
+        assert revoked.status_code == 200, revoked.text
+    assert {rec.call("GET", "/v1/warnings", reader).status_code for _ in range(12)} == {401}
+    assert {rec.call("GET", "/v1/systems", admin).status_code for _ in range(12)} == {401}
+    assert len(coordinator.worker_pids()) == 3
 
 
 @pytest.mark.parametrize("url", [
@@ -212,7 +238,7 @@ def test_security_headers_on_every_answer(stack):
         assert "default-src 'none'" in response.headers.get("Content-Security-Policy", "")
         if response.status_code >= 400:
             assert response.status_code < 500, (method, path, response.status_code)
-            assert set(response.json()) <= {"code", "status", "message", "errors"}
+            assert set(response.json()) == {"code", "status", "message", "errors"}
 
 
 def test_unparseable_request_line_still_gets_the_error_shape(stack):
@@ -222,7 +248,7 @@ def test_unparseable_request_line_still_gets_the_error_shape(stack):
     assert response.headers.get("Content-Type") == "application/json"
     assert response.headers.get("X-Content-Type-Options") == "nosniff"
     assert response.json()["code"] == 414
-    assert set(response.json()) == {"code", "status", "message"}
+    assert set(response.json()) == {"code", "status", "message", "errors"}
 
 
 def test_broken_header_gets_the_error_shape(stack):

@@ -5,7 +5,7 @@ Schemathesis' lazy pytest loader (``schemathesis.pytest.from_fixture``) reads py
 
 Valid and invalid requests (schemathesis' positive and negative modes) go to the real app on a
 real Valkey, as admin or as an agent depending on the operation. For every answer: no 5xx;
-every error in the one shape ``{code, status, message[, errors]}``; and a rejected request
+every error in the one shape ``{code, status, message, errors}``; and a rejected request
 changed nothing (a DUMP of every key before and after). Bounded and deterministic for CI:
 ``derandomize`` and a small ``max_examples`` (``--long`` raises it).
 """
@@ -60,9 +60,10 @@ def tokens(redis_client, fuzz_app):
 
 
 def _headers_for(operation, tokens) -> dict:
-    path = operation.path
-    agent = path == "/v1/allocations" or path.endswith("/confirm")
-    return {"Authorization": f"Bearer {tokens['agent' if agent else 'admin']}"}
+    # The document says which roles an operation accepts; prefer admin where it may.
+    roles = operation.definition.raw.get("x-token-roles", [])
+    role = "admin" if "admin" in roles or not roles else "agent"
+    return {"Authorization": f"Bearer {tokens[role]}"}
 
 
 def _check(case, response, before, redis_client) -> str | None:
@@ -76,7 +77,7 @@ def _check(case, response, before, redis_client) -> str | None:
         body = json.loads(response.content)
     except ValueError:
         return f"{summary}: error body is not JSON: {response.content[:200]!r}"
-    if not (isinstance(body, dict) and set(body) <= {"code", "status", "message", "errors"}
+    if not (isinstance(body, dict) and set(body) == {"code", "status", "message", "errors"}
             and body.get("code") == response.status_code and body.get("message")):
         return f"{summary}: not the error shape: {body}"
     if snapshot(redis_client) != before:

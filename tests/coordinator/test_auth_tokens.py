@@ -1,0 +1,276 @@
+"""Token store, without HTTP: create, list, revoke, audit, ids, and the upgrade from auth:tokens."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coordinator import auth, keys
+from coordinator.auth import tokens
+from coordinator.cli import ensure_admin_token
+from coordinator.exceptions import AuthError, Conflict, InvalidInput, NotFound
+
+pytestmark = pytest.mark.integration
+
+
+def _role(client: redis.Redis, token: str) -> str:
+    return auth.authenticate(client, f"Bearer {token}", None).kind
+
+
+def test_created_tokens_work_with_their_role_and_are_stored_only_as_hashes(redis_client):
+    auditor, auditor_token = tokens.create_token(redis_client, auth.AUDITOR, "Ms Audit",
+                                                 "admin:tok_x")
+    admin, admin_token = tokens.create_token(redis_client, auth.ADMIN, "ops", "cli:root")
+    assert auditor_token.startswith("isr_") and admin_token.startswith("isa_")
+    assert _role(redis_client, auditor_token) == auth.AUDITOR
+    assert _role(redis_client, admin_token) == auth.ADMIN
+    principal = auth.authenticate(redis_client, f"Bearer {auditor_token}", None)
+    assert principal.token_id == auditor["id"] and principal.actor == f"auditor:{auditor['id']}"
+    stored = json.dumps(redis_client.hgetall(keys.TOKENS))
+    assert auditor_token not in stored and admin_token not in stored
+    assert auth.digest(auditor_token) in stored
+    assert auditor["created_by"] == "admin:tok_x" and auditor["label"] == "Ms Audit"
+
+
+def test_token_id_is_not_the_hash_and_reveals_none_of_it(redis_client):
+    record, token = tokens.create_token(redis_client, auth.ADMIN, "ops", "cli")
+    token_digest = auth.digest(token)
+    assert record["id"] == auth.token_id(token_digest)
+    assert record["id"].startswith("tok_") and len(record["id"]) == 20
+    hex_id = record["id"].removeprefix("tok_")
+    assert hex_id not in token_digest and hex_id not in token
+    listed = json.dumps(tokens.list_tokens(redis_client))
+    assert token not in listed and token_digest not in listed
+    assert token_digest[:12] not in listed
+
+
+@pytest.mark.parametrize("role", [auth.AGENT, "root", "", "ADMIN"])
+def test_only_admin_and_auditor_tokens_are_created_here(redis_client, role):
+    with pytest.raises(InvalidInput) as caught:
+        tokens.create_token(redis_client, role, "x", "cli")
+    assert "role" in caught.value.errors["json"]
+    assert not redis_client.exists(keys.TOKENS, keys.TOKEN_AUDIT)
+
+
+@pytest.mark.parametrize("label", ["", "   ", "x" * 201, "line\nbreak"])
+def test_label_must_say_something_printable(redis_client, label):
+    with pytest.raises(InvalidInput) as caught:
+        tokens.create_token(redis_client, auth.AUDITOR, label, "cli")
+    assert "label" in caught.value.errors["json"]
+    assert not redis_client.exists(keys.TOKENS, keys.TOKEN_AUDIT)
+
+
+def test_list_shows_every_role_and_the_configured_token(redis_client, agent):
+    agent("blue")
+    tokens.create_token(redis_client, auth.AUDITOR, "audit firm", "cli")
+    auth.register_admin_token(redis_client, auth.new_token(auth.ADMIN), "ops")
+    listed = tokens.list_tokens(redis_client, "isa_from-env")
+    assert [(t["role"], t["label"], t["system"], t["source"]) for t in listed] == [
+        ("admin", "INVOICE_SYNC_ADMIN_TOKEN", None, "environment"),
+        ("admin", "ops", None, "redis"),
+        ("auditor", "audit firm", None, "redis"),
+        ("agent", None, "blue", "redis"),
+    ]
+    env = next(t for t in listed if t["source"] == "environment")
+    assert env["id"] == auth.token_id(auth.digest("isa_from-env"))
+    assert "isa_from-env" not in json.dumps(listed)
+    assert all(set(t) <= {"id", "role", "label", "system", "created_at", "created_by",
+                          "last_used", "source"} for t in listed)
+
+
+def test_revoke_stops_the_token_and_is_audited(redis_client):
+    tokens.create_token(redis_client, auth.ADMIN, "keeper", "cli")
+    record, token = tokens.create_token(redis_client, auth.AUDITOR, "temp", "admin:tok_a")
+    revoked = tokens.revoke_token(redis_client, record["id"], "admin:tok_b")
+    assert revoked["id"] == record["id"] and revoked["role"] == auth.AUDITOR
+    with pytest.raises(AuthError):
+        auth.authenticate(redis_client, f"Bearer {token}", None)
+    assert record["id"] not in [t["id"] for t in tokens.list_tokens(redis_client)]
+    with pytest.raises(NotFound):
+        tokens.revoke_token(redis_client, record["id"], "admin:tok_b")
+    trail = tokens.audit(redis_client)
+    assert [(e["action"], e["role"], e["label"], e["by"]) for e in trail] == [
+        ("created", "admin", "keeper", "cli"),
+        ("created", "auditor", "temp", "admin:tok_a"),
+        ("revoked", "auditor", "temp", "admin:tok_b"),
+    ]
+    assert trail[-1]["token"] == record["id"] and trail[-1]["at"].endswith("Z")
+    assert token not in json.dumps(trail) and auth.digest(token) not in json.dumps(trail)
+
+
+def test_agent_tokens_are_revoked_through_their_system_not_here(redis_client, agent):
+    headers = agent("blue")
+    token = headers["Authorization"].removeprefix("Bearer ")
+    with pytest.raises(Conflict) as caught:
+        tokens.revoke_token(redis_client, auth.token_id(auth.digest(token)), "admin:tok_a")
+    assert "POST /v1/systems/blue/agent-token" in caught.value.message
+    assert auth.authenticate(redis_client, f"Bearer {token}", None).system == "blue"
+
+
+def test_the_last_admin_token_and_the_configured_one_are_not_revoked(redis_client):
+    only, token = tokens.create_token(redis_client, auth.ADMIN, "only", "cli")
+    with pytest.raises(Conflict, match="last admin token"):
+        tokens.revoke_token(redis_client, only["id"], "cli")
+    assert _role(redis_client, token) == auth.ADMIN
+    # With a configured admin token the stored one is not the last way in.
+    assert tokens.revoke_token(redis_client, only["id"], "cli", "isa_env")["id"] == only["id"]
+    with pytest.raises(Conflict, match="INVOICE_SYNC_ADMIN_TOKEN"):
+        tokens.revoke_token(redis_client, auth.token_id(auth.digest("isa_env")), "cli",
+                            "isa_env")
+
+
+def test_register_admin_token_keeps_the_first_record(redis_client):
+    token = auth.new_token(auth.ADMIN)
+    assert auth.register_admin_token(redis_client, token, "first", created_by="serve")
+    before = redis_client.hget(keys.TOKENS, auth.digest(token))
+    assert not auth.register_admin_token(redis_client, token, "second")
+    assert redis_client.hget(keys.TOKENS, auth.digest(token)) == before
+    assert [e["action"] for e in tokens.audit(redis_client)] == ["created"]
+
+
+def test_revoked_admin_token_file_is_replaced_not_brought_back(redis_client, tmp_path):
+    first = ensure_admin_token(redis_client, tmp_path)
+    tokens.create_token(redis_client, auth.ADMIN, "other", "cli")
+    tokens.revoke_token(redis_client, auth.token_id(auth.digest(first)), "admin:tok_x")
+    # The next `serve` start must not re-register the revoked token from the file.
+    second = ensure_admin_token(redis_client, tmp_path)
+    assert second and second != first
+    assert (tmp_path / "admin-token").read_text().strip() == second
+    with pytest.raises(AuthError):
+        auth.authenticate(redis_client, f"Bearer {first}", None)
+    assert _role(redis_client, second) == auth.ADMIN
+    assert ensure_admin_token(redis_client, tmp_path) is None
+
+
+# --- upgrade from the previous release ----------------------------------------------------
+
+
+def _previous_release_tokens(client: redis.Redis) -> dict[str, str]:
+    """Write tokens exactly as the previous release did: auth:tokens, hash -> {"kind": …}."""
+    admin, agent_blue = auth.new_token(auth.ADMIN), auth.new_token(auth.AGENT)
+    client.hset("auth:tokens", mapping={
+        auth.digest(admin): json.dumps({"kind": "admin", "label": "admin"}),
+        auth.digest(agent_blue): json.dumps({"kind": "agent", "system": "blue"}),
+    })
+    return {"admin": admin, "agent": agent_blue}
+
+
+def test_previous_release_tokens_move_and_keep_working(redis_client):
+    old = _previous_release_tokens(redis_client)
+    assert tokens.migrate_legacy(redis_client) == 2
+    assert not redis_client.exists("auth:tokens")
+    assert _role(redis_client, old["admin"]) == auth.ADMIN
+    assert auth.authenticate(redis_client, f"Bearer {old['agent']}", None).system == "blue"
+    listed = {t["role"]: t for t in tokens.list_tokens(redis_client)}
+    assert listed["admin"]["id"] == auth.token_id(auth.digest(old["admin"]))
+    assert listed["admin"]["created_at"] is None and listed["agent"]["system"] == "blue"
+    # Again: nothing to do, nothing changed.
+    before = redis_client.hgetall(keys.TOKENS)
+    assert tokens.migrate_legacy(redis_client) == 0
+    assert redis_client.hgetall(keys.TOKENS) == before
+
+
+def test_migration_keeps_newer_records_and_never_resurrects_a_revoked_token(redis_client):
+    old = _previous_release_tokens(redis_client)
+    newer = json.dumps({"kind": "admin", "label": "renamed", "created_at": "2026-11-01T00:00:00Z"})
+    redis_client.hset(keys.TOKENS, auth.digest(old["admin"]), newer)
+    tokens.migrate_legacy(redis_client)
+    assert redis_client.hget(keys.TOKENS, auth.digest(old["admin"])) == newer
+    # Revoked after the move: a second migration (another process starting) changes nothing.
+    tokens.create_token(redis_client, auth.ADMIN, "keeper", "cli")
+    tokens.revoke_token(redis_client, auth.token_id(auth.digest(old["admin"])), "cli")
+    tokens.migrate_legacy(redis_client)
+    with pytest.raises(AuthError):
+        auth.authenticate(redis_client, f"Bearer {old['admin']}", None)
+
+
+def test_many_processes_migrating_at_once_move_each_token_once(valkey, redis_client):
+    old = _previous_release_tokens(redis_client)
+    moved: list[int] = []
+    clients = [redis.Redis.from_url(valkey.url, decode_responses=True) for _ in range(8)]
+    barrier = threading.Barrier(len(clients))
+
+    def start(client):
+        barrier.wait()
+        moved.append(tokens.migrate_legacy(client))
+
+    threads = [threading.Thread(target=start, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(moved) == [0] * 7 + [2]
+    assert set(redis_client.hkeys(keys.TOKENS)) == {auth.digest(t) for t in old.values()}
+    for client in clients:
+        client.close()
+
+
+def test_app_moves_previous_release_tokens_before_its_first_lookup(app, redis_client):
+    old = _previous_release_tokens(redis_client)
+    client = app.test_client()
+    answer = client.get("/v1/whoami", headers={"Authorization": f"Bearer {old['agent']}"})
+    assert answer.status_code == 200 and answer.get_json()["system"] == "blue"
+    assert not redis_client.exists("auth:tokens")
+
+
+def test_serve_start_moves_them_and_keeps_the_admin_token_file(redis_client, tmp_path):
+    old = _previous_release_tokens(redis_client)
+    (tmp_path / "admin-token").write_text(old["admin"] + "\n")
+    assert ensure_admin_token(redis_client, tmp_path) is None
+    assert not redis_client.exists("auth:tokens")
+    assert _role(redis_client, old["admin"]) == auth.ADMIN
+    assert json.loads(redis_client.hget(keys.TOKENS, auth.digest(old["admin"])))["label"] == \
+        "admin"
+
+
+# --- the rule for every sequence of operations --------------------------------------------
+
+operation = st.one_of(
+    st.tuples(st.just("create"), st.sampled_from([auth.ADMIN, auth.AUDITOR]),
+              st.text(st.characters(codec="utf-8", categories=("L", "N", "P"),
+                                    include_characters=" "),
+                      min_size=1, max_size=20).filter(str.strip)),
+    st.tuples(st.just("revoke"), st.integers(0, 30)),
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(operation, max_size=12))
+def test_a_token_works_exactly_while_created_and_not_revoked(redis_client, ops):
+    """Whatever admins create and revoke, in any order: the live set is what authenticates,
+    the listing shows exactly it, and neither a token nor its hash is ever shown."""
+    redis_client.flushall()
+    keeper, keeper_token = tokens.create_token(redis_client, auth.ADMIN, "keeper", "cli")
+    live = {keeper["id"]: (keeper_token, auth.ADMIN)}
+    dead: list[str] = []
+    for op in ops:
+        if op[0] == "create":
+            record, token = tokens.create_token(redis_client, op[1], op[2], "cli")
+            live[record["id"]] = (token, op[1])
+        else:
+            choices = sorted(live)
+            wanted = choices[op[1] % len(choices)]
+            admins = sum(role == auth.ADMIN for _, role in live.values())
+            if live[wanted][1] == auth.ADMIN and admins == 1:
+                with pytest.raises(Conflict):
+                    tokens.revoke_token(redis_client, wanted, "cli")
+                continue
+            tokens.revoke_token(redis_client, wanted, "cli")
+            dead.append(live.pop(wanted)[0])
+    for token_id_, (token, role) in live.items():
+        principal = auth.authenticate(redis_client, f"Bearer {token}", None)
+        assert (principal.kind, principal.token_id) == (role, token_id_)
+    for token in dead:
+        with pytest.raises(AuthError):
+            auth.authenticate(redis_client, f"Bearer {token}", None)
+    listed = tokens.list_tokens(redis_client)
+    assert sorted(t["id"] for t in listed) == sorted(live)
+    shown = json.dumps(listed) + json.dumps(tokens.audit(redis_client))
+    for token in [t for t, _ in live.values()] + dead:
+        assert token not in shown and auth.digest(token) not in shown
