@@ -11,6 +11,7 @@ from flask_smorest import Blueprint
 from coordinator import auth
 from coordinator.exceptions import NotFound
 from coordinator.forecaster import jobs, reconcile, records, reports
+from coordinator.forecaster.reconcile import ledger_entries
 from coordinator.forecaster.schemas import (
     ForecastQuerySchema,
     ForecastSchema,
@@ -102,32 +103,17 @@ class Forecast(MethodView):
                                 query["months"], today=_today())
 
 
-def ledger_entries(client):
-    """Yield every ledger entry of both sequences of every series (each carries ``series``),
-    or return None without a numbering ledger."""
-    try:
-        from coordinator import numbering
-    except ImportError:
-        return None
-    numbering.ensure_layout(client)  # a ledger of the release before series is moved first
-
-    def entries():
-        for series in numbering.list_series(client):
-            for sequence in ("invoice", "credit_note"):
-                yield from numbering.iter_ledger(client, sequence, series=series["name"])
-
-    return entries()
-
-
 @blp.route("/v1/reports/reconciliation")
 class Reconciliation(MethodView):
     @auth.require(*auth.READERS)
     @blp.response(200, ReconciliationSchema)
     def get(self):
-        """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen."""
+        """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen.
+
+        Read only: the warnings of these findings are raised by the sync worker after each
+        completed sync (a GET changes nothing).
+        """
         client = get_redis()
         rates = _rates()
-        report = reconcile.reconcile(client, [s.name for s in rates], ledger_entries(client),
-                                     series_of={s.name: s.series for s in rates})
-        reconcile.raise_warnings(client, report)
-        return report
+        return reconcile.reconcile(client, [s.name for s in rates], ledger_entries(client),
+                                   series_of={s.name: s.series for s in rates})

@@ -19,7 +19,7 @@ and the ledger once: cost grows with the numbers compared, which is what the que
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -33,6 +33,25 @@ DEFAULT_SERIES = "default"
 
 EXAMPLES = 20
 """Numbers quoted in one warning's message; the report lists them all."""
+
+
+def ledger_entries(client: redis.Redis) -> Iterator[Mapping[str, Any]] | None:
+    """Yield every ledger entry of both sequences of every series (each carries ``series``),
+    or return None without a numbering ledger."""
+    try:
+        from coordinator import numbering
+        from coordinator.numbering import migrate
+    except ImportError:
+        return None
+    if migrate.needs_migration(client):  # a ledger of the release before series moves first
+        migrate.migrate(client)
+
+    def entries():
+        for series in numbering.list_series(client):
+            for sequence in ("invoice", "credit_note"):
+                yield from numbering.iter_ledger(client, sequence, series=series["name"])
+
+    return entries()
 
 
 def synced_systems(client: redis.Redis, systems: Sequence[str]) -> list[str]:
@@ -160,3 +179,15 @@ def raise_warnings(client: redis.Redis, report: Mapping[str, Any]) -> list[str]:
             system=system, code=kind,
         ))
     return ids
+
+
+def check(
+    client: redis.Redis, systems: Sequence[str], series_of: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Reconcile ``systems`` (of the series in ``series_of``) against the ledger and raise the
+    findings' warnings; return ids.
+
+    Run by the sync worker after each completed sync, so reading the report writes nothing.
+    """
+    return raise_warnings(client, reconcile(client, systems, ledger_entries(client),
+                                            series_of=series_of))
