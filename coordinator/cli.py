@@ -13,6 +13,7 @@ from coordinator import auth
 from coordinator.auth.cli import register as _register_tokens
 from coordinator.demo import DEMO_DURATION
 from coordinator.forecaster.cli import register as _register_forecaster
+from coordinator.numbering.cli import register as _register_numbering
 from coordinator.ops.datadir import (
     attach_to_serve,
     data_dir_option,
@@ -127,8 +128,12 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
         app = create_app()
         token = None
         # API.md: INVOICE_SYNC_ADMIN_TOKEN sets the admin token instead of a generated one.
-        if not app.config["ADMIN_TOKEN"]:
-            with app.app_context():
+        with app.app_context():
+            # Before any worker serves: numbering data of an older release moves first.
+            from coordinator.numbering.migrate import migrate
+
+            click.echo(f"numbering: {migrate(get_redis()).line()}", err=True)
+            if not app.config["ADMIN_TOKEN"]:
                 token = ensure_admin_token(get_redis(), data_dir)
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
@@ -253,5 +258,6 @@ def demo(keep: bool) -> None:
 
 
 _register_forecaster(main)
+_register_numbering(main)
 _register_tokens(main)
 _register_addon(main)

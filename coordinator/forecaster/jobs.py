@@ -230,7 +230,9 @@ def _after_success(client: redis.Redis, system: str) -> None:
     # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
     # The sync itself is done and recorded: a failure here is logged, not the sync's failure.
     try:
-        reconcile.check(client, [s["name"] for s in registry.list_systems(client)])
+        systems = registry.list_systems(client)
+        reconcile.check(client, [s["name"] for s in systems],
+                        {s["name"]: s["series"] for s in systems})
     except Exception:
         log.exception("reconciliation after the sync of %s failed", system)
 

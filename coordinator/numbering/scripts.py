@@ -25,6 +25,8 @@ ALLOCATE = LuaScript.load(__package__, "allocate")
 TRANSITION = LuaScript.load(__package__, "transition")
 SETTINGS = LuaScript.load(__package__, "settings")
 ROUTE = LuaScript.load(__package__, "route")
+MIGRATE_FENCE = LuaScript.load(__package__, "migrate_fence")
+MIGRATE_COMMIT = LuaScript.load(__package__, "migrate_commit")
 
 
 def run(

@@ -110,6 +110,14 @@ def _credential_field(**kwargs: Any) -> fields.String:
                          **kwargs)
 
 
+def _series(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=FullMatch(NAME_RE, error=_NAME_MESSAGE),
+        metadata={"description": "The series (legal entity) that numbers its documents; a "
+                                 "system that has numbers cannot move", "example": "default"},
+        **kwargs)
+
+
 class SystemCreateSchema(Schema):
     """Body of ``POST /v1/systems``."""
 
@@ -129,6 +137,7 @@ class SystemCreateSchema(Schema):
     exchange_rate = ExchangeRate(load_default="1",
                                  metadata={"description": "To the base currency",
                                            "example": "1.0000", "type": "string"})
+    series = _series(load_default="default")
     central_poll = StrictBoolean(
         load_default=False,
         metadata={"description": "The coordinator numbers what this WHMCS's hooks missed "
@@ -154,6 +163,7 @@ class SystemPatchSchema(Schema):
     step = StrictInteger(validate=validate.Range(min=1, max=1000))
     auto_sync = StrictBoolean()
     exchange_rate = ExchangeRate(metadata={"type": "string"})
+    series = _series()
     central_poll = StrictBoolean()
     central_poll_minutes = StrictInteger(validate=validate.Range(min=1, max=1440))
     number_on = fields.String(validate=validate.OneOf(("paid", "created")))
@@ -171,6 +181,7 @@ class SystemSchema(Schema):
     step = fields.Integer()
     auto_sync = fields.Boolean()
     exchange_rate = fields.String()
+    series = fields.String(metadata={"description": "The series that numbers its documents"})
     central_poll = fields.Boolean()
     central_poll_minutes = fields.Integer()
     number_on = fields.String()

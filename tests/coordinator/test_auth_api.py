@@ -24,15 +24,26 @@ ROLE_TABLE: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/static/<path:filename>"): None,
     ("GET", "/v1/whoami"): {ADMIN, AUDITOR, AGENT},
     ("POST", "/v1/allocations"): {AGENT},
-    ("GET", "/v1/allocations/<string:allocation_id>"): {ADMIN, AUDITOR, AGENT},
-    ("POST", "/v1/allocations/<string:allocation_id>/confirm"): {AGENT},
-    ("POST", "/v1/allocations/<string:allocation_id>/void"): {ADMIN, AGENT},
+    ("GET", "/v1/allocations/<path:allocation_id>"): {ADMIN, AUDITOR, AGENT},
+    ("POST", "/v1/allocations/<path:allocation_id>/confirm"): {AGENT},
+    ("POST", "/v1/allocations/<path:allocation_id>/void"): {ADMIN, AGENT},
     ("GET", "/v1/sequences"): READERS,
     ("GET", "/v1/sequences/<string:name>"): READERS,
     ("PATCH", "/v1/sequences/<string:name>"): {ADMIN},
     ("GET", "/v1/sequences/<string:name>/audit"): READERS,
     ("GET", "/v1/sequences/<string:name>/gaps"): READERS,
     ("GET", "/v1/sequences/<string:name>/ledger"): READERS,
+    ("GET", "/v1/series"): READERS,
+    ("POST", "/v1/series"): {ADMIN},
+    ("GET", "/v1/series/<string:series>"): READERS,
+    ("PATCH", "/v1/series/<string:series>"): {ADMIN},
+    ("DELETE", "/v1/series/<string:series>"): {ADMIN},
+    ("GET", "/v1/series/<string:series>/sequences"): READERS,
+    ("GET", "/v1/series/<string:series>/sequences/<string:name>"): READERS,
+    ("PATCH", "/v1/series/<string:series>/sequences/<string:name>"): {ADMIN},
+    ("GET", "/v1/series/<string:series>/sequences/<string:name>/audit"): READERS,
+    ("GET", "/v1/series/<string:series>/sequences/<string:name>/gaps"): READERS,
+    ("GET", "/v1/series/<string:series>/sequences/<string:name>/ledger"): READERS,
     ("GET", "/v1/systems"): {ADMIN},
     ("POST", "/v1/systems"): {ADMIN},
     ("GET", "/v1/systems/<name>"): {ADMIN},
@@ -75,6 +86,7 @@ def routes(app) -> dict[tuple[str, str], tuple[str, ...] | None]:
 def concrete(rule: str) -> str:
     """A path that matches ``rule`` (names that exist nowhere: a 404 is a fine answer)."""
     values = {"allocation_id": "invoice:2026:1", "name": "invoice", "sync_id": "s-1",
+              "series": "default",
               "warning_id": "w-1", "token_id": "tok_0000000000000000", "filename": "x"}
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule)
 
