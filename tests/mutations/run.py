@@ -17,6 +17,8 @@ them and counts what the tests catch:
     python tests/mutations/run.py --quick                # only the hand-written list (minutes)
     python tests/mutations/run.py --check                # only check the list still applies
     python tests/mutations/run.py --report               # print the last results, run nothing
+    python tests/mutations/run.py --module auth --only 'coordinator.auth.tokens.x_authenticate*'
+                                                         # only the mutants of one function
 
 Prints the kill rate per module (killed / total) with every survivor. Exits 2 when a hand-written
 mutation no longer applies (its snippet is not in the file exactly once: the list must follow the
@@ -58,12 +60,14 @@ class Outcome:
     module: str
     total: int = 0
     killed: int = 0
+    not_run: int = 0
     survivors: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         rate = f"{100 * self.killed / self.total:5.1f}%" if self.total else "  n/a "
-        return f"{self.module:<12} {self.killed:>5} / {self.total:<5} killed  {rate}"
+        line = f"{self.module:<12} {self.killed:>5} / {self.total:<5} killed  {rate}"
+        return line + (f"  ({self.not_run} mutants not run)" if self.not_run else "")
 
 
 def config() -> dict:
@@ -102,19 +106,27 @@ def toml_list(values: list[str]) -> str:
     return json.dumps(values)  # a JSON list of plain strings is a TOML array
 
 
-def write_mutmut_config(copy: Path, mutate: list[str], tests: list[str]) -> None:
-    """Replace [tool.mutmut]'s module and test lists in the copy's pyproject.toml."""
+def write_mutmut_config(
+    copy: Path, mutate: list[str], tests: list[str], deselect: list[str]
+) -> None:
+    """Set [tool.mutmut]'s module and test lists in the copy's pyproject.toml."""
     path = copy / "pyproject.toml"
     text = path.read_text()
-    for key, values in (("only_mutate", mutate), ("pytest_add_cli_args_test_selection", tests)):
-        text, count = re.subn(rf"(?ms)^{key} = \[.*?^\]$", f"{key} = {toml_list(values)}", text)
+    base = tomllib.loads(text)["tool"]["mutmut"]["pytest_add_cli_args"]
+    args = base + [arg for test in deselect for arg in ("--deselect", test)]
+    for key, values in (("only_mutate", mutate), ("pytest_add_cli_args_test_selection", tests),
+                        ("pytest_add_cli_args", args)):
+        text, count = re.subn(rf"(?ms)^{key} = \[.*?\]$", f"{key} = {toml_list(values)}", text)
         if count != 1:
             raise SystemExit(f"pyproject.toml: [tool.mutmut] {key} not found")
     path.write_text(text)
 
 
 def mutmut_results(copy: Path, mutate: list[str]) -> Outcome:
-    """Read mutmut's verdicts from the .meta files next to the mutated sources."""
+    """Read mutmut's verdicts from the .meta files next to the mutated sources.
+
+    Mutants that were not run (outside ``--only``) are left out of the rate and counted apart.
+    """
     from mutmut.stats import status_by_exit_code
 
     outcome = Outcome(copy.name)
@@ -127,6 +139,9 @@ def mutmut_results(copy: Path, mutate: list[str]) -> Outcome:
             status = status_by_exit_code[code]
             if status == "skipped":
                 continue
+            if status == "not checked":
+                outcome.not_run += 1
+                continue
             outcome.total += 1
             if status in CAUGHT:
                 outcome.killed += 1
@@ -135,11 +150,11 @@ def mutmut_results(copy: Path, mutate: list[str]) -> Outcome:
     return outcome
 
 
-def run_mutmut(module: str, spec: dict, max_children: int) -> Outcome:
+def run_mutmut(module: str, spec: dict, max_children: int, only: list[str]) -> Outcome:
     copy = stage(module)
     mutate = expand(spec["mutate"], ROOT)
     tests = expand(spec["tests"], ROOT)
-    write_mutmut_config(copy, mutate, tests)
+    write_mutmut_config(copy, mutate, tests, spec.get("deselect", []))
     print(f"== {module}: mutmut over {', '.join(mutate)}\n   tests: {' '.join(tests)}",
           flush=True)
     log = WORK / f"{module}.log"
@@ -147,7 +162,7 @@ def run_mutmut(module: str, spec: dict, max_children: int) -> Outcome:
     with log.open("w") as out:
         code = subprocess.call(
             [sys.executable, "-c", "from mutmut.__main__ import cli; cli()", "run",
-             "--max-children", str(max_children)],
+             "--max-children", str(max_children), *only],
             cwd=copy, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
         )
     outcome = mutmut_results(copy, mutate)
@@ -281,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="only check that every hand-written mutation still applies")
     parser.add_argument("--report", action="store_true", help="print the last results only")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="run only the mutants whose name matches (mutmut's names, e.g. "
+                             "'coordinator.auth.tokens.x_authenticate*'); the others are "
+                             "reported as not run")
     parser.add_argument("--max-children", type=int, default=2,
                         help="mutmut workers (default 2: the machine is shared)")
     args = parser.parse_args(argv)
@@ -302,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if module == HANDWRITTEN_MODULE:
             outcomes.append(run_handwritten())
         else:
-            outcomes.append(run_mutmut(module, modules[module], args.max_children))
+            outcomes.append(run_mutmut(module, modules[module], args.max_children, args.only))
     report(outcomes)
     if any(e.startswith("unapplicable") for o in outcomes for e in o.errors):
         return 2
