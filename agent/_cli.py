@@ -18,6 +18,7 @@ from agent._exceptions import (
     CoordinatorError,
     CoordinatorRefused,
     JournalError,
+    NumberWentBackwards,
 )
 from agent._models import DOCUMENTS
 
@@ -42,6 +43,10 @@ class ExitCode(enum.IntEnum):
     ``INCOMPLETE`` (8): ``poll`` ran through, but some invoices are left unnumbered or
     unconfirmed; the messages name each one and why (the next run retries them).
     ``BUSY`` (9): another ``poll`` of this installation holds the lock; nothing was done.
+    ``BACKWARDS`` (10): the coordinator answered a new number at or below one this
+    installation had already received for another document (same sequence and period): its
+    data may be lost or restored from an old backup. The number was not written anywhere;
+    the message names both numbers. An admin must raise the sequence's ``next_number``.
     """
 
     OK = 0
@@ -54,6 +59,7 @@ class ExitCode(enum.IntEnum):
     WHMCS = 7
     INCOMPLETE = 8
     BUSY = 9
+    BACKWARDS = 10
 
 
 EXIT_CODE_HELP = {
@@ -67,6 +73,8 @@ EXIT_CODE_HELP = {
     ExitCode.WHMCS: "poll: WHMCS unreachable or refused the API call",
     ExitCode.INCOMPLETE: "poll: some invoices left unnumbered/unconfirmed (named on stderr)",
     ExitCode.BUSY: "poll: another poller of this installation is running",
+    ExitCode.BACKWARDS: "the coordinator's number went backwards (lost or old data); "
+    "nothing written",
 }
 """One line per exit code, as printed in ``--help``."""
 
@@ -101,25 +109,66 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser (exposed for tests and docs)."""
-    parser = _Parser(
-        prog="invoice-sync-agent",
-        description="Take legal invoice numbers from the invoice-sync coordinator. Fails closed: "
-        "no coordinator answer, no number.",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def version() -> str:
+    """Return the installed version of the agent (the ``invoice-sync`` distribution)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("invoice-sync")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def _add_common(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """Add the options every command takes, before or after the command's name.
+
+    After the name they default to "not given" (``SUPPRESS``), so they override what was
+    given before it only when given.
+    """
+    unset = argparse.SUPPRESS if after_command else None
+    parser.add_argument(
+        "--version", action="version", version=f"invoice-sync-agent {version()}",
+        help="print the version and exit",
     )
-    parser.add_argument("--config", metavar="FILE", help=f"TOML config file (env {CONFIG_ENV})")
+    parser.add_argument("--config", metavar="FILE", default=unset,
+                        help=f"TOML config file (env {CONFIG_ENV})")
     for name, text in _OPTIONS.items():
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             metavar=name.upper(),
+            default=unset,
             help=f"{text} (env {ENV_PREFIX}{name.upper()})",
         )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "-v", "--verbose", action="count",
+        dest="verbose_after" if after_command else "verbose",
+        default=argparse.SUPPRESS if after_command else 0,
+        help="log more (-vv: debug)",
+    )
+
+
+class _CommandParser(_Parser):
+    """A sub-command's parser: also takes the common options after the command's name."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _add_common(self, after_command=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser (exposed for tests and docs)."""
+    parser = _Parser(
+        prog="invoice-sync-agent",
+        description="Take legal invoice numbers from the invoice-sync coordinator. Fails closed: "
+        "no coordinator answer, no number. Options go before or after the command.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(parser, after_command=False)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     nxt = commands.add_parser(
         "next",
@@ -190,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("--page-size", type=int, default=100,
                       help="invoices per GetInvoices page (default 100)")
     poll.add_argument("--json", action="store_true", help="print each run's report as JSON")
+    poll.add_argument("--full", action="store_true", help="read every invoice of WHMCS, not only "
+                      "what may have changed since the last run (the first run always does)")
     return parser
 
 
@@ -207,8 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (the console script exits with it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
     logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -223,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(ExitCode.REFUSED, f"coordinator refused: {exc.message}", exc.errors)
     except CoordinatorError as exc:
         return _fail(ExitCode.UNAVAILABLE, f"coordinator: {exc.message}")
+    except NumberWentBackwards as exc:
+        return _fail(ExitCode.BACKWARDS, exc.message)
     except JournalError as exc:
         return _fail(ExitCode.JOURNAL, f"journal: {exc}")
 
@@ -240,8 +294,22 @@ def _print_json(data: Any) -> None:
 
 def _next(config: Config, args: argparse.Namespace) -> int:
     date = check_date(args.date) if args.date else None
-    with Client(config) as client:
-        allocation = client.allocate(args.document, args.reference, date)
+    journal = None
+    if config.journal.exists():
+        # This installation's journal (sidecar, poller) knows the numbers it received: a new
+        # one at or below them is refused before anybody prints it.
+        from agent._journal import Journal
+
+        journal = Journal(config.journal)
+    try:
+        before = journal.mark() if journal is not None else None
+        with Client(config) as client:
+            allocation = client.allocate(args.document, args.reference, date)
+        if journal is not None and before is not None:
+            journal.receive(allocation, before=before)
+    finally:
+        if journal is not None:
+            journal.close()
     _print_json(allocation.to_json()) if args.json else print(allocation.formatted)
     return ExitCode.OK
 
@@ -383,14 +451,14 @@ def _poll_once(config: Config, args: argparse.Namespace, stop: Any) -> int:
         ):
             poller = Poller(client, whmcs, journal, number_on=config.number_on,
                             page_size=args.page_size, should_stop=stop.is_set)
-            report = poller.run()
+            report = poller.run(full=args.full)
     except PollerBusy as exc:
         return _fail(ExitCode.BUSY, str(exc))
     return _print_report(report, args.json)
 
 
 _ABORT_CODES = {"coordinator": ExitCode.UNAVAILABLE, "refused": ExitCode.REFUSED,
-                "whmcs": ExitCode.WHMCS}
+                "whmcs": ExitCode.WHMCS, "backwards": ExitCode.BACKWARDS}
 
 
 def _print_report(report: Any, as_json: bool) -> int:
@@ -398,6 +466,8 @@ def _print_report(report: Any, as_json: bool) -> int:
     if as_json:
         _print_json({
             "seen": report.seen,
+            "full": report.full,
+            "whmcs_calls": report.whmcs_calls,
             "allocations": report.allocations,
             "outcomes": [vars(o) for o in report.outcomes],
             "aborted": None if report.aborted is None else vars(report.aborted),

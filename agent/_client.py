@@ -282,7 +282,10 @@ class Client:
         response = self._request(method, path, body)
         if response.status_code not in expect:
             raise _error_from(response)
-        return Allocation.from_json(_json_body(response))
+        allocation = Allocation.from_json(_json_body(response))
+        if 201 in expect:  # taking a number: 200 is a replay of one issued before, 201 new
+            allocation = dataclasses.replace(allocation, replay=response.status_code == 200)
+        return allocation
 
     def _request(
         self,

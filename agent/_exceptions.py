@@ -19,6 +19,8 @@ The hierarchy, in one place::
     │                               ``{code, status, message, errors}``; retrying will not help
     ├── JournalError                the local journal refused a change (impossible state
     │                               transition, unknown entry) or could not be opened
+    ├── NumberWentBackwards         the coordinator answered a number at or below one this
+    │                               installation already received for another document
     ├── PollerBusy                  another poller of this installation holds the poll lock
     └── WhmcsError                  talking to this installation's WHMCS failed (see _whmcs.py)
         ├── WhmcsAccessDeniedError  HTTP 403: an admin must change a WHMCS setting
@@ -32,6 +34,7 @@ The hierarchy, in one place::
         ├── WhmcsTlsError           the TLS handshake or certificate check failed
         ├── WhmcsBadResponseError   the answer was not WHMCS's JSON (firewall page, HTTP 5xx)
         └── WhmcsApiError           WHMCS ran the action and reported an error (HTTP 200)
+            └── WhmcsInvoiceNotFoundError  exactly GetInvoice's answer for a missing invoice
 
 Unreachable, Unavailable and BadResponse all mean "try again later with the same reference":
 the coordinator answers a replay with the allocation it already made, so a retry can never
@@ -108,6 +111,33 @@ class CoordinatorRefused(CoordinatorError):
 
 class JournalError(AgentError):
     """The local journal refused a change or could not be opened."""
+
+
+class NumberWentBackwards(AgentError):
+    """The coordinator handed out a number this installation must not write (fail closed).
+
+    The journal remembers the highest number received per sequence and period; a new number
+    (not a replay) at or below it, for another document, means the coordinator numbers from
+    lost or old data (an old backup restored, an empty store): the number may already be
+    printed on one of our invoices. It is not written anywhere; an admin must raise the
+    sequence's ``next_number`` past ``highest``.
+
+    Attributes:
+        number: The number just received (formatted in ``formatted``).
+        highest: The highest number received before, for ``highest_reference``.
+    """
+
+    def __init__(
+        self, message: str, *, number: int, formatted: str, highest: int,
+        highest_formatted: str, highest_reference: str,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.number = number
+        self.formatted = formatted
+        self.highest = highest
+        self.highest_formatted = highest_formatted
+        self.highest_reference = highest_reference
 
 
 class PollerBusy(AgentError):
@@ -224,3 +254,14 @@ class WhmcsApiError(WhmcsError):
     def __init__(self, message: str, *, whmcs_message: str = "", **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.whmcs_message = whmcs_message
+
+
+class WhmcsInvoiceNotFoundError(WhmcsApiError):
+    """WHMCS answered exactly ``{"status": "error", "message": "Invoice ID Not Found"}``.
+
+    GetInvoice's answer for an invoice that does not exist (deleted): note ``status``, not
+    ``result``. Only this answer may be read as "deleted"; any other error, a ``Command Not
+    Found`` from a module or proxy included, is a :class:`WhmcsApiError`.
+    """
+
+    code = "whmcs_invoice_not_found"

@@ -10,6 +10,18 @@ finished on the next run instead of forgotten. One row per (document, reference)
 
 ``confirmed`` and ``voided`` are final. Confirming straight from ``allocated`` is allowed (the
 WHMCS hook writes the number and confirms in one go; the confirm carries the invoicenum).
+
+Besides, the journal keeps:
+
+* every number received (``received``), so a coordinator that numbers from lost or old data
+  is caught: a *new* number at or below one this installation had already received for
+  another document in the same series, sequence and period is refused
+  (:class:`~agent.NumberWentBackwards`) before anyone writes it. Only numbers received
+  before the request was sent count (``mark()`` before, ``before=`` after): the hook and the
+  poller may record their answers in any order. Replays (the same document's same number)
+  pass: the coordinator remembered that document.
+* the poller's scan state: how far new invoices were read (per WHMCS and ``number_on``) and
+  the invoices to look at again (drafts that may be published, invoices left unnumbered).
 """
 
 from __future__ import annotations
@@ -17,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent._exceptions import JournalError
+from agent._exceptions import JournalError, NumberWentBackwards
 from agent._models import Allocation
 
 BUSY_TIMEOUT = 30.0
@@ -56,7 +69,44 @@ CREATE TABLE IF NOT EXISTS allocations (
     PRIMARY KEY (document, reference)
 );
 CREATE INDEX IF NOT EXISTS allocations_state ON allocations (state, created_at);
+CREATE TABLE IF NOT EXISTS poll_state (
+    name          TEXT PRIMARY KEY,
+    value         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watch (
+    reference     TEXT PRIMARY KEY,
+    reason        TEXT NOT NULL,
+    since         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refused (
+    series        TEXT NOT NULL,
+    sequence      TEXT NOT NULL,
+    period        TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    document      TEXT NOT NULL,
+    reference     TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    PRIMARY KEY (series, sequence, period, number, document, reference)
+)
 """
+
+_RECEIVED_SCHEMA = """
+CREATE TABLE received (
+    mark          INTEGER PRIMARY KEY AUTOINCREMENT,
+    series        TEXT NOT NULL,
+    sequence      TEXT NOT NULL,
+    period        TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    formatted     TEXT NOT NULL,
+    document      TEXT NOT NULL,
+    reference     TEXT NOT NULL
+);
+CREATE INDEX received_numbers ON received (series, sequence, period, number)
+"""
+
+_ALLOCATION_ID = re.compile(r"(?:(?P<series>[^/]+)/)?(?P<sequence>[^:/]+):(?P<period>[^:]+):\d+")
+"""API.md's allocation id: ``<sequence>:<period>:<number>``, ``<series>/`` first outside
+``default``; used to fill ``received`` from a journal written by an older release."""
 
 _COLUMNS = (
     "document, reference, allocation_id, number, formatted, state, invoicenum, "
@@ -127,6 +177,7 @@ class Journal:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                self._create_received(db)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
 
@@ -153,6 +204,31 @@ class Journal:
                 raise
             else:
                 self._db.execute("COMMIT")
+
+    @staticmethod
+    def _create_received(db: sqlite3.Connection) -> None:
+        """Create ``received``, filled from the allocations of a journal made before it."""
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'received'"
+        ).fetchone()
+        if exists:
+            return
+        for statement in _RECEIVED_SCHEMA.split(";"):
+            db.execute(statement)
+        rows = db.execute(
+            "SELECT allocation_id, number, formatted, document, reference FROM allocations "
+            "ORDER BY created_at"
+        ).fetchall()
+        for row in rows:
+            match = _ALLOCATION_ID.fullmatch(row["allocation_id"])
+            if match is None:
+                continue
+            db.execute(
+                "INSERT INTO received (series, sequence, period, number, formatted, document, "
+                "reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (match["series"] or "default", match["sequence"], match["period"],
+                 row["number"], row["formatted"], row["document"], row["reference"]),
+            )
 
     def _now(self) -> str:
         return self._clock().astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -185,12 +261,118 @@ class Journal:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def record_allocated(self, allocation: Allocation) -> JournalEntry:
+    def mark(self) -> int:
+        """Return the position of the last number received; take it before asking for one."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(mark), 0) FROM received").fetchone()
+        return int(row[0])
+
+    def receive(self, allocation: Allocation, *, before: int) -> None:
+        """Check a number against those received before ``before`` and remember it.
+
+        For callers that keep no allocation row (``invoice-sync-agent next``).
+
+        Raises:
+            NumberWentBackwards: A new number at or below one received earlier for another
+                document of the same series, sequence and period.
+        """
+        with self._write() as db:
+            refusal = self._receive(db, allocation, before)
+        if refusal is not None:
+            raise refusal
+
+    def highest(self, series: str, sequence: str, period: str) -> int | None:
+        """Return the highest number received for a sequence and period, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(number) FROM received WHERE series = ? AND sequence = ? "
+                "AND period = ?",
+                (series, sequence, period),
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def _receive(
+        self, db: sqlite3.Connection, allocation: Allocation, before: int | None
+    ) -> NumberWentBackwards | None:
+        """Remember the number, or the refusal (committed) that the caller then raises."""
+        key = (allocation.series, allocation.sequence, allocation.period)
+        mine = (allocation.number, allocation.document, allocation.reference)
+        refused = db.execute(
+            "SELECT message FROM refused WHERE series = ? AND sequence = ? AND period = ? "
+            "AND number = ? AND document = ? AND reference = ?",
+            (*key, *mine),
+        ).fetchone()
+        if refused is not None:
+            # Refused before, now answered as a replay: still the same number, still refused.
+            return self._refusal(refused["message"], allocation, None)
+        if before is not None and allocation.replay is not True:
+            # Any increment, any number of systems: a counter that only moves forward gives a
+            # request sent after number N was received something above N.
+            above = db.execute(
+                "SELECT number, formatted, document, reference FROM received "
+                "WHERE series = ? AND sequence = ? AND period = ? AND mark <= ? "
+                "AND number >= ? AND NOT (document = ? AND reference = ?) "
+                "ORDER BY number DESC LIMIT 1",
+                (*key, before, *mine),
+            ).fetchone()
+            if above is not None:
+                message = (
+                    f"the coordinator gave {allocation.document} {allocation.reference} number "
+                    f"{allocation.formatted} ({allocation.number}), but this installation "
+                    f"already received {above['formatted']} ({above['number']}) for "
+                    f"{above['document']} {above['reference']} in {allocation.sequence} "
+                    f"{allocation.period}: the coordinator's numbering went backwards (data "
+                    "lost or an old backup restored?). Not written anywhere. An admin must "
+                    f"raise next_number of {allocation.sequence} above {above['number']}, "
+                    f"void {allocation.id} with the reason and reissue it"
+                )
+                db.execute(
+                    "INSERT OR IGNORE INTO refused (series, sequence, period, number, document, "
+                    "reference, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*key, *mine, message),
+                )
+                return self._refusal(message, allocation, above)
+        known = db.execute(
+            "SELECT 1 FROM received WHERE series = ? AND sequence = ? AND period = ? "
+            "AND number = ? AND document = ? AND reference = ?",
+            (*key, *mine),
+        ).fetchone()
+        if known is None:
+            db.execute(
+                "INSERT INTO received (series, sequence, period, number, formatted, document, "
+                "reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, allocation.number, allocation.formatted, allocation.document,
+                 allocation.reference),
+            )
+        return None
+
+    @staticmethod
+    def _refusal(
+        message: str, allocation: Allocation, above: sqlite3.Row | None
+    ) -> NumberWentBackwards:
+        return NumberWentBackwards(
+            message,
+            number=allocation.number,
+            formatted=allocation.formatted,
+            highest=int(above["number"]) if above else allocation.number,
+            highest_formatted=str(above["formatted"]) if above else allocation.formatted,
+            highest_reference=str(above["reference"]) if above else allocation.reference,
+        )
+
+    def record_allocated(
+        self, allocation: Allocation, *, before: int | None = None
+    ) -> JournalEntry:
         """Remember a number the coordinator issued; a replay of the same one changes nothing.
+
+        Args:
+            allocation: The coordinator's answer.
+            before: :meth:`mark` taken before the request was sent: the number is then
+                checked against those received earlier (see the module docstring).
 
         Raises:
             JournalError: The document already has a different, unvoided allocation (the
                 coordinator promised one number per document; do not write either).
+            NumberWentBackwards: See :meth:`receive`; nothing is recorded.
         """
         now = self._now()
         with self._write() as db:
@@ -205,20 +387,17 @@ class Journal:
                     f"{allocation.document} {allocation.reference!r} already holds allocation "
                     f"{row['allocation_id']} ({row['state']}); refusing {allocation.id}"
                 )
-            db.execute(
-                "INSERT OR REPLACE INTO allocations (document, reference, allocation_id, "
-                "number, formatted, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?)",
-                (
-                    allocation.document,
-                    allocation.reference,
-                    allocation.id,
-                    allocation.number,
-                    allocation.formatted,
-                    now,
-                    now,
-                ),
-            )
+            refusal = self._receive(db, allocation, before)
+            if refusal is None:
+                db.execute(
+                    "INSERT OR REPLACE INTO allocations (document, reference, allocation_id, "
+                    "number, formatted, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?)",
+                    (allocation.document, allocation.reference, allocation.id,
+                     allocation.number, allocation.formatted, now, now),
+                )
+        if refusal is not None:
+            raise refusal  # after the commit: the refusal is remembered, nothing else
         entry = self.by_id(allocation.id)
         assert entry is not None
         return entry
@@ -262,6 +441,45 @@ class Journal:
                 (*sets.values(), allocation_id),
             )
         return self._get_existing(allocation_id)
+
+    # -- the poller's scan state -------------------------------------------------------------
+
+    def scan_mark(self, name: str) -> int | None:
+        """Return the highest invoice id the scan ``name`` has settled, or None (never ran)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM poll_state WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_scan_mark(self, name: str, invoice_id: int) -> None:
+        """Record that every invoice up to ``invoice_id`` was looked at (never moves back)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO poll_state (name, value) VALUES (?, ?) ON CONFLICT (name) DO "
+                "UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                (name, int(invoice_id)),
+            )
+
+    def watched(self) -> dict[str, str]:
+        """Return the invoices to look at again, ``{reference: reason}``."""
+        with self._lock:
+            rows = self._db.execute("SELECT reference, reason FROM watch ORDER BY since").fetchall()
+        return {r["reference"]: r["reason"] for r in rows}
+
+    def watch(self, reference: str, reason: str) -> None:
+        """Look at this invoice again on the next polls (``draft`` or ``unnumbered``)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO watch (reference, reason, since) VALUES (?, ?, ?) "
+                "ON CONFLICT (reference) DO UPDATE SET reason = excluded.reason",
+                (str(reference), reason, self._now()),
+            )
+
+    def unwatch(self, reference: str) -> None:
+        """Stop looking at this invoice (numbered, deleted, or needing no number)."""
+        with self._write() as db:
+            db.execute("DELETE FROM watch WHERE reference = ?", (str(reference),))
 
     def _require(self, db: sqlite3.Connection, allocation_id: str) -> sqlite3.Row:
         row = db.execute(

@@ -33,7 +33,9 @@ class Allocation:
         allocation.id          # 'invoice:2026:51' -> confirm or void with this
 
     ``raw`` keeps the coordinator's JSON as received, so fields added to the contract later
-    survive a round trip (``--json`` prints it).
+    survive a round trip (``--json`` prints it). ``replay`` says whether the coordinator
+    answered with a number it had already issued for this document (HTTP 200, or a batch
+    item's ``"replay": true``) rather than a new one (201); ``None`` when unknown.
     """
 
     id: str
@@ -49,6 +51,13 @@ class Allocation:
     raw: Mapping[str, Any] = dataclasses.field(
         default_factory=dict, repr=False, compare=False, hash=False
     )
+    replay: bool | None = dataclasses.field(default=None, compare=False, hash=False)
+
+    @property
+    def series(self) -> str:
+        """Return the numbering series (API.md: ``default`` unless the coordinator says)."""
+        series = self.raw.get("series")
+        return series if isinstance(series, str) and series else "default"
 
     @classmethod
     def from_json(cls, data: Any) -> Allocation:
@@ -80,10 +89,12 @@ class Allocation:
             raise CoordinatorBadResponse(f"allocation lacks the field {exc.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise CoordinatorBadResponse(f"allocation is malformed: {exc}") from None
+        replay = data.get("replay")
         return cls(
             number=number,
             issued_at=issued_at,
             raw=MappingProxyType(dict(data)),
+            replay=replay if isinstance(replay, bool) else None,
             **strings,
         )
 
@@ -91,7 +102,11 @@ class Allocation:
         """Return the allocation as the coordinator sent it (unknown fields included)."""
         if self.raw:
             return dict(self.raw)
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "raw"}
+        data = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("raw", "replay")
+        }
         data["issued_at"] = self.issued_at.isoformat().replace("+00:00", "Z")
         return data
 

@@ -35,6 +35,7 @@ from agent._exceptions import (
     CoordinatorError,
     CoordinatorRefused,
     JournalError,
+    NumberWentBackwards,
 )
 from agent._journal import Journal
 
@@ -137,11 +138,18 @@ class Sidecar:
             raise SidecarError(
                 422, "invalid allocation request", {"json": {"_": [str(exc)]}}
             ) from None
+        before = self._mark()
         with self.make_client() as client:
             allocation = client.allocate(document, reference, date)
         if self.journal is not None:
             try:
-                self.journal.record_allocated(allocation)
+                self.journal.record_allocated(allocation, before=before)
+            except NumberWentBackwards as exc:
+                # The hook logs this message to WHMCS's activity log: it names both numbers.
+                log.error("allocate %s %s: %s", document, reference, exc.message)
+                raise SidecarError(409, exc.message, {"number_went_backwards": {
+                    "number": exc.formatted, "highest": exc.highest_formatted,
+                    "highest_reference": exc.highest_reference}}) from None
             except JournalError as exc:
                 # The journal remembers another number for this document: writing this one
                 # could give one document two numbers. Fail closed.
@@ -150,6 +158,16 @@ class Sidecar:
                 # The coordinator's ledger has the allocation; the journal is only a memory aid.
                 log.error("journal: cannot record %s: %s", allocation.id, exc)
         return allocation.to_json()
+
+    def _mark(self) -> int | None:
+        """Return the journal's mark before asking for a number (None: no check possible)."""
+        if self.journal is None:
+            return None
+        try:
+            return self.journal.mark()
+        except sqlite3.Error as exc:
+            log.error("journal: cannot read the numbers received: %s", exc)
+            return None
 
     def _confirm(self, data: dict[str, Any]) -> dict[str, Any]:
         fields = _fields(data, required=("id", "invoicenum"))

@@ -40,6 +40,7 @@ from agent._exceptions import (
     WhmcsBadResponseError,
     WhmcsConnectionError,
     WhmcsError,
+    WhmcsInvoiceNotFoundError,
     WhmcsIpBannedError,
     WhmcsIpNotAllowedError,
     WhmcsPermissionError,
@@ -58,6 +59,19 @@ RETRY_AFTER_MAX = 60.0
 
 SNIPPET_CHARS = 160
 """How much of a non-JSON body an error message quotes, enough to recognise a firewall page."""
+
+INVOICE_NOT_FOUND = {"status": "error", "message": "Invoice ID Not Found"}
+"""GetInvoice's whole answer (HTTP 200) for an invoice that does not exist (WHMCS.md)."""
+
+PROBE_INVOICE_ID = 0
+"""An invoice id WHMCS never assigns (``tblinvoices.id`` is an auto-increment from 1): the
+permission probes of :meth:`WhmcsClient.check_access` ask about it, so they touch nothing."""
+
+_MAX_STALE_PAGES = 1000
+"""Pages in a row with nothing new before paging is declared stuck (limitstart ignored)."""
+
+_MAX_STEP_BACKS = 50
+"""Times one listing steps back after rows shifted under it (invoices deleted meanwhile)."""
 
 _ZERO_DATES = frozenset({"", "0000-00-00", "0000-00-00 00:00:00"})
 _IP_RE = re.compile(r"Invalid IP\s+(\S+)", re.IGNORECASE)
@@ -284,15 +298,129 @@ class WhmcsClient:
                 yield inv
             start += len(page.invoices)
 
+    def iter_invoices_above(self, mark: int, page_size: int) -> Iterator[WhmcsInvoice]:
+        """Yield every invoice whose id is above ``mark``, newest first (few calls when few).
+
+        Pages ``orderby=id`` descending and stops at the first id at or below ``mark``: with
+        nothing new, one call. Each page starts at the previous page's last row (one row of
+        overlap); if that row moved up, invoices were deleted meanwhile and rows may have
+        shifted past us, so the page is read again from further up.
+
+        Raises:
+            WhmcsBadResponseError: WHMCS keeps answering the same rows (ignores limitstart).
+        """
+        page_size = max(int(page_size), 2)  # one row of overlap needs two rows per page
+        seen: set[int] = set()
+        start, anchor, step_backs, stale = 0, None, 0, 0
+        while True:
+            rows = self.get_invoices(start, page_size, orderby="id", order="desc").invoices
+            if not rows:
+                return
+            if anchor is not None and start > 0 and rows[0].id < anchor:
+                # The row we read last moved up: rows after it may have shifted past us.
+                step_backs += 1
+                if step_backs > _MAX_STEP_BACKS:
+                    raise WhmcsBadResponseError(
+                        f"WHMCS at {_safe_url(self.url)}: the invoice list kept changing while "
+                        "it was paged (invoices deleted meanwhile); try again.",
+                        action="GetInvoices",
+                    )
+                start = max(0, start - (len(rows) - 1))
+                continue
+            fresh = [inv for inv in rows if inv.id > mark and inv.id not in seen]
+            stale = 0 if fresh else stale + 1
+            if stale > _MAX_STALE_PAGES:
+                raise WhmcsBadResponseError(
+                    f"WHMCS at {_safe_url(self.url)} keeps answering GetInvoices with rows it "
+                    "had already sent: it ignores limitstart. Check for a module or proxy "
+                    "rewriting API requests.",
+                    action="GetInvoices",
+                )
+            for inv in fresh:
+                seen.add(inv.id)
+                yield inv
+            if rows[-1].id <= mark or len(rows) == 1:
+                return
+            anchor = rows[-1].id
+            start += len(rows) - 1
+
+    def iter_unnumbered(self, status: str, page_size: int) -> Iterator[WhmcsInvoice]:
+        """Yield the invoices of ``status`` that have no ``invoicenum`` (few calls when few).
+
+        Uses ``orderby=invoicenumber`` ascending, where an empty ``invoicenum`` sorts first:
+        a page that shows a numbered invoice holds all the unnumbered ones. The caller is
+        expected to number what it gets before asking for more: the front is then read again
+        (what was numbered has left it). ``limitstart`` cannot page through the unnumbered
+        ones: they all tie on the ``ORDER BY`` column, and MySQL orders ties differently from
+        one query to the next. So when a whole page holds only invoices already yielded (left
+        unnumbered), every invoice of ``status`` is listed by id instead, which is reliable,
+        and costs what the installation's history costs: it takes a page of invoices that
+        could not be numbered to get there.
+        """
+        yielded: set[int] = set()
+        while True:
+            rows = self.get_invoices(
+                0, page_size, status=status, orderby="invoicenumber", order="asc"
+            ).invoices
+            blank = [inv for inv in rows if not inv.invoicenum.strip()]
+            fresh = [inv for inv in blank if inv.id not in yielded]
+            for inv in fresh:
+                yielded.add(inv.id)
+                yield inv
+            if len(blank) < len(rows) or not rows:
+                return  # the page showed where the unnumbered ones end: all were in it
+            if not fresh:
+                break
+        for inv in self.iter_invoices(page_size, status=status):
+            if not inv.invoicenum.strip() and inv.id not in yielded:
+                yielded.add(inv.id)
+                yield inv
+
     def get_invoice(self, invoiceid: int) -> WhmcsInvoice:
         """Fetch one invoice by its WHMCS id (action GetInvoice).
 
         GetInvoice does not report the currency, so ``currencycode`` is ``""`` here.
 
         Raises:
-            WhmcsApiError: No such invoice (WHMCS: "Invoice ID Not Found").
+            WhmcsInvoiceNotFoundError: WHMCS's exact answer for a missing invoice.
+            WhmcsApiError: Any other error inside the action (e.g. ``Command Not Found``).
         """
         return WhmcsInvoice.from_api(self.call("GetInvoice", invoiceid=int(invoiceid)))
+
+    def check_access(self, actions: tuple[str, ...] = ("GetInvoice", "UpdateInvoice")) -> None:
+        """Check that these credentials may run ``actions``, changing nothing in WHMCS.
+
+        Each action is called for invoice :data:`PROBE_INVOICE_ID`, which does not exist, and
+        UpdateInvoice without any field to change: a role that allows the action gets
+        "Invoice ID Not Found" (HTTP 200), one that does not gets HTTP 403 ``Invalid
+        Permissions`` (api.php checks the role before the action runs). GetInvoices needs no
+        probe: listing is read-only, so the listing itself is its check.
+
+        Raises:
+            WhmcsAccessDeniedError: 403 (permission, credentials, IP), with what to fix.
+            WhmcsApiError: Any other answer, e.g. ``Command Not Found`` (a module or proxy in
+                front of api.php that does not pass the action on): the action cannot be used.
+            WhmcsError: WHMCS unreachable or answering garbage.
+        """
+        for action in actions:
+            # A success (for an id that cannot exist, with nothing to change) changed nothing.
+            try:
+                self.call(action, invoiceid=PROBE_INVOICE_ID)
+            except WhmcsInvoiceNotFoundError:
+                continue
+            except WhmcsApiError as exc:
+                if exc.whmcs_message == INVOICE_NOT_FOUND["message"]:
+                    continue  # UpdateInvoice's not-found has "result" (not documented either way)
+                raise WhmcsApiError(
+                    f"WHMCS at {_safe_url(self.url)} answered {action} for invoice "
+                    f"{PROBE_INVOICE_ID} (a probe that changes nothing) with "
+                    f"{exc.whmcs_message!r} instead of \"Invoice ID Not Found\": the action "
+                    "cannot be used through this URL. Check for a module or proxy in front of "
+                    "api.php, and the WHMCS version.",
+                    whmcs_message=exc.whmcs_message,
+                    action=action,
+                    status_code=exc.status_code,
+                ) from None
 
     def update_invoice(self, invoiceid: int, *, invoicenum: str) -> int:
         """Write the legal number into an invoice (action UpdateInvoice, param ``invoicenum``).
@@ -391,6 +519,13 @@ class WhmcsClient:
             data = json.loads(body.decode("utf-8-sig"))
         except (UnicodeDecodeError, ValueError):
             data = None
+        if data == INVOICE_NOT_FOUND and status == 200:
+            raise WhmcsInvoiceNotFoundError(
+                f"WHMCS at {host} has no such invoice ({action}: Invoice ID Not Found).",
+                whmcs_message=INVOICE_NOT_FOUND["message"],
+                action=action,
+                status_code=status,
+            )
         if not isinstance(data, dict) or "result" not in data:
             snippet = self._snippet(body)
             kind = _describe_body(headers.get("Content-Type", ""), body)

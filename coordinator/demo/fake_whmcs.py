@@ -101,9 +101,15 @@ class FakeWhmcs:
         banned_ips: IPs WHMCS has banned.
         ignore_limitnum: Behave like versions that always return ``DEFAULT_LIMITNUM`` rows.
         string_ids: Behave like older versions that send ids and counters as strings.
+        shuffle_ties: Return rows that tie on ``orderby`` (every unnumbered invoice under
+            ``orderby=invoicenumber``) in a new random order on each request, as MySQL may
+            (``ORDER BY`` without a unique key defines no order among ties).
         clock: Returns "now" (naive, server local time); decides Overdue and updated_at.
 
     Attributes:
+        dropped_update_fields: UpdateInvoice parameters answered with success but not stored,
+            as a WHMCS version or module might do with ``invoicenum`` (it is not in the
+            documented parameter list).
         seen_ip: When set, the client IP WHMCS "sees" instead of ``REMOTE_ADDR`` (a proxy or NAT).
         calls: Requests received, per action name (as WHMCS spells it).
     """
@@ -119,6 +125,7 @@ class FakeWhmcs:
         banned_ips: Iterable[str] = (),
         ignore_limitnum: bool = False,
         string_ids: bool = False,
+        shuffle_ties: bool = False,
         clock: Callable[[], dt.datetime] = dt.datetime.now,
     ) -> None:
         self.identifier = identifier
@@ -131,7 +138,9 @@ class FakeWhmcs:
         self.banned_ips = set(banned_ips)
         self.ignore_limitnum = ignore_limitnum
         self.string_ids = string_ids
+        self.shuffle_ties = shuffle_ties
         self.clock = clock
+        self.dropped_update_fields: set[str] = set()
         self.seen_ip: str | None = None
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -240,6 +249,14 @@ class FakeWhmcs:
             if status == "Refunded":
                 row["date_refunded"] = _fmt_dt(now)
             row["updated_at"] = _fmt_dt(now)
+            self._views.clear()
+
+    def set_invoicenum(self, invoiceid: int, invoicenum: str) -> None:
+        """Write an invoice's number, as an admin (or a hook) writing tblinvoices would."""
+        with self._lock:
+            row = self._invoices[invoiceid]
+            row["invoicenum"] = invoicenum
+            row["updated_at"] = _fmt_dt(self.clock())
             self._views.clear()
 
     def delete_invoice(self, invoiceid: int) -> None:
@@ -532,6 +549,8 @@ class FakeWhmcs:
         status = params.get("status", "")
         userid = _int(params.get("userid"), 0)
         ids = self._view_locked(status, userid, orderby, desc)
+        if self.shuffle_ties and orderby != "id":
+            ids = self._shuffled_ties_locked(ids, orderby)
         rows = [self._render_locked(self._invoices[i]) for i in ids[start : start + limit]]
         return {
             "result": "success",
@@ -566,10 +585,29 @@ class FakeWhmcs:
         self._views[key] = view
         return view
 
+    def _shuffled_ties_locked(self, ids: list[int], orderby: str) -> list[int]:
+        """Return ``ids`` with each run of equal sort keys in a fresh random order."""
+        key = _SORT_KEYS[orderby]
+        out: list[int] = []
+        run: list[int] = []
+        for invoice_id in ids + [0]:
+            if run and (
+                invoice_id == 0
+                or key(self._invoices[invoice_id]) != key(self._invoices[run[0]])
+            ):
+                random.shuffle(run)
+                out.extend(run)
+                run = []
+            if invoice_id:
+                run.append(invoice_id)
+        return out
+
     def _get_invoice(self, params: dict[str, str]) -> dict[str, Any]:
         row = self._invoices.get(_int(params.get("invoiceid"), 0))
         if row is None:
-            return _error("Invoice ID Not Found")
+            # WHMCS's GetInvoice says "status", not "result", here (WHMCS.md); clients must
+            # tell this answer from an unknown action's {"result": "error", ...}.
+            return {"status": "error", "message": "Invoice ID Not Found"}
         paid = row["status"] == "Paid"
         return {
             "result": "success",
@@ -617,7 +655,7 @@ class FakeWhmcs:
         if row is None:
             return _error("Invoice ID Not Found")
         for field in ("invoicenum", "status", "notes", "paymentmethod"):
-            if field in params:
+            if field in params and field not in self.dropped_update_fields:
                 row[field] = params[field]
         for field in ("date", "duedate"):
             if params.get(field):

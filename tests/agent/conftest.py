@@ -12,7 +12,7 @@ import http
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,6 +34,9 @@ class FakeCoordinator:
         self.counters: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str, bytes]] = []
         self.fail_next: list[int] = []  # statuses to answer (once each) before working again
+        # Called with each allocation just before it is answered: the moment a caller waits
+        # for its number (tests let another writer act then).
+        self.on_allocate: Callable[[dict[str, Any]], None] | None = None
         self.ready = True
         coordinator = self
 
@@ -89,7 +92,10 @@ class FakeCoordinator:
         except ValueError:
             return _send(req, 400, _error(400, "Body is not JSON"))
         if req.command == "POST" and req.path == "/v1/allocations":
-            return _send(req, *self._allocate(data))
+            code, answer = self._allocate(data)
+            if self.on_allocate is not None and code in (200, 201):
+                self.on_allocate(answer)
+            return _send(req, code, answer)
         m = re.fullmatch(r"/v1/allocations/([^/]+)(/confirm|/void)?", req.path)
         if not m:
             return _send(req, 404, _error(404, "Not Found"))

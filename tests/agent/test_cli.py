@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import socket
@@ -168,3 +169,57 @@ def test_serve_answers_health_and_stops_cleanly_on_sigterm(
 def test_serve_refuses_a_public_address(env: FakeCoordinator, capsys) -> None:
     assert main(["serve", "--listen", "0.0.0.0:0", "--no-journal"]) == ExitCode.CONFIG
     assert "allow-remote" in capsys.readouterr().err
+
+
+def test_version_prints_the_installed_version_and_exits_0(capsys) -> None:
+    from importlib import metadata
+
+    for argv in (["--version"], ["poll", "--version"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+        assert capsys.readouterr().out == f"invoice-sync-agent {metadata.version('invoice-sync')}\n"
+
+
+def test_options_are_taken_before_or_after_the_command(
+    coordinator: FakeCoordinator, capsys
+) -> None:
+    """No environment: the coordinator's URL and token come from the command line only."""
+    common = ["--url", coordinator.url, "--token", TOKEN]
+    assert main(["next", "invoice", "--reference", "1", *common]) == ExitCode.OK
+    assert capsys.readouterr().out == f"INV-{dt.date.today().year}-000001\n"
+    assert main([*common, "next", "invoice", "--reference", "1"]) == ExitCode.OK
+    assert capsys.readouterr().out.endswith("-000001\n")  # the same reference: the same number
+    # After the command wins over before it, like a later option over an earlier one.
+    bad = ["--url", "http://127.0.0.1:9", "--token", TOKEN]
+    assert main([*bad, "next", "invoice", "--reference", "2", "--url", coordinator.url]) == 0
+    assert capsys.readouterr().out.endswith("-000002\n")
+    # -v is taken on both sides; an option the command does not know is still refused.
+    assert main(["-v", "next", "invoice", "--reference", "2", "-v", *common]) == ExitCode.OK
+    with pytest.raises(SystemExit) as info:
+        main(["next", "invoice", "--reference", "3", "--no-such-option", *common])
+    assert info.value.code == ExitCode.USAGE
+
+
+def test_next_refuses_a_number_below_one_this_installations_journal_holds(
+    env: FakeCoordinator, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    monkeypatch.setenv("INVOICE_SYNC_AGENT_JOURNAL", str(journal))
+    for reference in ("1", "2"):
+        assert main(["next", "invoice", "--reference", reference]) == ExitCode.OK
+    year = dt.date.today().year
+    assert capsys.readouterr().out == f"INV-{year}-000001\nINV-{year}-000002\n"
+    # Without a journal file nothing is remembered, so nothing is checked. With one (the
+    # sidecar's and the poller's): the coordinator, restored from an old backup, starts at 2.
+    from agent import Journal
+
+    Journal(journal).close()
+    assert main(["next", "invoice", "--reference", "3"]) == ExitCode.OK
+    capsys.readouterr()
+    with env.lock:
+        env.counters[("invoice", str(year))] = 2
+    assert main(["next", "invoice", "--reference", "4"]) == ExitCode.BACKWARDS
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing printed to write into an invoice
+    assert f"INV-{year}-000003 (3)" in err and "already received" in err

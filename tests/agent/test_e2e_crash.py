@@ -36,10 +36,11 @@ def kill_at_update_invoice(live_coordinator, tmp_path, kind: str = "hang", delay
     iid = blue.whmcs.add_invoice(status="Paid", subtotal="10.00", date=TODAY)
     journal = tmp_path / "journal.sqlite3"
     env = blue.agent_env(journal)
-    blue.whmcs.inject_fault(kind, delay=delay, action="UpdateInvoice", times=1)
+    # The first UpdateInvoice is the access check (invoice 0, nothing written); hold the write.
+    blue.whmcs.inject_fault(kind, delay=delay, action="UpdateInvoice", nth=2)
     process = spawn_cli(env, "poll")
     try:
-        wait_for(lambda: blue.whmcs.calls["UpdateInvoice"] >= 1 or process.poll() is not None)
+        wait_for(lambda: blue.whmcs.calls["UpdateInvoice"] >= 2 or process.poll() is not None)
         assert process.poll() is None, process.communicate()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)

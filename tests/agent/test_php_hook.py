@@ -21,10 +21,8 @@ HOOK = ROOT / "deploy" / "whmcs" / "invoice_sync.php"
 RUNNER = Path(__file__).parent / "php" / "run_hook.php"
 PHP = shutil.which("php")
 
-pytestmark = pytest.mark.skipif(
-    PHP is None,
-    reason="php-cli is not installed (apt-get install -y php-cli); the PHP hook was NOT tested",
-)
+REQUIRE_TOOLS = "INVOICE_SYNC_REQUIRE_TOOLS"
+"""Set (CI sets it) to make a missing tool fail these tests instead of skipping them."""
 
 
 def php_has_curl() -> bool:
@@ -34,10 +32,19 @@ def php_has_curl() -> bool:
     return out.stdout.strip() == "1"
 
 
+def missing_tool(reason: str) -> None:
+    """Skip, or fail when the environment says the tools must be there (CI)."""
+    if os.environ.get(REQUIRE_TOOLS):
+        pytest.fail(f"{reason}; {REQUIRE_TOOLS} is set, so this may not be skipped")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _needs_curl() -> None:
+def _needs_php() -> None:
+    if PHP is None:
+        missing_tool("php-cli is not installed (apt-get install -y php-cli); hook NOT tested")
     if not php_has_curl():
-        pytest.skip("php has no curl extension (apt-get install -y php-curl); hook NOT tested")
+        missing_tool("php has no curl extension (apt-get install -y php-curl); hook NOT tested")
 
 
 class SidecarProcess:
@@ -89,7 +96,7 @@ def run_hook(
     ids: list[int],
     **settings: str,
 ) -> dict[str, Any]:
-    state = tmp_path / "tblinvoices.json"
+    state = tmp_path / "tblinvoices.json"  # the WHMCS database the hook reads and writes
     state.write_text(json.dumps(invoices))
     env = {**os.environ, "INVOICE_SYNC_SIDECAR": sidecar, **settings}
     result = subprocess.run(
@@ -187,3 +194,55 @@ def test_over_a_unix_socket(tmp_path: Path, coordinator: FakeCoordinator) -> Non
         assert process.stop() == 0
     assert [i["invoicenum"] for i in out["invoices"]] == ["INV-2026-000001", "INV-2026-000002"]
     assert out["log"] == []
+
+
+def test_a_number_written_by_someone_else_while_the_hook_waits_is_kept(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    """The hook read the invoice unnumbered and asked for a number; while it waited, an admin
+    (or WHMCS's own numbering) wrote one. The hook must not overwrite it, and must void the
+    number it got, with the reason, so the ledger explains the gap."""
+    state = tmp_path / "tblinvoices.json"
+
+    def admin_numbers_invoice_20(allocation: dict[str, Any]) -> None:
+        rows = json.loads(state.read_text())
+        rows[0]["invoicenum"] = "ADMIN-0007"
+        state.write_text(json.dumps(rows))
+
+    coordinator.on_allocate = admin_numbers_invoice_20
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(20)], [20])
+    assert out["invoices"][0]["invoicenum"] == "ADMIN-0007"  # never overwritten
+    ours = coordinator.allocations["invoice:2026:1"]
+    assert ours["status"] == "void" and "ADMIN-0007" in ours["reason"]
+    assert out["log"] == [
+        "invoice-sync: invoice 20 already had number 'ADMIN-0007'; voided INV-2026-000001"
+    ]
+
+
+def test_a_number_that_went_backwards_is_refused_and_logged_with_both_numbers(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid",
+                   [invoice(21), invoice(22), invoice(23)], [21, 22, 23])
+    assert out["invoices"][2]["invoicenum"] == "INV-2026-000003"
+    with coordinator.lock:  # an old backup of the coordinator restored: it forgot 2 and 3
+        for number, reference in ((2, "22"), (3, "23")):
+            del coordinator.allocations[f"invoice:2026:{number}"]
+            del coordinator.by_reference[("invoice", reference)]
+        coordinator.counters[("invoice", "2026")] = 1
+
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(24)], [24])
+    assert out["invoices"][0]["invoicenum"] == ""  # not written
+    (line,) = out["log"]
+    assert "invoice 24, taking a number failed" in line and "HTTP 409" in line
+    assert "INV-2026-000002 (2)" in line and "already received INV-2026-000003 (3)" in line
+    assert "for invoice 23" in line
+
+
+def test_a_missing_tool_fails_instead_of_skipping_when_required(monkeypatch) -> None:
+    monkeypatch.setenv(REQUIRE_TOOLS, "1")
+    with pytest.raises(pytest.fail.Exception, match="may not be skipped"):
+        missing_tool("php-cli is not installed")
+    monkeypatch.delenv(REQUIRE_TOOLS)
+    with pytest.raises(pytest.skip.Exception):
+        missing_tool("php-cli is not installed")

@@ -139,6 +139,31 @@ def test_journal_conflict_fails_closed(tcp, journal: Journal, coordinator) -> No
     assert "formatted" not in payload
 
 
+def test_a_number_that_went_backwards_is_refused_naming_both(
+    tcp, journal: Journal, coordinator: FakeCoordinator
+) -> None:
+    for reference in ("1", "2", "3"):
+        assert call(tcp, "POST", "/allocate", {"document": "invoice", "reference": reference,
+                                               "date": "2026-11-21"})[0] == 200
+    with coordinator.lock:  # restored from an old backup: the coordinator forgot 2 and 3
+        for number, reference in ((2, "2"), (3, "3")):
+            del coordinator.allocations[f"invoice:2026:{number}"]
+            del coordinator.by_reference[("invoice", reference)]
+        coordinator.counters[("invoice", "2026")] = 1
+    status, payload = call(tcp, "POST", "/allocate", {"document": "invoice", "reference": "4",
+                                                      "date": "2026-11-21"})
+    assert status == 409
+    assert set(payload) == {"code", "status", "message", "errors"}
+    assert "INV-2026-000002 (2)" in payload["message"]
+    assert "INV-2026-000003 (3)" in payload["message"]
+    assert payload["errors"]["number_went_backwards"] == {
+        "number": "INV-2026-000002", "highest": "INV-2026-000003", "highest_reference": "3"}
+    assert journal.get("invoice", "4") is None
+    # The same document asking again (the hook's second event) is refused again.
+    assert call(tcp, "POST", "/allocate", {"document": "invoice", "reference": "4",
+                                           "date": "2026-11-21"})[0] == 409
+
+
 def test_refuses_to_bind_a_non_loopback_address(sidecar: Sidecar) -> None:
     with pytest.raises(ConfigError, match="allow-remote"):
         make_server("0.0.0.0:0", sidecar)

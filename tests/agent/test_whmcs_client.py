@@ -22,6 +22,7 @@ from agent import (
     WhmcsConnectionError,
     WhmcsError,
     WhmcsInvoice,
+    WhmcsInvoiceNotFoundError,
     WhmcsIpBannedError,
     WhmcsIpNotAllowedError,
     WhmcsPermissionError,
@@ -75,7 +76,7 @@ def test_all_is_sorted_and_exported():
 def test_error_codes_are_distinct_and_every_error_is_an_agent_error():
     classes = [getattr(agent, n) for n in agent.__all__ if n.startswith("Whmcs")]
     errors = [c for c in classes if isinstance(c, type) and issubclass(c, Exception)]
-    assert len(errors) == 12
+    assert len(errors) == 13
     codes = [c.code for c in errors]
     assert len(set(codes)) == len(codes)
     assert all(issubclass(c, WhmcsError) and issubclass(c, AgentError) for c in errors)
@@ -576,3 +577,79 @@ def test_redirect_is_reported_not_followed(fake, server):
     fake.inject_fault("status", status=301, body="", content_type="text/html")
     with pytest.raises(WhmcsBadResponseError, match="redirect"):
         make_client(server).get_invoices()
+
+
+# -- reading only what is new --------------------------------------------------------------
+
+
+def test_iter_invoices_above_yields_the_new_ones_even_when_rows_are_deleted_meanwhile(
+    fake, server
+):
+    ids = [fake.add_invoice(status="Paid") for _ in range(60)]
+    client = make_client(server)
+    got = []
+    for invoice in client.iter_invoices_above(10, 7):
+        got.append(invoice.id)
+        if len(got) == 7:  # an admin deletes newer invoices while we page
+            fake.delete_invoice(ids[-2])
+            fake.delete_invoice(ids[-4])
+            fake.delete_invoice(ids[-6])
+    assert sorted(got) == [i for i in ids if i > 10]
+    assert len(got) == len(set(got))
+
+
+def test_iter_invoices_above_costs_one_call_when_nothing_is_new(fake, server):
+    fake.seed(500)
+    client = make_client(server)
+    assert list(client.iter_invoices_above(500, 100)) == []
+    assert client.calls == 1
+
+
+def test_iter_unnumbered_finds_each_once_though_ties_come_in_any_order(fake, server):
+    fake.shuffle_ties = True
+    blank = [fake.add_invoice(status="Paid") for _ in range(40)]
+    for n in range(20):
+        fake.add_invoice(status="Paid", invoicenum=f"N-{n:04d}")
+    fake.add_invoice(status="Unpaid")  # another status: not asked for
+    client = make_client(server)
+    got = []
+    for invoice in client.iter_unnumbered("Paid", 7):
+        got.append(invoice.id)
+        if invoice.id % 3:  # the caller numbers two in three; the others stay unnumbered
+            fake.set_invoicenum(invoice.id, f"X-{invoice.id}")
+    assert sorted(got) == blank
+
+
+def test_iter_unnumbered_costs_one_call_when_none_is_unnumbered(fake, server):
+    fake.seed(500, unnumbered_paid_share=0.0)
+    client = make_client(server)
+    assert list(client.iter_unnumbered("Paid", 100)) == []
+    assert client.calls == 1
+
+
+def test_check_access_changes_nothing_and_names_what_is_refused(fake, server):
+    fake.seed(20)
+    before = fake.invoices_snapshot()
+    client = make_client(server)
+    client.check_access()
+    assert fake.calls["GetInvoice"] == 1 and fake.calls["UpdateInvoice"] == 1
+    fake.allowed_actions = {"getinvoices", "getinvoice"}
+    with pytest.raises(WhmcsPermissionError, match="UpdateInvoice"):
+        client.check_access()
+    raw_answer(fake, {"result": "error", "message": "Command Not Found"})
+    with pytest.raises(WhmcsApiError, match="Command Not Found"):
+        client.check_access()
+    assert fake.invoices_snapshot() == before
+
+
+def test_only_the_exact_not_found_answer_is_not_found(fake, server):
+    client = make_client(server)
+    with pytest.raises(WhmcsInvoiceNotFoundError):
+        client.get_invoice(99)
+    for answer in ({"result": "error", "message": "Command Not Found"},
+                   {"result": "error", "message": "Invoice ID Not Found"},
+                   {"status": "error", "message": "Invoice not found"}):
+        raw_answer(fake, answer)
+        with pytest.raises(agent.WhmcsError) as info:
+            client.get_invoice(99)
+        assert not isinstance(info.value, WhmcsInvoiceNotFoundError), answer

@@ -157,9 +157,33 @@ def test_access_key_bypasses_ip_restriction(fake, server):
 def test_errors_inside_an_action_are_http_200(fake, server):
     response = api(server, "GetInvoice", invoiceid=99)
     assert response.status_code == 200
-    assert response.json() == {"result": "error", "message": "Invoice ID Not Found"}
-    assert api(server, "UpdateInvoice", invoiceid=99).json()["message"] == "Invoice ID Not Found"
-    assert api(server, "NoSuchThing").json()["result"] == "error"
+    # GetInvoice's own shape for a missing invoice: "status", not "result" (WHMCS.md).
+    assert response.json() == {"status": "error", "message": "Invoice ID Not Found"}
+    assert api(server, "UpdateInvoice", invoiceid=99).json() == {
+        "result": "error", "message": "Invoice ID Not Found"}
+    assert api(server, "NoSuchThing").json() == {"result": "error", "message": "Command Not Found"}
+
+
+def test_shuffled_ties_keep_the_order_between_keys(fake, server):
+    fake.shuffle_ties = True
+    for i in range(30):
+        fake.add_invoice(status="Paid", invoicenum="" if i % 3 else f"N-{i:03d}")
+    orders = set()
+    for _ in range(5):
+        rows = api(server, "GetInvoices", orderby="invoicenumber", limitnum=100).json()
+        nums = [r["invoicenum"] for r in rows["invoices"]["invoice"]]
+        assert nums == sorted(nums)  # empty invoicenum first, then by number
+        orders.add(tuple(r["id"] for r in rows["invoices"]["invoice"] if not r["invoicenum"]))
+    assert len(orders) > 1  # ties come back in another order: do not page through them
+
+
+def test_dropped_update_field_is_answered_success_but_not_stored(fake, server):
+    iid = fake.add_invoice(status="Paid")
+    fake.dropped_update_fields = {"invoicenum"}
+    answer = api(server, "UpdateInvoice", invoiceid=iid, invoicenum="INV-1", notes="n")
+    assert answer.json() == {"result": "success", "invoiceid": iid}
+    row = api(server, "GetInvoice", invoiceid=iid).json()
+    assert (row["invoicenum"], row["notes"]) == ("", "n")
 
 
 def test_orderby_and_order(fake, server):

@@ -142,7 +142,10 @@ POST_LINE = re.compile(r'"POST /v1/allocations HTTP/1\.1" (\d{3})')
 def cli_next(url: str, token: str, document: str, reference: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC")}
     env.update(PYTHONPATH=str(ROOT), INVOICE_SYNC_AGENT_URL=url, INVOICE_SYNC_AGENT_TOKEN=token,
-               INVOICE_SYNC_AGENT_TIMEOUT="2")
+               INVOICE_SYNC_AGENT_TIMEOUT="2",
+               # No journal: `next` would check its numbers against one found at the default
+               # path, which may hold another coordinator's numbers on this machine.
+               XDG_STATE_HOME=str(ROOT / ".no-such-state-dir"))
     proc = subprocess.run(
         [sys.executable, "-m", "agent", "-vv", "next", document, "--reference", reference,
          "--date", CLI_DATE, "--json"],

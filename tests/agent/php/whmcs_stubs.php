@@ -1,6 +1,8 @@
 <?php
 // Just enough of WHMCS for deploy/whmcs/invoice_sync.php: add_hook, localAPI('GetInvoice'),
-// logActivity and Capsule::table('tblinvoices') over an in-memory table loaded from JSON.
+// logActivity and Capsule::table('tblinvoices') over a JSON file that stands for the database:
+// every query reads it (under a lock), every update rewrites it, so another process (the test,
+// playing an admin or WHMCS itself) can write the same invoice while the hook runs.
 namespace WHMCS\Database {
     class Builder
     {
@@ -30,19 +32,25 @@ namespace WHMCS\Database {
 
         public function update(array $values)
         {
+            // One UPDATE ... WHERE is atomic in MySQL: read, match and write under one lock.
+            $handle = stub_db_lock(LOCK_EX);
+            $rows = stub_db_read();
             $n = 0;
-            foreach ($GLOBALS['STUB_TABLES'][$this->table] as $i => $row) {
+            foreach ($rows as $i => $row) {
                 if ($this->matches($row)) {
-                    $GLOBALS['STUB_TABLES'][$this->table][$i] = array_merge($row, $values);
+                    $rows[$i] = array_merge($row, $values);
                     $n++;
                 }
             }
+            file_put_contents($GLOBALS['STUB_DB'], json_encode($rows));
+            flock($handle, LOCK_UN);
+            fclose($handle);
             return $n;
         }
 
         public function value($column)
         {
-            foreach ($GLOBALS['STUB_TABLES'][$this->table] as $row) {
+            foreach (stub_db_rows() as $row) {
                 if ($this->matches($row)) {
                     return $row[$column];
                 }
@@ -64,7 +72,29 @@ namespace {
     define('WHMCS', true);
     $GLOBALS['STUB_HOOKS'] = array();
     $GLOBALS['STUB_LOG'] = array();
-    $GLOBALS['STUB_TABLES'] = array('tblinvoices' => array());
+    $GLOBALS['STUB_DB'] = null; // path of the JSON file holding tblinvoices
+
+    function stub_db_lock($mode)
+    {
+        $handle = fopen($GLOBALS['STUB_DB'] . '.lock', 'c');
+        flock($handle, $mode);
+        return $handle;
+    }
+
+    function stub_db_read()
+    {
+        return json_decode(file_get_contents($GLOBALS['STUB_DB']), true);
+    }
+
+    /** Return tblinvoices as it is in the "database" now. */
+    function stub_db_rows()
+    {
+        $handle = stub_db_lock(LOCK_SH);
+        $rows = stub_db_read();
+        flock($handle, LOCK_UN);
+        fclose($handle);
+        return $rows;
+    }
 
     function add_hook($event, $priority, $callback)
     {
@@ -88,7 +118,7 @@ namespace {
         if ($command !== 'GetInvoice') {
             return array('result' => 'error', 'message' => "stub: $command not implemented");
         }
-        foreach ($GLOBALS['STUB_TABLES']['tblinvoices'] as $row) {
+        foreach (stub_db_rows() as $row) {
             if ((int) $row['id'] === (int) $values['invoiceid']) {
                 return array_merge(array('result' => 'success', 'invoiceid' => $row['id']), $row);
             }

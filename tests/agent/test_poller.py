@@ -1,0 +1,291 @@
+"""The poller's guards, as an operator meets them: WHMCS answers that must not void a number,
+a WHMCS role that cannot write, a WHMCS that drops invoicenum, a coordinator whose numbering
+went backwards.
+
+The coordinator is the stdlib fake of conftest.py (it can be made to forget, as a restored old
+backup would); WHMCS is the fake WHMCS over HTTP; the agent runs as ``invoice-sync-agent poll``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import Client, ExitCode, Journal
+from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
+
+from .conftest import TOKEN, FakeCoordinator
+from .e2e_support import run_cli
+
+TODAY = dt.date.today()
+YEAR = TODAY.year
+COMMAND_NOT_FOUND = json.dumps({"result": "error", "message": "Command Not Found"})
+
+
+class Installation:
+    """One WHMCS (fake, over HTTP), its agent's environment and journal."""
+
+    def __init__(self, whmcs: FakeWhmcs, url: str, coordinator: FakeCoordinator, tmp: Path):
+        self.whmcs = whmcs
+        self.coordinator = coordinator
+        self.journal_path = tmp / "journal.sqlite3"
+        self.env = {
+            "INVOICE_SYNC_AGENT_URL": coordinator.url,
+            "INVOICE_SYNC_AGENT_TOKEN": TOKEN,
+            "INVOICE_SYNC_AGENT_WHMCS_URL": url,
+            "INVOICE_SYNC_AGENT_WHMCS_IDENTIFIER": whmcs.identifier,
+            "INVOICE_SYNC_AGENT_WHMCS_SECRET": whmcs.secret,
+            "INVOICE_SYNC_AGENT_JOURNAL": str(self.journal_path),
+        }
+
+    def paid(self, total: str = "100.00") -> int:
+        return self.whmcs.add_invoice(status="Paid", subtotal=total, date=TODAY)
+
+    def invoicenums(self) -> dict[int, str]:
+        return {int(r["id"]): r["invoicenum"] for r in self.whmcs.invoices_snapshot()}
+
+    def statuses(self) -> dict[str, str]:
+        """Return ``{reference: status}`` of every number the coordinator issued."""
+        return {a["reference"]: a["status"] for a in self.coordinator.allocations.values()}
+
+    def take_number_and_crash(self, invoice_id: int) -> str:
+        """Leave what a poller killed after taking a number leaves: a journal entry."""
+        with Client(url=self.coordinator.url, token=TOKEN) as client:
+            allocation = client.allocate("invoice", str(invoice_id), TODAY)
+        with Journal(self.journal_path) as journal:
+            journal.record_allocated(allocation)
+        return allocation.formatted
+
+
+@pytest.fixture
+def blue(coordinator: FakeCoordinator, tmp_path: Path, agent_env) -> Iterator[Installation]:
+    whmcs = FakeWhmcs("ident-blue", "secret-blue-0123456789")
+    with serve_fake_whmcs(whmcs) as server:
+        yield Installation(whmcs, server.url, coordinator, tmp_path)
+
+
+def poll(monkeypatch, blue: Installation, *args: str) -> int:
+    return run_cli(monkeypatch, blue.env, "poll", *args)
+
+
+# -- issue 8.2: only GetInvoice's exact "Invoice ID Not Found" means deleted -------------------
+
+
+def test_command_not_found_voids_nothing_and_the_run_fails(blue, monkeypatch, capsys) -> None:
+    """A number taken, the run killed; now a module in front of api.php answers GetInvoice
+    with "Command Not Found". The number must stay ours, unvoided, and the run must fail."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice")
+
+    code = poll(monkeypatch, blue)
+    err = capsys.readouterr().err
+    assert code not in (ExitCode.OK, ExitCode.INTERNAL)
+    assert f"invoice {iid}: not done (whmcs)" in err and "Command Not Found" in err
+    assert blue.statuses() == {str(iid): "issued"}  # not voided
+    assert blue.coordinator.posts(f"/v1/allocations/invoice:{YEAR}:1/void") == []
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(iid)).state == "allocated"
+
+    blue.whmcs.clear_faults()
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == formatted  # the same number, now written
+    assert blue.statuses() == {str(iid): "confirmed"}
+
+
+def test_command_not_found_right_after_a_number_was_taken(blue, monkeypatch, capsys) -> None:
+    iid = blue.paid()
+    # The first GetInvoice is the access check; the second reads the invoice before writing.
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice", nth=2)
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    assert "Command Not Found" in capsys.readouterr().err
+    assert blue.statuses() == {str(iid): "issued"}
+    assert blue.invoicenums()[iid] == ""
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.statuses() == {str(iid): "confirmed"}
+    assert blue.invoicenums()[iid] == f"INV-{YEAR}-000001"
+
+
+def test_an_invoice_deleted_before_its_number_was_written_gets_it_voided(
+    blue, monkeypatch, capsys
+) -> None:
+    iid = blue.paid()
+    blue.take_number_and_crash(iid)
+    blue.whmcs.delete_invoice(iid)  # GetInvoice: {"status": "error", "message": "Invoice ID…"}
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.statuses() == {str(iid): "void"}
+    (void,) = blue.coordinator.posts(f"/v1/allocations/invoice:{YEAR}:1/void")
+    assert "deleted" in void["reason"]
+
+
+# -- issue 8.3: a role that cannot write takes no number ---------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["GetInvoice", "UpdateInvoice"])
+def test_a_role_lacking_an_action_takes_no_number(blue, monkeypatch, capsys, missing) -> None:
+    for _ in range(3):
+        blue.paid()
+    before = blue.whmcs.invoices_snapshot()
+    blue.whmcs.allowed_actions = {"getinvoices", "getinvoice", "updateinvoice"} - {
+        missing.lower()}
+
+    assert poll(monkeypatch, blue) == ExitCode.WHMCS
+    err = capsys.readouterr().err
+    assert f'API action "{missing.lower()}" is not allowed' in err
+    assert "No number was taken" in err
+    assert blue.coordinator.posts("/v1/allocations") == []
+    assert blue.whmcs.invoices_snapshot() == before  # the checks wrote nothing
+
+    blue.whmcs.allowed_actions = None  # the admin fixes the role
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert sorted(blue.invoicenums().values()) == [f"INV-{YEAR}-00000{n}" for n in (1, 2, 3)]
+
+
+def test_update_invoice_unknown_to_whmcs_takes_no_number(blue, monkeypatch, capsys) -> None:
+    blue.paid()
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="UpdateInvoice")
+    assert poll(monkeypatch, blue) == ExitCode.WHMCS
+    assert "Command Not Found" in capsys.readouterr().err
+    assert blue.coordinator.posts("/v1/allocations") == []
+
+
+def test_the_access_check_costs_two_calls_and_only_when_numbering(blue, monkeypatch) -> None:
+    blue.paid()
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.whmcs.calls["UpdateInvoice"] == 2  # the check (invoice 0), then the write
+    calls = dict(blue.whmcs.calls)
+    assert poll(monkeypatch, blue) == ExitCode.OK  # nothing to number: no check
+    assert blue.whmcs.calls["UpdateInvoice"] == calls["UpdateInvoice"]
+    assert blue.whmcs.calls["GetInvoice"] == calls["GetInvoice"]
+
+
+# -- issue 17.1: a WHMCS that accepts invoicenum and drops it --------------------------------
+
+
+def test_whmcs_dropping_invoicenum_gets_no_confirmed_number(blue, monkeypatch, capsys) -> None:
+    first, second = blue.paid(), blue.paid()
+    blue.whmcs.dropped_update_fields = {"invoicenum"}  # a version or module that ignores it
+
+    assert poll(monkeypatch, blue) == ExitCode.WHMCS
+    err = capsys.readouterr().err
+    assert "drops invoicenum" in err
+    assert blue.invoicenums() == {first: "", second: ""}
+    # Nothing confirmed; and no second number taken for a WHMCS that loses them.
+    assert blue.statuses() == {str(first): "issued"}
+    assert blue.coordinator.posts(f"/v1/allocations/invoice:{YEAR}:1/confirm") == []
+
+    blue.whmcs.dropped_update_fields = set()  # WHMCS fixed
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums() == {first: f"INV-{YEAR}-000001", second: f"INV-{YEAR}-000002"}
+    assert blue.statuses() == {str(first): "confirmed", str(second): "confirmed"}
+
+
+# -- issue 16: a coordinator whose numbering went backwards ----------------------------------
+
+
+def forget_since(coordinator: FakeCoordinator, number: int) -> None:
+    """Make the coordinator forget every number after ``number``: an old backup restored."""
+    with coordinator.lock:
+        for allocation_id, allocation in list(coordinator.allocations.items()):
+            if allocation["number"] > number:
+                del coordinator.allocations[allocation_id]
+                del coordinator.by_reference[(allocation["document"], allocation["reference"])]
+        for key in coordinator.counters:
+            coordinator.counters[key] = min(coordinator.counters[key], number)
+
+
+def test_a_number_that_went_backwards_is_not_written(blue, monkeypatch, capsys) -> None:
+    first = [blue.paid() for _ in range(3)]
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert sorted(blue.invoicenums().values())[-1] == f"INV-{YEAR}-000003"
+    forget_since(blue.coordinator, 1)  # the coordinator now thinks only number 1 was issued
+    later = blue.paid()
+    updates = blue.whmcs.calls["UpdateInvoice"]
+    capsys.readouterr()
+
+    assert poll(monkeypatch, blue) == ExitCode.BACKWARDS
+    err = capsys.readouterr().err
+    assert f"INV-{YEAR}-000002" in err and f"INV-{YEAR}-000003" in err  # both numbers named
+    assert blue.invoicenums()[later] == ""
+    # Only the access check (invoice 0) reached UpdateInvoice: the number was written nowhere.
+    assert blue.whmcs.calls["UpdateInvoice"] == updates + 1
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(later)) is None
+        assert journal.pending() == []
+    # The numbers printed before are untouched, and the refusal holds on the next run.
+    assert [blue.invoicenums()[i] for i in first] == [f"INV-{YEAR}-00000{n}" for n in (1, 2, 3)]
+    assert poll(monkeypatch, blue) == ExitCode.BACKWARDS
+
+    # Answered as a replay now (the coordinator kept it for that invoice): still refused.
+    assert blue.coordinator.allocations[f"invoice:{YEAR}:2"]["reference"] == str(later)
+
+    # The admin raises the counter past the highest number in use and reissues: numbering
+    # goes on above every number this installation received.
+    with blue.coordinator.lock:
+        blue.coordinator.counters[("invoice", str(YEAR))] = 3
+        del blue.coordinator.by_reference[("invoice", str(later))]
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[later] == f"INV-{YEAR}-000004"
+
+
+def test_the_same_document_answered_its_same_number_is_fine(blue, monkeypatch) -> None:
+    iid = blue.paid()
+    blue.take_number_and_crash(iid)  # number 1, in the journal, not written yet
+    for _ in range(2):
+        blue.paid()
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:
+        client.allocate("invoice", "elsewhere", TODAY)  # 2, taken by another agent
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    nums = blue.invoicenums()
+    assert nums[iid] == f"INV-{YEAR}-000001"  # a replay below what was received since: fine
+    assert sorted(nums.values()) == [f"INV-{YEAR}-00000{n}" for n in (1, 3, 4)]
+
+
+def test_whmcs_storing_another_number_than_sent_gets_no_confirmed_number(
+    blue, monkeypatch, capsys
+) -> None:
+    """A module rewrites invoicenum on save (or someone wrote one that very moment): the
+    number on the invoice is not ours, so ours is not confirmed; the next run voids it."""
+    iid = blue.paid()
+    update = blue.whmcs._update_invoice
+
+    def rewriting_module(params):
+        answer = update(params)
+        if params.get("invoicenum"):
+            blue.whmcs._invoices[iid]["invoicenum"] = "MOD-" + params["invoicenum"]
+        return answer
+
+    monkeypatch.setattr(blue.whmcs, "_update_invoice", rewriting_module)
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    assert f"invoice {iid}: not done (whmcs)" in capsys.readouterr().err
+    assert blue.statuses() == {str(iid): "issued"}  # not confirmed
+    assert blue.coordinator.posts(f"/v1/allocations/invoice:{YEAR}:1/confirm") == []
+
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.statuses() == {str(iid): "void"}  # never used: the invoice carries another
+    assert blue.invoicenums()[iid] == f"MOD-INV-{YEAR}-000001"
+
+
+def test_a_role_without_getinvoices_takes_no_number_for_watched_invoices(
+    blue, monkeypatch, capsys
+) -> None:
+    stuck = blue.paid()
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:  # its number, another year
+        client.allocate("invoice", str(stuck), dt.date(YEAR - 1, 12, 31))
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE  # 409: left unnumbered, watched
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(stuck): "unnumbered"}
+    capsys.readouterr()
+    asked = len(blue.coordinator.posts("/v1/allocations"))
+    blue.whmcs.allowed_actions = {"getinvoice", "updateinvoice"}
+
+    assert poll(monkeypatch, blue) == ExitCode.WHMCS
+    assert 'API action "getinvoices" is not allowed' in capsys.readouterr().err
+    assert len(blue.coordinator.posts("/v1/allocations")) == asked  # nothing asked for
