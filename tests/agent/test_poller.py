@@ -289,3 +289,76 @@ def test_a_role_without_getinvoices_takes_no_number_for_watched_invoices(
     assert poll(monkeypatch, blue) == ExitCode.WHMCS
     assert 'API action "getinvoices" is not allowed' in capsys.readouterr().err
     assert len(blue.coordinator.posts("/v1/allocations")) == asked  # nothing asked for
+
+
+# -- what a run reports, whole: operators act on these lines ----------------------------------
+
+
+def poll_json(monkeypatch, blue: Installation, capsys) -> tuple[int, dict]:
+    code = poll(monkeypatch, blue, "--json")
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_a_number_voided_for_a_deleted_invoice_is_reported_and_journaled_with_why(
+    blue, monkeypatch, capsys
+) -> None:
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.delete_invoice(iid)
+    reason = f"WHMCS invoice {iid} was deleted before {formatted} was written into it"
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert report["outcomes"] == [{"reference": str(iid), "action": "voided",
+                                   "document": "invoice", "formatted": formatted,
+                                   "message": reason, "kind": None}]
+    (void,) = blue.coordinator.posts(f"/v1/allocations/invoice:{YEAR}:1/void")
+    assert void["reason"] == reason
+    with Journal(blue.journal_path) as journal:
+        entry = journal.get("invoice", str(iid))
+    assert (entry.state, entry.void_reason) == ("voided", reason)
+
+
+def test_a_confirmed_number_of_a_deleted_invoice_is_left_to_an_admin(
+    blue, monkeypatch, capsys
+) -> None:
+    """The ledger says the number is printed (confirmed), WHMCS says the invoice is gone: the
+    agent may not void a confirmed number (403); an admin must reconcile, nothing is voided."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.coordinator.allocations[f"invoice:{YEAR}:1"]["status"] = "confirmed"
+    blue.whmcs.delete_invoice(iid)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": formatted,
+        "message": f"{formatted} is confirmed in the ledger, yet WHMCS invoice {iid} was "
+                   f"deleted before {formatted} was written into it. An admin must reconcile "
+                   "the ledger and WHMCS",
+        "kind": "conflict"}]
+    assert blue.statuses() == {str(iid): "confirmed"}
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(iid)).state == "allocated"
+
+
+def test_a_written_number_voided_in_the_ledger_meanwhile_is_left_to_an_admin(
+    blue, monkeypatch, capsys
+) -> None:
+    """WHMCS shows our number, but an admin voided it in the ledger before we confirmed: the
+    coordinator refuses the confirmation (409); the run says the two disagree."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.set_invoicenum(iid, formatted)
+    blue.coordinator.allocations[f"invoice:{YEAR}:1"]["status"] = "void"
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": formatted,
+        "message": f"{formatted} is in WHMCS invoice {iid}, but the coordinator refuses to "
+                   "confirm it: Allocation is void (HTTP 409). An admin must reconcile the ledger "
+                   "and WHMCS",
+        "kind": "conflict"}]
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(iid)).state == "written"
