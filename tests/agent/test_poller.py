@@ -300,7 +300,7 @@ def poll_json(monkeypatch, blue: Installation, capsys) -> tuple[int, dict]:
 
 
 def test_a_number_voided_for_a_deleted_invoice_is_reported_and_journaled_with_why(
-    blue, monkeypatch, capsys
+    blue, monkeypatch, capsys, caplog
 ) -> None:
     iid = blue.paid()
     formatted = blue.take_number_and_crash(iid)
@@ -317,6 +317,8 @@ def test_a_number_voided_for_a_deleted_invoice_is_reported_and_journaled_with_wh
     with Journal(blue.journal_path) as journal:
         entry = journal.get("invoice", str(iid))
     assert (entry.state, entry.void_reason) == ("voided", reason)
+    # The agent's log (syslog, journald) says it too, for whoever reads it rather than the run.
+    assert f"invoice {iid}: voided {formatted}: {reason}" in caplog.messages
 
 
 def test_a_confirmed_number_of_a_deleted_invoice_is_left_to_an_admin(
