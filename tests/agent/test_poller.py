@@ -364,3 +364,60 @@ def test_a_written_number_voided_in_the_ledger_meanwhile_is_left_to_an_admin(
         "kind": "conflict"}]
     with Journal(blue.journal_path) as journal:
         assert journal.get("invoice", str(iid)).state == "written"
+
+
+def test_each_outcome_names_the_number_it_is_about(blue, monkeypatch, capsys) -> None:
+    numbered = blue.paid()
+    written = blue.paid()  # crashed after writing its number into WHMCS, before the journal
+    formatted = blue.take_number_and_crash(written)
+    blue.whmcs.set_invoicenum(written, formatted)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert sorted(report["outcomes"], key=lambda o: o["action"]) == [
+        {"reference": str(written), "action": "confirmed", "document": "invoice",
+         "formatted": formatted, "message": "", "kind": None},
+        {"reference": str(numbered), "action": "numbered", "document": "invoice",
+         "formatted": f"INV-{YEAR}-000002", "message": "", "kind": None},
+    ]
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(written)).state == "confirmed"
+    assert blue.statuses() == {str(written): "confirmed", str(numbered): "confirmed"}
+
+
+def test_a_written_number_is_confirmed_even_if_the_invoice_is_gone_now(
+    blue, monkeypatch, capsys
+) -> None:
+    """Once written into an invoice, a number may have been sent to the customer: it is
+    confirmed, never voided, whatever WHMCS shows afterwards."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    with Journal(blue.journal_path) as journal:
+        journal.mark_written(f"invoice:{YEAR}:1", formatted)
+    blue.whmcs.delete_invoice(iid)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert [(o["action"], o["formatted"]) for o in report["outcomes"]] == [
+        ("confirmed", formatted)]
+    assert blue.statuses() == {str(iid): "confirmed"}
+
+
+def test_a_journal_entry_for_no_whmcs_invoice_is_left_for_a_person(
+    blue, monkeypatch, capsys
+) -> None:
+    # `invoice-sync-agent next --reference X` takes a number for something that is not a WHMCS
+    # invoice id; the poller cannot know where it went and says how to finish it.
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:
+        allocation = client.allocate("invoice", "manual-1", TODAY)
+    with Journal(blue.journal_path) as journal:
+        journal.record_allocated(allocation)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": "manual-1", "action": "failed", "document": "invoice", "formatted": None,
+        "message": f"journal entry {allocation.id} has reference 'manual-1', which is not a "
+                   "WHMCS invoice id; finish it by hand (invoice-sync-agent confirm/void)",
+        "kind": "journal"}]
+    assert blue.statuses() == {"manual-1": "issued"}
