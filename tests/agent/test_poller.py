@@ -421,3 +421,58 @@ def test_a_journal_entry_for_no_whmcs_invoice_is_left_for_a_person(
                    "WHMCS invoice id; finish it by hand (invoice-sync-agent confirm/void)",
         "kind": "journal"}]
     assert blue.statuses() == {"manual-1": "issued"}
+
+
+def test_whmcs_dropping_invoicenum_stops_the_run_saying_all_of_it(
+    blue, monkeypatch, capsys
+) -> None:
+    first = blue.paid()
+    blue.paid()
+    blue.whmcs.dropped_update_fields = {"invoicenum"}
+    formatted = f"INV-{YEAR}-000001"
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"] == {
+        "reference": str(first), "action": "failed", "document": "invoice",
+        "formatted": formatted,
+        "message": f"WHMCS accepted UpdateInvoice invoicenum={formatted} for invoice {first} "
+                   "but does not show it: this WHMCS (its version or a module) drops "
+                   "invoicenum. Not confirmed, no further number taken; the number stays in "
+                   "the journal and is written by the first run after WHMCS is fixed",
+        "kind": "whmcs"}
+
+
+def test_an_invoice_numbered_by_someone_else_first_gets_ours_voided_with_why(
+    blue, monkeypatch, capsys
+) -> None:
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.set_invoicenum(iid, "ADMIN-7")  # an admin typed one meanwhile
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    reason = (f"WHMCS invoice {iid} was numbered 'ADMIN-7' by someone else before {formatted} "
+              "was written; it was never used")
+    assert report["outcomes"] == [{"reference": str(iid), "action": "voided",
+                                   "document": "invoice", "formatted": formatted,
+                                   "message": reason, "kind": None}]
+    assert blue.invoicenums()[iid] == "ADMIN-7"
+    assert blue.statuses() == {str(iid): "void"}
+
+
+def test_an_invoice_gone_right_after_the_write_is_not_confirmed(blue, monkeypatch, capsys):
+    iid = blue.paid()
+    # GetInvoice: 1 the access check, 2 the read before writing, 3 the read-back.
+    blue.whmcs.inject_fault(
+        "status", status=200, content_type="application/json", action="GetInvoice", nth=3,
+        body=json.dumps({"status": "error", "message": "Invoice ID Not Found"}))
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    [outcome] = report["outcomes"]
+    assert (outcome["action"], outcome["kind"]) == ("failed", "whmcs")
+    assert outcome["message"] == (
+        f"WHMCS accepted UpdateInvoice invoicenum=INV-{YEAR}-000001 for invoice {iid} but now "
+        "shows None; not confirmed, retried next run")
+    assert blue.statuses() == {str(iid): "issued"}
