@@ -217,15 +217,16 @@ def check_handwritten(base: Path = ROOT) -> list[str]:
     return problems
 
 
-def pytest_once(copy: Path, tests: list[str]) -> int:
+def pytest_once(copy: Path, tests: list[str], log: Path) -> int:
     """Run ``tests`` in the copy (its code first on the path, also for subprocesses)."""
     env = clean_env()
     env["PYTHONPATH"] = os.pathsep.join([str(copy), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.call(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--timeout=120",
-         *tests],
-        cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    with log.open("w") as out:
+        return subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+             "--timeout=120", *tests],
+            cwd=copy, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
 
 
 def run_handwritten() -> Outcome:
@@ -236,13 +237,18 @@ def run_handwritten() -> Outcome:
         return outcome
     copy = stage(HANDWRITTEN_MODULE)
     print(f"== {HANDWRITTEN_MODULE}: {len(load_handwritten())} mutations", flush=True)
+    logs = WORK / f"{HANDWRITTEN_MODULE}-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
     baseline: dict[tuple[str, ...], int] = {}
     for entry in load_handwritten():
         tests = tuple(entry["tests"])
         if tests not in baseline:
-            baseline[tests] = pytest_once(copy, list(tests))
+            log = logs / f"baseline-{len(baseline)}.log"
+            baseline[tests] = pytest_once(copy, list(tests), log)
             if baseline[tests] != 0:
-                failed = f"baseline failed (exit {baseline[tests]}): {' '.join(tests)}"
+                failed = (f"baseline failed (exit {baseline[tests]}, {log.relative_to(ROOT)}): "
+                          f"{' '.join(tests)}")
                 outcome.errors.append(failed)
         if baseline[tests] != 0:
             continue
@@ -251,7 +257,7 @@ def run_handwritten() -> Outcome:
         started = time.monotonic()
         try:
             path.write_text(original.replace(entry["original"], entry["replacement"], 1))
-            code = pytest_once(copy, list(tests))
+            code = pytest_once(copy, list(tests), logs / f"{entry['id']}.log")
         finally:
             path.write_text(original)
         verdict = {0: "survived", 1: "killed"}.get(code, f"error (pytest exit {code})")
