@@ -57,6 +57,12 @@ DEFAULT_RETRIES = 3
 RETRY_AFTER_MAX = 60.0
 """Longest ``Retry-After`` we obey, in seconds; a longer one would stall a sync job for hours."""
 
+MAX_INVOICE_ID = 2**32 - 1
+"""Largest invoice id the parser accepts. WHMCS's ``tblinvoices.id`` is a MySQL ``INT``
+auto-increment: at most 2,147,483,647 signed, 4,294,967,295 unsigned. A larger (or a zero or
+negative) id cannot come from that table; it means a module or proxy rewrote the answer, and
+the forecaster sizes nothing by it."""
+
 SNIPPET_CHARS = 160
 """How much of a non-JSON body an error message quotes, enough to recognise a firewall page."""
 
@@ -123,6 +129,12 @@ class WhmcsInvoice:
             )
         raw_id = raw.get("id", raw.get("invoiceid"))
         invoice_id = _to_int(raw_id, "id", None)
+        if not 0 < invoice_id <= MAX_INVOICE_ID:
+            raise WhmcsBadResponseError(
+                f"WHMCS sent invoice id {str(invoice_id)[:40]}, outside 1 to {MAX_INVOICE_ID} "
+                "(what WHMCS's invoice table can hold). Check the WHMCS version and any module "
+                "that rewrites API output."
+            )
         return cls(
             id=invoice_id,
             invoicenum=_to_str(raw.get("invoicenum")),
@@ -748,6 +760,7 @@ def _from_api_fast(cls: type[WhmcsInvoice], raw: dict[str, Any]) -> WhmcsInvoice
     )
     if (
         type(invoice_id) is not int
+        or not 0 < invoice_id <= MAX_INVOICE_ID
         or type(invoicenum) is not str
         or type(status) is not str
         or type(currency) is not str

@@ -224,6 +224,12 @@ class FakeWhmcs:
             row.update(fields)  # extra fields appear as-is, like newer WHMCS versions' additions
             return self._insert_locked(row)
 
+    def set_next_id(self, invoice_id: int) -> None:
+        """Give the next invoice ``invoice_id``, as ``ALTER TABLE tblinvoices AUTO_INCREMENT=``
+        does in WHMCS's database (ids then jump; they are never reused)."""
+        with self._lock:
+            self._next_id = max(int(invoice_id), self._next_id)
+
     def _insert_locked(self, row: dict[str, Any]) -> int:
         invoice_id = self._next_id
         self._next_id += 1

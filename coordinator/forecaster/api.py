@@ -11,6 +11,7 @@ from flask_smorest import Blueprint
 from coordinator import auth
 from coordinator.exceptions import NotFound
 from coordinator.forecaster import jobs, reconcile, records, reports
+from coordinator.forecaster.reconcile import ledger_entries
 from coordinator.forecaster.schemas import (
     ForecastQuerySchema,
     ForecastSchema,
@@ -102,28 +103,16 @@ class Forecast(MethodView):
                                 query["months"], today=_today())
 
 
-def ledger_entries(client):
-    """Yield every ledger entry of both sequences, or return None without a numbering ledger."""
-    try:
-        from coordinator.numbering import ledger
-    except ImportError:
-        return None
-
-    def entries():
-        for sequence in ("invoice", "credit_note"):
-            yield from ledger.iter_ledger(client, sequence)
-
-    return entries()
-
-
 @blp.route("/v1/reports/reconciliation")
 class Reconciliation(MethodView):
     @auth.require(*auth.READERS)
     @blp.response(200, ReconciliationSchema)
     def get(self):
-        """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen."""
+        """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen.
+
+        Read only: the warnings of these findings are raised by the sync worker after each
+        completed sync (a GET changes nothing).
+        """
         client = get_redis()
         names = [s.name for s in _rates()]
-        report = reconcile.reconcile(client, names, ledger_entries(client))
-        reconcile.raise_warnings(client, report)
-        return report
+        return reconcile.reconcile(client, names, ledger_entries(client))

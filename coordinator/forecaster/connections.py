@@ -2,22 +2,42 @@
 
 RQ needs ``decode_responses=False``; the rest of the coordinator reads ``str``. Both clients are
 built from the same connection settings (URL or Sentinel master), so they always talk to the
-same server.
+same server. The other view of a pool is built once and kept as long as that pool lives: one
+connection pool per process for syncs, not one per request (each new pool opens its own
+connections).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import redis
 from redis.sentinel import SentinelConnectionPool
 
+_views: weakref.WeakKeyDictionary[object, dict[bool, redis.Redis]] = weakref.WeakKeyDictionary()
+_views_lock = threading.Lock()
+
 
 def with_decoding(client: redis.Redis, decode: bool) -> redis.Redis:
-    """Return a client for the same server as ``client`` with ``decode_responses=decode``."""
+    """Return a client for the same server as ``client`` with ``decode_responses=decode``.
+
+    The same pool always gives the same other client (and so the same other pool).
+    """
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     if kwargs.get("decode_responses", False) == decode:
         return client
-    kwargs["decode_responses"] = decode
-    if isinstance(pool, SentinelConnectionPool):
-        return pool.sentinel_manager.master_for(pool.service_name, **kwargs)
-    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+    with _views_lock:
+        views = _views.setdefault(pool, {})
+        view = views.get(decode)
+        if view is None:
+            kwargs["decode_responses"] = decode
+            if isinstance(pool, SentinelConnectionPool):
+                view = pool.sentinel_manager.master_for(pool.service_name, **kwargs)
+            else:
+                view = redis.Redis(
+                    connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs)
+                )
+            views[decode] = view
+        return view

@@ -27,4 +27,10 @@ SCHEDULER_TICK_SECONDS = 30.0
 """How often the daily-sync scheduler looks at the clock; its per-day claim makes ticks cheap."""
 
 DAILY_CLAIM_TTL = 3 * 86400
-"""Seconds a (system, day) claim of the daily scheduler is kept: longer than any clock skew."""
+"""Seconds a (system, day) claim of the daily scheduler is kept once its sync is queued: longer
+than any clock skew."""
+
+DAILY_CLAIM_PENDING = 300
+"""Seconds a (system, day) claim holds before its sync is confirmed queued. A scheduler that
+fails in between (a Redis error, a crash) leaves the day to a later tick after this long
+instead of dropping it."""

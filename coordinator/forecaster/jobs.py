@@ -7,6 +7,7 @@ own ``INVOICE_SYNC_SECRET_KEYS``, checks the URL (SSRF guard) right before fetch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,13 +36,21 @@ def queue(client: redis.Redis) -> Queue:
 
 def request_sync(
     client: redis.Redis, system: str, mode: str, *, trigger: str = "api",
-    sync_id: str | None = None,
+    sync_id: str | None = None, confirm: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Queue a sync of ``system`` and return its record (state ``queued``).
+
+    The record and the RQ job are written in one transaction: a sync is either queued and
+    visible, or (on a Redis error) not there at all and its lock given back.
+
+    Args:
+        confirm: ``(key, seconds)``: set that key's expiry in the same transaction (the daily
+            scheduler confirms its claim of the day only if the sync really was queued).
 
     Raises:
         InvalidInput: unknown mode. NotFound: no such system.
         Conflict: a sync of this system is queued or running.
+        redis.RedisError: nothing was queued.
     """
     from coordinator.systems import registry
 
@@ -53,18 +62,25 @@ def request_sync(
     if not lock.acquire_queued(client, system, sync_id):
         running = lock.holder(client, system)
         raise Conflict(f"A sync of {system!r} is already queued or running (sync {running})")
-    record = records.create(client, system, mode, sync_id, trigger=trigger)
+    sync_queue = queue(client)
     try:
-        queue(client).enqueue(
-            run_sync_job, sync_id, job_id=f"sync-{sync_id}",
-            job_timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
-        )
+        with sync_queue.connection.pipeline(transaction=True) as pipe:
+            pipe.multi()  # RQ adds its writes to an explicit MULTI rather than starting one
+            records.create(pipe, system, mode, sync_id, trigger=trigger)
+            sync_queue.enqueue_call(
+                run_sync_job, args=(sync_id,), job_id=f"sync-{sync_id}",
+                timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
+                pipeline=pipe,
+            )
+            if confirm is not None:
+                pipe.expire(*confirm)
+            pipe.execute()
     except redis.RedisError:
-        lock.release(client, system, sync_id)
-        records.update(client, sync_id, state=records.FAILED, error="Could not queue the sync",
-                       error_code="enqueue_failed")
+        # Nothing was written; free the system at once (else the lock lapses on its own).
+        with contextlib.suppress(redis.RedisError):
+            lock.release(client, system, sync_id)
         raise
-    return record
+    return records.get(client, sync_id)
 
 
 def default_resolver(
@@ -131,7 +147,7 @@ def execute(
                 )
 
             outcome = sync.run(client, system, record["mode"], source, step,
-                               on_page=on_page, check=held.check)
+                               on_page=on_page, check=held.check, owner=sync_id)
         except WhmcsError as error:
             _fail(client, record, error.message, error.code)
         except (sync.SyncError, CoordinatorError) as error:
@@ -164,7 +180,8 @@ def execute(
 
 
 def _after_success(client: redis.Redis, system: str) -> None:
-    from coordinator.forecaster import store
+    from coordinator.forecaster import reconcile, store
+    from coordinator.systems import registry
 
     found = store.currencies(client, system)
     if len(found) > 1:
@@ -175,10 +192,31 @@ def _after_success(client: redis.Redis, system: str) -> None:
             "is applied to all of them in reports; give each currency its own system.",
             system=system, code="mixed_currencies",
         )
+    # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
+    # The sync itself is done and recorded: a failure here is logged, not the sync's failure.
+    try:
+        reconcile.check(client, [s["name"] for s in registry.list_systems(client)])
+    except Exception:
+        log.exception("reconciliation after the sync of %s failed", system)
+
+
+class SyncJobFailed(Exception):
+    """Raised by the RQ job of a sync that ended ``failed``, so RQ records and logs a failed job
+    (not "Job OK") and keeps it in its failed-job registry. The sync record says why."""
 
 
 def run_sync_job(sync_id: str) -> str:
-    """RQ entry point: run the sync with this worker's settings; return its final state."""
+    """RQ entry point: run the sync with this worker's settings; return its final state.
+
+    Raises:
+        SyncJobFailed: the sync failed (its record and warning were written first).
+    """
     job = get_current_job()
     client = with_decoding(job.connection, True)
-    return execute(client, sync_id, load_settings())["state"]
+    record = execute(client, sync_id, load_settings())
+    if record["state"] == records.FAILED:
+        raise SyncJobFailed(
+            f"sync {sync_id} of {record['system']} failed ({record['error_code']}): "
+            f"{record['error']}"
+        )
+    return record["state"]

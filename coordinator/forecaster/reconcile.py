@@ -15,7 +15,7 @@ and the ledger once: cost grows with the numbers compared, which is what the que
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -26,6 +26,20 @@ from coordinator.warnings import store as warnings
 
 EXAMPLES = 20
 """Numbers quoted in one warning's message; the report lists them all."""
+
+
+def ledger_entries(client: redis.Redis) -> Iterator[Mapping[str, Any]] | None:
+    """Yield every ledger entry of both sequences, or return None without a numbering ledger."""
+    try:
+        from coordinator.numbering import ledger
+    except ImportError:
+        return None
+
+    def entries():
+        for sequence in ("invoice", "credit_note"):
+            yield from ledger.iter_ledger(client, sequence)
+
+    return entries()
 
 
 def synced_systems(client: redis.Redis, systems: Sequence[str]) -> list[str]:
@@ -118,3 +132,11 @@ def raise_warnings(client: redis.Redis, report: Mapping[str, Any]) -> list[str]:
             system=system, code=kind,
         ))
     return ids
+
+
+def check(client: redis.Redis, systems: Sequence[str]) -> list[str]:
+    """Reconcile ``systems`` against the ledger and raise the findings' warnings; return ids.
+
+    Run by the sync worker after each completed sync, so reading the report writes nothing.
+    """
+    return raise_warnings(client, reconcile(client, systems, ledger_entries(client)))

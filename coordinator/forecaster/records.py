@@ -2,7 +2,9 @@
 
 States move ``queued`` → ``running`` → ``done`` | ``failed``. A record still ``queued`` or
 ``running`` whose system lock is no longer held by it belongs to a worker that died (or a queue
-nobody served): reading it marks it ``failed`` with that reason, so no sync stays "running" forever.
+nobody served): it reads as ``failed`` with that reason, so no sync stays "running" forever.
+Reading never writes (a GET is safe to repeat, also on a replica): the state is derived from the
+record and the lock each time.
 """
 
 from __future__ import annotations
@@ -48,21 +50,19 @@ def new_id() -> str:
 
 
 def create(
-    client: redis.Redis, system: str, mode: str, sync_id: str, *, trigger: str = "api",
-    clock: Clock = utcnow,
-) -> dict[str, Any]:
-    """Write the ``queued`` record of a sync whose lock the caller already holds."""
+    pipe: redis.client.Pipeline, system: str, mode: str, sync_id: str, *,
+    trigger: str = "api", clock: Clock = utcnow,
+) -> None:
+    """Queue on ``pipe`` the writes of the ``queued`` record of a sync whose lock the caller
+    holds (the caller executes it, with the job's enqueue, as one transaction)."""
     record = {
         "id": sync_id, "system": system, "mode": mode, "state": QUEUED, "trigger": trigger,
         "requested_at": iso(clock()),
     }
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hset(keys.sync(sync_id), mapping=record)
-        pipe.expire(keys.sync(sync_id), defaults.SYNC_RECORD_TTL)
-        pipe.lpush(keys.sys_syncs(system), sync_id)
-        pipe.ltrim(keys.sys_syncs(system), 0, defaults.RECENT_SYNCS - 1)
-        pipe.execute()
-    return get(client, sync_id)
+    pipe.hset(keys.sync(sync_id), mapping=record)
+    pipe.expire(keys.sync(sync_id), defaults.SYNC_RECORD_TTL)
+    pipe.lpush(keys.sys_syncs(system), sync_id)
+    pipe.ltrim(keys.sys_syncs(system), 0, defaults.RECENT_SYNCS - 1)
 
 
 def update(client: redis.Redis, sync_id: str, **fields: Any) -> None:
@@ -89,8 +89,8 @@ def _shape(raw: dict[str, str]) -> dict[str, Any]:
     return record
 
 
-def get(client: redis.Redis, sync_id: str, *, clock: Clock = utcnow) -> dict[str, Any] | None:
-    """Return a sync record, or None; a dead sync is marked failed on the way (see module doc)."""
+def get(client: redis.Redis, sync_id: str) -> dict[str, Any] | None:
+    """Return a sync record, or None; a dead sync reads as failed (see module doc)."""
     # Read the lock before the state: a worker sets the final state before releasing the lock,
     # so "lock not ours, state still active" can only mean the sync will never finish.
     system = client.hget(keys.sync(sync_id), "system")
@@ -101,9 +101,7 @@ def get(client: redis.Redis, sync_id: str, *, clock: Clock = utcnow) -> dict[str
     if not raw:
         return None
     if raw["state"] in ACTIVE and owner != sync_id:
-        update(client, sync_id, state=FAILED, error=_LOST, error_code="worker_lost",
-               finished_at=iso(clock()))
-        raw = client.hgetall(keys.sync(sync_id))
+        raw = {**raw, "state": FAILED, "error": _LOST, "error_code": "worker_lost"}
     return _shape(raw)
 
 

@@ -5,6 +5,10 @@ Any number of schedulers may run (every ``invoice-sync worker --with-scheduler``
 ``{sys:<name>}:daily:<YYYY-MM-DD>`` before enqueueing, so exactly one of them enqueues it. A
 scheduler that was down at the set time catches up later the same day.
 
+The claim first holds for ``DAILY_CLAIM_PENDING`` seconds only; the transaction that queues the
+sync also extends it to ``DAILY_CLAIM_TTL``. A Redis error (or a crash) between claiming and
+queueing therefore delays that day's sync by a few minutes instead of dropping it.
+
 RQ's own ``CronScheduler`` is not used: each instance enqueues on its own (no cross-process
 claim, so two of them would sync twice) and its cron fields are in local time.
 """
@@ -59,16 +63,19 @@ def tick(
         if not system.get("auto_sync"):
             continue
         name = system["name"]
-        if not client.set(keys.sys_daily_claim(name, day), owner, nx=True,
-                          ex=defaults.DAILY_CLAIM_TTL):
+        claim = keys.sys_daily_claim(name, day)
+        if not client.set(claim, owner, nx=True, ex=defaults.DAILY_CLAIM_PENDING):
             continue  # another scheduler (or an earlier tick) has it
         try:
-            request(client, name, mode, trigger="daily")
+            request(client, name, mode, trigger="daily",
+                    confirm=(claim, defaults.DAILY_CLAIM_TTL))
             enqueued.append(name)
         except Conflict:
             # A sync of it is already queued or running: that one serves as today's.
             log.info("daily sync of %s skipped: a sync is already running", name)
+            client.expire(claim, defaults.DAILY_CLAIM_TTL)
         except CoordinatorError as error:
+            # The claim lapses unconfirmed: a later tick tries again.
             log.warning("daily sync of %s not queued: %s", name, error.message)
     return enqueued
 

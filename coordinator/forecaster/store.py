@@ -20,12 +20,15 @@ import redis
 
 from agent import WhmcsInvoice
 from coordinator import keys
-from coordinator.forecaster import defaults, money
+from coordinator.forecaster import defaults, lock, money
 from coordinator.forecaster._lua import script
 
 MAX_MINOR = 10**12
 """Largest amount (in minor units) one invoice may carry: ten billion euros. upsert.lua sums a
 batch's amounts in Lua doubles, exact below 2**53; this bound keeps every batch far below it."""
+
+LOCK_LOST = "LOCK_LOST"
+"""upsert.lua's whole error when the writing sync no longer holds the system's lock."""
 
 METRICS = ("n", "net", "tax", "gross")
 """Aggregate metrics: invoice count and sums (minor units) of subtotal, tax + tax2, total."""
@@ -157,11 +160,26 @@ def _upsert_keys(system: str) -> list[str]:
     ]
 
 
-def write_records(client: redis.Redis, system: str, records: Mapping[int, str]) -> UpsertResult:
-    """Store encoded records (``""`` deletes), ``UPSERT_BATCH`` per atomic script call."""
+def write_records(
+    client: redis.Redis, system: str, records: Mapping[int, str], *, owner: str | None = None
+) -> UpsertResult:
+    """Store encoded records (``""`` deletes), ``UPSERT_BATCH`` per atomic script call.
+
+    Args:
+        owner: The sync writing. Each call then writes only while that sync holds the system's
+            lock, checked in the same script (a fencing token).
+
+    Raises:
+        lock.LockLost: ``owner`` does not hold the lock; that call wrote nothing.
+    """
     if not records:
         return UpsertResult(currencies=client.hlen(keys.sys_currencies(system)))
     upsert_script = script(client, "upsert")
+    upsert_keys = _upsert_keys(system)
+    fence: list[str | bytes] = []
+    if owner is not None:
+        upsert_keys.append(keys.sys_sync_lock(system))
+        fence.append(owner)
     total = UpsertResult()
     items = list(records.items())
     for i in range(0, len(items), defaults.UPSERT_BATCH):
@@ -171,22 +189,38 @@ def write_records(client: redis.Redis, system: str, records: Mapping[int, str]) 
         for invoice_id, record in items[i : i + defaults.UPSERT_BATCH]:
             data = record.encode()
             parts.append(b"%d|%d|%b" % (int(invoice_id), len(data), data))
-        result = upsert_script(keys=_upsert_keys(system), args=[b"".join(parts)])
+        try:
+            result = upsert_script(keys=upsert_keys, args=[b"".join(parts), *fence])
+        except redis.ResponseError as error:
+            if str(error) == LOCK_LOST:
+                raise lock.LockLost(
+                    f"the sync lock of {system!r} is no longer held by sync {owner}"
+                ) from None
+            raise
         total += UpsertResult(*(int(x) for x in result))
     return total
 
 
-def upsert(client: redis.Redis, system: str, invoices: Iterable[WhmcsInvoice]) -> UpsertResult:
+def upsert(
+    client: redis.Redis, system: str, invoices: Iterable[WhmcsInvoice], *,
+    owner: str | None = None,
+) -> UpsertResult:
     """Store ``invoices`` of ``system``; aggregates move by exactly what changed.
 
     All records are encoded before anything is written, so a bad amount stores nothing.
+    ``owner`` fences the writes as in :func:`write_records`.
     """
-    return write_records(client, system, {inv.id: encode(inv) for inv in invoices})
+    return write_records(client, system, {inv.id: encode(inv) for inv in invoices}, owner=owner)
 
 
-def delete(client: redis.Redis, system: str, invoice_ids: Iterable[int]) -> UpsertResult:
-    """Remove invoices (deleted in WHMCS) and their contribution to the aggregates."""
-    return write_records(client, system, dict.fromkeys(invoice_ids, ""))
+def delete(
+    client: redis.Redis, system: str, invoice_ids: Iterable[int], *, owner: str | None = None
+) -> UpsertResult:
+    """Remove invoices (deleted in WHMCS) and their contribution to the aggregates.
+
+    ``owner`` fences the deletion as in :func:`write_records`.
+    """
+    return write_records(client, system, dict.fromkeys(invoice_ids, ""), owner=owner)
 
 
 def iter_stored(client: redis.Redis, system: str, count: int = 1000) -> Iterator[StoredInvoice]:

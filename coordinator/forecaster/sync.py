@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+import operator
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,7 +32,7 @@ from typing import Any, Protocol
 import redis
 
 from coordinator import keys
-from coordinator.forecaster import defaults, store
+from coordinator.forecaster import defaults, lock, store
 
 MAX_STEP_BACKS = 50
 """Times one run steps back after rows shifted under it before giving up (WHMCS too busy)."""
@@ -167,14 +170,55 @@ def _pages(
                 _drop(request)
 
 
+class _SeenIds:
+    """The invoice ids a full sync saw: 8 bytes per invoice, whatever the ids are.
+
+    A full sync pages in ascending id order, so ids arrive sorted and are appended to a flat
+    array; membership is a binary search. (A bitmap indexed by id cost a byte per 8 possible
+    ids: 250 MB for one invoice numbered 2·10⁹.) Should WHMCS ever send them out of order, the
+    array is sorted and deduplicated once, before the first lookup.
+    """
+
+    def __init__(self) -> None:
+        self._ids = array("q")
+        self._ordered = True
+
+    def extend(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        if self._ordered and not (
+            (not self._ids or self._ids[-1] < ids[0]) and all(map(operator.lt, ids, ids[1:]))
+        ):
+            self._ordered = False
+        self._ids.extend(ids)
+
+    def _settle(self) -> None:
+        if not self._ordered:
+            self._ids = array("q", sorted(set(self._ids)))
+            self._ordered = True
+
+    def count(self) -> int:
+        """Return how many distinct ids were seen."""
+        self._settle()
+        return len(self._ids)
+
+    def __contains__(self, invoice_id: int) -> bool:
+        self._settle()
+        at = bisect_left(self._ids, invoice_id)
+        return at < len(self._ids) and self._ids[at] == invoice_id
+
+
 def _drop(ahead: tuple[int, Future]) -> None:
     """Wait out a prefetch that is not needed (its errors do not matter)."""
     with contextlib.suppress(Exception):
         ahead[1].result()
 
 
-def _store_page(client: redis.Redis, system: str, rows: Sequence[Any]) -> store.UpsertResult:
-    return store.write_records(client, system, {r.id: store.encode(r) for r in rows})
+def _store_page(
+    client: redis.Redis, system: str, rows: Sequence[Any], owner: str | None
+) -> store.UpsertResult:
+    return store.write_records(client, system, {r.id: store.encode(r) for r in rows}, owner=owner)
 
 
 def high_water(client: redis.Redis, system: str) -> int:
@@ -183,14 +227,27 @@ def high_water(client: redis.Redis, system: str) -> int:
 
 
 def _complete(
-    client: redis.Redis, system: str, mode: str, mark: int, finished: dt.datetime
+    client: redis.Redis, system: str, mode: str, mark: int, finished: dt.datetime,
+    owner: str | None,
 ) -> None:
-    state = keys.sys_sync_state(system)
+    state, lock_key = keys.sys_sync_state(system), keys.sys_sync_lock(system)
     with client.pipeline(transaction=True) as pipe:
+        if owner is not None:
+            # Fenced like every write: MULTI runs only if the lock did not change since WATCH.
+            pipe.watch(lock_key)
+            if pipe.get(lock_key) != owner:
+                raise lock.LockLost(f"the sync lock of {system!r} is no longer held by {owner}")
+            current = pipe.hget(state, "high_water")
+            pipe.multi()
+        else:
+            current = client.hget(state, "high_water")
         if mark:
-            pipe.hset(state, "high_water", max(mark, high_water(client, system)))
+            pipe.hset(state, "high_water", max(mark, int(current or 0)))
         pipe.hset(state, f"last_{mode}_at", finished.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            raise lock.LockLost(f"the sync lock of {system!r} changed while completing") from None
 
 
 def run(
@@ -203,6 +260,7 @@ def run(
     on_page: Callable[[Progress], None] = lambda progress: None,
     check: Callable[[], None] = lambda: None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    owner: str | None = None,
 ) -> Progress:
     """Run one sync of ``system`` and return what it did.
 
@@ -211,16 +269,19 @@ def run(
         step: Invoices per page (the system's ``step``).
         on_page: Called after every stored batch of pages (progress reporting).
         check: Called before every request; raises to abort (the lock was lost).
+        owner: The sync's id, holder of the system's lock: every write and deletion is refused
+            (``lock.LockLost``) once the lock is someone else's (see ``store.write_records``).
 
     Raises:
         agent.WhmcsError: WHMCS refused or failed (nothing after the last stored page changes).
         SyncError: paging cannot complete; money.AmountPrecisionError: an unstorable amount.
+        lock.LockLost: ``owner`` lost the lock; nothing was written after that.
     """
     if mode not in ("full", "missing"):
         raise ValueError(f"unknown sync mode {mode!r}")
     progress = Progress()
     mark = high_water(client, system) if mode == "missing" else 0
-    seen = bytearray()  # full: bitmap of ids seen, to find invoices deleted in WHMCS
+    seen = _SeenIds()  # full: the ids seen, to find invoices deleted in WHMCS
     top = 0
     stored_before = store.count(client, system)
     # Storing overlaps fetching: one writer thread, at most one write in flight, so pages are
@@ -252,10 +313,7 @@ def run(
                     rows = new
                 else:
                     done = False
-                    for r in rows:
-                        if r.id >= len(seen) * 8:
-                            seen.extend(bytes(max(len(seen), r.id // 8 + 1 - len(seen))))
-                        seen[r.id >> 3] |= 1 << (r.id & 7)
+                    seen.extend(r.id for r in rows)
                 if progress.total_hint is None:
                     total = page.totalresults
                     progress.total_hint = total if mode == "full" else max(0, total - stored_before)
@@ -268,13 +326,13 @@ def run(
                     # Encoding runs on the writer too, while this thread waits for WHMCS. A bad
                     # amount fails the whole batch before any of it is written.
                     settle()
-                    pending = writer.submit(_store_page, client, system, batch)
+                    pending = writer.submit(_store_page, client, system, batch, owner)
                     batch = []
                 if done:
                     break
             if batch:
                 settle()
-                pending = writer.submit(_store_page, client, system, batch)
+                pending = writer.submit(_store_page, client, system, batch, owner)
             settle()
         finally:
             if pending is not None:
@@ -287,16 +345,14 @@ def run(
         # Every id seen is stored now, so when the store holds no more ids than were seen,
         # none was deleted in WHMCS: skip reading every stored id back (a tenth of a run).
         gone = []
-        if store.count(client, system) > int.from_bytes(seen, "little").bit_count():
-            gone = [
-                i for i in store.iter_stored_ids(client, system)
-                if i >= len(seen) * 8 or not seen[i >> 3] & (1 << (i & 7))
-            ]
+        if store.count(client, system) > seen.count():
+            gone = [i for i in store.iter_stored_ids(client, system) if i not in seen]
         if gone:
-            progress.result += store.delete(client, system, gone)
+            check()
+            progress.result += store.delete(client, system, gone, owner=owner)
         progress.currencies = len(store.currencies(client, system))
     elif not progress.currencies:
         progress.currencies = len(store.currencies(client, system))
     progress.high_water = max(top, mark)
-    _complete(client, system, mode, top, clock())
+    _complete(client, system, mode, top, clock(), owner)
     return progress

@@ -9,9 +9,13 @@
 -- KEYS[3]  {sys:<name>}:receivables   hash  "<due YYYY-MM-DD>|<cur>|<n|gross>" -> int (Unpaid)
 -- KEYS[4]  {sys:<name>}:currencies    hash  currency -> invoices
 -- KEYS[5]  {sys:<name>}:numbers       hash  invoicenum -> invoices carrying it
+-- KEYS[6]  {sys:<name>}:sync:lock      (optional, with ARGV[2]) the system's sync lock
 -- ARGV[1]  the batch: "<id>|<bytes>|<record>" repeated, <bytes> the record's length in bytes
 --          (an empty record deletes the invoice). One argument instead of two per invoice:
 --          building and sending thousands of arguments cost the caller more than this script.
+-- ARGV[2]  (optional) the id of the sync writing: the fencing token. When the lock is not held
+--          by it the script changes nothing and fails with "LOCK_LOST" — a sync that lost its
+--          lock must not write over (or delete) what the sync now holding it stores.
 --
 -- Record: "date|duedate|datepaid|status|currency|subtotal|tax|tax2|credit|total|invoicenum"
 -- (dates YYYYMMDD, datepaid YYYYMMDDhhmmss, "" when unset; money in integer minor units as
@@ -26,6 +30,9 @@
 
 local invoices, aggregates, receivables, currencies, numbers =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+if KEYS[6] and redis.call('GET', KEYS[6]) ~= ARGV[2] then
+  return redis.error_reply('LOCK_LOST')
+end
 local match, sub, tonumber, format = string.match, string.sub, tonumber, string.format
 
 -- The fields a contribution needs, in one pattern match (datepaid and credit are skipped).

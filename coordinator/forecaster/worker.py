@@ -14,13 +14,19 @@ from rq import Worker
 from coordinator.forecaster import defaults
 from coordinator.forecaster.connections import with_decoding
 from coordinator.forecaster.scheduler import SchedulerThread
+from coordinator.ops.logs import configure_worker_logging
 
 
 def run_worker(
     client: redis.Redis, config: Mapping[str, Any], *, with_scheduler: bool = False,
     burst: bool = False, name: str | None = None,
 ) -> bool:
-    """Work the sync queue (until SIGTERM/SIGINT, or until empty with ``burst``)."""
+    """Work the sync queue (until SIGTERM/SIGINT, or until empty with ``burst``).
+
+    Every line the worker writes is JSON: the root logger gets the JSON handler before RQ
+    starts, and RQ's loggers go through it (see ``ops.logs.configure_worker_logging``).
+    """
+    configure_worker_logging(config.get("LOG_LEVEL", "INFO"))
     scheduler = None
     if with_scheduler:
         scheduler = SchedulerThread(with_decoding(client, True), config)

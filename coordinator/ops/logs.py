@@ -19,6 +19,8 @@ import uuid
 
 from flask import Flask, g, has_request_context, request
 
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 """Accepted incoming ids: up to 128 characters that cannot break a log line or a header."""
@@ -37,12 +39,15 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # One line per request goes through here: time.strftime and a dict comprehension cost
         # a fraction of datetime.isoformat() and a loop of membership tests.
+        message = record.getMessage()
+        if "\x1b[" in message:  # RQ colours parts of its messages when stdout is a terminal
+            message = _ANSI_COLOUR.sub("", message)
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
         entry.update({key: value for key, value in vars(record).items()
                       if key not in _RESERVED and key[0] != "_"})
@@ -87,6 +92,26 @@ def configure_logging(level: str | int = "INFO") -> None:
     if not any(isinstance(handler, StderrHandler) for handler in root.handlers):
         root.addHandler(StderrHandler())
     root.setLevel(level)
+
+
+RQ_LOGGERS = ("rq", "rq.worker", "rq.job", "rq.scheduler", "rq.queue")
+"""Loggers RQ writes to. RQ gives them plain-text handlers (stdout, stderr) of its own unless a
+handler already catches their records."""
+
+
+def configure_worker_logging(level: str | int = "INFO") -> None:
+    """Make every line an RQ worker process writes a JSON line on stderr.
+
+    RQ's messages, its "job failed" tracebacks included, then leave as one JSON object each
+    (the traceback inside ``message``, or in ``exception``), like every other line.
+    """
+    configure_logging(level)
+    for name in RQ_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if not isinstance(handler, StderrHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def request_id_from(header: str | None) -> str:

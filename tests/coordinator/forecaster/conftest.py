@@ -3,6 +3,7 @@ real RQ worker (SimpleWorker, burst) on the session's Valkey."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from decimal import Decimal
 
@@ -95,3 +96,12 @@ def stored_aggregates(client: redis.Redis, system: str) -> dict:
         )
         for c in store.read_aggregates(client, system)
     }
+
+
+def wait_for(condition, what: str, limit: float = 30.0) -> None:
+    """Wait until ``condition()`` holds (a state to reach, not a duration to assert)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.02)

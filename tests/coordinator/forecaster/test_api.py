@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator import auth
-from coordinator.forecaster import store
+from coordinator import auth, keys
+from coordinator.forecaster import reconcile, records, store
 from coordinator.warnings import store as warnings
 
 pytestmark = pytest.mark.integration
@@ -32,6 +32,35 @@ def test_sync_lifecycle_over_http(client, admin, redis_client, fake, register, w
     assert [s["id"] for s in listed] == [body["id"]]
     # Without a body the mode is "missing".
     assert client.post("/v1/systems/blue/syncs", headers=admin).get_json()["mode"] == "missing"
+
+
+def test_reading_a_dead_sync_shows_it_failed_and_writes_nothing(client, admin, redis_client,
+                                                                fake, register):
+    register("blue", fake)
+    sync_id = client.post("/v1/systems/blue/syncs", headers=admin).get_json()["id"]
+    # Its worker claimed it and died: the lock lapsed, the record still says running.
+    records.update(redis_client, sync_id, state="running")
+    redis_client.delete(keys.sys_sync_lock("blue"))
+    stored = redis_client.hgetall(keys.sync(sync_id))
+    for url in (f"/v1/syncs/{sync_id}", "/v1/systems/blue/syncs"):
+        response = client.get(url, headers=admin)
+        assert response.status_code == 200
+        body = response.get_json()
+        shown = body if isinstance(body, dict) else body[0]
+        assert (shown["state"], shown["error_code"]) == ("failed", "worker_lost")
+        assert redis_client.hgetall(keys.sync(sync_id)) == stored
+
+
+def test_sync_requests_share_one_connection_pool(client, admin, redis_client, fake, register):
+    for i in range(10):
+        register(f"s{i}", fake)
+    # The first request opens the pools it needs; the next ones must reuse their connections.
+    assert client.post("/v1/systems/s0/syncs", headers=admin).status_code == 202
+    before = redis_client.info("stats")["total_connections_received"]
+    for i in range(1, 10):
+        assert client.post(f"/v1/systems/s{i}/syncs", headers=admin).status_code == 202
+        assert client.get(f"/v1/systems/s{i}/syncs", headers=admin).status_code == 200
+    assert redis_client.info("stats")["total_connections_received"] == before
 
 
 @pytest.mark.parametrize("url, code", [
@@ -90,6 +119,9 @@ def test_reports_over_http(client, admin, redis_client, fake, register, app):
     recon = client.get("/v1/reports/reconciliation", headers=admin).get_json()
     assert recon["duplicates"] == [{"number": "A-1", "systems": [
         {"system": "blue", "invoices": 1}, {"system": "red", "invoices": 1}]}]
+    # Reading the report raised nothing; the worker's check after a sync does.
+    assert warnings.get(redis_client, "duplicate_number:red") is None
+    reconcile.check(redis_client, ["blue", "red"])
     assert warnings.get(redis_client, "duplicate_number:red")["count"] == 1
 
 
