@@ -11,11 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from agent import Client, ExitCode, Journal
+from agent._poller import needs_number
+from agent.whmcs import WhmcsInvoice
 from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 
 from .conftest import TOKEN, FakeCoordinator
@@ -476,3 +479,31 @@ def test_an_invoice_gone_right_after_the_write_is_not_confirmed(blue, monkeypatc
         f"WHMCS accepted UpdateInvoice invoicenum=INV-{YEAR}-000001 for invoice {iid} but now "
         "shows None; not confirmed, retried next run")
     assert blue.statuses() == {str(iid): "issued"}
+
+
+def test_a_written_number_the_coordinator_did_not_confirm_is_journaled_as_in_whmcs(
+    blue, monkeypatch, capsys
+) -> None:
+    """The journal is what the next run (and an operator) goes by: a number in WHMCS but not
+    confirmed is recorded as written, with the invoicenum WHMCS holds."""
+    iid = blue.paid()
+    blue.coordinator.on_allocate = lambda answer: blue.coordinator.fail_next.append(409)
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        entry = journal.get("invoice", str(iid))
+    assert (entry.state, entry.invoicenum) == ("written", f"INV-{YEAR}-000001")
+    assert blue.invoicenums()[iid] == f"INV-{YEAR}-000001"
+
+
+@pytest.mark.parametrize(("status", "total", "numbered"), [
+    ("Unpaid", "0.00", False),   # a free invoice waits for its payment like any other
+    ("Unpaid", "0.50", False),
+    ("Unpaid", "-0.50", True),   # a credit note is numbered when issued
+    ("Paid", "0.00", True),
+])
+def test_paid_mode_numbers_credit_notes_at_once_and_invoices_when_paid(status, total, numbered):
+    invoice = WhmcsInvoice(
+        id=1, invoicenum="", date=TODAY, duedate=TODAY, datepaid=None, status=status,
+        subtotal=Decimal(total), credit=Decimal(0), tax=Decimal(0), tax2=Decimal(0),
+        total=Decimal(total), currencycode="EUR", updated_at=None)
+    assert needs_number(invoice, "paid") is numbered
