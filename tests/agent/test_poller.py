@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -369,7 +370,8 @@ def test_a_written_number_voided_in_the_ledger_meanwhile_is_left_to_an_admin(
         assert journal.get("invoice", str(iid)).state == "written"
 
 
-def test_each_outcome_names_the_number_it_is_about(blue, monkeypatch, capsys) -> None:
+def test_each_outcome_names_the_number_it_is_about(blue, monkeypatch, capsys, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="agent.poller")  # what `poll --verbose` shows
     numbered = blue.paid()
     written = blue.paid()  # crashed after writing its number into WHMCS, before the journal
     formatted = blue.take_number_and_crash(written)
@@ -386,6 +388,7 @@ def test_each_outcome_names_the_number_it_is_about(blue, monkeypatch, capsys) ->
     with Journal(blue.journal_path) as journal:
         assert journal.get("invoice", str(written)).state == "confirmed"
     assert blue.statuses() == {str(written): "confirmed", str(numbered): "confirmed"}
+    assert f"invoice {numbered}: wrote INV-{YEAR}-000002" in caplog.messages
 
 
 def test_a_written_number_is_confirmed_even_if_the_invoice_is_gone_now(
