@@ -350,3 +350,22 @@ def test_transition_answers_whether_this_call_changed_the_entry(redis_client, cl
     # The repeat still writes (so the WAITAOF after it covers the original confirmation), in
     # the sequence's own keys: one hash slot, as on a Redis Cluster it must be.
     assert redis_client.hget(keys.seq_stats("invoice"), "replays") == "1"
+
+
+def test_one_allocation_writes_only_keys_of_one_hash_slot(client, agent, redis_client):
+    """A Redis Cluster runs a script only on keys of one slot: every key an allocation
+    writes carries the same hash tag (on a single server a stray key would go unnoticed)."""
+    import re
+
+    blue = agent("blue")
+    take(client, blue, "warm-up")  # sequences initialised: their keys exist from here on
+    for document, year in (("invoice", "2027"), ("credit_note", "2028")):
+        system = agent(f"new-{document}".replace("_", "-"))  # a new system, a new period
+        before = set(redis_client.keys("*"))
+        assert take(client, system, "1", document=document,
+                    date=f"{year}-03-01").status_code == 201
+        # ({auth} keys: the request's rate-limit counter, not the allocation)
+        written = {k for k in set(redis_client.keys("*")) - before if not k.startswith("{auth}")}
+        assert written, "an allocation writes new keys (its reference index at least)"
+        tags = {re.match(r"^[^{]*\{([^}]*)\}", key).group(1) for key in written}
+        assert len(tags) == 1, sorted(written)
