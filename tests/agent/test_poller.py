@@ -510,3 +510,16 @@ def test_paid_mode_numbers_credit_notes_at_once_and_invoices_when_paid(status, t
         subtotal=Decimal(total), credit=Decimal(0), tax=Decimal(0), tax2=Decimal(0),
         total=Decimal(total), currencycode="EUR", updated_at=None)
     assert needs_number(invoice, "paid") is numbered
+
+
+def test_our_number_found_on_the_invoice_but_not_confirmed_is_journaled_as_in_whmcs(
+    blue, monkeypatch, capsys
+) -> None:
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.set_invoicenum(iid, formatted)  # written before the crash, not journaled
+    blue.coordinator.fail_next.append(409)  # the confirmation is refused this time
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        entry = journal.get("invoice", str(iid))
+    assert (entry.state, entry.invoicenum) == ("written", formatted)
