@@ -17,3 +17,13 @@ def test_every_handwritten_mutation_applies_once() -> None:
 def test_mutation_ids_are_unique() -> None:
     ids = [entry["id"] for entry in run.load_handwritten()]
     assert len(ids) == len(set(ids))
+
+
+def test_a_mutation_whose_snippet_is_gone_is_reported(tmp_path) -> None:
+    entry = run.load_handwritten()[0]
+    changed = tmp_path / entry["file"]
+    changed.parent.mkdir(parents=True)
+    changed.write_text("-- the guarded line was rewritten\n")
+    problems = run.check_handwritten(tmp_path)
+    assert (f"{entry['id']}: its original snippet occurs 0 times in {entry['file']} "
+            "(must be once)") in problems
