@@ -369,3 +369,18 @@ def test_one_allocation_writes_only_keys_of_one_hash_slot(client, agent, redis_c
         assert written, "an allocation writes new keys (its reference index at least)"
         tags = {re.match(r"^[^{]*\{([^}]*)\}", key).group(1) for key in written}
         assert len(tags) == 1, sorted(written)
+
+
+def test_sequences_that_cannot_be_initialised_answer_503_and_do_not_hang(
+    client, agent, monkeypatch
+):
+    """If the sequences' settings cannot be (re)created, allocation answers a clear 503 after
+    one attempt to create them, instead of looping."""
+    from coordinator.numbering import allocation
+
+    attempts = []
+    monkeypatch.setattr(allocation, "ensure_sequences", lambda redis_client: attempts.append(1))
+    answer = take(client, agent("blue"), "1")
+    assert answer.status_code == 503
+    assert answer.get_json()["message"] == "Sequence invoice is not initialised; retry"
+    assert attempts == [1]
