@@ -379,8 +379,9 @@ def test_sequences_that_cannot_be_initialised_answer_503_and_do_not_hang(
     from coordinator.numbering import allocation
 
     attempts = []
-    monkeypatch.setattr(allocation, "ensure_sequences", lambda redis_client: attempts.append(1))
+    monkeypatch.setattr(allocation, "ensure_sequences",
+                        lambda redis_client, series="default": attempts.append(series))
     answer = take(client, agent("blue"), "1")
     assert answer.status_code == 503
     assert answer.get_json()["message"] == "Sequence invoice is not initialised; retry"
-    assert attempts == [1]
+    assert attempts == ["default"]
