@@ -42,6 +42,7 @@ SETTINGS = LuaScript.load("settings")
 ROUTE = LuaScript.load("route")
 MIGRATE_FENCE = LuaScript.load("migrate_fence")
 MIGRATE_COMMIT = LuaScript.load("migrate_commit")
+SEAL = LuaScript.load("seal")
 
 
 @dataclass(frozen=True)
