@@ -77,7 +77,7 @@ def seal(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) ->
             hashes.append(prev)
         if not hashes:
             return length
-        reply, _ = scripts.run(client, scripts.SEAL, [chain_key], [length, *hashes])
+        reply = scripts.SEAL(client, [chain_key], [length, *hashes])
         if int(reply) != length + len(hashes):
             continue  # another coordinator sealed meanwhile: read again
         if len(hashes) < PAGE:
