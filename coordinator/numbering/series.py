@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from coordinator import keys
+from coordinator import clock, keys
 from coordinator.exceptions import Conflict, InvalidInput, NotFound
 from coordinator.numbering.sequences import (
     CREDIT_NOTE,
@@ -40,8 +39,7 @@ OPEN, CLOSED = "open", "closed"
 _RETRIES = 20
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+_utcnow = clock.utcnow
 
 
 def valid_name(name: Any) -> bool:
