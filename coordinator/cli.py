@@ -24,6 +24,7 @@ from coordinator.ops.datadir import (
 )
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
+from coordinator.systems.addon import register as _register_addon
 
 ADMIN_FILE_LABEL = "admin-token file"
 """Label of the token ``serve`` keeps in ``<data-dir>/admin-token`` (see GET /v1/tokens)."""
@@ -136,7 +137,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
                 token = ensure_admin_token(get_redis(), data_dir)
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
-        click.echo(f"coordinator on http://{host}:{port}", err=True)
+        click.echo(f"coordinator on http://{host}:{port} (dashboard: /ui/)", err=True)
         if sync_worker:
             from coordinator.forecaster.worker import spawn_worker_process
 
@@ -259,3 +260,4 @@ def demo(keep: bool) -> None:
 _register_forecaster(main)
 _register_numbering(main)
 _register_tokens(main)
+_register_addon(main)

@@ -126,6 +126,18 @@ def seq_skips(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}skips:{period}"
 
 
+def seq_unconfirmed(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Sorted set: numbers of ``period`` seen still ``issued``, scored by issue time (unix s).
+
+    Kept by ``ops.unconfirmed`` for the metrics; settled numbers leave it when re-checked."""
+    return f"{seq_prefix(seq, series)}unconfirmed:{period}"
+
+
+def seq_unconfirmed_scan(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """String: the highest number of ``period`` whose status ``ops.unconfirmed`` has looked at."""
+    return f"{seq_prefix(seq, series)}unconfirmed-scan:{period}"
+
+
 def seq_audit(seq: str, series: str = DEFAULT_SERIES) -> str:
     """List: JSON audit records of settings changes (who, when, before, after), oldest first."""
     return f"{seq_prefix(seq, series)}audit"
@@ -258,17 +270,65 @@ def sys_daily_claim(name: str, day: str) -> str:
     return f"{{sys:{name}}}:daily:{day}"
 
 
+def sys_central_poll(name: str) -> str:
+    """Hash: the last central poll of the system (state, when, what it did, why it failed)."""
+    return f"{{sys:{name}}}:central-poll"
+
+
+def sys_central_poll_lock(name: str) -> str:
+    """String: the worker polling the system now (SET NX PX; one central poll at a time)."""
+    return f"{{sys:{name}}}:central-poll:lock"
+
+
+def sys_central_poll_due(name: str) -> str:
+    """String: set by the scheduler that queued the system's poll; expires when the next is due."""
+    return f"{{sys:{name}}}:central-poll:due"
+
+
+def sys_sync_stats(name: str) -> str:
+    """Hash: cumulative sync outcomes of a system for metrics: ``done``, ``failed`` (runs),
+    ``invoices`` (fetched), ``seconds`` (summed run time), ``last_seconds``."""
+    return f"{{sys:{name}}}:sync:stats"
+
+
 def sync(sync_id: str) -> str:
     """Hash: one sync job's record (system, mode, state, pages, invoices, times, error)."""
     return f"sync:{sync_id}"
 
 
 # --- warnings -----------------------------------------------------------------------------
+# Redis Cluster: the index and every warning share the hash tag {warnings}, so raise.lua
+# touches one slot. The previous release's names (below) are moved at first use.
 
-WARNINGS = "warnings"
+WARNINGS = "{warnings}:index"
 """Sorted set: warning id -> last seen (unix seconds), for ``GET /v1/warnings?since=``."""
 
 
 def warning(warning_id: str) -> str:
     """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
+    return f"{{warnings}}:warning:{warning_id}"
+
+
+LEGACY_WARNINGS = "warnings"
+"""Where the previous release kept :data:`WARNINGS` (no hash tag); moved by
+``coordinator.warnings.store.migrate_legacy``."""
+
+
+def legacy_warning(warning_id: str) -> str:
+    """Where the previous release kept :func:`warning`."""
     return f"warning:{warning_id}"
+
+
+# --- dashboard ----------------------------------------------------------------------------
+
+UI_SECRET = "ui:secret-key"
+"""String: the random key signing dashboard session cookies (when UI_SECRET_KEY is unset)."""
+
+
+def ui_session(session_digest: str) -> str:
+    """Hash: one dashboard login (``token`` digest, ``kind``, ``created_at``), with a TTL.
+
+    Named by the SHA-256 of the session id the cookie carries, so a Redis dump holds no
+    usable session id; the record holds the token's digest, never the token.
+    """
+    return f"ui:session:{session_digest}"

@@ -13,6 +13,7 @@ from coordinator.exceptions import NotDurable
 from coordinator.numbering import allocation, chain, ledger, migrate, schemas, sequences
 from coordinator.numbering.allocation import Hints
 from coordinator.numbering.scripts import Durability
+from coordinator.ops import confirmation
 from coordinator.ops.metrics import ALLOCATIONS, child
 from coordinator.ops.redis_client import get_redis
 
@@ -26,8 +27,8 @@ _ALLOCATION_REQUEST = schemas.AllocationRequestSchema()
 _ALLOCATION = schemas.AllocationSchema()
 _ALLOCATION_FIELDS = tuple(_ALLOCATION.dump_fields)
 
-DURABILITY = "invoice_sync.durability"
-"""``app.extensions`` key of the app's :class:`Durability`, read from its config once."""
+SERIES_UNKNOWN = "-"
+"""The ``series`` label of an allocation refused before its series was looked up."""
 
 HINTS = "invoice_sync.numbering_hints"
 """``app.extensions`` key of the app's allocation :class:`Hints` (never shared between apps)."""
@@ -78,11 +79,9 @@ def _actor() -> str:
 
 
 def _durability() -> Durability:
-    extensions = current_app.extensions
-    durability = extensions.get(DURABILITY)
-    if durability is None:
-        durability = extensions[DURABILITY] = Durability.from_config(current_app.config)
-    return durability
+    # The same verdict as /readyz and the doctor: 503 before writing when the server cannot
+    # keep what it acknowledges (coordinator.ops.durability).
+    return confirmation.guard_for(current_app).current(get_redis())
 
 
 def _seal_after(series: str, sequence: str) -> None:
@@ -130,10 +129,11 @@ class Allocations(MethodView):
                 body["reference"], day, _durability(), hints(),
             )
         except NotDurable:
-            # The physical sequence is unknown here; the document names it closely enough.
-            child(ALLOCATIONS, body["document"], "not_durable").inc()
+            # Refused before the script ran: neither the series nor the physical sequence is
+            # known here (SERIES_UNKNOWN); the document names the sequence closely enough.
+            child(ALLOCATIONS, SERIES_UNKNOWN, body["document"], "not_durable").inc()
             raise
-        child(ALLOCATIONS, entry["sequence"], "new" if new else "replay").inc()
+        child(ALLOCATIONS, entry["series"], entry["sequence"], "new" if new else "replay").inc()
         if new:
             _seal_after(entry["series"], entry["sequence"])
         # A Response passes flask-smorest's @response untouched (see _shaped).

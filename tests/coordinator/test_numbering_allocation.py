@@ -8,7 +8,7 @@ from coordinator import keys
 from coordinator.numbering import sequences
 from tests.support import snapshot
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
 
 def take(client, headers, reference, document="invoice", date="2026-11-21"):

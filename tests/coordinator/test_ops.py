@@ -75,21 +75,23 @@ def test_metrics_content_type_and_no_auth(client):
 def test_allocations_counter_is_importable_for_numbering():
     from coordinator.ops.metrics import ALLOCATIONS
 
-    before = sample("invoice_sync_allocations_total", sequence="invoice", result="replay")
-    ALLOCATIONS.labels(sequence="invoice", result="replay").inc()
-    assert sample("invoice_sync_allocations_total", sequence="invoice",
+    before = sample("invoice_sync_allocations_total", series="default", sequence="invoice",
+                    result="replay")
+    ALLOCATIONS.labels(series="default", sequence="invoice", result="replay").inc()
+    assert sample("invoice_sync_allocations_total", series="default", sequence="invoice",
                   result="replay") == before + 1
 
 
 def test_redis_durable_gauge_follows_readiness(client, redis_client):
     client.get("/readyz")
     assert sample("invoice_sync_redis_durable") == 1
-    redis_client.config_set("appendfsync", "everysec")
+    # (appendfsync everysec would not do: the session's Valkey confirms with WAITAOF then)
+    redis_client.config_set("appendonly", "no")
     try:
         client.get("/readyz")
         assert sample("invoice_sync_redis_durable") == 0
     finally:
-        redis_client.config_set("appendfsync", "always")
+        redis_client.config_set("appendonly", "yes")
 
 
 def test_cli_does_not_import_prometheus_client():
@@ -313,7 +315,8 @@ def test_allocations_counted_by_result(client, agent):
 
     def count(result):
         return REGISTRY.get_sample_value(
-            "invoice_sync_allocations_total", {"sequence": "invoice", "result": result}
+            "invoice_sync_allocations_total",
+            {"series": "default", "sequence": "invoice", "result": result}
         ) or 0.0
 
     blue = agent("blue")
