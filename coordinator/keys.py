@@ -143,6 +143,17 @@ def seq_audit(seq: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}audit"
 
 
+def seq_events(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: the ledger's events (issued, confirmed, voided, settings changed, next number
+    raised), JSON, append-only, each carrying its index as ``seq`` (see numbering/chain.py)."""
+    return f"{seq_prefix(seq, series)}events"
+
+
+def seq_chain(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: the SHA-256 (hex) of each sealed event of :func:`seq_events`, same index."""
+    return f"{seq_prefix(seq, series)}chain"
+
+
 def legacy_seq_prefix(seq: str) -> str:
     """Start of the keys of sequence ``seq`` before series existed (release 6d52368 and older).
 

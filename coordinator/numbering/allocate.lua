@@ -10,6 +10,7 @@
 --         where P is the period of the document date under the reset the caller expects
 -- KEYS[8] {ser:R}:members        hash: system -> open | closed
 -- KEYS[9] {ser:R}:formatted      hash: formatted number -> ledger id (the whole series)
+-- KEYS[10] {ser:R}:S:events      list: the hash-chained ledger events (sealed by chain.py)
 --
 -- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
 -- ARGV[4] document date YYYY-MM-DD            ARGV[5] period P   ARGV[6] reset P was chosen by
@@ -107,4 +108,11 @@ redis.call('HINCRBY', KEYS[2], 'issued', 1)
 if document == 'credit_note' then
   redis.call('HINCRBY', KEYS[2], 'credit_notes', 1)
 end
+-- ledger chain: the 'issued' event, appended in this same atomic step (sealed by chain.py)
+redis.call('RPUSH', KEYS[10], cjson.encode({
+  seq = redis.call('LLEN', KEYS[10]), type = 'issued', at = ARGV[7], id = id,
+  number = number_text, formatted = formatted, system = ARGV[2], document = document,
+  reference = ARGV[3], date = date, period = period,
+}))
+-- end ledger chain
 return {'new', entry}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify
+from flask import after_this_request, current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -10,7 +10,7 @@ from marshmallow import RAISE
 from coordinator import auth
 from coordinator.clock import utcnow
 from coordinator.exceptions import NotDurable
-from coordinator.numbering import allocation, ledger, migrate, schemas, sequences
+from coordinator.numbering import allocation, chain, ledger, migrate, schemas, sequences
 from coordinator.numbering.allocation import Hints
 from coordinator.numbering.scripts import Durability
 from coordinator.ops import confirmation
@@ -84,6 +84,27 @@ def _durability() -> Durability:
     return confirmation.guard_for(current_app).current(get_redis())
 
 
+def _seal_after(series: str, sequence: str) -> None:
+    """Seal the sequence's new events once the response is sent (off the client's clock).
+
+    Sealing is idempotent and verify/export seal first, so a failure here only leaves the
+    events unsealed a little longer; it is logged, never raised.
+    """
+    client = get_redis()
+    logger = current_app.logger
+
+    @after_this_request
+    def hook(response):
+        def seal() -> None:
+            try:
+                chain.seal(client, sequence, series=series)
+            except Exception:  # noqa: BLE001 - see the docstring
+                logger.warning("sealing %s/%s failed; sealed at the next verify", series,
+                               sequence, exc_info=True)
+        response.call_on_close(seal)
+        return response
+
+
 def _period(name: str, given: str | None, series: str) -> str:
     if given is not None:
         return given
@@ -113,6 +134,8 @@ class Allocations(MethodView):
             child(ALLOCATIONS, SERIES_UNKNOWN, body["document"], "not_durable").inc()
             raise
         child(ALLOCATIONS, entry["series"], entry["sequence"], "new" if new else "replay").inc()
+        if new:
+            _seal_after(entry["series"], entry["sequence"])
         # A Response passes flask-smorest's @response untouched (see _shaped).
         return jsonify(_shaped(entry)), (201 if new else 200)
 
@@ -130,10 +153,12 @@ class AllocationById(MethodView):
 
 def _transition(allocation_id: str, action: str, value: str):
     principal = auth.current_principal()
-    entry, _ = allocation.transition(
+    entry, changed = allocation.transition(
         get_redis(), allocation_id, action, value, actor_kind=principal.kind,
         actor_system=principal.system, actor=_actor(), durability=_durability(),
     )
+    if changed:
+        _seal_after(entry["series"], entry["sequence"])
     return entry
 
 
@@ -172,8 +197,10 @@ def patch_sequence(series: str, name: str, body: dict) -> dict:
     """Change settings of one sequence of ``series``."""
     sequences.check_name(name)
     period = body.pop("period", None)
-    return sequences.update(get_redis(), name, body, actor=_actor(), period=period,
-                            series=series)
+    described = sequences.update(get_redis(), name, body, actor=_actor(), period=period,
+                                 series=series)
+    _seal_after(series, name)
+    return described
 
 
 def sequence_audit(series: str, name: str, limit: int) -> dict:

@@ -27,6 +27,7 @@ SETTINGS = LuaScript.load(__package__, "settings")
 ROUTE = LuaScript.load(__package__, "route")
 MIGRATE_FENCE = LuaScript.load(__package__, "migrate_fence")
 MIGRATE_COMMIT = LuaScript.load(__package__, "migrate_commit")
+SEAL = LuaScript.load(__package__, "seal")
 
 
 def run(
