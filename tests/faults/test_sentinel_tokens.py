@@ -47,7 +47,7 @@ def _scenario(tmp_path, binary: str | None, rule: bool) -> tuple[int, dict[str, 
         master.execute_command("WAIT", 1, 2000)
         app = create_app({
             "TESTING": True, "SENTINELS": cluster.sentinels_spec,
-            "DURABLE_REPLICAS": 1 if rule else 0, "DURABILITY_TIMEOUT_MS": 500,
+            "DURABLE_REPLICAS": 1 if rule else 0, "DURABILITY_TIMEOUT_MS": 900,
             "REDIS_SOCKET_TIMEOUT": 2, "SECRET_KEYS": Fernet.generate_key().decode(),
             "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_ADMIN": 0,
             "RATE_LIMIT_AGENT": 0})
