@@ -1,0 +1,61 @@
+"""The scheduler thread that `worker --with-scheduler` (and so `serve`) runs: it queues the day's
+syncs and the central polls, outlives Redis errors, and stops when asked."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+
+from coordinator.forecaster import central_poll, jobs, records, scheduler
+from tests.coordinator.forecaster.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_default_and_a_valid_daily_time_are_accepted_at_start(redis_client):
+    for config in ({}, {"SYNC_DAILY_AT": "05:00"}):
+        thread = scheduler.SchedulerThread(redis_client, config)
+        assert thread.daemon  # never keeps a stopping worker alive
+        assert not thread.is_alive()
+
+
+def test_the_thread_queues_daily_syncs_and_central_polls_through_redis_errors(
+    redis_client, fake, register, settings, monkeypatch, caplog
+):
+    """One failed tick of each kind (Redis gone for a moment) is logged and the next tick
+    queues what is due; `stop` ends the loop."""
+    register("blue", fake, central_poll=True)
+    failed = {"tick": False, "due": False}
+
+    def failing_once(name, real):
+        def call(*args, **kwargs):
+            if not failed[name]:
+                failed[name] = True
+                raise redis.ConnectionError(f"injected: {name}")
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(scheduler, "tick", failing_once("tick", scheduler.tick))
+    monkeypatch.setattr(central_poll, "due", failing_once("due", central_poll.due))
+    caplog.set_level(logging.INFO, logger=scheduler.__name__)
+    thread = scheduler.SchedulerThread(redis_client, {**settings, "SYNC_DAILY_AT": "00:00"},
+                                       interval=0.05)
+    thread.start()
+    try:
+        wait_for(lambda: [s["trigger"] for s in records.recent(redis_client, "blue")] == ["daily"],
+                 "today's sync of blue queued")
+        wait_for(lambda: any(j.description == "central poll of blue"
+                             for j in jobs.queue(redis_client).get_jobs()),
+                 "the central poll of blue queued")
+    finally:
+        thread.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records
+                if r.name == scheduler.__name__]
+    assert (logging.ERROR, "daily sync scheduler tick failed") in messages
+    assert (logging.ERROR, "central poll scheduler tick failed") in messages
+    assert (logging.INFO, "daily sync queued for: blue") in messages
+    assert (logging.INFO, "central poll queued for: blue") in messages
