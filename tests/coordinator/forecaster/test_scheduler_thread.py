@@ -3,11 +3,14 @@ syncs and the central polls, outlives Redis errors, and stops when asked."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 
 import pytest
 import redis
 
+from coordinator import keys
 from coordinator.forecaster import central_poll, jobs, records, scheduler
 from tests.coordinator.forecaster.conftest import wait_for
 
@@ -59,3 +62,29 @@ def test_the_thread_queues_daily_syncs_and_central_polls_through_redis_errors(
     assert (logging.ERROR, "central poll scheduler tick failed") in messages
     assert (logging.INFO, "daily sync queued for: blue") in messages
     assert (logging.INFO, "central poll queued for: blue") in messages
+
+
+@pytest.fixture
+def local_time_far_from_utc(monkeypatch):
+    """The server's local time zone 13 hours ahead of UTC (a POSIX TZ: no tzdata needed)."""
+    monkeypatch.setenv("TZ", "NZDT-13")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_the_daily_time_is_utc_whatever_the_server_zone_and_is_due_at_the_minute(
+    redis_client, fake, register, local_time_far_from_utc
+):
+    register("blue", fake)
+    config = {"SYNC_DAILY_AT": "06:00"}
+    at_six_utc = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)
+    # 18:59:59 local, 05:59:59 UTC: not yet (local time would say long past).
+    assert scheduler.tick(redis_client, at_six_utc - dt.timedelta(seconds=1), config) == []
+    assert scheduler.tick(redis_client, at_six_utc, config) == ["blue"]
+    redis_client.delete(keys.sys_sync_lock("blue"))  # pretend it ran
+    # Without the setting: 04:30 UTC.
+    at_default = dt.datetime(2026, 3, 3, 4, 30, tzinfo=dt.UTC)
+    assert scheduler.tick(redis_client, at_default - dt.timedelta(seconds=1), {}) == []
+    assert scheduler.tick(redis_client, at_default, {}) == ["blue"]
