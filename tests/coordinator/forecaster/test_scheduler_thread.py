@@ -17,6 +17,12 @@ from tests.coordinator.forecaster.conftest import wait_for
 pytestmark = pytest.mark.integration
 
 
+def test_a_bad_daily_time_is_refused_at_start_saying_which_setting(redis_client):
+    with pytest.raises(ValueError) as refused:
+        scheduler.SchedulerThread(redis_client, {"SYNC_DAILY_AT": "4.30"})
+    assert str(refused.value) == "INVOICE_SYNC_SYNC_DAILY_AT must be HH:MM (UTC), not '4.30'"
+
+
 def test_the_default_and_a_valid_daily_time_are_accepted_at_start(redis_client):
     for config in ({}, {"SYNC_DAILY_AT": "05:00"}):
         thread = scheduler.SchedulerThread(redis_client, config)
