@@ -26,8 +26,16 @@ def test_next_without_an_allocation_row_still_refuses_a_number_that_went_backwar
         journal.receive(allocation("11", 50), before=before)
     assert (refused.value.number, refused.value.highest) == (50, 51)
     assert refused.value.highest_reference == "10"
-    with pytest.raises(NumberWentBackwards):  # answered again later, as a replay: still refused
+    assert refused.value.message == (
+        "the coordinator gave invoice 11 number INV-2026-000050 (50), but this installation "
+        "already received INV-2026-000051 (51) for invoice 10 in invoice 2026: the "
+        "coordinator's numbering went backwards (data lost or an old backup restored?). Not "
+        "written anywhere. An admin must raise next_number of invoice above 51, void "
+        "invoice:2026:50 with the reason and reissue it")
+    # Answered again later, as a replay: still refused, with the same words.
+    with pytest.raises(NumberWentBackwards) as again:
         journal.receive(allocation("11", 50, replay=True), before=journal.mark())
+    assert again.value.message == refused.value.message
     journal.receive(allocation("12", 52), before=before)
     assert journal.highest("default", "invoice", "2026") == 52
 
