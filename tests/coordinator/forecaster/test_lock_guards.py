@@ -34,3 +34,12 @@ def test_the_lease_has_run_out_at_its_very_end(redis_client):
         assert held.expired()
         with pytest.raises(lock.LockLost):
             held.check()
+
+
+def test_a_second_sync_is_told_which_system_is_busy(redis_client):
+    """The refusal becomes the sync record's error (`sync_running`): it names the system."""
+    assert lock.claim(redis_client, "blue", "first", 60_000)
+    with pytest.raises(lock.LockLost) as refused:
+        lock.HeldLock(redis_client, "blue", "second").__enter__()
+    assert str(refused.value) == "another sync of 'blue' is running"
+    assert lock.holder(redis_client, "blue") == "first"
