@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from coordinator import keys
-from coordinator.forecaster import central_poll, jobs, records, scheduler
+from coordinator.exceptions import ServiceUnavailable
+from coordinator.forecaster import central_poll, defaults, jobs, records, scheduler
 from tests.coordinator.forecaster.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -94,3 +95,55 @@ def test_the_daily_time_is_utc_whatever_the_server_zone_and_is_due_at_the_minute
     at_default = dt.datetime(2026, 3, 3, 4, 30, tzinfo=dt.UTC)
     assert scheduler.tick(redis_client, at_default - dt.timedelta(seconds=1), {}) == []
     assert scheduler.tick(redis_client, at_default, {}) == ["blue"]
+
+
+def test_the_daily_sync_uses_the_configured_mode(redis_client, fake, register):
+    register("blue", fake)
+    at = dt.datetime(2026, 3, 2, 4, 31, tzinfo=dt.UTC)
+    assert scheduler.tick(redis_client, at, {"SYNC_DAILY_MODE": "missing"}) == ["blue"]
+    assert [(s["mode"], s["trigger"]) for s in records.recent(redis_client, "blue")] == [
+        ("missing", "daily")]
+
+
+def test_a_system_claimed_elsewhere_does_not_hold_up_the_others(redis_client, fake, register):
+    for name in ("blue", "green", "red"):
+        register(name, fake)
+    redis_client.set(keys.sys_daily_claim("blue", "2026-03-02"), "another-scheduler")
+    at = dt.datetime(2026, 3, 2, 4, 31, tzinfo=dt.UTC)
+    assert scheduler.tick(redis_client, at, {}) == ["green", "red"]
+
+
+def test_a_sync_already_running_at_the_daily_time_serves_as_the_days_sync(
+    redis_client, fake, register, caplog
+):
+    """The running (manual) sync counts for today: the day's claim is held for the whole day,
+    so no second sync is queued once it finishes."""
+    register("blue", fake)
+    jobs.request_sync(redis_client, "blue", "full")
+    caplog.set_level(logging.INFO, logger=scheduler.__name__)
+    at = dt.datetime(2026, 3, 2, 4, 31, tzinfo=dt.UTC)
+    assert scheduler.tick(redis_client, at, {}) == []
+    assert redis_client.ttl(keys.sys_daily_claim("blue", "2026-03-02")) > (
+        defaults.DAILY_CLAIM_PENDING)
+    redis_client.delete(keys.sys_sync_lock("blue"))  # the manual sync finished
+    assert scheduler.tick(redis_client, at + dt.timedelta(hours=1), {}) == []
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "daily sync of blue skipped: a sync is already running")]
+
+
+def test_a_daily_sync_that_cannot_be_queued_is_logged_and_left_to_a_later_tick(
+    redis_client, fake, register, caplog
+):
+    register("blue", fake)
+
+    def unavailable(*args, **kwargs):
+        raise ServiceUnavailable("the queue is full")
+
+    caplog.set_level(logging.INFO, logger=scheduler.__name__)
+    at = dt.datetime(2026, 3, 2, 4, 31, tzinfo=dt.UTC)
+    assert scheduler.tick(redis_client, at, {}, request=unavailable) == []
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "daily sync of blue not queued: the queue is full")]
+    # Unconfirmed: the claim lapses after its short pending time, then a tick queues it.
+    claim = keys.sys_daily_claim("blue", "2026-03-02")
+    assert 0 < redis_client.ttl(claim) <= defaults.DAILY_CLAIM_PENDING
