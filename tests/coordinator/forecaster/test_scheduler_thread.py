@@ -37,6 +37,7 @@ def test_the_thread_queues_daily_syncs_and_central_polls_through_redis_errors(
     """One failed tick of each kind (Redis gone for a moment) is logged and the next tick
     queues what is due; `stop` ends the loop."""
     register("blue", fake, central_poll=True)
+    register("red", fake, central_poll=True)
     failed = {"tick": False, "due": False}
 
     def failing_once(name, real):
@@ -54,11 +55,12 @@ def test_the_thread_queues_daily_syncs_and_central_polls_through_redis_errors(
                                        interval=0.05)
     thread.start()
     try:
-        wait_for(lambda: [s["trigger"] for s in records.recent(redis_client, "blue")] == ["daily"],
-                 "today's sync of blue queued")
-        wait_for(lambda: any(j.description == "central poll of blue"
-                             for j in jobs.queue(redis_client).get_jobs()),
-                 "the central poll of blue queued")
+        wait_for(lambda: [[s["trigger"] for s in records.recent(redis_client, name)]
+                          for name in ("blue", "red")] == [["daily"], ["daily"]],
+                 "today's syncs of blue and red queued")
+        wait_for(lambda: {"central poll of blue", "central poll of red"} <= {
+            j.description for j in jobs.queue(redis_client).get_jobs()},
+            "the central polls of blue and red queued")
     finally:
         thread.stop()
         thread.join(30)
@@ -67,8 +69,8 @@ def test_the_thread_queues_daily_syncs_and_central_polls_through_redis_errors(
                 if r.name == scheduler.__name__]
     assert (logging.ERROR, "daily sync scheduler tick failed") in messages
     assert (logging.ERROR, "central poll scheduler tick failed") in messages
-    assert (logging.INFO, "daily sync queued for: blue") in messages
-    assert (logging.INFO, "central poll queued for: blue") in messages
+    assert (logging.INFO, "daily sync queued for: blue, red") in messages
+    assert (logging.INFO, "central poll queued for: blue, red") in messages
 
 
 @pytest.fixture
