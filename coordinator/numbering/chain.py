@@ -40,6 +40,9 @@ GENESIS = "0" * 64
 PAGE = 500
 """Events read (and sealed) per round trip."""
 
+NUMBERING_EVENTS = ("issued", "reissued")
+"""Event types that take a number (each adds one entry to the ledger)."""
+
 FORMAT = "invoice-sync-ledger/1"
 """The export format's name, in its header line."""
 
@@ -129,7 +132,7 @@ def check(records: Iterable[tuple[int, str | None, str | None]],
         event = json.loads(raw)
         prev = stored
         count += 1
-        issued += event.get("type") == "issued"
+        issued += event.get("type") in NUMBERING_EVENTS
         if period is None or event.get("period") == period or (
                 event.get("id", "").split(":")[-2:-1] == [period]):
             entries += 1
