@@ -13,11 +13,16 @@ from coordinator import auth
 from tests.coordinator.systems_support import FakeResolver, body
 
 
-@pytest.fixture
-def app_config(app_config):
-    return {**app_config, "SECRET_KEYS": Fernet.generate_key().decode(),
+def ledger_config(base: dict) -> dict:
+    """``base`` with a Fernet key, a fake resolver and no rate limits."""
+    return {**base, "SECRET_KEYS": Fernet.generate_key().decode(),
             "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_AGENT": 0,
             "RATE_LIMIT_ADMIN": 0, "RATE_LIMIT_AUDITOR": 0}
+
+
+@pytest.fixture
+def app_config(app_config):
+    return ledger_config(app_config)
 
 
 @pytest.fixture
