@@ -102,8 +102,9 @@ def run(size: int, void_every: int, repeat: int) -> None:
         roles = by_role(client)
         gaps, sent, seconds = gap_report(client, repeat)
         events = client.llen("{ser:default}:invoice:events")
-        print(f"\n{size} numbers ({events} chained events, {size // void_every if void_every else 0}"
-              f" voided), filled in {filled:.0f} s")
+        voided = size // void_every if void_every else 0
+        print(f"\n{size} numbers ({events} chained events, {voided} voided), "
+              f"filled in {filled:.0f} s")
         print(f"  used_memory delta: {used / size:.0f} bytes per number")
         print(f"  MEMORY USAGE sum: {sum(roles.values()) / size:.0f} bytes per number, by key:")
         for role, total in roles.most_common():
