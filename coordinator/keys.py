@@ -166,6 +166,11 @@ def seq_checkpoint_claim(seq: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}checkpoint-claim"
 
 
+UNCONFIRMED_CHECK = "numbering:unconfirmed-check"
+"""String: set (NX, expiring after UNCONFIRMED_CHECK_SECONDS) by the scheduler that looks for
+numbers unconfirmed past the grace time in every series, so several schedulers look once."""
+
+
 def legacy_seq_prefix(seq: str) -> str:
     """Start of the keys of sequence ``seq`` before series existed (release 6d52368 and older).
 

@@ -30,6 +30,7 @@ from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.forecaster import central_poll, defaults, jobs
 from coordinator.numbering import checkpoints
+from coordinator.ops import unconfirmed
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,12 @@ class SchedulerThread(threading.Thread):
                     log.info("central poll queued for: %s", ", ".join(polled))
             except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
                 log.exception("central poll scheduler tick failed")
+            try:
+                warned = unconfirmed.warn(self.client, self.config)
+                if warned:
+                    log.warning("numbers unconfirmed past the grace time: %s", ", ".join(warned))
+            except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
+                log.exception("unconfirmed-number check failed")
             try:
                 signed = checkpoints.due(self.client, self.config)
                 if signed:
