@@ -126,6 +126,18 @@ def seq_skips(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}skips:{period}"
 
 
+def seq_voids(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Sorted set: the voided numbers of ``period`` scored by themselves, added by the void
+    itself (transition.lua), so the gap report reads the voids, not the whole period."""
+    return f"{seq_prefix(seq, series)}voids:{period}"
+
+
+def seq_gap_index(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """String: set once :func:`seq_voids` of ``period`` holds the voids made before it existed
+    (one walk of the period, on the first gap report after an upgrade)."""
+    return f"{seq_prefix(seq, series)}gap-index:{period}"
+
+
 def seq_unconfirmed(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """Sorted set: numbers of ``period`` seen still ``issued``, scored by issue time (unix s).
 

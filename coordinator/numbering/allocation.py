@@ -242,7 +242,7 @@ def transition(
     reply, wait = scripts.run(
         client, scripts.TRANSITION,
         [keys.seq_ledger(sequence, period, series), keys.seq_stats(sequence, series),
-         keys.seq_events(sequence, series)],
+         keys.seq_events(sequence, series), keys.seq_voids(sequence, period, series)],
         [number, action, actor_kind, actor_system or "", actor, iso(utcnow()), value],
         durability,
     )

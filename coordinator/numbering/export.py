@@ -36,7 +36,8 @@ def records(
         for each in periods:
             for entry in ledger.iter_ledger(client, sequence, each, series=series):
                 yield {"kind": "entry", "entry": entry}
-            for gap in ledger.gaps(client, sequence, each, grace_seconds, series=series):
+            for gap in ledger.gaps(client, sequence, each, grace_seconds, series=series,
+                                   full=True):
                 yield {"kind": "gap", "period": each, "gap": gap}
         for record in sequences.audit(client, sequence, 1_000_000, series=series):
             yield {"kind": "audit", "audit": record}

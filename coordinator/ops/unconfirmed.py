@@ -1,49 +1,32 @@
 """How many issued numbers are still unconfirmed past the grace time, in every series — cheaply,
 per scrape, and as the scheduler's warning.
 
-``numbering.ledger.gaps`` answers this for one period by reading all of it: right for an
-auditor, too slow for every Prometheus scrape once years of numbers pile up. Here each
-(series, sequence, period) keeps two small things under the sequence's hash tag:
-
-- a scan cursor: the highest number whose status was looked at; each refresh reads at most
-  ``SCAN_BUDGET`` newer ledger entries, so new numbers are looked at once;
-- a sorted set of the numbers seen still ``issued``, scored by issue time. A refresh re-reads
-  only those older than the grace time, drops the ones since confirmed or voided, and counts
-  the rest.
-
-So a refresh costs the numbers issued since the last one (bounded by the budget) plus the
-numbers genuinely unconfirmed — never the history. Concurrent refreshes are harmless: adding
-a number twice or moving the cursor back only repeats work. Numbering writes nothing here;
-the allocation path is untouched.
+The index is ``numbering.pending`` (a scan cursor and a sorted set of the numbers seen still
+``issued`` per period): a refresh reads at most ``SCAN_BUDGET`` ledger entries issued since the
+last one, plus the numbers genuinely unconfirmed — never the history. Numbering writes nothing
+here; the allocation path is untouched.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import redis
 
 from coordinator import clock, keys
 from coordinator.numbering import ledger, sequences
+from coordinator.numbering import pending as pending_index
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.sequences import DEFAULT_SERIES
 
 SCAN_BUDGET = 5000
 """Ledger entries one refresh reads at most (over all periods); the rest wait for the next."""
 
-RECHECK_LIMIT = 10_000
-"""Past-grace numbers re-read per period and refresh; more than that counts as that many."""
-
 EXAMPLES = 3
 """Ids of unconfirmed numbers a warning names (the oldest)."""
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def refresh(client: redis.Redis, grace_seconds: int, now: datetime | None = None, *,
@@ -92,10 +75,11 @@ def refresh_all(
         for name in sequences.SEQUENCES:
             backlog, pending = 0, []
             for period in ledger.periods(client, name, series=series):
-                budget, left = _scan(client, series, name, period, budget)
+                budget, left = pending_index.scan(client, series, name, period, budget)
                 backlog += left
                 pending += [ledger.allocation_id(series, name, period, number)
-                            for number in _recheck(client, series, name, period, cutoff)]
+                            for number, _ in pending_index.recheck(client, series, name, period,
+                                                                   cutoff)]
             found[(series, name)] = Pending(len(pending), backlog, tuple(pending[:EXAMPLES]))
     return found
 
@@ -125,42 +109,3 @@ def warn(client: redis.Redis, config: Mapping[str, Any],
         raised.append(store.raise_warning(client, store.UNCONFIRMED_NUMBERS, message,
                                           detail=f"{series}/{name}"))
     return raised
-
-
-def _scan(client: redis.Redis, series: str, name: str, period: str,
-          budget: int) -> tuple[int, int]:
-    """Look at the numbers issued since the cursor; return the budget and numbers left."""
-    cursor_key = keys.seq_unconfirmed_scan(name, period, series)
-    cursor = int(client.get(cursor_key) or 0)
-    while budget > 0:
-        entries = ledger.list_ledger(client, name, period, cursor, min(budget, ledger.MAX_PAGE),
-                                     series=series)
-        if not entries:
-            break
-        budget -= len(entries)
-        issued = {str(e["number"]): _epoch(e["issued_at"]) for e in entries
-                  if e.get("status") == "issued"}
-        cursor = entries[-1]["number"]
-        with client.pipeline(transaction=False) as pipe:
-            if issued:
-                pipe.zadd(keys.seq_unconfirmed(name, period, series), issued)
-            pipe.set(cursor_key, cursor)
-            pipe.execute()
-    if budget > 0:
-        return budget, 0
-    return 0, client.zcount(keys.seq_ledger_order(name, period, series), f"({cursor}", "+inf")
-
-
-def _recheck(client: redis.Redis, series: str, name: str, period: str,
-             cutoff: float) -> list[str]:
-    """Drop settled numbers older than the cutoff from the set; return those still issued."""
-    pending_key = keys.seq_unconfirmed(name, period, series)
-    old = client.zrangebyscore(pending_key, "-inf", cutoff, start=0, num=RECHECK_LIMIT)
-    if not old:
-        return []
-    raws = client.hmget(keys.seq_ledger(name, period, series), old)
-    settled = {number for number, raw in zip(old, raws, strict=True)
-               if raw is None or json.loads(raw).get("status") != "issued"}
-    if settled:
-        client.zrem(pending_key, *settled)
-    return [number for number in old if number not in settled]
