@@ -162,7 +162,7 @@ def _indexed(client: redis.Redis, sequence: str, period: str, grace_seconds: int
             found.append(((int(entry["number"]), 0), _void(entry)))
     pending.catch_up(client, series, sequence, period)
     cutoff = now.timestamp() - grace_seconds
-    for number, raw in pending.recheck(client, series, sequence, period, cutoff):
+    for number, raw in pending.recheck(client, series, sequence, period, cutoff, None):
         found.append(((int(number), 0), _unconfirmed(json.loads(raw), now)))
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.seq_skips(sequence, period, series))

@@ -56,12 +56,14 @@ def scan(client: redis.Redis, series: str, name: str, period: str,
     return 0, client.zcount(keys.seq_ledger_order(name, period, series), f"({cursor}", "+inf")
 
 
-def recheck(client: redis.Redis, series: str, name: str, period: str,
-            cutoff: float) -> list[tuple[str, str]]:
+def recheck(client: redis.Redis, series: str, name: str, period: str, cutoff: float,
+            limit: int | None = RECHECK_LIMIT) -> list[tuple[str, str]]:
     """Drop settled numbers issued before ``cutoff`` (unix s) from the set; return those still
-    issued as ``(number, raw entry)``, oldest first."""
+    issued as ``(number, raw entry)``, oldest first. ``limit``: read at most that many
+    (None: all, as the gap report must)."""
     pending_key = keys.seq_unconfirmed(name, period, series)
-    old = client.zrangebyscore(pending_key, "-inf", cutoff, start=0, num=RECHECK_LIMIT)
+    old = (client.zrangebyscore(pending_key, "-inf", cutoff) if limit is None else
+           client.zrangebyscore(pending_key, "-inf", cutoff, start=0, num=limit))
     if not old:
         return []
     raws = client.hmget(keys.seq_ledger(name, period, series), old)
