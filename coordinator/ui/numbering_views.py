@@ -146,3 +146,16 @@ def sequence_update(series: str, name: str):
         else:
             return redirect(url_for("ui.series", series=series, saved=name), code=303)
     return _series_page(series, 422, errors={name: errors})
+
+
+@bp.post("/series/<series>/dedicated")
+def series_dedicated(series: str):
+    """Give credit notes their own numbering, or number them in the invoice sequence."""
+    series_or_404(series)
+    wanted = "dedicated" in request.form
+    try:
+        sequences.update(get_redis(), sequences.CREDIT_NOTE, {"dedicated": wanted},
+                         actor=viewer().actor, series=series)
+    except CoordinatorError as error:
+        return _series_page(series, 409, errors={sequences.CREDIT_NOTE: {"": [error.message]}})
+    return redirect(url_for("ui.series", series=series, saved=sequences.CREDIT_NOTE), code=303)

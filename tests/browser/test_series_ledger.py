@@ -84,6 +84,10 @@ def test_admin_runs_a_second_series_from_the_browser(page, shot, live_coordinato
     page.wait_for_selector("text=Settings of invoice saved")
     assert redis_client.hget(keys.seq_settings("invoice", "acme-us"), "format") == (
         "US-{YEAR}-{NUMBER}")
+    page.get_by_label("Credit notes have their own numbering").uncheck()
+    page.get_by_role("button", name="Save credit-note numbering").click()
+    page.wait_for_selector("text=are numbered in the invoice sequence")
+    assert redis_client.hget(keys.seq_settings("credit_note", "acme-us"), "dedicated") == "0"
     check_accessible(page)
     shot(page, "series")
 

@@ -208,3 +208,17 @@ def test_auditor_reads_every_series_page_and_changes_nothing(acme, dashboard, au
                        (ACME_INVOICE, {"next_number": "90"})]:
         assert as_auditor.post(path, form, page=ACME).status_code == 403, path
     assert snapshot(valkey.url, skip=(b"ui:",)) == before
+
+
+def test_credit_notes_move_to_the_invoice_sequence_until_one_is_numbered(as_admin, redis_client,
+                                                                         acme):
+    off = as_admin.post(ACME + "/dedicated", {}, page=ACME)
+    assert off.status_code == 303
+    assert not sequences.read_settings(redis_client, "credit_note", "acme-us")["dedicated"]
+    entry, _ = allocation.allocate(redis_client, "green", "credit_note", "c1", DAY)
+    assert entry["sequence"] == "invoice"
+    back = as_admin.post(ACME + "/dedicated", {"dedicated": "on"}, page=ACME)
+    assert back.status_code == 409
+    assert "dedicated cannot change" in back.get_data(as_text=True)
+    assert not sequences.read_settings(redis_client, "credit_note", "acme-us")["dedicated"]
+    assert 'id="f-dedicated" name="dedicated" aria' in back.get_data(as_text=True)  # unchecked
