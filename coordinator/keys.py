@@ -154,6 +154,18 @@ def seq_chain(seq: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}chain"
 
 
+def seq_checkpoints(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: JSON signed checkpoints of :func:`seq_chain` (events, head, at, key_id, signature),
+    oldest first (see numbering/checkpoints.py)."""
+    return f"{seq_prefix(seq, series)}checkpoints"
+
+
+def seq_checkpoint_claim(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """String: set (NX, expiring after LEDGER_CHECKPOINT_SECONDS) by the scheduler that signs
+    the chain's periodic checkpoint, so several schedulers sign it once per interval."""
+    return f"{seq_prefix(seq, series)}checkpoint-claim"
+
+
 def legacy_seq_prefix(seq: str) -> str:
     """Start of the keys of sequence ``seq`` before series existed (release 6d52368 and older).
 

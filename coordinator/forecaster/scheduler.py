@@ -29,6 +29,7 @@ from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.forecaster import central_poll, defaults, jobs
+from coordinator.numbering import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,12 @@ class SchedulerThread(threading.Thread):
                     log.info("central poll queued for: %s", ", ".join(polled))
             except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
                 log.exception("central poll scheduler tick failed")
+            try:
+                signed = checkpoints.due(self.client, self.config)
+                if signed:
+                    log.info("ledger checkpoint signed for: %s", ", ".join(signed))
+            except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
+                log.exception("ledger checkpoint tick failed")
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:

@@ -134,7 +134,9 @@ def gaps(
                     "reference": entry["reference"], "issued_at": entry["issued_at"]}
             if entry["status"] == "void":
                 found.append({"kind": "void", **base, "reason": entry["void_reason"],
-                              "voided_at": entry["voided_at"], "voided_by": entry["voided_by"]})
+                              "voided_at": entry["voided_at"], "voided_by": entry["voided_by"],
+                              **({"reissued_as": entry["reissued_as"]}
+                                 if "reissued_as" in entry else {})})
             elif entry["status"] == "issued":
                 issued = datetime.fromisoformat(entry["issued_at"].replace("Z", "+00:00"))
                 age = int((now - issued).total_seconds())
