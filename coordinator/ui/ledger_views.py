@@ -1,6 +1,6 @@
 """Ledgers of every series: a sequence's numbers with paging, the search by WHMCS reference
 (every series), gaps and voids, the hash chain's verify and the auditor's export, and one
-allocation with the numbers it was reissued as (or from)."""
+allocation with the numbers it was reissued as (or from) — and, for admins, its reissue."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ from flask import Response, abort, current_app, redirect, render_template, reque
 from marshmallow import ValidationError
 
 from coordinator import keys
-from coordinator.exceptions import NotFound
-from coordinator.numbering import allocation, chain, export, ledger, sequences
+from coordinator.exceptions import CoordinatorError, NotFound
+from coordinator.numbering import allocation, chain, checkpoints, export, ledger, sequences
 from coordinator.numbering import series as series_domain
-from coordinator.numbering.schemas import PERIOD
+from coordinator.numbering.schemas import PERIOD, ReissueSchema
+from coordinator.ops import confirmation
 from coordinator.ops.redis_client import get_redis
 from coordinator.ui import forms
-from coordinator.ui.blueprint import bp
+from coordinator.ui.blueprint import bp, status_of, viewer
 from coordinator.ui.numbering_views import sequence_or_404, series_or_404
 
 PAGE = 50
+_REISSUE = ReissueSchema()
 EXPORT_FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 
 _REFS = re.compile(r"^\{ser:(?P<series>[^}]+)\}:(?P<sequence>[a-z_]+):refs:"
@@ -41,6 +43,11 @@ def _period_arg(name: str, series: str, *, required: bool = True) -> str | None:
         return None
     settings = sequences.read_settings(get_redis(), name, series)
     return sequences.period_of(sequences.utcnow().date(), settings["reset"])
+
+
+def _signing() -> checkpoints.SigningKeys:
+    # The keys the API verifies and exports with: checkpoints are checked the same way here.
+    return checkpoints.SigningKeys.from_config(current_app.config)
 
 
 def _sequence(series: str, name: str) -> None:
@@ -114,7 +121,8 @@ def verify_page(series: str, name: str):
     client = get_redis()
     period = _period_arg(name, series, required=False)
     return render_template("verify.html", series=series, name=name, period=period,
-                           result=chain.verify(client, name, period, series=series),
+                           result=chain.verify(client, name, period, series=series,
+                                               signing=_signing()),
                            periods=ledger.periods(client, name, series=series))
 
 
@@ -127,7 +135,8 @@ def export_download(series: str, name: str):
     if fmt not in EXPORT_FORMATS:
         abort(422, "The format is jsonl or csv.")
     found = export.records(get_redis(), name, period,
-                           int(current_app.config["UNCONFIRMED_GRACE_SECONDS"]), series=series)
+                           int(current_app.config["UNCONFIRMED_GRACE_SECONDS"]), series=series,
+                           signing=_signing())
     body = export.csv_rows(found) if fmt == "csv" else export.jsonl(found)
     filename = f"ledger-{series}-{name}-{period or 'all'}.{fmt}"
     return Response(body, mimetype=EXPORT_FORMATS[fmt], headers={
@@ -156,3 +165,28 @@ def allocation_or_404(allocation_id: str) -> dict[str, Any]:
 def allocation_page(allocation_id: str):
     """Show one allocation: its document, status, times, and the number it was reissued as."""
     return render_template("allocation.html", entry=allocation_or_404(allocation_id))
+
+
+@bp.post("/allocations/<path:allocation_id>/reissue")
+def allocation_reissue(allocation_id: str):
+    """Give a void number's document a new number, with the reason (as the API's reissue)."""
+    entry = allocation_or_404(allocation_id)
+    data, errors = forms.load(_REISSUE, forms.pick(request.form, ("reason",)))
+    status = 422
+    if data is not None:
+        client = get_redis()
+        try:
+            # Durable before the page says so, exactly as the API answers 201 (503 otherwise).
+            new, _ = allocation.reissue(
+                client, allocation_id, data["reason"], actor=viewer().actor,
+                durability=confirmation.guard_for(current_app).current(client))
+        except CoordinatorError as error:
+            errors, status = {"": [error.message]}, status_of(error)
+            entry = allocation_or_404(allocation_id)
+        else:
+            # The new event is sealed by the next verify, export or checkpoint (sealing is
+            # idempotent and each of them seals first).
+            return redirect(url_for("ui.allocation_page", allocation_id=new["id"],
+                                    reissued=1), code=303)
+    return render_template("allocation.html", entry=entry, errors=errors,
+                           reason=request.form.get("reason", "")), status

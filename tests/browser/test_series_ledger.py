@@ -1,8 +1,9 @@
 """Series and the auditors' ledger views in a real browser: an admin creates a series, sets its
 format, registers a system in it; its numbers show in the overview, ledger, gaps and reference
 search; verify shows the chain's head (then the first broken event); both exports download and
-verify offline. An auditor reads every one of these pages without a single write control, and
-a write forged from the auditor's session is refused and changes nothing."""
+verify offline; a void number is reissued with a reason. An auditor reads every one of these
+pages without a single write control, and a write forged from the auditor's session is refused
+and changes nothing."""
 
 from __future__ import annotations
 
@@ -149,15 +150,41 @@ def test_admin_runs_a_second_series_from_the_browser(page, shot, live_coordinato
     shot(page, "verify")
     for fmt in ("jsonl", "csv"):
         text = download(page, "Download export of invoice", fmt)
-        assert export.verify_text(text) == {"ok": True, "events": expected["events"],
-                                            "head": expected["head"]}
+        offline = export.verify_text(text)
+        assert (offline["ok"], offline["events"], offline["head"]) == (
+            True, expected["events"], expected["head"])
+
+    # Reissue, on the void number's page: the reason is required (by the server too), then the
+    # document has a new number, linked both ways, and the agent's next request answers it.
+    page.goto(f"{base}/ui/allocations/{second['id']}")
+    page.evaluate("document.querySelector('#f-reason').removeAttribute('required')")
+    page.get_by_role("button", name="Reissue a new number").click()
+    assert "Length must be between 1 and 500." in page.locator("#reason-error").inner_text()
+    assert redis_client.hget(keys.seq_ledger("invoice", year, "acme-us"), "4") is None
+    check_accessible(page)  # reloads: the form starts empty again
+    page.get_by_label("Reason").fill("voided by mistake, ticket 812")
+    page.get_by_role("button", name="Reissue a new number").click()
+    page.wait_for_selector("text=Reissued: the document")
+    assert page.locator("h1").inner_text().startswith(f"US-{year}-000004")
+    assert second["id"] in page.locator("#reissue-of").inner_text()
+    assert "voided by mistake, ticket 812" in page.locator("#reissue-of").inner_text()
+    shot(page, "reissued")
+    replay = requests.post(base + "/v1/allocations", timeout=10,
+                           headers={"Authorization": f"Bearer {token}"},
+                           json={"document": "invoice", "reference": "g2"})
+    assert replay.status_code == 200 and replay.json()["formatted"] == f"US-{year}-000004"
+    page.get_by_role("link", name=second["id"]).click()
+    assert page.locator("#reissue-form").count() == 0
+    assert "acme-us/invoice" in page.locator("#reissued-as").inner_text()
+    expected = live.request("GET", "/v1/series/acme-us/sequences/invoice/ledger/verify").json()
+    assert expected["ok"]
 
     # A changed event is named by the page.
     events = keys.seq_events("invoice", "acme-us")
     index, raw = next((i, raw) for i, raw in enumerate(redis_client.lrange(events, 0, -1))
                       if '"g2"' in raw)
     redis_client.lset(events, index, raw.replace('"g2"', '"g7"'))
-    page.reload()
+    page.goto(base + ACME_INVOICE + "/verify")
     assert page.locator("#verify-result").get_attribute("data-ok") == "false"
     named = page.locator("#verify-first-bad").inner_text()
     assert f"event {index} ({second['id']})" in named and "hash does not match" in named
@@ -196,7 +223,8 @@ def test_auditor_has_no_write_control_and_a_forged_write_is_refused(page, shot,
     forged = {"/ui/numbering": {"name": "evil"}, ACME: {"description": "changed"},
               ACME + "/delete": {"confirm": "acme-us"},
               ACME_INVOICE: {"next_number": "90", "format": "X-{NUMBER}"},
-              "/ui/systems/green": {"series": "default"}}
+              "/ui/systems/green": {"series": "default"},
+              f"/ui/allocations/{acme[1]}/reissue": {"reason": "forged"}}
     for path, form in forged.items():
         status = page.evaluate("""async ([path, form]) => {
             const csrf = document.querySelector('input[name=csrf_token]').value;

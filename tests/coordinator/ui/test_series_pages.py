@@ -222,3 +222,43 @@ def test_credit_notes_move_to_the_invoice_sequence_until_one_is_numbered(as_admi
     assert "dedicated cannot change" in back.get_data(as_text=True)
     assert not sequences.read_settings(redis_client, "credit_note", "acme-us")["dedicated"]
     assert 'id="f-dedicated" name="dedicated" aria' in back.get_data(as_text=True)  # unchecked
+
+
+def test_an_admin_reissues_a_void_number_with_a_reason(as_admin, redis_client, valkey, acme):
+    void = f"/ui/allocations/{acme[1]}"
+    assert 'id="reissue-form"' in as_admin.get(void).get_data(as_text=True)
+    before = snapshot(valkey.url, skip=(b"ui:",))
+    for reason, message in (("", "Length must be between 1 and 500."),
+                            ("a\x07b", "Must contain printable characters only")):
+        refused = as_admin.post(void + "/reissue", {"reason": reason}, page=void)
+        assert refused.status_code == 422 and message in refused.get_data(as_text=True)
+    live = as_admin.post(f"/ui/allocations/{acme[0]}/reissue", {"reason": "why not"}, page=void)
+    assert live.status_code == 409
+    assert "only a void number can be reissued" in live.get_data(as_text=True)
+    assert snapshot(valkey.url, skip=(b"ui:",)) == before
+
+    done = as_admin.post(void + "/reissue", {"reason": "voided by mistake, ticket 812"},
+                         page=void)
+    assert done.status_code == 303
+    new_id = done.headers["Location"].split("/ui/allocations/")[1].split("?")[0]
+    new = allocation.get(redis_client, new_id)
+    assert (new["reissue_of"], new["reissue_reason"]) == (acme[1], "voided by mistake, ticket 812")
+    assert (new["reference"], new["status"], new["number"]) == ("g2", "issued", 4)
+    assert allocation.allocate(redis_client, "green", "invoice", "g2", DAY)[0]["id"] == new_id
+    page = as_admin.get(done.headers["Location"]).get_data(as_text=True)
+    assert "Reissued: the document" in page and f">{acme[1]}</a>" in page
+    old = as_admin.get(void).get_data(as_text=True)
+    assert f'id="reissued-as"><a href="/ui/allocations/{new_id}">' in old
+    assert 'id="reissue-form"' not in old  # once: the document has a live number again
+    again = as_admin.post(void + "/reissue", {"reason": "twice"}, page=void)
+    assert again.status_code == 409 and "now has number" in again.get_data(as_text=True)
+
+
+def test_an_auditor_sees_a_void_number_without_reissue_and_cannot_post_one(
+        acme, dashboard, auditor_token, valkey):
+    assert dashboard.login(auditor_token).status_code == 303
+    void = f"/ui/allocations/{acme[1]}"
+    assert 'id="reissue-form"' not in dashboard.get(void).get_data(as_text=True)
+    before = snapshot(valkey.url, skip=(b"ui:",))
+    assert dashboard.post(void + "/reissue", {"reason": "x"}, page=void).status_code == 403
+    assert snapshot(valkey.url, skip=(b"ui:",)) == before
