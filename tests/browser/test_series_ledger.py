@@ -85,6 +85,10 @@ def test_admin_runs_a_second_series_from_the_browser(page, shot, live_coordinato
     page.wait_for_selector("text=Settings of invoice saved")
     assert redis_client.hget(keys.seq_settings("invoice", "acme-us"), "format") == (
         "US-{YEAR}-{NUMBER}")
+    page.locator("#describe-form").get_by_label("Description").fill("ACME US LLC")
+    page.get_by_role("button", name="Save description").click()
+    page.wait_for_selector("text=Description saved")
+    assert series_domain.get_series(redis_client, "acme-us")["description"] == "ACME US LLC"
     page.get_by_label("Credit notes have their own numbering").uncheck()
     page.get_by_role("button", name="Save credit-note numbering").click()
     page.wait_for_selector("text=are numbered in the invoice sequence")
@@ -190,6 +194,25 @@ def test_admin_runs_a_second_series_from_the_browser(page, shot, live_coordinato
     assert f"event {index} ({second['id']})" in named and "hash does not match" in named
     assert chain.verify(redis_client, "invoice", series="acme-us")["first_bad"]["seq"] == index
     shot(page, "verify-broken")
+
+    # green has numbers: moving it to another series is refused, with the reason.
+    page.goto(base + "/ui/systems/green")
+    page.locator("#edit-form").get_by_label("Series").select_option("default")
+    page.get_by_role("button", name="Save", exact=True).click()
+    assert "cannot move" in page.get_by_role("alert").inner_text()
+    assert redis_client.hget(keys.system("green"), "series") == "acme-us"
+
+    # A series without systems or numbers is deleted once its name is typed.
+    page.goto(base + "/ui/numbering")
+    page.get_by_label("Name").fill("spare")
+    page.get_by_role("button", name="Create series").click()
+    page.wait_for_url(base + "/ui/series/spare?created=1")
+    delete = page.get_by_role("button", name="Delete spare")
+    assert delete.is_disabled()
+    page.get_by_label("to confirm").fill("spare")
+    delete.click()
+    page.wait_for_selector("text=Series spare deleted")
+    assert not series_domain.exists(redis_client, "spare")
 
     # Phone width: the new pages fit too.
     page.set_viewport_size({"width": 390, "height": 844})
