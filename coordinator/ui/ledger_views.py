@@ -114,16 +114,32 @@ def gaps_page(series: str, name: str):
                            periods=ledger.periods(client, name, series=series))
 
 
-@bp.get("/series/<series>/sequences/<name>/verify")
-def verify_page(series: str, name: str):
-    """Recompute the sequence's hash chain: ok with its head, or the first event that fails."""
-    _sequence(series, name)
+def _verify(series: str, name: str, status: int = 200, **context: Any):
     client = get_redis()
     period = _period_arg(name, series, required=False)
     return render_template("verify.html", series=series, name=name, period=period,
                            result=chain.verify(client, name, period, series=series,
                                                signing=_signing()),
-                           periods=ledger.periods(client, name, series=series))
+                           periods=ledger.periods(client, name, series=series),
+                           **context), status
+
+
+@bp.get("/series/<series>/sequences/<name>/verify")
+def verify_page(series: str, name: str):
+    """Recompute the sequence's hash chain: ok with its head, or the first event that fails."""
+    _sequence(series, name)
+    return _verify(series, name)
+
+
+@bp.post("/series/<series>/sequences/<name>/checkpoints")
+def checkpoint_create(series: str, name: str):
+    """Sign the chain's head now (the scheduler also does, hourly), as the API's checkpoints."""
+    _sequence(series, name)
+    try:
+        checkpoints.make(get_redis(), _signing(), name, series=series)
+    except CoordinatorError as error:
+        return _verify(series, name, status_of(error), sign_error=error.message)
+    return redirect(url_for("ui.verify_page", series=series, name=name, signed=1), code=303)
 
 
 @bp.get("/series/<series>/sequences/<name>/export")

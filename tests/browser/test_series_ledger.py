@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from coordinator import auth, keys
-from coordinator.numbering import chain, export
+from coordinator.numbering import chain, checkpoints, export
 from coordinator.numbering import series as series_domain
 from tests.browser.test_dashboard import PAGES, check_accessible, login
 from tests.support import snapshot
@@ -31,6 +31,12 @@ WRITE_CONTROLS = """() => [...document.querySelectorAll('form, button, input, se
         return (form.getAttribute('method') || 'get').toLowerCase() !== 'get';
     }).map(e => e.outerHTML.slice(0, 120))"""
 """Every form, field or button that could send anything but a read (GET) or the logout."""
+
+
+@pytest.fixture
+def app_config(app_config):
+    """The live coordinator signs checkpoints with a key of its own."""
+    return {**app_config, "LEDGER_SIGNING_KEYS": checkpoints.generate_key()}
 
 
 def take(base: str, token: str, reference: str) -> dict:
@@ -150,13 +156,17 @@ def test_admin_runs_a_second_series_from_the_browser(page, shot, live_coordinato
     expected = live.request("GET", "/v1/series/acme-us/sequences/invoice/ledger/verify").json()
     assert page.locator("#verify-head").inner_text() == expected["head"]
     assert page.locator("#verify-events").inner_text() == str(expected["events"])
+    page.get_by_role("button", name="Sign the head now").click()
+    page.wait_for_selector("text=Checkpoint signed")
+    assert page.locator("#verify-checkpoints").inner_text().startswith("1 ")
+    assert page.locator("#verify-result").get_attribute("data-ok") == "true"
     check_accessible(page)
     shot(page, "verify")
     for fmt in ("jsonl", "csv"):
         text = download(page, "Download export of invoice", fmt)
         offline = export.verify_text(text)
-        assert (offline["ok"], offline["events"], offline["head"]) == (
-            True, expected["events"], expected["head"])
+        assert (offline["ok"], offline["events"], offline["head"], offline["checkpoints"]) == (
+            True, expected["events"], expected["head"], 1)
 
     # Reissue, on the void number's page: the reason is required (by the server too), then the
     # document has a new number, linked both ways, and the agent's next request answers it.
@@ -247,7 +257,8 @@ def test_auditor_has_no_write_control_and_a_forged_write_is_refused(page, shot,
               ACME + "/delete": {"confirm": "acme-us"},
               ACME_INVOICE: {"next_number": "90", "format": "X-{NUMBER}"},
               "/ui/systems/green": {"series": "default"},
-              f"/ui/allocations/{acme[1]}/reissue": {"reason": "forged"}}
+              f"/ui/allocations/{acme[1]}/reissue": {"reason": "forged"},
+              ACME_INVOICE + "/checkpoints": {}}
     for path, form in forged.items():
         status = page.evaluate("""async ([path, form]) => {
             const csrf = document.querySelector('input[name=csrf_token]').value;

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from coordinator import keys
-from coordinator.numbering import allocation, chain, export, sequences
+from coordinator.numbering import allocation, chain, checkpoints, export, sequences
 from coordinator.numbering import series as series_domain
 from tests.coordinator.ui.test_pages import SYSTEM
 from tests.support import snapshot
@@ -262,3 +262,25 @@ def test_an_auditor_sees_a_void_number_without_reissue_and_cannot_post_one(
     before = snapshot(valkey.url, skip=(b"ui:",))
     assert dashboard.post(void + "/reissue", {"reason": "x"}, page=void).status_code == 403
     assert snapshot(valkey.url, skip=(b"ui:",)) == before
+
+
+def test_signing_the_head_needs_a_key_and_then_verify_checks_it(as_admin, redis_client, app,
+                                                                 acme):
+    verify = ACME_INVOICE + "/verify"
+    store = keys.seq_checkpoints("invoice", "acme-us")
+    unsigned = as_admin.post(ACME_INVOICE + "/checkpoints", page=verify)
+    assert unsigned.status_code == 503
+    assert "INVOICE_SYNC_LEDGER_SIGNING_KEYS" in unsigned.get_data(as_text=True)
+    assert redis_client.llen(store) == 0
+    app.config["LEDGER_SIGNING_KEYS"] = checkpoints.generate_key()
+    signed = as_admin.post(ACME_INVOICE + "/checkpoints", page=verify)
+    assert signed.status_code == 303 and signed.headers["Location"] == verify + "?signed=1"
+    assert redis_client.llen(store) == 1
+    page = as_admin.get(verify).get_data(as_text=True)
+    assert 'data-ok="true"' in page and 'id="verify-checkpoints">1 ' in page
+    # Another key cannot vouch for it: verify on the page says so.
+    app.config["LEDGER_SIGNING_KEYS"] = checkpoints.generate_key()
+    assert 'data-ok="false"' in as_admin.get(verify).get_data(as_text=True)
+    empty = as_admin.post("/ui/series/default/sequences/credit_note/checkpoints",
+                          page="/ui/series/default/sequences/credit_note/verify")
+    assert empty.status_code == 409 and "nothing to sign" in empty.get_data(as_text=True)
