@@ -268,6 +268,8 @@ def test_signing_the_head_needs_a_key_and_then_verify_checks_it(as_admin, redis_
                                                                  acme):
     verify = ACME_INVOICE + "/verify"
     store = keys.seq_checkpoints("invoice", "acme-us")
+    # Explicitly none: the environment may hold a key (serve's key file puts it there).
+    app.config["LEDGER_SIGNING_KEYS"] = None
     unsigned = as_admin.post(ACME_INVOICE + "/checkpoints", page=verify)
     assert unsigned.status_code == 503
     assert "INVOICE_SYNC_LEDGER_SIGNING_KEYS" in unsigned.get_data(as_text=True)
