@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, InvalidInput, UnsafeURL
+from coordinator.exceptions import Conflict, InvalidInput, NotFound, UnsafeURL
+from coordinator.numbering import allocation
 from coordinator.numbering import series as numbering_series
 from coordinator.systems import registry, secrets
 from coordinator.systems.urls import UrlPolicy
@@ -84,3 +85,15 @@ def test_a_move_that_finds_the_system_moved_meanwhile_is_refused(
         registry.update_system(redis_client, "blue", {"series": "acme"}, POLICY, fernet)
     assert refused.value.message == "System 'blue' was moved to another series meanwhile; retry"
     assert registry.get_system(redis_client, "blue")["series"] == "other"
+
+
+def test_a_system_that_has_numbers_can_be_deleted_and_its_numbers_stay(redis_client, fernet):
+    """Deleting a system that took real numbers: the numbers stay in the ledger (legal record),
+    and having numbers must not block the deletion the way it blocks a move."""
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    entry, new = allocation.allocate(redis_client, "blue", "invoice", "10", date(2026, 11, 21))
+    assert new
+    registry.delete_system(redis_client, "blue")
+    assert allocation.get(redis_client, entry["id"]) == entry
+    with pytest.raises(NotFound):
+        registry.get_system(redis_client, "blue")
