@@ -34,6 +34,7 @@ from coordinator.forecaster import defaults as forecaster_defaults
 from coordinator.forecaster.connections import queue_connection
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.redis_client import make_redis
+from tests.conftest import SERVERS, resolve_server
 from tests.faults.cluster import ClusterDeployment
 from tests.faults.conftest import register_admin
 from tests.live import LiveCoordinator
@@ -83,11 +84,13 @@ class Stack:
         return self.cluster.client()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=SERVERS)
+def stack(request, tmp_path_factory) -> Iterator[Stack]:
+    """All of it, once per server (Valkey, Debian's Redis 7.0); the tests run in order."""
+    binary = resolve_server(request.config, request.param)
     base = tmp_path_factory.mktemp("cluster-flow")
     monkeypatch = pytest.MonkeyPatch()
-    with ClusterDeployment(base / "cluster") as cluster:
+    with ClusterDeployment(base / "cluster", binary=binary) as cluster:
         queue = ValkeyServer(base / "queue").start()
         try:
             # The app and the RQ jobs read the same settings, as two processes would.
