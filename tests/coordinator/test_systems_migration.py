@@ -162,7 +162,8 @@ def test_migration_is_done_once_under_concurrent_starts(valkey):
 
 def test_a_deleted_system_is_not_copied_back_by_a_late_migration(redis_client):
     # Process A migrates and serves a deletion; process B, started with the old set in hand,
-    # migrates late: the system's lock orders it after the deletion, which found it copied.
+    # migrates late: it reads the old record under the system's lock, after A's migration
+    # deleted it, so there is nothing to copy back.
     _old_layout(redis_client, ["blue"])
     migrate.migrate_legacy(redis_client)
     registry.delete_system(redis_client, "blue")
