@@ -114,6 +114,11 @@ def _exercise(client: redis.Redis, series: str, system: str, reference: str,
                               actor_kind="agent", actor_system=system,
                               actor=f"agent:{system}")  # transition.lua
         chain.seal(client, document, series=series)  # seal.lua
+    voided, _ = allocation.allocate(client, system, "invoice", reference + "!",
+                                    dt.date(2026, 3, 3))
+    allocation.transition(client, voided["id"], "void", "r", actor_kind="admin",
+                          actor_system=None, actor="admin")
+    allocation.reissue(client, voided["id"], "r", actor="admin")  # reissue.lua
     # The forecaster: the sync lock and the upsert fenced by it.
     assert lock.claim(client, system, "sync-1", 60_000)
     assert lock.renew(client, system, "sync-1", 60_000)

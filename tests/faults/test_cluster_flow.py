@@ -32,6 +32,7 @@ from coordinator.config import load_settings
 from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 from coordinator.forecaster import defaults as forecaster_defaults
 from coordinator.forecaster.connections import queue_connection
+from coordinator.numbering import checkpoints
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.redis_client import make_redis
 from tests.conftest import SERVERS, resolve_server
@@ -102,6 +103,7 @@ def stack(request, tmp_path_factory) -> Iterator[Stack]:
                 "DURABLE_REPLICAS": "1", "SECRET_KEYS": Fernet.generate_key().decode(),
                 "ALLOW_HTTP_SYSTEM_URLS": "true", "ALLOW_PRIVATE_SYSTEM_URLS": "true",
                 "RATE_LIMIT_AGENT": "0", "RATE_LIMIT_ADMIN": "0",
+                "LEDGER_SIGNING_KEYS": checkpoints.generate_key(),
             }.items():
                 monkeypatch.setenv(f"INVOICE_SYNC_{name}", value)
             for name in ("REDIS_URL", "SENTINELS", "ADMIN_TOKEN"):
@@ -175,6 +177,9 @@ def test_admin_flow_series_systems_tokens_and_allocations(stack):
     _ok(http("POST", f"/v1/allocations/{blue[1]['id']}/void", tokens["blue"],
              json={"reason": "deleted in WHMCS"}))
     assert _ok(http("GET", f"/v1/allocations/{blue[0]['id']}", admin))["status"] == "confirmed"
+    reissued = _ok(http("POST", f"/v1/allocations/{blue[1]['id']}/reissue", admin,
+                        json={"reason": "voided by mistake"}), 201)
+    assert reissued["formatted"] == f"INV-{YEAR}-4"
 
     # Rotation: the old token is dead at once, the new one replays the same numbers.
     rotated = _ok(http("POST", "/v1/systems/blue/agent-token", admin))["agent_token"]
@@ -217,7 +222,7 @@ def test_admin_flow_series_systems_tokens_and_allocations(stack):
     assert _ok(http("GET", "/v1/sequences/invoice/gaps", admin, params={"period": YEAR}))
     assert _ok(http("GET", "/v1/sequences/invoice/audit", admin))
     ledger = _ok(http("GET", "/v1/sequences/invoice/ledger", admin, params={"period": YEAR}))
-    assert [e["number"] for e in ledger["entries"]] == [1, 2, 3, 10]
+    assert [e["number"] for e in ledger["entries"]] == [1, 2, 3, 4, 10]
     assert _ok(http("GET", "/v1/series/acme/sequences/invoice/audit", admin))
     _ok(http("GET", "/v1/series/acme/sequences/invoice/gaps", admin, params={"period": YEAR}))
     acme = _ok(http("GET", "/v1/series/acme/sequences/invoice/ledger", admin,
@@ -229,11 +234,16 @@ def test_admin_flow_series_systems_tokens_and_allocations(stack):
 
 def test_ledger_verify_and_export_on_the_cluster(stack):
     http, auditor = stack.http, stack.state["auditor"]
+    signed = _ok(http("POST", "/v1/series/acme/sequences/invoice/ledger/checkpoints",
+                      stack.admin), 201)
+    assert signed["events"] >= 4
     for series in ("default", "acme"):
         for sequence in ("invoice", "credit_note"):
             base = f"/v1/series/{series}/sequences/{sequence}/ledger"
             verdict = _ok(http("GET", base + "/verify", auditor))
             assert verdict["ok"] is True, verdict
+            signed_here = (series, sequence) == ("acme", "invoice")
+            assert verdict["checkpoints"] == int(signed_here), (series, sequence, verdict)
             lines = http("GET", base + "/export", auditor).text.splitlines()
             assert lines, (series, sequence)
             assert http("GET", base + "/export", auditor,

@@ -194,7 +194,7 @@ def test_private_urls_accepted_only_when_allowed(tmp_path, stack):
         assert response.status_code == 201, response.text
     finally:
         allowed.stop()
-        redis.Redis.from_url(valkey.url).delete("systems")
+        redis.Redis.from_url(valkey.url).delete(keys.SYSTEMS)
 
 
 def test_burst_gets_429_with_retry_after_across_workers(stack):
