@@ -1,0 +1,71 @@
+"""Guards of the agent's journal that the mutation run (issue 17) found without a test."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from agent import Journal, NumberWentBackwards
+from tests.agent.test_journal_numbers import allocation
+
+
+@pytest.fixture
+def journal(tmp_path: Path):
+    with Journal(tmp_path / "journal.sqlite3") as j:
+        yield j
+
+
+def test_next_without_an_allocation_row_still_refuses_a_number_that_went_backwards(journal):
+    """`invoice-sync-agent next` keeps no allocation row: it calls `receive`, which must run the
+    same check as the poller's `record_allocated`, and remember the refusal."""
+    journal.receive(allocation("10", 51), before=journal.mark())
+    before = journal.mark()
+    with pytest.raises(NumberWentBackwards) as refused:
+        journal.receive(allocation("11", 50), before=before)
+    assert (refused.value.number, refused.value.highest) == (50, 51)
+    assert refused.value.highest_reference == "10"
+    assert refused.value.message == (
+        "the coordinator gave invoice 11 number INV-2026-000050 (50), but this installation "
+        "already received INV-2026-000051 (51) for invoice 10 in invoice 2026: the "
+        "coordinator's numbering went backwards (data lost or an old backup restored?). Not "
+        "written anywhere. An admin must raise next_number of invoice above 51, void "
+        "invoice:2026:50 with the reason and reissue it")
+    # Answered again later, as a replay: still refused, with the same words.
+    with pytest.raises(NumberWentBackwards) as again:
+        journal.receive(allocation("11", 50, replay=True), before=journal.mark())
+    assert again.value.message == refused.value.message
+    journal.receive(allocation("12", 52), before=before)
+    assert journal.highest("default", "invoice", "2026") == 52
+
+
+def test_the_highest_number_of_a_sequence_never_received_is_none(journal):
+    journal.receive(allocation("10", 51), before=journal.mark())
+    assert journal.highest("default", "credit_note", "2026") is None
+    assert journal.highest("default", "invoice", "2025") is None
+
+
+def test_each_step_of_an_entry_records_when_it_happened(tmp_path: Path):
+    now = [dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)]
+    with Journal(tmp_path / "journal.sqlite3", clock=lambda: now[0]) as journal:
+        a = allocation("10", 51)
+        assert journal.record_allocated(a).updated_at == "2026-11-21T10:00:00Z"
+        now[0] += dt.timedelta(minutes=5)
+        written = journal.mark_written(a.id, a.formatted)
+        assert (written.created_at, written.updated_at) == (
+            "2026-11-21T10:00:00Z", "2026-11-21T10:05:00Z")
+        now[0] += dt.timedelta(minutes=5)
+        assert journal.mark_written(a.id, a.formatted).updated_at == "2026-11-21T10:05:00Z"
+
+
+def test_the_scan_mark_never_moves_back(journal):
+    """Scans may settle out of order (two pollers, or a slow one): the mark keeps the highest
+    invoice id settled, per scan; moving it back would make polls read settled invoices again."""
+    assert journal.scan_mark("invoices") is None
+    journal.set_scan_mark("invoices", 120)
+    journal.set_scan_mark("invoices", 80)
+    assert journal.scan_mark("invoices") == 120
+    journal.set_scan_mark("invoices", 200)
+    journal.set_scan_mark("drafts", 7)
+    assert (journal.scan_mark("invoices"), journal.scan_mark("drafts")) == (200, 7)

@@ -1,0 +1,45 @@
+"""Guards of the per-system sync lock that the mutation run (issue 17) found without a test."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.forecaster import defaults, lock
+from tests.coordinator.forecaster.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_queued_sync_that_never_runs_frees_the_system_after_its_queued_lifetime(
+    redis_client, monkeypatch
+):
+    """A sync queued and then lost (its job never picked up) must not block the system for
+    ever: the queued lock lapses and a later request gets it."""
+    monkeypatch.setattr(defaults, "LOCK_QUEUED_MS", 300)
+    assert lock.acquire_queued(redis_client, "blue", "lost")
+    assert not lock.acquire_queued(redis_client, "blue", "next")
+    wait_for(lambda: lock.holder(redis_client, "blue") is None, "the queued lock lapsed")
+    assert lock.acquire_queued(redis_client, "blue", "next")
+
+
+def test_the_lease_has_run_out_at_its_very_end(redis_client):
+    """The lease is counted from the moment the claim was sent; the server may expire the key
+    at exactly that moment plus its lifetime, so from then on the holder must stop writing."""
+    now = [1000.0]
+    held = lock.HeldLock(redis_client, "blue", "a", ttl_ms=60_000, clock=lambda: now[0])
+    with held:
+        now[0] = 1059.999
+        held.check()
+        now[0] = 1060.0
+        assert held.expired()
+        with pytest.raises(lock.LockLost):
+            held.check()
+
+
+def test_a_second_sync_is_told_which_system_is_busy(redis_client):
+    """The refusal becomes the sync record's error (`sync_running`): it names the system."""
+    assert lock.claim(redis_client, "blue", "first", 60_000)
+    with pytest.raises(lock.LockLost) as refused:
+        lock.HeldLock(redis_client, "blue", "second").__enter__()
+    assert str(refused.value) == "another sync of 'blue' is running"
+    assert lock.holder(redis_client, "blue") == "first"

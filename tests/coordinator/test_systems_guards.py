@@ -1,0 +1,99 @@
+"""Guards of the systems registry that the mutation run (issue 17) found without a test."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from coordinator import keys
+from coordinator.exceptions import Conflict, InvalidInput, NotFound, UnsafeURL
+from coordinator.numbering import allocation
+from coordinator.numbering import series as numbering_series
+from coordinator.systems import registry, secrets
+from coordinator.systems.urls import UrlPolicy
+from tests.coordinator.systems_support import FakeResolver, body
+
+pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
+
+POLICY = UrlPolicy(resolver=FakeResolver())
+
+
+@pytest.fixture
+def fernet():
+    return secrets.fernet_from_keys([secrets.generate_key()])
+
+
+@pytest.mark.parametrize("change, errors", [
+    ({"name": "red"}, {"json": {"name": ["A system cannot be renamed."]}}),
+    ({"api_secret": None}, {"json": {"api_secret": ["Field may not be null."]}}),
+])
+def test_a_refused_change_names_its_field_and_changes_nothing(redis_client, fernet, change,
+                                                              errors):
+    """The registry refuses these itself (the UI and the API both call it): field by field."""
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    before = redis_client.hgetall(keys.system("blue"))
+    with pytest.raises(InvalidInput) as refused:
+        registry.update_system(redis_client, "blue", change, POLICY, fernet)
+    assert (refused.value.message, refused.value.errors) == ("Validation failed", errors)
+    assert redis_client.hgetall(keys.system("blue")) == before
+
+
+def test_a_new_url_is_checked_then_kept(redis_client, fernet):
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    with pytest.raises(UnsafeURL):
+        registry.update_system(redis_client, "blue",
+                               {"url": "https://rebind.example/includes/api.php"}, POLICY)
+    red = "https://billing.red.example/includes/api.php"
+    assert registry.update_system(redis_client, "blue", {"url": red}, POLICY)["url"] == red
+    assert registry.get_credentials(redis_client, "blue", fernet).url == red
+
+
+def test_a_new_agent_token_records_when_it_was_issued(redis_client, fernet):
+    registry.create_system(redis_client, fernet, body(), POLICY,
+                           now=lambda: datetime(2026, 11, 21, tzinfo=UTC))
+    system, _ = registry.rotate_agent_token(redis_client, "blue",
+                                            now=lambda: datetime(2026, 11, 22, 8, 0, tzinfo=UTC))
+    assert system["agent_token_issued_at"] == "2026-11-22T08:00:00Z"
+    assert registry.get_system(redis_client, "blue")["agent_token_issued_at"] == (
+        "2026-11-22T08:00:00Z")
+
+
+def test_removing_an_access_key_that_was_never_set_is_no_error(redis_client, fernet):
+    registry.create_system(redis_client, fernet, body(access_key=None), POLICY)
+    system = registry.update_system(redis_client, "blue", {"access_key": None, "step": 7},
+                                    POLICY, fernet)
+    assert (system["has_access_key"], system["step"]) == (False, 7)
+
+
+def test_a_move_that_finds_the_system_moved_meanwhile_is_refused(
+    redis_client, fernet, monkeypatch
+):
+    """Between leaving its old series and writing the record, another admin moved the system
+    (its lock lapsed): the record must not be overwritten with a series it was not taken from."""
+    numbering_series.create_series(redis_client, "acme")
+    numbering_series.create_series(redis_client, "other")
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    real_leave = numbering_series.leave
+
+    def leave_then_moved_elsewhere(client, series, name, **kwargs):
+        real_leave(client, series, name, **kwargs)
+        client.hset(keys.system(name), "series", "other")
+
+    monkeypatch.setattr(numbering_series, "leave", leave_then_moved_elsewhere)
+    with pytest.raises(Conflict) as refused:
+        registry.update_system(redis_client, "blue", {"series": "acme"}, POLICY, fernet)
+    assert refused.value.message == "System 'blue' was moved to another series meanwhile; retry"
+    assert registry.get_system(redis_client, "blue")["series"] == "other"
+
+
+def test_a_system_that_has_numbers_can_be_deleted_and_its_numbers_stay(redis_client, fernet):
+    """Deleting a system that took real numbers: the numbers stay in the ledger (legal record),
+    and having numbers must not block the deletion the way it blocks a move."""
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    entry, new = allocation.allocate(redis_client, "blue", "invoice", "10", date(2026, 11, 21))
+    assert new
+    registry.delete_system(redis_client, "blue")
+    assert allocation.get(redis_client, entry["id"]) == entry
+    with pytest.raises(NotFound):
+        registry.get_system(redis_client, "blue")
