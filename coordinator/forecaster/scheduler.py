@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from coordinator import defaults as settings_defaults
 from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
@@ -82,15 +83,18 @@ def tick(
 
 
 class SchedulerThread(threading.Thread):
-    """Run :func:`tick` every ``SCHEDULER_TICK_SECONDS`` until :meth:`stop`."""
+    """Run :func:`tick` and queue due central polls every ``SCHEDULER_TICK_SECONDS`` (a
+    setting) until :meth:`stop`."""
 
     def __init__(self, client: redis.Redis, config: Mapping[str, Any],
-                 interval: float = defaults.SCHEDULER_TICK_SECONDS) -> None:
+                 interval: float | None = None) -> None:
         super().__init__(name="invoice-sync-scheduler", daemon=True)
         parse_at(config.get("SYNC_DAILY_AT", "04:30"))  # fail at start, not at 04:30
         self.client = client
         self.config = config
-        self.interval = interval
+        self.interval = float(interval if interval is not None
+                              else config.get("SCHEDULER_TICK_SECONDS",
+                                              settings_defaults.SCHEDULER_TICK_SECONDS))
         self._stop_event = threading.Event()
 
     def run(self) -> None:
