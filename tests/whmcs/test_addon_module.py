@@ -26,7 +26,8 @@ from tests.support import missing_tool, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "deploy" / "whmcs" / "modules" / "addons" / "invoice_sync"
-RUNNER = Path(__file__).parent / "php" / "run_module.php"
+RUNNER = Path(__file__).parent / "php" / "run.php"
+FILES = f"{MODULE / 'invoice_sync.php'}:{MODULE / 'hooks.php'}"  # what WHMCS loads
 PHP = shutil.which("php")
 YEAR = "2026"
 
@@ -65,7 +66,7 @@ class Whmcs:
     def run(self, action: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         self.state.write_text(json.dumps({"tables": self.tables, "race": self.race}))
         result = subprocess.run(
-            [PHP, str(RUNNER), str(MODULE), str(self.state), action, *args],
+            [PHP, str(RUNNER), str(self.state), FILES, action, *args],
             capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
         )
         assert result.returncode == 0, result.stdout + result.stderr
@@ -152,6 +153,26 @@ def test_a_paid_invoice_gets_its_number_written_and_confirmed(whmcs: Whmcs, live
     assert len(live_coordinator.ledger("invoice", YEAR)) == 2
 
 
+def test_an_invoice_that_has_a_number_is_left_alone(whmcs: Whmcs, live_coordinator) -> None:
+    whmcs.tables["tblinvoices"] = [invoice(25, invoicenum="OLD-7")]
+    out = whmcs.pay(25)
+    assert out["log"] == [] and whmcs.invoicenum(25) == "OLD-7"
+    assert live_coordinator.ledger("invoice", YEAR) == []  # not even asked
+
+
+def test_an_answer_for_another_invoice_is_not_written(
+    whmcs: Whmcs, live_coordinator, front
+) -> None:
+    proxy = front(rewrite=lambda allocation: {**allocation, "reference": "999"})
+    whmcs.set("coordinator_url", proxy.url)
+    whmcs.tables["tblinvoices"] = [invoice(26)]
+    out = whmcs.pay(26)
+    assert whmcs.invoicenum(26) == ""
+    assert out["log"][0] == ("invoice-sync: invoice 26, taking a number failed: the answer is "
+                             "for reference '999', not '26' (left as it is; the next attempt "
+                             "gets the same number)")
+
+
 def test_a_negative_total_is_numbered_as_a_credit_note(whmcs: Whmcs, live_coordinator) -> None:
     whmcs.tables["tblinvoices"] = [invoice(12, total="-20.00")]
     whmcs.pay(12)
@@ -202,8 +223,9 @@ class Front:
     /v1/allocations — after forwarding them when ``swallow`` is set, so the coordinator took
     the number and only its answer was lost (what a proxy timing out looks like)."""
 
-    def __init__(self, upstream: str, fail: int, swallow: bool) -> None:
-        self.upstream, self.fail, self.swallow = upstream, fail, swallow
+    def __init__(self, upstream: str, fail: int, swallow: bool,
+                 rewrite: Any = None) -> None:
+        self.upstream, self.fail, self.swallow, self.rewrite = upstream, fail, swallow, rewrite
         self.allocation_requests: list[bytes] = []
         front = self
 
@@ -227,6 +249,8 @@ class Front:
                         "message": "Durability could not be confirmed; retry"}).encode()
                 else:
                     status, payload = answer.status_code, answer.content
+                    if counted and front.rewrite is not None:  # a broken proxy or cache
+                        payload = json.dumps(front.rewrite(answer.json())).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -252,8 +276,8 @@ class Front:
 def front(live_coordinator) -> Iterator[Any]:
     fronts: list[Front] = []
 
-    def make(fail: int, swallow: bool) -> Front:
-        fronts.append(Front(live_coordinator.url, fail, swallow))
+    def make(fail: int = 0, swallow: bool = False, rewrite: Any = None) -> Front:
+        fronts.append(Front(live_coordinator.url, fail, swallow, rewrite))
         return fronts[-1]
 
     yield make

@@ -186,7 +186,7 @@ function invoice_sync_addon_checks(array $settings)
         } elseif ($code === 200) {
             $checks['Agent token'] = array(false, 'this is not an agent token (kind: ' . json_encode($answer) . '): use the system\'s agent token');
         } else {
-            $checks['Agent token'] = array(false, invoice_sync_addon_describe($code, $answer));
+            $checks['Agent token'] = array(false, invoice_sync_addon_describe($settings, $code, $answer));
         }
     } catch (Throwable $e) {
         $checks['Coordinator'] = array(false, $e->getMessage());

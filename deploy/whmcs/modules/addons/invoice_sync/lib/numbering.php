@@ -2,7 +2,8 @@
 /**
  * invoice-sync addon: take an invoice's legal number from the coordinator and write it.
  *
- * One numbering routine, two transports:
+ * One numbering routine, two transports, used by the addon module (hooks.php) and by the
+ * standalone hook (includes/hooks/invoice_sync.php, which loads this file):
  *   - "coordinator": HTTPS straight to the coordinator with this system's agent token
  *     (TLS always verified; plain http only to a loopback address);
  *   - "sidecar": the local agent sidecar (`invoice-sync-agent serve`), which holds the token.
@@ -30,15 +31,14 @@ class InvoiceSyncAddonError extends RuntimeException
 {
 }
 
-/** Return the module's settings (as saved in System Settings → Addon Modules), with defaults. */
-function invoice_sync_addon_settings()
+/**
+ * Every setting with its default. "record" ('1'/'0'): keep each number in the module's table
+ * mod_invoice_sync (and refuse numbers that went backwards against it); the standalone hook has
+ * no such table and leaves that to the sidecar's journal.
+ */
+function invoice_sync_addon_defaults()
 {
-    $stored = array();
-    foreach (Capsule::table('tbladdonmodules')->where('module', INVOICE_SYNC_ADDON_MODULE)->get() as $row) {
-        $row = (array) $row;
-        $stored[$row['setting']] = (string) $row['value'];
-    }
-    $settings = array_merge(array(
+    return array(
         'transport' => 'coordinator',
         'coordinator_url' => '',
         'agent_token' => '',
@@ -47,7 +47,20 @@ function invoice_sync_addon_settings()
         'timeout' => '10',
         'attempts' => '3',
         'ca_bundle' => '',
-    ), array_filter($stored, 'strlen'));
+        'record' => '1',
+    );
+}
+
+/** Return the module's settings (as saved in System Settings → Addon Modules), with defaults. */
+function invoice_sync_addon_settings()
+{
+    $stored = array();
+    foreach (Capsule::table('tbladdonmodules')->where('module', INVOICE_SYNC_ADDON_MODULE)->get() as $row) {
+        $row = (array) $row;
+        $stored[$row['setting']] = (string) $row['value'];
+    }
+    unset($stored['record']); // not an admin's setting: the module always keeps its table
+    $settings = array_merge(invoice_sync_addon_defaults(), array_filter($stored, 'strlen'));
     $settings['agent_token'] = invoice_sync_addon_plain_token($settings['agent_token']);
     return $settings;
 }
@@ -99,7 +112,7 @@ function invoice_sync_addon_request(array $settings, $method, $path, $body = nul
             continue; // no answer: connection refused, reset or timed out
         }
         if (in_array($code, array(429, 502, 503, 504), true)) {
-            $last = invoice_sync_addon_describe($code, $answer);
+            $last = invoice_sync_addon_describe($settings, $code, $answer);
             continue; // the coordinator asked us to come back (e.g. durability not confirmed)
         }
         return array($code, $answer);
@@ -171,11 +184,14 @@ function invoice_sync_addon_coordinator_url(array $settings)
 }
 
 /** "HTTP 409: <the coordinator's message>" for the activity log. */
-function invoice_sync_addon_describe($code, $answer)
+function invoice_sync_addon_describe(array $settings, $code, $answer)
 {
     $message = is_array($answer) && isset($answer['message']) ? $answer['message'] : 'no JSON in the answer';
     if ($code === 401) {
-        return "HTTP 401: $message — the agent token was refused: set this system's agent token in System Settings → Addon Modules → invoice-sync";
+        $where = $settings['transport'] === 'sidecar'
+            ? "the sidecar's INVOICE_SYNC_AGENT_TOKEN (invoice-sync-agent serve)"
+            : 'System Settings → Addon Modules → invoice-sync';
+        return "HTTP 401: $message — the agent token was refused: set this system's agent token in $where";
     }
     return "HTTP $code: $message";
 }
@@ -186,7 +202,7 @@ function invoice_sync_addon_call(array $settings, $method, $coordinatorPath, $si
     $path = $settings['transport'] === 'sidecar' ? $sidecarPath : $coordinatorPath;
     list($code, $answer) = invoice_sync_addon_request($settings, $method, $path, $body);
     if (!in_array($code, $expected, true) || !is_array($answer)) {
-        throw new InvoiceSyncAddonError(invoice_sync_addon_describe($code, $answer));
+        throw new InvoiceSyncAddonError(invoice_sync_addon_describe($settings, $code, $answer));
     }
     return $answer;
 }
@@ -229,8 +245,11 @@ function invoice_sync_addon_void(array $settings, array $allocation, $reason)
 }
 
 /** Record (or update) what happened to an invoice's number in the module's own table. */
-function invoice_sync_addon_record($invoiceId, array $allocation, $status, $message = '')
+function invoice_sync_addon_record(array $settings, $invoiceId, array $allocation, $status, $message = '')
 {
+    if ($settings['record'] !== '1') {
+        return;
+    }
     $now = gmdate('Y-m-d H:i:s');
     $row = array(
         'allocation_id' => (string) $allocation['id'],
@@ -259,8 +278,11 @@ function invoice_sync_addon_record($invoiceId, array $allocation, $status, $mess
  * coordinator's data is behind reality (an old backup restored), so writing it would print a
  * number twice.
  */
-function invoice_sync_addon_check_forward($invoiceId, array $allocation)
+function invoice_sync_addon_check_forward(array $settings, $invoiceId, array $allocation)
 {
+    if ($settings['record'] !== '1') {
+        return; // the sidecar checks against its own journal and answers 409
+    }
     $highest = Capsule::table(INVOICE_SYNC_ADDON_TABLE)
         ->where('sequence', (string) $allocation['sequence'])
         ->where('period', (string) $allocation['period'])
@@ -302,8 +324,8 @@ function invoice_sync_addon_number($invoiceId, array $settings = null)
         $step = 'taking a number';
         $allocation = invoice_sync_addon_allocate($settings, $request);
         $number = (string) $allocation['formatted'];
-        invoice_sync_addon_check_forward($invoiceId, $allocation);
-        invoice_sync_addon_record($invoiceId, $allocation, 'issued');
+        invoice_sync_addon_check_forward($settings, $invoiceId, $allocation);
+        invoice_sync_addon_record($settings, $invoiceId, $allocation, 'issued');
 
         $step = "writing $number";
         // Only into an unnumbered invoice: the poller or an admin may have been faster.
@@ -314,24 +336,43 @@ function invoice_sync_addon_number($invoiceId, array $settings = null)
             $step = "voiding $number";
             $reason = "invoice $invoiceId was numbered '$written' by someone else";
             invoice_sync_addon_void($settings, $allocation, $reason);
-            invoice_sync_addon_record($invoiceId, $allocation, 'void', $reason);
+            invoice_sync_addon_record($settings, $invoiceId, $allocation, 'void', $reason);
             logActivity("invoice-sync: invoice $invoiceId already had number '$written'; voided $number");
             return;
         }
 
         $step = "confirming $number";
         invoice_sync_addon_confirm($settings, $allocation);
-        invoice_sync_addon_record($invoiceId, $allocation, 'confirmed');
+        invoice_sync_addon_record($settings, $invoiceId, $allocation, 'confirmed');
     } catch (Throwable $e) {
         $message = "invoice-sync: invoice $invoiceId, $step failed: " . $e->getMessage()
             . ' (left as it is; the next attempt gets the same number)';
         if ($allocation !== null) {
             try {
-                invoice_sync_addon_record($invoiceId, $allocation, 'failed', $e->getMessage());
+                invoice_sync_addon_record($settings, $invoiceId, $allocation, 'failed', $e->getMessage());
             } catch (Throwable $ignored) {
                 // the activity log below still says what happened
             }
         }
         logActivity($message);
+    }
+}
+
+/** The two hooks of the event that numbers: *PreEmail before the PDF is mailed, the other also
+ * when no email goes out (the second call finds the number and does nothing). */
+function invoice_sync_addon_events($numberOn)
+{
+    return $numberOn === 'created'
+        ? array('InvoiceCreationPreEmail', 'InvoiceCreated')
+        : array('InvoicePaidPreEmail', 'InvoicePaid');
+}
+
+/** Register the numbering hooks with these settings (the module's, or the standalone hook's). */
+function invoice_sync_addon_add_hooks(array $settings)
+{
+    foreach (invoice_sync_addon_events($settings['number_on']) as $event) {
+        add_hook($event, 1, function ($vars) use ($settings) {
+            invoice_sync_addon_number($vars['invoiceid'], $settings);
+        });
     }
 }
