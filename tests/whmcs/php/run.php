@@ -2,7 +2,8 @@
 // php run.php STATE_JSON FILES ACTION [ARGS...]
 //   FILES: the PHP files WHMCS would load, separated by ':' (the module's invoice_sync.php and
 //          hooks.php, or the standalone hook).
-//   ACTION: config | activate | deactivate | upgrade FROM_VERSION | output | hook EVENT INVOICE_ID...
+//   ACTION: config | activate | deactivate | upgrade FROM_VERSION | output [QUERY]
+//           | hook EVENT [INVOICE_ID...]
 // STATE_JSON holds {"tables": {...}, "race": {invoice id: number another writer sets}}; it is
 // the database while the action runs. Prints {"tables", "schemas", "log", "hooks", "result",
 // "output"} as JSON.
@@ -14,11 +15,16 @@ foreach (explode(':', $files) as $file) {
 }
 $result = null;
 ob_start();
-if ($action === 'hook') {
+if ($action === 'hook' && count($argv) === 5) {
+    run_hook($argv[4], array()); // an event without an invoice (AfterCronJob)
+} elseif ($action === 'hook') {
     foreach (array_slice($argv, 5) as $invoiceId) {
         run_hook($argv[4], array('invoiceid' => (int) $invoiceId));
     }
 } elseif ($action === 'output') {
+    if (isset($argv[4])) {
+        parse_str($argv[4], $_GET); // the page's query string, e.g. finish=1
+    }
     invoice_sync_output(array('modulelink' => 'addonmodules.php?module=invoice_sync', 'version' => '1.0'));
 } elseif ($action === 'upgrade') {
     $result = invoice_sync_upgrade(array('version' => $argv[4]));

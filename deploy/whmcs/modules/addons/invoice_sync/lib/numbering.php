@@ -176,11 +176,56 @@ function invoice_sync_addon_coordinator_url(array $settings)
     if ($url === '' || $parts === false || !isset($parts['scheme'], $parts['host'])) {
         throw new InvoiceSyncAddonError('the coordinator URL is not set or not a URL (System Settings → Addon Modules → invoice-sync)');
     }
+    if (isset($parts['user']) || isset($parts['pass'])) {
+        throw new InvoiceSyncAddonError('the coordinator URL must not hold a user or password: the agent token is the credential');
+    }
     $scheme = strtolower($parts['scheme']);
     if ($scheme !== 'https' && !($scheme === 'http' && invoice_sync_addon_is_loopback($parts['host']))) {
         throw new InvoiceSyncAddonError("the coordinator URL must start with https:// (got $scheme://): the agent token must not cross the network in clear");
     }
     return $url;
+}
+
+/**
+ * Return what is wrong with the settings, one sentence each (empty: nothing). The hooks number
+ * nothing while any is wrong, and the module's page lists them.
+ */
+function invoice_sync_addon_problems(array $settings)
+{
+    $problems = array();
+    $choices = array('transport' => array('coordinator', 'sidecar'), 'number_on' => array('paid', 'created'));
+    foreach ($choices as $name => $allowed) {
+        if (!in_array($settings[$name], $allowed, true)) {
+            $problems[] = "$name must be " . implode(' or ', $allowed) . " (is '{$settings[$name]}')";
+        }
+    }
+    $ranges = array('timeout' => array(1, 120, 'seconds'), 'attempts' => array(1, 10, 'attempts'));
+    foreach ($ranges as $name => $range) {
+        $value = trim((string) $settings[$name]);
+        if (!ctype_digit($value) || (int) $value < $range[0] || (int) $value > $range[1]) {
+            $problems[] = "$name must be a whole number of {$range[2]} from {$range[0]} to {$range[1]} (is '$value')";
+        }
+    }
+    if ($settings['transport'] === 'sidecar') {
+        if (!preg_match('#^(unix:/.+|http://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d+/?)$#', $settings['sidecar'])) {
+            $problems[] = "the sidecar address must be http://127.0.0.1:PORT or unix:/path (is '{$settings['sidecar']}')";
+        }
+        return $problems;
+    }
+    try {
+        invoice_sync_addon_coordinator_url($settings);
+    } catch (InvoiceSyncAddonError $e) {
+        $problems[] = $e->getMessage();
+    }
+    if ($settings['agent_token'] === '') {
+        $problems[] = 'no agent token is set';
+    } elseif (strpos($settings['agent_token'], INVOICE_SYNC_ADDON_TOKEN_PREFIX) !== 0) {
+        $problems[] = 'the agent token must be the system\'s agent token, which starts with ' . INVOICE_SYNC_ADDON_TOKEN_PREFIX;
+    }
+    if ($settings['ca_bundle'] !== '' && !is_readable($settings['ca_bundle'])) {
+        $problems[] = "the CA bundle {$settings['ca_bundle']} cannot be read by PHP";
+    }
+    return $problems;
 }
 
 /** "HTTP 409: <the coordinator's message>" for the activity log. */
@@ -304,12 +349,22 @@ function invoice_sync_addon_number($invoiceId, array $settings = null)
     $allocation = null;
     try {
         $settings = $settings === null ? invoice_sync_addon_settings() : $settings;
+        $problems = invoice_sync_addon_problems($settings);
+        if ($problems) {
+            $step = 'checking the settings';
+            throw new InvoiceSyncAddonError(implode('; ', $problems));
+        }
         $invoice = localAPI('GetInvoice', array('invoiceid' => $invoiceId));
         if (!isset($invoice['result']) || $invoice['result'] !== 'success') {
             throw new InvoiceSyncAddonError(isset($invoice['message']) ? $invoice['message'] : 'GetInvoice failed');
         }
-        if (trim((string) $invoice['invoicenum']) !== '') {
-            return; // numbered already (by us, the poller, or an admin): never renumber
+        $current = trim((string) $invoice['invoicenum']);
+        if ($current !== '') {
+            // Numbered already (by us, the poller, or an admin): never renumber. If it is our
+            // number and its confirmation failed before, confirm it now.
+            $step = "confirming $current";
+            invoice_sync_addon_finish_written($settings, $invoiceId, $current);
+            return;
         }
         // Credit notes are invoices with a negative total (modules that add them do so).
         $request = array(
@@ -358,6 +413,88 @@ function invoice_sync_addon_number($invoiceId, array $settings = null)
     }
 }
 
+/** The module's numbers of invoice $invoiceId taken but not yet confirmed or voided. */
+function invoice_sync_addon_pending($invoiceId = null, $limit = 50)
+{
+    $query = Capsule::table(INVOICE_SYNC_ADDON_TABLE)->where('status', '!=', 'confirmed')
+        ->where('status', '!=', 'void');
+    if ($invoiceId !== null) {
+        $query = $query->where('invoiceid', (int) $invoiceId);
+    }
+    return $query->orderBy('id', 'asc')->limit($limit)->get();
+}
+
+/** The allocation a row of the module's table stands for. */
+function invoice_sync_addon_row_allocation($row)
+{
+    $row = (array) $row;
+    return array('id' => $row['allocation_id'], 'formatted' => $row['formatted'], 'number' => $row['number'],
+        'sequence' => $row['sequence'], 'period' => $row['period']);
+}
+
+/**
+ * Confirm our number of an invoice that shows it but whose confirmation failed earlier (the
+ * coordinator was down after the write). Without this the coordinator would list it as issued
+ * and unconfirmed for ever: every later hook run finds the invoice numbered and stops.
+ */
+function invoice_sync_addon_finish_written(array $settings, $invoiceId, $invoicenum)
+{
+    if ($settings['record'] !== '1') {
+        return; // the sidecar's journal and the agent's poller finish these
+    }
+    foreach (invoice_sync_addon_pending($invoiceId) as $row) {
+        if ((string) $row->formatted === $invoicenum) {
+            $allocation = invoice_sync_addon_row_allocation($row);
+            invoice_sync_addon_confirm($settings, $allocation);
+            invoice_sync_addon_record($settings, $invoiceId, $allocation, 'confirmed');
+        }
+    }
+}
+
+/**
+ * Finish the numbers this installation took and did not confirm (WHMCS's cron, or the module's
+ * page): confirm what the invoice shows, number again (the same number) what is still
+ * unnumbered, void what another number replaced. Returns how many were finished; a failure is
+ * logged once per reason and left for the next run.
+ */
+function invoice_sync_addon_finish_pending(array $settings, $limit = 50)
+{
+    if ($settings['record'] !== '1' || invoice_sync_addon_problems($settings)) {
+        return 0;
+    }
+    $finished = 0;
+    foreach (invoice_sync_addon_pending(null, $limit) as $row) {
+        $invoiceId = (int) $row->invoiceid;
+        $allocation = invoice_sync_addon_row_allocation($row);
+        try {
+            $invoice = localAPI('GetInvoice', array('invoiceid' => $invoiceId));
+            if (!isset($invoice['result']) || $invoice['result'] !== 'success') {
+                throw new InvoiceSyncAddonError('GetInvoice: ' . (isset($invoice['message']) ? $invoice['message'] : 'failed')
+                    . '; an admin decides (void it in the coordinator with the reason, or restore the invoice)');
+            }
+            $current = trim((string) $invoice['invoicenum']);
+            if ($current === '') {
+                invoice_sync_addon_number($invoiceId, $settings); // the same number, written now
+            } elseif ($current === (string) $row->formatted) {
+                invoice_sync_addon_confirm($settings, $allocation);
+                invoice_sync_addon_record($settings, $invoiceId, $allocation, 'confirmed');
+            } else {
+                $reason = "invoice $invoiceId was numbered '$current' by someone else";
+                invoice_sync_addon_void($settings, $allocation, $reason);
+                invoice_sync_addon_record($settings, $invoiceId, $allocation, 'void', $reason);
+            }
+            $finished++;
+        } catch (Throwable $e) {
+            if (substr($e->getMessage(), 0, 250) !== (string) $row->message) {
+                logActivity("invoice-sync: invoice $invoiceId, finishing {$row->formatted} failed: "
+                    . $e->getMessage() . ' (tried again with the next cron run)');
+            }
+            invoice_sync_addon_record($settings, $invoiceId, $allocation, (string) $row->status, $e->getMessage());
+        }
+    }
+    return $finished;
+}
+
 /** The two hooks of the event that numbers: *PreEmail before the PDF is mailed, the other also
  * when no email goes out (the second call finds the number and does nothing). */
 function invoice_sync_addon_events($numberOn)
@@ -373,6 +510,12 @@ function invoice_sync_addon_add_hooks(array $settings)
     foreach (invoice_sync_addon_events($settings['number_on']) as $event) {
         add_hook($event, 1, function ($vars) use ($settings) {
             invoice_sync_addon_number($vars['invoiceid'], $settings);
+        });
+    }
+    if ($settings['record'] === '1') {
+        // WHMCS's cron (every few minutes): finish what a failure left unconfirmed.
+        add_hook('AfterCronJob', 1, function ($vars) use ($settings) {
+            invoice_sync_addon_finish_pending($settings);
         });
     }
 }
