@@ -534,7 +534,7 @@ def test_the_admin_page_finishes_unconfirmed_numbers_on_request(
 
 
 @pytest.mark.parametrize(("setting", "value", "problem"), [
-    ("timeout", "ten", "timeout must be a whole number of seconds from 1 to 120 (is 'ten')"),
+    ("timeout", "ten", "timeout must be a whole number of seconds from 1 to 300 (is 'ten')"),
     ("attempts", "0", "attempts must be a whole number of attempts from 1 to 10 (is '0')"),
     ("number_on", "sometimes", "number_on must be paid or created (is 'sometimes')"),
     ("transport", "carrier-pigeon", "transport must be coordinator or sidecar"),

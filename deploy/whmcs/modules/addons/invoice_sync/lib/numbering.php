@@ -199,7 +199,7 @@ function invoice_sync_addon_problems(array $settings)
             $problems[] = "$name must be " . implode(' or ', $allowed) . " (is '{$settings[$name]}')";
         }
     }
-    $ranges = array('timeout' => array(1, 120, 'seconds'), 'attempts' => array(1, 10, 'attempts'));
+    $ranges = array('timeout' => array(1, 300, 'seconds'), 'attempts' => array(1, 10, 'attempts'));
     foreach ($ranges as $name => $range) {
         $value = trim((string) $settings[$name]);
         if (!ctype_digit($value) || (int) $value < $range[0] || (int) $value > $range[1]) {
