@@ -179,3 +179,12 @@ def test_doctor_says_a_poll_has_not_run_yet_without_failing(blue, redis_client, 
     (check,) = doctor.central_poll_checks(redis_client, dt.datetime.now(dt.UTC))
     assert check.name == "central poll blue" and check.ok and check.warning
     assert "no run yet" in check.detail
+
+
+def test_the_systems_status_names_the_missing_actions(blue, poll, client, admin) -> None:
+    blue.allowed_actions = {"getinvoices", "getinvoice"}
+    poll()
+    shown = client.get("/v1/systems/blue", headers=admin).get_json()["central_poll_last"]
+    assert shown["missing_actions"] == ["UpdateInvoice"]
+    assert shown["failures"] == 1 and shown["last_ok_at"] is None
+    assert shown["access_checked_at"] == shown["at"] and shown["access_problem"] is None
