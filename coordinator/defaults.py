@@ -86,6 +86,11 @@ ALLOW_PRIVATE_SYSTEM_URLS = False
 SYNC_DAILY_AT = "04:30"
 """UTC time of day for the automatic sync, after WHMCS's usual daily cron run."""
 
+SCHEDULER_TICK_SECONDS = 30.0
+"""How often the scheduler (in ``serve`` and ``worker --with-scheduler``) looks at the clock for
+daily syncs and due central polls; its claims make ticks cheap. A central poll is queued at most
+this long after it is due."""
+
 LOG_LEVEL = "INFO"
 """Level of the JSON log lines written to stderr."""
 
