@@ -116,6 +116,39 @@ class Allocations(MethodView):
         return jsonify(_shaped(entry)), (201 if new else 200)
 
 
+_BATCH_REQUEST = schemas.AllocationBatchRequestSchema()
+_BATCH = schemas.AllocationBatchSchema()
+
+
+@blp.route("/allocation-batches")
+class AllocationBatches(MethodView):
+    @auth.require(auth.AGENT)
+    @blp.arguments(_BATCH_REQUEST)
+    @blp.response(200, _BATCH)
+    @blp.alt_response(409, description="An item cannot be numbered (errors.json.items.<index> "
+                                       "says why); no number of the batch was taken")
+    @blp.alt_response(503, description="Not confirmed durable: retry the same request")
+    def post(self, body):
+        """Number several documents of the token's system at once: all of them or none."""
+        today = sequences.utcnow().date()
+        items = [allocation.Item(item["document"], item["reference"], item["date"] or today)
+                 for item in body["items"]]
+        try:
+            taken = allocation.allocate_batch(
+                get_redis(), auth.current_principal().system, items, _durability(), hints())
+        except NotDurable:
+            for item in items:
+                child(ALLOCATIONS, item.document, "not_durable").inc()
+            raise
+        out = []
+        for entry, new in taken:
+            child(ALLOCATIONS, entry["sequence"], "new" if new else "replay").inc()
+            shaped = _shaped(entry)
+            shaped["replay"] = not new
+            out.append(shaped)
+        return jsonify({"items": out})
+
+
 @blp.route("/allocations/<path:allocation_id>")
 class AllocationById(MethodView):
     @auth.require(auth.ADMIN, auth.AUDITOR, auth.AGENT)
