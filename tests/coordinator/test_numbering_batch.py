@@ -157,7 +157,8 @@ def _without_time(taken):
     return [({k: v for k, v in entry.items() if k != "issued_at"}, new) for entry, new in taken]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=_ITEMS, items=_ITEMS)
 def test_a_batch_numbers_exactly_as_one_by_one(redis_client, history, items):
     redis_client.flushall()
