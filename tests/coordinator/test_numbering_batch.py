@@ -180,3 +180,22 @@ def test_a_batch_numbers_exactly_as_one_by_one(redis_client, history, items):
     assert snapshot(redis_client, skip=(b"{ser:default}:invoice:stats",
                                         b"{ser:default}:credit_note:stats")).keys() == \
         after_singles.keys()
+
+
+def test_a_full_batch_of_long_references_fits_its_body_limit(client, agent):
+    # 1000 items of 128-character references: about 170 KB, past the general 64 KiB limit
+    items = [("invoice", f"{i:04d}" + "x" * 124, "2026-03-01") for i in range(1000)]
+    response = batch(client, agent("blue"), *items)
+    assert response.status_code == 200, response.get_json()
+    assert [e["number"] for e in response.get_json()["items"]] == list(range(1, 1001))
+
+
+def test_a_larger_body_is_413_in_the_error_shape(client, agent, valkey):
+    blue = agent("blue")
+    before = snapshot(valkey.url)
+    response = client.post("/v1/allocation-batches", headers=blue,
+                           data=b'{"items": [' + b" " * (1024 * 1024) + b"]}",
+                           content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["code"] == 413
+    assert snapshot(valkey.url) == before
