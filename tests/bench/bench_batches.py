@@ -3,9 +3,9 @@
 Not part of the test suite. One run starts one Valkey (AOF, ``appendfsync always``, checked
 and printed) and the coordinator under the production gunicorn settings (as
 bench_allocations.py serves it), then alternates, round by round: ``--clients`` threads posting
-batches of ``--batch`` new invoices for ``--seconds``, and ``redis-benchmark -t incr`` with the
-same number of clients on the same server. The figure is numbers per second over INCRs per
-second, per round and the median (the aim: >= 1/3).
+batches of ``--batch`` new invoices for ``--seconds``, and ``redis-benchmark -t incr``
+(``--incr-clients``, default 50 as redis-benchmark's own) on the same server. The figure is
+numbers per second over INCRs per second, per round and the median (the aim: >= 1/3).
 
     python tests/bench/bench_batches.py --batch 1000 --clients 4 --seconds 10 --rounds 3
 """
@@ -88,6 +88,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--incr-requests", type=int, default=20000,
                         help="INCRs per redis-benchmark round")
+    parser.add_argument("--incr-clients", type=int, default=50,
+                        help="redis-benchmark clients (its default, 50: with appendfsync always "
+                             "more clients share each fsync, the harder baseline)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if not shutil.which("redis-benchmark"):
@@ -117,7 +120,7 @@ def main() -> None:
             valkey_port = int(valkey.url.rsplit(":", 1)[1].split("/")[0])
             for number in range(args.rounds):
                 batch = drive(port, token, args.clients, args.batch, args.seconds, f"r{number}")
-                incr = incr_rate(valkey_port, args.clients, args.incr_requests)
+                incr = incr_rate(valkey_port, args.incr_clients, args.incr_requests)
                 ratio = batch["numbers_per_s"] / incr
                 ratios.append(ratio)
                 print(f"round {number + 1}/{args.rounds}: batch {batch['numbers_per_s']:9.1f} "
