@@ -18,13 +18,13 @@ and the ledger once: cost grows with the numbers compared, which is what the que
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.forecaster import store
 from coordinator.warnings import store as warnings
 
@@ -98,7 +98,7 @@ def reconcile(
               for key in ("numbers_seen", "numbers_issued", "duplicates", "not_issued",
                           "not_seen")}
     return {
-        "checked_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "checked_at": iso(utcnow()),
         "systems": list(systems),
         "systems_synced": sorted(synced),
         "ledger_compared": ledger is not None,

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.exceptions import (
     Conflict,
     Forbidden,
@@ -36,9 +37,7 @@ from coordinator.numbering.sequences import (
     INVOICE,
     MAX_NUMBER,
     ensure_sequences,
-    iso,
     period_of,
-    utcnow,
 )
 
 
