@@ -41,12 +41,10 @@ local plans = {}
 -- leave, exactly as k separate allocations would.
 for i = 1, count do
   local k, a = (i - 1) * NKEYS, (i - 1) * NARGS
-  local K = function(n) return KEYS[k + n] end
-  local A = function(n) return ARGV[a + n] end
 
-  local s = settings_of[K(1)]
+  local s = settings_of[KEYS[k + 1]]
   if not s then
-    local raw = redis.call('HGETALL', K(1))
+    local raw = redis.call('HGETALL', KEYS[k + 1])
     if #raw == 0 then
       return {'error', i, 'uninitialized'}
     end
@@ -54,14 +52,14 @@ for i = 1, count do
     for j = 1, #raw, 2 do
       s[raw[j]] = raw[j + 1]
     end
-    settings_of[K(1)] = s
+    settings_of[KEYS[k + 1]] = s
   end
-  local member = redis.call('HGET', K(8), A(2))
-  if not (member == 'open' or (not member and A(11) == '1')) then
+  local member = redis.call('HGET', KEYS[k + 8], ARGV[a + 2])
+  if not (member == 'open' or (not member and ARGV[a + 11] == '1')) then
     return {'error', i, 'member', member or ''}
   end
 
-  local seq, document = A(9), A(1)
+  local seq, document = ARGV[a + 9], ARGV[a + 1]
   if document == 'credit_note' then
     local served = (seq == 'invoice' and s['credit_notes'] == '1')
       or (seq == 'credit_note' and s['dedicated'] == '1')
@@ -69,13 +67,13 @@ for i = 1, count do
       return {'error', i, 'moved'}
     end
   end
-  if s['reset'] ~= A(6) then
+  if s['reset'] ~= ARGV[a + 6] then
     return {'error', i, 'reset', s['reset']}
   end
 
-  local period = A(5)
-  local ref_slot = K(3) .. '\0' .. A(3)
-  local existing = refs_taken[ref_slot] or redis.call('HGET', K(3), A(3))
+  local period = ARGV[a + 5]
+  local ref_slot = KEYS[k + 3] .. '\0' .. ARGV[a + 3]
+  local existing = refs_taken[ref_slot] or redis.call('HGET', KEYS[k + 3], ARGV[a + 3])
   if existing then
     local existing_period, existing_number = string.match(existing, '^[^:]+:([^:]+):(%d+)$')
     if existing_period ~= period then
@@ -85,10 +83,10 @@ for i = 1, count do
   else
     local increment = tonumber(s['increment'])
     local padding = tonumber(s['padding'])
-    local current = counters[K(5)] or tonumber(redis.call('GET', K(5)) or '0')
+    local current = counters[KEYS[k + 5]] or tonumber(redis.call('GET', KEYS[k + 5]) or '0')
     local number = current + increment
     local digits = string.format('%.0f', number)
-    if number > tonumber(A(8)) or (padding > 0 and #digits > padding) then
+    if number > tonumber(ARGV[a + 8]) or (padding > 0 and #digits > padding) then
       return {'error', i, 'exhausted', string.format('%.0f', current)}
     end
     local number_text = digits
@@ -96,27 +94,28 @@ for i = 1, count do
       digits = string.rep('0', padding - #digits) .. digits
     end
 
-    local date = A(4)
+    local date = ARGV[a + 4]
     local parts = {
       ['{YEAR}'] = string.sub(date, 1, 4), ['{MONTH}'] = string.sub(date, 6, 7),
       ['{DAY}'] = string.sub(date, 9, 10), ['{NUMBER}'] = digits,
     }
     local formatted = string.gsub(s['format'], '{%u+}', function(tag) return parts[tag] end)
-    local fslot = K(9) .. '\0' .. formatted
-    local owner = formatted_taken[fslot] or redis.call('HGET', K(9), formatted)
+    local fslot = KEYS[k + 9] .. '\0' .. formatted
+    local owner = formatted_taken[fslot] or redis.call('HGET', KEYS[k + 9], formatted)
     if owner then
       return {'error', i, 'duplicate', formatted, owner}
     end
 
-    local id = A(10) .. seq .. ':' .. period .. ':' .. number_text
-    counters[K(5)] = number
+    local id = ARGV[a + 10] .. seq .. ':' .. period .. ':' .. number_text
+    counters[KEYS[k + 5]] = number
     formatted_taken[fslot] = id
     refs_taken[ref_slot] = id
     plans[i] = {replay = false, k = k, number = number, number_text = number_text,
                 increment = increment, formatted = formatted, id = id, entry = cjson.encode({
       id = id, number = number_text, previous = string.format('%.0f', current),
-      formatted = formatted, sequence = seq, period = period, system = A(2),
-      document = document, reference = A(3), date = date, status = 'issued', issued_at = A(7),
+      formatted = formatted, sequence = seq, period = period, system = ARGV[a + 2],
+      document = document, reference = ARGV[a + 3], date = date, status = 'issued',
+      issued_at = ARGV[a + 7],
     })}
   end
 end

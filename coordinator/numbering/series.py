@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from coordinator import keys
+from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound
 from coordinator.numbering.sequences import (
     CREDIT_NOTE,
@@ -38,10 +38,6 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DEFAULT_DESCRIPTION = "The default series"
 OPEN, CLOSED = "open", "closed"
 _RETRIES = 20
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def valid_name(name: Any) -> bool:
@@ -105,7 +101,7 @@ def list_series(client: redis.Redis) -> list[dict[str, Any]]:
 
 
 def create_series(
-    client: redis.Redis, name: str, description: str = "", *, now: Callable = _utcnow,
+    client: redis.Redis, name: str, description: str = "", *, now: Callable = utcnow,
 ) -> dict[str, Any]:
     """Create series ``name`` with both sequences at their default settings.
 
@@ -136,7 +132,7 @@ def create_series(
 
 
 def update_series(
-    client: redis.Redis, name: str, changes: dict[str, Any], *, now: Callable = _utcnow,
+    client: redis.Redis, name: str, changes: dict[str, Any], *, now: Callable = utcnow,
 ) -> dict[str, Any]:
     """Change a series' description; return it.
 
