@@ -136,7 +136,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
                 token = ensure_admin_token(get_redis(), data_dir)
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
-        click.echo(f"coordinator on http://{host}:{port}", err=True)
+        click.echo(f"coordinator on http://{host}:{port} (dashboard: /ui/)", err=True)
         if sync_worker:
             from coordinator.forecaster.worker import spawn_worker_process
 
