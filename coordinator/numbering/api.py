@@ -141,7 +141,7 @@ class AllocationBatches(MethodView):
     @blp.alt_response(503, description="Not confirmed durable: retry the same request")
     def post(self, body):
         """Number several documents of the token's system at once: all of them or none."""
-        today = sequences.utcnow().date()
+        today = utcnow().date()
         items = [allocation.Item(item["document"], item["reference"], item["date"] or today)
                  for item in body["items"]]
         try:
@@ -149,11 +149,11 @@ class AllocationBatches(MethodView):
                 get_redis(), auth.current_principal().system, items, _durability(), hints())
         except NotDurable:
             for item in items:
-                child(ALLOCATIONS, item.document, "not_durable").inc()
+                child(ALLOCATIONS, SERIES, item.document, "not_durable").inc()
             raise
         out = []
         for entry, new in taken:
-            child(ALLOCATIONS, entry["sequence"], "new" if new else "replay").inc()
+            child(ALLOCATIONS, SERIES, entry["sequence"], "new" if new else "replay").inc()
             shaped = _shaped(entry)
             shaped["replay"] = not new
             out.append(shaped)
