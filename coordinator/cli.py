@@ -24,6 +24,7 @@ from coordinator.ops.datadir import (
 )
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
+from coordinator.systems.addon import register as _register_addon
 
 ADMIN_FILE_LABEL = "admin-token file"
 """Label of the token ``serve`` keeps in ``<data-dir>/admin-token`` (see GET /v1/tokens)."""
@@ -259,3 +260,4 @@ def demo(keep: bool) -> None:
 _register_forecaster(main)
 _register_numbering(main)
 _register_tokens(main)
+_register_addon(main)

@@ -143,6 +143,17 @@ def seq_audit(seq: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}audit"
 
 
+def seq_events(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: the ledger's events (issued, confirmed, voided, settings changed, next number
+    raised), JSON, append-only, each carrying its index as ``seq`` (see numbering/chain.py)."""
+    return f"{seq_prefix(seq, series)}events"
+
+
+def seq_chain(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: the SHA-256 (hex) of each sealed event of :func:`seq_events`, same index."""
+    return f"{seq_prefix(seq, series)}chain"
+
+
 def legacy_seq_prefix(seq: str) -> str:
     """Start of the keys of sequence ``seq`` before series existed (release 6d52368 and older).
 
@@ -259,6 +270,21 @@ def sys_daily_claim(name: str, day: str) -> str:
     return f"{{sys:{name}}}:daily:{day}"
 
 
+def sys_central_poll(name: str) -> str:
+    """Hash: the last central poll of the system (state, when, what it did, why it failed)."""
+    return f"{{sys:{name}}}:central-poll"
+
+
+def sys_central_poll_lock(name: str) -> str:
+    """String: the worker polling the system now (SET NX PX; one central poll at a time)."""
+    return f"{{sys:{name}}}:central-poll:lock"
+
+
+def sys_central_poll_due(name: str) -> str:
+    """String: set by the scheduler that queued the system's poll; expires when the next is due."""
+    return f"{{sys:{name}}}:central-poll:due"
+
+
 def sys_sync_stats(name: str) -> str:
     """Hash: cumulative sync outcomes of a system for metrics: ``done``, ``failed`` (runs),
     ``invoices`` (fetched), ``seconds`` (summed run time), ``last_seconds``."""
@@ -271,13 +297,25 @@ def sync(sync_id: str) -> str:
 
 
 # --- warnings -----------------------------------------------------------------------------
+# Redis Cluster: the index and every warning share the hash tag {warnings}, so raise.lua
+# touches one slot. The previous release's names (below) are moved at first use.
 
-WARNINGS = "warnings"
+WARNINGS = "{warnings}:index"
 """Sorted set: warning id -> last seen (unix seconds), for ``GET /v1/warnings?since=``."""
 
 
 def warning(warning_id: str) -> str:
     """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
+    return f"{{warnings}}:warning:{warning_id}"
+
+
+LEGACY_WARNINGS = "warnings"
+"""Where the previous release kept :data:`WARNINGS` (no hash tag); moved by
+``coordinator.warnings.store.migrate_legacy``."""
+
+
+def legacy_warning(warning_id: str) -> str:
+    """Where the previous release kept :func:`warning`."""
     return f"warning:{warning_id}"
 
 

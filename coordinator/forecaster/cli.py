@@ -135,8 +135,30 @@ def report(kind: str, start: str | None, end: str | None, by: str, months: int,
         raise click.ClickException(f"{error.message}: {error.errors or ''}") from None
 
 
+@click.command("central-poll")
+@click.argument("name")
+@click.option("--full", is_flag=True, envvar="INVOICE_SYNC_CENTRAL_POLL_FULL",
+              help="Read every invoice (default: only what may have changed since the last).")
+@data_dir_option
+def central_poll_command(name: str, full: bool, data_dir: Path) -> None:
+    """Number what system NAME's hooks missed, now, from here; exit 1 if invoices are left."""
+    from coordinator.exceptions import CoordinatorError
+    from coordinator.forecaster import central_poll
+
+    client, settings = _client(data_dir)
+    settings["DATA_DIR"] = str(data_dir)
+    try:
+        outcome = central_poll.run(client, name, settings, full=full)
+    except CoordinatorError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"central poll of {name}: {outcome['message']}")
+    if outcome["state"] != "done":
+        sys.exit(1)
+
+
 def register(main: click.Group) -> None:
     """Add the forecaster's commands to the ``invoice-sync`` group."""
     main.add_command(worker)
     main.add_command(sync_command)
     main.add_command(report)
+    main.add_command(central_poll_command)

@@ -22,7 +22,7 @@ from coordinator import keys
 from coordinator.config import load_settings
 from coordinator.exceptions import Conflict, CoordinatorError, InvalidInput, NotFound
 from coordinator.forecaster import defaults, lock, money, records, stats, sync
-from coordinator.forecaster.connections import with_decoding
+from coordinator.forecaster.connections import queue_connection, with_decoding
 from coordinator.warnings import store as warnings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ Resolver = Callable[[redis.Redis, str, Mapping[str, Any]], tuple[Any, int]]
 
 def queue(client: redis.Redis) -> Queue:
     """Return the sync queue on ``client``'s server."""
-    return Queue(defaults.QUEUE_NAME, connection=with_decoding(client, False))
+    return Queue(defaults.QUEUE_NAME, connection=queue_connection(client))
 
 
 def request_sync(
@@ -64,6 +64,9 @@ def request_sync(
         running = lock.holder(client, system)
         raise Conflict(f"A sync of {system!r} is already queued or running (sync {running})")
     sync_queue = queue(client)
+    if getattr(client, "queue_client", None) is not None:
+        return _request_on_separate_queue(client, sync_queue, system, mode, sync_id, trigger,
+                                          confirm)
     try:
         with sync_queue.connection.pipeline(transaction=True) as pipe:
             pipe.multi()  # RQ adds its writes to an explicit MULTI rather than starting one
@@ -81,6 +84,32 @@ def request_sync(
         with contextlib.suppress(redis.RedisError):
             lock.release(client, system, sync_id)
         raise
+    return records.get(client, sync_id)
+
+
+def _request_on_separate_queue(
+    client: redis.Redis, sync_queue: Queue, system: str, mode: str, sync_id: str, trigger: str,
+    confirm: tuple[str, int] | None,
+) -> dict[str, Any]:
+    """:func:`request_sync` when the jobs live on another Redis (INVOICE_SYNC_QUEUE_REDIS_URL,
+    e.g. beside a Cluster): no transaction spans two servers, so the record is written to the
+    data Redis first and taken back if the job cannot be queued."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            records.create(pipe, system, mode, sync_id, trigger=trigger)
+            pipe.execute()
+        sync_queue.enqueue_call(
+            run_sync_job, args=(sync_id,), job_id=f"sync-{sync_id}",
+            timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
+        )
+    except redis.RedisError:
+        with contextlib.suppress(redis.RedisError):
+            client.delete(keys.sync(sync_id))
+            client.lrem(keys.sys_syncs(system), 0, sync_id)
+            lock.release(client, system, sync_id)
+        raise
+    if confirm is not None:
+        client.expire(*confirm)
     return records.get(client, sync_id)
 
 
@@ -220,11 +249,28 @@ def run_sync_job(sync_id: str) -> str:
         SyncJobFailed: the sync failed (its record and warning were written first).
     """
     job = get_current_job()
-    client = with_decoding(job.connection, True)
-    record = execute(client, sync_id, load_settings())
+    settings = load_settings()
+    record = execute(_data_client(job.connection, settings), sync_id, settings)
     if record["state"] == records.FAILED:
         raise SyncJobFailed(
             f"sync {sync_id} of {record['system']} failed ({record['error_code']}): "
             f"{record['error']}"
         )
     return record["state"]
+
+
+_DATA_CLIENTS: dict[str, redis.Redis] = {}
+
+
+def _data_client(queue: redis.Redis, settings: Mapping[str, Any]) -> redis.Redis:
+    """The data Redis of a job: the queue's own server, unless the queue lives apart
+    (INVOICE_SYNC_QUEUE_REDIS_URL, e.g. next to a Cluster): then the configured one."""
+    if not settings.get("QUEUE_REDIS_URL"):
+        return with_decoding(queue, True)
+    from coordinator.ops.redis_client import make_redis
+
+    key = str(settings.get("REDIS_CLUSTER") or settings.get("SENTINELS")
+              or settings.get("REDIS_URL"))
+    if key not in _DATA_CLIENTS:
+        _DATA_CLIENTS[key] = make_redis(settings)
+    return _DATA_CLIENTS[key]

@@ -1,10 +1,11 @@
 -- Take the next number of one sequence for each of N WHMCS documents (N >= 1), or return the
 -- one a document already has. All or nothing: every item is checked first, and only when all
 -- of them can be numbered do the counters, ledger entries, reference indexes and the
--- formatted-number index change; every key is in the series' slot {ser:R}. A single
--- allocation is the batch of one.
+-- formatted-number index change, and each new number appends its 'issued' event to the
+-- sequence's hash-chained event list (sealed by chain.py); every key is in the series' slot
+-- {ser:R}. A single allocation is the batch of one; a replay appends no event.
 --
--- Item i (0-based) owns KEYS[9*i+1 .. 9*i+9] and ARGV[11*i+1 .. 11*i+11]; for item i:
+-- Item i (0-based) owns KEYS[10*i+1 .. 10*i+10] and ARGV[11*i+1 .. 11*i+11]; for item i:
 -- KEYS[1] {ser:R}:S:settings     hash: increment, format, padding, reset, routing flag
 -- KEYS[2] {ser:R}:S:stats        hash: issued, credit_notes, replays
 -- KEYS[3] {ser:R}:S:refs:<doc>:<system>   hash: reference -> ledger id
@@ -13,6 +14,7 @@
 --         where P is the period of the document date under the reset the caller expects
 -- KEYS[8] {ser:R}:members        hash: system -> open | closed
 -- KEYS[9] {ser:R}:formatted      hash: formatted number -> ledger id (the whole series)
+-- KEYS[10] {ser:R}:S:events      list: the hash-chained ledger events (sealed by chain.py)
 --
 -- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
 -- ARGV[4] document date YYYY-MM-DD            ARGV[5] period P   ARGV[6] reset P was chosen by
@@ -31,7 +33,7 @@
 --
 -- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
 
-local NKEYS, NARGS = 9, 11
+local NKEYS, NARGS = 10, 11
 local count = #KEYS / NKEYS
 local settings_of, counters, formatted_taken, refs_taken = {}, {}, {}, {}
 local plans = {}
@@ -111,7 +113,8 @@ for i = 1, count do
     formatted_taken[fslot] = id
     refs_taken[ref_slot] = id
     plans[i] = {replay = false, k = k, number = number, number_text = number_text,
-                increment = increment, formatted = formatted, id = id, entry = cjson.encode({
+                increment = increment, formatted = formatted, id = id, period = period,
+                date = date, entry = cjson.encode({
       id = id, number = number_text, previous = string.format('%.0f', current),
       formatted = formatted, sequence = seq, period = period, system = ARGV[a + 2],
       document = document, reference = ARGV[a + 3], date = date, status = 'issued',
@@ -141,6 +144,14 @@ for i = 1, count do
     if ARGV[a + 1] == 'credit_note' then
       redis.call('HINCRBY', KEYS[k + 2], 'credit_notes', 1)
     end
+    -- ledger chain: the 'issued' event, appended in this same atomic step (sealed by chain.py);
+    -- items of one sequence append in item order, as separate allocations would
+    redis.call('RPUSH', KEYS[k + 10], cjson.encode({
+      seq = redis.call('LLEN', KEYS[k + 10]), type = 'issued', at = ARGV[a + 7], id = p.id,
+      number = p.number_text, formatted = p.formatted, system = ARGV[a + 2],
+      document = ARGV[a + 1], reference = ARGV[a + 3], date = p.date, period = p.period,
+    }))
+    -- end ledger chain
     out[i + 1] = {'new', p.entry}
   end
 end

@@ -184,7 +184,7 @@ def allocate_batch(
                 keys.seq_periods(sequence, series), keys.seq_counter(sequence, period, series),
                 keys.seq_ledger(sequence, period, series),
                 keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
-                keys.series_formatted(series),
+                keys.series_formatted(series), keys.seq_events(sequence, series),
             ]
             args += [item.document, system, item.reference, item.day.isoformat(), period,
                      reset, now, MAX_NUMBER, sequence,
@@ -294,7 +294,8 @@ def transition(
     series, sequence, period, number = parse_id(allocation_id)
     reply, wait = scripts.run(
         client, scripts.TRANSITION,
-        [keys.seq_ledger(sequence, period, series), keys.seq_stats(sequence, series)],
+        [keys.seq_ledger(sequence, period, series), keys.seq_stats(sequence, series),
+         keys.seq_events(sequence, series)],
         [number, action, actor_kind, actor_system or "", actor, iso(utcnow()), value],
         durability,
     )

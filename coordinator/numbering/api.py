@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request
+from flask import after_this_request, current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -10,9 +10,10 @@ from marshmallow import RAISE
 from coordinator import auth
 from coordinator.clock import utcnow
 from coordinator.exceptions import NotDurable
-from coordinator.numbering import allocation, ledger, migrate, schemas, sequences
+from coordinator.numbering import allocation, chain, ledger, migrate, schemas, sequences
 from coordinator.numbering.allocation import Hints
 from coordinator.numbering.scripts import Durability
+from coordinator.ops import confirmation
 from coordinator.ops.metrics import ALLOCATIONS, child
 from coordinator.ops.redis_client import get_redis
 
@@ -26,11 +27,8 @@ _ALLOCATION_REQUEST = schemas.AllocationRequestSchema()
 _ALLOCATION = schemas.AllocationSchema()
 _ALLOCATION_FIELDS = tuple(_ALLOCATION.dump_fields)
 
-SERIES = "default"
-"""The ``series`` label of the allocation metrics (one series until series land)."""
-
-DURABILITY = "invoice_sync.durability"
-"""``app.extensions`` key of the app's :class:`Durability`, read from its config once."""
+SERIES_UNKNOWN = "-"
+"""The ``series`` label of an allocation refused before its series was looked up."""
 
 HINTS = "invoice_sync.numbering_hints"
 """``app.extensions`` key of the app's allocation :class:`Hints` (never shared between apps)."""
@@ -88,11 +86,32 @@ def _actor() -> str:
 
 
 def _durability() -> Durability:
-    extensions = current_app.extensions
-    durability = extensions.get(DURABILITY)
-    if durability is None:
-        durability = extensions[DURABILITY] = Durability.from_config(current_app.config)
-    return durability
+    # The same verdict as /readyz and the doctor: 503 before writing when the server cannot
+    # keep what it acknowledges (coordinator.ops.durability).
+    return confirmation.guard_for(current_app).current(get_redis())
+
+
+def _seal_after(series: str, *sequences: str) -> None:
+    """Seal the new events of ``sequences`` once the response is sent (off the client's clock).
+
+    One pass per sequence, however many events the request appended (a batch seals once).
+    Sealing is idempotent and verify/export seal first, so a failure here only leaves the
+    events unsealed a little longer; it is logged, never raised.
+    """
+    client = get_redis()
+    logger = current_app.logger
+
+    @after_this_request
+    def hook(response):
+        def seal() -> None:
+            for sequence in sequences:
+                try:
+                    chain.seal(client, sequence, series=series)
+                except Exception:  # noqa: BLE001 - see the docstring
+                    logger.warning("sealing %s/%s failed; sealed at the next verify", series,
+                                   sequence, exc_info=True)
+        response.call_on_close(seal)
+        return response
 
 
 def _period(name: str, given: str | None, series: str) -> str:
@@ -119,10 +138,13 @@ class Allocations(MethodView):
                 body["reference"], day, _durability(), hints(),
             )
         except NotDurable:
-            # The physical sequence is unknown here; the document names it closely enough.
-            child(ALLOCATIONS, SERIES, body["document"], "not_durable").inc()
+            # Refused before the script ran: neither the series nor the physical sequence is
+            # known here (SERIES_UNKNOWN); the document names the sequence closely enough.
+            child(ALLOCATIONS, SERIES_UNKNOWN, body["document"], "not_durable").inc()
             raise
-        child(ALLOCATIONS, SERIES, entry["sequence"], "new" if new else "replay").inc()
+        child(ALLOCATIONS, entry["series"], entry["sequence"], "new" if new else "replay").inc()
+        if new:
+            _seal_after(entry["series"], entry["sequence"])
         # A Response passes flask-smorest's @response untouched (see _shaped).
         return jsonify(_shaped(entry)), (201 if new else 200)
 
@@ -148,15 +170,22 @@ class AllocationBatches(MethodView):
             taken = allocation.allocate_batch(
                 get_redis(), auth.current_principal().system, items, _durability(), hints())
         except NotDurable:
+            # As for a single allocation: refused before the script ran (SERIES_UNKNOWN).
             for item in items:
-                child(ALLOCATIONS, SERIES, item.document, "not_durable").inc()
+                child(ALLOCATIONS, SERIES_UNKNOWN, item.document, "not_durable").inc()
             raise
         out = []
+        sealed: dict[str, list[str]] = {}
         for entry, new in taken:
-            child(ALLOCATIONS, SERIES, entry["sequence"], "new" if new else "replay").inc()
+            child(ALLOCATIONS, entry["series"], entry["sequence"],
+                  "new" if new else "replay").inc()
+            if new and entry["sequence"] not in sealed.setdefault(entry["series"], []):
+                sealed[entry["series"]].append(entry["sequence"])
             shaped = _shaped(entry)
             shaped["replay"] = not new
             out.append(shaped)
+        for series, sequences_taken in sealed.items():
+            _seal_after(series, *sequences_taken)
         return jsonify({"items": out})
 
 
@@ -173,10 +202,12 @@ class AllocationById(MethodView):
 
 def _transition(allocation_id: str, action: str, value: str):
     principal = auth.current_principal()
-    entry, _ = allocation.transition(
+    entry, changed = allocation.transition(
         get_redis(), allocation_id, action, value, actor_kind=principal.kind,
         actor_system=principal.system, actor=_actor(), durability=_durability(),
     )
+    if changed:
+        _seal_after(entry["series"], entry["sequence"])
     return entry
 
 
@@ -215,8 +246,10 @@ def patch_sequence(series: str, name: str, body: dict) -> dict:
     """Change settings of one sequence of ``series``."""
     sequences.check_name(name)
     period = body.pop("period", None)
-    return sequences.update(get_redis(), name, body, actor=_actor(), period=period,
-                            series=series)
+    described = sequences.update(get_redis(), name, body, actor=_actor(), period=period,
+                                 series=series)
+    _seal_after(series, name)
+    return described
 
 
 def sequence_audit(series: str, name: str, limit: int) -> dict:

@@ -97,3 +97,6 @@ def register(main: click.Group) -> None:
     """Add the numbering commands to the ``invoice-sync`` group."""
     main.add_command(series_group)
     main.add_command(migrate_command)
+    from coordinator.numbering.chain_cli import ledger_group
+
+    main.add_command(ledger_group)

@@ -7,6 +7,7 @@
 -- KEYS[1] {ser:R}:S:settings   KEYS[2] {ser:R}:S:stats        KEYS[3] {ser:R}:S:counter:<period>
 -- KEYS[4] {ser:R}:S:skips:<period>   KEYS[5] {ser:R}:S:audit  KEYS[6] {ser:R}:S:periods
 -- KEYS[7] {ser:R}:S:ledger-order:<period>   KEYS[8] {ser:R}:<other sequence>:settings
+-- KEYS[9] {ser:R}:S:events   list: the hash-chained ledger events (sealed by chain.py)
 --
 -- ARGV[1] JSON object of changed settings (increment, format, padding, reset; all strings)
 -- ARGV[2] period the next_number applies to   ARGV[3] next_number ('' = unchanged)
@@ -79,6 +80,11 @@ if next_after - increment > counter then
   redis.call('HSET', KEYS[4], string.format('%.0f', counter), string.format('%.0f', moved_to))
   redis.call('SET', KEYS[3], string.format('%.0f', moved_to))
   redis.call('SADD', KEYS[6], period)
+  redis.call('RPUSH', KEYS[9], cjson.encode({
+    seq = redis.call('LLEN', KEYS[9]), type = 'next_number_raised', at = ARGV[5], by = ARGV[4],
+    period = period, counter = string.format('%.0f', counter),
+    moved_to = string.format('%.0f', moved_to),
+  }))
 end
 for k, v in pairs(changes) do
   redis.call('HSET', KEYS[1], k, v)
@@ -89,4 +95,8 @@ local record = cjson.encode({
   at = ARGV[5], by = ARGV[4], period = period, before = before, after = after,
 })
 redis.call('RPUSH', KEYS[5], record)
+redis.call('RPUSH', KEYS[9], cjson.encode({
+  seq = redis.call('LLEN', KEYS[9]), type = 'settings_changed', at = ARGV[5], by = ARGV[4],
+  audit = record,
+}))
 return {'ok', record}

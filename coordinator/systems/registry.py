@@ -54,7 +54,7 @@ _RETRIES = 20
 """WATCH retries before giving up; only reached when one system is hammered concurrently."""
 
 # Plain fields stored as given (strings in Redis) and shown as they are.
-_PLAIN = ("description", "url", "api_identifier", "exchange_rate")
+_PLAIN = ("description", "url", "api_identifier", "exchange_rate", "number_on")
 
 
 def valid_name(name: Any) -> bool:
@@ -93,6 +93,9 @@ def _public(record: Mapping[str, str]) -> dict[str, Any]:
         "auto_sync": record.get("auto_sync") == "1",
         "exchange_rate": record["exchange_rate"],
         "series": record.get("series") or numbering_series.DEFAULT,
+        "central_poll": record.get("central_poll") == "1",
+        "central_poll_minutes": int(record.get("central_poll_minutes") or 5),
+        "number_on": record.get("number_on") or "paid",
         "agent_token_issued_at": record.get("agent_token_issued_at"),
         "created_at": record["created_at"],
         "updated_at": record["updated_at"],
@@ -160,6 +163,10 @@ def _encode(fields: Mapping[str, Any], fernet: MultiFernet | None) -> tuple[dict
         to_set["step"] = str(int(fields["step"]))
     if "auto_sync" in fields:
         to_set["auto_sync"] = "1" if fields["auto_sync"] else "0"
+    if "central_poll" in fields:
+        to_set["central_poll"] = "1" if fields["central_poll"] else "0"
+    if "central_poll_minutes" in fields:
+        to_set["central_poll_minutes"] = str(int(fields["central_poll_minutes"]))
     if "series" in fields:
         to_set["series"] = fields["series"]
     for name in ("api_secret", "access_key"):
@@ -182,7 +189,8 @@ def create_system(
 
     Args:
         fields: Validated values: name, url, api_identifier, api_secret, and optionally
-            description, access_key, step (100), auto_sync (true), exchange_rate ("1").
+            description, access_key, step (100), auto_sync (true), exchange_rate ("1"),
+            central_poll (false), central_poll_minutes (5), number_on ("paid").
         policy: Which URLs are acceptable (https, SSRF guard).
 
     Raises:
@@ -193,7 +201,8 @@ def create_system(
         raise InvalidInput("Validation failed", {"json": {"name": ["Not a valid system name."]}})
     validate_system_url(fields["url"], policy)
     values = {"description": "", "step": 100, "auto_sync": True, "exchange_rate": "1",
-              "access_key": None, "series": numbering_series.DEFAULT, **fields}
+              "access_key": None, "series": numbering_series.DEFAULT, "central_poll": False,
+              "central_poll_minutes": 5, "number_on": "paid", **fields}
     _require_series(client, values["series"])
     to_set, _ = _encode(values, fernet)
     token = auth.new_token(auth.AGENT)

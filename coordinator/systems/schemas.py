@@ -138,6 +138,17 @@ class SystemCreateSchema(Schema):
                                  metadata={"description": "To the base currency",
                                            "example": "1.0000", "type": "string"})
     series = _series(load_default="default")
+    central_poll = StrictBoolean(
+        load_default=False,
+        metadata={"description": "The coordinator numbers what this WHMCS's hooks missed "
+                                 "(its API role then needs GetInvoice and UpdateInvoice too)"})
+    central_poll_minutes = StrictInteger(
+        load_default=5, validate=validate.Range(min=1, max=1440),
+        metadata={"description": "Minutes between central polls"})
+    number_on = fields.String(
+        load_default="paid", validate=validate.OneOf(("paid", "created")),
+        metadata={"description": "When this WHMCS numbers invoices: `paid` (proforma) or "
+                                 "`created` (the central poll follows it)"})
 
 
 class SystemPatchSchema(Schema):
@@ -153,6 +164,9 @@ class SystemPatchSchema(Schema):
     auto_sync = StrictBoolean()
     exchange_rate = ExchangeRate(metadata={"type": "string"})
     series = _series()
+    central_poll = StrictBoolean()
+    central_poll_minutes = StrictInteger(validate=validate.Range(min=1, max=1440))
+    number_on = fields.String(validate=validate.OneOf(("paid", "created")))
 
 
 class SystemSchema(Schema):
@@ -168,6 +182,13 @@ class SystemSchema(Schema):
     auto_sync = fields.Boolean()
     exchange_rate = fields.String()
     series = fields.String(metadata={"description": "The series that numbers its documents"})
+    central_poll = fields.Boolean()
+    central_poll_minutes = fields.Integer()
+    number_on = fields.String()
+    central_poll_last = fields.Dict(
+        allow_none=True,
+        metadata={"description": "The last central poll: state (done|failed), at, message, "
+                                 "numbered, failed, whmcs_calls; null before the first"})
     agent_token_issued_at = fields.String(allow_none=True)
     created_at = fields.String()
     updated_at = fields.String()

@@ -45,6 +45,8 @@ ROLE_TABLE: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/v1/series/<string:series>/sequences/<string:name>/audit"): READERS,
     ("GET", "/v1/series/<string:series>/sequences/<string:name>/gaps"): READERS,
     ("GET", "/v1/series/<string:series>/sequences/<string:name>/ledger"): READERS,
+    ("GET", "/v1/series/<string:series>/sequences/<string:name>/ledger/verify"): READERS,
+    ("GET", "/v1/series/<string:series>/sequences/<string:name>/ledger/export"): READERS,
     ("GET", "/v1/systems"): {ADMIN},
     ("POST", "/v1/systems"): {ADMIN},
     ("GET", "/v1/systems/<name>"): {ADMIN},
