@@ -3,6 +3,7 @@ durability after kill -9, and the rule that a batch numbers exactly as one-by-on
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
@@ -153,6 +154,12 @@ def _one_by_one(client, items):
     return None, out
 
 
+def _events_without_time(client):
+    return {sequence: [{k: v for k, v in json.loads(raw).items() if k != "at"}
+                       for raw in client.lrange(keys.seq_events(sequence), 0, -1)]
+            for sequence in ("invoice", "credit_note")}
+
+
 def _without_time(taken):
     return [({k: v for k, v in entry.items() if k != "issued_at"}, new) for entry, new in taken]
 
@@ -166,6 +173,7 @@ def test_a_batch_numbers_exactly_as_one_by_one(redis_client, history, items):
     failed_at, expected = _one_by_one(redis_client, items)
     after_singles = snapshot(redis_client, skip=(b"{ser:default}:invoice:stats",
                                                  b"{ser:default}:credit_note:stats"))
+    events_after_singles = _events_without_time(redis_client)
     redis_client.flushall()
     _one_by_one(redis_client, history)
     before = snapshot(redis_client)
@@ -180,6 +188,8 @@ def test_a_batch_numbers_exactly_as_one_by_one(redis_client, history, items):
     assert snapshot(redis_client, skip=(b"{ser:default}:invoice:stats",
                                         b"{ser:default}:credit_note:stats")).keys() == \
         after_singles.keys()
+    # The audit ledger's events too: the same issued events, in the same order and places.
+    assert _events_without_time(redis_client) == events_after_singles
 
 
 def test_a_full_batch_of_long_references_fits_its_body_limit(client, agent):

@@ -1,0 +1,191 @@
+"""A batch allocation and the audit ledger's hash chain, on a real Valkey: a batch appends what
+the same allocations made one by one would append (one ``issued`` event per new number, none for
+a replay), in the batch's own series, sealed after the response; verify (HTTP and CLI) then
+says ok with every number counted; any interleaving of singles and batches leaves a gapless,
+duplicate-free ledger whose chain verifies."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+from click.testing import CliRunner
+from cryptography.fernet import Fernet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coordinator import keys
+from coordinator.cli import main
+from coordinator.exceptions import Conflict
+from coordinator.numbering import allocation, chain, iter_ledger
+from coordinator.numbering.allocation import Hints, Item
+from tests.coordinator.systems_support import FakeResolver, body
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app_config(app_config):
+    return {**app_config, "SECRET_KEYS": Fernet.generate_key().decode(),
+            "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_AGENT": 0,
+            "RATE_LIMIT_ADMIN": 0}
+
+
+def register(client, admin, name, series=None):
+    extra = {} if series is None else {"series": series}
+    response = client.post("/v1/systems", headers=admin, json=body(name=name, **extra))
+    assert response.status_code == 201, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['agent_token']}"}
+
+
+def batch(client, headers, *items):
+    response = client.post("/v1/allocation-batches", headers=headers, json={"items": [
+        {"document": doc, "reference": ref, "date": day} for doc, ref, day in items]})
+    assert response.status_code == 200, response.get_json()
+    response.close()  # what the WSGI server does once the body is sent: the seal runs
+    return response.get_json()["items"]
+
+
+def events(redis_client, sequence, series="default"):
+    return [json.loads(raw) for raw in
+            redis_client.lrange(keys.seq_events(sequence, series), 0, -1)]
+
+
+def verify(client, headers, series, sequence, period=None):
+    response = client.get(f"/v1/series/{series}/sequences/{sequence}/ledger/verify"
+                          + (f"?period={period}" if period else ""), headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+ITEMS = [("invoice", "a", "2026-02-01"), ("credit_note", "b", "2026-02-02"),
+         ("invoice", "c", "2026-02-03"), ("invoice", "a", "2026-02-01"),
+         ("invoice", "d", "2026-02-04")]
+
+
+@pytest.mark.parametrize("series", ["default", "acme"])
+def test_a_batch_appends_one_issued_event_per_new_number_sealed_after_the_response(
+        client, admin, redis_client, series):
+    if series != "default":
+        assert client.post("/v1/series", headers=admin, json={"name": series}).status_code == 201
+    blue = register(client, admin, "blue", None if series == "default" else series)
+    single = client.post("/v1/allocations", headers=blue, json={
+        "document": "invoice", "reference": "first", "date": "2026-01-15"})
+    assert single.status_code == 201
+    single.close()
+    taken = batch(client, blue, *ITEMS)
+    assert [e["replay"] for e in taken] == [False, False, False, True, False]
+    assert {e["series"] for e in taken} == {series}
+
+    invoices, notes = events(redis_client, "invoice", series), events(redis_client,
+                                                                      "credit_note", series)
+    # The single's event, then one per new invoice of the batch in item order; the replay of
+    # "a" appends nothing.
+    assert [(e["seq"], e["type"], e["id"], e["reference"]) for e in invoices] == [
+        (0, "issued", single.get_json()["id"], "first"),
+        (1, "issued", taken[0]["id"], "a"), (2, "issued", taken[2]["id"], "c"),
+        (3, "issued", taken[4]["id"], "d")]
+    assert [(e["seq"], e["id"], e["formatted"], e["document"]) for e in notes] == [
+        (0, taken[1]["id"], taken[1]["formatted"], "credit_note")]
+    assert [e["number"] for e in invoices] == ["1", "2", "3", "4"]
+    # Sealed once the response was sent, without waiting for a verify.
+    assert redis_client.llen(keys.seq_chain("invoice", series)) == 4
+    assert redis_client.llen(keys.seq_chain("credit_note", series)) == 1
+    # Nothing was written to another series' keys.
+    other = "acme" if series == "default" else "default"
+    assert redis_client.llen(keys.seq_events("invoice", other)) == 0
+
+    result = verify(client, admin, series, "invoice", "2026")
+    assert (result["ok"], result["events"], result["entries"], result["unchained_numbers"]) == (
+        True, 4, 4, 0)
+    assert result["head"] == redis_client.lindex(keys.seq_chain("invoice", series), -1)
+    notes_result = verify(client, admin, series, "credit_note")
+    assert (notes_result["ok"], notes_result["events"]) == (True, 1)
+
+    # Replaying the whole batch appends nothing and leaves the chain as it was.
+    again = batch(client, blue, *ITEMS)
+    assert all(e["replay"] for e in again)
+    assert len(events(redis_client, "invoice", series)) == 4
+    assert verify(client, admin, series, "invoice")["head"] == result["head"]
+
+
+def test_cli_ledger_verify_counts_a_batch(client, admin, redis_client, valkey, monkeypatch):
+    blue = register(client, admin, "blue")
+    taken = batch(client, blue, *[("invoice", f"r{i}", "2026-03-01") for i in range(25)])
+    monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
+    ran = CliRunner().invoke(main, ["ledger", "verify", "--period", "2026"])
+    assert ran.exit_code == 0, ran.output
+    result = json.loads(ran.output)
+    assert (result["ok"], result["events"], result["entries"]) == (True, 25, 25)
+    # The chain covers exactly the batch's numbers.
+    assert [e["id"] for e in events(redis_client, "invoice")] == [e["id"] for e in taken]
+    # A changed byte in the middle of the batch's events is found by the same command.
+    raw = redis_client.lindex(keys.seq_events("invoice"), 12)
+    redis_client.lset(keys.seq_events("invoice"), 12, raw.replace('"r12"', '"r99"'))
+    broken = CliRunner().invoke(main, ["ledger", "verify"])
+    assert broken.exit_code == 1
+    assert json.loads(broken.output)["first_bad"]["seq"] == 12
+
+
+def test_a_refused_batch_appends_no_event(client, admin, redis_client):
+    blue = register(client, admin, "blue")
+    batch(client, blue, ("invoice", "old", "2025-12-31"))
+    refused = client.post("/v1/allocation-batches", headers=blue, json={"items": [
+        {"document": "invoice", "reference": "n1", "date": "2026-01-01"},
+        {"document": "invoice", "reference": "old", "date": "2026-01-02"}]})
+    assert refused.status_code == 409
+    assert len(events(redis_client, "invoice")) == 1
+    assert redis_client.llen(keys.seq_chain("invoice")) == 1
+
+
+# --- any interleaving of singles and batches ------------------------------------------------
+
+_ITEM = st.builds(Item, st.sampled_from(["invoice", "credit_note"]),
+                  st.sampled_from("abcdefghij"),
+                  st.sampled_from([date(2025, 12, 31), date(2026, 1, 1), date(2026, 7, 9)]))
+_STEP = st.one_of(st.tuples(st.just("single"), _ITEM),
+                  st.tuples(st.just("batch"), st.lists(_ITEM, min_size=1, max_size=6)))
+
+
+def _period(entry_id: str) -> str:
+    return entry_id.split(":")[-2]
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP, min_size=1, max_size=8))
+def test_any_interleaving_of_singles_and_batches_keeps_the_chain_whole(redis_client, steps):
+    redis_client.flushall()
+    hints, numbered = Hints(), {}
+    for kind, what in steps:
+        try:
+            if kind == "single":
+                taken = [allocation.allocate(redis_client, "blue", what.document,
+                                             what.reference, what.day, hints=hints)]
+            else:
+                taken = allocation.allocate_batch(redis_client, "blue", what, hints=hints)
+        except Conflict:
+            continue  # refused (another period): nothing taken, checked below by the counts
+        for entry, new in taken:
+            assert new == (entry["id"] not in numbered.values())
+            numbered[(entry["document"], entry["reference"])] = entry["id"]
+        for sequence in ("invoice", "credit_note"):
+            # What the API does after each response; the chain then covers every event.
+            sealed = chain.seal(redis_client, sequence)
+            assert sealed == redis_client.llen(keys.seq_events(sequence))
+
+    for sequence in ("invoice", "credit_note"):
+        issued = [e for e in events(redis_client, sequence) if e["type"] == "issued"]
+        result = chain.verify(redis_client, sequence)
+        assert result["ok"] is True and result["events"] == len(issued)
+        assert result["unchained_numbers"] == 0
+        ids = [e["id"] for e in issued]
+        assert len(ids) == len(set(ids))
+        assert sorted(ids) == sorted(i for i in numbered.values() if i.startswith(sequence))
+        assert len({e["formatted"] for e in issued}) == len(issued)
+        for period in {_period(i) for i in ids}:
+            numbers = [int(e["number"]) for e in issued if e["period"] == period]
+            assert numbers == list(range(1, len(numbers) + 1))  # in order, gapless
+            ledger = [e["id"] for e in iter_ledger(redis_client, sequence, period)]
+            assert ledger == [e["id"] for e in issued if e["period"] == period]
