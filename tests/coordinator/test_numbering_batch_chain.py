@@ -11,7 +11,6 @@ from datetime import date
 
 import pytest
 from click.testing import CliRunner
-from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,23 +19,14 @@ from coordinator.cli import main
 from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, chain, iter_ledger
 from coordinator.numbering.allocation import Hints, Item
-from tests.coordinator.systems_support import FakeResolver, body
+from tests.coordinator.systems_support import register, registry_config
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def app_config(app_config):
-    return {**app_config, "SECRET_KEYS": Fernet.generate_key().decode(),
-            "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_AGENT": 0,
-            "RATE_LIMIT_ADMIN": 0}
-
-
-def register(client, admin, name, series=None):
-    extra = {} if series is None else {"series": series}
-    response = client.post("/v1/systems", headers=admin, json=body(name=name, **extra))
-    assert response.status_code == 201, response.get_json()
-    return {"Authorization": f"Bearer {response.get_json()['agent_token']}"}
+    return registry_config(app_config)
 
 
 def batch(client, headers, *items):
