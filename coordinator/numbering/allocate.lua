@@ -5,7 +5,7 @@
 -- sequence's hash-chained event list (sealed by chain.py); every key is in the series' slot
 -- {ser:R}. A single allocation is the batch of one; a replay appends no event.
 --
--- Item i (0-based) owns KEYS[10*i+1 .. 10*i+10] and ARGV[11*i+1 .. 11*i+11]; for item i:
+-- Item i (0-based) owns KEYS[11*i+1 .. 11*i+11] and ARGV[11*i+1 .. 11*i+11]; for item i:
 -- KEYS[1] {ser:R}:S:settings     hash: increment, format, padding, reset, routing flag
 -- KEYS[2] {ser:R}:S:stats        hash: issued, credit_notes, replays
 -- KEYS[3] {ser:R}:S:refs:<doc>:<system>   hash: reference -> ledger id
@@ -15,6 +15,7 @@
 -- KEYS[8] {ser:R}:members        hash: system -> open | closed
 -- KEYS[9] {ser:R}:formatted      hash: formatted number -> ledger id (the whole series)
 -- KEYS[10] {ser:R}:S:events      list: the hash-chained ledger events (sealed by chain.py)
+-- KEYS[11] {ser:R}:S:chain       list: their hashes (only read: where the caller seals from)
 --
 -- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
 -- ARGV[4] document date YYYY-MM-DD            ARGV[5] period P   ARGV[6] reset P was chosen by
@@ -22,7 +23,10 @@
 -- ARGV[9] sequence name S                     ARGV[10] id prefix ('' in default, else 'R/')
 -- ARGV[11] '1' when a system without a members field is served here (the default series)
 --
--- Returns {"ok", {kind, entry_json}, ...} with kind "new" | "replay", one per item in order,
+-- Returns {"ok", item_1, ..., item_N, chains}: item_i is {"new", entry_json, event_json} or
+--   {"replay", entry_json}, in order; chains is {S, chain length, chain head or "", ...} for
+--   each sequence that appended an event (what chain.seal_appended hashes from, so sealing
+--   after the response needs no read),
 --   or {"error", index (1-based), code, detail...} and nothing written. Codes:
 --          uninitialized (no settings yet), member (the system is not served by this series:
 --          detail = its members field or ''), moved (credit notes are not numbered in S),
@@ -33,7 +37,7 @@
 --
 -- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
 
-local NKEYS, NARGS = 10, 11
+local NKEYS, NARGS = 11, 11
 local count = #KEYS / NKEYS
 local settings_of, counters, formatted_taken, refs_taken = {}, {}, {}, {}
 local plans = {}
@@ -124,7 +128,7 @@ for i = 1, count do
 end
 
 -- Phase 2: every item can be numbered; write them in order.
-local out = {'ok'}
+local out, chains, chain_state = {'ok'}, {}, {}
 for i = 1, count do
   local p = plans[i]
   local k, a = p.k, (i - 1) * NARGS
@@ -146,13 +150,22 @@ for i = 1, count do
     end
     -- ledger chain: the 'issued' event, appended in this same atomic step (sealed by chain.py);
     -- items of one sequence append in item order, as separate allocations would
-    redis.call('RPUSH', KEYS[k + 10], cjson.encode({
+    local event = cjson.encode({
       seq = redis.call('LLEN', KEYS[k + 10]), type = 'issued', at = ARGV[a + 7], id = p.id,
       number = p.number_text, formatted = p.formatted, system = ARGV[a + 2],
       document = ARGV[a + 1], reference = ARGV[a + 3], date = p.date, period = p.period,
-    }))
+    })
+    redis.call('RPUSH', KEYS[k + 10], event)
     -- end ledger chain
-    out[i + 1] = {'new', p.entry}
+    if not chains[KEYS[k + 11]] then
+      chains[KEYS[k + 11]] = true
+      local sealed = redis.call('LLEN', KEYS[k + 11])
+      chain_state[#chain_state + 1] = ARGV[a + 9]
+      chain_state[#chain_state + 1] = sealed
+      chain_state[#chain_state + 1] = sealed > 0 and redis.call('LINDEX', KEYS[k + 11], -1) or ''
+    end
+    out[i + 1] = {'new', p.entry, event}
   end
 end
+out[count + 2] = chain_state
 return out

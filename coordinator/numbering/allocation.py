@@ -27,7 +27,7 @@ from coordinator.exceptions import (
     NotFound,
     ServiceUnavailable,
 )
-from coordinator.numbering import scripts
+from coordinator.numbering import chain, scripts
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
@@ -105,6 +105,7 @@ def allocate(
     day: date,
     durability: Durability | None = None,
     hints: Hints | None = None,
+    appended: list[chain.Appended] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Number one WHMCS document, or return the number it already has.
 
@@ -117,6 +118,8 @@ def allocate(
         day: The document date; it picks the period.
         durability: Wait for fsync/replicas before returning (None: do not wait).
         hints: The caller's routing guesses (None: start from the defaults).
+        appended: When given, receives the ledger events a new number appended, for
+            :func:`chain.seal_appended` (the caller seals, e.g. after its response).
 
     Returns:
         The allocation and whether it is new (False: a replay of an earlier allocation).
@@ -128,7 +131,7 @@ def allocate(
     """
     try:
         return allocate_batch(client, system, [Item(document, reference, day)], durability,
-                              hints)[0]
+                              hints, appended)[0]
     except BatchConflict as refused:
         raise Conflict(refused.reason, refused.fields and {"json": refused.fields}) from None
 
@@ -149,13 +152,16 @@ def allocate_batch(
     items: list[Item],
     durability: Durability | None = None,
     hints: Hints | None = None,
+    appended: list[chain.Appended] | None = None,
 ) -> list[tuple[dict[str, Any], bool]]:
     """Number several documents of one system atomically: all of them, or none.
 
     One script call in the series' slot (``allocate.lua`` takes N items) and one durability
     wait, so a batch is as durable as a single allocation and costs one round trip. Items are
     numbered in order, exactly as if allocated one by one (a reference given twice is a replay
-    of its first item).
+    of its first item). Each new number appends its ``issued`` event to its sequence's
+    ledger chain, as a single allocation does; ``appended`` (when given) receives them per
+    sequence, for the caller to seal (:func:`chain.seal_appended`).
 
     Returns:
         Per item, in order: the allocation and whether it is new.
@@ -185,6 +191,7 @@ def allocate_batch(
                 keys.seq_ledger(sequence, period, series),
                 keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
                 keys.series_formatted(series), keys.seq_events(sequence, series),
+                keys.seq_chain(sequence, series),
             ]
             args += [item.document, system, item.reference, item.day.isoformat(), period,
                      reset, now, MAX_NUMBER, sequence,
@@ -193,7 +200,10 @@ def allocate_batch(
         reply, wait = scripts.run(client, scripts.ALLOCATE, seq_keys, args, durability)
         if reply[0] == "ok":
             results = []
-            for index, (kind, raw) in enumerate(reply[1:]):
+            events: dict[str, list[str]] = {}
+            for index, (kind, raw, *event) in enumerate(reply[1:len(items) + 1]):
+                if event:
+                    events.setdefault(where[index][0], []).append(event[0])
                 if raw is None:
                     # The reference index names a ledger entry that is not there: damaged
                     # data that no retry repairs (and numbering it anew could print a number
@@ -207,6 +217,12 @@ def allocate_batch(
             if any(item.document == CREDIT_NOTE for item in items):
                 hints.credit_note_home[series] = credit_home
             hints.series_of[system] = series
+            if appended is not None:
+                state = reply[len(items) + 1]
+                appended.extend(
+                    chain.Appended(series, state[i], int(state[i + 1]), state[i + 2],
+                                   tuple(events[state[i]]))
+                    for i in range(0, len(state), 3))
             if durability is not None:
                 scripts.check_durable(wait, durability)
             return results

@@ -94,23 +94,35 @@ def _durability() -> Durability:
 def _seal_after(series: str, *sequences: str) -> None:
     """Seal the new events of ``sequences`` once the response is sent (off the client's clock).
 
-    One pass per sequence, however many events the request appended (a batch seals once).
     Sealing is idempotent and verify/export seal first, so a failure here only leaves the
     events unsealed a little longer; it is logged, never raised.
     """
     client = get_redis()
+    _after_response(lambda sequence: chain.seal(client, sequence, series=series),
+                    [(series, sequence) for sequence in sequences])
+
+
+def _seal_appended(appended: list[chain.Appended]) -> None:
+    """Seal the events an allocation appended once the response is sent: one round trip per
+    sequence (the script returned what to hash), however many numbers a batch took."""
+    client = get_redis()
+    by_name = {(each.series, each.sequence): each for each in appended}
+    _after_response(lambda key: chain.seal_appended(client, by_name[key]), list(by_name))
+
+
+def _after_response(seal, what: list) -> None:
     logger = current_app.logger
 
     @after_this_request
     def hook(response):
-        def seal() -> None:
-            for sequence in sequences:
+        def run() -> None:
+            for each in what:
                 try:
-                    chain.seal(client, sequence, series=series)
-                except Exception:  # noqa: BLE001 - see the docstring
-                    logger.warning("sealing %s/%s failed; sealed at the next verify", series,
-                                   sequence, exc_info=True)
-        response.call_on_close(seal)
+                    seal(each)
+                except Exception:  # noqa: BLE001 - see _seal_after
+                    logger.warning("sealing %s failed; sealed at the next verify", each,
+                                   exc_info=True)
+        response.call_on_close(run)
         return response
 
 
@@ -132,10 +144,11 @@ class Allocations(MethodView):
     def post(self, body):
         """Take the next number for a document of the token's system (or its existing one)."""
         day = body["date"] or utcnow().date()
+        appended: list[chain.Appended] = []
         try:
             entry, new = allocation.allocate(
                 get_redis(), auth.current_principal().system, body["document"],
-                body["reference"], day, _durability(), hints(),
+                body["reference"], day, _durability(), hints(), appended,
             )
         except NotDurable:
             # Refused before the script ran: neither the series nor the physical sequence is
@@ -143,8 +156,8 @@ class Allocations(MethodView):
             child(ALLOCATIONS, SERIES_UNKNOWN, body["document"], "not_durable").inc()
             raise
         child(ALLOCATIONS, entry["series"], entry["sequence"], "new" if new else "replay").inc()
-        if new:
-            _seal_after(entry["series"], entry["sequence"])
+        if appended:
+            _seal_appended(appended)
         # A Response passes flask-smorest's @response untouched (see _shaped).
         return jsonify(_shaped(entry)), (201 if new else 200)
 
@@ -166,26 +179,25 @@ class AllocationBatches(MethodView):
         today = utcnow().date()
         items = [allocation.Item(item["document"], item["reference"], item["date"] or today)
                  for item in body["items"]]
+        appended: list[chain.Appended] = []
         try:
             taken = allocation.allocate_batch(
-                get_redis(), auth.current_principal().system, items, _durability(), hints())
+                get_redis(), auth.current_principal().system, items, _durability(), hints(),
+                appended)
         except NotDurable:
             # As for a single allocation: refused before the script ran (SERIES_UNKNOWN).
             for item in items:
                 child(ALLOCATIONS, SERIES_UNKNOWN, item.document, "not_durable").inc()
             raise
         out = []
-        sealed: dict[str, list[str]] = {}
         for entry, new in taken:
             child(ALLOCATIONS, entry["series"], entry["sequence"],
                   "new" if new else "replay").inc()
-            if new and entry["sequence"] not in sealed.setdefault(entry["series"], []):
-                sealed[entry["series"]].append(entry["sequence"])
             shaped = _shaped(entry)
             shaped["replay"] = not new
             out.append(shaped)
-        for series, sequences_taken in sealed.items():
-            _seal_after(series, *sequences_taken)
+        if appended:
+            _seal_appended(appended)  # one pass per sequence, however many numbers
         return jsonify({"items": out})
 
 

@@ -10,6 +10,8 @@ Lua in Redis has no SHA-256, so hashes are computed here, right after, and appen
 still has the length the sealer read). The window between an event and its seal is one round
 trip after the response (or until the next verify/export, which seal first); an unsealed event
 is still ordered and counted, and an event whose ``seq`` is not its index is never sealed.
+``allocate.lua`` returns the events it appended with the chain's length and head, so sealing a
+new number is that one round trip (:func:`seal_appended`), not a read followed by a write.
 
 Canonical encoding (what an auditor re-computes)::
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -82,6 +85,43 @@ def seal(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) ->
             continue  # another coordinator sealed meanwhile: read again
         if len(hashes) < PAGE:
             return int(reply)
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Events one script appended to a sequence's list, and the chain as that script saw it."""
+
+    series: str
+    sequence: str
+    length: int
+    """The chain's length then: the index the first unsealed event has."""
+    head: str
+    """The chain's last hash then ("" for an empty chain)."""
+    events: tuple[str, ...]
+    """The raw events appended, in order."""
+
+
+def seal_appended(client: redis.Redis, appended: Appended) -> int:
+    """Seal ``appended`` in one round trip when nothing before it waits; return the chain length.
+
+    The hashes are computed from what the appending script returned (no read). When the chain
+    had fallen behind (events before these unsealed), or another sealer moved it meanwhile
+    without covering these events, this falls back to :func:`seal`, which reads.
+    """
+    prev, hashes = appended.head or GENESIS, []
+    for index, raw in enumerate(appended.events, start=appended.length):
+        event = _parse(raw)
+        if event is None or event.get("seq") != index:
+            return seal(client, appended.sequence, series=appended.series)
+        prev = event_hash(event, prev)
+        hashes.append(prev)
+    if not hashes:
+        return appended.length
+    chain_key = keys.seq_chain(appended.sequence, appended.series)
+    length = int(scripts.SEAL(client, [chain_key], [appended.length, *hashes]))
+    if length >= appended.length + len(hashes):
+        return length  # sealed now, or already by another sealer
+    return seal(client, appended.sequence, series=appended.series)
 
 
 def _parse(raw: str) -> dict[str, Any] | None:
