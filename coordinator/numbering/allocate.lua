@@ -23,10 +23,11 @@
 -- ARGV[9] sequence name S                     ARGV[10] id prefix ('' in default, else 'R/')
 -- ARGV[11] '1' when a system without a members field is served here (the default series)
 --
--- Returns {"ok", item_1, ..., item_N, chains}: item_i is {"new", entry_json, event_json} or
---   {"replay", entry_json}, in order; chains is {S, chain length, chain head or "", ...} for
---   each sequence that appended an event (what chain.seal_appended hashes from, so sealing
---   after the response needs no read),
+-- Returns {"ok", item_1, ..., item_N, chains}: item_i is {kind, entry_json} with kind "new" |
+--   "replay", in order; chains holds, for each sequence that appended an event,
+--   {S, chain length, chain head or "", {every event from the chain length on}} (what
+--   chain.seal_appended hashes, so sealing after the response needs no read; the events list
+--   is empty when more than UNSEALED_MAX wait, and the caller's seal reads them),
 --   or {"error", index (1-based), code, detail...} and nothing written. Codes:
 --          uninitialized (no settings yet), member (the system is not served by this series:
 --          detail = its members field or ''), moved (credit notes are not numbered in S),
@@ -38,6 +39,7 @@
 -- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
 
 local NKEYS, NARGS = 11, 11
+local UNSEALED_MAX = 2000
 local count = #KEYS / NKEYS
 local settings_of, counters, formatted_taken, refs_taken = {}, {}, {}, {}
 local plans = {}
@@ -128,7 +130,7 @@ for i = 1, count do
 end
 
 -- Phase 2: every item can be numbered; write them in order.
-local out, chains, chain_state = {'ok'}, {}, {}
+local out, touched, chains = {'ok'}, {}, {}
 for i = 1, count do
   local p = plans[i]
   local k, a = p.k, (i - 1) * NARGS
@@ -150,22 +152,30 @@ for i = 1, count do
     end
     -- ledger chain: the 'issued' event, appended in this same atomic step (sealed by chain.py);
     -- items of one sequence append in item order, as separate allocations would
-    local event = cjson.encode({
+    redis.call('RPUSH', KEYS[k + 10], cjson.encode({
       seq = redis.call('LLEN', KEYS[k + 10]), type = 'issued', at = ARGV[a + 7], id = p.id,
       number = p.number_text, formatted = p.formatted, system = ARGV[a + 2],
       document = ARGV[a + 1], reference = ARGV[a + 3], date = p.date, period = p.period,
-    })
-    redis.call('RPUSH', KEYS[k + 10], event)
+    }))
     -- end ledger chain
-    if not chains[KEYS[k + 11]] then
-      chains[KEYS[k + 11]] = true
-      local sealed = redis.call('LLEN', KEYS[k + 11])
-      chain_state[#chain_state + 1] = ARGV[a + 9]
-      chain_state[#chain_state + 1] = sealed
-      chain_state[#chain_state + 1] = sealed > 0 and redis.call('LINDEX', KEYS[k + 11], -1) or ''
+    if not touched[KEYS[k + 11]] then
+      touched[KEYS[k + 11]] = true
+      chains[#chains + 1] = {ARGV[a + 9], KEYS[k + 10], KEYS[k + 11]}
     end
-    out[i + 1] = {'new', p.entry, event}
+    out[i + 1] = {'new', p.entry}
   end
 end
-out[count + 2] = chain_state
+
+-- What the caller seals: the unsealed events of each sequence appended to (ours, and any
+-- other allocation's not sealed yet), with the chain's length and head they continue.
+local state = {}
+for _, c in ipairs(chains) do
+  local sealed = redis.call('LLEN', c[3])
+  local unsealed = {}
+  if redis.call('LLEN', c[2]) - sealed <= UNSEALED_MAX then
+    unsealed = redis.call('LRANGE', c[2], sealed, -1)
+  end
+  state[#state + 1] = {c[1], sealed, sealed > 0 and redis.call('LINDEX', c[3], -1) or '', unsealed}
+end
+out[count + 2] = state
 return out

@@ -160,8 +160,9 @@ def allocate_batch(
     wait, so a batch is as durable as a single allocation and costs one round trip. Items are
     numbered in order, exactly as if allocated one by one (a reference given twice is a replay
     of its first item). Each new number appends its ``issued`` event to its sequence's
-    ledger chain, as a single allocation does; ``appended`` (when given) receives them per
-    sequence, for the caller to seal (:func:`chain.seal_appended`).
+    ledger chain, as a single allocation does; ``appended`` (when given) receives, per
+    sequence appended to, its unsealed events, for the caller to seal
+    (:func:`chain.seal_appended`).
 
     Returns:
         Per item, in order: the allocation and whether it is new.
@@ -200,10 +201,7 @@ def allocate_batch(
         reply, wait = scripts.run(client, scripts.ALLOCATE, seq_keys, args, durability)
         if reply[0] == "ok":
             results = []
-            events: dict[str, list[str]] = {}
-            for index, (kind, raw, *event) in enumerate(reply[1:len(items) + 1]):
-                if event:
-                    events.setdefault(where[index][0], []).append(event[0])
+            for index, (kind, raw) in enumerate(reply[1:len(items) + 1]):
                 if raw is None:
                     # The reference index names a ledger entry that is not there: damaged
                     # data that no retry repairs (and numbering it anew could print a number
@@ -218,11 +216,9 @@ def allocate_batch(
                 hints.credit_note_home[series] = credit_home
             hints.series_of[system] = series
             if appended is not None:
-                state = reply[len(items) + 1]
                 appended.extend(
-                    chain.Appended(series, state[i], int(state[i + 1]), state[i + 2],
-                                   tuple(events[state[i]]))
-                    for i in range(0, len(state), 3))
+                    chain.Appended(series, sequence, int(length), head, tuple(unsealed))
+                    for sequence, length, head, unsealed in reply[len(items) + 1])
             if durability is not None:
                 scripts.check_durable(wait, durability)
             return results

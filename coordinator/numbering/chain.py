@@ -10,8 +10,9 @@ Lua in Redis has no SHA-256, so hashes are computed here, right after, and appen
 still has the length the sealer read). The window between an event and its seal is one round
 trip after the response (or until the next verify/export, which seal first); an unsealed event
 is still ordered and counted, and an event whose ``seq`` is not its index is never sealed.
-``allocate.lua`` returns the events it appended with the chain's length and head, so sealing a
-new number is that one round trip (:func:`seal_appended`), not a read followed by a write.
+``allocate.lua`` returns the unsealed events (its own, and any concurrent allocation's) with
+the chain's length and head, so sealing a new number is that one round trip
+(:func:`seal_appended`), not a read followed by a write.
 
 Canonical encoding (what an auditor re-computes)::
 
@@ -89,7 +90,8 @@ def seal(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) ->
 
 @dataclass(frozen=True)
 class Appended:
-    """Events one script appended to a sequence's list, and the chain as that script saw it."""
+    """The unsealed events of a sequence as a script that appended to it saw them, and the
+    chain they continue."""
 
     series: str
     sequence: str
@@ -98,15 +100,16 @@ class Appended:
     head: str
     """The chain's last hash then ("" for an empty chain)."""
     events: tuple[str, ...]
-    """The raw events appended, in order."""
+    """The raw events from index ``length`` on, in order (empty: too many to return)."""
 
 
 def seal_appended(client: redis.Redis, appended: Appended) -> int:
-    """Seal ``appended`` in one round trip when nothing before it waits; return the chain length.
+    """Seal ``appended`` in one round trip; return the chain length.
 
-    The hashes are computed from what the appending script returned (no read). When the chain
-    had fallen behind (events before these unsealed), or another sealer moved it meanwhile
-    without covering these events, this falls back to :func:`seal`, which reads.
+    The hashes are computed from what the appending script returned (no read). When it
+    returned no events (too many waited), found one out of place, or another sealer moved the
+    chain meanwhile without covering these events, this falls back to :func:`seal`, which
+    reads.
     """
     prev, hashes = appended.head or GENESIS, []
     for index, raw in enumerate(appended.events, start=appended.length):
@@ -116,7 +119,7 @@ def seal_appended(client: redis.Redis, appended: Appended) -> int:
         prev = event_hash(event, prev)
         hashes.append(prev)
     if not hashes:
-        return appended.length
+        return seal(client, appended.sequence, series=appended.series)
     chain_key = keys.seq_chain(appended.sequence, appended.series)
     length = int(scripts.SEAL(client, [chain_key], [appended.length, *hashes]))
     if length >= appended.length + len(hashes):

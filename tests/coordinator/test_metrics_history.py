@@ -14,6 +14,7 @@ import pytest
 
 from coordinator.numbering import allocation
 from coordinator.numbering.allocation import Hints, Item
+from tests.coordinator import redis_counting
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +30,16 @@ def _fill(redis_client, count: int) -> None:
             for i in range(start, min(count, start + 1000))], hints=hints)
 
 
-def _others(redis_client) -> dict[str, tuple[int, int]]:
-    """Per connection but ours: (commands, bytes sent to it)."""
-    mine = str(redis_client.client_id())
-    return {c["id"]: (int(c["tot-cmds"]), int(c["tot-net-out"]))
-            for c in redis_client.client_list() if c["id"] != mine}
-
-
 def _scrape_cost(client, redis_client) -> tuple[dict[str, int], int, int]:
     redis_client.config_resetstat()
-    before = _others(redis_client)
+    before = redis_counting.others(redis_client)
     response = client.get("/metrics")
     assert response.status_code == 200
-    after = _others(redis_client)
+    commands, sent = redis_counting.since(redis_client, before)
     stats = redis_client.info("commandstats")
     per_command = {name: int(value["calls"]) for name, value in stats.items()
                    if name not in ("cmdstat_config|resetstat", "cmdstat_client|list",
                                    "cmdstat_client|id")}
-    commands = sum(a[0] - before.get(cid, (0, 0))[0] for cid, a in after.items())
-    sent = sum(a[1] - before.get(cid, (0, 0))[1] for cid, a in after.items())
     return per_command, commands, sent
 
 

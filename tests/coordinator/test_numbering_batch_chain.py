@@ -19,6 +19,7 @@ from coordinator.cli import main
 from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, chain, iter_ledger
 from coordinator.numbering.allocation import Hints, Item
+from tests.coordinator import redis_counting
 from tests.coordinator.systems_support import register, registry_config
 
 pytestmark = pytest.mark.integration
@@ -184,34 +185,40 @@ def test_any_interleaving_of_singles_and_batches_keeps_the_chain_whole(redis_cli
 # --- sealing what the script appended, in one round trip ------------------------------------
 
 
-def _calls(redis_client, command):
-    return int(redis_client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-def test_sealing_a_new_number_reads_nothing_back(client, admin, redis_client):
+def test_sealing_a_new_number_is_one_command_after_the_response(client, admin, redis_client):
     blue = register(client, admin, "blue")
     batch(client, blue, ("invoice", "warm", "2026-03-01"))
-    redis_client.config_resetstat()
-    batch(client, blue, *[("invoice", f"r{i}", "2026-03-01") for i in range(5)],
-          ("credit_note", "c", "2026-03-01"))
-    single = client.post("/v1/allocations", headers=blue, json={
-        "document": "invoice", "reference": "s", "date": "2026-03-01"})
-    single.close()
-    # Both sealed (chain as long as the events) by one SEAL per sequence, without the
-    # reads (LRANGE of the events, LINDEX of the chain) a sealer that knows nothing does.
+
+    def allocate():
+        batch(client, blue, *[("invoice", f"r{i}", "2026-03-01") for i in range(5)],
+              ("credit_note", "c", "2026-03-01"))
+        single = client.post("/v1/allocations", headers=blue, json={
+            "document": "invoice", "reference": "s", "date": "2026-03-01"})
+        single.close()
+
+    # Each request: the token lookup, the script with its WAITAOF; then one SEAL per sequence
+    # appended to (two for the batch, one for the single), without the reads (LLEN and LINDEX
+    # of the chain, LRANGE of the events) of a sealer that knows nothing.
+    assert redis_counting.top_level(redis_client, allocate) == [
+        "EVAL", "EVALSHA", "WAITAOF", "EVALSHA", "EVALSHA",
+        "EVAL", "EVALSHA", "WAITAOF", "EVALSHA"]
     assert redis_client.llen(keys.seq_chain("invoice")) == 7
     assert redis_client.llen(keys.seq_chain("credit_note")) == 1
-    assert _calls(redis_client, "lrange") == 0
-    assert _calls(redis_client, "evalsha") == 2 + 3  # two allocations, three seals
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
-def test_sealing_what_was_appended_catches_up_a_chain_left_behind(client, admin, redis_client):
+def test_events_other_allocations_left_unsealed_are_sealed_in_the_same_round_trip(
+        client, admin, redis_client):
     blue = register(client, admin, "blue")
-    batch(client, blue, *[("invoice", f"r{i}", "2026-03-01") for i in range(4)])
-    # A coordinator killed before its seal: two events without their hashes.
-    redis_client.ltrim(keys.seq_chain("invoice"), 0, 1)
-    batch(client, blue, ("invoice", "next", "2026-03-01"))
+    # Allocations whose seal has not run yet (another thread, or a worker that died).
+    allocation.allocate_batch(redis_client, "blue", [
+        Item("invoice", str(i), date(2026, 3, 1)) for i in range(3)])
+    assert redis_client.llen(keys.seq_chain("invoice")) == 0
+    batch(client, blue, ("invoice", "warm", "2026-03-02"))
+    redis_client.ltrim(keys.seq_chain("invoice"), 0, 1)  # two of the four left unsealed
+    sent = redis_counting.top_level(
+        redis_client, lambda: batch(client, blue, ("invoice", "next", "2026-03-01")))
+    assert sent == ["EVAL", "EVALSHA", "WAITAOF", "EVALSHA"]
     assert redis_client.llen(keys.seq_chain("invoice")) == 5
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
@@ -227,7 +234,12 @@ def test_seal_appended_is_idempotent_and_never_seals_an_event_out_of_place(redis
     assert chain.seal_appended(redis_client, only) == 3  # a second sealer: nothing written
     assert redis_client.lrange(keys.seq_chain("invoice"), 0, -1) == sealed
     # Events reported out of place (a tampered list read back) are left to seal(), which
-    # stops at the first event whose seq is not its index.
+    # stops at the first event whose seq is not its index; so is a script that returned no
+    # events (more were waiting than it returns).
     shifted = chain.Appended("default", "invoice", 1, sealed[0], only.events)
     assert chain.seal_appended(redis_client, shifted) == 3
+    redis_client.ltrim(keys.seq_chain("invoice"), 0, 0)
+    assert chain.seal_appended(redis_client, chain.Appended(
+        "default", "invoice", 1, sealed[0], ())) == 3
+    assert redis_client.lrange(keys.seq_chain("invoice"), 0, -1) == sealed
     assert chain.verify(redis_client, "invoice")["ok"] is True
