@@ -33,6 +33,9 @@ SERIES_UNKNOWN = "-"
 HINTS = "invoice_sync.numbering_hints"
 """``app.extensions`` key of the app's allocation :class:`Hints` (never shared between apps)."""
 
+SEALER = "invoice_sync.numbering_sealer"
+"""``app.extensions`` key of the app's :class:`chain.Sealer`."""
+
 READY = "invoice_sync.numbering_ready"
 """``app.extensions`` key set once this app saw the numbering data in the series layout."""
 
@@ -104,10 +107,13 @@ def _seal_after(series: str, *sequences: str) -> None:
 
 def _seal_appended(appended: list[chain.Appended]) -> None:
     """Seal the events an allocation appended once the response is sent: one round trip per
-    sequence (the script returned what to hash), however many numbers a batch took."""
+    sequence (the script returned what to hash), however many numbers a batch took, and
+    none when another thread of this app is sealing the sequence (:class:`chain.Sealer`)."""
     client = get_redis()
-    by_name = {(each.series, each.sequence): each for each in appended}
-    _after_response(lambda key: chain.seal_appended(client, by_name[key]), list(by_name))
+    sealer = current_app.extensions.get(SEALER)
+    if sealer is None:
+        sealer = current_app.extensions.setdefault(SEALER, chain.Sealer())
+    _after_response(lambda each: sealer.submit(client, each), appended)
 
 
 def _after_response(seal, what: list) -> None:

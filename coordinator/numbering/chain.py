@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,10 +122,58 @@ def seal_appended(client: redis.Redis, appended: Appended) -> int:
     if not hashes:
         return seal(client, appended.sequence, series=appended.series)
     chain_key = keys.seq_chain(appended.sequence, appended.series)
-    length = int(scripts.SEAL(client, [chain_key], [appended.length, *hashes]))
-    if length >= appended.length + len(hashes):
-        return length  # sealed now, or already by another sealer
-    return seal(client, appended.sequence, series=appended.series)
+    start = appended.length
+    while start < appended.length + len(hashes):
+        length = int(scripts.SEAL(client, [chain_key], [start, *hashes[start - appended.length:]]))
+        if length < start:
+            # The chain is shorter than the script saw it: let seal() judge what is there.
+            return seal(client, appended.sequence, series=appended.series)
+        if length >= appended.length + len(hashes):
+            return length  # sealed now, or already by another sealer
+        start = length  # another sealer sealed part of these events: seal the rest
+    return start
+
+
+class Sealer:
+    """Coalesce the seals one process runs for a sequence (one per app).
+
+    A thread that finds another thread of this process sealing the same sequence hands its
+    events over and returns at once; the sealing thread then seals the latest events it was
+    handed, which cover every earlier one (each script returns all events unsealed at its
+    time). Under load one thread per sequence seals many allocations per round trip, and the
+    others go back to answering requests.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handed: dict[tuple[str, str], Appended | None] = {}
+
+    def submit(self, client: redis.Redis, appended: Appended) -> None:
+        """Seal ``appended`` now, or hand it to the thread sealing its sequence."""
+        key = (appended.series, appended.sequence)
+        with self._lock:
+            if key in self._handed:
+                waiting = self._handed[key]
+                if waiting is None or _end(appended) > _end(waiting):
+                    self._handed[key] = appended
+                return
+            self._handed[key] = None
+        work: Appended | None = appended
+        try:
+            while work is not None:
+                seal_appended(client, work)
+                with self._lock:
+                    work = self._handed[key]
+                    self._handed[key] = None
+        finally:
+            with self._lock:
+                # Normally nothing is left; after an error, what was handed over stays
+                # unsealed until the next seal (each seal covers every event before it).
+                del self._handed[key]
+
+
+def _end(appended: Appended) -> int:
+    return appended.length + len(appended.events)
 
 
 def _parse(raw: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ duplicate-free ledger whose chain verifies."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import date
 
 import pytest
@@ -242,4 +243,55 @@ def test_seal_appended_is_idempotent_and_never_seals_an_event_out_of_place(redis
     assert chain.seal_appended(redis_client, chain.Appended(
         "default", "invoice", 1, sealed[0], ())) == 3
     assert redis_client.lrange(keys.seq_chain("invoice"), 0, -1) == sealed
+    assert chain.verify(redis_client, "invoice")["ok"] is True
+
+
+def test_seal_appended_seals_the_rest_when_another_sealer_sealed_part(redis_client):
+    appended: list[chain.Appended] = []
+    allocation.allocate_batch(redis_client, "blue", [
+        Item("invoice", str(i), date(2026, 3, 1)) for i in range(4)], appended=appended)
+    (whole,) = appended
+    # Another process sealed the first two meanwhile (from what its script returned).
+    first_two = chain.Appended("default", "invoice", 0, "", whole.events[:2])
+    assert chain.seal_appended(redis_client, first_two) == 2
+    sent = redis_counting.top_level(redis_client,
+                                    lambda: chain.seal_appended(redis_client, whole))
+    assert sent == ["EVALSHA", "EVALSHA"]  # refused at 0 (the chain is at 2), then 2..3
+    assert redis_client.llen(keys.seq_chain("invoice")) == 4
+    assert chain.verify(redis_client, "invoice")["ok"] is True
+
+
+def test_a_thread_finding_its_sequence_being_sealed_hands_over_and_returns(
+        redis_client, monkeypatch):
+    sealer, entered, release, calls = chain.Sealer(), threading.Event(), threading.Event(), []
+    real = chain.seal_appended
+
+    def slow_first(client, appended):
+        calls.append(len(appended.events))
+        if len(calls) == 1:
+            entered.set()
+            assert release.wait(30)
+        return real(client, appended)
+
+    monkeypatch.setattr(chain, "seal_appended", slow_first)
+
+    def take(reference):
+        appended: list[chain.Appended] = []
+        allocation.allocate_batch(redis_client, "blue", [
+            Item("invoice", reference, date(2026, 3, 1))], appended=appended)
+        return appended[0]
+
+    first = threading.Thread(target=sealer.submit, args=(redis_client, take("a")))
+    first.start()
+    assert entered.wait(30)
+    # While the first thread seals, two more allocations: their threads return at once.
+    sealer.submit(redis_client, take("b"))
+    sealer.submit(redis_client, take("c"))
+    assert calls == [1]
+    release.set()
+    first.join(30)
+    # The first thread then sealed only the latest events it was handed: c's script returned
+    # every unsealed event (a's, b's, its own), so one more SEAL covers both waiting threads.
+    assert calls == [1, 3]
+    assert redis_client.llen(keys.seq_chain("invoice")) == 3
     assert chain.verify(redis_client, "invoice")["ok"] is True
