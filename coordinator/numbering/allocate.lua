@@ -27,7 +27,8 @@
 --   "replay", in order; chains holds, for each sequence that appended an event,
 --   {S, chain length, chain head or "", {every event from the chain length on}} (what
 --   chain.seal_appended hashes, so sealing after the response needs no read; the events list
---   is empty when more than UNSEALED_MAX wait, and the caller's seal reads them),
+--   is empty when more than OTHERS_MAX events of other allocations wait too: a seal that fell
+--   behind, which the caller's seal then reads and catches up),
 --   or {"error", index (1-based), code, detail...} and nothing written. Codes:
 --          uninitialized (no settings yet), member (the system is not served by this series:
 --          detail = its members field or ''), moved (credit notes are not numbered in S),
@@ -39,7 +40,7 @@
 -- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
 
 local NKEYS, NARGS = 11, 11
-local UNSEALED_MAX = 2000
+local OTHERS_MAX = 64
 local count = #KEYS / NKEYS
 local settings_of, counters, formatted_taken, refs_taken = {}, {}, {}, {}
 local plans = {}
@@ -158,21 +159,24 @@ for i = 1, count do
       document = ARGV[a + 1], reference = ARGV[a + 3], date = p.date, period = p.period,
     }))
     -- end ledger chain
-    if not touched[KEYS[k + 11]] then
-      touched[KEYS[k + 11]] = true
-      chains[#chains + 1] = {ARGV[a + 9], KEYS[k + 10], KEYS[k + 11]}
+    local c = touched[KEYS[k + 11]]
+    if not c then
+      c = {ARGV[a + 9], KEYS[k + 10], KEYS[k + 11], 0}
+      touched[KEYS[k + 11]] = c
+      chains[#chains + 1] = c
     end
+    c[4] = c[4] + 1
     out[i + 1] = {'new', p.entry}
   end
 end
 
--- What the caller seals: the unsealed events of each sequence appended to (ours, and any
--- other allocation's not sealed yet), with the chain's length and head they continue.
+-- What the caller seals: the unsealed events of each sequence appended to (ours, and the few
+-- of concurrent allocations not sealed yet), with the chain's length and head they continue.
 local state = {}
 for _, c in ipairs(chains) do
   local sealed = redis.call('LLEN', c[3])
   local unsealed = {}
-  if redis.call('LLEN', c[2]) - sealed <= UNSEALED_MAX then
+  if redis.call('LLEN', c[2]) - sealed - c[4] <= OTHERS_MAX then
     unsealed = redis.call('LRANGE', c[2], sealed, -1)
   end
   state[#state + 1] = {c[1], sealed, sealed > 0 and redis.call('LINDEX', c[3], -1) or '', unsealed}

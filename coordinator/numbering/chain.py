@@ -101,7 +101,7 @@ class Appended:
     head: str
     """The chain's last hash then ("" for an empty chain)."""
     events: tuple[str, ...]
-    """The raw events from index ``length`` on, in order (empty: too many to return)."""
+    """The raw events from index ``length`` on, in order (empty: the chain had fallen behind)."""
 
 
 def seal_appended(client: redis.Redis, appended: Appended) -> int:

@@ -55,7 +55,10 @@ def main() -> None:
                     keys.seq_counter("invoice", "2026", "default"),
                     keys.seq_ledger("invoice", "2026", "default"),
                     keys.seq_ledger_order("invoice", "2026", "default"),
-                    keys.series_members("default"), keys.series_formatted("default")]
+                    keys.series_members("default"), keys.series_formatted("default"),
+                    # the ledger chain's events and hashes (since issue 11); a script from
+                    # before them reads only the first nine keys
+                    keys.seq_events("invoice", "default"), keys.seq_chain("invoice", "default")]
         results: dict[str, list[float]] = {"old": [], "new": []}
         usec: dict[str, list[float]] = {"old": [], "new": []}
         for number in range(args.rounds):

@@ -224,6 +224,24 @@ def test_events_other_allocations_left_unsealed_are_sealed_in_the_same_round_tri
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
+def test_a_seal_that_fell_far_behind_is_caught_up_by_reading(client, admin, redis_client):
+    blue = register(client, admin, "blue")
+    batch(client, blue, ("invoice", "warm", "2026-03-01"))
+    # 70 events nobody sealed (seals failing for a while): the script does not return them all
+    # with every allocation; the seal after the response reads and seals everything.
+    allocation.allocate_batch(redis_client, "blue", [
+        Item("invoice", str(i), date(2026, 3, 1)) for i in range(70)])
+    appended: list[chain.Appended] = []
+    allocation.allocate(redis_client, "blue", "invoice", "probe", date(2026, 3, 1),
+                        appended=appended)
+    assert [(a.length, a.events) for a in appended] == [(1, ())]
+    sent = redis_counting.top_level(
+        redis_client, lambda: batch(client, blue, ("invoice", "next", "2026-03-01")))
+    assert sent == ["EVAL", "EVALSHA", "WAITAOF", "LLEN", "LINDEX", "LRANGE", "EVALSHA"]
+    assert redis_client.llen(keys.seq_chain("invoice")) == 73
+    assert chain.verify(redis_client, "invoice")["ok"] is True
+
+
 def test_seal_appended_is_idempotent_and_never_seals_an_event_out_of_place(redis_client):
     appended: list[chain.Appended] = []
     allocation.allocate_batch(redis_client, "blue", [
