@@ -102,7 +102,7 @@ def _seal_after(series: str, *sequences: str) -> None:
     """
     client = get_redis()
     _after_response(lambda sequence: chain.seal(client, sequence, series=series),
-                    [(series, sequence) for sequence in sequences])
+                    list(sequences))
 
 
 def _seal_appended(appended: list[chain.Appended]) -> None:

@@ -154,7 +154,7 @@ class Sealer:
         with self._lock:
             if key in self._handed:
                 waiting = self._handed[key]
-                if waiting is None or _end(appended) > _end(waiting):
+                if waiting is None or _covers_more(appended, waiting):
                     self._handed[key] = appended
                 return
             self._handed[key] = None
@@ -172,8 +172,12 @@ class Sealer:
                 del self._handed[key]
 
 
-def _end(appended: Appended) -> int:
-    return appended.length + len(appended.events)
+def _covers_more(new: Appended, old: Appended) -> bool:
+    """Whether sealing ``new`` seals at least what sealing ``old`` would: a script that
+    returned no events (sealing fell behind) makes its seal read and seal everything."""
+    if not new.events or not old.events:
+        return not new.events
+    return new.length + len(new.events) > old.length + len(old.events)
 
 
 def _parse(raw: str) -> dict[str, Any] | None:

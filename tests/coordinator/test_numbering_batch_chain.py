@@ -313,3 +313,47 @@ def test_a_thread_finding_its_sequence_being_sealed_hands_over_and_returns(
     assert calls == [1, 3]
     assert redis_client.llen(keys.seq_chain("invoice")) == 3
     assert chain.verify(redis_client, "invoice")["ok"] is True
+
+
+def test_a_confirm_is_sealed_after_its_response(client, admin, redis_client):
+    blue = register(client, admin, "blue")
+    (taken,) = batch(client, blue, ("invoice", "a", "2026-03-01"))
+    confirmed = client.post(f"/v1/allocations/{taken['id']}/confirm", headers=blue,
+                            json={"invoicenum": taken["formatted"]})
+    assert confirmed.status_code == 200
+    confirmed.close()
+    # Sealed by the confirm's own after-response seal, before any verify.
+    assert redis_client.llen(keys.seq_chain("invoice")) == 2
+
+
+def test_a_seal_that_must_read_wins_over_one_that_would_not(redis_client):
+    sealer, entered, release = chain.Sealer(), threading.Event(), threading.Event()
+    appended: list[chain.Appended] = []
+    allocation.allocate_batch(redis_client, "blue", [
+        Item("invoice", str(i), date(2026, 3, 1)) for i in range(3)], appended=appended)
+    (first,) = appended
+    real, sealed = chain.seal_appended, []
+
+    def blocking(client, work):
+        sealed.append(work)
+        if len(sealed) == 1:
+            entered.set()
+            assert release.wait(30)
+        return real(client, work)
+
+    original, chain.seal_appended = chain.seal_appended, blocking
+    try:
+        thread = threading.Thread(target=sealer.submit, args=(redis_client, first))
+        thread.start()
+        assert entered.wait(30)
+        # Handed over while the first seals: events of two scripts, then one that returned
+        # none (sealing had fallen behind): that one's seal reads, so it is the one kept.
+        behind = chain.Appended("default", "invoice", 0, "", ())
+        sealer.submit(redis_client, behind)
+        sealer.submit(redis_client, chain.Appended("default", "invoice", 0, "", first.events))
+        release.set()
+        thread.join(30)
+    finally:
+        chain.seal_appended = original
+    assert sealed == [first, behind]
+    assert redis_client.llen(keys.seq_chain("invoice")) == 3
