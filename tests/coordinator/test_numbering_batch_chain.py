@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator import keys
+from coordinator import clock, keys
 from coordinator.cli import main
 from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, chain, iter_ledger
@@ -357,3 +357,18 @@ def test_a_seal_that_must_read_wins_over_one_that_would_not(redis_client):
         chain.seal_appended = original
     assert sealed == [first, behind]
     assert redis_client.llen(keys.seq_chain("invoice")) == 3
+
+
+def test_numbers_of_a_batch_reach_the_unconfirmed_index_and_the_gaps_report(redis_client):
+    from coordinator.numbering import ledger
+    from coordinator.ops import unconfirmed
+
+    taken = allocation.allocate_batch(redis_client, "blue", [
+        Item("invoice", str(i), date(2026, 3, 1)) for i in range(4)])
+    for entry, _ in taken[:2]:
+        allocation.transition(redis_client, entry["id"], "confirm", entry["formatted"],
+                              actor_kind="agent", actor_system="blue", actor="agent:blue")
+    later = clock.utcnow() + timedelta(hours=2)
+    gaps = ledger.gaps(redis_client, "invoice", "2026", 3600, now=later)
+    assert sorted(g["number"] for g in gaps if g["kind"] == "unconfirmed") == [3, 4]
+    assert unconfirmed.refresh(redis_client, 3600, now=later)["invoice"] == 2
