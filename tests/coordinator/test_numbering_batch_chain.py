@@ -372,3 +372,18 @@ def test_numbers_of_a_batch_reach_the_unconfirmed_index_and_the_gaps_report(redi
     gaps = ledger.gaps(redis_client, "invoice", "2026", 3600, now=later)
     assert sorted(g["number"] for g in gaps if g["kind"] == "unconfirmed") == [3, 4]
     assert unconfirmed.refresh(redis_client, 3600, now=later)["invoice"] == 2
+
+
+def test_a_batch_counts_its_allocations_under_its_own_series(client, admin):
+    from prometheus_client import REGISTRY
+
+    def count(result):
+        return REGISTRY.get_sample_value("invoice_sync_allocations_total", {
+            "series": "acme", "sequence": "invoice", "result": result}) or 0.0
+
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    orange = register(client, admin, "orange", "acme")
+    new, replay = count("new"), count("replay")
+    batch(client, orange, ("invoice", "a", "2026-03-01"), ("invoice", "b", "2026-03-01"),
+          ("invoice", "a", "2026-03-01"))
+    assert (count("new"), count("replay")) == (new + 2, replay + 1)
