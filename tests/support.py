@@ -154,3 +154,64 @@ class Serve:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def previous_release(ref: str, target: Path) -> Path:
+    """Extract commit ``ref`` of this repository into ``target`` (for upgrade tests).
+
+    Skips (fails under ``INVOICE_SYNC_REQUIRE_TOOLS``) when git cannot produce it.
+    """
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref],
+                                 capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        reason = f"git archive {ref} failed ({error})"
+        if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS"):
+            pytest.fail(f"the upgrade test needs the previous release: {reason}")
+        pytest.skip(reason)
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True, timeout=60)
+    return target
+
+
+def legacy_data_dir(release: Path, script: Path, data: Path) -> dict:
+    """Run ``script <redis url> <output json>`` with the code of ``release`` on a Valkey of
+    data dir ``data``, stop the server, and return the script's output.
+
+    The script imports ``coordinator`` from ``release`` (its ``PYTHONPATH``): the data is made
+    by the old code itself, which the output's ``code`` (the module path) shows.
+    """
+    from coordinator.ops.embedded import ValkeyServer
+
+    output = data.parent / f"{data.name}.json"
+    server = ValkeyServer(data).start()
+    try:
+        run = subprocess.run([sys.executable, str(script), server.url, str(output)],
+                             env={**os.environ, "PYTHONPATH": str(release)}, cwd=release,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        server.stop()
+    import json
+
+    done = json.loads(output.read_text())
+    assert done["code"].startswith(str(release))  # the old code made the data
+    return done
+
+
+def at_once(calls: list) -> list:
+    """Run every callable of ``calls`` in its own thread, released together; their results."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
