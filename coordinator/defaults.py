@@ -74,6 +74,10 @@ LEDGER_CHECKPOINT_SECONDS = 3600
 MAX_CONTENT_LENGTH = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get 413 in the error shape."""
 
+MAX_BATCH_CONTENT_LENGTH = 1024 * 1024
+"""Largest body of ``POST /v1/allocation-batches`` (1000 items of up to 128-character
+references need more than ``MAX_CONTENT_LENGTH``); larger ones get 413 in the error shape."""
+
 BASE_CURRENCY = "EUR"
 """Currency the revenue reports are converted into (each system has an exchange rate to it)."""
 

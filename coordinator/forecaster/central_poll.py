@@ -25,7 +25,7 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,21 @@ class LocalNumbering:
         except CoordinatorError as error:
             raise _agent_error(error) from None
         return self._out(entry, replay=not new)
+
+    def allocate_batch(
+        self, items: Sequence[tuple[str, str | int, dt.date | str | None]]
+    ) -> list[Allocation]:
+        """Take the numbers of several documents of this system at once: all, or none."""
+        today = self.clock().date()
+        batch = [allocation.Item(document, str(reference),
+                                 dt.date.fromisoformat(day) if isinstance(day, str)
+                                 else day or today)
+                 for document, reference, day in items]
+        try:
+            taken = allocation.allocate_batch(self.client, self.system, batch, self.durability)
+        except CoordinatorError as error:
+            raise _agent_error(error) from None
+        return [self._out(entry, replay=not new) for entry, new in taken]
 
     def _transition(self, allocation_id: str, action: str, value: str) -> Allocation:
         try:
