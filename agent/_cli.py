@@ -174,12 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         "next",
         help="take the number for a document and print it",
         description="Take the number for one document (the same reference always gets the "
-        "same number) and print the formatted number.",
+        "same number) and print the formatted number. With several --reference, take them "
+        "all at once (all or none, same document kind and date) and print one per line.",
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     nxt.add_argument("document", choices=DOCUMENTS)
-    nxt.add_argument("--reference", required=True, help="the document's id in this WHMCS")
+    nxt.add_argument("--reference", required=True, action="append",
+                     help="the document's id in this WHMCS (repeat for several, up to 1000)")
     nxt.add_argument("--date", help="the document date, YYYY-MM-DD (default: today)")
     nxt.add_argument("--json", action="store_true", help="print the allocation object")
 
@@ -304,13 +306,22 @@ def _next(config: Config, args: argparse.Namespace) -> int:
     try:
         before = journal.mark() if journal is not None else None
         with Client(config) as client:
-            allocation = client.allocate(args.document, args.reference, date)
+            if len(args.reference) == 1:
+                taken = [client.allocate(args.document, args.reference[0], date)]
+            else:
+                taken = client.allocate_batch(
+                    [(args.document, reference, date) for reference in args.reference])
         if journal is not None and before is not None:
-            journal.receive(allocation, before=before)
+            for allocation in taken:
+                journal.receive(allocation, before=before)
     finally:
         if journal is not None:
             journal.close()
-    _print_json(allocation.to_json()) if args.json else print(allocation.formatted)
+    if args.json:
+        _print_json(taken[0].to_json() if len(taken) == 1 else [a.to_json() for a in taken])
+    else:
+        for allocation in taken:
+            print(allocation.formatted)
     return ExitCode.OK
 
 

@@ -9,7 +9,7 @@ import json as jsonlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -185,6 +185,55 @@ class Client:
                 f"{allocation.document} {allocation.reference!r}"
             )
         return allocation
+
+    def allocate_batch(
+        self, items: Sequence[tuple[str, str | int, dt.date | str | None]]
+    ) -> list[Allocation]:
+        """Take the numbers of several documents at once: all of them, or none (API.md).
+
+        Args:
+            items: ``(document, reference, date)`` per document, 1 to 1000 of them; a date of
+                None is the coordinator's today.
+
+        Returns:
+            One allocation per item, in the same order (``replay`` set per item).
+
+        Raises:
+            ValueError: Invalid arguments (nothing was sent).
+            CoordinatorRefused: An item cannot be numbered (its index is in the error's
+                ``errors["json"]["items"]``); no number of the batch was taken.
+            CoordinatorError: No number was obtained.
+        """
+        if not 1 <= len(items) <= 1000:
+            raise ValueError("a batch holds 1 to 1000 documents")
+        body_items = []
+        for document, reference, date in items:
+            item: dict[str, Any] = {
+                "document": check_document(document),
+                "reference": check_reference(reference),
+            }
+            if date is not None:
+                item["date"] = check_date(date).isoformat()
+            body_items.append(item)
+        response = self._request("POST", "/v1/allocation-batches", {"items": body_items})
+        if response.status_code != 200:
+            raise _error_from(response)
+        data = _json_body(response)
+        got = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(got, list) or len(got) != len(body_items):
+            raise CoordinatorBadResponse(
+                f"asked {len(body_items)} numbers, the answer does not hold as many")
+        out = []
+        for asked, raw in zip(body_items, got, strict=True):
+            allocation = Allocation.from_json(raw)
+            if (allocation.document, allocation.reference) != (asked["document"],
+                                                               asked["reference"]):
+                # Never write a number meant for another document into this one.
+                raise CoordinatorBadResponse(
+                    f"asked a number for {asked['document']} {asked['reference']!r}, got one "
+                    f"for {allocation.document} {allocation.reference!r}")
+            out.append(allocation)
+        return out
 
     def confirm(self, allocation_id: str, invoicenum: str) -> Allocation:
         """Tell the coordinator the number is now written in WHMCS (status ``confirmed``)."""

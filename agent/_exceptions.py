@@ -165,9 +165,18 @@ class WhmcsError(AgentError):
 
 
 class WhmcsAccessDeniedError(WhmcsError):
-    """WHMCS refused the API call; an administrator has to change a setting."""
+    """WHMCS refused the API call; an administrator has to change a setting.
+
+    Attributes:
+        whmcs_message: WHMCS's own message, verbatim (e.g. ``Invalid Permissions: API action
+            "updateinvoice" is not allowed``), so callers can match WHMCS's exact answers.
+    """
 
     code = "whmcs_access_denied"
+
+    def __init__(self, message: str, *, whmcs_message: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.whmcs_message = whmcs_message
 
 
 class WhmcsAuthError(WhmcsAccessDeniedError):

@@ -71,7 +71,7 @@ import errno
 import fcntl
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -243,6 +243,7 @@ class Poller:
         self._tried: set[str] = set()
         self._access_checked = False
         self._watched = self.journal.watched()
+        self._prefetched: dict[tuple[str, str], tuple[Allocation, int]] = {}
         calls = self.whmcs.calls
         try:
             for entry in self.journal.pending():
@@ -270,7 +271,7 @@ class Poller:
     def _read_all(self, report: PollReport) -> int | None:
         """Look at every invoice (by id); return the highest id, or None if stopped."""
         top = 0
-        for invoice in self.whmcs.iter_invoices(self.page_size):
+        for invoice in self._in_pages(self.whmcs.iter_invoices(self.page_size)):
             if self.should_stop():
                 return None
             top = max(top, invoice.id)
@@ -285,13 +286,13 @@ class Poller:
         """
         earlier = dict(self._watched)
         top = mark
-        for invoice in self.whmcs.iter_invoices_above(mark, self.page_size):
+        for invoice in self._in_pages(self.whmcs.iter_invoices_above(mark, self.page_size)):
             if self.should_stop():
                 return None
             top = max(top, invoice.id)
             self._examine(report, invoice)
         for status in RECHECKED_STATUSES[self.number_on]:
-            for invoice in self.whmcs.iter_unnumbered(status, self.page_size):
+            for invoice in self._in_pages(self.whmcs.iter_unnumbered(status, self.page_size)):
                 if self.should_stop():
                     return None
                 self._examine(report, invoice)
@@ -432,21 +433,61 @@ class Poller:
             ) from None
         self._access_checked = True
 
-    def _allocate(self, document: str, reference: str, date: dt.date | None) -> Allocation:
-        """Take one document's number.
+    def _in_pages(self, invoices: Iterable[WhmcsInvoice]) -> Iterator[WhmcsInvoice]:
+        """Yield ``invoices`` a page at a time, after taking the page's numbers in one batch."""
+        page: list[WhmcsInvoice] = []
+        for invoice in invoices:
+            page.append(invoice)
+            if len(page) >= self.page_size:
+                self._allocate_page(page)
+                yield from page
+                page = []
+        if page:
+            self._allocate_page(page)
+            yield from page
 
-        The seam for ``POST /v1/allocation-batches``: a batch would take the numbers of the
-        candidates of one page here in one request, then each is finished as below.
+    def _allocate_page(self, page: list[WhmcsInvoice]) -> None:
+        """Take the numbers of the page's candidates in one ``POST /v1/allocation-batches``.
+
+        Each is then finished one by one as before (:meth:`_number` takes it from here). A
+        batch is all or nothing, so when the coordinator refuses it (one item cannot be
+        numbered) or fails, nothing was taken: the single allocations that follow find the
+        bad item and report it alone, fail-closed as ever.
         """
+        candidates: dict[str, WhmcsInvoice] = {}
+        for invoice in page:
+            reference = str(invoice.id)
+            if reference not in self._tried and needs_number(invoice, self.number_on):
+                candidates.setdefault(reference, invoice)
+        if len(candidates) < 2 or self.should_stop():
+            return
+        self._ensure_access()
+        before = self.journal.mark()
+        items = [(document_of(i), ref, i.date) for ref, i in candidates.items()]
+        try:
+            taken = self.client.allocate_batch(items)
+        except CoordinatorError as exc:
+            log.info("batch of %d numbers not taken (%s); taking them one by one",
+                     len(items), exc.message)
+            return
+        for (document, reference, _), allocation in zip(items, taken, strict=True):
+            self._prefetched[(document, reference)] = (allocation, before)
+
+    def _allocate(self, document: str, reference: str, date: dt.date | None) -> Allocation:
+        """Take one document's number (when its page's batch did not already)."""
         return self.client.allocate(document, reference, date)
 
     def _number(self, invoice: WhmcsInvoice, report: PollReport) -> None:
         document = document_of(invoice)
         reference = str(invoice.id)
         self._ensure_access()
-        before = self.journal.mark()
         report.allocations += 1
-        allocation = self._allocate(document, reference, invoice.date)
+        prefetched = self._prefetched.pop((document, reference), None)
+        if prefetched is not None:
+            allocation, before = prefetched  # the mark taken before its batch was asked for
+        else:
+            before = self.journal.mark()
+            allocation = self._allocate(document, reference, invoice.date)
         if allocation.status == "void":
             # One reference, one number, for ever: the coordinator will not issue another.
             reason = allocation.raw.get("void_reason") or "no reason recorded"

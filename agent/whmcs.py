@@ -559,6 +559,7 @@ class WhmcsClient:
         low = message.lower()
         host = _safe_url(self.url)
         kw: dict[str, Any] = {"action": action, "status_code": status}
+        denied: dict[str, Any] = {**kw, "whmcs_message": message}  # WHMCS's words, verbatim
         if low.startswith("invalid or missing credentials") or low.startswith(
             "authentication failed"
         ):
@@ -566,14 +567,14 @@ class WhmcsClient:
                 f"WHMCS at {host} rejected the API credentials ({message}). Check the API "
                 "identifier and secret in WHMCS: Configuration → System Settings → Manage API "
                 "Credentials (generate new ones if the secret is lost).",
-                **kw,
+                **denied,
             )
         if low.startswith("invalid permissions"):
             return WhmcsPermissionError(
                 f'WHMCS at {host} does not allow API action "{action}" for these credentials '
                 f"({message}). Add {action} to the credentials' API role: Configuration → "
                 "System Settings → Manage API Credentials → API Roles.",
-                **kw,
+                **denied,
             )
         if low.startswith("invalid ip"):
             match = _IP_RE.search(message)
@@ -585,27 +586,27 @@ class WhmcsClient:
                 "(it is the address WHMCS sees, e.g. your NAT or proxy), or configure an "
                 "access key.",
                 ip=ip,
-                **kw,
+                **denied,
             )
         if low.startswith("invalid access key"):
             return WhmcsAccessKeyError(
                 f"WHMCS at {host} rejected the access key ({message}). Use the value of "
                 "$api_access_key from WHMCS's configuration.php, or add this caller's IP to "
                 "API IP Access Restriction instead.",
-                **kw,
+                **denied,
             )
         if low.startswith("ip banned"):
             return WhmcsIpBannedError(
                 f"WHMCS at {host} has banned this caller's IP ({message}), usually after failed "
                 "logins. Remove the ban in WHMCS (Configuration → System Settings → Banned "
                 "IPs) after fixing the credentials that caused it.",
-                **kw,
+                **denied,
             )
         if status == 403:
             return WhmcsAccessDeniedError(
                 f"WHMCS at {host} refused {action} with HTTP 403: {message}. Check the API "
                 "credentials, role and IP restrictions.",
-                **kw,
+                **denied,
             )
         return WhmcsApiError(
             f"WHMCS at {host} could not run {action}: {message}.",

@@ -147,7 +147,8 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
             from coordinator.forecaster.worker import spawn_worker_process
 
             # A child, not a thread: RQ forks a work horse per job and installs signal handlers.
-            child = spawn_worker_process()
+            # It keeps its central polls' journals in this data dir.
+            child = spawn_worker_process({"INVOICE_SYNC_DATA_DIR": str(data_dir)})
             click.echo(f"sync worker and daily scheduler: pid {child.pid}", err=True)
         run_gunicorn(bind=f"{host}:{port}", workers=workers, control_socket_disable=False,
                      control_socket=str(data_dir / "gunicorn.ctl"))
@@ -254,15 +255,19 @@ def doctor(data_dir: Path) -> None:
 
     All local: starts `invoice-sync serve` on a free port in a temporary dir, three fake WHMCS
     installations (blue EUR, red USD, orange GBP), registers them, runs one agent poller per
-    installation at once, prints the ledger and what each WHMCS holds, and cleans up.
+    installation at once (or, with --central-poll, lets the coordinator poll them), prints the
+    ledger and what each WHMCS holds, and cleans up.
     """)
 @click.option("--keep", is_flag=True, envvar="INVOICE_SYNC_DEMO_KEEP",
               help="Keep the temporary data dir (logs, journals).")
-def demo(keep: bool) -> None:
+@click.option("--central-poll", is_flag=True, envvar="INVOICE_SYNC_DEMO_CENTRAL_POLL",
+              help="No agent processes: the coordinator's central polls number the invoices, "
+                   "as for a WHMCS that runs only the addon module.")
+def demo(keep: bool, central_poll: bool) -> None:
     from coordinator.demo.run import DemoError, run_demo
 
     try:
-        code = run_demo(click.echo, keep=keep)
+        code = run_demo(click.echo, keep=keep, central_poll=central_poll)
     except DemoError as error:
         raise click.ClickException(str(error)) from None
     raise SystemExit(code)

@@ -74,6 +74,10 @@ LEDGER_CHECKPOINT_SECONDS = 3600
 MAX_CONTENT_LENGTH = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get 413 in the error shape."""
 
+MAX_BATCH_CONTENT_LENGTH = 1024 * 1024
+"""Largest body of ``POST /v1/allocation-batches`` (1000 items of up to 128-character
+references need more than ``MAX_CONTENT_LENGTH``); larger ones get 413 in the error shape."""
+
 BASE_CURRENCY = "EUR"
 """Currency the revenue reports are converted into (each system has an exchange rate to it)."""
 
@@ -85,6 +89,11 @@ ALLOW_PRIVATE_SYSTEM_URLS = False
 
 SYNC_DAILY_AT = "04:30"
 """UTC time of day for the automatic sync, after WHMCS's usual daily cron run."""
+
+SCHEDULER_TICK_SECONDS = 30.0
+"""How often the scheduler (in ``serve`` and ``worker --with-scheduler``) looks at the clock for
+daily syncs and due central polls; its claims make ticks cheap. A central poll is queued at most
+this long after it is due."""
 
 LOG_LEVEL = "INFO"
 """Level of the JSON log lines written to stderr."""

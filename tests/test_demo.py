@@ -15,17 +15,26 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_and_prints_one_sequence_without_duplicates() -> None:
+@pytest.mark.parametrize(("options", "writer"), [
+    ([], "agent"),
+    # No agent process: the coordinator's scheduler and sync worker poll each fake WHMCS.
+    (["--central-poll"], "central-poll"),
+])
+def test_demo_runs_and_prints_one_sequence_without_duplicates(options, writer) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC")}
     env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run([sys.executable, "-m", "coordinator", "demo"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run([sys.executable, "-m", "coordinator", "demo", *options], env=env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=240)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "all checks held" in out
+    assert ("invoice-sync-agent poll" in out) == (writer == "agent")
 
-    rows = re.findall(r"^\s+(\d+)\s+((?:INV|CN|OUK)-\d{4}-\d{6})\s+(\w+)\s+#(\d+)\s+(\w+)$",
-                      out, re.MULTILINE)
+    found = re.findall(r"^\s+(\d+)\s+((?:INV|CN|OUK)-\d{4}-\d{6})\s+(\w+)\s+#(\d+)\s+(\w+)"
+                       r"\s+([\w:-]+)$", out, re.MULTILINE)
+    # Each number was confirmed by the system's own agent, or by its central poll.
+    assert {by for *_, by in found} == {f"{writer}:{r[2]}" for r in found}
+    rows = [r[:5] for r in found]
     invoices = [r for r in rows if r[1].startswith("INV-")]
     credit_notes = [r for r in rows if r[1].startswith("CN-")]
     orange = [r for r in rows if r[1].startswith("OUK-")]  # another legal entity: own series

@@ -7,6 +7,10 @@ through the admin API — blue and red in the ``default`` series, orange in a se
 own (another legal entity) — and one ``invoice-sync-agent poll`` process per installation,
 all started at once. Then it prints each series' ledger and what each WHMCS now holds, and
 cleans up.
+
+With ``central_poll`` no agent process runs: the systems are registered with
+``"central_poll": true`` and the coordinator's own scheduler and sync worker poll each WHMCS
+with its stored credentials (the path of a WHMCS that runs only the addon module).
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ STARTUP_TIMEOUT = 60.0
 """Seconds to wait for ``invoice-sync serve`` to answer /readyz."""
 
 AGENT_TIMEOUT = 120.0
-"""Seconds the agents may take to number everything."""
+"""Seconds the agents (or the central polls) may take to number everything."""
+
+CENTRAL_POLL_TICK = "1"
+"""``INVOICE_SYNC_SCHEDULER_TICK_SECONDS`` of the demo's coordinator: with central polls, the
+scheduler queues a just-registered system's poll within a second, not half a minute."""
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,8 +112,12 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     raise DemoError(f"invoice-sync serve did not become ready:\n{log.read_text()[-2000:]}")
 
 
-def run_demo(echo: Callable[[str], None], *, keep: bool = False) -> int:
-    """Run the demo, printing through ``echo``; return 0 when every check held."""
+def run_demo(echo: Callable[[str], None], *, keep: bool = False,
+             central_poll: bool = False) -> int:
+    """Run the demo, printing through ``echo``; return 0 when every check held.
+
+    ``central_poll``: number through the coordinator's central polls, no agent process.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="invoice-sync-demo-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -117,7 +129,8 @@ def run_demo(echo: Callable[[str], None], *, keep: bool = False) -> int:
                 [sys.executable, "-m", "coordinator", "serve", "--port", str(port),
                  "--data-dir", str(tmp / "data"), "--workers", "2"],
                 env=_child_env({"INVOICE_SYNC_ALLOW_HTTP_SYSTEM_URLS": "true",
-                                "INVOICE_SYNC_ALLOW_PRIVATE_SYSTEM_URLS": "true"}),
+                                "INVOICE_SYNC_ALLOW_PRIVATE_SYSTEM_URLS": "true",
+                                "INVOICE_SYNC_SCHEDULER_TICK_SECONDS": CENTRAL_POLL_TICK}),
                 stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp,
             )
         _wait_ready(url, serve, log)
@@ -132,9 +145,13 @@ def run_demo(echo: Callable[[str], None], *, keep: bool = False) -> int:
                 fake = FakeWhmcs(f"ident-{inst.name}", f"secret-{inst.name}-{port}")
                 _seed(fake, inst, today)
                 servers[inst.name] = stack.enter_context(serve_fake_whmcs(fake))
-            tokens = _register(url, admin, servers, echo)
-            ok = _run_agents(tmp, url, tokens, servers, echo)
-            ok = _show(url, admin, servers, today, echo) and ok
+            tokens = _register(url, admin, servers, echo, central_poll=central_poll)
+            if central_poll:
+                ok = _await_central_polls(url, admin, servers, echo)
+            else:
+                ok = _run_agents(tmp, url, tokens, servers, echo)
+            ok = _show(url, admin, servers, today, echo,
+                       writer="the central poll" if central_poll else "its agent") and ok
             _maybe_report(url, admin, echo)
         echo("\nall checks held" if ok else "\nSOME CHECKS FAILED")
         return 0 if ok else 1
@@ -154,7 +171,7 @@ def run_demo(echo: Callable[[str], None], *, keep: bool = False) -> int:
 
 def _register(
     url: str, admin: dict[str, str], servers: dict[str, FakeWhmcsServer],
-    echo: Callable[[str], None],
+    echo: Callable[[str], None], *, central_poll: bool = False,
 ) -> dict[str, str]:
     tokens = {}
     for name, (description, invoice_format) in OWN_SERIES.items():
@@ -172,7 +189,7 @@ def _register(
             "name": inst.name, "description": f"demo {inst.currency} brand", "url": server.url,
             "api_identifier": server.app.identifier, "api_secret": server.app.secret,
             "step": 100, "auto_sync": False, "exchange_rate": inst.exchange_rate,
-            "series": inst.series,
+            "series": inst.series, "central_poll": central_poll, "central_poll_minutes": 1,
         })
         if response.status_code != 201:
             raise DemoError(f"registering {inst.name}: HTTP {response.status_code} "
@@ -223,6 +240,34 @@ def _run_agents(
     return ok
 
 
+def _await_central_polls(
+    url: str, admin: dict[str, str], servers: dict[str, FakeWhmcsServer],
+    echo: Callable[[str], None],
+) -> bool:
+    echo("\ncentral polls: no agent process; the coordinator's scheduler queues each system's "
+         "poll and its sync worker runs it with the stored WHMCS credentials")
+    started = time.monotonic()
+    deadline = started + AGENT_TIMEOUT
+    ok = True
+    for name in servers:
+        last = None
+        while last is None and time.monotonic() < deadline:
+            response = requests.get(f"{url}/v1/systems/{name}", headers=admin, timeout=30)
+            response.raise_for_status()
+            last = response.json().get("central_poll_last")
+            if last is None:
+                time.sleep(0.2)
+        if last is None:
+            echo(f"  {name:<6} no central poll ran within {AGENT_TIMEOUT:.0f}s")
+            ok = False
+            continue
+        echo(f"  {name:<6} {last['state']:<6} central poll: {last['message']}; "
+             f"{last['whmcs_calls']} WHMCS API calls")
+        ok = ok and last["state"] == "done"
+    echo(f"  done in {time.monotonic() - started:.1f}s")
+    return ok
+
+
 def _sequence_path(series: str, sequence: str) -> str:
     if series == "default":
         return f"/v1/sequences/{sequence}"
@@ -239,7 +284,7 @@ def _ledger(url: str, admin: dict[str, str], sequence: str, period: str,
 
 def _show(
     url: str, admin: dict[str, str], servers: dict[str, FakeWhmcsServer], today: dt.date,
-    echo: Callable[[str], None],
+    echo: Callable[[str], None], writer: str = "its agent",
 ) -> bool:
     period = str(today.year)
     ok = True
@@ -249,10 +294,11 @@ def _show(
             continue
         echo(f"\nseries {series}, {sequence} sequence, {period} "
              f"(GET {_sequence_path(series, sequence)}/ledger)")
-        echo(f"  {'number':>6}  {'formatted':<16} {'system':<7} {'reference':<10} status")
+        echo(f"  {'number':>6}  {'formatted':<16} {'system':<7} {'reference':<10} "
+             f"{'status':<10} confirmed by")
         for e in entries:
             echo(f"  {e['number']:>6}  {e['formatted']:<16} {e['system']:<7} "
-                 f"#{e['reference']:<9} {e['status']}")
+                 f"#{e['reference']:<9} {e['status']:<10} {e.get('confirmed_by') or '-'}")
         numbers = [e["number"] for e in entries]
         formatted = [e["formatted"] for e in entries]
         sound = (numbers == list(range(1, len(numbers) + 1))
@@ -261,7 +307,7 @@ def _show(
         ok = ok and sound
         echo(f"  -> {len(entries)} number(s), 1..{len(entries)}, "
              + ("no gap, no duplicate, all confirmed" if sound else "NOT SOUND"))
-    echo("\nwhat each WHMCS holds now (GetInvoices; invoicenum written by its agent)")
+    echo(f"\nwhat each WHMCS holds now (GetInvoices; invoicenum written by {writer})")
     ledger = {(e["system"], e["reference"]): e["formatted"]
               for series in SERIES for seq in ("invoice", "credit_note")
               for e in _ledger(url, admin, seq, period, series)}

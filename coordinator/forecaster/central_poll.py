@@ -14,6 +14,9 @@ the truth: a run on another machine re-asks the same references and gets the sam
 
 Each run's outcome is kept in ``{sys:<name>}:central-poll`` (shown with the system and by
 ``doctor``); a run that leaves invoices unnumbered raises a ``central_poll_failed`` warning.
+The first run, a run after a failure, a failing run and one run a day also probe which of the
+actions the poll needs the API role refuses (:mod:`poll_access`, WHMCS's exact answers only);
+a role that lacks one stops the run before any number is taken.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ from coordinator.exceptions import (
     NotFound,
     ServiceUnavailable,
 )
-from coordinator.forecaster import lock
+from coordinator.forecaster import lock, poll_access
 from coordinator.numbering import allocation
 from coordinator.ops.confirmation import Durability, Guard
 from coordinator.warnings import store as warnings
@@ -99,6 +102,21 @@ class LocalNumbering:
             raise _agent_error(error) from None
         return self._out(entry, replay=not new)
 
+    def allocate_batch(
+        self, items: Sequence[tuple[str, str | int, dt.date | str | None]]
+    ) -> list[Allocation]:
+        """Take the numbers of several documents of this system at once: all, or none."""
+        today = self.clock().date()
+        batch = [allocation.Item(document, str(reference),
+                                 dt.date.fromisoformat(day) if isinstance(day, str)
+                                 else day or today)
+                 for document, reference, day in items]
+        try:
+            taken = allocation.allocate_batch(self.client, self.system, batch, self.durability)
+        except CoordinatorError as error:
+            raise _agent_error(error) from None
+        return [self._out(entry, replay=not new) for entry, new in taken]
+
     def _transition(self, allocation_id: str, action: str, value: str) -> Allocation:
         try:
             entry, _ = allocation.transition(
@@ -138,13 +156,32 @@ def _summary(report: PollReport) -> tuple[bool, str]:
 
 
 def status(client: redis.Redis, system: str) -> dict[str, Any] | None:
-    """Return the last central poll of ``system`` (``None`` before the first)."""
+    """Return the last central poll of ``system`` (``None`` before the first).
+
+    Besides the last run: ``failures`` (runs failed in a row), ``last_ok_at`` (the last run
+    that went well, ``None`` if none did), ``missing_actions`` (the API actions the poll needs
+    that WHMCS refused at ``access_checked_at``, the last probe of the role; ``access_problem``
+    when another failure, e.g. wrong credentials, cut that probe short).
+    """
     raw = client.hgetall(keys.sys_central_poll(system))
     if not raw:
         return None
     return {"state": raw.get("state"), "at": raw.get("at"), "message": raw.get("message", ""),
             "numbered": int(raw.get("numbered", 0)), "failed": int(raw.get("failed", 0)),
-            "whmcs_calls": int(raw.get("whmcs_calls", 0))}
+            "whmcs_calls": int(raw.get("whmcs_calls", 0)),
+            "failures": int(raw.get("failures", 0)), "last_ok_at": raw.get("last_ok_at") or None,
+            "missing_actions": [a for a in raw.get("missing_actions", "").split(",") if a],
+            "access_problem": raw.get("access_problem") or None,
+            "access_checked_at": raw.get("access_checked_at") or None}
+
+
+def _probe_due(last: Mapping[str, str], now: dt.datetime) -> bool:
+    """Whether this run probes the role first: the first run, after a failure, or once a day."""
+    checked = last.get("access_checked_at")
+    if not checked or last.get("state") != "done":
+        return True
+    age = now - dt.datetime.fromisoformat(checked.replace("Z", "+00:00"))
+    return age.total_seconds() >= poll_access.RECHECK_SECONDS
 
 
 def run(
@@ -169,22 +206,41 @@ def run(
     try:
         path = journal_path(config, system)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        last = client.hgetall(keys.sys_central_poll(system))
+        access: poll_access.Access | None = None
+        calls = numbered = failed = 0
         try:
             # The same durability verdict as /readyz and the HTTP allocations: on a server that
             # cannot keep what it acknowledges, no number is taken (NotDurable, below).
             numbering = LocalNumbering(client, system, Guard(config).current(client), clock)
             whmcs, _step = (resolve or default_resolver)(client, system, config)
-            with Journal(path) as journal:
-                report = Poller(numbering, whmcs, journal,
-                                number_on=settings.get("number_on", "paid")).run(full=full)
-            ok, message = _summary(report)
-            numbered, failed = len(report.of("numbered")), len(report.of("failed"))
-            calls = report.whmcs_calls
+            first_call = whmcs.calls
+            if _probe_due(last, clock()):
+                access = poll_access.probe(whmcs)
+            if access is not None and access.missing:
+                ok, message = False, f"stopped: {access.describe()}. No number was taken."
+            else:
+                with Journal(path) as journal:
+                    report = Poller(numbering, whmcs, journal,
+                                    number_on=settings.get("number_on", "paid")).run(full=full)
+                ok, message = _summary(report)
+                numbered, failed = len(report.of("numbered")), len(report.of("failed"))
+                if not ok and access is None:
+                    access = poll_access.probe(whmcs)  # did the role change? say so exactly
+            calls = whmcs.calls - first_call
         except CoordinatorError as error:  # credentials, URL, or a Redis that is not durable
             ok, message, numbered, failed, calls = False, f"stopped: {error.message}", 0, 0, 0
-        outcome = {"state": "done" if ok else "failed", "at": iso(clock()),
+        now = iso(clock())
+        outcome = {"state": "done" if ok else "failed", "at": now,
                    "message": message, "numbered": numbered, "failed": failed,
-                   "whmcs_calls": calls}
+                   "whmcs_calls": calls,
+                   "failures": 0 if ok else int(last.get("failures", 0)) + 1}
+        if ok:
+            outcome["last_ok_at"] = now
+        if access is not None:
+            outcome["missing_actions"] = ",".join(access.missing)
+            outcome["access_problem"] = access.problem or ""  # the probe could not finish
+            outcome["access_checked_at"] = now
         client.hset(keys.sys_central_poll(system), mapping=outcome)
         if not ok:
             warnings.raise_warning(client, warnings.CENTRAL_POLL_FAILED,

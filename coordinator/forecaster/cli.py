@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,9 @@ def worker(with_scheduler: bool, burst: bool, name: str | None, data_dir: Path) 
     from coordinator.forecaster.worker import run_worker
 
     client, settings = _client(data_dir)
+    # Jobs read their settings afresh in the work horse: the central polls' journals go under
+    # this --data-dir, not under a relative default that depends on the worker's cwd.
+    os.environ["INVOICE_SYNC_DATA_DIR"] = str(data_dir.resolve())
     run_worker(client, settings, with_scheduler=with_scheduler, burst=burst, name=name)
 
 

@@ -23,9 +23,6 @@ SYNC_RECORD_TTL = 90 * 86400
 UPSERT_BATCH = 500
 """Invoices per Lua upsert call: bounds how long one script blocks Redis (well under 10 ms)."""
 
-SCHEDULER_TICK_SECONDS = 30.0
-"""How often the daily-sync scheduler looks at the clock; its per-day claim makes ticks cheap."""
-
 DAILY_CLAIM_TTL = 3 * 86400
 """Seconds a (system, day) claim of the daily scheduler is kept once its sync is queued: longer
 than any clock skew."""

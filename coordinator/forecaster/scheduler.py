@@ -85,15 +85,18 @@ def tick(
 
 
 class SchedulerThread(threading.Thread):
-    """Run :func:`tick` every ``SCHEDULER_TICK_SECONDS`` until :meth:`stop`."""
+    """Run :func:`tick` and queue due central polls every ``SCHEDULER_TICK_SECONDS`` (a
+    setting) until :meth:`stop`."""
 
     def __init__(self, client: redis.Redis, config: Mapping[str, Any],
-                 interval: float = defaults.SCHEDULER_TICK_SECONDS) -> None:
+                 interval: float | None = None) -> None:
         super().__init__(name="invoice-sync-scheduler", daemon=True)
         parse_at(config.get("SYNC_DAILY_AT", settings.SYNC_DAILY_AT))  # fail at start, not at 04:30
         self.client = client
         self.config = config
-        self.interval = interval
+        self.interval = float(interval if interval is not None
+                              else config.get("SCHEDULER_TICK_SECONDS",
+                                              settings.SCHEDULER_TICK_SECONDS))
         self._stop_event = threading.Event()
 
     def run(self) -> None:

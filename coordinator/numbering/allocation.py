@@ -27,7 +27,7 @@ from coordinator.exceptions import (
     NotFound,
     ServiceUnavailable,
 )
-from coordinator.numbering import scripts
+from coordinator.numbering import chain, scripts
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
@@ -88,6 +88,15 @@ def parse_id(allocation_id: str) -> tuple[str, str, str, str]:
     return match.group(1) or DEFAULT_SERIES, match.group(2), match.group(3), match.group(4)
 
 
+@dataclass(frozen=True)
+class Item:
+    """One document to number: ``invoice`` or ``credit_note``, its WHMCS id and its date."""
+
+    document: str
+    reference: str
+    day: date
+
+
 def allocate(
     client: redis.Redis,
     system: str,
@@ -96,6 +105,7 @@ def allocate(
     day: date,
     durability: Durability | None = None,
     hints: Hints | None = None,
+    appended: list[chain.Appended] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Number one WHMCS document, or return the number it already has.
 
@@ -108,6 +118,8 @@ def allocate(
         day: The document date; it picks the period.
         durability: Wait for fsync/replicas before returning (None: do not wait).
         hints: The caller's routing guesses (None: start from the defaults).
+        appended: When given, receives the ledger events a new number appended, for
+            :func:`chain.seal_appended` (the caller seals, e.g. after its response).
 
     Returns:
         The allocation and whether it is new (False: a replay of an earlier allocation).
@@ -117,53 +129,114 @@ def allocate(
             or the formatted number is already used in the series.
         NotDurable: the write was not confirmed durable in time (retry the same call).
     """
+    try:
+        return allocate_batch(client, system, [Item(document, reference, day)], durability,
+                              hints, appended)[0]
+    except BatchConflict as refused:
+        raise Conflict(refused.reason, refused.fields and {"json": refused.fields}) from None
+
+
+class BatchConflict(Conflict):
+    """Item ``index`` of a batch cannot be numbered; nothing was taken."""
+
+    def __init__(self, index: int, reason: str, fields: dict[str, list[str]] | None = None):
+        self.index, self.reason, self.fields = index, reason, fields
+        super().__init__(
+            f"Item {index} cannot be numbered, so no number of this batch was taken: {reason}",
+            {"json": {"items": {str(index): fields or {"reference": [reason]}}}})
+
+
+def allocate_batch(
+    client: redis.Redis,
+    system: str,
+    items: list[Item],
+    durability: Durability | None = None,
+    hints: Hints | None = None,
+    appended: list[chain.Appended] | None = None,
+) -> list[tuple[dict[str, Any], bool]]:
+    """Number several documents of one system atomically: all of them, or none.
+
+    One script call in the series' slot (``allocate.lua`` takes N items) and one durability
+    wait, so a batch is as durable as a single allocation and costs one round trip. Items are
+    numbered in order, exactly as if allocated one by one (a reference given twice is a replay
+    of its first item). Each new number appends its ``issued`` event to its sequence's
+    ledger chain, as a single allocation does; ``appended`` (when given) receives, per
+    sequence appended to, its unsealed events, for the caller to seal
+    (:func:`chain.seal_appended`).
+
+    Returns:
+        Per item, in order: the allocation and whether it is new.
+
+    Raises:
+        BatchConflict: an item cannot be numbered (index 0-based); nothing was taken.
+        NotDurable: the writes were not confirmed durable in time (retry the same batch).
+    """
     hints = hints if hints is not None else Hints()
     series = hints.series_of.get(system, DEFAULT_SERIES)
-    sequence = INVOICE if document == INVOICE else hints.credit_note_home.get(series, CREDIT_NOTE)
     now = iso(utcnow())
     tried: set[str] = set()
     while True:
-        reset = hints.reset.get((series, sequence), DEFAULTS[sequence]["reset"])
-        period = period_of(day, reset)
-        seq_keys = [
-            keys.seq_settings(sequence, series), keys.seq_stats(sequence, series),
-            keys.seq_refs(sequence, document, system, series), keys.seq_periods(sequence, series),
-            keys.seq_counter(sequence, period, series), keys.seq_ledger(sequence, period, series),
-            keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
-            keys.series_formatted(series), keys.seq_events(sequence, series),
-        ]
-        args = [document, system, reference, day.isoformat(), period, reset, now, MAX_NUMBER,
-                sequence, "" if series == DEFAULT_SERIES else f"{series}/",
-                "1" if series == DEFAULT_SERIES else "0"]
+        credit_home = hints.credit_note_home.get(series, CREDIT_NOTE)
+        seq_keys: list[str] = []
+        args: list[Any] = []
+        where: list[tuple[str, str]] = []
+        for item in items:
+            sequence = INVOICE if item.document == INVOICE else credit_home
+            reset = hints.reset.get((series, sequence), DEFAULTS[sequence]["reset"])
+            period = period_of(item.day, reset)
+            where.append((sequence, period))
+            seq_keys += [
+                keys.seq_settings(sequence, series), keys.seq_stats(sequence, series),
+                keys.seq_refs(sequence, item.document, system, series),
+                keys.seq_periods(sequence, series), keys.seq_counter(sequence, period, series),
+                keys.seq_ledger(sequence, period, series),
+                keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
+                keys.series_formatted(series), keys.seq_events(sequence, series),
+                keys.seq_chain(sequence, series),
+            ]
+            args += [item.document, system, item.reference, item.day.isoformat(), period,
+                     reset, now, MAX_NUMBER, sequence,
+                     "" if series == DEFAULT_SERIES else f"{series}/",
+                     "1" if series == DEFAULT_SERIES else "0"]
         reply, wait = scripts.run(client, scripts.ALLOCATE, seq_keys, args, durability)
-        kind = reply[0]
-        if kind == "replay" and reply[1] is None:
-            # The reference index names a ledger entry that is not there: damaged data that
-            # no retry repairs (and numbering it anew could print a number twice).
-            raise InternalFault(
-                f"the reference index of system {system!r} says {document} {reference!r} "
-                f"was numbered in {sequence} period {period}, but that ledger entry is "
-                "missing; no new number was taken")
-        if kind in ("new", "replay"):
-            if document == CREDIT_NOTE:
-                hints.credit_note_home[series] = sequence
+        if reply[0] == "ok":
+            results = []
+            for index, (kind, raw) in enumerate(reply[1:len(items) + 1]):
+                if raw is None:
+                    # The reference index names a ledger entry that is not there: damaged
+                    # data that no retry repairs (and numbering it anew could print a number
+                    # twice).
+                    item, (sequence, period) = items[index], where[index]
+                    raise InternalFault(
+                        f"the reference index of system {system!r} says {item.document} "
+                        f"{item.reference!r} was numbered in {sequence} period {period}, but "
+                        "that ledger entry is missing; no new number was taken")
+                results.append((entry_out(raw, series), kind == "new"))
+            if any(item.document == CREDIT_NOTE for item in items):
+                hints.credit_note_home[series] = credit_home
             hints.series_of[system] = series
+            if appended is not None:
+                appended.extend(
+                    chain.Appended(series, sequence, int(length), head, tuple(unsealed))
+                    for sequence, length, head, unsealed in reply[len(items) + 1])
             if durability is not None:
                 scripts.check_durable(wait, durability)
-            return entry_out(reply[1], series), kind == "new"
-        code = reply[1]
+            return results
+        index = int(reply[1]) - 1
+        code, detail = reply[2], reply[3:]
+        item, (sequence, _) = items[index], where[index]
         if code == "member" and f"member:{series}" not in tried:
             tried.add(f"member:{series}")
-            series, sequence = _reroute(client, system, series, reply[2], hints, document)
+            series = _reroute(client, system, series, detail[0], hints)
         elif code == "uninitialized" and f"init:{series}" not in tried:
             tried.add(f"init:{series}")
             ensure_sequences(client, series)
         elif code == "reset" and f"reset:{series}:{sequence}" not in tried:
             tried.add(f"reset:{series}:{sequence}")
-            hints.reset[(series, sequence)] = reply[2]
+            hints.reset[(series, sequence)] = detail[0]
         elif code == "moved" and f"moved:{series}:{sequence}" not in tried:
             tried.add(f"moved:{series}:{sequence}")
-            sequence = INVOICE if sequence == CREDIT_NOTE else CREDIT_NOTE
+            hints.credit_note_home[series] = INVOICE if sequence == CREDIT_NOTE else CREDIT_NOTE
         elif code == "moved":
             raise ServiceUnavailable(
                 "Credit-note numbering is being switched between sequences; retry shortly")
@@ -172,41 +245,37 @@ def allocate(
                 f"System {system!r} is between series (a move or removal did not finish); "
                 "retry shortly, or repeat the admin's change")
         elif code == "period":
-            raise Conflict(
-                f"Reference {reference!r} already has number {reply[2]}, in another period "
-                f"than the date {day.isoformat()} falls in", {"json": {"date": [
-                    "Does not match the period of the existing allocation."]}})
+            raise BatchConflict(
+                index, f"Reference {item.reference!r} already has number {detail[0]}, in "
+                f"another period than the date {item.day.isoformat()} falls in",
+                {"date": ["Does not match the period of the existing allocation."]})
         elif code in ("exhausted", "duplicate"):
-            raise _no_number(code, reply, sequence, series)
+            raise BatchConflict(index, _no_number(code, detail, sequence, series))
         else:
             raise ServiceUnavailable(f"Sequence {sequence} is not initialised; retry")
 
 
-def _no_number(code: str, reply: list, sequence: str, series: str) -> Conflict:
-    """The refusal of a script that could not take the next number (nothing was written)."""
+def _no_number(code: str, detail: list, sequence: str, series: str) -> str:
+    """Why a script could not take the next number (nothing was written); ``detail`` is what
+    follows the code in its reply."""
     if code == "exhausted":
-        return Conflict(
-            f"sequence exhausted: {sequence} cannot issue a number after {reply[2]} "
-            f"within its padding (or the cap {MAX_NUMBER}); raise the padding or "
-            "change the format's period")
-    return Conflict(
-        f"The next {sequence} number would print as {reply[2]!r}, which series "
-        f"{series!r} already issued ({reply[3]}); no number was taken. Raise "
-        "next_number or change the format so the series prints a new string")
+        return (f"sequence exhausted: {sequence} cannot issue a number after {detail[0]} "
+                f"within its padding (or the cap {MAX_NUMBER}); raise the padding or "
+                "change the format's period")
+    return (f"The next {sequence} number would print as {detail[0]!r}, which series "
+            f"{series!r} already issued ({detail[1]}); no number was taken. Raise "
+            "next_number or change the format so the series prints a new string")
 
 
-def _reroute(
-    client: redis.Redis, system: str, series: str, member: str, hints: Hints, document: str,
-) -> tuple[str, str]:
+def _reroute(client: redis.Redis, system: str, series: str, member: str, hints: Hints) -> str:
     """After ``series`` refused ``system``: find its series in the registry (and, when the
     registry already names ``series`` and the series never knew the system, finish the
-    join that a registration or move left undone). Returns the series and sequence to try."""
+    join that a registration or move left undone). Returns the series to try."""
     named = series_mod.series_of_system(client, system) or DEFAULT_SERIES
     if named == series and not member:
         series_mod.join(client, series, system, only_if_new=True)
     hints.series_of[system] = named
-    sequence = INVOICE if document == INVOICE else hints.credit_note_home.get(named, CREDIT_NOTE)
-    return named, sequence
+    return named
 
 
 def get(client: redis.Redis, allocation_id: str) -> dict[str, Any]:
@@ -337,6 +406,6 @@ def reissue(
                        f"{sequence}; the agent's next allocation of this document takes a "
                        "number in the sequence that numbers them now")
     if code in ("exhausted", "duplicate"):
-        raise _no_number(code, reply, sequence, series)
+        raise Conflict(_no_number(code, reply[2:], sequence, series))
     raise InternalFault(f"reissue of {allocation_id} refused with {code!r}: the stored "
                         "settings contradict the ledger entry; no number was taken")

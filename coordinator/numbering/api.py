@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import after_this_request, current_app, jsonify
+from flask import after_this_request, current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -33,6 +33,9 @@ SERIES_UNKNOWN = "-"
 HINTS = "invoice_sync.numbering_hints"
 """``app.extensions`` key of the app's allocation :class:`Hints` (never shared between apps)."""
 
+SEALER = "invoice_sync.numbering_sealer"
+"""``app.extensions`` key of the app's :class:`chain.Sealer`."""
+
 READY = "invoice_sync.numbering_ready"
 """``app.extensions`` key set once this app saw the numbering data in the series layout."""
 
@@ -52,6 +55,13 @@ def ensure_layout() -> None:
         if migrate.needs_migration(client):
             migrate.migrate(client)
         extensions[READY] = True
+
+
+@blp.before_request
+def batch_body_limit() -> None:
+    """A batch of 1000 items is larger than other bodies: its own limit, for its route only."""
+    if request.endpoint == "numbering.AllocationBatches":
+        request.max_content_length = int(current_app.config["MAX_BATCH_CONTENT_LENGTH"])
 
 
 def hints() -> Hints:
@@ -84,24 +94,41 @@ def _durability() -> Durability:
     return confirmation.guard_for(current_app).current(get_redis())
 
 
-def _seal_after(series: str, sequence: str) -> None:
-    """Seal the sequence's new events once the response is sent (off the client's clock).
+def _seal_after(series: str, *sequences: str) -> None:
+    """Seal the new events of ``sequences`` once the response is sent (off the client's clock).
 
     Sealing is idempotent and verify/export seal first, so a failure here only leaves the
     events unsealed a little longer; it is logged, never raised.
     """
     client = get_redis()
+    _after_response(lambda sequence: chain.seal(client, sequence, series=series),
+                    list(sequences))
+
+
+def _seal_appended(appended: list[chain.Appended]) -> None:
+    """Seal the events an allocation appended once the response is sent: one round trip per
+    sequence (the script returned what to hash), however many numbers a batch took, and
+    none when another thread of this app is sealing the sequence (:class:`chain.Sealer`)."""
+    client = get_redis()
+    sealer = current_app.extensions.get(SEALER)
+    if sealer is None:
+        sealer = current_app.extensions.setdefault(SEALER, chain.Sealer())
+    _after_response(lambda each: sealer.submit(client, each), appended)
+
+
+def _after_response(seal, what: list) -> None:
     logger = current_app.logger
 
     @after_this_request
     def hook(response):
-        def seal() -> None:
-            try:
-                chain.seal(client, sequence, series=series)
-            except Exception:  # noqa: BLE001 - see the docstring
-                logger.warning("sealing %s/%s failed; sealed at the next verify", series,
-                               sequence, exc_info=True)
-        response.call_on_close(seal)
+        def run() -> None:
+            for each in what:
+                try:
+                    seal(each)
+                except Exception:  # noqa: BLE001 - see _seal_after
+                    logger.warning("sealing %s failed; sealed at the next verify", each,
+                                   exc_info=True)
+        response.call_on_close(run)
         return response
 
 
@@ -123,10 +150,11 @@ class Allocations(MethodView):
     def post(self, body):
         """Take the next number for a document of the token's system (or its existing one)."""
         day = body["date"] or utcnow().date()
+        appended: list[chain.Appended] = []
         try:
             entry, new = allocation.allocate(
                 get_redis(), auth.current_principal().system, body["document"],
-                body["reference"], day, _durability(), hints(),
+                body["reference"], day, _durability(), hints(), appended,
             )
         except NotDurable:
             # Refused before the script ran: neither the series nor the physical sequence is
@@ -134,10 +162,49 @@ class Allocations(MethodView):
             child(ALLOCATIONS, SERIES_UNKNOWN, body["document"], "not_durable").inc()
             raise
         child(ALLOCATIONS, entry["series"], entry["sequence"], "new" if new else "replay").inc()
-        if new:
-            _seal_after(entry["series"], entry["sequence"])
+        if appended:
+            _seal_appended(appended)
         # A Response passes flask-smorest's @response untouched (see _shaped).
         return jsonify(_shaped(entry)), (201 if new else 200)
+
+
+_BATCH_REQUEST = schemas.AllocationBatchRequestSchema()
+_BATCH = schemas.AllocationBatchSchema()
+
+
+@blp.route("/allocation-batches")
+class AllocationBatches(MethodView):
+    @auth.require(auth.AGENT)
+    @blp.arguments(_BATCH_REQUEST)
+    @blp.response(200, _BATCH)
+    @blp.alt_response(409, description="An item cannot be numbered (errors.json.items.<index> "
+                                       "says why); no number of the batch was taken")
+    @blp.alt_response(503, description="Not confirmed durable: retry the same request")
+    def post(self, body):
+        """Number several documents of the token's system at once: all of them or none."""
+        today = utcnow().date()
+        items = [allocation.Item(item["document"], item["reference"], item["date"] or today)
+                 for item in body["items"]]
+        appended: list[chain.Appended] = []
+        try:
+            taken = allocation.allocate_batch(
+                get_redis(), auth.current_principal().system, items, _durability(), hints(),
+                appended)
+        except NotDurable:
+            # As for a single allocation: refused before the script ran (SERIES_UNKNOWN).
+            for item in items:
+                child(ALLOCATIONS, SERIES_UNKNOWN, item.document, "not_durable").inc()
+            raise
+        out = []
+        for entry, new in taken:
+            child(ALLOCATIONS, entry["series"], entry["sequence"],
+                  "new" if new else "replay").inc()
+            shaped = _shaped(entry)
+            shaped["replay"] = not new
+            out.append(shaped)
+        if appended:
+            _seal_appended(appended)  # one pass per sequence, however many numbers
+        return jsonify({"items": out})
 
 
 @blp.route("/allocations/<path:allocation_id>")

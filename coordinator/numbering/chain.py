@@ -10,6 +10,9 @@ Lua in Redis has no SHA-256, so hashes are computed here, right after, and appen
 still has the length the sealer read). The window between an event and its seal is one round
 trip after the response (or until the next verify/export, which seal first); an unsealed event
 is still ordered and counted, and an event whose ``seq`` is not its index is never sealed.
+``allocate.lua`` returns the unsealed events (its own, and any concurrent allocation's) with
+the chain's length and head, so sealing a new number is that one round trip
+(:func:`seal_appended`), not a read followed by a write.
 
 Canonical encoding (what an auditor re-computes)::
 
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -86,6 +91,97 @@ def seal(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) ->
             continue  # another coordinator sealed meanwhile: read again
         if len(hashes) < PAGE:
             return int(reply)
+
+
+@dataclass(frozen=True)
+class Appended:
+    """The unsealed events of a sequence as a script that appended to it saw them, and the
+    chain they continue."""
+
+    series: str
+    sequence: str
+    length: int
+    """The chain's length then: the index the first unsealed event has."""
+    head: str
+    """The chain's last hash then ("" for an empty chain)."""
+    events: tuple[str, ...]
+    """The raw events from index ``length`` on, in order (empty: the chain had fallen behind)."""
+
+
+def seal_appended(client: redis.Redis, appended: Appended) -> int:
+    """Seal ``appended`` in one round trip; return the chain length.
+
+    The hashes are computed from what the appending script returned (no read). When it
+    returned no events (too many waited), found one out of place, or another sealer moved the
+    chain meanwhile without covering these events, this falls back to :func:`seal`, which
+    reads.
+    """
+    prev, hashes = appended.head or GENESIS, []
+    for index, raw in enumerate(appended.events, start=appended.length):
+        event = _parse(raw)
+        if event is None or event.get("seq") != index:
+            return seal(client, appended.sequence, series=appended.series)
+        prev = event_hash(event, prev)
+        hashes.append(prev)
+    if not hashes:
+        return seal(client, appended.sequence, series=appended.series)
+    chain_key = keys.seq_chain(appended.sequence, appended.series)
+    start = appended.length
+    while start < appended.length + len(hashes):
+        length = int(scripts.SEAL(client, [chain_key], [start, *hashes[start - appended.length:]]))
+        if length < start:
+            # The chain is shorter than the script saw it: let seal() judge what is there.
+            return seal(client, appended.sequence, series=appended.series)
+        if length >= appended.length + len(hashes):
+            return length  # sealed now, or already by another sealer
+        start = length  # another sealer sealed part of these events: seal the rest
+    return start
+
+
+class Sealer:
+    """Coalesce the seals one process runs for a sequence (one per app).
+
+    A thread that finds another thread of this process sealing the same sequence hands its
+    events over and returns at once; the sealing thread then seals the latest events it was
+    handed, which cover every earlier one (each script returns all events unsealed at its
+    time). Under load one thread per sequence seals many allocations per round trip, and the
+    others go back to answering requests.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handed: dict[tuple[str, str], Appended | None] = {}
+
+    def submit(self, client: redis.Redis, appended: Appended) -> None:
+        """Seal ``appended`` now, or hand it to the thread sealing its sequence."""
+        key = (appended.series, appended.sequence)
+        with self._lock:
+            if key in self._handed:
+                waiting = self._handed[key]
+                if waiting is None or _covers_more(appended, waiting):
+                    self._handed[key] = appended
+                return
+            self._handed[key] = None
+        work: Appended | None = appended
+        try:
+            while work is not None:
+                seal_appended(client, work)
+                with self._lock:
+                    work = self._handed[key]
+                    self._handed[key] = None
+        finally:
+            with self._lock:
+                # Normally nothing is left; after an error, what was handed over stays
+                # unsealed until the next seal (each seal covers every event before it).
+                del self._handed[key]
+
+
+def _covers_more(new: Appended, old: Appended) -> bool:
+    """Whether sealing ``new`` seals at least what sealing ``old`` would: a script that
+    returned no events (sealing fell behind) makes its seal read and seal everything."""
+    if not new.events or not old.events:
+        return not new.events
+    return new.length + len(new.events) > old.length + len(old.events)
 
 
 def _parse(raw: str) -> dict[str, Any] | None:

@@ -45,6 +45,18 @@ class AllocationRequestSchema(StrictSchema):
                        metadata={"description": "Document date (default: today, UTC)."})
 
 
+MAX_BATCH = 1000
+"""Most items in one ``POST /v1/allocation-batches`` (API.md)."""
+
+
+class AllocationBatchRequestSchema(StrictSchema):
+    items = fields.List(
+        fields.Nested(AllocationRequestSchema), required=True,
+        validate=validate.Length(1, MAX_BATCH),
+        metadata={"description": f"1-{MAX_BATCH} documents of the token's system, numbered "
+                                 "in this order, all or none."})
+
+
 class ConfirmSchema(StrictSchema):
     invoicenum = fields.String(required=True, validate=[validate.Length(1, 255), _printable])
 
@@ -185,3 +197,13 @@ class SeriesSchema(Schema):
     updated_at = fields.String(allow_none=True)
     systems = fields.List(fields.String(), metadata={
         "description": "Registered systems whose documents this series numbers."})
+
+
+class BatchAllocationSchema(AllocationSchema):
+    replay = fields.Boolean(metadata={"description": "True when the document already had this "
+                                                    "number (nothing new was taken for it)."})
+
+
+class AllocationBatchSchema(Schema):
+    items = fields.List(fields.Nested(BatchAllocationSchema),
+                        metadata={"description": "One allocation per item, in request order."})

@@ -4,10 +4,12 @@ Each check says what it found and, when it fails, what to change. The Redis chec
 the numbering's guarantees rest on: a number acknowledged must survive a crash (AOF with
 ``appendfsync always``), a failover (replicas that hold every write, ``min-replicas-to-write``)
 and memory pressure (``noeviction``: an evicting Redis may drop a counter and reissue numbers).
+Then, per system with a central poll, whether that safety net works.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import redis
 from cryptography.fernet import Fernet
 
 from coordinator.auth.tokens import any_admin
+from coordinator.clock import Clock, utcnow
 from coordinator.ops import durability
 
 
@@ -168,9 +171,66 @@ def secret_key_check(config: Mapping[str, Any], key_file: Path | None = None) ->
     return Check("secret keys", True, f"{len(keys_)} Fernet key(s){source}")
 
 
+STALE_POLLS = 3
+"""A central poll this many intervals (plus five minutes) late means nothing is running it."""
+
+
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def central_poll_checks(client: redis.Redis, now: dt.datetime) -> list[Check]:
+    """Check each system's central poll: it runs, its last run went well, its role suffices.
+
+    One line per system with ``central_poll`` on; ✗ when the last run failed, when WHMCS
+    refused an action the poll needs (its exact answer, see ``forecaster.poll_access``), or
+    when no run happened for several intervals (no worker with the scheduler).
+    """
+    from coordinator.forecaster import central_poll, poll_access
+    from coordinator.systems import registry
+
+    checks = []
+    for system in registry.list_systems(client):
+        if not system.get("central_poll"):
+            continue
+        name, minutes = system["name"], int(system["central_poll_minutes"])
+        label = f"central poll {name}"
+        last = central_poll.status(client, name)
+        if last is None:
+            checks.append(Check(label, True, f"on, every {minutes} min; no run yet",
+                                "a worker with the scheduler runs it (`invoice-sync serve`, or "
+                                "`invoice-sync worker --with-scheduler`); `invoice-sync "
+                                f"central-poll {name}` runs one now", warning=True))
+            continue
+        if last["missing_actions"]:
+            access = poll_access.Access(tuple(last["missing_actions"]))
+            checks.append(Check(
+                label, False, f"{access.describe()} (checked {last['access_checked_at']}; "
+                f"{last['failures']} failed run(s) in a row, no number taken)",
+                f"give that API role {', '.join(last['missing_actions'])}, then "
+                f"`invoice-sync central-poll {name}`"))
+            continue
+        if last["state"] != "done":
+            checks.append(Check(
+                label, False, f"last run {last['at']} failed ({last['failures']} in a row, last "
+                f"success {last['last_ok_at'] or 'never'}): {last['message']}",
+                f"fix what the message names, then `invoice-sync central-poll {name}`"))
+            continue
+        late = (now - _at(last["at"])).total_seconds()
+        if late > STALE_POLLS * minutes * 60 + 300:
+            checks.append(Check(
+                label, False, f"last run {last['at']}, {int(late // 60)} min ago, but it is due "
+                f"every {minutes} min",
+                "no worker with the scheduler is running: start `invoice-sync worker "
+                "--with-scheduler` (or `invoice-sync serve`)"))
+            continue
+        checks.append(Check(label, True, f"last run {last['at']}: {last['message']}"))
+    return checks
+
+
 def run(
     config: Mapping[str, Any], client_factory: Callable[[Mapping[str, Any]], redis.Redis] | None,
-    key_file: Path | None = None,
+    key_file: Path | None = None, clock: Clock = utcnow,
 ) -> list[Check]:
     """Run every check. ``client_factory`` None means no Redis is configured at all.
 
@@ -191,7 +251,10 @@ def run(
                                 "fix INVOICE_SYNC_REDIS_URL / INVOICE_SYNC_SENTINELS"))
         else:
             try:
-                checks += redis_checks(client, config)
+                found = redis_checks(client, config)
+                checks += found
+                if found[0].ok:  # Redis answers: look at what it holds
+                    checks += central_poll_checks(client, clock())
             finally:
                 client.close()
     checks.append(secret_key_check(config, key_file))

@@ -188,7 +188,10 @@ class SystemSchema(Schema):
     central_poll_last = fields.Dict(
         allow_none=True,
         metadata={"description": "The last central poll: state (done|failed), at, message, "
-                                 "numbered, failed, whmcs_calls; null before the first"})
+                                 "numbered, failed, whmcs_calls, failures (in a row), "
+                                 "last_ok_at, missing_actions (API actions the WHMCS role "
+                                 "refuses), access_problem, access_checked_at; null before "
+                                 "the first"})
     agent_token_issued_at = fields.String(allow_none=True)
     created_at = fields.String()
     updated_at = fields.String()

@@ -1,4 +1,8 @@
-"""deploy/whmcs/invoice_sync.php, run by php-cli against WHMCS stubs and a real sidecar process."""
+"""deploy/whmcs/invoice_sync.php, run by php-cli against WHMCS stubs and a real sidecar process.
+
+The standalone hook numbers through the addon module's lib/numbering.php (one implementation,
+sidecar transport); the stubs and the runner are the addon module's (tests/whmcs/php/).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from .conftest import TOKEN, FakeCoordinator
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "deploy" / "whmcs" / "invoice_sync.php"
-RUNNER = Path(__file__).parent / "php" / "run_hook.php"
+RUNNER = ROOT / "tests" / "whmcs" / "php" / "run.php"
 PHP = shutil.which("php")
 
 
@@ -40,11 +44,12 @@ def _needs_php_with_curl() -> None:
 
 
 class SidecarProcess:
-    def __init__(self, coordinator: FakeCoordinator, tmp_path: Path, listen: str) -> None:
+    def __init__(self, coordinator: FakeCoordinator, tmp_path: Path, listen: str,
+                 token: str = TOKEN) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_AGENT_")}
         env.update(
             INVOICE_SYNC_AGENT_URL=coordinator.url,
-            INVOICE_SYNC_AGENT_TOKEN=TOKEN,
+            INVOICE_SYNC_AGENT_TOKEN=token,
             INVOICE_SYNC_AGENT_JOURNAL=str(tmp_path / "journal.sqlite3"),
         )
         self.process = subprocess.Popen(
@@ -86,20 +91,23 @@ def run_hook(
     event: str,
     invoices: list[dict[str, Any]],
     ids: list[int],
+    hook: Path = HOOK,
     **settings: str,
 ) -> dict[str, Any]:
     state = tmp_path / "tblinvoices.json"  # the WHMCS database the hook reads and writes
-    state.write_text(json.dumps(invoices))
+    state.write_text(json.dumps({"tables": {"tblinvoices": invoices}}))
     env = {**os.environ, "INVOICE_SYNC_SIDECAR": sidecar, **settings}
     result = subprocess.run(
-        [PHP, str(RUNNER), str(HOOK), str(state), event, *map(str, ids)],
+        [PHP, str(RUNNER), str(state), str(hook), "hook", event, *map(str, ids)],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
+    out = json.loads(result.stdout)
+    out["invoices"] = out["tables"]["tblinvoices"]
+    return out
 
 
 def test_paid_invoice_gets_numbered_and_confirmed(
@@ -197,9 +205,9 @@ def test_a_number_written_by_someone_else_while_the_hook_waits_is_kept(
     state = tmp_path / "tblinvoices.json"
 
     def admin_numbers_invoice_20(allocation: dict[str, Any]) -> None:
-        rows = json.loads(state.read_text())
-        rows[0]["invoicenum"] = "ADMIN-0007"
-        state.write_text(json.dumps(rows))
+        database = json.loads(state.read_text())
+        database["tables"]["tblinvoices"][0]["invoicenum"] = "ADMIN-0007"
+        state.write_text(json.dumps(database))
 
     coordinator.on_allocate = admin_numbers_invoice_20
     out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(20)], [20])
@@ -230,3 +238,54 @@ def test_a_number_that_went_backwards_is_refused_and_logged_with_both_numbers(
     assert "INV-2026-000002 (2)" in line and "already received INV-2026-000003 (3)" in line
     assert "for invoice 23" in line
 
+
+
+# -- the hook numbers through the addon module's library (one implementation) -----------------
+
+
+def test_in_the_whmcs_layout_it_finds_the_library_from_includes_hooks(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    """Installed as WHMCS has it: <root>/includes/hooks/invoice_sync.php and
+    <root>/modules/addons/invoice_sync/ (not activated), with no ROOTDIR to go by."""
+    root = tmp_path / "whmcs"
+    shutil.copytree(ROOT / "deploy" / "whmcs" / "modules", root / "modules")
+    (root / "includes" / "hooks").mkdir(parents=True)
+    hook = shutil.copy(HOOK, root / "includes" / "hooks" / "invoice_sync.php")
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(30)], [30],
+                   hook=Path(hook), STUB_WHMCS_ROOT="")
+    assert out["log"] == []
+    assert out["invoices"][0]["invoicenum"] == "INV-2026-000001"
+    assert coordinator.allocations["invoice:2026:1"]["status"] == "confirmed"
+    assert "mod_invoice_sync" not in out["tables"]  # nothing of the module's table is needed
+
+
+def test_without_the_library_it_numbers_nothing_and_says_what_to_copy(
+    tmp_path: Path, coordinator: FakeCoordinator, sidecar: SidecarProcess
+) -> None:
+    empty_root = tmp_path / "whmcs"
+    empty_root.mkdir()
+    out = run_hook(tmp_path, sidecar.address, "InvoicePaidPreEmail", [invoice(31)], [31],
+                   STUB_WHMCS_ROOT=str(empty_root))
+    assert set(out["hooks"]) == {"InvoicePaidPreEmail", "InvoicePaid"}
+    assert out["invoices"][0]["invoicenum"] == ""
+    assert out["log"] == [
+        f"invoice-sync: invoice 31 not numbered: {empty_root}/modules/addons/invoice_sync/lib/"
+        "numbering.php is missing; copy the folder modules/addons/invoice_sync/ into WHMCS "
+        "(the agent poller will finish it)"]
+    assert coordinator.posts("/v1/allocations") == []
+
+
+def test_a_refused_sidecar_token_is_logged_with_where_to_set_it(
+    tmp_path: Path, coordinator: FakeCoordinator
+) -> None:
+    process = SidecarProcess(coordinator, tmp_path, "127.0.0.1:0", token="isg_not-this-one")
+    try:
+        out = run_hook(tmp_path, process.address, "InvoicePaid", [invoice(32)], [32])
+    finally:
+        assert process.stop() == 0
+    assert out["invoices"][0]["invoicenum"] == ""
+    (line,) = out["log"]
+    assert line.startswith("invoice-sync: invoice 32, taking a number failed: HTTP 401: ")
+    assert ("set this system's agent token in the sidecar's INVOICE_SYNC_AGENT_TOKEN "
+            "(invoice-sync-agent serve)") in line

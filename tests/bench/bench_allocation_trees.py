@@ -50,6 +50,7 @@ def _child(url: str, count: int) -> None:
             "document": "credit_note" if i % 10 == 0 else "invoice", "reference": str(i),
             "date": "2026-11-21"})
         assert response.status_code == 201, response.get_data(as_text=True)
+        response.close()  # as a WSGI server does once the body is sent: after-response work
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(json.dumps({"cpu_ms": cpu * 1000 / count, "wall_ms": wall * 1000 / count}))
 

@@ -69,3 +69,22 @@ def values(client: redis.Redis) -> dict[str, Any]:
 def raw_dump(client: redis.Redis) -> str:
     """All keys and values as one string, to search for plaintext."""
     return repr(values(client))
+
+
+def registry_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """``app_config`` for tests that register systems over the API (secrets, no real DNS, no
+    rate limits)."""
+    from cryptography.fernet import Fernet
+
+    return {**app_config, "SECRET_KEYS": Fernet.generate_key().decode(),
+            "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_AGENT": 0,
+            "RATE_LIMIT_ADMIN": 0}
+
+
+def register(client: Any, admin: dict[str, str], name: str,
+             series: str | None = None) -> dict[str, str]:
+    """Register system ``name`` (in ``series``) with POST /v1/systems; its agent's headers."""
+    extra = {} if series is None else {"series": series}
+    response = client.post("/v1/systems", headers=admin, json=body(name=name, **extra))
+    assert response.status_code == 201, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['agent_token']}"}

@@ -24,6 +24,7 @@ ROLE_TABLE: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/static/<path:filename>"): None,
     ("GET", "/v1/whoami"): {ADMIN, AUDITOR, AGENT},
     ("POST", "/v1/allocations"): {AGENT},
+    ("POST", "/v1/allocation-batches"): {AGENT},
     ("GET", "/v1/allocations/<path:allocation_id>"): {ADMIN, AUDITOR, AGENT},
     ("POST", "/v1/allocations/<path:allocation_id>/confirm"): {AGENT},
     ("POST", "/v1/allocations/<path:allocation_id>/void"): {ADMIN, AGENT},

@@ -229,6 +229,12 @@ def test_admin_flow_series_systems_tokens_and_allocations(stack):
                     params={"period": YEAR}))
     assert [(e["system"], e["number"]) for e in acme["entries"]] == [
         ("red", 1), ("red", 2), ("red", 3), ("green", 4)]
+    # A batch in acme's slot: two new numbers and a replay, all or nothing, on one master
+    # (verified with the rest of the chain in the next test).
+    taken = _ok(http("POST", "/v1/allocation-batches", tokens["red"], json={"items": [
+        {"document": "invoice", "reference": ref, "date": DATE} for ref in ("r3", "r4", "r0")]}))
+    assert [(a["formatted"], a["replay"]) for a in taken["items"]] == [
+        (f"AC-{YEAR}-5", False), (f"AC-{YEAR}-6", False), (red[0]["formatted"], True)]
     stack.state["tokens"] = tokens
 
 

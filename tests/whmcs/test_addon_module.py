@@ -26,7 +26,8 @@ from tests.support import missing_tool, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "deploy" / "whmcs" / "modules" / "addons" / "invoice_sync"
-RUNNER = Path(__file__).parent / "php" / "run_module.php"
+RUNNER = Path(__file__).parent / "php" / "run.php"
+FILES = f"{MODULE / 'invoice_sync.php'}:{MODULE / 'hooks.php'}"  # what WHMCS loads
 PHP = shutil.which("php")
 YEAR = "2026"
 
@@ -65,7 +66,7 @@ class Whmcs:
     def run(self, action: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         self.state.write_text(json.dumps({"tables": self.tables, "race": self.race}))
         result = subprocess.run(
-            [PHP, str(RUNNER), str(MODULE), str(self.state), action, *args],
+            [PHP, str(RUNNER), str(self.state), FILES, action, *args],
             capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
         )
         assert result.returncode == 0, result.stdout + result.stderr
@@ -141,7 +142,7 @@ def test_a_paid_invoice_gets_its_number_written_and_confirmed(whmcs: Whmcs, live
     whmcs.tables["tblinvoices"] = [invoice(10), invoice(11)]
     out = whmcs.pay(10, 11)
     assert out["log"] == []
-    assert set(out["hooks"]) == {"InvoicePaidPreEmail", "InvoicePaid"}
+    assert set(out["hooks"]) == {"InvoicePaidPreEmail", "InvoicePaid", "AfterCronJob"}
     assert [whmcs.invoicenum(10), whmcs.invoicenum(11)] == [
         f"INV-{YEAR}-000001", f"INV-{YEAR}-000002"]
     for row in whmcs.log_rows():
@@ -150,6 +151,26 @@ def test_a_paid_invoice_gets_its_number_written_and_confirmed(whmcs: Whmcs, live
     # The other hook of the event finds the number and takes none.
     whmcs.pay(10, event="InvoicePaid")
     assert len(live_coordinator.ledger("invoice", YEAR)) == 2
+
+
+def test_an_invoice_that_has_a_number_is_left_alone(whmcs: Whmcs, live_coordinator) -> None:
+    whmcs.tables["tblinvoices"] = [invoice(25, invoicenum="OLD-7")]
+    out = whmcs.pay(25)
+    assert out["log"] == [] and whmcs.invoicenum(25) == "OLD-7"
+    assert live_coordinator.ledger("invoice", YEAR) == []  # not even asked
+
+
+def test_an_answer_for_another_invoice_is_not_written(
+    whmcs: Whmcs, live_coordinator, front
+) -> None:
+    proxy = front(rewrite=lambda allocation: {**allocation, "reference": "999"})
+    whmcs.set("coordinator_url", proxy.url)
+    whmcs.tables["tblinvoices"] = [invoice(26)]
+    out = whmcs.pay(26)
+    assert whmcs.invoicenum(26) == ""
+    assert out["log"][0] == ("invoice-sync: invoice 26, taking a number failed: the answer is "
+                             "for reference '999', not '26' (left as it is; the next attempt "
+                             "gets the same number)")
 
 
 def test_a_negative_total_is_numbered_as_a_credit_note(whmcs: Whmcs, live_coordinator) -> None:
@@ -163,7 +184,7 @@ def test_number_on_created_hooks_creation_not_payment(whmcs: Whmcs) -> None:
     whmcs.set("number_on", "created")
     whmcs.tables["tblinvoices"] = [invoice(13)]
     out = whmcs.pay(13)
-    assert set(out["hooks"]) == {"InvoiceCreationPreEmail", "InvoiceCreated"}
+    assert set(out["hooks"]) == {"InvoiceCreationPreEmail", "InvoiceCreated", "AfterCronJob"}
     assert whmcs.invoicenum(13) == ""
     whmcs.pay(13, event="InvoiceCreated")
     assert whmcs.invoicenum(13) == f"INV-{YEAR}-000001"
@@ -200,11 +221,14 @@ def test_coordinator_down_leaves_the_invoice_unnumbered_with_the_reason(
 class Front:
     """An HTTP front of the coordinator that answers 503 for the first ``fail`` requests to
     /v1/allocations — after forwarding them when ``swallow`` is set, so the coordinator took
-    the number and only its answer was lost (what a proxy timing out looks like)."""
+    the number and only its answer was lost (what a proxy timing out looks like). While
+    ``unconfirmable`` is set, every confirmation gets 503 and never reaches the coordinator."""
 
-    def __init__(self, upstream: str, fail: int, swallow: bool) -> None:
-        self.upstream, self.fail, self.swallow = upstream, fail, swallow
+    def __init__(self, upstream: str, fail: int, swallow: bool,
+                 rewrite: Any = None) -> None:
+        self.upstream, self.fail, self.swallow, self.rewrite = upstream, fail, swallow, rewrite
         self.allocation_requests: list[bytes] = []
+        self.unconfirmable = False
         front = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -218,7 +242,12 @@ class Front:
                 if counted:
                     front.allocation_requests.append(body)
                 failing = counted and len(front.allocation_requests) <= front.fail
-                if not failing or front.swallow:
+                unconfirmed = front.unconfirmable and self.path.endswith("/confirm")
+                if unconfirmed:
+                    failing, swallowed = True, False
+                else:
+                    swallowed = front.swallow
+                if not failing or swallowed:
                     answer = requests.request(method, front.upstream + self.path, data=body,
                                               headers=headers, timeout=30)
                 if failing:
@@ -227,6 +256,8 @@ class Front:
                         "message": "Durability could not be confirmed; retry"}).encode()
                 else:
                     status, payload = answer.status_code, answer.content
+                    if counted and front.rewrite is not None:  # a broken proxy or cache
+                        payload = json.dumps(front.rewrite(answer.json())).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -252,8 +283,8 @@ class Front:
 def front(live_coordinator) -> Iterator[Any]:
     fronts: list[Front] = []
 
-    def make(fail: int, swallow: bool) -> Front:
-        fronts.append(Front(live_coordinator.url, fail, swallow))
+    def make(fail: int = 0, swallow: bool = False, rewrite: Any = None) -> Front:
+        fronts.append(Front(live_coordinator.url, fail, swallow, rewrite))
         return fronts[-1]
 
     yield make
@@ -415,3 +446,147 @@ def test_the_admin_page_says_when_the_token_is_not_an_agent_token(
     page = whmcs.run("output")["output"]
     assert "this is not an agent token" in page
     assert live_coordinator.admin_token not in page
+
+
+# -- numbers left unconfirmed are finished, never numbered twice -------------------------------
+
+
+@pytest.fixture
+def no_confirm(whmcs: Whmcs, front) -> Front:
+    """The module talks to a front of the coordinator that refuses every confirmation (503)
+    until its ``unconfirmable`` is cleared."""
+    proxy = front()
+    proxy.unconfirmable = True
+    whmcs.set("coordinator_url", proxy.url)
+    return proxy
+
+
+def test_a_confirmation_that_failed_is_finished_by_the_next_hook_run(
+    whmcs: Whmcs, live_coordinator, no_confirm
+) -> None:
+    """Before, the next run found the invoice numbered and stopped: the coordinator listed the
+    number as issued and unconfirmed for ever."""
+    proxy = no_confirm
+    whmcs.tables["tblinvoices"] = [invoice(40)]
+    out = whmcs.pay(40)
+    assert whmcs.invoicenum(40) == f"INV-{YEAR}-000001"  # written: on the PDF that goes out
+    assert out["log"][0].startswith(f"invoice-sync: invoice 40, confirming INV-{YEAR}-000001 "
+                                    "failed: no answer after 3 attempt(s): HTTP 503")
+    (row,) = whmcs.log_rows()
+    assert row["status"] == "failed"
+    assert allocation(live_coordinator, row["allocation_id"])["status"] == "issued"
+
+    proxy.unconfirmable = False
+    assert whmcs.pay(40, event="InvoicePaid")["log"] == []
+    assert allocation(live_coordinator, row["allocation_id"])["status"] == "confirmed"
+    assert whmcs.log_rows()[0]["status"] == "confirmed"
+    assert len(live_coordinator.ledger("invoice", YEAR)) == 1
+
+
+def test_whmcs_cron_confirms_what_was_written_and_voids_what_was_replaced(
+    whmcs: Whmcs, live_coordinator, no_confirm
+) -> None:
+    proxy = no_confirm
+    whmcs.tables["tblinvoices"] = [invoice(41), invoice(42)]
+    whmcs.pay(41, 42)
+    assert [r["status"] for r in whmcs.log_rows()] == ["failed", "failed"]
+    # An admin renumbers invoice 42 by hand before anything is confirmed.
+    whmcs.tables["tblinvoices"][1]["invoicenum"] = "MANUAL-9"
+    out = whmcs.run("hook", "AfterCronJob")  # the coordinator still refuses confirmations
+    assert out["log"] == []  # the hook logged that very reason already: once per reason
+    assert [r["status"] for r in whmcs.log_rows()] == ["failed", "void"]
+    whmcs.set("coordinator_url", "http://127.0.0.1:9")  # a new reason: logged, once
+    out = whmcs.run("hook", "AfterCronJob")
+    (line,) = out["log"]
+    assert line.startswith(f"invoice-sync: invoice 41, finishing INV-{YEAR}-000001 failed: "
+                           "no answer after 3 attempt(s): unreachable")
+    assert whmcs.run("hook", "AfterCronJob")["log"] == []
+
+    whmcs.set("coordinator_url", proxy.url)
+    proxy.unconfirmable = False
+    out = whmcs.run("hook", "AfterCronJob")
+    assert out["log"] == []
+    first, second = whmcs.log_rows()
+    assert (first["status"], second["status"]) == ("confirmed", "void")
+    assert allocation(live_coordinator, first["allocation_id"])["status"] == "confirmed"
+    voided = allocation(live_coordinator, second["allocation_id"])
+    assert voided["status"] == "void" and "'MANUAL-9' by someone else" in voided["void_reason"]
+    assert [whmcs.invoicenum(41), whmcs.invoicenum(42)] == [f"INV-{YEAR}-000001", "MANUAL-9"]
+
+
+def test_the_admin_page_finishes_unconfirmed_numbers_on_request(
+    whmcs: Whmcs, live_coordinator, no_confirm
+) -> None:
+    proxy = no_confirm
+    whmcs.tables["tblinvoices"] = [invoice(43)]
+    whmcs.pay(43)
+    page = whmcs.run("output")["output"]
+    assert "Not confirmed (1)" in page
+    assert 'href="addonmodules.php?module=invoice_sync&amp;finish=1"' in page
+    proxy.unconfirmable = False
+    page = whmcs.run("output", "finish=1")["output"]
+    assert "Finished 1 number(s)" in page and "Not confirmed (0)" in page
+    row = whmcs.log_rows()[0]
+    assert allocation(live_coordinator, row["allocation_id"])["status"] == "confirmed"
+
+
+# -- settings are checked before anything is asked ---------------------------------------------
+
+
+@pytest.mark.parametrize(("setting", "value", "problem"), [
+    ("timeout", "ten", "timeout must be a whole number of seconds from 1 to 300 (is 'ten')"),
+    ("attempts", "0", "attempts must be a whole number of attempts from 1 to 10 (is '0')"),
+    ("number_on", "sometimes", "number_on must be paid or created (is 'sometimes')"),
+    ("transport", "carrier-pigeon", "transport must be coordinator or sidecar"),
+    ("ca_bundle", "/nonexistent/ca.pem", "the CA bundle /nonexistent/ca.pem cannot be read"),
+    ("agent_token", "isa_an-admin-token", "the agent token must be the system's agent token, "
+                                          "which starts with isg_"),
+])
+def test_invalid_settings_number_nothing_and_say_which(
+    whmcs: Whmcs, live_coordinator, setting, value, problem
+) -> None:
+    whmcs.set(setting, value)
+    whmcs.tables["tblinvoices"] = [invoice(44)]
+    out = whmcs.run("hook", "InvoicePaid", "44")
+    assert whmcs.invoicenum(44) == ""
+    assert live_coordinator.ledger("invoice", YEAR) == []
+    (line,) = out["log"]
+    assert line.startswith("invoice-sync: invoice 44, checking the settings failed: ")
+    assert problem in line
+    page = whmcs.run("output")["output"]
+    assert "no invoice is numbered until this is fixed" in page
+
+
+def test_a_password_in_the_coordinator_url_is_refused_and_never_shown(
+    whmcs: Whmcs, live_coordinator
+) -> None:
+    url = live_coordinator.url.replace("http://", "http://admin:hunter2-secret@")
+    whmcs.set("coordinator_url", url)
+    whmcs.tables["tblinvoices"] = [invoice(45)]
+    out = whmcs.pay(45)
+    assert whmcs.invoicenum(45) == ""
+    assert "must not hold a user or password" in out["log"][0]
+    assert "hunter2" not in json.dumps(out["log"])
+    page = whmcs.run("output")["output"]
+    assert "hunter2" not in page and "http://***@127.0.0.1" in page
+
+
+def test_the_settings_page_says_complete_when_nothing_is_wrong(whmcs: Whmcs) -> None:
+    page = whmcs.run("output")["output"]
+    assert "<th>Settings</th><td><span class=\"label label-success\">OK</span> complete" in page
+
+
+# -- upgrade -----------------------------------------------------------------------------------
+
+
+def test_upgrade_keeps_every_recorded_number_and_restores_a_lost_table(tmp_path: Path) -> None:
+    installation = Whmcs(tmp_path, {})
+    installation.activate()
+    installation.tables["mod_invoice_sync"].append({"id": 1, "invoiceid": 5, "number": 7})
+    out = installation.run("upgrade", "1.0")
+    assert installation.tables["mod_invoice_sync"] == [{"id": 1, "invoiceid": 5, "number": 7}]
+    assert not out["schemas"]  # nothing created or changed
+    del installation.tables["mod_invoice_sync"]
+    out = installation.run("upgrade", "1.0")
+    assert installation.tables["mod_invoice_sync"] == []
+    assert "allocation_id" in {name for _, name in out["schemas"]["mod_invoice_sync"]}

@@ -4,6 +4,10 @@ fake WHMCS over HTTP, through the agent's own poller and the real numbering doma
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -150,3 +154,25 @@ def test_cli_polls_now_and_exits_1_when_invoices_are_left(
     assert result.exit_code == 1
     assert 'API action "getinvoice" is not allowed' in result.output
     assert central_poll.status(redis_client, "blue")["state"] == "failed"
+
+
+def test_a_worker_keeps_the_poll_journals_in_its_data_dir(
+    fake, register, redis_client, settings, tmp_path, monkeypatch
+) -> None:
+    """`invoice-sync worker --data-dir D` (and `serve`'s worker) journal under D/central-poll,
+    wherever the worker was started; before, they went to <cwd>/invoice-sync-data."""
+    monkeypatch.delenv("INVOICE_SYNC_CENTRAL_POLL_DIR", raising=False)
+    monkeypatch.delenv("INVOICE_SYNC_DATA_DIR", raising=False)
+    register("blue", fake, central_poll=True)
+    invoice = fake.app.add_invoice(status="Paid", subtotal="10.00")
+    assert central_poll.due(redis_client) == ["blue"]
+    cwd, data_dir = tmp_path / "cwd", tmp_path / "data"
+    cwd.mkdir()
+    root = Path(__file__).resolve().parents[3]
+    subprocess.run([sys.executable, "-m", "coordinator", "worker", "--burst",
+                    "--data-dir", str(data_dir)], cwd=cwd, check=True, timeout=120,
+                   env={**os.environ, "PYTHONPATH": str(root)},
+                   capture_output=True)
+    assert numbers(fake.app)[invoice] == f"INV-{YEAR}-000001"
+    assert (data_dir / "central-poll" / "blue.journal.sqlite3").is_file()
+    assert not (cwd / "invoice-sync-data").exists()

@@ -1,7 +1,10 @@
 <?php
-// Just enough of WHMCS for the invoice-sync addon module: add_hook, localAPI('GetInvoice'),
-// logActivity, decrypt, and Capsule (query builder + schema builder) over in-memory tables
-// loaded from and saved to JSON. Query semantics follow Laravel's where/orderBy/limit/get.
+// Just enough of WHMCS for the invoice-sync PHP (the addon module and the standalone hook):
+// ROOTDIR, add_hook, localAPI('GetInvoice'), logActivity, decrypt, and Capsule (query builder
+// + schema builder) over tables kept in a JSON file that stands for the database. Every query
+// reads the file (under a lock) and every write rewrites it, so another process (the test,
+// playing an admin or WHMCS itself) can change an invoice while the PHP waits for an answer.
+// Query semantics follow Laravel's where/orderBy/limit/get.
 namespace WHMCS\Database {
     class Builder
     {
@@ -13,7 +16,7 @@ namespace WHMCS\Database {
         public function __construct($table)
         {
             $this->table = $table;
-            if (!isset($GLOBALS['STUB_TABLES'][$table])) {
+            if (!array_key_exists($table, stub_db_tables())) {
                 throw new \RuntimeException("Base table or view not found: $table");
             }
         }
@@ -39,7 +42,7 @@ namespace WHMCS\Database {
             return $this;
         }
 
-        private function matches($row)
+        public function matches($row)
         {
             foreach ($this->where as $w) {
                 $equal = (string) $row[$w[0]] === (string) $w[2];
@@ -52,7 +55,8 @@ namespace WHMCS\Database {
 
         private function rows()
         {
-            $rows = array_values(array_filter($GLOBALS['STUB_TABLES'][$this->table], array($this, 'matches')));
+            $all = stub_db_tables();
+            $rows = array_values(array_filter($all[$this->table], array($this, 'matches')));
             if ($this->order !== null) {
                 list($column, $direction) = $this->order;
                 usort($rows, function ($a, $b) use ($column, $direction) {
@@ -87,22 +91,34 @@ namespace WHMCS\Database {
 
         public function update(array $values)
         {
-            $n = 0;
-            foreach ($GLOBALS['STUB_TABLES'][$this->table] as $i => $row) {
-                if ($this->matches($row)) {
-                    $GLOBALS['STUB_TABLES'][$this->table][$i] = array_merge($row, $values);
-                    $n++;
+            // One UPDATE ... WHERE is atomic in MySQL: read, match and write under one lock.
+            $builder = $this;
+            return stub_db_write(function (&$tables) use ($builder, $values) {
+                $n = 0;
+                foreach ($tables[$builder->name()] as $i => $row) {
+                    if ($builder->matches($row)) {
+                        $tables[$builder->name()][$i] = array_merge($row, $values);
+                        $n++;
+                    }
                 }
-            }
-            return $n;
+                return $n;
+            });
         }
 
         public function insert(array $values)
         {
-            $rows = &$GLOBALS['STUB_TABLES'][$this->table];
-            $values['id'] = count($rows) ? max(array_column($rows, 'id')) + 1 : 1;
-            $rows[] = $values;
-            return true;
+            $table = $this->table;
+            return stub_db_write(function (&$tables) use ($table, $values) {
+                $rows = $tables[$table];
+                $values['id'] = count($rows) ? max(array_column($rows, 'id')) + 1 : 1;
+                $tables[$table][] = $values;
+                return true;
+            });
+        }
+
+        public function name()
+        {
+            return $this->table;
         }
     }
 
@@ -129,14 +145,16 @@ namespace WHMCS\Database {
     {
         public function hasTable($name)
         {
-            return isset($GLOBALS['STUB_TABLES'][$name]);
+            return array_key_exists($name, stub_db_tables());
         }
 
         public function create($name, $callback)
         {
             $blueprint = new Blueprint();
             $callback($blueprint);
-            $GLOBALS['STUB_TABLES'][$name] = array();
+            stub_db_write(function (&$tables) use ($name) {
+                $tables[$name] = array();
+            });
             $GLOBALS['STUB_SCHEMAS'][$name] = $blueprint->columns;
         }
     }
@@ -157,9 +175,55 @@ namespace WHMCS\Database {
 
 namespace {
     define('WHMCS', true);
+    // The repository's deploy/whmcs/ is laid out like a WHMCS root (modules/addons/…);
+    // STUB_WHMCS_ROOT names another one, or "" for a WHMCS that does not define ROOTDIR.
+    $stubRoot = getenv('STUB_WHMCS_ROOT');
+    if ($stubRoot === false) {
+        define('ROOTDIR', realpath(__DIR__ . '/../../../deploy/whmcs'));
+    } elseif ($stubRoot !== '') {
+        define('ROOTDIR', $stubRoot);
+    }
     $GLOBALS['STUB_HOOKS'] = array();
     $GLOBALS['STUB_LOG'] = array();
     $GLOBALS['STUB_SCHEMAS'] = array();
+    $GLOBALS['STUB_DB'] = null;     // path of the JSON file: {"tables": {...}, "race": {...}}
+    $GLOBALS['STUB_RACE'] = array(); // invoice id => a number another writer sets after our read
+
+    function stub_db_open($path)
+    {
+        $GLOBALS['STUB_DB'] = $path;
+        $state = json_decode(file_get_contents($path), true);
+        $GLOBALS['STUB_RACE'] = isset($state['race']) ? $state['race'] : array();
+    }
+
+    function stub_db_lock($mode)
+    {
+        $handle = fopen($GLOBALS['STUB_DB'] . '.lock', 'c');
+        flock($handle, $mode);
+        return $handle;
+    }
+
+    /** Return every table as it is in the "database" now. */
+    function stub_db_tables()
+    {
+        $handle = stub_db_lock(LOCK_SH);
+        $state = json_decode(file_get_contents($GLOBALS['STUB_DB']), true);
+        flock($handle, LOCK_UN);
+        fclose($handle);
+        return $state['tables'];
+    }
+
+    /** Change the tables under an exclusive lock: $change(&$tables) returns the result. */
+    function stub_db_write($change)
+    {
+        $handle = stub_db_lock(LOCK_EX);
+        $state = json_decode(file_get_contents($GLOBALS['STUB_DB']), true);
+        $result = $change($state['tables']);
+        file_put_contents($GLOBALS['STUB_DB'], json_encode($state));
+        flock($handle, LOCK_UN);
+        fclose($handle);
+        return $result;
+    }
 
     function add_hook($event, $priority, $callback)
     {
@@ -189,16 +253,19 @@ namespace {
         if ($command !== 'GetInvoice') {
             return array('result' => 'error', 'message' => 'Command Not Found');
         }
-        foreach ($GLOBALS['STUB_TABLES']['tblinvoices'] as $i => $row) {
-            if ((int) $row['id'] === (int) $values['invoiceid']) {
-                $answer = array_merge(array('result' => 'success', 'invoiceid' => $row['id']), $row);
+        $id = (int) $values['invoiceid'];
+        foreach (stub_db_tables()['tblinvoices'] as $row) {
+            if ((int) $row['id'] === $id) {
                 // Another writer (an admin, the poller) numbers the invoice right after we read it.
-                if (isset($GLOBALS['STUB_RACE'][$row['id']])) {
-                    $GLOBALS['STUB_TABLES']['tblinvoices'][$i]['invoicenum'] = $GLOBALS['STUB_RACE'][$row['id']];
+                if (isset($GLOBALS['STUB_RACE'][$id])) {
+                    $number = $GLOBALS['STUB_RACE'][$id];
+                    \WHMCS\Database\Capsule::table('tblinvoices')->where('id', $id)
+                        ->update(array('invoicenum' => $number));
                 }
-                return $answer;
+                return array_merge(array('result' => 'success', 'invoiceid' => $row['id']), $row);
             }
         }
+        // WHMCS's exact answer for a missing invoice: "status", not "result" (WHMCS.md).
         return array('status' => 'error', 'message' => 'Invoice ID Not Found');
     }
 }

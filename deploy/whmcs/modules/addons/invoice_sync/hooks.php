@@ -22,12 +22,5 @@ try {
 }
 
 if ($invoiceSyncAddonSettings !== null) {
-    $invoiceSyncAddonEvents = $invoiceSyncAddonSettings['number_on'] === 'created'
-        ? array('InvoiceCreationPreEmail', 'InvoiceCreated')
-        : array('InvoicePaidPreEmail', 'InvoicePaid');
-    foreach ($invoiceSyncAddonEvents as $invoiceSyncAddonEvent) {
-        add_hook($invoiceSyncAddonEvent, 1, function ($vars) use ($invoiceSyncAddonSettings) {
-            invoice_sync_addon_number($vars['invoiceid'], $invoiceSyncAddonSettings);
-        });
-    }
+    invoice_sync_addon_add_hooks($invoiceSyncAddonSettings);
 }

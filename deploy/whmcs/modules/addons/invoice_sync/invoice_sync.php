@@ -86,10 +86,10 @@ function invoice_sync_config()
     );
 }
 
-function invoice_sync_activate()
+/** Create the module's table unless it exists (activate and upgrade; never drops anything). */
+function invoice_sync_ensure_table()
 {
-    try {
-        if (!Capsule::schema()->hasTable(INVOICE_SYNC_ADDON_TABLE)) {
+    if (!Capsule::schema()->hasTable(INVOICE_SYNC_ADDON_TABLE)) {
             Capsule::schema()->create(INVOICE_SYNC_ADDON_TABLE, function ($table) {
                 $table->increments('id');
                 $table->integer('invoiceid')->index();
@@ -103,7 +103,13 @@ function invoice_sync_activate()
                 $table->dateTime('created_at');
                 $table->dateTime('updated_at');
             });
-        }
+    }
+}
+
+function invoice_sync_activate()
+{
+    try {
+        invoice_sync_ensure_table();
         return array(
             'status' => 'success',
             'description' => 'invoice-sync is active. Fill in the coordinator URL and the agent token under '
@@ -124,9 +130,14 @@ function invoice_sync_deactivate()
     );
 }
 
+/**
+ * WHMCS calls this when the files of a newer version replace older ones ($vars['version'] is
+ * the version that was active). Every number recorded so far is kept; a table lost meanwhile
+ * is created again. Later versions add their migrations here, keyed on $vars['version'].
+ */
 function invoice_sync_upgrade($vars)
 {
-    // 1.0 is the first version: nothing to migrate yet.
+    invoice_sync_ensure_table();
 }
 
 function invoice_sync_h($value)
@@ -134,15 +145,29 @@ function invoice_sync_h($value)
     return htmlspecialchars((string) $value, ENT_QUOTES, 'UTF-8');
 }
 
+/** The URL as the page shows it: a user or password in it (refused anyway) is never shown. */
+function invoice_sync_shown_url($url)
+{
+    return preg_replace('#^([a-z][a-z0-9+.-]*://)[^/@]*@#i', '$1***@', (string) $url);
+}
+
 /** The module's page: the coordinator's reachability, the token's system, the latest numbers. */
 function invoice_sync_output($vars)
 {
     $settings = invoice_sync_addon_settings();
+    if (isset($_GET['finish'])) {
+        $finished = invoice_sync_addon_finish_pending($settings);
+        echo '<div class="alert alert-info">Finished ' . (int) $finished . ' number(s); the activity log has any failure.</div>';
+    }
     echo '<h2>Connection</h2><table class="table table-condensed">';
     echo '<tr><th>Transport</th><td>' . invoice_sync_h($settings['transport']) . '</td></tr>';
-    echo '<tr><th>Coordinator URL</th><td>' . invoice_sync_h($settings['coordinator_url']) . '</td></tr>';
+    echo '<tr><th>Coordinator URL</th><td>' . invoice_sync_h(invoice_sync_shown_url($settings['coordinator_url'])) . '</td></tr>';
     echo '<tr><th>Numbers invoices</th><td>' . ($settings['number_on'] === 'created' ? 'when created' : 'when paid') . '</td></tr>';
-    foreach (invoice_sync_addon_checks($settings) as $label => $check) {
+    $problems = invoice_sync_addon_problems($settings);
+    $checks = array('Settings' => array(!$problems, $problems
+        ? implode('; ', $problems) . ' — no invoice is numbered until this is fixed (Configure)'
+        : 'complete'));
+    foreach ($checks + invoice_sync_addon_checks($settings) as $label => $check) {
         list($ok, $text) = $check;
         echo '<tr><th>' . invoice_sync_h($label) . '</th><td><span class="label label-'
             . ($ok ? 'success">OK' : 'danger">Problem') . '</span> ' . invoice_sync_h($text) . '</td></tr>';
@@ -157,7 +182,11 @@ function invoice_sync_output($vars)
         ->where('status', '!=', 'void')->orderBy('id', 'desc')->limit(100)->get();
     echo '<h2>Not confirmed (' . count($pending) . ')</h2>';
     invoice_sync_addon_table($pending, 'Every number here was taken for an invoice but not confirmed as written. '
-        . 'The next hook run or the poller finishes it; the activity log has the reason.');
+        . 'WHMCS\'s cron finishes it (the same number, never another); the activity log has the reason.');
+    if (count($pending)) {
+        echo '<p><a class="btn btn-default" href="' . invoice_sync_h($vars['modulelink'] . '&finish=1')
+            . '">Finish them now</a></p>';
+    }
     echo '<h2>Latest numbers</h2>';
     invoice_sync_addon_table(Capsule::table(INVOICE_SYNC_ADDON_TABLE)->orderBy('id', 'desc')->limit(25)->get(), '');
 }
@@ -186,7 +215,7 @@ function invoice_sync_addon_checks(array $settings)
         } elseif ($code === 200) {
             $checks['Agent token'] = array(false, 'this is not an agent token (kind: ' . json_encode($answer) . '): use the system\'s agent token');
         } else {
-            $checks['Agent token'] = array(false, invoice_sync_addon_describe($code, $answer));
+            $checks['Agent token'] = array(false, invoice_sync_addon_describe($settings, $code, $answer));
         }
     } catch (Throwable $e) {
         $checks['Coordinator'] = array(false, $e->getMessage());

@@ -2,7 +2,8 @@
 /**
  * invoice-sync addon: take an invoice's legal number from the coordinator and write it.
  *
- * One numbering routine, two transports:
+ * One numbering routine, two transports, used by the addon module (hooks.php) and by the
+ * standalone hook (includes/hooks/invoice_sync.php, which loads this file):
  *   - "coordinator": HTTPS straight to the coordinator with this system's agent token
  *     (TLS always verified; plain http only to a loopback address);
  *   - "sidecar": the local agent sidecar (`invoice-sync-agent serve`), which holds the token.
@@ -30,15 +31,14 @@ class InvoiceSyncAddonError extends RuntimeException
 {
 }
 
-/** Return the module's settings (as saved in System Settings → Addon Modules), with defaults. */
-function invoice_sync_addon_settings()
+/**
+ * Every setting with its default. "record" ('1'/'0'): keep each number in the module's table
+ * mod_invoice_sync (and refuse numbers that went backwards against it); the standalone hook has
+ * no such table and leaves that to the sidecar's journal.
+ */
+function invoice_sync_addon_defaults()
 {
-    $stored = array();
-    foreach (Capsule::table('tbladdonmodules')->where('module', INVOICE_SYNC_ADDON_MODULE)->get() as $row) {
-        $row = (array) $row;
-        $stored[$row['setting']] = (string) $row['value'];
-    }
-    $settings = array_merge(array(
+    return array(
         'transport' => 'coordinator',
         'coordinator_url' => '',
         'agent_token' => '',
@@ -47,7 +47,20 @@ function invoice_sync_addon_settings()
         'timeout' => '10',
         'attempts' => '3',
         'ca_bundle' => '',
-    ), array_filter($stored, 'strlen'));
+        'record' => '1',
+    );
+}
+
+/** Return the module's settings (as saved in System Settings → Addon Modules), with defaults. */
+function invoice_sync_addon_settings()
+{
+    $stored = array();
+    foreach (Capsule::table('tbladdonmodules')->where('module', INVOICE_SYNC_ADDON_MODULE)->get() as $row) {
+        $row = (array) $row;
+        $stored[$row['setting']] = (string) $row['value'];
+    }
+    unset($stored['record']); // not an admin's setting: the module always keeps its table
+    $settings = array_merge(invoice_sync_addon_defaults(), array_filter($stored, 'strlen'));
     $settings['agent_token'] = invoice_sync_addon_plain_token($settings['agent_token']);
     return $settings;
 }
@@ -99,7 +112,7 @@ function invoice_sync_addon_request(array $settings, $method, $path, $body = nul
             continue; // no answer: connection refused, reset or timed out
         }
         if (in_array($code, array(429, 502, 503, 504), true)) {
-            $last = invoice_sync_addon_describe($code, $answer);
+            $last = invoice_sync_addon_describe($settings, $code, $answer);
             continue; // the coordinator asked us to come back (e.g. durability not confirmed)
         }
         return array($code, $answer);
@@ -163,6 +176,9 @@ function invoice_sync_addon_coordinator_url(array $settings)
     if ($url === '' || $parts === false || !isset($parts['scheme'], $parts['host'])) {
         throw new InvoiceSyncAddonError('the coordinator URL is not set or not a URL (System Settings → Addon Modules → invoice-sync)');
     }
+    if (isset($parts['user']) || isset($parts['pass'])) {
+        throw new InvoiceSyncAddonError('the coordinator URL must not hold a user or password: the agent token is the credential');
+    }
     $scheme = strtolower($parts['scheme']);
     if ($scheme !== 'https' && !($scheme === 'http' && invoice_sync_addon_is_loopback($parts['host']))) {
         throw new InvoiceSyncAddonError("the coordinator URL must start with https:// (got $scheme://): the agent token must not cross the network in clear");
@@ -170,12 +186,57 @@ function invoice_sync_addon_coordinator_url(array $settings)
     return $url;
 }
 
+/**
+ * Return what is wrong with the settings, one sentence each (empty: nothing). The hooks number
+ * nothing while any is wrong, and the module's page lists them.
+ */
+function invoice_sync_addon_problems(array $settings)
+{
+    $problems = array();
+    $choices = array('transport' => array('coordinator', 'sidecar'), 'number_on' => array('paid', 'created'));
+    foreach ($choices as $name => $allowed) {
+        if (!in_array($settings[$name], $allowed, true)) {
+            $problems[] = "$name must be " . implode(' or ', $allowed) . " (is '{$settings[$name]}')";
+        }
+    }
+    $ranges = array('timeout' => array(1, 300, 'seconds'), 'attempts' => array(1, 10, 'attempts'));
+    foreach ($ranges as $name => $range) {
+        $value = trim((string) $settings[$name]);
+        if (!ctype_digit($value) || (int) $value < $range[0] || (int) $value > $range[1]) {
+            $problems[] = "$name must be a whole number of {$range[2]} from {$range[0]} to {$range[1]} (is '$value')";
+        }
+    }
+    if ($settings['transport'] === 'sidecar') {
+        if (!preg_match('#^(unix:/.+|http://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d+/?)$#', $settings['sidecar'])) {
+            $problems[] = "the sidecar address must be http://127.0.0.1:PORT or unix:/path (is '{$settings['sidecar']}')";
+        }
+        return $problems;
+    }
+    try {
+        invoice_sync_addon_coordinator_url($settings);
+    } catch (InvoiceSyncAddonError $e) {
+        $problems[] = $e->getMessage();
+    }
+    if ($settings['agent_token'] === '') {
+        $problems[] = 'no agent token is set';
+    } elseif (strpos($settings['agent_token'], INVOICE_SYNC_ADDON_TOKEN_PREFIX) !== 0) {
+        $problems[] = 'the agent token must be the system\'s agent token, which starts with ' . INVOICE_SYNC_ADDON_TOKEN_PREFIX;
+    }
+    if ($settings['ca_bundle'] !== '' && !is_readable($settings['ca_bundle'])) {
+        $problems[] = "the CA bundle {$settings['ca_bundle']} cannot be read by PHP";
+    }
+    return $problems;
+}
+
 /** "HTTP 409: <the coordinator's message>" for the activity log. */
-function invoice_sync_addon_describe($code, $answer)
+function invoice_sync_addon_describe(array $settings, $code, $answer)
 {
     $message = is_array($answer) && isset($answer['message']) ? $answer['message'] : 'no JSON in the answer';
     if ($code === 401) {
-        return "HTTP 401: $message — the agent token was refused: set this system's agent token in System Settings → Addon Modules → invoice-sync";
+        $where = $settings['transport'] === 'sidecar'
+            ? "the sidecar's INVOICE_SYNC_AGENT_TOKEN (invoice-sync-agent serve)"
+            : 'System Settings → Addon Modules → invoice-sync';
+        return "HTTP 401: $message — the agent token was refused: set this system's agent token in $where";
     }
     return "HTTP $code: $message";
 }
@@ -186,7 +247,7 @@ function invoice_sync_addon_call(array $settings, $method, $coordinatorPath, $si
     $path = $settings['transport'] === 'sidecar' ? $sidecarPath : $coordinatorPath;
     list($code, $answer) = invoice_sync_addon_request($settings, $method, $path, $body);
     if (!in_array($code, $expected, true) || !is_array($answer)) {
-        throw new InvoiceSyncAddonError(invoice_sync_addon_describe($code, $answer));
+        throw new InvoiceSyncAddonError(invoice_sync_addon_describe($settings, $code, $answer));
     }
     return $answer;
 }
@@ -229,8 +290,11 @@ function invoice_sync_addon_void(array $settings, array $allocation, $reason)
 }
 
 /** Record (or update) what happened to an invoice's number in the module's own table. */
-function invoice_sync_addon_record($invoiceId, array $allocation, $status, $message = '')
+function invoice_sync_addon_record(array $settings, $invoiceId, array $allocation, $status, $message = '')
 {
+    if ($settings['record'] !== '1') {
+        return;
+    }
     $now = gmdate('Y-m-d H:i:s');
     $row = array(
         'allocation_id' => (string) $allocation['id'],
@@ -259,8 +323,11 @@ function invoice_sync_addon_record($invoiceId, array $allocation, $status, $mess
  * coordinator's data is behind reality (an old backup restored), so writing it would print a
  * number twice.
  */
-function invoice_sync_addon_check_forward($invoiceId, array $allocation)
+function invoice_sync_addon_check_forward(array $settings, $invoiceId, array $allocation)
 {
+    if ($settings['record'] !== '1') {
+        return; // the sidecar checks against its own journal and answers 409
+    }
     $highest = Capsule::table(INVOICE_SYNC_ADDON_TABLE)
         ->where('sequence', (string) $allocation['sequence'])
         ->where('period', (string) $allocation['period'])
@@ -282,12 +349,22 @@ function invoice_sync_addon_number($invoiceId, array $settings = null)
     $allocation = null;
     try {
         $settings = $settings === null ? invoice_sync_addon_settings() : $settings;
+        $problems = invoice_sync_addon_problems($settings);
+        if ($problems) {
+            $step = 'checking the settings';
+            throw new InvoiceSyncAddonError(implode('; ', $problems));
+        }
         $invoice = localAPI('GetInvoice', array('invoiceid' => $invoiceId));
         if (!isset($invoice['result']) || $invoice['result'] !== 'success') {
             throw new InvoiceSyncAddonError(isset($invoice['message']) ? $invoice['message'] : 'GetInvoice failed');
         }
-        if (trim((string) $invoice['invoicenum']) !== '') {
-            return; // numbered already (by us, the poller, or an admin): never renumber
+        $current = trim((string) $invoice['invoicenum']);
+        if ($current !== '') {
+            // Numbered already (by us, the poller, or an admin): never renumber. If it is our
+            // number and its confirmation failed before, confirm it now.
+            $step = "confirming $current";
+            invoice_sync_addon_finish_written($settings, $invoiceId, $current);
+            return;
         }
         // Credit notes are invoices with a negative total (modules that add them do so).
         $request = array(
@@ -302,8 +379,8 @@ function invoice_sync_addon_number($invoiceId, array $settings = null)
         $step = 'taking a number';
         $allocation = invoice_sync_addon_allocate($settings, $request);
         $number = (string) $allocation['formatted'];
-        invoice_sync_addon_check_forward($invoiceId, $allocation);
-        invoice_sync_addon_record($invoiceId, $allocation, 'issued');
+        invoice_sync_addon_check_forward($settings, $invoiceId, $allocation);
+        invoice_sync_addon_record($settings, $invoiceId, $allocation, 'issued');
 
         $step = "writing $number";
         // Only into an unnumbered invoice: the poller or an admin may have been faster.
@@ -314,24 +391,131 @@ function invoice_sync_addon_number($invoiceId, array $settings = null)
             $step = "voiding $number";
             $reason = "invoice $invoiceId was numbered '$written' by someone else";
             invoice_sync_addon_void($settings, $allocation, $reason);
-            invoice_sync_addon_record($invoiceId, $allocation, 'void', $reason);
+            invoice_sync_addon_record($settings, $invoiceId, $allocation, 'void', $reason);
             logActivity("invoice-sync: invoice $invoiceId already had number '$written'; voided $number");
             return;
         }
 
         $step = "confirming $number";
         invoice_sync_addon_confirm($settings, $allocation);
-        invoice_sync_addon_record($invoiceId, $allocation, 'confirmed');
+        invoice_sync_addon_record($settings, $invoiceId, $allocation, 'confirmed');
     } catch (Throwable $e) {
         $message = "invoice-sync: invoice $invoiceId, $step failed: " . $e->getMessage()
             . ' (left as it is; the next attempt gets the same number)';
         if ($allocation !== null) {
             try {
-                invoice_sync_addon_record($invoiceId, $allocation, 'failed', $e->getMessage());
+                invoice_sync_addon_record($settings, $invoiceId, $allocation, 'failed', $e->getMessage());
             } catch (Throwable $ignored) {
                 // the activity log below still says what happened
             }
         }
         logActivity($message);
+    }
+}
+
+/** The module's numbers of invoice $invoiceId taken but not yet confirmed or voided. */
+function invoice_sync_addon_pending($invoiceId = null, $limit = 50)
+{
+    $query = Capsule::table(INVOICE_SYNC_ADDON_TABLE)->where('status', '!=', 'confirmed')
+        ->where('status', '!=', 'void');
+    if ($invoiceId !== null) {
+        $query = $query->where('invoiceid', (int) $invoiceId);
+    }
+    return $query->orderBy('id', 'asc')->limit($limit)->get();
+}
+
+/** The allocation a row of the module's table stands for. */
+function invoice_sync_addon_row_allocation($row)
+{
+    $row = (array) $row;
+    return array('id' => $row['allocation_id'], 'formatted' => $row['formatted'], 'number' => $row['number'],
+        'sequence' => $row['sequence'], 'period' => $row['period']);
+}
+
+/**
+ * Confirm our number of an invoice that shows it but whose confirmation failed earlier (the
+ * coordinator was down after the write). Without this the coordinator would list it as issued
+ * and unconfirmed for ever: every later hook run finds the invoice numbered and stops.
+ */
+function invoice_sync_addon_finish_written(array $settings, $invoiceId, $invoicenum)
+{
+    if ($settings['record'] !== '1') {
+        return; // the sidecar's journal and the agent's poller finish these
+    }
+    foreach (invoice_sync_addon_pending($invoiceId) as $row) {
+        if ((string) $row->formatted === $invoicenum) {
+            $allocation = invoice_sync_addon_row_allocation($row);
+            invoice_sync_addon_confirm($settings, $allocation);
+            invoice_sync_addon_record($settings, $invoiceId, $allocation, 'confirmed');
+        }
+    }
+}
+
+/**
+ * Finish the numbers this installation took and did not confirm (WHMCS's cron, or the module's
+ * page): confirm what the invoice shows, number again (the same number) what is still
+ * unnumbered, void what another number replaced. Returns how many were finished; a failure is
+ * logged once per reason and left for the next run.
+ */
+function invoice_sync_addon_finish_pending(array $settings, $limit = 50)
+{
+    if ($settings['record'] !== '1' || invoice_sync_addon_problems($settings)) {
+        return 0;
+    }
+    $finished = 0;
+    foreach (invoice_sync_addon_pending(null, $limit) as $row) {
+        $invoiceId = (int) $row->invoiceid;
+        $allocation = invoice_sync_addon_row_allocation($row);
+        try {
+            $invoice = localAPI('GetInvoice', array('invoiceid' => $invoiceId));
+            if (!isset($invoice['result']) || $invoice['result'] !== 'success') {
+                throw new InvoiceSyncAddonError('GetInvoice: ' . (isset($invoice['message']) ? $invoice['message'] : 'failed')
+                    . '; an admin decides (void it in the coordinator with the reason, or restore the invoice)');
+            }
+            $current = trim((string) $invoice['invoicenum']);
+            if ($current === '') {
+                invoice_sync_addon_number($invoiceId, $settings); // the same number, written now
+            } elseif ($current === (string) $row->formatted) {
+                invoice_sync_addon_confirm($settings, $allocation);
+                invoice_sync_addon_record($settings, $invoiceId, $allocation, 'confirmed');
+            } else {
+                $reason = "invoice $invoiceId was numbered '$current' by someone else";
+                invoice_sync_addon_void($settings, $allocation, $reason);
+                invoice_sync_addon_record($settings, $invoiceId, $allocation, 'void', $reason);
+            }
+            $finished++;
+        } catch (Throwable $e) {
+            if (substr($e->getMessage(), 0, 250) !== (string) $row->message) {
+                logActivity("invoice-sync: invoice $invoiceId, finishing {$row->formatted} failed: "
+                    . $e->getMessage() . ' (tried again with the next cron run)');
+            }
+            invoice_sync_addon_record($settings, $invoiceId, $allocation, (string) $row->status, $e->getMessage());
+        }
+    }
+    return $finished;
+}
+
+/** The two hooks of the event that numbers: *PreEmail before the PDF is mailed, the other also
+ * when no email goes out (the second call finds the number and does nothing). */
+function invoice_sync_addon_events($numberOn)
+{
+    return $numberOn === 'created'
+        ? array('InvoiceCreationPreEmail', 'InvoiceCreated')
+        : array('InvoicePaidPreEmail', 'InvoicePaid');
+}
+
+/** Register the numbering hooks with these settings (the module's, or the standalone hook's). */
+function invoice_sync_addon_add_hooks(array $settings)
+{
+    foreach (invoice_sync_addon_events($settings['number_on']) as $event) {
+        add_hook($event, 1, function ($vars) use ($settings) {
+            invoice_sync_addon_number($vars['invoiceid'], $settings);
+        });
+    }
+    if ($settings['record'] === '1') {
+        // WHMCS's cron (every few minutes): finish what a failure left unconfirmed.
+        add_hook('AfterCronJob', 1, function ($vars) use ($settings) {
+            invoice_sync_addon_finish_pending($settings);
+        });
     }
 }
