@@ -1,4 +1,4 @@
-"""The ``invoice-sync`` command: serve, worker, doctor, tokens, syncs, reports, demo."""
+"""The ``invoice-sync`` command: serve, worker, doctor, tokens, syncs, reports, backup, demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 
 from coordinator import auth
 from coordinator.auth.cli import register as _register_tokens
+from coordinator.backup.cli import register as _register_backup
 from coordinator.forecaster.cli import register as _register_forecaster
 from coordinator.ops.datadir import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
 from coordinator.ops.embedded import ValkeyServer
@@ -214,3 +215,4 @@ def demo(keep: bool) -> None:
 
 _register_forecaster(main)
 _register_tokens(main)
+_register_backup(main)

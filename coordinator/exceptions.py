@@ -50,6 +50,11 @@ class Conflict(CoordinatorError):
     """The request contradicts stored state (lowering next_number, a sync already running)."""
 
 
+class BackupRefused(Conflict):
+    """A backup or restore cannot be done as asked (a non-empty store, a damaged file, an
+    older server); nothing was changed."""
+
+
 class AuthError(CoordinatorError):
     """No token, or a token the coordinator does not know."""
 

@@ -23,8 +23,11 @@ def parse_sentinels(value: str) -> list[tuple[str, int]]:
     return nodes
 
 
-def make_redis(config: Mapping[str, Any]) -> redis.Redis:
-    """Return a client for the configured Redis (decoded strings, bounded timeouts)."""
+def make_redis(config: Mapping[str, Any], *, decode: bool = True) -> redis.Redis:
+    """Return a client for the configured Redis (decoded strings, bounded timeouts).
+
+    ``decode=False`` answers bytes (``invoice-sync backup`` reads binary DUMP payloads).
+    """
     timeout = float(config["REDIS_SOCKET_TIMEOUT"])
     if config.get("SENTINELS"):
         sentinel = Sentinel(
@@ -36,7 +39,7 @@ def make_redis(config: Mapping[str, Any]) -> redis.Redis:
             config["SENTINEL_MASTER"],
             password=config.get("REDIS_PASSWORD"),
             socket_timeout=timeout,
-            decode_responses=True,
+            decode_responses=decode,
         )
     if not config.get("REDIS_URL"):
         raise RuntimeError(
@@ -45,7 +48,7 @@ def make_redis(config: Mapping[str, Any]) -> redis.Redis:
         )
     return redis.Redis.from_url(
         config["REDIS_URL"], socket_timeout=timeout, socket_connect_timeout=timeout,
-        decode_responses=True, health_check_interval=30,
+        decode_responses=decode, health_check_interval=30,
     )
 
 

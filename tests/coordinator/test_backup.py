@@ -1,0 +1,190 @@
+"""Backup and restore on real servers: under load, into a fresh data dir, refusals."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import stat
+import threading
+from datetime import date
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from coordinator import keys
+from coordinator.backup import archive, snapshot
+from coordinator.cli import main
+from coordinator.exceptions import BackupRefused
+from coordinator.numbering import allocation
+from coordinator.ops.embedded import ValkeyServer
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2026, 5, 5)
+
+
+def _bytes_client(server: ValkeyServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url)
+
+
+def _take_file(server: ValkeyServer, path, monkeypatch, *extra: str) -> None:
+    monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", server.url)
+    result = CliRunner().invoke(main, ["backup", "--output", str(path), *extra])
+    assert result.exit_code == 0, result.output
+    monkeypatch.delenv("INVOICE_SYNC_REDIS_URL")
+
+
+def _number(allocation_id: str) -> int:
+    return int(allocation_id.rsplit(":", 1)[1])
+
+
+def test_backup_under_load_restores_into_fresh_data_dir_and_numbering_continues(
+        valkey, redis_client, tmp_path, monkeypatch):
+    issued: dict[tuple[str, str], str] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def allocate_until_stopped(system: str) -> None:
+        worker_client = redis.Redis.from_url(valkey.url, decode_responses=True)
+        count = 0
+        while not stop.is_set() or count < 20:
+            reference = f"{system}-{count}"
+            entry, _new = allocation.allocate(worker_client, system, "invoice", reference, DAY)
+            with lock:
+                issued[(system, reference)] = entry["id"]
+            count += 1
+        worker_client.close()
+
+    threads = [threading.Thread(target=allocate_until_stopped, args=(name,))
+               for name in ("blue", "red", "orange")]
+    for thread in threads:
+        thread.start()
+    while True:  # some numbers exist before the backup starts
+        with lock:
+            if len(issued) >= 30:
+                break
+    before = dict(issued)
+    path = tmp_path / "backup.json"
+    _take_file(valkey, path, monkeypatch)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert len(issued) > len(before)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    data_dir = tmp_path / "fresh"
+    monkeypatch.delenv("INVOICE_SYNC_SECRET_KEYS", raising=False)
+    result = CliRunner().invoke(main, ["restore", "--data-dir", str(data_dir), str(path)])
+    assert result.exit_code == 0, result.output
+
+    with ValkeyServer(data_dir / "valkey", unixsocket=True) as restored:
+        client = redis.Redis.from_url(restored.url, decode_responses=True)
+        ledger = list(allocation_module_ledger(client))
+        numbers = [entry["number"] for entry in ledger]
+        assert numbers == list(range(1, len(numbers) + 1))  # no gap, no duplicate
+        assert len(numbers) >= len(before)
+        # Every reference the backup holds answers the number it had; those before it, all.
+        restored_refs = {(e["system"], e["reference"]): e["id"] for e in ledger}
+        assert before.items() <= restored_refs.items()
+        for (system, reference), allocation_id in restored_refs.items():
+            assert issued[(system, reference)] == allocation_id
+            entry, new = allocation.allocate(client, system, "invoice", reference, DAY)
+            assert (entry["id"], new) == (allocation_id, False)
+        entry, new = allocation.allocate(client, "blue", "invoice", "after-restore", DAY)
+        assert new and _number(entry["id"]) == numbers[-1] + 1
+        client.close()
+
+
+def allocation_module_ledger(client: redis.Redis):
+    from coordinator.numbering import iter_ledger
+
+    return iter_ledger(client, "invoice", "2026")
+
+
+def test_restore_refuses_a_non_empty_store_and_changes_nothing(valkey, redis_client, tmp_path,
+                                                               monkeypatch):
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    path = tmp_path / "backup.json"
+    _take_file(valkey, path, monkeypatch)
+    redis_client.flushall()
+    redis_client.set("something", "else")
+    body = archive.read(path)
+    with pytest.raises(BackupRefused, match=r"^the store is not empty \(1 keys\)"):
+        snapshot.restore(_bytes_client(valkey), body["snapshot"]["units"])
+    assert redis_client.keys("*") == ["something"]
+
+
+def test_a_changed_backup_file_is_refused(valkey, redis_client, tmp_path, monkeypatch):
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    path = tmp_path / "backup.json"
+    _take_file(valkey, path, monkeypatch)
+    document = json.loads(path.read_text())
+    document["body"]["created_at"] = "2020-01-01T00:00:00Z"
+    path.write_text(json.dumps(document))
+    with pytest.raises(BackupRefused, match="checksum mismatch"):
+        archive.read(path)
+
+
+def test_rate_limit_counters_and_rq_keys_are_left_out(valkey, redis_client, tmp_path,
+                                                      monkeypatch):
+    redis_client.set(keys.rate_limit("0" * 64, 1), 3)
+    redis_client.set("rq:queue:syncs", "x")
+    redis_client.hset(keys.TOKENS, "digest", "{}")
+    taken = snapshot.take(_bytes_client(valkey))
+    names = {name for unit in taken["units"] for name, _ttl, _payload in unit["keys"]}
+    assert {base64.b64decode(name).decode() for name in names} == {keys.TOKENS}
+
+
+def test_secret_keys_are_encrypted_and_restored_with_the_passphrase(
+        valkey, redis_client, tmp_path, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    secret = Fernet.generate_key().decode()
+    redis_client.set("k", "v")
+    monkeypatch.setenv("INVOICE_SYNC_SECRET_KEYS", secret)
+    monkeypatch.setenv("INVOICE_SYNC_BACKUP_PASSPHRASE", "correct horse")
+    path = tmp_path / "backup.json"
+    _take_file(valkey, path, monkeypatch, "--with-secret-keys")
+    assert secret not in path.read_text()
+    monkeypatch.delenv("INVOICE_SYNC_SECRET_KEYS")
+
+    data_dir = tmp_path / "fresh"
+    monkeypatch.setenv("INVOICE_SYNC_BACKUP_PASSPHRASE", "wrong")
+    result = CliRunner().invoke(main, ["restore", "--data-dir", str(data_dir),
+                                       "--with-secret-keys", str(path)])
+    assert result.exit_code == 1
+    assert "the passphrase does not open the backup's secret keys" in result.output
+    assert not (data_dir / "secret-keys").exists()
+    monkeypatch.setenv("INVOICE_SYNC_BACKUP_PASSPHRASE", "correct horse")
+    result = CliRunner().invoke(main, ["restore", "--data-dir", str(data_dir),
+                                       "--with-secret-keys", str(path)])
+    assert result.exit_code == 0, result.output
+    key_file = data_dir / "secret-keys"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert secret in key_file.read_text().splitlines()
+
+
+def test_restore_into_an_older_server_is_refused_before_writing(valkey, redis_client, tmp_path,
+                                                                monkeypatch):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "Debian's redis-server (7.0) is not installed"
+        if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    taken = snapshot.take(_bytes_client(valkey))
+    payload_version = snapshot.rdb_version(base64.b64decode(taken["units"][0]["keys"][0][2]))
+    with ValkeyServer(tmp_path / "old", binary=binary) as old:
+        own = _bytes_client(old)
+        own.set("probe", 1)
+        own_version = snapshot.rdb_version(own.dump("probe"))
+        own.delete("probe")
+        # The premise of the test (Valkey 8 writes RDB 11, Redis 7.0 reads up to 10).
+        assert own_version < payload_version
+        with pytest.raises(BackupRefused, match="cannot read the backup's DUMP payloads"):
+            snapshot.restore(own, taken["units"])
+        assert own.dbsize() == 0
