@@ -17,6 +17,10 @@ PASSPHRASE_ENV = "INVOICE_SYNC_BACKUP_PASSPHRASE"
 arguments are visible to every user in ``ps``)."""
 
 
+BACKUP_PREFIX = "invoice-sync-backup-"
+"""Name prefix of the time-stamped files a directory ``--output`` gets (sorted = by age)."""
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
@@ -83,20 +87,30 @@ def _passphrase(confirm: bool) -> str:
 @click.command()
 @data_dir_option
 @click.option("--output", "-o", required=True, envvar="INVOICE_SYNC_BACKUP_OUTPUT",
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="The backup file to write (0600, replaced atomically).")
+              type=click.Path(path_type=Path),
+              help="The backup file to write (0600, replaced atomically); an existing "
+                   "directory gets a new time-stamped file in it.")
+@click.option("--keep", type=click.IntRange(min=1), default=None, envvar="INVOICE_SYNC_BACKUP_KEEP",
+              help="With a directory --output: then delete all but the newest N backups there.")
 @click.option("--with-secret-keys", is_flag=True, envvar="INVOICE_SYNC_BACKUP_WITH_SECRET_KEYS",
               help=f"Also save the WHMCS-secret keys, encrypted with a passphrase "
                    f"(from {PASSPHRASE_ENV} or a prompt).")
-def backup(data_dir: Path, output: Path, with_secret_keys: bool) -> None:
+def backup(data_dir: Path, output: Path, keep: int | None, with_secret_keys: bool) -> None:
     """Save a consistent snapshot of the whole store, without stopping the coordinator."""
     from coordinator.backup import archive, snapshot
     from coordinator.exceptions import CoordinatorError
 
+    directory = output if output.is_dir() else None
+    if directory is not None:
+        output = directory / time.strftime(f"{BACKUP_PREFIX}%Y%m%dT%H%M%SZ.json", time.gmtime())
+    elif keep is not None:
+        raise click.UsageError("--keep needs a directory as --output")
     sealed = None
     if with_secret_keys:
         sealed = archive.seal_keys(_secret_keys(data_dir), _passphrase(confirm=True))
     try:
+        if uses_embedded() and not (data_dir / "valkey").is_dir():
+            raise click.ClickException(f"no Valkey data in {data_dir.resolve() / 'valkey'}")
         with _store(data_dir, may_start=True) as client:
             server = server_identity(client)
             taken = snapshot.take(client)
@@ -115,6 +129,10 @@ def backup(data_dir: Path, output: Path, with_secret_keys: bool) -> None:
     click.echo(f"backup written to {output}: {count} keys in {len(taken['units'])} units, "
                f"{server['name']} {server['version']}, window {window:.3f}s"
                + (", secret keys encrypted" if sealed else ""))
+    if directory is not None and keep is not None:
+        for old in sorted(directory.glob(f"{BACKUP_PREFIX}*.json"))[:-keep]:
+            old.unlink()
+            click.echo(f"deleted the older backup {old}")
 
 
 @click.command()

@@ -188,3 +188,20 @@ def test_restore_into_an_older_server_is_refused_before_writing(valkey, redis_cl
         with pytest.raises(BackupRefused, match="cannot read the backup's DUMP payloads"):
             snapshot.restore(own, taken["units"])
         assert own.dbsize() == 0
+
+
+def test_a_directory_output_gets_time_stamped_files_and_keep_prunes_the_oldest(
+        valkey, redis_client, tmp_path, monkeypatch):
+    redis_client.set("k", "v")
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    older = [folder / f"invoice-sync-backup-2020010{day}T000000Z.json" for day in (1, 2, 3)]
+    for path in older:
+        path.write_text("{}")
+    (folder / "unrelated.json").write_text("{}")
+    _take_file(valkey, folder, monkeypatch, "--keep", "2")
+    remaining = sorted(p.name for p in folder.iterdir())
+    new = [name for name in remaining
+           if name.startswith("invoice-sync-backup-") and name not in {o.name for o in older}]
+    assert remaining == sorted([older[2].name, *new, "unrelated.json"]) and len(new) == 1
+    assert archive.read(folder / new[0])["snapshot"]["units"]
