@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -11,8 +12,16 @@ import click
 from coordinator import auth
 from coordinator.auth.cli import register as _register_tokens
 from coordinator.backup.cli import register as _register_backup
+from coordinator.demo import DEMO_DURATION
 from coordinator.forecaster.cli import register as _register_forecaster
-from coordinator.ops.datadir import attach_to_serve, data_dir_option, embedded_socket, uses_embedded
+from coordinator.ops.datadir import (
+    attach_to_serve,
+    data_dir_option,
+    embedded_socket,
+    hold_data_dir,
+    use_key_file,
+    uses_embedded,
+)
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
 
@@ -47,8 +56,40 @@ def ensure_admin_token(client, data_dir: Path) -> str | None:
     return token
 
 
-@click.group()
-@click.version_option(package_name="invoice-sync")
+class _Group(click.Group):
+    """A command group whose list shows each command's first sentence whole, never cut.
+
+    click shortens the list's descriptions to the terminal width with "...", mid-sentence;
+    here the first sentence is wrapped onto more lines instead. Subgroups are of this class too.
+    """
+
+    group_class = type  # click: subgroups made with @group.group() use this same class
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        # Groups made elsewhere (coordinator/auth/cli.py) get the same whole-sentence listing.
+        if type(cmd) is click.Group:
+            cmd.__class__ = _Group
+        super().add_command(cmd, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=sys.maxsize)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+ENVVAR_PREFIX = "INVOICE_SYNC"
+"""Every option without an explicit ``envvar=`` reads ``INVOICE_SYNC_<COMMAND>_<OPTION>``
+(click's ``auto_envvar_prefix``: e.g. ``INVOICE_SYNC_SYNC_FULL``, ``INVOICE_SYNC_REPORT_BY``)."""
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": ENVVAR_PREFIX})
+# Not from INVOICE_SYNC_VERSION: a deployment may well set that name for its own purposes.
+@click.version_option(package_name="invoice-sync", allow_from_autoenv=False)
 def main() -> None:
     """invoice-sync coordinator: one numbering and one revenue view for many WHMCS."""
 
@@ -63,8 +104,10 @@ def main() -> None:
               envvar="INVOICE_SYNC_SYNC_WORKER",
               help="Also run an RQ sync worker with the daily scheduler as a child process.")
 def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool) -> None:
-    """Run the coordinator (gunicorn). Without INVOICE_SYNC_REDIS_URL, on an embedded Valkey."""
+    """Run the coordinator (gunicorn), on an embedded Valkey unless a Redis URL is set."""
     data_dir = data_dir.resolve()
+    # First of all: a second serve on this data dir must exit before it touches anything.
+    lock = hold_data_dir(data_dir)
     # Before anything imports prometheus_client (the app does): workers share this directory
     # for their metrics, and a previous run's files would otherwise be summed in.
     prepare_dir(data_dir / "metrics")
@@ -75,7 +118,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
     embedded = None
     child = None
     if uses_embedded():
-        embedded = ValkeyServer(data_dir / "valkey", unixsocket=True).start()
+        embedded = ValkeyServer(data_dir / "valkey", unixsocket=True, keep_fds=(lock,)).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
         click.echo(f"embedded Valkey: {embedded.url} (AOF, appendfsync always)", err=True)
     try:
@@ -116,15 +159,9 @@ def _use_key_file(data_dir: Path) -> None:
     Created (0600) on first start, so one machine encrypts secrets without any setup; an
     explicit INVOICE_SYNC_SECRET_KEYS always wins. Workers inherit it through the environment.
     """
-    from coordinator.systems import secrets
-
-    if os.environ.get("INVOICE_SYNC_SECRET_KEYS"):
-        return
-    path = data_dir / secrets.KEY_FILE_NAME
-    found, created = secrets.load_or_create_key_file(path)
-    os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(found)
-    if created:
-        click.echo(f"secret key for WHMCS credentials created in {path} (keep a backup)",
+    used = use_key_file(data_dir, create=True)
+    if used and used[1]:
+        click.echo(f"secret key for WHMCS credentials created in {used[0]} (keep a backup)",
                    err=True)
 
 
@@ -174,6 +211,8 @@ def doctor(data_dir: Path) -> None:
     from coordinator.ops import doctor as checks
     from coordinator.ops.redis_client import make_redis
 
+    # The keys `serve` uses: on the embedded default, its key file unless the variable is set.
+    key_file = use_key_file(data_dir) if uses_embedded() else None
     app = Flask("coordinator")
     load_config(app)
     config = dict(app.config)
@@ -185,7 +224,7 @@ def doctor(data_dir: Path) -> None:
         config["REDIS_URL"] = f"unix://{socket_path}"
         if not socket_path.exists():
             factory = None
-    results = checks.run(config, factory)
+    results = checks.run(config, factory, key_file[0] if key_file else None)
     for check in results:
         click.echo(check.line())
     failed = [check for check in results if not check.ok]
@@ -195,15 +234,15 @@ def doctor(data_dir: Path) -> None:
     click.echo("all checks passed")
 
 
-@main.command()
-@click.option("--keep", is_flag=True, help="Keep the temporary data dir (logs, journals).")
-def demo(keep: bool) -> None:
-    """Show three WHMCS installations sharing one numbering (about a minute, all local).
+@main.command(help=f"""Show three WHMCS installations sharing one numbering ({DEMO_DURATION}).
 
-    Starts `invoice-sync serve` on a free port in a temporary dir, three fake WHMCS
+    All local: starts `invoice-sync serve` on a free port in a temporary dir, three fake WHMCS
     installations (blue EUR, red USD, orange GBP), registers them, runs one agent poller per
     installation at once, prints the ledger and what each WHMCS holds, and cleans up.
-    """
+    """)
+@click.option("--keep", is_flag=True, envvar="INVOICE_SYNC_DEMO_KEEP",
+              help="Keep the temporary data dir (logs, journals).")
+def demo(keep: bool) -> None:
     from coordinator.demo.run import DemoError, run_demo
 
     try:

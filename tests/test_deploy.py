@@ -7,7 +7,6 @@ import concurrent.futures
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import yaml
 
 from coordinator import auth, keys
 from coordinator.ops.embedded import free_port, server_binary
+from tests.support import interrupt, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -230,8 +230,8 @@ def test_units_start_programs_the_packages_install():
         [Path(c[0]).name, *c[1:]] for c in commands]
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
 def test_units_pass_systemd_analyze_verify(tmp_path):
+    require_tool("systemd-analyze", "systemd")
     # The units name /opt/invoice-sync*/bin/...; verify needs them executable, so point them at
     # this venv's gunicorn and at stand-ins for the console scripts pip would create.
     bin_dir = tmp_path / "bin"
@@ -431,8 +431,8 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx not installed")
 def test_nginx_conf_passes_nginx_t(tmp_path):
+    nginx = require_tool("nginx")
     cert, key = self_signed(tmp_path)
     text = ((DEPLOY / "nginx.conf").read_text()
             .replace("/etc/ssl/invoice-sync/fullchain.pem", str(cert))
@@ -440,7 +440,7 @@ def test_nginx_conf_passes_nginx_t(tmp_path):
             .replace("/run/nginx.pid", str(tmp_path / "nginx.pid")))
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"error_log {tmp_path / 'error.log'};\n" + text)
-    result = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", str(tmp_path / "e.log")],
+    result = subprocess.run([nginx, "-t", "-c", str(conf), "-e", str(tmp_path / "e.log")],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 
@@ -485,10 +485,5 @@ def test_serve_sets_up_multiprocess_metrics(tmp_path):
             time.sleep(0.1)
         assert not (tmp_path / ".gunicorn").exists()
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        interrupt(process)
         log.close()

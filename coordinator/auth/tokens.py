@@ -20,28 +20,20 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from coordinator import keys
 from coordinator.auth.roles import ADMIN, AGENT, MANAGED_ROLES, TOKEN_PREFIX, Principal
+from coordinator.clock import Clock
+from coordinator.clock import iso as _iso
+from coordinator.clock import utcnow as _utcnow
 from coordinator.exceptions import AuthError, Conflict, InvalidInput, NotFound
 from coordinator.ops.ratelimit import RateLimiter
 
-Clock = Callable[[], dt.datetime]
-
 LABEL_MAX = 200
 """Longest label accepted for a token (it is shown in listings and audit records)."""
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_token(kind: str) -> str:

@@ -41,6 +41,7 @@ def _store(data_dir: Path, *, may_start: bool) -> Iterator[object]:
     command's duration (``may_start``: restore into a fresh data dir, backup of a stopped one).
     """
     from coordinator.config import load_settings
+    from coordinator.ops.datadir import hold_data_dir
     from coordinator.ops.embedded import ValkeyServer
     from coordinator.ops.redis_client import make_redis
 
@@ -51,7 +52,10 @@ def _store(data_dir: Path, *, may_start: bool) -> Iterator[object]:
         if not socket_path.exists():
             if not may_start:
                 raise click.ClickException(f"no Valkey data in {data_dir.resolve() / 'valkey'}")
-            server = ValkeyServer(data_dir.resolve() / "valkey", unixsocket=True).start()
+            # Hold the data dir as serve does: no serve starts on it while we use its Valkey.
+            lock = hold_data_dir(data_dir.resolve())  # DataDirInUse: a serve holds it
+            server = ValkeyServer(data_dir.resolve() / "valkey", unixsocket=True,
+                                  keep_fds=(lock,)).start()
             click.echo(f"started the data dir's Valkey: {server.url}", err=True)
         settings["REDIS_URL"] = f"unix://{socket_path}"
     client = make_redis(settings, decode=False)

@@ -1,4 +1,4 @@
-"""``invoice-sync demo``: three WHMCS installations, one numbering, in about a minute.
+"""``invoice-sync demo``: three WHMCS installations, one numbering, in about ten seconds.
 
 Starts the real pieces, nothing mocked in between: ``invoice-sync serve`` (gunicorn on its
 embedded Valkey, in a temporary data dir, on a free port), three fake WHMCS installations

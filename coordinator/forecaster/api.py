@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coordinator import auth
+from coordinator.clock import utcnow
 from coordinator.exceptions import NotFound
 from coordinator.forecaster import jobs, reconcile, records, reports
 from coordinator.forecaster.reconcile import ledger_entries
@@ -30,7 +31,7 @@ blp = Blueprint("forecaster", __name__,
 
 def _today() -> dt.date:
     # FORECASTER_TODAY: tests pin the date receivables and forecasts are computed for.
-    return current_app.config.get("FORECASTER_TODAY") or dt.datetime.now(dt.UTC).date()
+    return current_app.config.get("FORECASTER_TODAY") or utcnow().date()
 
 
 def _rates() -> list[reports.SystemRate]:

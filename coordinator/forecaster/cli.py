@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from coordinator.clock import utcnow
 from coordinator.ops.datadir import attach_to_serve, data_dir_option
 
 
@@ -113,7 +113,7 @@ def report(kind: str, start: str | None, end: str | None, by: str, months: int,
 
     client, settings = _client(data_dir)
     base = settings["BASE_CURRENCY"]
-    today = dt.datetime.now(dt.UTC).date()
+    today = utcnow().date()
     try:
         if kind == "revenue":
             out = reports.revenue(client, _rates(client), base, start, end, by, today=today)

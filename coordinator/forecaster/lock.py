@@ -23,9 +23,13 @@ import redis
 
 from coordinator import keys
 from coordinator.forecaster import defaults
-from coordinator.forecaster._lua import script
+from coordinator.lua import LuaScript
 
 log = logging.getLogger(__name__)
+
+_CLAIM = LuaScript.load(__package__, "lock_claim")
+_RENEW = LuaScript.load(__package__, "lock_renew")
+_RELEASE = LuaScript.load(__package__, "lock_release")
 
 
 def acquire_queued(client: redis.Redis, system: str, sync_id: str) -> bool:
@@ -43,18 +47,18 @@ def holder(client: redis.Redis, system: str) -> str | None:
 def claim(client: redis.Redis, system: str, sync_id: str, ttl_ms: int) -> bool:
     """Take the lock for a running sync (see lock_claim.lua)."""
     key = keys.sys_sync_lock(system)
-    return bool(script(client, "lock_claim")(keys=[key], args=[sync_id, ttl_ms]))
+    return bool(_CLAIM(client, keys=[key], args=[sync_id, ttl_ms]))
 
 
 def renew(client: redis.Redis, system: str, sync_id: str, ttl_ms: int) -> bool:
     """Extend the lock if ``sync_id`` still owns it."""
     key = keys.sys_sync_lock(system)
-    return bool(script(client, "lock_renew")(keys=[key], args=[sync_id, ttl_ms]))
+    return bool(_RENEW(client, keys=[key], args=[sync_id, ttl_ms]))
 
 
 def release(client: redis.Redis, system: str, sync_id: str) -> bool:
     """Free the lock if ``sync_id`` owns it."""
-    return bool(script(client, "lock_release")(keys=[keys.sys_sync_lock(system)], args=[sync_id]))
+    return bool(_RELEASE(client, keys=[keys.sys_sync_lock(system)], args=[sync_id]))
 
 
 class LockLost(Exception):

@@ -14,13 +14,13 @@ and the ledger once: cost grows with the numbers compared, which is what the que
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.forecaster import store
 from coordinator.warnings import store as warnings
 
@@ -94,7 +94,7 @@ def reconcile(
             for number, where in sorted(seen.items()) if number not in issued
         ]
     return {
-        "checked_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "checked_at": iso(utcnow()),
         "systems": list(systems),
         "systems_synced": sorted(synced),
         "ledger_compared": ledger is not None,

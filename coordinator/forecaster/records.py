@@ -9,14 +9,13 @@ record and the lock each time.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from coordinator import keys
+from coordinator.clock import Clock, iso, utcnow
 from coordinator.forecaster import defaults, lock
 
 MODES = ("missing", "full")
@@ -30,19 +29,6 @@ _LOST = (
     "The worker running this sync stopped before it finished (crash, restart, or no worker "
     "serving the queue). Stored data is consistent; request the sync again to finish it."
 )
-
-Clock = Callable[[], dt.datetime]
-
-
-def utcnow() -> dt.datetime:
-    """Return the current UTC time (the default clock)."""
-    return dt.datetime.now(dt.UTC)
-
-
-def iso(moment: dt.datetime) -> str:
-    """Format a UTC time as API.md wants it (``2026-11-21T10:15:02Z``)."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def new_id() -> str:
     """Return a fresh sync id."""

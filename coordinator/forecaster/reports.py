@@ -18,6 +18,7 @@ from decimal import Decimal, localcontext
 
 import redis
 
+from coordinator.clock import utcnow
 from coordinator.exceptions import InvalidInput
 from coordinator.forecaster import money, store
 
@@ -134,7 +135,7 @@ def revenue(
     """
     if by not in ("month", "system"):
         raise InvalidInput("Validation failed", {"query": {"by": ["Must be month or system."]}})
-    end = parse_month(end, "to") if end else month_of(today or dt.date.today())
+    end = parse_month(end, "to") if end else month_of(today or utcnow().date())
     start = parse_month(start, "from") if start else shift_month(end, -(HISTORY_MONTHS - 1))
     if start > end:
         raise InvalidInput("Validation failed", {"query": {"from": ["Must not be after 'to'."]}})
@@ -166,7 +167,7 @@ def receivables(
 
     Amounts are WHMCS's invoice totals (GetInvoices does not report partial payments).
     """
-    today = today or dt.date.today()
+    today = today or utcnow().date()
     buckets = {name: _Sum() for name, _, _ in BUCKETS}
     buckets["no_due_date"] = _Sum()
     by_month: dict[str, _Sum] = {}
@@ -226,7 +227,7 @@ def forecast(
     if not isinstance(months, int) or not 1 <= months <= FORECAST_MAX_MONTHS:
         raise InvalidInput("Validation failed", {"query": {"months": [
             f"Must be between 1 and {FORECAST_MAX_MONTHS}."]}})
-    today = today or dt.date.today()
+    today = today or utcnow().date()
     current = month_of(today)
     hist_start, hist_end = shift_month(current, -HISTORY_MONTHS), shift_month(current, -1)
     history = revenue(client, systems, base, hist_start, hist_end, "month", today=today)

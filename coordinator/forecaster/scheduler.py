@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from coordinator import keys
+from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.forecaster import defaults, jobs
 
@@ -95,7 +96,7 @@ class SchedulerThread(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                enqueued = tick(self.client, dt.datetime.now(dt.UTC), self.config)
+                enqueued = tick(self.client, utcnow(), self.config)
                 if enqueued:
                     log.info("daily sync queued for: %s", ", ".join(enqueued))
             except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups

@@ -21,7 +21,9 @@ import redis
 from agent import WhmcsInvoice
 from coordinator import keys
 from coordinator.forecaster import defaults, lock, money
-from coordinator.forecaster._lua import script
+from coordinator.lua import LuaScript
+
+_UPSERT = LuaScript.load(__package__, "upsert")
 
 MAX_MINOR = 10**12
 """Largest amount (in minor units) one invoice may carry: ten billion euros. upsert.lua sums a
@@ -174,7 +176,6 @@ def write_records(
     """
     if not records:
         return UpsertResult(currencies=client.hlen(keys.sys_currencies(system)))
-    upsert_script = script(client, "upsert")
     upsert_keys = _upsert_keys(system)
     fence: list[str | bytes] = []
     if owner is not None:
@@ -190,7 +191,7 @@ def write_records(
             data = record.encode()
             parts.append(b"%d|%d|%b" % (int(invoice_id), len(data), data))
         try:
-            result = upsert_script(keys=upsert_keys, args=[b"".join(parts), *fence])
+            result = _UPSERT(client, keys=upsert_keys, args=[b"".join(parts), *fence])
         except redis.ResponseError as error:
             if str(error) == LOCK_LOST:
                 raise lock.LockLost(

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import redis
 
 from coordinator import keys
+from coordinator.clock import Clock, utcnow
 from coordinator.forecaster import defaults, lock, store
 
 MAX_STEP_BACKS = 50
@@ -259,7 +260,7 @@ def run(
     *,
     on_page: Callable[[Progress], None] = lambda progress: None,
     check: Callable[[], None] = lambda: None,
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    clock: Clock = utcnow,
     owner: str | None = None,
 ) -> Progress:
     """Run one sync of ``system`` and return what it did.

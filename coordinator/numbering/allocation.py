@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.exceptions import (
     Conflict,
     Forbidden,
@@ -32,9 +33,7 @@ from coordinator.numbering.sequences import (
     INVOICE,
     MAX_NUMBER,
     ensure_sequences,
-    iso,
     period_of,
-    utcnow,
 )
 
 _credit_note_home = {"sequence": CREDIT_NOTE}

@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from coordinator import auth
+from coordinator.clock import utcnow
 from coordinator.exceptions import NotDurable
 from coordinator.numbering import allocation, ledger, schemas, sequences
 from coordinator.numbering.scripts import Durability
@@ -56,7 +57,7 @@ def _period(name: str, given: str | None) -> str:
     if given is not None:
         return given
     settings = sequences.read_settings(get_redis(), name)
-    return sequences.period_of(sequences.utcnow().date(), settings["reset"])
+    return sequences.period_of(utcnow().date(), settings["reset"])
 
 
 @blp.route("/allocations")
@@ -69,7 +70,7 @@ class Allocations(MethodView):
     @blp.alt_response(503, description="Not confirmed durable: retry the same request")
     def post(self, body):
         """Take the next number for a document of the token's system (or its existing one)."""
-        day = body["date"] or sequences.utcnow().date()
+        day = body["date"] or utcnow().date()
         try:
             entry, new = allocation.allocate(
                 get_redis(), auth.current_principal().system, body["document"],

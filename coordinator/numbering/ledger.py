@@ -10,7 +10,8 @@ from typing import Any
 import redis
 
 from coordinator import keys
-from coordinator.numbering.sequences import check_name, utcnow
+from coordinator.clock import utcnow
+from coordinator.numbering.sequences import check_name
 
 MAX_PAGE = 1000
 """Largest ``limit`` of one ledger page."""

@@ -1,45 +1,26 @@
-"""Load the numbering Lua scripts once and run them, optionally with a durability wait.
+"""The numbering Lua scripts, run optionally with a durability wait.
 
 One allocation is one round trip: EVALSHA and ``WAITAOF`` go out in one non-transactional
-pipeline on one connection, so the wait covers exactly the writes the script just made.
-redis-py's ``register_script`` in a pipeline would first send ``SCRIPT EXISTS`` on every
-execute (a second round trip), so NOSCRIPT is handled here instead: the script did not run,
-it is loaded and the pipeline sent again.
+pipeline on one connection (``coordinator.lua.run``, which also handles NOSCRIPT), so the wait
+covers exactly the writes the script just made.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
 
+from coordinator import lua
 from coordinator.exceptions import NotDurable
+from coordinator.lua import LuaScript
 
-
-@dataclass(frozen=True)
-class LuaScript:
-    """A Lua file next to this module, known by its SHA1."""
-
-    name: str
-    source: str = field(repr=False)
-    sha: str = ""
-
-    @classmethod
-    def load(cls, name: str) -> LuaScript:
-        """Read ``<name>.lua`` from this package."""
-        source = resources.files(__package__).joinpath(f"{name}.lua").read_text()
-        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
-
-
-ALLOCATE = LuaScript.load("allocate")
-TRANSITION = LuaScript.load("transition")
-SETTINGS = LuaScript.load("settings")
-ROUTE = LuaScript.load("route")
+ALLOCATE = LuaScript.load(__package__, "allocate")
+TRANSITION = LuaScript.load(__package__, "transition")
+SETTINGS = LuaScript.load(__package__, "settings")
+ROUTE = LuaScript.load(__package__, "route")
 
 
 @dataclass(frozen=True)
@@ -84,27 +65,19 @@ def run(
         Whether the wait succeeded is judged by :func:`check_durable`, because a script
         that refused (and wrote nothing) needs no durability.
     """
-    for attempt in (1, 2):
-        pipe = client.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        if durability is not None:
-            # Timeout 0 would mean "wait forever"; never block an allocation without bound.
-            timeout = max(1, durability.timeout_ms)
-            if durability.replicas:
-                # WAIT makes the master ask its replicas for an ack at once, and that ack
-                # carries the replica's fsynced AOF offset. Without it, WAITAOF learns of the
-                # replica's fsync only from its once-a-second ack: ~1000 ms per allocation
-                # instead of ~1 ms (measured on Valkey 8.1). WAITAOF alone still decides.
-                pipe.execute_command("WAIT", durability.replicas, timeout)
-            pipe.execute_command("WAITAOF", 1, durability.replicas, timeout)
-        replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], NoScriptError) and attempt == 1:
-            client.script_load(script.source)
-            continue
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        return replies[0], (replies[-1] if durability is not None else None)
-    raise AssertionError("unreachable")  # pragma: no cover
+    def wait(pipe) -> None:
+        # Timeout 0 would mean "wait forever"; never block an allocation without bound.
+        timeout = max(1, durability.timeout_ms)
+        if durability.replicas:
+            # WAIT makes the master ask its replicas for an ack at once, and that ack
+            # carries the replica's fsynced AOF offset. Without it, WAITAOF learns of the
+            # replica's fsync only from its once-a-second ack: ~1000 ms per allocation
+            # instead of ~1 ms (measured on Valkey 8.1). WAITAOF alone still decides.
+            pipe.execute_command("WAIT", durability.replicas, timeout)
+        pipe.execute_command("WAITAOF", 1, durability.replicas, timeout)
+
+    replies = lua.run(client, script, keys, args, wait if durability is not None else None)
+    return replies[0], (replies[-1] if durability is not None else None)
 
 
 def check_durable(wait_reply: Any, durability: Durability) -> None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 import redis
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from coordinator.numbering import scripts
 
@@ -55,16 +56,6 @@ DEFAULTS: dict[str, dict[str, str]] = {
 }
 
 _TAG = re.compile(r"\{[^{}]*\}")
-
-
-def utcnow() -> datetime:
-    """Return the current time in UTC (a seam tests replace)."""
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    """Format a time as ISO 8601 UTC with a ``Z``, to the second."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def periods_of(day: date) -> tuple[str, str, str]:

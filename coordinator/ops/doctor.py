@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -135,8 +136,8 @@ def redis_checks(client: redis.Redis, config: Mapping[str, Any]) -> list[Check]:
     return checks
 
 
-def secret_key_check(config: Mapping[str, Any]) -> Check:
-    """Check that INVOICE_SYNC_SECRET_KEYS holds one or more valid Fernet keys."""
+def secret_key_check(config: Mapping[str, Any], key_file: Path | None = None) -> Check:
+    """Check that the secret keys (INVOICE_SYNC_SECRET_KEYS, or ``key_file``) are Fernet keys."""
     fix = ("set INVOICE_SYNC_SECRET_KEYS to a Fernet key (`python -c 'from cryptography.fernet "
            "import Fernet; print(Fernet.generate_key().decode())'`); keep old keys after the "
            "new one when rotating")
@@ -149,13 +150,18 @@ def secret_key_check(config: Mapping[str, Any]) -> Check:
             Fernet(key)
         except (ValueError, TypeError):
             return Check("secret keys", False, f"key {position} is not a valid Fernet key", fix)
-    return Check("secret keys", True, f"{len(keys_)} Fernet key(s)")
+    source = f" from {key_file}" if key_file else ""
+    return Check("secret keys", True, f"{len(keys_)} Fernet key(s){source}")
 
 
 def run(
-    config: Mapping[str, Any], client_factory: Callable[[Mapping[str, Any]], redis.Redis] | None
+    config: Mapping[str, Any], client_factory: Callable[[Mapping[str, Any]], redis.Redis] | None,
+    key_file: Path | None = None,
 ) -> list[Check]:
-    """Run every check. ``client_factory`` None means no Redis is configured at all."""
+    """Run every check. ``client_factory`` None means no Redis is configured at all.
+
+    ``key_file`` names where the secret keys came from when not from the environment.
+    """
     checks: list[Check] = []
     if client_factory is None:
         checks.append(Check(
@@ -174,7 +180,7 @@ def run(
                 checks += redis_checks(client, config)
             finally:
                 client.close()
-    checks.append(secret_key_check(config))
+    checks.append(secret_key_check(config, key_file))
     return checks
 
 

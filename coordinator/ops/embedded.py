@@ -72,6 +72,8 @@ class ValkeyServer:
         unixsocket: Listen on ``<data_dir>/valkey.sock`` (mode 0700), reachable by this user only.
         appendfsync: ``always`` makes every acknowledged write durable before the reply.
         extra: More ``redis.conf`` lines (replicaof, min-replicas-to-write, ...).
+        keep_fds: Descriptors the server inherits (``serve``'s data-dir lock, held as long as
+            the server lives).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class ValkeyServer:
         appendfsync: str = "always",
         extra: Iterable[str] = (),
         binary: str | None = None,
+        keep_fds: Iterable[int] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
@@ -92,6 +95,7 @@ class ValkeyServer:
         self.appendfsync = appendfsync
         self.extra = list(extra)
         self.binary = binary or server_binary()
+        self.keep_fds = tuple(keep_fds)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -133,6 +137,7 @@ class ValkeyServer:
             [self.binary, str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop it in order
+            pass_fds=self.keep_fds,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)

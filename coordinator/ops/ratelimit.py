@@ -36,21 +36,18 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from flask import Flask
 
 from coordinator import keys
 from coordinator.exceptions import RateLimited
+from coordinator.lua import LuaScript
 
 EXTENSION = "invoice_sync.rate_limiter"
 """``app.extensions`` key of the limiter ``auth.current_principal`` counts requests with."""
 
-COUNT_SCRIPT = "\n".join(
-    line for line in resources.files(__package__).joinpath("ratelimit.lua").read_text().splitlines()
-    if line.strip() and not line.lstrip().startswith("--")
-)
+COUNT_SCRIPT = LuaScript.load(__package__, "ratelimit").compact_source
 """Lua that looks a token up and counts one request outside the AOF, sent with EVAL on every
 request (so never a NOSCRIPT and a second round trip), hence without its comments."""
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from cryptography.fernet import MultiFernet
 
 from coordinator import auth, keys
+from coordinator.clock import Clock, iso, utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, SecretUnreadable
 from coordinator.systems import secrets
 from coordinator.systems.urls import UrlPolicy, check_fetch_url, validate_system_url
@@ -47,18 +47,8 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _RETRIES = 20
 """WATCH retries before giving up; only reached when one system is hammered concurrently."""
 
-Clock = Callable[[], datetime]
-
 # Plain fields stored as given (strings in Redis) and shown as they are.
 _PLAIN = ("description", "url", "api_identifier", "exchange_rate")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def valid_name(name: Any) -> bool:
@@ -153,7 +143,7 @@ def _encode(fields: Mapping[str, Any], fernet: MultiFernet | None) -> tuple[dict
 
 def create_system(
     client: redis.Redis, fernet: MultiFernet, fields: Mapping[str, Any], policy: UrlPolicy,
-    *, now: Clock = _utcnow,
+    *, now: Clock = utcnow,
 ) -> tuple[dict[str, Any], str]:
     """Register a system; return it (public view) and its new agent token (shown once).
 
@@ -173,7 +163,7 @@ def create_system(
               "access_key": None, **fields}
     to_set, _ = _encode(values, fernet)
     token = auth.new_token(auth.AGENT)
-    stamp = _iso(now())
+    stamp = iso(now())
     to_set.update(name=name, created_at=stamp, updated_at=stamp,
                   agent_token_digest=auth.digest(token), agent_token_issued_at=stamp)
     key = keys.system(name)
@@ -215,7 +205,7 @@ def list_systems(client: redis.Redis) -> list[dict[str, Any]]:
 
 def update_system(
     client: redis.Redis, name: str, changes: Mapping[str, Any], policy: UrlPolicy,
-    fernet: MultiFernet | None = None, *, now: Clock = _utcnow,
+    fernet: MultiFernet | None = None, *, now: Clock = utcnow,
 ) -> dict[str, Any]:
     """Change some fields of a system (not its name); return it.
 
@@ -240,7 +230,7 @@ def update_system(
         record = _require_record(pipe, name)
         if not to_set and not to_delete:
             return _public(record)
-        update = {**to_set, "updated_at": _iso(now())}
+        update = {**to_set, "updated_at": iso(now())}
         pipe.multi()
         pipe.hset(key, mapping=update)
         if to_delete:
@@ -254,7 +244,7 @@ def update_system(
 
 
 def rotate_agent_token(
-    client: redis.Redis, name: str, *, now: Clock = _utcnow,
+    client: redis.Redis, name: str, *, now: Clock = utcnow,
 ) -> tuple[dict[str, Any], str]:
     """Issue a new agent token for ``name``; the old one stops working in the same EXEC.
 
@@ -267,7 +257,7 @@ def rotate_agent_token(
     def body(pipe: Any) -> dict[str, Any]:
         record = _require_record(pipe, name)
         old = record.get("agent_token_digest")
-        update = {"agent_token_digest": auth.digest(token), "agent_token_issued_at": _iso(now())}
+        update = {"agent_token_digest": auth.digest(token), "agent_token_issued_at": iso(now())}
         pipe.multi()
         if old:
             pipe.hdel(keys.TOKENS, old)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
 
 from coordinator import keys
+from coordinator.clock import iso, utcnow
 from coordinator.exceptions import NotFound
+from coordinator.lua import LuaScript
 
 SYNC_FAILED = "sync_failed"
 MIXED_CURRENCIES = "mixed_currencies"
@@ -29,9 +29,7 @@ TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSIN
 """Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 
-@cache
-def _source() -> str:
-    return resources.files(__package__).joinpath("raise.lua").read_text()
+_RAISE = LuaScript.load(__package__, "raise")
 
 
 def warning_id(kind: str, system: str | None = None, detail: str | None = None) -> str:
@@ -50,12 +48,13 @@ def raise_warning(
     now: dt.datetime | None = None,
 ) -> str:
     """Record a warning (or one more occurrence of it); return its id."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     wid = warning_id(kind, system, detail)
-    client.register_script(_source())(
+    _RAISE(
+        client,
         keys=[keys.warning(wid), keys.WARNINGS],
         args=[wid, kind, system or "", message, code or "",
-              now.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{now.timestamp():.3f}"],
+              iso(now), f"{now.timestamp():.3f}"],
     )
     return wid
 
@@ -97,11 +96,10 @@ def ack(client: redis.Redis, wid: str, now: dt.datetime | None = None) -> dict[s
     Raises:
         NotFound: no such warning.
     """
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     if not client.exists(keys.warning(wid)):
         raise NotFound(f"No warning {wid!r}")
-    client.hset(keys.warning(wid), mapping={"acked": "1",
-                                            "acked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    client.hset(keys.warning(wid), mapping={"acked": "1", "acked_at": iso(now)})
     return get(client, wid)
 
 

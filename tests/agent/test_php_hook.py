@@ -14,15 +14,14 @@ from typing import Any
 
 import pytest
 
+from tests.support import missing_tool, require_tool
+
 from .conftest import TOKEN, FakeCoordinator
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "deploy" / "whmcs" / "invoice_sync.php"
 RUNNER = Path(__file__).parent / "php" / "run_hook.php"
 PHP = shutil.which("php")
-
-REQUIRE_TOOLS = "INVOICE_SYNC_REQUIRE_TOOLS"
-"""Set (CI sets it) to make a missing tool fail these tests instead of skipping them."""
 
 
 def php_has_curl() -> bool:
@@ -32,17 +31,10 @@ def php_has_curl() -> bool:
     return out.stdout.strip() == "1"
 
 
-def missing_tool(reason: str) -> None:
-    """Skip, or fail when the environment says the tools must be there (CI)."""
-    if os.environ.get(REQUIRE_TOOLS):
-        pytest.fail(f"{reason}; {REQUIRE_TOOLS} is set, so this may not be skipped")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def _needs_php() -> None:
-    if PHP is None:
-        missing_tool("php-cli is not installed (apt-get install -y php-cli); hook NOT tested")
+def _needs_php_with_curl() -> None:
+    # Skips where php is missing, fails instead in CI (INVOICE_SYNC_REQUIRE_TOOLS, .ci/run).
+    require_tool("php", "php-cli")
     if not php_has_curl():
         missing_tool("php has no curl extension (apt-get install -y php-curl); hook NOT tested")
 
@@ -238,11 +230,3 @@ def test_a_number_that_went_backwards_is_refused_and_logged_with_both_numbers(
     assert "INV-2026-000002 (2)" in line and "already received INV-2026-000003 (3)" in line
     assert "for invoice 23" in line
 
-
-def test_a_missing_tool_fails_instead_of_skipping_when_required(monkeypatch) -> None:
-    monkeypatch.setenv(REQUIRE_TOOLS, "1")
-    with pytest.raises(pytest.fail.Exception, match="may not be skipped"):
-        missing_tool("php-cli is not installed")
-    monkeypatch.delenv(REQUIRE_TOOLS)
-    with pytest.raises(pytest.skip.Exception):
-        missing_tool("php-cli is not installed")

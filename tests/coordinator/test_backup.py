@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import stat
 import threading
 from datetime import date
@@ -20,6 +18,7 @@ from coordinator.cli import main
 from coordinator.exceptions import BackupRefused
 from coordinator.numbering import allocation
 from coordinator.ops.embedded import ValkeyServer
+from tests.support import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -169,12 +168,7 @@ def test_secret_keys_are_encrypted_and_restored_with_the_passphrase(
 
 def test_restore_into_an_older_server_is_refused_before_writing(valkey, redis_client, tmp_path,
                                                                 monkeypatch):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        reason = "Debian's redis-server (7.0) is not installed"
-        if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    binary = require_tool("redis-server")
     allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
     taken = snapshot.take(_bytes_client(valkey))
     payload_version = snapshot.rdb_version(base64.b64decode(taken["units"][0]["keys"][0][2]))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
@@ -9,6 +12,7 @@ from cryptography.fernet import Fernet
 from coordinator import auth
 from coordinator.cli import main
 from coordinator.ops.embedded import ValkeyServer
+from tests.support import Serve, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +91,22 @@ def test_doctor_rejects_bad_fernet_key(valkey, redis_client, environment):
                      "INVOICE_SYNC_SECRET_KEYS": f"{Fernet.generate_key().decode()},nope"})
     assert result.exit_code == 1
     assert "key 2 is not a valid Fernet key" in result.output
+
+
+def test_doctor_on_a_fresh_quick_start_raises_no_false_alarm(tmp_path):
+    """README's quick start: `invoice-sync serve`, then `invoice-sync doctor` in that directory."""
+    with Serve(tmp_path / "invoice-sync-data"):
+        result = subprocess.run([sys.executable, "-m", "coordinator", "doctor"], cwd=tmp_path,
+                                env=user_env(tmp_path), capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✗" not in result.stdout
+    key_file = (tmp_path / "invoice-sync-data" / "secret-keys").resolve()
+    assert f"✓ secret keys: 1 Fernet key(s) from {key_file}" in result.stdout
+    assert "✓ admin token: present" in result.stdout
+
+
+def test_doctor_prefers_the_environment_over_the_key_file(tmp_path, environment):
+    (tmp_path / "secret-keys").write_text("not-a-key\n")  # as serve would: ignored here
+    result = doctor(environment, "--data-dir", str(tmp_path))
+    assert "✓ secret keys: 1 Fernet key(s)\n" in result.output

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 
@@ -73,13 +73,22 @@ def test_flags_from_environment_strings():
 
 
 def test_slow_resolver_does_not_hold_registration():
-    def slow(host, port):
-        time.sleep(1.0)
+    # The resolver answers only when released, and then with a loopback address: had the
+    # registration waited for it, it would have refused the URL (or hung until the release).
+    called, release, answered = threading.Event(), threading.Event(), threading.Event()
+
+    def stuck(host, port):
+        called.set()
+        release.wait(60)
+        answered.set()
         return ["127.0.0.1"]
 
-    started = time.monotonic()
-    validate_system_url(URL, UrlPolicy(resolver=slow, resolve_timeout=0.1))
-    assert time.monotonic() - started < 0.9
+    try:
+        assert validate_system_url(URL, UrlPolicy(resolver=stuck, resolve_timeout=0.05)) == URL
+        assert called.is_set() and not answered.is_set()  # gave up on it, did not wait it out
+    finally:
+        release.set()
+    assert answered.wait(10)
 
 
 @pytest.mark.parametrize("address,forbidden", [
