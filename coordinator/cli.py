@@ -117,6 +117,9 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
     from coordinator.ops.server import run_gunicorn
     embedded = None
     child = None
+    # A new data dir is a new installation: its numbering starts where the settings say. An
+    # existing one whose store is empty lost its data: it must not start numbering again.
+    new_store = uses_embedded() and not (data_dir / "valkey").exists()
     if uses_embedded():
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True, keep_fds=(lock,)).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
@@ -132,6 +135,8 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
                 token = ensure_admin_token(get_redis(), data_dir)
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
+        with app.app_context():
+            _check_numbering(get_redis(), new_store)
         click.echo(f"coordinator on http://{host}:{port}", err=True)
         if sync_worker:
             from coordinator.forecaster.worker import spawn_worker_process
@@ -151,6 +156,21 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
                 child.wait()
         if embedded:
             embedded.stop()
+
+
+def _check_numbering(client, new_store: bool) -> None:
+    """Initialise the numbering of a new data dir; say so when a store must not number yet."""
+    from coordinator.numbering import guard
+
+    if new_store:
+        guard.mark_initialised(client, "first serve on a new data dir")
+        click.echo("numbering initialised: new data dir, sequences start at their settings "
+                   "(GET /v1/sequences)", err=True)
+    elif not guard.is_initialised(client):
+        click.echo("the store holds no numbers and its numbering is not initialised: "
+                   "allocations are refused (503) until you restore a backup, run "
+                   "`invoice-sync recover`, or set the sequences (PATCH /v1/sequences/{name}); "
+                   "see docs/RECOVERY.md", err=True)
 
 
 def _use_key_file(data_dir: Path) -> None:

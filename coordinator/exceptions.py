@@ -13,6 +13,8 @@
     │                             not help, an operator must look (500, raises a warning)
     └── ServiceUnavailable        Redis down or a write not confirmed durable (503)
         ├── NotDurable
+        ├── NumberingNotInitialised  an empty store never set explicitly does not number
+        ├── NumberingBehind       a WHMCS shows a number above the counter of the period
         └── SecretsNotConfigured  no (valid) INVOICE_SYNC_SECRET_KEYS to encrypt with
 """
 
@@ -93,6 +95,16 @@ class ServiceUnavailable(CoordinatorError):
 
 class NotDurable(ServiceUnavailable):
     """A write was not confirmed on disk (and replicas) in time; retry the same request."""
+
+
+class NumberingNotInitialised(ServiceUnavailable):
+    """No number was ever issued and the sequences were never set explicitly: the store may
+    have lost its data, and numbering from it would hand out numbers already printed."""
+
+
+class NumberingBehind(ServiceUnavailable):
+    """A sync saw, in a WHMCS, a number of this period above the counter: the store is behind
+    reality until an admin raises ``next_number`` past it."""
 
 
 class SecretsNotConfigured(ServiceUnavailable):

@@ -77,6 +77,13 @@ def seq_skips(seq: str, period: str) -> str:
     return f"{{seq:{seq}}}:skips:{period}"
 
 
+def seq_guard(seq: str) -> str:
+    """Hash: ``initialised`` (when and why the numbering was set explicitly) and
+    ``seen:<period>`` (the highest number a sync saw in a WHMCS: ``<number>|<formatted>|<system>``);
+    ``allocate.lua`` reads it before taking a number (``numbering/guard.py``)."""
+    return f"{{seq:{seq}}}:guard"
+
+
 def seq_audit(seq: str) -> str:
     """List: JSON audit records of settings changes (who, when, before, after), oldest first."""
     return f"{{seq:{seq}}}:audit"

@@ -8,6 +8,7 @@ import redis
 from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.ops.embedded import ValkeyServer
+from tests.support import initialise_numbering
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,9 +34,14 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> ValkeyServer:
 
 @pytest.fixture
 def redis_client(valkey: ValkeyServer) -> redis.Redis:
-    """A client of the session server, emptied before each test."""
+    """A client of the session server, emptied before each test.
+
+    Its numbering is initialised, as the first ``serve`` on a new data dir does (an empty
+    store refuses to number otherwise: tests of that flush it again).
+    """
     client = redis.Redis.from_url(valkey.url, decode_responses=True)
     client.flushall()
+    initialise_numbering(client)
     yield client
     client.close()
 

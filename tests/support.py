@@ -154,3 +154,10 @@ class Serve:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def initialise_numbering(client) -> None:
+    """Initialise the numbering of a fresh test store, as ``serve``'s first start does."""
+    from coordinator.numbering import guard
+
+    guard.mark_initialised(client, "test fixture")

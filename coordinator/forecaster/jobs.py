@@ -192,12 +192,35 @@ def _after_success(client: redis.Redis, system: str) -> None:
             "is applied to all of them in reports; give each currency its own system.",
             system=system, code="mixed_currencies",
         )
+    _guard_numbering(client, system)
     # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
     # The sync itself is done and recorded: a failure here is logged, not the sync's failure.
     try:
         reconcile.check(client, [s["name"] for s in registry.list_systems(client)])
     except Exception:
         log.exception("reconciliation after the sync of %s failed", system)
+
+
+def _guard_numbering(client: redis.Redis, system: str) -> None:
+    """Stop numbering a period in which this WHMCS shows a number above the counter."""
+    from coordinator.forecaster import store
+    from coordinator.numbering import guard
+
+    try:
+        ahead = guard.check_synced_numbers(
+            client, system, (number for number, _n in store.iter_numbers(client, system)))
+    except Exception:
+        log.exception("the numbering guard after the sync of %s failed", system)
+        return
+    for found in ahead:
+        warnings.raise_warning(
+            client, warnings.NUMBERING_BEHIND,
+            f"{system} shows invoice number {found['formatted']} ({found['sequence']} "
+            f"{found['period']} number {found['number']}), above the last number issued "
+            f"({found['counter']}): numbering of {found['sequence']} in {found['period']} is "
+            "refused until an admin raises next_number past it (docs/RECOVERY.md)",
+            system=system, detail=f"{found['sequence']}:{found['period']}",
+            code="numbering_behind")
 
 
 class SyncJobFailed(Exception):

@@ -7,6 +7,7 @@
 -- KEYS[4] {seq:S}:periods        set of periods
 -- KEYS[5] {seq:S}:counter:<P>    KEYS[6] {seq:S}:ledger:<P>    KEYS[7] {seq:S}:ledger-order:<P>
 --         where P is the period of the document date under the reset the caller expects
+-- KEYS[8] {seq:S}:guard          hash: initialised, seen:<P> (numbering/guard.py)
 --
 -- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
 -- ARGV[4] document date YYYY-MM-DD            ARGV[5] period P   ARGV[6] reset P was chosen by
@@ -17,7 +18,9 @@
 --   codes: uninitialized (no settings yet), moved (credit notes are not numbered in S),
 --          reset (the sequence resets otherwise: detail = its reset; choose P again),
 --          period (reference already numbered in another period: detail = its id),
---          exhausted (next number past the cap or the padding: detail = last number)
+--          exhausted (next number past the cap or the padding: detail = last number),
+--          not_initialised (no number ever issued and the numbering never set explicitly),
+--          behind (a WHMCS shows a number of P above the counter: detail = guard's seen:<P>)
 --
 -- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
 
@@ -60,6 +63,17 @@ end
 local increment = tonumber(s['increment'])
 local padding = tonumber(s['padding'])
 local current = tonumber(redis.call('GET', counter_key) or '0')
+-- Never number from a store that may be behind reality (lost data, an old backup).
+if redis.call('HEXISTS', KEYS[8], 'initialised') == 0 then
+  if redis.call('HEXISTS', KEYS[2], 'issued') == 0 and redis.call('EXISTS', counter_key) == 0 then
+    return {'error', 'not_initialised'}
+  end
+  redis.call('HSET', KEYS[8], 'initialised', ARGV[7] .. ' numbers issued before the guard')
+end
+local seen = redis.call('HGET', KEYS[8], 'seen:' .. period)
+if seen and tonumber(string.match(seen, '^(%d+)')) > current then
+  return {'error', 'behind', seen}
+end
 local number = current + increment
 local digits = string.format('%.0f', number)
 if number > tonumber(ARGV[8]) or (padding > 0 and #digits > padding) then

@@ -23,9 +23,11 @@ from coordinator.exceptions import (
     Forbidden,
     InternalFault,
     NotFound,
+    NumberingBehind,
+    NumberingNotInitialised,
     ServiceUnavailable,
 )
-from coordinator.numbering import scripts
+from coordinator.numbering import guard, scripts
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
     CREDIT_NOTE,
@@ -96,7 +98,7 @@ def allocate(
             keys.seq_settings(sequence), keys.seq_stats(sequence),
             keys.seq_refs(sequence, document, system), keys.seq_periods(sequence),
             keys.seq_counter(sequence, period), keys.seq_ledger(sequence, period),
-            keys.seq_ledger_order(sequence, period),
+            keys.seq_ledger_order(sequence, period), keys.seq_guard(sequence),
         ]
         args = [document, system, reference, day.isoformat(), period, reset, now, MAX_NUMBER]
         reply, wait = scripts.run(
@@ -129,6 +131,20 @@ def allocate(
         elif code == "moved":
             raise ServiceUnavailable(
                 "Credit-note numbering is being switched between sequences; retry shortly")
+        elif code == "not_initialised" and "initialised" not in tried and (
+                guard.is_initialised(client)):
+            # Another sequence of this store was set explicitly or issued numbers: the store
+            # is not a lost one, so this sequence is initialised too.
+            tried.add("initialised")
+            guard.mark_initialised(client, "another sequence of the store was")
+        elif code == "not_initialised":
+            raise NumberingNotInitialised(
+                "numbering is not initialised: this store never issued a number and its "
+                "sequences were never set explicitly, so it may have lost its data. Restore a "
+                "backup, run `invoice-sync recover`, or set next_number of the sequences "
+                "(PATCH /v1/sequences/{name}); see docs/RECOVERY.md")
+        elif code == "behind":
+            raise NumberingBehind(guard.behind_message(sequence, period, reply[2]))
         elif code == "period":
             raise Conflict(
                 f"Reference {reference!r} already has number {reply[2]}, in another period "

@@ -154,6 +154,22 @@ def describe(client: redis.Redis, name: str, today: date | None = None) -> dict[
 
 
 def update(
+    client: redis.Redis, name: str, changes: dict[str, Any], *, actor: str,
+    period: str | None = None, today: date | None = None,
+) -> dict[str, Any]:
+    """Apply an admin's ``changes`` (see :func:`_update`); the numbering is then initialised.
+
+    Setting a sequence is the explicit act an empty store waits for before it numbers
+    (``numbering/guard.py``), also with the values it already has.
+    """
+    described = _update(client, name, changes, actor=actor, period=period, today=today)
+    from coordinator.numbering import guard  # guard reads settings through this module
+
+    guard.mark_initialised(client, f"sequence {name} set by {actor}")
+    return described
+
+
+def _update(
     client: redis.Redis,
     name: str,
     changes: dict[str, Any],

@@ -22,10 +22,12 @@ MIXED_CURRENCIES = "mixed_currencies"
 DUPLICATE_NUMBER = "duplicate_number"
 UNKNOWN_NUMBER = "number_not_issued"
 MISSING_NUMBER = "issued_number_not_seen"
+NUMBERING_BEHIND = "numbering_behind"
+"""A WHMCS shows a number above the counter of its period: numbering there is refused."""
 INTERNAL_ERROR = "internal_error"
 """A request failed on something broken (a bug, damaged data), answered 500 (``errors.py``)."""
 TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER,
-         INTERNAL_ERROR)
+         NUMBERING_BEHIND, INTERNAL_ERROR)
 """Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 

@@ -129,6 +129,7 @@ def test_a_changed_backup_file_is_refused(valkey, redis_client, tmp_path, monkey
 
 def test_rate_limit_counters_and_rq_keys_are_left_out(valkey, redis_client, tmp_path,
                                                       monkeypatch):
+    redis_client.flushall()
     redis_client.set(keys.rate_limit("0" * 64, 1), 3)
     redis_client.set("rq:queue:syncs", "x")
     redis_client.hset(keys.TOKENS, "digest", "{}")
