@@ -10,8 +10,7 @@ import pytest
 from coordinator import keys
 from coordinator.exceptions import InvalidInput
 from coordinator.numbering import allocate, gaps, list_ledger, sequences
-from tests.support import snapshot
-from tests.support import initialise_numbering
+from tests.support import initialise_numbering, snapshot
 
 
 def take(client, headers, reference, date="2026-11-21"):
