@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from coordinator import api, errors
+from coordinator import api, errors, ui
 from coordinator.config import load_config
 from coordinator.ops import headers, logs, metrics, ratelimit, redis_client
 
@@ -28,5 +28,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     redis_client.init_app(app)
     ratelimit.init_app(app)
     api.init_app(app)
+    ui.init_app(app)
     errors.init_app(app)
     return app

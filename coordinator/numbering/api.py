@@ -25,6 +25,9 @@ _ALLOCATION_REQUEST = schemas.AllocationRequestSchema()
 _ALLOCATION = schemas.AllocationSchema()
 _ALLOCATION_FIELDS = tuple(_ALLOCATION.dump_fields)
 
+SERIES = "default"
+"""The ``series`` label of the allocation metrics (one series until series land)."""
+
 DURABILITY = "invoice_sync.durability"
 """``app.extensions`` key of the app's :class:`Durability`, read from its config once."""
 
@@ -78,9 +81,9 @@ class Allocations(MethodView):
             )
         except NotDurable:
             # The physical sequence is unknown here; the document names it closely enough.
-            child(ALLOCATIONS, body["document"], "not_durable").inc()
+            child(ALLOCATIONS, SERIES, body["document"], "not_durable").inc()
             raise
-        child(ALLOCATIONS, entry["sequence"], "new" if new else "replay").inc()
+        child(ALLOCATIONS, SERIES, entry["sequence"], "new" if new else "replay").inc()
         # A Response passes flask-smorest's @response untouched (see _shaped).
         return jsonify(_shaped(entry)), (201 if new else 200)
 

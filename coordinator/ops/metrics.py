@@ -3,12 +3,15 @@
 The metrics are module-level so the code that counts imports them::
 
     from coordinator.ops.metrics import ALLOCATIONS, child
-    child(ALLOCATIONS, "invoice", "new").inc()   # = ALLOCATIONS.labels("invoice", "new")
+    child(ALLOCATIONS, "default", "invoice", "new").inc()   # = .labels("default", "invoice", "new")
 
 Under gunicorn every worker is its own process, so ``invoice-sync serve`` and
 ``deploy/gunicorn.conf.py`` set ``PROMETHEUS_MULTIPROC_DIR`` (see ``multiproc.py``): each
 process writes its values to files there and ``/metrics`` sums them with ``MultiProcessCollector``.
 Without the variable (tests, ``flask run``) the in-memory default registry is served.
+
+What other processes did (syncs on RQ workers, numbers left unconfirmed) is read from Redis
+on each scrape by ``state_metrics.RedisStateCollector``, at a cost independent of history.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import time
 from typing import Any
 
+import redis
 from flask import Flask, Response, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -50,9 +54,9 @@ HTTP_LATENCY = Histogram(
 )
 ALLOCATIONS = Counter(
     "invoice_sync_allocations_total",
-    "Number allocations by sequence and result: new, replay (same reference again), "
+    "Number allocations by series, sequence and result: new, replay (same reference again), "
     "not_durable (answered 503).",
-    ["sequence", "result"],
+    ["series", "sequence", "result"],
 )
 REDIS_DURABLE = Gauge(
     "invoice_sync_redis_durable",
@@ -92,14 +96,23 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
-def render() -> tuple[bytes, str]:
-    """Return the exposition text of every metric, summed over worker processes when needed."""
+def render(state: Any = None) -> tuple[bytes, str]:
+    """Return the exposition text of every metric, summed over worker processes when needed.
+
+    Args:
+        state: A collector of metrics read at scrape time (``RedisStateCollector``), if any.
+    """
     if multiprocess_enabled():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    body = generate_latest(registry)
+    if state is not None:
+        extra = CollectorRegistry()
+        extra.register(state)
+        body += generate_latest(extra)
+    return body, CONTENT_TYPE_LATEST
 
 
 @blp.route("/metrics")
@@ -108,11 +121,20 @@ class Metrics(MethodView):
         "text/plain": {"schema": {"type": "string"}}}}})
     def get(self):
         """Expose the metrics in the Prometheus text format."""
+        from flask import current_app
+
+        from coordinator.ops import durability
         from coordinator.ops.redis_client import get_redis
+        from coordinator.ops.state_metrics import RedisStateCollector
         from coordinator.warnings.metrics import refresh
 
-        refresh(WARNINGS_OPEN, get_redis())
-        body, content_type = render()
+        client = get_redis()
+        refresh(WARNINGS_OPEN, client)
+        try:
+            REDIS_DURABLE.set(1 if durability.check(client, current_app.config).ok else 0)
+        except redis.RedisError:
+            REDIS_DURABLE.set(0)
+        body, content_type = render(RedisStateCollector(client, current_app.config))
         return Response(body, content_type=content_type)
 
 

@@ -75,9 +75,10 @@ def test_metrics_content_type_and_no_auth(client):
 def test_allocations_counter_is_importable_for_numbering():
     from coordinator.ops.metrics import ALLOCATIONS
 
-    before = sample("invoice_sync_allocations_total", sequence="invoice", result="replay")
-    ALLOCATIONS.labels(sequence="invoice", result="replay").inc()
-    assert sample("invoice_sync_allocations_total", sequence="invoice",
+    before = sample("invoice_sync_allocations_total", series="default", sequence="invoice",
+                    result="replay")
+    ALLOCATIONS.labels(series="default", sequence="invoice", result="replay").inc()
+    assert sample("invoice_sync_allocations_total", series="default", sequence="invoice",
                   result="replay") == before + 1
 
 
@@ -313,7 +314,8 @@ def test_allocations_counted_by_result(client, agent):
 
     def count(result):
         return REGISTRY.get_sample_value(
-            "invoice_sync_allocations_total", {"sequence": "invoice", "result": result}
+            "invoice_sync_allocations_total",
+            {"series": "default", "sequence": "invoice", "result": result}
         ) or 0.0
 
     blue = agent("blue")
