@@ -6,10 +6,11 @@ another module adds tomorrow is backed up without a change here.
 Consistency without stopping the coordinator: keys are grouped by their Redis Cluster hash tag
 (``{seq:invoice}``, ``{sys:blue}``, ``{auth}``; a key without a tag is its own unit). Every write
 the coordinator makes is one script or transaction on one hash tag, so a unit is what one write
-can change. Each unit is read in one ``WATCH`` / ``MULTI`` / ``EXEC`` of DUMPs and PTTLs: EXEC
-fails if any of the unit's keys changed since they were listed, and the unit is read again. A
-unit's key that appeared after the listing is caught by a second listing after all units were
-read, and that unit is read again. So every unit is exactly its state at one moment (its EXEC);
+can change. Each unit is read by one Lua script (``dump_unit.lua``: DUMP and PTTL of each of
+its keys), which runs atomically, so no write lands in the middle of it and a busy unit is never
+starved. A unit's key that appeared after the listing is caught by a second listing after all
+units were read, and that unit is read again (a key gone meanwhile: the unit is listed again).
+So every unit is exactly its state at one moment (its script);
 different units are taken at different moments within the backup's run (the window).
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterable
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import redis
@@ -29,7 +32,7 @@ PAYLOAD_REFUSED = "DUMP payload version or checksum are wrong"
 """RESTORE's error (Redis and Valkey) for a payload of a newer RDB version (or a corrupt one)."""
 
 MAX_ROUNDS = 50
-"""How often a unit is re-read (it kept changing) before the backup gives up."""
+"""How often a unit is re-read (keys kept appearing or vanishing) before the backup gives up."""
 
 
 def hash_tag(key: bytes) -> bytes:
@@ -55,23 +58,19 @@ def list_units(client: redis.Redis) -> dict[bytes, set[bytes]]:
     return units
 
 
+@cache
+def _dump_script() -> str:
+    return resources.files(__package__).joinpath("dump_unit.lua").read_text()
+
+
 def _read_unit(client: redis.Redis, names: set[bytes]) -> list[tuple[bytes, int, bytes]] | None:
-    """DUMP and PTTL ``names`` in one transaction; None when one of them changed meanwhile."""
+    """DUMP and PTTL ``names`` in one script (one instant); None when one of them is gone."""
     ordered = sorted(names)
-    with client.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(*ordered)
-            pipe.multi()
-            for name in ordered:
-                pipe.dump(name)
-                pipe.pttl(name)
-            replies = pipe.execute()
-        except redis.WatchError:
-            return None
+    replies = client.eval(_dump_script(), len(ordered), *ordered)
     entries = []
     for index, name in enumerate(ordered):
         payload, ttl = replies[2 * index], replies[2 * index + 1]
-        if payload is None:  # deleted between the listing and the WATCH: list again
+        if payload is None:  # deleted between the listing and the read: list again
             return None
         entries.append((name, int(ttl), payload))
     return entries
