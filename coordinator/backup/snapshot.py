@@ -19,14 +19,13 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterable
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
 
 from coordinator import keys
 from coordinator.exceptions import BackupRefused
+from coordinator.lua import LuaScript
 
 PAYLOAD_REFUSED = "DUMP payload version or checksum are wrong"
 """RESTORE's error (Redis and Valkey) for a payload of a newer RDB version (or a corrupt one)."""
@@ -58,15 +57,14 @@ def list_units(client: redis.Redis) -> dict[bytes, set[bytes]]:
     return units
 
 
-@cache
-def _dump_script() -> str:
-    return resources.files(__package__).joinpath("dump_unit.lua").read_text()
+DUMP_UNIT = LuaScript.load(__package__, "dump_unit")
+"""DUMP and PTTL of one unit's keys, at one instant."""
 
 
 def _read_unit(client: redis.Redis, names: set[bytes]) -> list[tuple[bytes, int, bytes]] | None:
     """DUMP and PTTL ``names`` in one script (one instant); None when one of them is gone."""
     ordered = sorted(names)
-    replies = client.eval(_dump_script(), len(ordered), *ordered)
+    replies = DUMP_UNIT(client, keys=ordered)
     entries = []
     for index, name in enumerate(ordered):
         payload, ttl = replies[2 * index], replies[2 * index + 1]
