@@ -266,7 +266,10 @@ class Client:
     # -- plumbing --------------------------------------------------------------------------
 
     def _by_id(self, method: str, allocation_id: str, suffix: str, body: Any) -> Allocation:
-        if not isinstance(allocation_id, str) or not allocation_id or "/" in allocation_id:
+        # Ids of a series other than default hold one "/" (``acme/invoice:2026:5``): it is
+        # sent encoded (%2F), so the id stays one path segment to every proxy on the way.
+        parts = allocation_id.split("/") if isinstance(allocation_id, str) else []
+        if not 1 <= len(parts) <= 2 or any(part in ("", ".", "..") for part in parts):
             raise ValueError(f"not an allocation id: {allocation_id!r}")
         path = f"/v1/allocations/{quote(allocation_id, safe=':')}{suffix}"
         allocation = self._allocation(method, path, body, expect=(200,))

@@ -194,13 +194,15 @@ def init_app(app: Flask) -> None:
     from coordinator.auth.api import blp as tokens_blp
     from coordinator.forecaster.api import blp as forecaster_blp
     from coordinator.numbering.api import blp as numbering_blp
+    from coordinator.numbering.chain_api import blp as chain_blp
+    from coordinator.numbering.series_api import blp as series_blp
     from coordinator.ops.health import blp as health_blp
     from coordinator.ops.metrics import blp as metrics_blp
     from coordinator.ops.whoami import blp as whoami_blp
     from coordinator.systems.api import blp as systems_blp
     from coordinator.warnings.api import blp as warnings_blp
 
-    for blueprint in (health_blp, metrics_blp, numbering_blp, systems_blp, whoami_blp,
-                      forecaster_blp, warnings_blp, tokens_blp):
+    for blueprint in (health_blp, metrics_blp, numbering_blp, series_blp, systems_blp,
+                      whoami_blp, forecaster_blp, warnings_blp, tokens_blp, chain_blp):
         api.register_blueprint(blueprint)
 

@@ -14,6 +14,7 @@ from coordinator.auth.cli import register as _register_tokens
 from coordinator.backup.cli import register as _register_backup
 from coordinator.demo import DEMO_DURATION
 from coordinator.forecaster.cli import register as _register_forecaster
+from coordinator.numbering.cli import register as _register_numbering
 from coordinator.ops.datadir import (
     attach_to_serve,
     data_dir_option,
@@ -24,6 +25,7 @@ from coordinator.ops.datadir import (
 )
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.multiproc import prepare_dir
+from coordinator.systems.addon import register as _register_addon
 
 ADMIN_FILE_LABEL = "admin-token file"
 """Label of the token ``serve`` keeps in ``<data-dir>/admin-token`` (see GET /v1/tokens)."""
@@ -130,8 +132,12 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
         app = create_app()
         token = None
         # API.md: INVOICE_SYNC_ADMIN_TOKEN sets the admin token instead of a generated one.
-        if not app.config["ADMIN_TOKEN"]:
-            with app.app_context():
+        with app.app_context():
+            # Before any worker serves: numbering data of an older release moves first.
+            from coordinator.numbering.migrate import migrate
+
+            click.echo(f"numbering: {migrate(get_redis()).line()}", err=True)
+            if not app.config["ADMIN_TOKEN"]:
                 token = ensure_admin_token(get_redis(), data_dir)
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
@@ -166,11 +172,15 @@ def _check_numbering(client, new_store: bool) -> None:
         guard.mark_initialised(client, "first serve on a new data dir")
         click.echo("numbering initialised: new data dir, sequences start at their settings "
                    "(GET /v1/sequences)", err=True)
-    elif not guard.is_initialised(client):
-        click.echo("the store holds no numbers and its numbering is not initialised: "
-                   "allocations are refused (503) until you restore a backup, run "
-                   "`invoice-sync recover`, or set the sequences (PATCH /v1/sequences/{name}); "
-                   "see docs/RECOVERY.md", err=True)
+        return
+    # A data dir of the previous release (no guard yet) is adopted here, without renumbering;
+    # one older than series is moved into the series layout first.
+    from coordinator.numbering.migrate import ensure_layout
+
+    ensure_layout(client)
+    for series in guard.adopt_all(client):
+        click.echo("allocations are refused (503): "
+                   + guard.not_initialised_message(client, series), err=True)
 
 
 def _use_key_file(data_dir: Path) -> None:
@@ -273,5 +283,7 @@ def demo(keep: bool) -> None:
 
 
 _register_forecaster(main)
+_register_numbering(main)
 _register_tokens(main)
+_register_addon(main)
 _register_backup(main)

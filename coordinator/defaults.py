@@ -13,6 +13,15 @@ SENTINELS = None
 """Comma-separated ``host:port`` list of Redis Sentinels. When set, the master is found through
 Sentinel (redis-py's Sentinel client) and REDIS_URL is ignored."""
 
+REDIS_CLUSTER = None
+"""Comma-separated ``host:port`` seed nodes of a Redis/Valkey Cluster. When set, the coordinator
+uses redis-py's RedisCluster (REDIS_URL and SENTINELS are ignored) and needs QUEUE_REDIS_URL
+for the sync jobs: RQ does not run on a Cluster."""
+
+QUEUE_REDIS_URL = None
+"""URL of a plain Redis for the sync job queue (RQ). Unset: the jobs share the data Redis, which
+is what a single server or Sentinel wants; required with REDIS_CLUSTER."""
+
 SENTINEL_MASTER = "invoice-sync"
 """Name of the master the Sentinels monitor."""
 
@@ -38,6 +47,11 @@ number of replicas you run (1 with one replica) so a failover cannot lose an ack
 DURABILITY_TIMEOUT_MS = 1000
 """How long an allocation waits for fsync/replicas before answering 503 (the agent retries)."""
 
+DURABILITY_RECHECK_SECONDS = 5
+"""How old the write path's knowledge of the server (AOF, fsync policy, replicas, WAITAOF,
+eviction policy) may get before it asks again; /readyz always asks. The fsync policy itself is
+read back with every write on servers without WAITAOF, so this bounds only the rest."""
+
 UNCONFIRMED_GRACE_SECONDS = 3600
 """An issued number still unconfirmed after this long is listed as a gap and warned about."""
 
@@ -61,6 +75,10 @@ LOG_LEVEL = "INFO"
 
 DATA_DIR = "./invoice-sync-data"
 """Where ``invoice-sync serve`` keeps the embedded server's files and the admin token."""
+
+CENTRAL_POLL_DIR = None
+"""Where a worker keeps the journals of its central polls (one SQLite file per system);
+unset: ``<DATA_DIR>/central-poll``. Local to each worker's machine: the ledger stays the truth."""
 
 RATE_LIMIT_AGENT = 600
 """Requests per RATE_LIMIT_WINDOW one agent token may make (allocate, confirm, void); 0 = no

@@ -1,6 +1,6 @@
 """Every Redis key the coordinator uses, built in one place.
 
-Keys of one sequence share the hash tag ``{seq:<name>}`` and keys of one system share
+Keys of one series share the hash tag ``{ser:<name>}`` and keys of one system share
 ``{sys:<name>}``, so each Lua script touches a single hash slot and the layout also holds
 on Redis Cluster.
 """
@@ -30,75 +30,147 @@ TOKENS_REVOKED = f"{AUTH_TAG}:revoked"
 back the token of ``<data-dir>/admin-token`` once it was revoked."""
 
 # --- numbering ----------------------------------------------------------------------------
+# Every key of one series (its two sequences, ledgers, reference indexes, formatted-number
+# index, members and audit) starts with the hash tag ``{ser:<series>}``: one Lua script sees
+# the whole series in one slot, and many series spread over a Redis Cluster. The functions
+# below default to the ``default`` series, which is what ``/v1/sequences/…`` serves.
+
+DEFAULT_SERIES = "default"
+"""The series that always exists; systems belong to it unless registered elsewhere."""
+
+SERIES = "series"
+"""Set: names of the series created with ``POST /v1/series`` (``default`` is implicit)."""
 
 
-def seq_settings(seq: str) -> str:
+def series_tag(series: str) -> str:
+    """The hash tag ``{ser:<series>}`` every key of the series starts with."""
+    return f"{{ser:{series}}}"
+
+
+def series_record(series: str) -> str:
+    """Hash: one series (name, description, created_at, updated_at)."""
+    return f"{series_tag(series)}:series"
+
+
+def series_members(series: str) -> str:
+    """Hash: system -> ``open`` | ``closed``: whether allocation serves the system here.
+
+    Authoritative for allocation (checked inside the script, in the series' slot); the
+    system's record names its series for routing. In ``default`` a missing field means open
+    (systems registered before series existed); elsewhere it means closed.
+    """
+    return f"{series_tag(series)}:members"
+
+
+def series_formatted(series: str) -> str:
+    """Hash: formatted number -> ledger id, for every number ever issued in the series.
+
+    Allocation refuses a formatted number already in it (one HSETNX), so no two documents of
+    one series carry the same string, whatever the settings history.
+    """
+    return f"{series_tag(series)}:formatted"
+
+
+def series_staging(series: str, token: str) -> str:
+    """Prefix of the keys one migration run copies into before committing them (same slot)."""
+    return f"{series_tag(series)}:migrating:{token}:"
+
+
+def seq_prefix(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """The common start of every key of sequence ``seq`` in ``series``."""
+    return f"{series_tag(series)}:{seq}:"
+
+
+def seq_settings(seq: str, series: str = DEFAULT_SERIES) -> str:
     """Hash: the settings of sequence ``seq`` (increment, format, padding, reset, dedicated)."""
-    return f"{{seq:{seq}}}:settings"
+    return f"{seq_prefix(seq, series)}settings"
 
 
-def seq_counter(seq: str, period: str) -> str:
+def seq_counter(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """String: the last number taken in ``period`` (``all``, ``2026`` or ``2026-11``).
 
     Allocation INCRBYs it by the increment; an admin raising ``next_number`` moves it forward
     (recorded in :func:`seq_skips`). The next number of the period is ``counter + increment``.
     """
-    return f"{{seq:{seq}}}:counter:{period}"
+    return f"{seq_prefix(seq, series)}counter:{period}"
 
 
-def seq_ledger(seq: str, period: str) -> str:
+def seq_ledger(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """Hash: number -> JSON ledger entry, for every number issued in ``period``."""
-    return f"{{seq:{seq}}}:ledger:{period}"
+    return f"{seq_prefix(seq, series)}ledger:{period}"
 
 
-def seq_ledger_order(seq: str, period: str) -> str:
+def seq_ledger_order(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """Sorted set: the numbers of :func:`seq_ledger` scored by themselves (exact below 2^53)."""
-    return f"{{seq:{seq}}}:ledger-order:{period}"
+    return f"{seq_prefix(seq, series)}ledger-order:{period}"
 
 
-def seq_refs(seq: str, document: str, system: str) -> str:
+def seq_refs(seq: str, document: str, system: str, series: str = DEFAULT_SERIES) -> str:
     """Hash: WHMCS reference -> ledger id, for ``document``s of ``system`` numbered in ``seq``."""
-    return f"{{seq:{seq}}}:refs:{document}:{system}"
+    return f"{seq_prefix(seq, series)}refs:{document}:{system}"
 
 
-def seq_periods(seq: str) -> str:
+def seq_periods(seq: str, series: str = DEFAULT_SERIES) -> str:
     """Set: every period of ``seq`` that has a counter (so listings need no SCAN)."""
-    return f"{{seq:{seq}}}:periods"
+    return f"{seq_prefix(seq, series)}periods"
 
 
-def seq_stats(seq: str) -> str:
-    """Hash: ``credit_notes`` (numbered here, guards the dedicated toggle), ``replays``
-    (bumped by each replay so WAITAOF has a write of this connection to wait for)."""
-    return f"{{seq:{seq}}}:stats"
+def seq_stats(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """Hash: ``issued``, ``credit_notes`` (numbered here, guards the dedicated toggle),
+    ``replays`` (bumped by each replay so WAITAOF has a write of this connection to wait for)."""
+    return f"{seq_prefix(seq, series)}stats"
 
 
-def seq_skips(seq: str, period: str) -> str:
+def seq_skips(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """Hash: counter value -> counter value an admin moved it to (explains a gap)."""
-    return f"{{seq:{seq}}}:skips:{period}"
+    return f"{seq_prefix(seq, series)}skips:{period}"
 
 
-def seq_guard(seq: str) -> str:
-    """Hash: ``initialised`` (when and why the numbering was set explicitly) and
-    ``seen:<period>`` (the highest number a sync saw in a WHMCS: ``<number>|<formatted>|<system>``);
-    ``allocate.lua`` reads it before taking a number (``numbering/guard.py``)."""
-    return f"{{seq:{seq}}}:guard"
+def seq_guard(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """Hash: the guard against numbering from a store behind reality (``numbering/guard.py``).
+
+    ``initialised`` (when and why the series' numbering was set explicitly; a restore removes
+    it and records ``restored``: the backup it came from) and ``seen:<period>`` (the highest
+    number a sync or a recovery saw in a WHMCS: ``<number>|<formatted>|<system>``).
+    ``allocate.lua`` reads it before taking a new number."""
+    return f"{seq_prefix(seq, series)}guard"
 
 
-def seq_unconfirmed(seq: str, period: str) -> str:
+def seq_unconfirmed(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """Sorted set: numbers of ``period`` seen still ``issued``, scored by issue time (unix s).
 
     Kept by ``ops.unconfirmed`` for the metrics; settled numbers leave it when re-checked."""
-    return f"{{seq:{seq}}}:unconfirmed:{period}"
+    return f"{seq_prefix(seq, series)}unconfirmed:{period}"
 
 
-def seq_unconfirmed_scan(seq: str, period: str) -> str:
+def seq_unconfirmed_scan(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """String: the highest number of ``period`` whose status ``ops.unconfirmed`` has looked at."""
-    return f"{{seq:{seq}}}:unconfirmed-scan:{period}"
+    return f"{seq_prefix(seq, series)}unconfirmed-scan:{period}"
 
 
-def seq_audit(seq: str) -> str:
+def seq_audit(seq: str, series: str = DEFAULT_SERIES) -> str:
     """List: JSON audit records of settings changes (who, when, before, after), oldest first."""
-    return f"{{seq:{seq}}}:audit"
+    return f"{seq_prefix(seq, series)}audit"
+
+
+def seq_events(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: the ledger's events (issued, confirmed, voided, settings changed, next number
+    raised), JSON, append-only, each carrying its index as ``seq`` (see numbering/chain.py)."""
+    return f"{seq_prefix(seq, series)}events"
+
+
+def seq_chain(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: the SHA-256 (hex) of each sealed event of :func:`seq_events`, same index."""
+    return f"{seq_prefix(seq, series)}chain"
+
+
+def legacy_seq_prefix(seq: str) -> str:
+    """Start of the keys of sequence ``seq`` before series existed (release 6d52368 and older).
+
+    ``{seq:<name>}:…``, one slot per sequence. ``numbering.migrate`` moves them into the
+    ``default`` series and leaves ``{seq:<name>}:settings`` as a fence that old code cannot use.
+    """
+    return f"{{seq:{seq}}}:"
 
 
 # --- systems ------------------------------------------------------------------------------
@@ -115,6 +187,12 @@ def system(name: str) -> str:
 def system_tag(name: str) -> str:
     """The hash tag ``{sys:<name>}`` every per-system key starts with (one Cluster slot)."""
     return f"{{sys:{name}}}"
+
+
+def system_series_lock(name: str) -> str:
+    """String: held (SET NX PX) while the system joins, moves between or leaves series, so two
+    admins' changes to one system's series cannot interleave."""
+    return f"{system_tag(name)}:series-lock"
 
 
 def system_data_pattern(name: str) -> str:
@@ -207,6 +285,21 @@ def sys_daily_claim(name: str, day: str) -> str:
     return f"{{sys:{name}}}:daily:{day}"
 
 
+def sys_central_poll(name: str) -> str:
+    """Hash: the last central poll of the system (state, when, what it did, why it failed)."""
+    return f"{{sys:{name}}}:central-poll"
+
+
+def sys_central_poll_lock(name: str) -> str:
+    """String: the worker polling the system now (SET NX PX; one central poll at a time)."""
+    return f"{{sys:{name}}}:central-poll:lock"
+
+
+def sys_central_poll_due(name: str) -> str:
+    """String: set by the scheduler that queued the system's poll; expires when the next is due."""
+    return f"{{sys:{name}}}:central-poll:due"
+
+
 def sys_sync_stats(name: str) -> str:
     """Hash: cumulative sync outcomes of a system for metrics: ``done``, ``failed`` (runs),
     ``invoices`` (fetched), ``seconds`` (summed run time), ``last_seconds``."""
@@ -219,13 +312,25 @@ def sync(sync_id: str) -> str:
 
 
 # --- warnings -----------------------------------------------------------------------------
+# Redis Cluster: the index and every warning share the hash tag {warnings}, so raise.lua
+# touches one slot. The previous release's names (below) are moved at first use.
 
-WARNINGS = "warnings"
+WARNINGS = "{warnings}:index"
 """Sorted set: warning id -> last seen (unix seconds), for ``GET /v1/warnings?since=``."""
 
 
 def warning(warning_id: str) -> str:
     """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
+    return f"{{warnings}}:warning:{warning_id}"
+
+
+LEGACY_WARNINGS = "warnings"
+"""Where the previous release kept :data:`WARNINGS` (no hash tag); moved by
+``coordinator.warnings.store.migrate_legacy``."""
+
+
+def legacy_warning(warning_id: str) -> str:
+    """Where the previous release kept :func:`warning`."""
     return f"warning:{warning_id}"
 
 

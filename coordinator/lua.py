@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 
@@ -73,6 +74,10 @@ def run(
         Every reply in order, the script's first. A later command's error is returned as the
         exception object (the caller judges it); the script's own error is raised.
     """
+    if keys and isinstance(client, RedisCluster):
+        # redis-py's cluster pipeline refuses EVALSHA: run on the master of the script's slot
+        # (every key of one script shares it), which also keeps ``then`` on that connection.
+        client = client.get_node_from_key(keys[0]).redis_connection
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys), *keys, *args)

@@ -1,6 +1,17 @@
-"""Shared fixtures: a real Valkey server on a free loopback port, the app, admin credentials."""
+"""Shared fixtures: a real Valkey server on a free loopback port, the app, admin credentials.
+
+Two servers: the bundled Valkey (or ``INVOICE_SYNC_REDIS_SERVER``, which then runs everything)
+and a second one, Debian's ``redis-server`` 7.0 by default (``--redis-server PATH`` or
+``INVOICE_SYNC_TEST_REDIS_SERVER``). Tests marked ``both_servers``, and tests that take the
+``server_binary`` fixture, run on both; the others on the first. A missing second server is a
+skip, or a failure under ``INVOICE_SYNC_REQUIRE_TOOLS=1`` (CI).
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+from functools import cache
 
 import pytest
 import redis
@@ -8,11 +19,59 @@ import redis
 from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.ops.embedded import ValkeyServer
+from coordinator.ops.embedded import server_binary as default_server_binary
 from tests.support import initialise_numbering
+
+SERVERS = ("valkey", "redis")
+"""Ids of the two servers the parametrized tests run on (see the module docstring)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", help="also run the long-form (slow) scenarios")
+    parser.addoption(
+        "--redis-server", default=os.environ.get("INVOICE_SYNC_TEST_REDIS_SERVER"),
+        help="second server binary for the both_servers tests (default: redis-server on PATH; "
+             "env INVOICE_SYNC_TEST_REDIS_SERVER)")
+
+
+@cache
+def _second_server(option: str | None) -> str | None:
+    return option or shutil.which("redis-server")
+
+
+def resolve_server(config: pytest.Config, which: str) -> str:
+    """The binary of server ``which`` (``valkey`` or ``redis``); fail or skip when missing."""
+    if which == "valkey":
+        return default_server_binary()
+    binary = _second_server(config.getoption("--redis-server"))
+    if binary and os.access(binary, os.X_OK):
+        return binary
+    message = (f"second server {binary or 'redis-server'} not found: install Debian's "
+               "redis-server or pass --redis-server PATH")
+    if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    both = metafunc.definition.get_closest_marker("both_servers") is not None
+    if "server_binary" in metafunc.fixturenames:
+        metafunc.parametrize("server_binary", SERVERS, indirect=True)
+    elif both and "valkey" in metafunc.fixturenames:
+        # Session scope: pytest groups the tests by server, so each starts about once.
+        metafunc.parametrize("valkey", SERVERS, indirect=True, scope="session")
+
+
+@pytest.fixture
+def second_server_binary(request: pytest.FixtureRequest) -> str:
+    """The second server's binary (Debian's redis-server 7.0 by default)."""
+    return resolve_server(request.config, "redis")
+
+
+@pytest.fixture
+def server_binary(request: pytest.FixtureRequest) -> str:
+    """The path of the server this test runs on (parametrized over both servers)."""
+    return resolve_server(request.config, request.param)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -25,9 +84,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> ValkeyServer:
-    """One real Redis-compatible server (AOF, appendfsync always) for the whole session."""
-    server = ValkeyServer(tmp_path_factory.mktemp("valkey")).start()
+def valkey(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> ValkeyServer:
+    """One real Redis-compatible server (AOF, appendfsync always) for the whole session.
+
+    The bundled Valkey; for ``both_servers`` tests also the second server (see above).
+    """
+    binary = resolve_server(request.config, getattr(request, "param", "valkey"))
+    server = ValkeyServer(tmp_path_factory.mktemp("valkey"), binary=binary).start()
     yield server
     server.stop()
 

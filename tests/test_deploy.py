@@ -342,6 +342,25 @@ def test_redis_conf_passes_doctor_with_one_replica(tmp_path):
         stop_server(master, client)
 
 
+def test_redis_cluster_conf_runs_a_durable_cluster_node(tmp_path, monkeypatch):
+    from tests.faults.cluster import cluster_port
+
+    # A cluster node's bus listens on port + 10000: the port must be below 55536.
+    monkeypatch.setitem(globals(), "free_port", cluster_port)
+    process, client, _ = start_with_config(DEPLOY / "redis-cluster.conf", tmp_path,
+                                           "--cluster-config-file", str(tmp_path / "nodes.conf"))
+    try:
+        settings = {name: client.config_get(name)[name] for name in (
+            "cluster-enabled", "cluster-require-full-coverage", "appendonly", "appendfsync",
+            "maxmemory-policy", "min-replicas-to-write")}
+        assert settings == {"cluster-enabled": "yes", "cluster-require-full-coverage": "no",
+                            "appendonly": "yes", "appendfsync": "always",
+                            "maxmemory-policy": "noeviction", "min-replicas-to-write": "1"}
+        assert client.cluster("info")["cluster_state"] == "fail"  # no slots until `create`
+    finally:
+        stop_server(process, client)
+
+
 def test_sentinel_conf_three_sentinels_quorum_two():
     text = (DEPLOY / "sentinel.conf").read_text()
     monitor = re.search(r"^sentinel monitor (\S+) (\S+) (\d+) (\d+)$", text, re.M)

@@ -149,6 +149,7 @@ def restore(data_dir: Path, backup_file: Path, with_secret_keys: bool) -> None:
     """Load a backup into an EMPTY store (refuses a store holding anything; changes nothing)."""
     from coordinator.backup import archive, snapshot
     from coordinator.exceptions import CoordinatorError
+    from coordinator.numbering import guard
     from coordinator.systems import secrets
 
     try:
@@ -162,12 +163,25 @@ def restore(data_dir: Path, backup_file: Path, with_secret_keys: bool) -> None:
             if key_file.exists() and secrets.read_key_file(key_file) != keys:
                 raise click.ClickException(
                     f"{key_file} exists with other keys; move it away first (nothing changed)")
+        restored_series: list[str] = []
+
+        def wait_for_recover(pipe, tag: bytes) -> list[str]:
+            written = guard.queue_restored(
+                pipe, tag, f"backup {backup_file.name} taken {body['created_at']}")
+            if written:
+                restored_series.append(tag.decode().removeprefix("ser:"))
+            return written
+
         with _store(data_dir, may_start=True) as client:
             _refuse_older_server(client, body["server"])
-            count = snapshot.restore(client, body["snapshot"]["units"])
+            count = snapshot.restore(client, body["snapshot"]["units"], also=wait_for_recover)
     except CoordinatorError as error:
         raise click.ClickException(error.message) from None
     click.echo(f"restored {count} keys from {backup_file} (taken {body['created_at']})")
+    if restored_series:
+        click.echo(f"numbering of series {', '.join(sorted(restored_series))} waits: numbers "
+                   "issued after the backup was taken may be printed in WHMCS. Run "
+                   "`invoice-sync recover` before numbering again (docs/RECOVERY.md)")
     if keys is not None:
         key_file = data_dir.resolve() / secrets.KEY_FILE_NAME
         if not key_file.exists():

@@ -129,10 +129,17 @@ def is_empty(client: redis.Redis) -> bool:
     return client.dbsize() == 0
 
 
-def restore(client: redis.Redis, units: Iterable[dict[str, Any]]) -> int:
+def restore(
+    client: redis.Redis, units: Iterable[dict[str, Any]],
+    also: Callable[[Any, bytes], list[str]] | None = None,
+) -> int:
     """Load snapshot units into an EMPTY store, one transaction per unit; return the key count.
 
     Keys whose TTL ran out since the backup are not restored (they would have expired).
+    ``also(pipe, tag)`` queues more commands into a unit's transaction (same slot) and returns
+    the keys they write: the numbering guard marks a series restored in the very step that
+    loads it, so even a restore that stops half-way never leaves a series that numbers from
+    the backup.
 
     Raises:
         BackupRefused: the store is not empty, or the server cannot read the DUMP payloads
@@ -152,12 +159,16 @@ def restore(client: redis.Redis, units: Iterable[dict[str, Any]]) -> int:
                     continue
                 pipe.restore(_unb64(name), max(ttl, 0), _unb64(payload))
                 count += 1
+            added = also(pipe, _unb64(unit["tag"])) if also is not None else []
             replies = pipe.execute(raise_on_error=False)
         errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
         if errors:
             # Every payload of one backup has the same RDB version, so the first unit
             # fails as a whole and nothing was written.
             if first and all(str(e).removeprefix("ERR ") == PAYLOAD_REFUSED for e in errors):
+                # A transaction does not roll back: what ``also`` wrote besides goes again.
+                if added:
+                    client.delete(*added)
                 raise BackupRefused(
                     "this server cannot read the backup's DUMP payloads (its RDB version "
                     "is older than the backed-up server's); restore into the same or a "

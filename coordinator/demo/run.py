@@ -1,10 +1,12 @@
-"""``invoice-sync demo``: three WHMCS installations, one numbering, in about ten seconds.
+"""``invoice-sync demo``: three WHMCS installations, two legal entities, in about ten seconds.
 
 Starts the real pieces, nothing mocked in between: ``invoice-sync serve`` (gunicorn on its
 embedded Valkey, in a temporary data dir, on a free port), three fake WHMCS installations
 (blue, red, orange) answering the real WHMCS API over HTTP, the three systems registered
-through the admin API, and one ``invoice-sync-agent poll`` process per installation, all
-started at once. Then it prints the ledger and what each WHMCS now holds, and cleans up.
+through the admin API — blue and red in the ``default`` series, orange in a series of its
+own (another legal entity) — and one ``invoice-sync-agent poll`` process per installation,
+all started at once. Then it prints each series' ledger and what each WHMCS now holds, and
+cleans up.
 """
 
 from __future__ import annotations
@@ -47,14 +49,21 @@ class Installation:
     paid: tuple[str, ...]
     unpaid: tuple[str, ...] = ()
     credit_note: str | None = None
+    series: str = "default"
 
 
 INSTALLATIONS = (
     Installation("blue", "EUR", "1.0000", ("119.00", "59.50", "238.00", "35.70"), ("99.00",),
                  credit_note="-59.50"),
     Installation("red", "USD", "0.9200", ("49.99", "120.00", "15.00", "300.00"), ("75.00",)),
-    Installation("orange", "GBP", "1.1700", ("24.00", "480.00", "60.00"), ("12.00", "36.00")),
+    Installation("orange", "GBP", "1.1700", ("24.00", "480.00", "60.00"), ("12.00", "36.00"),
+                 series="orange-uk"),
 )
+
+OWN_SERIES = {"orange-uk": ("Orange Ltd (UK), another legal entity", "OUK-{YEAR}-{NUMBER}")}
+"""Series the demo creates besides ``default``: description and invoice format."""
+
+SERIES = ("default", *OWN_SERIES)
 
 
 class DemoError(Exception):
@@ -113,7 +122,7 @@ def run_demo(echo: Callable[[str], None], *, keep: bool = False) -> int:
             )
         _wait_ready(url, serve, log)
         admin = {"Authorization": f"Bearer {(tmp / 'data' / 'admin-token').read_text().strip()}"}
-        echo("invoice-sync demo: one numbering for three WHMCS installations\n")
+        echo("invoice-sync demo: three WHMCS installations, two legal entities (series)\n")
         echo(f"coordinator  {url}  (invoice-sync serve: gunicorn + embedded Valkey, "
              f"data in {tmp / 'data'})")
         with contextlib.ExitStack() as stack:
@@ -148,12 +157,22 @@ def _register(
     echo: Callable[[str], None],
 ) -> dict[str, str]:
     tokens = {}
+    for name, (description, invoice_format) in OWN_SERIES.items():
+        created = requests.post(f"{url}/v1/series", headers=admin, timeout=30,
+                                json={"name": name, "description": description})
+        patched = requests.patch(f"{url}/v1/series/{name}/sequences/invoice", headers=admin,
+                                 timeout=30, json={"format": invoice_format})
+        if created.status_code != 201 or patched.status_code != 200:
+            raise DemoError(f"creating series {name}: HTTP {created.status_code} "
+                            f"{created.text} / {patched.status_code} {patched.text}")
+        echo(f"series {name}: {description}, invoices {invoice_format}")
     for inst in INSTALLATIONS:
         server = servers[inst.name]
         response = requests.post(f"{url}/v1/systems", headers=admin, timeout=30, json={
             "name": inst.name, "description": f"demo {inst.currency} brand", "url": server.url,
             "api_identifier": server.app.identifier, "api_secret": server.app.secret,
             "step": 100, "auto_sync": False, "exchange_rate": inst.exchange_rate,
+            "series": inst.series,
         })
         if response.status_code != 201:
             raise DemoError(f"registering {inst.name}: HTTP {response.status_code} "
@@ -161,7 +180,8 @@ def _register(
         tokens[inst.name] = response.json()["agent_token"]
         waiting = sum(1 for r in server.app.invoices_snapshot() if r["status"] == "Paid")
         echo(f"WHMCS {inst.name:<6} {inst.currency}  rate {inst.exchange_rate}  "
-             f"{len(server.app)} invoices, {waiting} paid and unnumbered  ({server.url})")
+             f"series {inst.series:<9}  {len(server.app)} invoices, {waiting} paid and "
+             f"unnumbered  ({server.url})")
     return tokens
 
 
@@ -203,9 +223,16 @@ def _run_agents(
     return ok
 
 
-def _ledger(url: str, admin: dict[str, str], sequence: str, period: str) -> list[dict[str, Any]]:
-    response = requests.get(f"{url}/v1/sequences/{sequence}/ledger", headers=admin, timeout=30,
-                            params={"period": period, "limit": 1000})
+def _sequence_path(series: str, sequence: str) -> str:
+    if series == "default":
+        return f"/v1/sequences/{sequence}"
+    return f"/v1/series/{series}/sequences/{sequence}"
+
+
+def _ledger(url: str, admin: dict[str, str], sequence: str, period: str,
+            series: str = "default") -> list[dict[str, Any]]:
+    response = requests.get(f"{url}{_sequence_path(series, sequence)}/ledger", headers=admin,
+                            timeout=30, params={"period": period, "limit": 1000})
     response.raise_for_status()
     return response.json()["entries"]
 
@@ -216,10 +243,12 @@ def _show(
 ) -> bool:
     period = str(today.year)
     ok = True
-    for sequence in ("invoice", "credit_note"):
-        entries = _ledger(url, admin, sequence, period)
-        echo(f"\nledger of the {sequence} sequence, {period} (GET /v1/sequences/{sequence}"
-             "/ledger)")
+    for series, sequence in ((se, sq) for se in SERIES for sq in ("invoice", "credit_note")):
+        entries = _ledger(url, admin, sequence, period, series)
+        if not entries and series != "default":
+            continue
+        echo(f"\nseries {series}, {sequence} sequence, {period} "
+             f"(GET {_sequence_path(series, sequence)}/ledger)")
         echo(f"  {'number':>6}  {'formatted':<16} {'system':<7} {'reference':<10} status")
         for e in entries:
             echo(f"  {e['number']:>6}  {e['formatted']:<16} {e['system']:<7} "
@@ -234,7 +263,8 @@ def _show(
              + ("no gap, no duplicate, all confirmed" if sound else "NOT SOUND"))
     echo("\nwhat each WHMCS holds now (GetInvoices; invoicenum written by its agent)")
     ledger = {(e["system"], e["reference"]): e["formatted"]
-              for seq in ("invoice", "credit_note") for e in _ledger(url, admin, seq, period)}
+              for series in SERIES for seq in ("invoice", "credit_note")
+              for e in _ledger(url, admin, seq, period, series)}
     for name, server in servers.items():
         rows = server.app.invoices_snapshot()
         cells = []
@@ -266,15 +296,16 @@ def _maybe_report(url: str, admin: dict[str, str], echo: Callable[[str], None]) 
             job = requests.get(f"{url}/v1/syncs/{job['id']}", headers=admin, timeout=30).json()
         echo(f"sync {inst.name}: {job.get('state')} ({job.get('invoices')} invoices)")
     year = dt.date.today().year
-    report = requests.get(f"{url}/v1/reports/revenue", headers=admin, timeout=30,
-                          params={"from": f"{year}-01", "to": f"{year}-12", "by": "system"})
-    if report.status_code != 200:
-        echo(f"(revenue report: HTTP {report.status_code})")
-        return
-    data = report.json()
-    echo(f"\nrevenue {year} by system, in {data['currency']} (paid invoices, credit notes "
-         "negative)")
-    for row in data["rows"]:
-        echo(f"  {row['key']:<8} {row['invoices']:>3} invoices  gross {row['gross']:>10}")
-    echo(f"  {'total':<8} {data['total']['invoices']:>3} invoices  gross "
-         f"{data['total']['gross']:>10}")
+    for by in ("system", "series"):
+        report = requests.get(f"{url}/v1/reports/revenue", headers=admin, timeout=30,
+                              params={"from": f"{year}-01", "to": f"{year}-12", "by": by})
+        if report.status_code != 200:
+            echo(f"(revenue report: HTTP {report.status_code})")
+            return
+        data = report.json()
+        echo(f"\nrevenue {year} by {by}, in {data['currency']} (paid invoices, credit notes "
+             "negative)")
+        for row in data["rows"]:
+            echo(f"  {row['key']:<9} {row['invoices']:>3} invoices  gross {row['gross']:>10}")
+        echo(f"  {'total':<9} {data['total']['invoices']:>3} invoices  gross "
+             f"{data['total']['gross']:>10}")

@@ -78,7 +78,7 @@ class Revenue(MethodView):
     @blp.arguments(RevenueQuerySchema, location="query")
     @blp.response(200, RevenueSchema)
     def get(self, query):
-        """Revenue of Paid invoices by month or system, in the base currency."""
+        """Revenue of Paid invoices by month, system or series, in the base currency."""
         return reports.revenue(get_redis(), _rates(), current_app.config["BASE_CURRENCY"],
                                query.get("from_"), query.get("to"), query["by"], today=_today())
 
@@ -115,5 +115,6 @@ class Reconciliation(MethodView):
         completed sync (a GET changes nothing).
         """
         client = get_redis()
-        names = [s.name for s in _rates()]
-        return reconcile.reconcile(client, names, ledger_entries(client))
+        rates = _rates()
+        return reconcile.reconcile(client, [s.name for s in rates], ledger_entries(client),
+                                   series_of={s.name: s.series for s in rates})

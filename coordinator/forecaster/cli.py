@@ -101,7 +101,8 @@ def _emit(report: dict, rows_key: str, as_csv: bool) -> None:
 @click.argument("kind", type=click.Choice(["revenue", "receivables", "forecast", "reconciliation"]))
 @click.option("--from", "start", default=None, help="First month, YYYY-MM (revenue).")
 @click.option("--to", "end", default=None, help="Last month, YYYY-MM (revenue).")
-@click.option("--by", type=click.Choice(["month", "system"]), default="month", show_default=True)
+@click.option("--by", type=click.Choice(["month", "system", "series"]), default="month",
+              show_default=True, help="Group revenue rows (series: per legal entity).")
 @click.option("--months", default=6, show_default=True, type=int, help="Forecast horizon.")
 @click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV instead of the JSON report.")
 @data_dir_option
@@ -125,11 +126,34 @@ def report(kind: str, start: str | None, end: str | None, by: str, months: int,
             _emit(reports.forecast(client, _rates(client), base, months, today=today), "rows",
                   as_csv)
         else:
-            names = [s.name for s in _rates(client)]
-            out = reconcile.reconcile(client, names, reconcile.ledger_entries(client))
+            rates = _rates(client)
+            out = reconcile.reconcile(client, [s.name for s in rates],
+                                      reconcile.ledger_entries(client),
+                                      series_of={s.name: s.series for s in rates})
             _emit(out, "not_issued", as_csv)
     except CoordinatorError as error:
         raise click.ClickException(f"{error.message}: {error.errors or ''}") from None
+
+
+@click.command("central-poll")
+@click.argument("name")
+@click.option("--full", is_flag=True, envvar="INVOICE_SYNC_CENTRAL_POLL_FULL",
+              help="Read every invoice (default: only what may have changed since the last).")
+@data_dir_option
+def central_poll_command(name: str, full: bool, data_dir: Path) -> None:
+    """Number what system NAME's hooks missed, now, from here; exit 1 if invoices are left."""
+    from coordinator.exceptions import CoordinatorError
+    from coordinator.forecaster import central_poll
+
+    client, settings = _client(data_dir)
+    settings["DATA_DIR"] = str(data_dir)
+    try:
+        outcome = central_poll.run(client, name, settings, full=full)
+    except CoordinatorError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"central poll of {name}: {outcome['message']}")
+    if outcome["state"] != "done":
+        sys.exit(1)
 
 
 def register(main: click.Group) -> None:
@@ -137,3 +161,4 @@ def register(main: click.Group) -> None:
     main.add_command(worker)
     main.add_command(sync_command)
     main.add_command(report)
+    main.add_command(central_poll_command)

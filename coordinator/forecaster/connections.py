@@ -13,17 +13,42 @@ import threading
 import weakref
 
 import redis
+from redis.cluster import RedisCluster
 from redis.sentinel import SentinelConnectionPool
+
+from coordinator.exceptions import ServiceUnavailable
 
 _views: weakref.WeakKeyDictionary[object, dict[bool, redis.Redis]] = weakref.WeakKeyDictionary()
 _views_lock = threading.Lock()
 
 
+def queue_connection(client: redis.Redis) -> redis.Redis:
+    """The Redis RQ uses (raw bytes): INVOICE_SYNC_QUEUE_REDIS_URL's, else ``client``'s server.
+
+    Raises:
+        ServiceUnavailable: ``client`` is a Redis Cluster and no queue Redis is configured
+            (RQ's multi-key transactions do not run on a Cluster).
+    """
+    queue = getattr(client, "queue_client", None)
+    if queue is not None:
+        return queue
+    if isinstance(client, RedisCluster):
+        raise ServiceUnavailable("Sync jobs need INVOICE_SYNC_QUEUE_REDIS_URL on a Redis Cluster "
+                                 "(RQ does not run on a Cluster); see `invoice-sync doctor`")
+    return with_decoding(client, False)
+
+
 def with_decoding(client: redis.Redis, decode: bool) -> redis.Redis:
     """Return a client for the same server as ``client`` with ``decode_responses=decode``.
 
-    The same pool always gives the same other client (and so the same other pool).
+    The same pool always gives the same other client (and so the same other pool). A Cluster
+    client is its own decoded view; RQ's raw view does not exist there (see queue_connection).
     """
+    if isinstance(client, RedisCluster):
+        if decode:
+            return client
+        raise ServiceUnavailable("RQ does not run on a Redis Cluster: set "
+                                 "INVOICE_SYNC_QUEUE_REDIS_URL")
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     if kwargs.get("decode_responses", False) == decode:

@@ -22,7 +22,7 @@ from coordinator import keys
 from coordinator.config import load_settings
 from coordinator.exceptions import Conflict, CoordinatorError, InvalidInput, NotFound
 from coordinator.forecaster import defaults, lock, money, records, stats, sync
-from coordinator.forecaster.connections import with_decoding
+from coordinator.forecaster.connections import queue_connection, with_decoding
 from coordinator.warnings import store as warnings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ Resolver = Callable[[redis.Redis, str, Mapping[str, Any]], tuple[Any, int]]
 
 def queue(client: redis.Redis) -> Queue:
     """Return the sync queue on ``client``'s server."""
-    return Queue(defaults.QUEUE_NAME, connection=with_decoding(client, False))
+    return Queue(defaults.QUEUE_NAME, connection=queue_connection(client))
 
 
 def request_sync(
@@ -64,6 +64,9 @@ def request_sync(
         running = lock.holder(client, system)
         raise Conflict(f"A sync of {system!r} is already queued or running (sync {running})")
     sync_queue = queue(client)
+    if getattr(client, "queue_client", None) is not None:
+        return _request_on_separate_queue(client, sync_queue, system, mode, sync_id, trigger,
+                                          confirm)
     try:
         with sync_queue.connection.pipeline(transaction=True) as pipe:
             pipe.multi()  # RQ adds its writes to an explicit MULTI rather than starting one
@@ -81,6 +84,32 @@ def request_sync(
         with contextlib.suppress(redis.RedisError):
             lock.release(client, system, sync_id)
         raise
+    return records.get(client, sync_id)
+
+
+def _request_on_separate_queue(
+    client: redis.Redis, sync_queue: Queue, system: str, mode: str, sync_id: str, trigger: str,
+    confirm: tuple[str, int] | None,
+) -> dict[str, Any]:
+    """:func:`request_sync` when the jobs live on another Redis (INVOICE_SYNC_QUEUE_REDIS_URL,
+    e.g. beside a Cluster): no transaction spans two servers, so the record is written to the
+    data Redis first and taken back if the job cannot be queued."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            records.create(pipe, system, mode, sync_id, trigger=trigger)
+            pipe.execute()
+        sync_queue.enqueue_call(
+            run_sync_job, args=(sync_id,), job_id=f"sync-{sync_id}",
+            timeout=defaults.SYNC_JOB_TIMEOUT, result_ttl=86400, failure_ttl=7 * 86400,
+        )
+    except redis.RedisError:
+        with contextlib.suppress(redis.RedisError):
+            client.delete(keys.sync(sync_id))
+            client.lrem(keys.sys_syncs(system), 0, sync_id)
+            lock.release(client, system, sync_id)
+        raise
+    if confirm is not None:
+        client.expire(*confirm)
     return records.get(client, sync_id)
 
 
@@ -202,7 +231,9 @@ def _after_success(client: redis.Redis, system: str) -> None:
     # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
     # The sync itself is done and recorded: a failure here is logged, not the sync's failure.
     try:
-        reconcile.check(client, [s["name"] for s in registry.list_systems(client)])
+        systems = registry.list_systems(client)
+        reconcile.check(client, [s["name"] for s in systems],
+                        {s["name"]: s["series"] for s in systems})
     except Exception:
         log.exception("reconciliation after the sync of %s failed", system)
 
@@ -211,21 +242,25 @@ def _guard_numbering(client: redis.Redis, system: str) -> None:
     """Stop numbering a period in which this WHMCS shows a number above the counter."""
     from coordinator.forecaster import store
     from coordinator.numbering import guard
+    from coordinator.numbering.series import series_of_system
 
     try:
+        series = series_of_system(client, system) or keys.DEFAULT_SERIES
         ahead = guard.check_synced_numbers(
-            client, system, (number for number, _n in store.iter_numbers(client, system)))
+            client, system, (number for number, _n in store.iter_numbers(client, system)),
+            series)
     except Exception:
         log.exception("the numbering guard after the sync of %s failed", system)
         return
     for found in ahead:
         warnings.raise_warning(
             client, warnings.NUMBERING_BEHIND,
-            f"{system} shows invoice number {found['formatted']} ({found['sequence']} "
-            f"{found['period']} number {found['number']}), above the last number issued "
-            f"({found['counter']}): numbering of {found['sequence']} in {found['period']} is "
-            "refused until an admin raises next_number past it (docs/RECOVERY.md)",
-            system=system, detail=f"{found['sequence']}:{found['period']}",
+            f"{system} shows invoice number {found['formatted']} (series {found['series']}, "
+            f"{found['sequence']} {found['period']} number {found['number']}), above the last "
+            f"number issued ({found['counter']}): numbering of {found['sequence']} in "
+            f"{found['period']} is refused until `invoice-sync recover` or an admin raises "
+            "next_number past it (docs/RECOVERY.md)",
+            system=system, detail=f"{found['series']}:{found['sequence']}:{found['period']}",
             code="numbering_behind")
 
 
@@ -241,11 +276,28 @@ def run_sync_job(sync_id: str) -> str:
         SyncJobFailed: the sync failed (its record and warning were written first).
     """
     job = get_current_job()
-    client = with_decoding(job.connection, True)
-    record = execute(client, sync_id, load_settings())
+    settings = load_settings()
+    record = execute(_data_client(job.connection, settings), sync_id, settings)
     if record["state"] == records.FAILED:
         raise SyncJobFailed(
             f"sync {sync_id} of {record['system']} failed ({record['error_code']}): "
             f"{record['error']}"
         )
     return record["state"]
+
+
+_DATA_CLIENTS: dict[str, redis.Redis] = {}
+
+
+def _data_client(queue: redis.Redis, settings: Mapping[str, Any]) -> redis.Redis:
+    """The data Redis of a job: the queue's own server, unless the queue lives apart
+    (INVOICE_SYNC_QUEUE_REDIS_URL, e.g. next to a Cluster): then the configured one."""
+    if not settings.get("QUEUE_REDIS_URL"):
+        return with_decoding(queue, True)
+    from coordinator.ops.redis_client import make_redis
+
+    key = str(settings.get("REDIS_CLUSTER") or settings.get("SENTINELS")
+              or settings.get("REDIS_URL"))
+    if key not in _DATA_CLIENTS:
+        _DATA_CLIENTS[key] = make_redis(settings)
+    return _DATA_CLIENTS[key]

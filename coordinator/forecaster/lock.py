@@ -58,7 +58,12 @@ def renew(client: redis.Redis, system: str, sync_id: str, ttl_ms: int) -> bool:
 
 def release(client: redis.Redis, system: str, sync_id: str) -> bool:
     """Free the lock if ``sync_id`` owns it."""
-    return bool(_RELEASE(client, keys=[keys.sys_sync_lock(system)], args=[sync_id]))
+    return release_owned(client, keys.sys_sync_lock(system), sync_id)
+
+
+def release_owned(client: redis.Redis, key: str, owner: str) -> bool:
+    """Delete the lock ``key`` only if ``owner`` still holds it (compare-and-delete, one step)."""
+    return bool(_RELEASE(client, keys=[key], args=[owner]))
 
 
 class LockLost(Exception):

@@ -8,6 +8,10 @@ Three findings (DESIGN "The forecaster"):
 * ``not_seen`` — a number issued and confirmed to a system that has completed a sync, yet no
   WHMCS shows it (invoice deleted or renumbered after confirmation).
 
+Each series (legal entity) is reconciled on its own: its systems' numbers against its ledger.
+Two series may print the same string (different issuers), so that is no duplicate; the
+top-level lists are every series' findings together, ``by_series`` has them per series.
+
 It reads every stored number once (HSCAN of each system's ``numbers`` hash, not the invoices)
 and the ledger once: cost grows with the numbers compared, which is what the question is about.
 """
@@ -24,20 +28,28 @@ from coordinator.clock import iso, utcnow
 from coordinator.forecaster import store
 from coordinator.warnings import store as warnings
 
+DEFAULT_SERIES = "default"
+"""The series of systems and ledger entries that name none (as before series existed)."""
+
 EXAMPLES = 20
 """Numbers quoted in one warning's message; the report lists them all."""
 
 
 def ledger_entries(client: redis.Redis) -> Iterator[Mapping[str, Any]] | None:
-    """Yield every ledger entry of both sequences, or return None without a numbering ledger."""
+    """Yield every ledger entry of both sequences of every series (each carries ``series``),
+    or return None without a numbering ledger."""
     try:
-        from coordinator.numbering import ledger
+        from coordinator import numbering
+        from coordinator.numbering import migrate
     except ImportError:
         return None
+    if migrate.needs_migration(client):  # a ledger of the release before series moves first
+        migrate.migrate(client)
 
     def entries():
-        for sequence in ("invoice", "credit_note"):
-            yield from ledger.iter_ledger(client, sequence)
+        for series in numbering.list_series(client):
+            for sequence in ("invoice", "credit_note"):
+                yield from numbering.iter_ledger(client, sequence, series=series["name"])
 
     return entries()
 
@@ -57,14 +69,53 @@ def reconcile(
     systems: Sequence[str],
     ledger: Iterable[Mapping[str, Any]] | None,
     *,
+    series_of: Mapping[str, str] | None = None,
     limit: int = 1000,
 ) -> dict[str, Any]:
     """Compare numbers seen in WHMCS with the ledger (``None``: no ledger to compare with).
 
     Args:
-        ledger: Entries with ``formatted``, ``system``, ``status``, ``sequence``, ``id``.
+        ledger: Entries with ``formatted``, ``system``, ``status``, ``sequence``, ``id`` and
+            ``series`` (missing: ``default``).
+        series_of: The series of each system (missing: ``default``).
         limit: Most items listed per finding (``counts`` has the full numbers).
     """
+    series_of = series_of or {}
+    groups: dict[str, list[str]] = {}
+    for name in systems:
+        groups.setdefault(series_of.get(name, DEFAULT_SERIES), []).append(name)
+    entries: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in ledger or ():
+        entries.setdefault(entry.get("series", DEFAULT_SERIES), []).append(entry)
+    synced = set(synced_systems(client, systems))
+    order = sorted(set(groups) | set(entries), key=lambda name: (name != DEFAULT_SERIES, name))
+    by_series = {
+        name: _reconcile_series(client, groups.get(name, []),
+                                entries.get(name, []) if ledger is not None else None, synced)
+        for name in order
+    }
+    counts = {key: sum(part["counts"][key] for part in by_series.values())
+              for key in ("numbers_seen", "numbers_issued", "duplicates", "not_issued",
+                          "not_seen")}
+    return {
+        "checked_at": iso(utcnow()),
+        "systems": list(systems),
+        "systems_synced": sorted(synced),
+        "ledger_compared": ledger is not None,
+        "counts": counts,
+        **{finding: [item for part in by_series.values() for item in part[finding]][:limit]
+           for finding in ("duplicates", "not_issued", "not_seen")},
+        "by_series": {name: {**part, **{finding: part[finding][:limit] for finding in
+                                        ("duplicates", "not_issued", "not_seen")}}
+                      for name, part in by_series.items()},
+    }
+
+
+def _reconcile_series(
+    client: redis.Redis, systems: Sequence[str], ledger: Iterable[Mapping[str, Any]] | None,
+    synced: set[str],
+) -> dict[str, Any]:
+    """Reconcile the systems of one series against that series' ledger entries."""
     seen: dict[str, dict[str, int]] = {}
     for name in systems:
         for number, n in store.iter_numbers(client, name):
@@ -75,7 +126,6 @@ def reconcile(
         for number, where in sorted(seen.items())
         if len(where) > 1 or sum(where.values()) > 1
     ]
-    synced = set(synced_systems(client, systems))
     not_issued, not_seen, issued_count = [], [], 0
     if ledger is not None:
         issued: set[str] = set()
@@ -94,16 +144,13 @@ def reconcile(
             for number, where in sorted(seen.items()) if number not in issued
         ]
     return {
-        "checked_at": iso(utcnow()),
         "systems": list(systems),
-        "systems_synced": sorted(synced),
-        "ledger_compared": ledger is not None,
         "counts": {"numbers_seen": len(seen), "numbers_issued": issued_count,
                    "duplicates": len(duplicates), "not_issued": len(not_issued),
                    "not_seen": len(not_seen)},
-        "duplicates": duplicates[:limit],
-        "not_issued": not_issued[:limit],
-        "not_seen": not_seen[:limit],
+        "duplicates": duplicates,
+        "not_issued": not_issued,
+        "not_seen": not_seen,
     }
 
 
@@ -134,9 +181,13 @@ def raise_warnings(client: redis.Redis, report: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-def check(client: redis.Redis, systems: Sequence[str]) -> list[str]:
-    """Reconcile ``systems`` against the ledger and raise the findings' warnings; return ids.
+def check(
+    client: redis.Redis, systems: Sequence[str], series_of: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Reconcile ``systems`` (of the series in ``series_of``) against the ledger and raise the
+    findings' warnings; return ids.
 
     Run by the sync worker after each completed sync, so reading the report writes nothing.
     """
-    return raise_warnings(client, reconcile(client, systems, ledger_entries(client)))
+    return raise_warnings(client, reconcile(client, systems, ledger_entries(client),
+                                            series_of=series_of))

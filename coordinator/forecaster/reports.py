@@ -28,16 +28,20 @@ ROUNDING_NOTE = "ROUND_HALF_EVEN, once per figure, to the base currency's minor 
 BUCKETS = (("not_due", None, 0), ("1-30", 1, 30), ("31-60", 31, 60), ("61-90", 61, 90),
            ("over_90", 91, None))
 """Receivables buckets by days past due (``not_due``: due today or later)."""
+BY = ("month", "system", "series")
+"""How revenue rows can be grouped (a series: every system it numbers, each converted)."""
 FORECAST_MAX_MONTHS = 24
 HISTORY_MONTHS = 12
 
 
 @dataclass(frozen=True)
 class SystemRate:
-    """A system and its exchange rate to the base currency (``1 <system currency> = rate``)."""
+    """A system, its exchange rate to the base currency (``1 <system currency> = rate``) and
+    the series (legal entity) that numbers its invoices."""
 
     name: str
     rate: Decimal
+    series: str = "default"
 
 
 @dataclass
@@ -125,7 +129,7 @@ def revenue(
     client: redis.Redis, systems: Sequence[SystemRate], base: str, start: str | None = None,
     end: str | None = None, by: str = "month", *, today: dt.date | None = None,
 ) -> dict:
-    """Revenue of Paid invoices by invoice month (or by system), in ``base``.
+    """Revenue of Paid invoices by invoice month (or by system, or by series), in ``base``.
 
     ``net`` is WHMCS's subtotal, ``tax`` tax + tax2, ``gross`` WHMCS's total; credit notes
     (negative totals) count negative. Default range: the 12 months ending with this one.
@@ -133,13 +137,20 @@ def revenue(
     Raises:
         InvalidInput: bad month, ``from`` after ``to``, unknown ``by``.
     """
-    if by not in ("month", "system"):
-        raise InvalidInput("Validation failed", {"query": {"by": ["Must be month or system."]}})
+    if by not in BY:
+        raise InvalidInput("Validation failed",
+                           {"query": {"by": ["Must be month, system or series."]}})
     end = parse_month(end, "to") if end else month_of(today or utcnow().date())
     start = parse_month(start, "from") if start else shift_month(end, -(HISTORY_MONTHS - 1))
     if start > end:
         raise InvalidInput("Validation failed", {"query": {"from": ["Must not be after 'to'."]}})
-    keys_order = months_between(start, end) if by == "month" else [s.name for s in systems]
+    if by == "month":
+        keys_order = months_between(start, end)
+    elif by == "system":
+        keys_order = [s.name for s in systems]
+    else:
+        keys_order = sorted({s.series for s in systems}, key=lambda name: (name != "default",
+                                                                          name))
     rows = {key: _Sum() for key in keys_order}
     total = _Sum()
     for system in systems:
@@ -148,7 +159,8 @@ def revenue(
                 continue
             parts = (cell.n, *(_convert(v, cell.currency, system.rate)
                                for v in (cell.net, cell.tax, cell.gross)))
-            rows[cell.month if by == "month" else system.name].add(*parts)
+            row = {"month": cell.month, "system": system.name, "series": system.series}[by]
+            rows[row].add(*parts)
             total.add(*parts)
     return {
         "currency": base, "from": start, "to": end, "by": by,
@@ -276,5 +288,7 @@ def forecast(
 
 
 def rates_of(systems: Iterable[dict]) -> list[SystemRate]:
-    """Turn registry records (``name``, ``exchange_rate`` as a decimal string) into rates."""
-    return [SystemRate(s["name"], Decimal(str(s["exchange_rate"]))) for s in systems]
+    """Turn registry records (``name``, ``exchange_rate`` as a decimal string, ``series``)
+    into rates."""
+    return [SystemRate(s["name"], Decimal(str(s["exchange_rate"])), s.get("series", "default"))
+            for s in systems]

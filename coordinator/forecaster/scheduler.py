@@ -28,7 +28,7 @@ import redis
 from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
-from coordinator.forecaster import defaults, jobs
+from coordinator.forecaster import central_poll, defaults, jobs
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,12 @@ class SchedulerThread(threading.Thread):
                     log.info("daily sync queued for: %s", ", ".join(enqueued))
             except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
                 log.exception("daily sync scheduler tick failed")
+            try:
+                polled = central_poll.due(self.client)
+                if polled:
+                    log.info("central poll queued for: %s", ", ".join(polled))
+            except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
+                log.exception("central poll scheduler tick failed")
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:

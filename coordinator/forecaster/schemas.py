@@ -39,7 +39,7 @@ _MONTH = FullMatch(r"^[0-9]{4}-(0[1-9]|1[0-2])$", error="Must be a month, YYYY-M
 class RevenueQuerySchema(Schema):
     from_ = fields.String(data_key="from", validate=_MONTH)
     to = fields.String(validate=_MONTH)
-    by = fields.String(load_default="month", validate=validate.OneOf(("month", "system")))
+    by = fields.String(load_default="month", validate=validate.OneOf(reports.BY))
 
 
 class ForecastQuerySchema(Schema):
@@ -78,7 +78,7 @@ class RevenueTotalSchema(Schema):
 
 
 class RevenueRowSchema(Schema):
-    key = fields.String(metadata={"description": "The month (YYYY-MM), or the system"})
+    key = fields.String(metadata={"description": "The month (YYYY-MM), the system or the series"})
     invoices = fields.Integer()
     net = _money(description="WHMCS's subtotal")
     tax = _money(description="tax + tax2")
@@ -89,7 +89,7 @@ class RevenueSchema(Schema):
     currency = _currency()
     from_ = fields.String(data_key="from", attribute="from")
     to = fields.String()
-    by = fields.String(metadata={"description": "`month` or `system`"})
+    by = fields.String(metadata={"description": "`month`, `system` or `series`"})
     rows = fields.List(fields.Nested(RevenueRowSchema))
     total = fields.Nested(RevenueTotalSchema)
     rounding = _rounding()
@@ -180,6 +180,14 @@ class NotSeenSchema(Schema):
     allocation = fields.String(allow_none=True)
 
 
+class ReconciliationSeriesSchema(Schema):
+    systems = fields.List(fields.String())
+    counts = fields.Nested(ReconciliationCountsSchema)
+    duplicates = fields.List(fields.Nested(DuplicateSchema))
+    not_issued = fields.List(fields.Nested(NotIssuedSchema))
+    not_seen = fields.List(fields.Nested(NotSeenSchema))
+
+
 class ReconciliationSchema(Schema):
     checked_at = fields.String()
     systems = fields.List(fields.String())
@@ -189,3 +197,7 @@ class ReconciliationSchema(Schema):
     duplicates = fields.List(fields.Nested(DuplicateSchema))
     not_issued = fields.List(fields.Nested(NotIssuedSchema))
     not_seen = fields.List(fields.Nested(NotSeenSchema))
+    by_series = fields.Dict(
+        keys=fields.String(), values=fields.Nested(ReconciliationSeriesSchema),
+        metadata={"description": "Each series' systems against that series' ledger (the lists "
+                                 "above are all series' findings together)"})

@@ -12,7 +12,7 @@ import redis
 from rq import Worker
 
 from coordinator.forecaster import defaults
-from coordinator.forecaster.connections import with_decoding
+from coordinator.forecaster.connections import queue_connection, with_decoding
 from coordinator.forecaster.scheduler import SchedulerThread
 from coordinator.ops.logs import configure_worker_logging
 
@@ -32,7 +32,7 @@ def run_worker(
         scheduler = SchedulerThread(with_decoding(client, True), config)
         scheduler.start()
     try:
-        worker = Worker([defaults.QUEUE_NAME], connection=with_decoding(client, False), name=name)
+        worker = Worker([defaults.QUEUE_NAME], connection=queue_connection(client), name=name)
         return worker.work(burst=burst)
     finally:
         if scheduler is not None:

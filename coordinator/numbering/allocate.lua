@@ -1,25 +1,32 @@
 -- Take the next number of one sequence for one WHMCS document, or return the one it already has.
--- All or nothing: the counter, the ledger entry and the reference index change together.
+-- All or nothing: the counter, the ledger entry, the reference index and the formatted-number
+-- index change together; every key is in the series' slot {ser:R}.
 --
--- KEYS[1] {seq:S}:settings       hash: increment, format, padding, reset, routing flag
--- KEYS[2] {seq:S}:stats          hash: issued, credit_notes, replays
--- KEYS[3] {seq:S}:refs:<doc>:<system>   hash: reference -> ledger id
--- KEYS[4] {seq:S}:periods        set of periods
--- KEYS[5] {seq:S}:counter:<P>    KEYS[6] {seq:S}:ledger:<P>    KEYS[7] {seq:S}:ledger-order:<P>
+-- KEYS[1] {ser:R}:S:settings     hash: increment, format, padding, reset, routing flag
+-- KEYS[2] {ser:R}:S:stats        hash: issued, credit_notes, replays
+-- KEYS[3] {ser:R}:S:refs:<doc>:<system>   hash: reference -> ledger id
+-- KEYS[4] {ser:R}:S:periods      set of periods
+-- KEYS[5] {ser:R}:S:counter:<P>  KEYS[6] {ser:R}:S:ledger:<P>  KEYS[7] {ser:R}:S:ledger-order:<P>
 --         where P is the period of the document date under the reset the caller expects
--- KEYS[8] {seq:S}:guard          hash: initialised, seen:<P> (numbering/guard.py)
+-- KEYS[8] {ser:R}:members        hash: system -> open | closed
+-- KEYS[9] {ser:R}:formatted      hash: formatted number -> ledger id (the whole series)
+-- KEYS[10] {ser:R}:S:events      list: the hash-chained ledger events (sealed by chain.py)
+-- KEYS[11] {ser:R}:S:guard       hash: initialised, seen:<P> (numbering/guard.py)
 --
 -- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
 -- ARGV[4] document date YYYY-MM-DD            ARGV[5] period P   ARGV[6] reset P was chosen by
 -- ARGV[7] now (ISO 8601 UTC)                  ARGV[8] largest number allowed (< 2^53)
--- ARGV[9] sequence name S
+-- ARGV[9] sequence name S                     ARGV[10] id prefix ('' in default, else 'R/')
+-- ARGV[11] '1' when a system without a members field is served here (the default series)
 --
 -- Returns {"new", entry_json} | {"replay", entry_json} | {"error", code, detail...}
---   codes: uninitialized (no settings yet), moved (credit notes are not numbered in S),
+--   codes: uninitialized (no settings yet), member (the system is not served by this series:
+--          detail = its members field or ''), moved (credit notes are not numbered in S),
 --          reset (the sequence resets otherwise: detail = its reset; choose P again),
 --          period (reference already numbered in another period: detail = its id),
 --          exhausted (next number past the cap or the padding: detail = last number),
---          not_initialised (no number ever issued and the numbering never set explicitly),
+--          duplicate (the formatted number is already used in the series: detail = it, its id),
+--          not_initialised (the series' numbering was never set explicitly, or was restored),
 --          behind (a WHMCS shows a number of P above the counter: detail = guard's seen:<P>)
 --
 -- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
@@ -27,6 +34,10 @@
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
   return {'error', 'uninitialized'}
+end
+local member = redis.call('HGET', KEYS[8], ARGV[2])
+if not (member == 'open' or (not member and ARGV[11] == '1')) then
+  return {'error', 'member', member or ''}
 end
 local s = {}
 for i = 1, #raw, 2 do
@@ -63,22 +74,22 @@ end
 local increment = tonumber(s['increment'])
 local padding = tonumber(s['padding'])
 local current = tonumber(redis.call('GET', counter_key) or '0')
--- Never number from a store that may be behind reality (lost data, an old backup).
-if redis.call('HEXISTS', KEYS[8], 'initialised') == 0 then
-  if redis.call('HEXISTS', KEYS[2], 'issued') == 0 and redis.call('EXISTS', counter_key) == 0 then
-    return {'error', 'not_initialised'}
-  end
-  redis.call('HSET', KEYS[8], 'initialised', ARGV[7] .. ' numbers issued before the guard')
+-- backup guard (numbering/guard.py): never number from a store that may be behind reality
+-- (lost data, an old backup). Replays above still answer; only new numbers wait.
+local guard = redis.call('HMGET', KEYS[11], 'initialised', 'seen:' .. period)
+if not guard[1] then
+  return {'error', 'not_initialised'}
 end
-local seen = redis.call('HGET', KEYS[8], 'seen:' .. period)
-if seen and tonumber(string.match(seen, '^(%d+)')) > current then
-  return {'error', 'behind', seen}
+if guard[2] and tonumber(string.match(guard[2], '^(%d+)')) > current then
+  return {'error', 'behind', guard[2]}
 end
+-- end backup guard
 local number = current + increment
 local digits = string.format('%.0f', number)
 if number > tonumber(ARGV[8]) or (padding > 0 and #digits > padding) then
   return {'error', 'exhausted', string.format('%.0f', current)}
 end
+local number_text = digits
 if padding > #digits then
   digits = string.rep('0', padding - #digits) .. digits
 end
@@ -90,20 +101,31 @@ local parts = {
 }
 local formatted = string.gsub(s['format'], '{%u+}', function(tag) return parts[tag] end)
 
-local id = seq .. ':' .. period .. ':' .. string.format('%.0f', number)
+local id = ARGV[10] .. seq .. ':' .. period .. ':' .. number_text
+-- The first write: when the string is taken, nothing has changed and no number is taken.
+if redis.call('HSETNX', KEYS[9], formatted, id) == 0 then
+  return {'error', 'duplicate', formatted, redis.call('HGET', KEYS[9], formatted)}
+end
 local entry = cjson.encode({
-  id = id, number = string.format('%.0f', number), previous = string.format('%.0f', current),
+  id = id, number = number_text, previous = string.format('%.0f', current),
   formatted = formatted, sequence = seq, period = period, system = ARGV[2],
   document = document, reference = ARGV[3], date = date, status = 'issued', issued_at = ARGV[7],
 })
 
 redis.call('INCRBY', counter_key, increment)
-redis.call('HSET', ledger_key, string.format('%.0f', number), entry)
-redis.call('ZADD', order_key, number, string.format('%.0f', number))
+redis.call('HSET', ledger_key, number_text, entry)
+redis.call('ZADD', order_key, number, number_text)
 redis.call('HSET', KEYS[3], ARGV[3], id)
 redis.call('SADD', KEYS[4], period)
 redis.call('HINCRBY', KEYS[2], 'issued', 1)
 if document == 'credit_note' then
   redis.call('HINCRBY', KEYS[2], 'credit_notes', 1)
 end
+-- ledger chain: the 'issued' event, appended in this same atomic step (sealed by chain.py)
+redis.call('RPUSH', KEYS[10], cjson.encode({
+  seq = redis.call('LLEN', KEYS[10]), type = 'issued', at = ARGV[7], id = id,
+  number = number_text, formatted = formatted, system = ARGV[2], document = document,
+  reference = ARGV[3], date = date, period = period,
+}))
+-- end ledger chain
 return {'new', entry}

@@ -1,16 +1,18 @@
 """Take numbers, confirm them, void them: the allocation hot path and the status changes.
 
-An allocation is one Lua script (``allocate.lua``) plus ``WAITAOF`` in one round trip. The
-sequence that numbers credit notes is guessed from the last answer (a process-wide hint); the
-script checks the guess atomically against the routing flag stored in its own slot and
-answers ``moved`` when wrong, so a stale guess costs one more round trip, never a number.
-The sequence's reset (which picks the period, hence the keys) is a hint checked the same way.
+An allocation is one Lua script (``allocate.lua``) plus ``WAITAOF`` in one round trip. Three
+facts that pick the script's keys are guessed from earlier answers (:class:`Hints`, one per
+app or caller, never shared between them): the series of the system, the sequence that
+numbers credit notes, and each sequence's reset. The script checks every guess atomically
+against what is stored in its own slot and answers ``member``, ``moved`` or ``reset`` when
+one is wrong, so a stale guess costs one more round trip, never a number.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -28,9 +30,11 @@ from coordinator.exceptions import (
     ServiceUnavailable,
 )
 from coordinator.numbering import guard, scripts
+from coordinator.numbering import series as series_mod
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
     CREDIT_NOTE,
+    DEFAULT_SERIES,
     DEFAULTS,
     INVOICE,
     MAX_NUMBER,
@@ -38,29 +42,52 @@ from coordinator.numbering.sequences import (
     period_of,
 )
 
-_credit_note_home = {"sequence": CREDIT_NOTE}
-"""Where credit notes were numbered last time; only a hint (see the module docstring)."""
 
-_reset_hint: dict[str, str] = {}
-"""The reset each sequence had last time (a hint checked by the script, like the above)."""
+@dataclass
+class Hints:
+    """What one app (or one caller) learnt about routing; only ever a guess.
 
-_ID = re.compile(r"^(invoice|credit_note):(all|\d{4}|\d{4}-\d{2}):([1-9]\d{0,14})$")
+    Each app keeps its own (``app.extensions``), so two apps in one process, or tests, never
+    steer each other. Plain dict reads and writes under the GIL: threads of one app may race
+    on a hint, which costs at most one more round trip.
+    """
+
+    series_of: dict[str, str] = field(default_factory=dict)
+    """system -> the series it was last numbered in."""
+
+    credit_note_home: dict[str, str] = field(default_factory=dict)
+    """series -> the sequence that numbered its credit notes last time."""
+
+    reset: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(series, sequence) -> the reset the sequence had last time."""
 
 
-def entry_out(raw: str) -> dict[str, Any]:
+_ID = re.compile(
+    r"^(?:([a-z0-9][a-z0-9_-]{0,62})/)?(invoice|credit_note):(all|\d{4}|\d{4}-\d{2}):"
+    r"([1-9]\d{0,14})$")
+
+
+def entry_out(raw: str, series: str) -> dict[str, Any]:
     """Turn a stored ledger entry into the API's allocation object (numbers as integers)."""
     entry = json.loads(raw)
     entry["number"] = int(entry["number"])
+    entry["series"] = series
     entry.pop("previous", None)
     return entry
 
 
-def parse_id(allocation_id: str) -> tuple[str, str, str]:
-    """Split ``invoice:2026:51`` into sequence, period and number; 404 when malformed."""
+def parse_id(allocation_id: str) -> tuple[str, str, str, str]:
+    """Split ``[series/]invoice:2026:51`` into series, sequence, period and number.
+
+    ``default`` is never spelled out (its ids are as before series existed).
+
+    Raises:
+        NotFound: a malformed id.
+    """
     match = _ID.match(allocation_id)
-    if not match:
+    if not match or match.group(1) == DEFAULT_SERIES:
         raise NotFound(f"No allocation {allocation_id!r}")
-    return match.group(1), match.group(2), match.group(3)
+    return match.group(1) or DEFAULT_SERIES, match.group(2), match.group(3), match.group(4)
 
 
 def allocate(
@@ -70,40 +97,48 @@ def allocate(
     reference: str,
     day: date,
     durability: Durability | None = None,
+    hints: Hints | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Number one WHMCS document, or return the number it already has.
 
     Args:
         client: Redis client.
-        system: The system the document belongs to (from the agent's token).
+        system: The system the document belongs to (from the agent's token); its series
+            numbers it.
         document: ``invoice`` or ``credit_note``.
         reference: The document's id in that WHMCS (validated by the caller).
         day: The document date; it picks the period.
         durability: Wait for fsync/replicas before returning (None: do not wait).
+        hints: The caller's routing guesses (None: start from the defaults).
 
     Returns:
         The allocation and whether it is new (False: a replay of an earlier allocation).
 
     Raises:
-        Conflict: the reference was numbered in another period, or the sequence is exhausted.
+        Conflict: the reference was numbered in another period, the sequence is exhausted,
+            or the formatted number is already used in the series.
         NotDurable: the write was not confirmed durable in time (retry the same call).
     """
-    sequence = INVOICE if document == INVOICE else _credit_note_home["sequence"]
+    hints = hints if hints is not None else Hints()
+    series = hints.series_of.get(system, DEFAULT_SERIES)
+    sequence = INVOICE if document == INVOICE else hints.credit_note_home.get(series, CREDIT_NOTE)
     now = iso(utcnow())
     tried: set[str] = set()
     while True:
-        reset = _reset_hint.get(sequence, DEFAULTS[sequence]["reset"])
+        reset = hints.reset.get((series, sequence), DEFAULTS[sequence]["reset"])
         period = period_of(day, reset)
         seq_keys = [
-            keys.seq_settings(sequence), keys.seq_stats(sequence),
-            keys.seq_refs(sequence, document, system), keys.seq_periods(sequence),
-            keys.seq_counter(sequence, period), keys.seq_ledger(sequence, period),
-            keys.seq_ledger_order(sequence, period), keys.seq_guard(sequence),
+            keys.seq_settings(sequence, series), keys.seq_stats(sequence, series),
+            keys.seq_refs(sequence, document, system, series), keys.seq_periods(sequence, series),
+            keys.seq_counter(sequence, period, series), keys.seq_ledger(sequence, period, series),
+            keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
+            keys.series_formatted(series), keys.seq_events(sequence, series),
+            keys.seq_guard(sequence, series),
         ]
-        args = [document, system, reference, day.isoformat(), period, reset, now, MAX_NUMBER]
-        reply, wait = scripts.run(
-            client, scripts.ALLOCATE, seq_keys, [*args, sequence], durability
-        )
+        args = [document, system, reference, day.isoformat(), period, reset, now, MAX_NUMBER,
+                sequence, "" if series == DEFAULT_SERIES else f"{series}/",
+                "1" if series == DEFAULT_SERIES else "0"]
+        reply, wait = scripts.run(client, scripts.ALLOCATE, seq_keys, args, durability)
         kind = reply[0]
         if kind == "replay" and reply[1] is None:
             # The reference index names a ledger entry that is not there: damaged data that
@@ -114,37 +149,39 @@ def allocate(
                 "missing; no new number was taken")
         if kind in ("new", "replay"):
             if document == CREDIT_NOTE:
-                _credit_note_home["sequence"] = sequence
+                hints.credit_note_home[series] = sequence
+            hints.series_of[system] = series
             if durability is not None:
                 scripts.check_durable(wait, durability)
-            return entry_out(reply[1]), kind == "new"
+            return entry_out(reply[1], series), kind == "new"
         code = reply[1]
-        if code == "uninitialized" and "init" not in tried:
-            tried.add("init")
-            ensure_sequences(client)
-        elif code == "reset" and f"reset:{sequence}" not in tried:
-            tried.add(f"reset:{sequence}")
-            _reset_hint[sequence] = reply[2]
-        elif code == "moved" and sequence not in tried:
-            tried.add(sequence)
+        if code == "member" and f"member:{series}" not in tried:
+            tried.add(f"member:{series}")
+            series, sequence = _reroute(client, system, series, reply[2], hints, document)
+        elif code == "uninitialized" and f"init:{series}" not in tried:
+            tried.add(f"init:{series}")
+            ensure_sequences(client, series)
+        elif code == "reset" and f"reset:{series}:{sequence}" not in tried:
+            tried.add(f"reset:{series}:{sequence}")
+            hints.reset[(series, sequence)] = reply[2]
+        elif code == "moved" and f"moved:{series}:{sequence}" not in tried:
+            tried.add(f"moved:{series}:{sequence}")
             sequence = INVOICE if sequence == CREDIT_NOTE else CREDIT_NOTE
         elif code == "moved":
             raise ServiceUnavailable(
                 "Credit-note numbering is being switched between sequences; retry shortly")
-        elif code == "not_initialised" and "initialised" not in tried and (
-                guard.is_initialised(client)):
-            # Another sequence of this store was set explicitly or issued numbers: the store
-            # is not a lost one, so this sequence is initialised too.
-            tried.add("initialised")
-            guard.mark_initialised(client, "another sequence of the store was")
+        elif code == "member":
+            raise ServiceUnavailable(
+                f"System {system!r} is between series (a move or removal did not finish); "
+                "retry shortly, or repeat the admin's change")
+        elif code == "not_initialised" and f"adopt:{series}" not in tried and (
+                guard.adopt(client, series)):
+            # Data of the previous release, or a new series in a live store: initialised now.
+            tried.add(f"adopt:{series}")
         elif code == "not_initialised":
-            raise NumberingNotInitialised(
-                "numbering is not initialised: this store never issued a number and its "
-                "sequences were never set explicitly, so it may have lost its data. Restore a "
-                "backup, run `invoice-sync recover`, or set next_number of the sequences "
-                "(PATCH /v1/sequences/{name}); see docs/RECOVERY.md")
+            raise NumberingNotInitialised(guard.not_initialised_message(client, series))
         elif code == "behind":
-            raise NumberingBehind(guard.behind_message(sequence, period, reply[2]))
+            raise NumberingBehind(guard.behind_message(series, sequence, period, reply[2]))
         elif code == "period":
             raise Conflict(
                 f"Reference {reference!r} already has number {reply[2]}, in another period "
@@ -155,17 +192,36 @@ def allocate(
                 f"sequence exhausted: {sequence} cannot issue a number after {reply[2]} "
                 f"within its padding (or the cap {MAX_NUMBER}); raise the padding or "
                 "change the format's period")
+        elif code == "duplicate":
+            raise Conflict(
+                f"The next {sequence} number would print as {reply[2]!r}, which series "
+                f"{series!r} already issued ({reply[3]}); no number was taken. Raise "
+                "next_number or change the format so the series prints a new string")
         else:
             raise ServiceUnavailable(f"Sequence {sequence} is not initialised; retry")
 
 
+def _reroute(
+    client: redis.Redis, system: str, series: str, member: str, hints: Hints, document: str,
+) -> tuple[str, str]:
+    """After ``series`` refused ``system``: find its series in the registry (and, when the
+    registry already names ``series`` and the series never knew the system, finish the
+    join that a registration or move left undone). Returns the series and sequence to try."""
+    named = series_mod.series_of_system(client, system) or DEFAULT_SERIES
+    if named == series and not member:
+        series_mod.join(client, series, system, only_if_new=True)
+    hints.series_of[system] = named
+    sequence = INVOICE if document == INVOICE else hints.credit_note_home.get(named, CREDIT_NOTE)
+    return named, sequence
+
+
 def get(client: redis.Redis, allocation_id: str) -> dict[str, Any]:
     """Return one allocation by id, or raise ``NotFound``."""
-    sequence, period, number = parse_id(allocation_id)
-    raw = client.hget(keys.seq_ledger(sequence, period), number)
+    series, sequence, period, number = parse_id(allocation_id)
+    raw = client.hget(keys.seq_ledger(sequence, period, series), number)
     if raw is None:
         raise NotFound(f"No allocation {allocation_id!r}")
-    return entry_out(raw)
+    return entry_out(raw, series)
 
 
 def transition(
@@ -188,10 +244,11 @@ def transition(
     Returns:
         The entry and whether it changed now.
     """
-    sequence, period, number = parse_id(allocation_id)
+    series, sequence, period, number = parse_id(allocation_id)
     reply, wait = scripts.run(
         client, scripts.TRANSITION,
-        [keys.seq_ledger(sequence, period), keys.seq_stats(sequence)],
+        [keys.seq_ledger(sequence, period, series), keys.seq_stats(sequence, series),
+         keys.seq_events(sequence, series)],
         [number, action, actor_kind, actor_system or "", actor, iso(utcnow()), value],
         durability,
     )
@@ -201,7 +258,7 @@ def transition(
             raise NotFound(f"No allocation {allocation_id!r}")
         if code == "forbidden":
             raise Forbidden("This agent token belongs to another system")
-        entry = entry_out(reply[2])
+        entry = entry_out(reply[2], series)
         if code == "mismatch":
             raise Conflict(f"invoicenum {value!r} is not the allocated number "
                            f"{entry['formatted']!r}")
@@ -210,4 +267,4 @@ def transition(
         raise Forbidden(f"{allocation_id} is confirmed: only an admin can void it")
     if durability is not None:
         scripts.check_durable(wait, durability)
-    return entry_out(reply[1]), reply[0] == "changed"
+    return entry_out(reply[1], series), reply[0] == "changed"

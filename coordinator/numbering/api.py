@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify
+from flask import after_this_request, current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -10,8 +10,10 @@ from marshmallow import RAISE
 from coordinator import auth
 from coordinator.clock import utcnow
 from coordinator.exceptions import NotDurable
-from coordinator.numbering import allocation, ledger, schemas, sequences
+from coordinator.numbering import allocation, chain, ledger, migrate, schemas, sequences
+from coordinator.numbering.allocation import Hints
 from coordinator.numbering.scripts import Durability
+from coordinator.ops import confirmation
 from coordinator.ops.metrics import ALLOCATIONS, child
 from coordinator.ops.redis_client import get_redis
 
@@ -25,11 +27,39 @@ _ALLOCATION_REQUEST = schemas.AllocationRequestSchema()
 _ALLOCATION = schemas.AllocationSchema()
 _ALLOCATION_FIELDS = tuple(_ALLOCATION.dump_fields)
 
-SERIES = "default"
-"""The ``series`` label of the allocation metrics (one series until series land)."""
+SERIES_UNKNOWN = "-"
+"""The ``series`` label of an allocation refused before its series was looked up."""
 
-DURABILITY = "invoice_sync.durability"
-"""``app.extensions`` key of the app's :class:`Durability`, read from its config once."""
+HINTS = "invoice_sync.numbering_hints"
+"""``app.extensions`` key of the app's allocation :class:`Hints` (never shared between apps)."""
+
+READY = "invoice_sync.numbering_ready"
+"""``app.extensions`` key set once this app saw the numbering data in the series layout."""
+
+
+@blp.before_request
+def ensure_layout() -> None:
+    """Once per app, before it reads or writes a number: migrate an older layout (idempotent).
+
+    ``invoice-sync serve`` migrates before it starts serving; this covers coordinators started
+    another way (gunicorn directly), so no request ever sees the old keys as missing.
+    """
+    extensions = current_app.extensions
+    if not extensions.get(READY):
+        # Read-only unless there is old data to move: a request refused later (bad body,
+        # bad token) must change nothing. A fresh store is initialised by its first number.
+        client = get_redis()
+        if migrate.needs_migration(client):
+            migrate.migrate(client)
+        extensions[READY] = True
+
+
+def hints() -> Hints:
+    """Return this app's allocation hints."""
+    found = current_app.extensions.get(HINTS)
+    if found is None:
+        found = current_app.extensions[HINTS] = Hints()
+    return found
 
 
 def _shaped(entry: dict) -> dict:
@@ -49,17 +79,36 @@ def _actor() -> str:
 
 
 def _durability() -> Durability:
-    extensions = current_app.extensions
-    durability = extensions.get(DURABILITY)
-    if durability is None:
-        durability = extensions[DURABILITY] = Durability.from_config(current_app.config)
-    return durability
+    # The same verdict as /readyz and the doctor: 503 before writing when the server cannot
+    # keep what it acknowledges (coordinator.ops.durability).
+    return confirmation.guard_for(current_app).current(get_redis())
 
 
-def _period(name: str, given: str | None) -> str:
+def _seal_after(series: str, sequence: str) -> None:
+    """Seal the sequence's new events once the response is sent (off the client's clock).
+
+    Sealing is idempotent and verify/export seal first, so a failure here only leaves the
+    events unsealed a little longer; it is logged, never raised.
+    """
+    client = get_redis()
+    logger = current_app.logger
+
+    @after_this_request
+    def hook(response):
+        def seal() -> None:
+            try:
+                chain.seal(client, sequence, series=series)
+            except Exception:  # noqa: BLE001 - see the docstring
+                logger.warning("sealing %s/%s failed; sealed at the next verify", series,
+                               sequence, exc_info=True)
+        response.call_on_close(seal)
+        return response
+
+
+def _period(name: str, given: str | None, series: str) -> str:
     if given is not None:
         return given
-    settings = sequences.read_settings(get_redis(), name)
+    settings = sequences.read_settings(get_redis(), name, series)
     return sequences.period_of(utcnow().date(), settings["reset"])
 
 
@@ -77,18 +126,21 @@ class Allocations(MethodView):
         try:
             entry, new = allocation.allocate(
                 get_redis(), auth.current_principal().system, body["document"],
-                body["reference"], day, _durability(),
+                body["reference"], day, _durability(), hints(),
             )
         except NotDurable:
-            # The physical sequence is unknown here; the document names it closely enough.
-            child(ALLOCATIONS, SERIES, body["document"], "not_durable").inc()
+            # Refused before the script ran: neither the series nor the physical sequence is
+            # known here (SERIES_UNKNOWN); the document names the sequence closely enough.
+            child(ALLOCATIONS, SERIES_UNKNOWN, body["document"], "not_durable").inc()
             raise
-        child(ALLOCATIONS, SERIES, entry["sequence"], "new" if new else "replay").inc()
+        child(ALLOCATIONS, entry["series"], entry["sequence"], "new" if new else "replay").inc()
+        if new:
+            _seal_after(entry["series"], entry["sequence"])
         # A Response passes flask-smorest's @response untouched (see _shaped).
         return jsonify(_shaped(entry)), (201 if new else 200)
 
 
-@blp.route("/allocations/<string:allocation_id>")
+@blp.route("/allocations/<path:allocation_id>")
 class AllocationById(MethodView):
     @auth.require(auth.ADMIN, auth.AUDITOR, auth.AGENT)
     @blp.response(200, schemas.AllocationSchema)
@@ -101,14 +153,16 @@ class AllocationById(MethodView):
 
 def _transition(allocation_id: str, action: str, value: str):
     principal = auth.current_principal()
-    entry, _ = allocation.transition(
+    entry, changed = allocation.transition(
         get_redis(), allocation_id, action, value, actor_kind=principal.kind,
         actor_system=principal.system, actor=_actor(), durability=_durability(),
     )
+    if changed:
+        _seal_after(entry["series"], entry["sequence"])
     return entry
 
 
-@blp.route("/allocations/<string:allocation_id>/confirm")
+@blp.route("/allocations/<path:allocation_id>/confirm")
 class Confirm(MethodView):
     @auth.require(auth.AGENT)
     @blp.arguments(schemas.ConfirmSchema)
@@ -118,7 +172,7 @@ class Confirm(MethodView):
         return _transition(allocation_id, "confirm", body["invoicenum"])
 
 
-@blp.route("/allocations/<string:allocation_id>/void")
+@blp.route("/allocations/<path:allocation_id>/void")
 class Void(MethodView):
     @auth.require(auth.ADMIN, auth.AGENT)
     @blp.arguments(schemas.VoidSchema)
@@ -128,13 +182,62 @@ class Void(MethodView):
         return _transition(allocation_id, "void", body["reason"])
 
 
+def list_sequences(series: str) -> list[dict]:
+    """Both sequences of ``series``."""
+    return [sequences.describe(get_redis(), name, series=series) for name in sequences.SEQUENCES]
+
+
+def show_sequence(series: str, name: str) -> dict:
+    """One sequence of ``series``."""
+    sequences.check_name(name)
+    return sequences.describe(get_redis(), name, series=series)
+
+
+def patch_sequence(series: str, name: str, body: dict) -> dict:
+    """Change settings of one sequence of ``series``."""
+    sequences.check_name(name)
+    period = body.pop("period", None)
+    described = sequences.update(get_redis(), name, body, actor=_actor(), period=period,
+                                 series=series)
+    _seal_after(series, name)
+    return described
+
+
+def sequence_audit(series: str, name: str, limit: int) -> dict:
+    """Settings changes of one sequence of ``series``."""
+    return {"sequence": name,
+            "records": sequences.audit(get_redis(), name, limit, series=series)}
+
+
+def sequence_ledger(series: str, name: str, query: dict) -> dict:
+    """One page of the ledger of one sequence of ``series``."""
+    sequences.check_name(name)
+    period = _period(name, query["period"], series)
+    entries = ledger.list_ledger(get_redis(), name, period, query["after"], query["limit"],
+                                 series=series)
+    next_after = entries[-1]["number"] if len(entries) == query["limit"] else None
+    return {"sequence": name, "period": period, "entries": entries, "next_after": next_after}
+
+
+def sequence_gaps(series: str, name: str, query: dict) -> dict:
+    """The gap report of one period of one sequence of ``series``."""
+    sequences.check_name(name)
+    period = _period(name, query["period"], series)
+    found = ledger.gaps(get_redis(), name, period,
+                        int(current_app.config["UNCONFIRMED_GRACE_SECONDS"]), series=series)
+    return {"sequence": name, "period": period, "gaps": found}
+
+
+DEFAULT = sequences.DEFAULT_SERIES
+
+
 @blp.route("/sequences")
 class Sequences(MethodView):
     @auth.require(*auth.READERS)
     @blp.response(200, schemas.SequenceSchema(many=True))
     def get(self):
         """Both sequences: settings and, per period, the last number issued."""
-        return [sequences.describe(get_redis(), name) for name in sequences.SEQUENCES]
+        return list_sequences(DEFAULT)
 
 
 @blp.route("/sequences/<string:name>")
@@ -143,18 +246,16 @@ class SequenceByName(MethodView):
     @blp.response(200, schemas.SequenceSchema)
     def get(self, name):
         """One sequence: settings and, per period, the last number issued."""
-        sequences.check_name(name)
-        return sequences.describe(get_redis(), name)
+        return show_sequence(DEFAULT, name)
 
     @auth.require(auth.ADMIN)
     @blp.arguments(schemas.SequencePatchSchema)
     @blp.response(200, schemas.SequenceSchema)
-    @blp.alt_response(409, description="next_number backwards, reset locked, dedicated in use")
+    @blp.alt_response(409, description="next_number backwards, reset locked, dedicated in use, "
+                                       "or settings that could print one number twice")
     def patch(self, body, name):
         """Change settings; next_number only moves forward. Every change is audited."""
-        sequences.check_name(name)
-        period = body.pop("period", None)
-        return sequences.update(get_redis(), name, body, actor=_actor(), period=period)
+        return patch_sequence(DEFAULT, name, body)
 
 
 @blp.route("/sequences/<string:name>/audit")
@@ -164,7 +265,7 @@ class SequenceAudit(MethodView):
     @blp.response(200, schemas.AuditSchema)
     def get(self, query, name):
         """Settings changes of one sequence (who, when, before, after), oldest first."""
-        return {"sequence": name, "records": sequences.audit(get_redis(), name, query["limit"])}
+        return sequence_audit(DEFAULT, name, query["limit"])
 
 
 @blp.route("/sequences/<string:name>/ledger")
@@ -174,11 +275,7 @@ class SequenceLedger(MethodView):
     @blp.response(200, schemas.LedgerPageSchema)
     def get(self, query, name):
         """Issued numbers of one period in number order (cursor: ``after``)."""
-        sequences.check_name(name)
-        period = _period(name, query["period"])
-        entries = ledger.list_ledger(get_redis(), name, period, query["after"], query["limit"])
-        next_after = entries[-1]["number"] if len(entries) == query["limit"] else None
-        return {"sequence": name, "period": period, "entries": entries, "next_after": next_after}
+        return sequence_ledger(DEFAULT, name, query)
 
 
 @blp.route("/sequences/<string:name>/gaps")
@@ -188,8 +285,4 @@ class SequenceGaps(MethodView):
     @blp.response(200, schemas.GapsSchema)
     def get(self, query, name):
         """Voided, skipped, long-unconfirmed and missing numbers of one period."""
-        sequences.check_name(name)
-        period = _period(name, query["period"])
-        found = ledger.gaps(get_redis(), name, period,
-                            int(current_app.config["UNCONFIRMED_GRACE_SECONDS"]))
-        return {"sequence": name, "period": period, "gaps": found}
+        return sequence_gaps(DEFAULT, name, query)

@@ -11,43 +11,53 @@ import redis
 
 from coordinator import keys
 from coordinator.clock import utcnow
-from coordinator.numbering.sequences import check_name
+from coordinator.numbering.sequences import DEFAULT_SERIES, check_name
 
 MAX_PAGE = 1000
 """Largest ``limit`` of one ledger page."""
 
 
-def periods(client: redis.Redis, sequence: str) -> list[str]:
+def periods(
+    client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES
+) -> list[str]:
     """Return the periods of ``sequence`` that have numbers or a counter, sorted."""
     check_name(sequence)
-    return sorted(client.smembers(keys.seq_periods(sequence)))
+    return sorted(client.smembers(keys.seq_periods(sequence, series)))
+
+
+def allocation_id(series: str, sequence: str, period: str, number: str | int) -> str:
+    """Return the id of a number: ``invoice:2026:51``, or ``acme-us/invoice:2026:51``."""
+    prefix = "" if series == DEFAULT_SERIES else f"{series}/"
+    return f"{prefix}{sequence}:{period}:{number}"
 
 
 def _page_raw(
-    client: redis.Redis, sequence: str, period: str, after: int, limit: int
+    client: redis.Redis, sequence: str, period: str, after: int, limit: int, series: str
 ) -> list[dict[str, Any]]:
     """Return entries with ``previous`` kept (the counter before each number, for gaps)."""
-    numbers = client.zrange(keys.seq_ledger_order(sequence, period), f"({after}", "+inf",
-                            byscore=True, offset=0, num=limit)
+    numbers = client.zrange(keys.seq_ledger_order(sequence, period, series), f"({after}",
+                            "+inf", byscore=True, offset=0, num=limit)
     if not numbers:
         return []
-    raws = client.hmget(keys.seq_ledger(sequence, period), numbers)
+    raws = client.hmget(keys.seq_ledger(sequence, period, series), numbers)
     entries = []
     for number, raw in zip(numbers, raws, strict=True):
         if raw is None:
             # allocate.lua writes both or neither, so this means lost data: show, never hide.
-            entries.append({"id": f"{sequence}:{period}:{number}", "number": int(number),
-                            "status": "missing"})
+            entries.append({"id": allocation_id(series, sequence, period, number),
+                            "number": int(number), "status": "missing", "series": series})
             continue
         entry = json.loads(raw)
         entry["number"] = int(entry["number"])
         entry["previous"] = int(entry.get("previous", 0))
+        entry["series"] = series
         entries.append(entry)
     return entries
 
 
 def list_ledger(
-    client: redis.Redis, sequence: str, period: str, after: int = 0, limit: int = 100
+    client: redis.Redis, sequence: str, period: str, after: int = 0, limit: int = 100,
+    *, series: str = DEFAULT_SERIES,
 ) -> list[dict[str, Any]]:
     """Return up to ``limit`` entries of ``period`` with numbers above ``after``, in order.
 
@@ -55,20 +65,21 @@ def list_ledger(
     """
     check_name(sequence)
     limit = max(1, min(int(limit), MAX_PAGE))
-    entries = _page_raw(client, sequence, period, after, limit)
+    entries = _page_raw(client, sequence, period, after, limit, series)
     for entry in entries:
         entry.pop("previous", None)
     return entries
 
 
 def iter_ledger(
-    client: redis.Redis, sequence: str, period: str | None = None, page: int = 500
+    client: redis.Redis, sequence: str, period: str | None = None, page: int = 500,
+    *, series: str = DEFAULT_SERIES,
 ) -> Iterator[dict[str, Any]]:
     """Yield every entry of one period (or of all periods, oldest first), in number order."""
-    for each in [period] if period else periods(client, sequence):
+    for each in [period] if period else periods(client, sequence, series=series):
         after = 0
         while True:
-            entries = list_ledger(client, sequence, each, after, page)
+            entries = list_ledger(client, sequence, each, after, page, series=series)
             yield from entries
             if len(entries) < page:
                 break
@@ -81,6 +92,8 @@ def gaps(
     period: str,
     grace_seconds: int,
     now: datetime | None = None,
+    *,
+    series: str = DEFAULT_SERIES,
 ) -> list[dict[str, Any]]:
     """List every number of ``period`` an auditor would ask about, in number order.
 
@@ -90,8 +103,9 @@ def gaps(
     """
     check_name(sequence)
     now = now or utcnow()
-    skips = {int(k): int(v) for k, v in client.hgetall(keys.seq_skips(sequence, period)).items()}
-    counter = int(client.get(keys.seq_counter(sequence, period)) or 0)
+    skips = {int(k): int(v)
+             for k, v in client.hgetall(keys.seq_skips(sequence, period, series)).items()}
+    counter = int(client.get(keys.seq_counter(sequence, period, series)) or 0)
     found: list[dict[str, Any]] = []
     expected = 0
 
@@ -104,7 +118,7 @@ def gaps(
 
     after = 0
     while True:
-        page = _page_raw(client, sequence, period, after, MAX_PAGE)
+        page = _page_raw(client, sequence, period, after, MAX_PAGE, series)
         for entry in page:
             number = entry["number"]
             if entry["status"] == "missing":

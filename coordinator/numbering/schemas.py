@@ -54,7 +54,9 @@ class VoidSchema(StrictSchema):
 
 
 class AllocationSchema(Schema):
-    id = fields.String()
+    id = fields.String(metadata={
+        "description": "`<sequence>:<period>:<number>` in the default series, "
+                       "`<series>/<sequence>:<period>:<number>` in others."})
     number = fields.Integer()
     formatted = fields.String()
     sequence = fields.String()
@@ -70,6 +72,7 @@ class AllocationSchema(Schema):
     voided_at = fields.String()
     voided_by = fields.String()
     void_reason = fields.String()
+    series = fields.String(metadata={"description": "The series (legal entity) of the number."})
 
 
 class PeriodRowSchema(Schema):
@@ -139,3 +142,32 @@ class GapsSchema(Schema):
     sequence = fields.String()
     period = fields.String()
     gaps = fields.List(fields.Dict())
+
+
+SERIES_NAME = FullMatch(
+    r"^[a-z0-9][a-z0-9_-]{0,62}$",
+    error="Must be 1 to 63 characters: lowercase letters, digits, '-' and '_', starting with "
+          "a letter or digit.")
+
+
+def _description(**kwargs) -> fields.String:
+    return fields.String(validate=[validate.Length(max=500), _printable], **kwargs)
+
+
+class SeriesCreateSchema(StrictSchema):
+    name = fields.String(required=True, validate=SERIES_NAME,
+                         metadata={"example": "acme-us"})
+    description = _description(load_default="", metadata={"example": "ACME Inc. (US)"})
+
+
+class SeriesPatchSchema(StrictSchema):
+    description = _description(required=True)
+
+
+class SeriesSchema(Schema):
+    name = fields.String()
+    description = fields.String()
+    created_at = fields.String(allow_none=True)
+    updated_at = fields.String(allow_none=True)
+    systems = fields.List(fields.String(), metadata={
+        "description": "Registered systems whose documents this series numbers."})

@@ -1,18 +1,25 @@
 -- Change the settings of one sequence and, optionally, raise next_number in one period;
 -- append the audit record in the same step, so a change is never without its record.
+-- The caller checked that the new settings cannot print a number twice (overlap.py) against
+-- the settings it read; `expected` makes that check hold here, atomically: if any of those
+-- fields changed meanwhile, nothing is written and the caller reads and checks again.
 --
--- KEYS[1] {seq:S}:settings   KEYS[2] {seq:S}:stats        KEYS[3] {seq:S}:counter:<period>
--- KEYS[4] {seq:S}:skips:<period>   KEYS[5] {seq:S}:audit  KEYS[6] {seq:S}:periods
+-- KEYS[1] {ser:R}:S:settings   KEYS[2] {ser:R}:S:stats        KEYS[3] {ser:R}:S:counter:<period>
+-- KEYS[4] {ser:R}:S:skips:<period>   KEYS[5] {ser:R}:S:audit  KEYS[6] {ser:R}:S:periods
+-- KEYS[7] {ser:R}:S:ledger-order:<period>   KEYS[8] {ser:R}:<other sequence>:settings
+-- KEYS[9] {ser:R}:S:events   list: the hash-chained ledger events (sealed by chain.py)
 --
 -- ARGV[1] JSON object of changed settings (increment, format, padding, reset; all strings)
 -- ARGV[2] period the next_number applies to   ARGV[3] next_number ('' = unchanged)
 -- ARGV[4] actor label   ARGV[5] now (ISO 8601 UTC)   ARGV[6] largest number allowed
+-- ARGV[7] JSON list of [1 (KEYS[1]) | 8 (KEYS[8]), field, value the caller checked against]
 --
 -- Returns {"ok", audit_json} | {"error", code, detail...}
---   codes: uninitialized, reset (reset changed after numbers were issued),
+--   codes: uninitialized, changed (settings changed since the caller read them: check again),
+--          reset (reset changed after numbers were issued),
 --          period (the period does not match the reset: detail = reset),
---          backwards (next_number below the period's next: detail = next, counter),
---          exhausted (the next number would not fit the padding or the cap: detail = next)
+--          backwards (next_number below the period's next: detail = next, counter, last issued
+--          number or ''), exhausted (the next number would not fit the padding or the cap)
 
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
@@ -21,6 +28,11 @@ end
 local before = {}
 for i = 1, #raw, 2 do
   before[raw[i]] = raw[i + 1]
+end
+for _, check in ipairs(cjson.decode(ARGV[7])) do
+  if (redis.call('HGET', KEYS[check[1]], check[2]) or '') ~= check[3] then
+    return {'error', 'changed'}
+  end
 end
 local changes = cjson.decode(ARGV[1])
 local after = {}
@@ -49,7 +61,9 @@ local next_after = counter + increment
 if ARGV[3] ~= '' then
   local wanted = tonumber(ARGV[3])
   if wanted < next_after then
-    return {'error', 'backwards', string.format('%.0f', next_after), string.format('%.0f', counter)}
+    local last = redis.call('ZRANGE', KEYS[7], -1, -1)[1] or ''
+    return {'error', 'backwards', string.format('%.0f', next_after),
+            string.format('%.0f', counter), last}
   end
   next_after = wanted
 end
@@ -66,6 +80,11 @@ if next_after - increment > counter then
   redis.call('HSET', KEYS[4], string.format('%.0f', counter), string.format('%.0f', moved_to))
   redis.call('SET', KEYS[3], string.format('%.0f', moved_to))
   redis.call('SADD', KEYS[6], period)
+  redis.call('RPUSH', KEYS[9], cjson.encode({
+    seq = redis.call('LLEN', KEYS[9]), type = 'next_number_raised', at = ARGV[5], by = ARGV[4],
+    period = period, counter = string.format('%.0f', counter),
+    moved_to = string.format('%.0f', moved_to),
+  }))
 end
 for k, v in pairs(changes) do
   redis.call('HSET', KEYS[1], k, v)
@@ -76,4 +95,8 @@ local record = cjson.encode({
   at = ARGV[5], by = ARGV[4], period = period, before = before, after = after,
 })
 redis.call('RPUSH', KEYS[5], record)
+redis.call('RPUSH', KEYS[9], cjson.encode({
+  seq = redis.call('LLEN', KEYS[9]), type = 'settings_changed', at = ARGV[5], by = ARGV[4],
+  audit = record,
+}))
 return {'ok', record}

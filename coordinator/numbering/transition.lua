@@ -2,6 +2,7 @@
 --
 -- KEYS[1] {seq:S}:ledger:<period>   hash: number -> JSON entry
 -- KEYS[2] {seq:S}:stats             hash (replays: bumped on idempotent repeats, see below)
+-- KEYS[3] {ser:R}:S:events          list: the hash-chained ledger events (sealed by chain.py)
 --
 -- ARGV[1] number   ARGV[2] action (confirm | void)   ARGV[3] actor kind (admin | agent)
 -- ARGV[4] actor system ('' for admins)   ARGV[5] actor label (for the record)
@@ -55,4 +56,11 @@ else
 end
 local encoded = cjson.encode(entry)
 redis.call('HSET', KEYS[1], ARGV[1], encoded)
+local event = {seq = redis.call('LLEN', KEYS[3]), at = ARGV[6], id = entry['id'], by = ARGV[5]}
+if action == 'confirm' then
+  event['type'], event['invoicenum'] = 'confirmed', ARGV[7]
+else
+  event['type'], event['reason'] = 'voided', ARGV[7]
+end
+redis.call('RPUSH', KEYS[3], cjson.encode(event))
 return {'changed', encoded}

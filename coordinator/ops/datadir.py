@@ -96,9 +96,10 @@ def _in_use_message(data_dir: Path, holder: str) -> str:
 
 
 def uses_embedded() -> bool:
-    """Whether no external Redis is configured (neither a URL nor Sentinels)."""
+    """Whether no external Redis is configured (no URL, Sentinels or Cluster)."""
     return not (
         os.environ.get("INVOICE_SYNC_REDIS_URL") or os.environ.get("INVOICE_SYNC_SENTINELS")
+        or os.environ.get("INVOICE_SYNC_REDIS_CLUSTER")
     )
 
 

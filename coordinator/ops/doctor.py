@@ -22,118 +22,132 @@ from coordinator.ops import durability
 
 @dataclass(frozen=True)
 class Check:
-    """One line of the doctor's report: ✓ or ✗, what was found, and the fix when it failed."""
+    """One line of the doctor's report: ✓, ✗, or ! (advice), what was found, and the fix."""
 
     name: str
     ok: bool
     detail: str
     fix: str | None = None
+    warning: bool = False
 
     def line(self) -> str:
-        """Render as ``✓ name: detail`` or ``✗ name: detail`` plus an indented fix."""
-        mark = "✓" if self.ok else "✗"
+        """Render as ``✓ name: detail``, ``✗ name: detail`` or ``! name: detail`` plus a fix."""
+        mark = "✗" if not self.ok else ("!" if self.warning else "✓")
         text = f"{mark} {self.name}: {self.detail}"
-        if not self.ok and self.fix:
+        if (not self.ok or self.warning) and self.fix:
             text += f"\n    fix: {self.fix}"
         return text
 
 
-def _config_get(client: redis.Redis, name: str) -> str | None:
-    """CONFIG GET one value; None where the server (often a managed one) refuses CONFIG."""
-    try:
-        return client.config_get(name).get(name)
-    except redis.ResponseError:
-        return None
-
-
-def _waitaof_supported(client: redis.Redis) -> bool:
-    # WAITAOF 0 0 waits for nothing and answers at once where the command exists (7.2+).
-    try:
-        client.execute_command("WAITAOF", 0, 0, 1)
-    except redis.ResponseError:
-        return False
-    return True
+def _finding_check(verdict: durability.Verdict, code: str, name: str, detail: str,
+                   fix: str | None = None) -> Check:
+    """A check that fails exactly when the shared verdict has problem ``code``."""
+    finding = verdict.finding(code)
+    problem = any(p.code == code for p in verdict.problems)
+    return Check(name, not problem, detail, fix or (finding.message if finding else None),
+                 warning=finding is not None and not problem)
 
 
 def redis_checks(client: redis.Redis, config: Mapping[str, Any]) -> list[Check]:
-    """Check reachability, version, persistence, replication, eviction and WAITAOF."""
+    """Check reachability, persistence, replication, eviction and how writes are confirmed.
+
+    The durability lines come from :func:`coordinator.ops.durability.assess`, the verdict the
+    write path and ``/readyz`` use: a ✗ here is a 503 there, and the other way round.
+    """
+    wanted = int(config.get("DURABLE_REPLICAS") or 0)
     try:
         client.ping()
-        server = client.info("server")
+        verdict = durability.probe_verdict(client, wanted)
     except redis.RedisError as error:
         return [Check("Redis reachable", False, f"{type(error).__name__}: {error}",
-                      "start Redis or fix INVOICE_SYNC_REDIS_URL / INVOICE_SYNC_SENTINELS "
-                      "(and the password in the URL or INVOICE_SYNC_REDIS_PASSWORD)")]
-    name = server.get("server_name") or "redis"
-    version = server.get("valkey_version") or server.get("redis_version")
-    checks = [Check("Redis reachable", True, f"{name} {version}")]
-
-    persistence = client.info("persistence")
-    replication = client.info("replication")
-    aof = bool(int(persistence.get("aof_enabled", 0)))
-    checks.append(Check("AOF on", aof, "appendonly yes" if aof else "appendonly no",
-                        "set `appendonly yes` in redis.conf (CONFIG SET appendonly yes, then "
-                        "CONFIG REWRITE)"))
-
-    waitaof = _waitaof_supported(client)
-    fsync = _config_get(client, "appendfsync")
-    if fsync is None:
-        checks.append(Check(
-            "appendfsync always", waitaof,
-            "CONFIG is disabled; " + ("WAITAOF confirms each write instead" if waitaof
-                                      else "and WAITAOF is missing, so nothing confirms fsync"),
-            "allow CONFIG GET for the coordinator's user, or use a server with WAITAOF (7.2+)",
-        ))
+                      "start Redis or fix INVOICE_SYNC_REDIS_URL / INVOICE_SYNC_SENTINELS / "
+                      "INVOICE_SYNC_REDIS_CLUSTER (and the password in the URL or "
+                      "INVOICE_SYNC_REDIS_PASSWORD)")]
+    facts = verdict.facts
+    checks = [Check("Redis reachable", True, f"{facts.name} {facts.version}")]
+    if verdict.nodes:
+        checks.append(_finding_check(
+            verdict, durability.CLUSTER, "Cluster",
+            f"{len(verdict.nodes)} masters ({', '.join(verdict.nodes)}); every durability "
+            "line below holds for each of them"))
+        checks.append(_finding_check(verdict, durability.SLOTS, "Cluster slots served",
+                                     "16384 of 16384" if durability.SLOTS not in
+                                     verdict.codes() else "some are not"))
+        checks.append(_finding_check(
+            verdict, durability.UNREACHABLE, "Cluster masters reachable",
+            "all" if durability.UNREACHABLE not in verdict.codes() else "not all"))
+    checks.append(_finding_check(
+        verdict, durability.AOF_OFF, "AOF on",
+        "appendonly yes" if facts.aof_enabled else "appendonly no",
+        "set `appendonly yes` in redis.conf (CONFIG SET appendonly yes, then CONFIG REWRITE)"))
+    fsync = facts.appendfsync
+    checks.append(_finding_check(
+        verdict, durability.FSYNC, "appendfsync always",
+        f"appendfsync {fsync}" if fsync is not None else "unknown (CONFIG GET refused)"))
+    checks[-1] = _with_advice(checks[-1], verdict, durability.SLOW_FSYNC)
+    if verdict.strategy == durability.WAITAOF:
+        how = "WAITAOF after each write (the server has it: Redis/Valkey 7.2+)"
+    elif verdict.strategy == durability.FSYNC_ALWAYS:
+        how = (f"the reply itself: {facts.name} {facts.version} has no WAITAOF, and with "
+               "`appendfsync always` it replies only after fsync (policy read back per write)")
     else:
-        checks.append(Check(
-            "appendfsync always", fsync == "always", f"appendfsync {fsync}",
-            "set `appendfsync always` in redis.conf (CONFIG SET appendfsync always, then "
-            "CONFIG REWRITE): with `everysec` a crash can lose the last second of numbers",
-        ))
-
-    role = replication.get("role")
-    checks.append(Check("role master", role == "master", f"role {role}",
-                        "point the coordinator at the master (or use INVOICE_SYNC_SENTINELS, "
-                        "which always finds it)"))
-
-    wanted = int(config.get("DURABLE_REPLICAS") or 0)
-    connected = int(replication.get("connected_slaves", 0))
-    checks.append(Check(
-        "replicas connected", connected >= wanted,
-        f"{connected} connected, INVOICE_SYNC_DURABLE_REPLICAS={wanted}",
-        f"start {wanted - connected} more replica(s) (`replicaof <master> 6379`) or lower "
-        "INVOICE_SYNC_DURABLE_REPLICAS: until then allocations answer 503",
-    ))
+        how = "nothing: writes answer 503 until the problems marked ✗ are fixed"
+    confirmable = not any(p.code in (durability.AOF_OFF, durability.FSYNC)
+                          for p in verdict.problems)
+    checks.append(Check("write confirmation", confirmable, how,
+                        "see the AOF and appendfsync lines"))
+    checks.append(_finding_check(verdict, durability.ROLE, "role master", f"role {facts.role}"))
+    checks.append(_finding_check(
+        verdict, durability.REPLICAS, "replicas connected",
+        f"{facts.connected_replicas} connected, INVOICE_SYNC_DURABLE_REPLICAS={wanted}"))
     if wanted:
-        raw = _config_get(client, "min-replicas-to-write")
-        value = int(raw) if raw is not None and raw.isdigit() else None
-        checks.append(Check(
-            "min-replicas-to-write", value is not None and value >= 1,
-            f"min-replicas-to-write {raw if raw is not None else 'unknown (CONFIG disabled)'}",
-            "set `min-replicas-to-write 1` and `min-replicas-max-lag 10` so a master cut off "
-            "from its replicas stops accepting numbers it could lose in a failover",
-        ))
+        known = facts.min_replicas_to_write
+        checks.append(_finding_check(
+            verdict, durability.MIN_REPLICAS, "min-replicas-to-write",
+            f"min-replicas-to-write {'unknown (CONFIG disabled)' if known is None else known}"))
+    checks.append(_finding_check(
+        verdict, durability.EVICTION, "maxmemory-policy noeviction",
+        f"maxmemory-policy {facts.maxmemory_policy}",
+        "set `maxmemory-policy noeviction` in redis.conf (CONFIG SET maxmemory-policy "
+        "noeviction, then CONFIG REWRITE)"))
 
-    policy = client.info("memory").get("maxmemory_policy") or _config_get(
-        client, "maxmemory-policy"
-    )
-    problem = durability.eviction_problem(policy)
-    checks.append(Check("maxmemory-policy noeviction", problem is None,
-                        f"maxmemory-policy {policy}", problem and
-                        "set `maxmemory-policy noeviction` in redis.conf (CONFIG SET "
-                        "maxmemory-policy noeviction, then CONFIG REWRITE)"))
-
-    checks.append(Check("WAITAOF supported", waitaof,
-                        "yes" if waitaof else "no (server older than 7.2)",
-                        "upgrade to Redis 7.2+ or Valkey 7.2+; until then rely on "
-                        "`appendfsync always`"))
-
+    checks.append(queue_check(config))
     admins = bool(config.get("ADMIN_TOKEN")) or any_admin(client)
     checks.append(Check("admin token", admins,
                         "present" if admins else "no admin token in Redis or the environment",
                         "run `invoice-sync token create-admin` (or start `invoice-sync serve` "
                         "once, which creates one)"))
     return checks
+
+
+def _with_advice(check: Check, verdict: durability.Verdict, code: str) -> Check:
+    """Mark a passing ``check`` with ! and the advice ``code`` when the verdict gives it."""
+    finding = verdict.finding(code)
+    if not check.ok or finding is None:
+        return check
+    return Check(check.name, True, check.detail, finding.message, warning=True)
+
+
+def queue_check(config: Mapping[str, Any]) -> Check:
+    """Check where the sync jobs (RQ) go: RQ does not run on a Cluster."""
+    url = config.get("QUEUE_REDIS_URL")
+    if not url:
+        if config.get("REDIS_CLUSTER"):
+            return Check("job queue", False, "INVOICE_SYNC_QUEUE_REDIS_URL is not set",
+                         "RQ does not run on a Redis Cluster: set INVOICE_SYNC_QUEUE_REDIS_URL "
+                         "to a plain Redis (redis://host:6379/0) for the sync jobs; without it "
+                         "syncs answer 503")
+        return Check("job queue", True, "sync jobs on the data Redis")
+    try:
+        queue = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            queue.ping()
+        finally:
+            queue.close()
+    except (redis.RedisError, ValueError) as error:
+        return Check("job queue", False, f"INVOICE_SYNC_QUEUE_REDIS_URL: {type(error).__name__}",
+                     "start that Redis or fix INVOICE_SYNC_QUEUE_REDIS_URL")
+    return Check("job queue", True, "sync jobs on INVOICE_SYNC_QUEUE_REDIS_URL (reachable)")
 
 
 def secret_key_check(config: Mapping[str, Any], key_file: Path | None = None) -> Check:

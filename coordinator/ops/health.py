@@ -8,7 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from coordinator.ops import durability
+from coordinator.ops import confirmation, durability
 from coordinator.ops.metrics import REDIS_DURABLE
 from coordinator.ops.redis_client import get_redis
 
@@ -22,9 +22,13 @@ class LivenessSchema(Schema):
 class ReadinessSchema(Schema):
     status = fields.String(metadata={"description": "`ok`, `not durable` or `unavailable`"})
     redis = fields.Dict(metadata={
-        "description": "What was found: aof_enabled, appendfsync, role, connected_replicas, "
-                       "maxmemory_policy"})
+        "description": "What was found: server, waitaof, aof_enabled, appendfsync, role, "
+                       "connected_replicas, min_replicas_to_write, maxmemory_policy, "
+                       "confirmation (waitaof | fsync-always | null), cluster_masters"})
     problems = fields.List(fields.String(), metadata={"description": "What to fix; [] when ok"})
+    advice = fields.List(fields.String(), metadata={
+        "description": "What would be better but does not stop writes (e.g. appendfsync "
+                       "everysec on a server with WAITAOF: slower, still durable)"})
 
 
 @blp.route("/livez")
@@ -36,14 +40,17 @@ class Livez(MethodView):
 
 
 def _readiness():
+    # The verdict the write path uses (and now refreshed for it): ready exactly when a write
+    # would not be refused for durability.
     try:
-        report = durability.check(get_redis(), current_app.config)
+        verdict = confirmation.guard_for(current_app).refresh(get_redis())
     except redis.RedisError as error:
         REDIS_DURABLE.set(0)
         return {"status": "unavailable", "problems": [f"Redis: {type(error).__name__}"]}, 503
+    report = durability.report(verdict)
     REDIS_DURABLE.set(1 if report.ok else 0)
     body = {"status": "ok" if report.ok else "not durable", "redis": report.facts,
-            "problems": report.problems}
+            "problems": report.problems, "advice": report.advice}
     return body, (200 if report.ok else 503)
 
 

@@ -67,8 +67,12 @@ class System(MethodView):
     @auth.require(auth.ADMIN)
     @blp.response(200, SystemSchema)
     def get(self, name: str):
-        """Show one system (never its secrets)."""
-        return registry.get_system(get_redis(), name)
+        """Show one system (never its secrets) and how its last central poll went."""
+        from coordinator.forecaster import central_poll
+
+        client = get_redis()
+        system = registry.get_system(client, name)
+        return {**system, "central_poll_last": central_poll.status(client, name)}
 
     @auth.require(auth.ADMIN)
     @blp.arguments(SystemPatchSchema)

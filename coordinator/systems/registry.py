@@ -12,6 +12,10 @@ Every change to those three keys happens in one MULTI/EXEC guarded by WATCH on t
 hash, so a token is never left valid for a system that no longer has it, and two admins
 racing on one name cannot both win.
 
+Each system belongs to one series (``series``, default ``default``): the series numbers its
+documents. Registering, moving and deleting also tell the series (``numbering.series.join`` /
+``leave``, under a short per-system lock); moving a system that has numbers is refused.
+
 Deleting a system removes its record and revokes its token at once, then purges every other
 key under its hash tag ``{sys:<name>}`` — the invoices, aggregates and sync history the
 forecaster stored for it — so a later system registered under the same name (perhaps another
@@ -21,6 +25,7 @@ the system stay there with its name (invariant 3), and reconciliation keeps show
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ from cryptography.fernet import MultiFernet
 from coordinator import auth, keys
 from coordinator.clock import Clock, iso, utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, SecretUnreadable
+from coordinator.numbering import series as numbering_series
 from coordinator.systems import secrets
 from coordinator.systems.urls import UrlPolicy, check_fetch_url, validate_system_url
 
@@ -48,7 +54,7 @@ _RETRIES = 20
 """WATCH retries before giving up; only reached when one system is hammered concurrently."""
 
 # Plain fields stored as given (strings in Redis) and shown as they are.
-_PLAIN = ("description", "url", "api_identifier", "exchange_rate")
+_PLAIN = ("description", "url", "api_identifier", "exchange_rate", "number_on")
 
 
 def valid_name(name: Any) -> bool:
@@ -86,6 +92,10 @@ def _public(record: Mapping[str, str]) -> dict[str, Any]:
         "step": int(record["step"]),
         "auto_sync": record.get("auto_sync") == "1",
         "exchange_rate": record["exchange_rate"],
+        "series": record.get("series") or numbering_series.DEFAULT,
+        "central_poll": record.get("central_poll") == "1",
+        "central_poll_minutes": int(record.get("central_poll_minutes") or 5),
+        "number_on": record.get("number_on") or "paid",
         "agent_token_issued_at": record.get("agent_token_issued_at"),
         "created_at": record["created_at"],
         "updated_at": record["updated_at"],
@@ -118,6 +128,30 @@ def _require_record(pipe: Any, name: str) -> dict[str, str]:
     return record
 
 
+SERIES_LOCK_SECONDS = 30
+"""How long a crashed registration, move or deletion can hold a system's series lock."""
+
+
+@contextlib.contextmanager
+def _series_lock(client: redis.Redis, name: str) -> Iterator[None]:
+    """Hold the system's series lock (redis-py's Lock: token-checked release) or 409."""
+    lock = client.lock(keys.system_series_lock(name), timeout=SERIES_LOCK_SECONDS,
+                       blocking=False)
+    if not lock.acquire():
+        raise Conflict(f"System {name!r} is being registered, moved or deleted; retry")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):
+            lock.release()
+
+
+def _require_series(client: redis.Redis, series: str) -> None:
+    if not numbering_series.exists(client, series):
+        raise InvalidInput("Validation failed",
+                           {"json": {"series": [f"No series {series!r}."]}})
+
+
 def _encode(fields: Mapping[str, Any], fernet: MultiFernet | None) -> tuple[dict, list]:
     """Split validated fields into hash values to set and hash fields to delete."""
     to_set: dict[str, str] = {}
@@ -129,6 +163,12 @@ def _encode(fields: Mapping[str, Any], fernet: MultiFernet | None) -> tuple[dict
         to_set["step"] = str(int(fields["step"]))
     if "auto_sync" in fields:
         to_set["auto_sync"] = "1" if fields["auto_sync"] else "0"
+    if "central_poll" in fields:
+        to_set["central_poll"] = "1" if fields["central_poll"] else "0"
+    if "central_poll_minutes" in fields:
+        to_set["central_poll_minutes"] = str(int(fields["central_poll_minutes"]))
+    if "series" in fields:
+        to_set["series"] = fields["series"]
     for name in ("api_secret", "access_key"):
         if name not in fields:
             continue
@@ -149,7 +189,8 @@ def create_system(
 
     Args:
         fields: Validated values: name, url, api_identifier, api_secret, and optionally
-            description, access_key, step (100), auto_sync (true), exchange_rate ("1").
+            description, access_key, step (100), auto_sync (true), exchange_rate ("1"),
+            central_poll (false), central_poll_minutes (5), number_on ("paid").
         policy: Which URLs are acceptable (https, SSRF guard).
 
     Raises:
@@ -160,7 +201,9 @@ def create_system(
         raise InvalidInput("Validation failed", {"json": {"name": ["Not a valid system name."]}})
     validate_system_url(fields["url"], policy)
     values = {"description": "", "step": 100, "auto_sync": True, "exchange_rate": "1",
-              "access_key": None, **fields}
+              "access_key": None, "series": numbering_series.DEFAULT, "central_poll": False,
+              "central_poll_minutes": 5, "number_on": "paid", **fields}
+    _require_series(client, values["series"])
     to_set, _ = _encode(values, fernet)
     token = auth.new_token(auth.AGENT)
     stamp = iso(now())
@@ -172,7 +215,9 @@ def create_system(
         if pipe.exists(key):
             raise Conflict(f"A system named {name!r} already exists")
         # Leftovers of an earlier system of that name whose purge was interrupted.
-        leftovers = list(pipe.scan_iter(match=keys.system_data_pattern(name), count=1000))
+        leftovers = [found for found in pipe.scan_iter(match=keys.system_data_pattern(name),
+                                                       count=1000)
+                     if found != keys.system_series_lock(name)]  # ours, held right now
         pipe.multi()
         if leftovers:
             pipe.delete(*leftovers)
@@ -180,7 +225,18 @@ def create_system(
         pipe.sadd(keys.SYSTEMS, name)
         pipe.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(name))
 
-    _transaction(client, key, body)
+    with _series_lock(client, name):
+        if client.exists(key):
+            raise Conflict(f"A system named {name!r} already exists")
+        numbering_series.prepare_registration(client, values["series"], name)
+        _transaction(client, key, body)
+        try:
+            numbering_series.join(client, values["series"], name)
+        except NotFound:
+            # The series was deleted between the check and the join: undo the registration.
+            _remove_record(client, name)
+            _require_series(client, values["series"])
+            raise
     return _public(to_set), token
 
 
@@ -213,7 +269,8 @@ def update_system(
     need ``fernet``. An empty ``changes`` writes nothing.
 
     Raises:
-        NotFound: no such system. InvalidInput: a bad URL.
+        NotFound: no such system. InvalidInput: a bad URL or an unknown series.
+        Conflict: ``series`` changes while the system has numbers in its series.
     """
     if "name" in changes:
         raise InvalidInput("Validation failed",
@@ -223,11 +280,41 @@ def update_system(
                            {"json": {"api_secret": ["Field may not be null."]}})
     if "url" in changes:
         validate_system_url(changes["url"], policy)
+    if "series" in changes:
+        _require_series(client, changes["series"])
+        with _series_lock(client, name):
+            return _move(client, name, changes, fernet, now=now)
+    return _update(client, name, changes, fernet, now=now)
+
+
+def _move(
+    client: redis.Redis, name: str, changes: Mapping[str, Any], fernet: MultiFernet | None,
+    *, now: Clock,
+) -> dict[str, Any]:
+    """Apply ``changes`` including ``series``: leave the old series (refused while the
+    system has numbers there), write the record, join the new one. Repeating the same
+    request finishes a move that stopped half-way."""
+    old = _public(_require_record(client, name))["series"]
+    target = changes["series"]
+    if old != target:
+        numbering_series.leave(client, old, name)
+    system = _update(client, name, changes, fernet, now=now, expect_series=old)
+    numbering_series.join(client, target, name)
+    return system
+
+
+def _update(
+    client: redis.Redis, name: str, changes: Mapping[str, Any], fernet: MultiFernet | None,
+    *, now: Clock, expect_series: str | None = None,
+) -> dict[str, Any]:
     to_set, to_delete = _encode(changes, fernet)
     key = keys.system(name)
 
     def body(pipe: Any) -> dict[str, Any]:
         record = _require_record(pipe, name)
+        if expect_series is not None and (record.get("series") or numbering_series.DEFAULT
+                                          ) != expect_series:
+            raise Conflict(f"System {name!r} was moved to another series meanwhile; retry")
         if not to_set and not to_delete:
             return _public(record)
         update = {**to_set, "updated_at": iso(now())}
@@ -278,6 +365,17 @@ def delete_system(client: redis.Redis, name: str) -> int:
     Raises:
         NotFound: no such system.
     """
+    with _series_lock(client, name):
+        series = _public(_require_record(client, name))["series"]
+        # First: once the record is gone nothing names the series, and a system of the same
+        # name registered later elsewhere must not find this one still open.
+        numbering_series.leave(client, series, name, keep_numbers=True)
+        _remove_record(client, name)
+    return purge_system_data(client, name)
+
+
+def _remove_record(client: redis.Redis, name: str) -> None:
+    """Revoke the agent token and delete the record (one transaction)."""
     key = keys.system(name)
 
     def body(pipe: Any) -> None:
@@ -289,7 +387,6 @@ def delete_system(client: redis.Redis, name: str) -> int:
         pipe.srem(keys.SYSTEMS, name)
 
     _transaction(client, key, body)
-    return purge_system_data(client, name)
 
 
 def purge_system_data(client: redis.Redis, name: str) -> int:

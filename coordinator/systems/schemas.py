@@ -110,6 +110,14 @@ def _credential_field(**kwargs: Any) -> fields.String:
                          **kwargs)
 
 
+def _series(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=FullMatch(NAME_RE, error=_NAME_MESSAGE),
+        metadata={"description": "The series (legal entity) that numbers its documents; a "
+                                 "system that has numbers cannot move", "example": "default"},
+        **kwargs)
+
+
 class SystemCreateSchema(Schema):
     """Body of ``POST /v1/systems``."""
 
@@ -129,6 +137,18 @@ class SystemCreateSchema(Schema):
     exchange_rate = ExchangeRate(load_default="1",
                                  metadata={"description": "To the base currency",
                                            "example": "1.0000", "type": "string"})
+    series = _series(load_default="default")
+    central_poll = StrictBoolean(
+        load_default=False,
+        metadata={"description": "The coordinator numbers what this WHMCS's hooks missed "
+                                 "(its API role then needs GetInvoice and UpdateInvoice too)"})
+    central_poll_minutes = StrictInteger(
+        load_default=5, validate=validate.Range(min=1, max=1440),
+        metadata={"description": "Minutes between central polls"})
+    number_on = fields.String(
+        load_default="paid", validate=validate.OneOf(("paid", "created")),
+        metadata={"description": "When this WHMCS numbers invoices: `paid` (proforma) or "
+                                 "`created` (the central poll follows it)"})
 
 
 class SystemPatchSchema(Schema):
@@ -143,6 +163,10 @@ class SystemPatchSchema(Schema):
     step = StrictInteger(validate=validate.Range(min=1, max=1000))
     auto_sync = StrictBoolean()
     exchange_rate = ExchangeRate(metadata={"type": "string"})
+    series = _series()
+    central_poll = StrictBoolean()
+    central_poll_minutes = StrictInteger(validate=validate.Range(min=1, max=1440))
+    number_on = fields.String(validate=validate.OneOf(("paid", "created")))
 
 
 class SystemSchema(Schema):
@@ -157,6 +181,14 @@ class SystemSchema(Schema):
     step = fields.Integer()
     auto_sync = fields.Boolean()
     exchange_rate = fields.String()
+    series = fields.String(metadata={"description": "The series that numbers its documents"})
+    central_poll = fields.Boolean()
+    central_poll_minutes = fields.Integer()
+    number_on = fields.String()
+    central_poll_last = fields.Dict(
+        allow_none=True,
+        metadata={"description": "The last central poll: state (done|failed), at, message, "
+                                 "numbered, failed, whmcs_calls; null before the first"})
     agent_token_issued_at = fields.String(allow_none=True)
     created_at = fields.String()
     updated_at = fields.String()

@@ -1,8 +1,8 @@
 -- Record one occurrence of a warning: create it, or bump its count and last-seen time.
 -- A warning that happens again after it was acknowledged is unacknowledged again.
 --
--- KEYS[1]  warning:<id>   hash
--- KEYS[2]  warnings       sorted set  id -> last seen
+-- KEYS[1]  {warnings}:warning:<id>   hash
+-- KEYS[2]  {warnings}:index          sorted set  id -> last seen
 -- ARGV[1]  id   ARGV[2] type   ARGV[3] system ("" for none)   ARGV[4] message
 -- ARGV[5]  code ("" for none)   ARGV[6] now (ISO 8601)   ARGV[7] now (unix seconds)
 -- Returns the new count.

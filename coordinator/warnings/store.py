@@ -1,7 +1,11 @@
-"""Store and read warnings (keys in ``coordinator.keys``: ``warning:<id>`` and ``warnings``).
+"""Store and read warnings (keys in ``coordinator.keys``: ``{warnings}:warning:<id>`` and
+``{warnings}:index``, one hash slot).
 
 A warning's id is its deduplication key, ``<type>:<system>`` or ``<type>:<system>:<detail>``:
 the same problem raised again bumps ``count`` and ``last_seen`` instead of piling up.
+
+Warnings of the previous release (``warning:<id>``, ``warnings``) are moved to these keys the
+first time a process touches warnings (:func:`migrate_legacy`, idempotent).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from coordinator import keys
 from coordinator.clock import iso, utcnow
@@ -26,12 +31,40 @@ NUMBERING_BEHIND = "numbering_behind"
 """A WHMCS shows a number above the counter of its period: numbering there is refused."""
 INTERNAL_ERROR = "internal_error"
 """A request failed on something broken (a bug, damaged data), answered 500 (``errors.py``)."""
+CENTRAL_POLL_FAILED = "central_poll_failed"
+"""The coordinator's poll of a system's WHMCS left invoices unnumbered (``central_poll.py``)."""
 TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER,
-         NUMBERING_BEHIND, INTERNAL_ERROR)
+         NUMBERING_BEHIND, INTERNAL_ERROR, CENTRAL_POLL_FAILED)
 """Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 
 _RAISE = LuaScript.load(__package__, "raise")
+_MIGRATE = LuaScript.load(__package__, "migrate")
+
+_MIGRATED: set[int] = set()
+"""ids of the clients this process already migrated (a check per process, not per call)."""
+
+
+def migrate_legacy(client: redis.Redis) -> int:
+    """Move the previous release's warnings to this release's keys; return how many moved.
+
+    Idempotent and safe with several processes at once (one script per warning). A Cluster
+    holds no data of the previous release (which did not run on one): nothing to do there.
+    """
+    if isinstance(client, RedisCluster) or not client.exists(keys.LEGACY_WARNINGS):
+        return 0
+    moved = 0
+    for wid in client.zrange(keys.LEGACY_WARNINGS, 0, -1):
+        moved += int(_MIGRATE(client, keys=[keys.legacy_warning(wid), keys.LEGACY_WARNINGS,
+                                            keys.warning(wid), keys.WARNINGS], args=[wid]))
+    return moved
+
+
+def _migrated(client: redis.Redis) -> redis.Redis:
+    if id(client) not in _MIGRATED:
+        migrate_legacy(client)
+        _MIGRATED.add(id(client))
+    return client
 
 
 def warning_id(kind: str, system: str | None = None, detail: str | None = None) -> str:
@@ -53,7 +86,7 @@ def raise_warning(
     now = now or utcnow()
     wid = warning_id(kind, system, detail)
     _RAISE(
-        client,
+        _migrated(client),
         keys=[keys.warning(wid), keys.WARNINGS],
         args=[wid, kind, system or "", message, code or "",
               iso(now), f"{now.timestamp():.3f}"],
@@ -73,7 +106,7 @@ def _shape(raw: dict[str, str]) -> dict[str, Any]:
 
 def get(client: redis.Redis, wid: str) -> dict[str, Any] | None:
     """Return one warning, or None."""
-    raw = client.hgetall(keys.warning(wid))
+    raw = _migrated(client).hgetall(keys.warning(wid))
     return _shape(raw) if raw else None
 
 
@@ -83,7 +116,7 @@ def list_warnings(
 ) -> list[dict[str, Any]]:
     """Return warnings last seen at or after ``since``, most recent first."""
     low = f"{since.timestamp():.3f}" if since else "-inf"
-    ids = client.zrevrangebyscore(keys.WARNINGS, "+inf", low, start=0, num=limit)
+    ids = _migrated(client).zrevrangebyscore(keys.WARNINGS, "+inf", low, start=0, num=limit)
     with client.pipeline(transaction=False) as pipe:
         for wid in ids:
             pipe.hgetall(keys.warning(wid))
@@ -99,7 +132,7 @@ def ack(client: redis.Redis, wid: str, now: dt.datetime | None = None) -> dict[s
         NotFound: no such warning.
     """
     now = now or utcnow()
-    if not client.exists(keys.warning(wid)):
+    if not _migrated(client).exists(keys.warning(wid)):
         raise NotFound(f"No warning {wid!r}")
     client.hset(keys.warning(wid), mapping={"acked": "1", "acked_at": iso(now)})
     return get(client, wid)

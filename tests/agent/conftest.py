@@ -108,6 +108,9 @@ class FakeCoordinator:
                     return _send(req, 409, _error(409, "Allocation is void"))
                 allocation.update(status="confirmed", invoicenum=data.get("invoicenum"))
             elif m.group(2) == "/void" and req.command == "POST":
+                if allocation["status"] == "confirmed":  # as the coordinator: admins only
+                    return _send(req, 403, _error(
+                        403, f"{allocation['id']} is confirmed: only an admin can void it"))
                 if not data.get("reason"):
                     return _send(req, 422, _error(422, "Validation failed", reason=True))
                 allocation.update(status="void", reason=data["reason"])

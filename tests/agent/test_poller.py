@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from agent import Client, ExitCode, Journal
+from agent._poller import needs_number
+from agent.whmcs import WhmcsInvoice
 from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 
 from .conftest import TOKEN, FakeCoordinator
@@ -289,3 +293,233 @@ def test_a_role_without_getinvoices_takes_no_number_for_watched_invoices(
     assert poll(monkeypatch, blue) == ExitCode.WHMCS
     assert 'API action "getinvoices" is not allowed' in capsys.readouterr().err
     assert len(blue.coordinator.posts("/v1/allocations")) == asked  # nothing asked for
+
+
+# -- what a run reports, whole: operators act on these lines ----------------------------------
+
+
+def poll_json(monkeypatch, blue: Installation, capsys) -> tuple[int, dict]:
+    code = poll(monkeypatch, blue, "--json")
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_a_number_voided_for_a_deleted_invoice_is_reported_and_journaled_with_why(
+    blue, monkeypatch, capsys, caplog
+) -> None:
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.delete_invoice(iid)
+    reason = f"WHMCS invoice {iid} was deleted before {formatted} was written into it"
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert report["outcomes"] == [{"reference": str(iid), "action": "voided",
+                                   "document": "invoice", "formatted": formatted,
+                                   "message": reason, "kind": None}]
+    (void,) = blue.coordinator.posts(f"/v1/allocations/invoice:{YEAR}:1/void")
+    assert void["reason"] == reason
+    with Journal(blue.journal_path) as journal:
+        entry = journal.get("invoice", str(iid))
+    assert (entry.state, entry.void_reason) == ("voided", reason)
+    # The agent's log (syslog, journald) says it too, for whoever reads it rather than the run.
+    assert f"invoice {iid}: voided {formatted}: {reason}" in caplog.messages
+
+
+def test_a_confirmed_number_of_a_deleted_invoice_is_left_to_an_admin(
+    blue, monkeypatch, capsys
+) -> None:
+    """The ledger says the number is printed (confirmed), WHMCS says the invoice is gone: the
+    agent may not void a confirmed number (403); an admin must reconcile, nothing is voided."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.coordinator.allocations[f"invoice:{YEAR}:1"]["status"] = "confirmed"
+    blue.whmcs.delete_invoice(iid)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": formatted,
+        "message": f"{formatted} is confirmed in the ledger, yet WHMCS invoice {iid} was "
+                   f"deleted before {formatted} was written into it. An admin must reconcile "
+                   "the ledger and WHMCS",
+        "kind": "conflict"}]
+    assert blue.statuses() == {str(iid): "confirmed"}
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(iid)).state == "allocated"
+
+
+def test_a_written_number_voided_in_the_ledger_meanwhile_is_left_to_an_admin(
+    blue, monkeypatch, capsys
+) -> None:
+    """WHMCS shows our number, but an admin voided it in the ledger before we confirmed: the
+    coordinator refuses the confirmation (409); the run says the two disagree."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.set_invoicenum(iid, formatted)
+    blue.coordinator.allocations[f"invoice:{YEAR}:1"]["status"] = "void"
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": formatted,
+        "message": f"{formatted} is in WHMCS invoice {iid}, but the coordinator refuses to "
+                   "confirm it: Allocation is void (HTTP 409). An admin must reconcile the ledger "
+                   "and WHMCS",
+        "kind": "conflict"}]
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(iid)).state == "written"
+
+
+def test_each_outcome_names_the_number_it_is_about(blue, monkeypatch, capsys, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="agent.poller")  # what `poll --verbose` shows
+    numbered = blue.paid()
+    written = blue.paid()  # crashed after writing its number into WHMCS, before the journal
+    formatted = blue.take_number_and_crash(written)
+    blue.whmcs.set_invoicenum(written, formatted)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert sorted(report["outcomes"], key=lambda o: o["action"]) == [
+        {"reference": str(written), "action": "confirmed", "document": "invoice",
+         "formatted": formatted, "message": "", "kind": None},
+        {"reference": str(numbered), "action": "numbered", "document": "invoice",
+         "formatted": f"INV-{YEAR}-000002", "message": "", "kind": None},
+    ]
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(written)).state == "confirmed"
+    assert blue.statuses() == {str(written): "confirmed", str(numbered): "confirmed"}
+    assert f"invoice {numbered}: wrote INV-{YEAR}-000002" in caplog.messages
+
+
+def test_a_written_number_is_confirmed_even_if_the_invoice_is_gone_now(
+    blue, monkeypatch, capsys
+) -> None:
+    """Once written into an invoice, a number may have been sent to the customer: it is
+    confirmed, never voided, whatever WHMCS shows afterwards."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    with Journal(blue.journal_path) as journal:
+        journal.mark_written(f"invoice:{YEAR}:1", formatted)
+    blue.whmcs.delete_invoice(iid)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert [(o["action"], o["formatted"]) for o in report["outcomes"]] == [
+        ("confirmed", formatted)]
+    assert blue.statuses() == {str(iid): "confirmed"}
+
+
+def test_a_journal_entry_for_no_whmcs_invoice_is_left_for_a_person(
+    blue, monkeypatch, capsys
+) -> None:
+    # `invoice-sync-agent next --reference X` takes a number for something that is not a WHMCS
+    # invoice id; the poller cannot know where it went and says how to finish it.
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:
+        allocation = client.allocate("invoice", "manual-1", TODAY)
+    with Journal(blue.journal_path) as journal:
+        journal.record_allocated(allocation)
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": "manual-1", "action": "failed", "document": "invoice", "formatted": None,
+        "message": f"journal entry {allocation.id} has reference 'manual-1', which is not a "
+                   "WHMCS invoice id; finish it by hand (invoice-sync-agent confirm/void)",
+        "kind": "journal"}]
+    assert blue.statuses() == {"manual-1": "issued"}
+
+
+def test_whmcs_dropping_invoicenum_stops_the_run_saying_all_of_it(
+    blue, monkeypatch, capsys
+) -> None:
+    first = blue.paid()
+    blue.paid()
+    blue.whmcs.dropped_update_fields = {"invoicenum"}
+    formatted = f"INV-{YEAR}-000001"
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"] == {
+        "reference": str(first), "action": "failed", "document": "invoice",
+        "formatted": formatted,
+        "message": f"WHMCS accepted UpdateInvoice invoicenum={formatted} for invoice {first} "
+                   "but does not show it: this WHMCS (its version or a module) drops "
+                   "invoicenum. Not confirmed, no further number taken; the number stays in "
+                   "the journal and is written by the first run after WHMCS is fixed",
+        "kind": "whmcs"}
+
+
+def test_an_invoice_numbered_by_someone_else_first_gets_ours_voided_with_why(
+    blue, monkeypatch, capsys
+) -> None:
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.set_invoicenum(iid, "ADMIN-7")  # an admin typed one meanwhile
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    reason = (f"WHMCS invoice {iid} was numbered 'ADMIN-7' by someone else before {formatted} "
+              "was written; it was never used")
+    assert report["outcomes"] == [{"reference": str(iid), "action": "voided",
+                                   "document": "invoice", "formatted": formatted,
+                                   "message": reason, "kind": None}]
+    assert blue.invoicenums()[iid] == "ADMIN-7"
+    assert blue.statuses() == {str(iid): "void"}
+
+
+def test_an_invoice_gone_right_after_the_write_is_not_confirmed(blue, monkeypatch, capsys):
+    iid = blue.paid()
+    # GetInvoice: 1 the access check, 2 the read before writing, 3 the read-back.
+    blue.whmcs.inject_fault(
+        "status", status=200, content_type="application/json", action="GetInvoice", nth=3,
+        body=json.dumps({"status": "error", "message": "Invoice ID Not Found"}))
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    [outcome] = report["outcomes"]
+    assert (outcome["action"], outcome["kind"]) == ("failed", "whmcs")
+    assert outcome["message"] == (
+        f"WHMCS accepted UpdateInvoice invoicenum=INV-{YEAR}-000001 for invoice {iid} but now "
+        "shows None; not confirmed, retried next run")
+    assert blue.statuses() == {str(iid): "issued"}
+
+
+def test_a_written_number_the_coordinator_did_not_confirm_is_journaled_as_in_whmcs(
+    blue, monkeypatch, capsys
+) -> None:
+    """The journal is what the next run (and an operator) goes by: a number in WHMCS but not
+    confirmed is recorded as written, with the invoicenum WHMCS holds."""
+    iid = blue.paid()
+    blue.coordinator.on_allocate = lambda answer: blue.coordinator.fail_next.append(409)
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        entry = journal.get("invoice", str(iid))
+    assert (entry.state, entry.invoicenum) == ("written", f"INV-{YEAR}-000001")
+    assert blue.invoicenums()[iid] == f"INV-{YEAR}-000001"
+
+
+@pytest.mark.parametrize(("status", "total", "numbered"), [
+    ("Unpaid", "0.00", False),   # a free invoice waits for its payment like any other
+    ("Unpaid", "0.50", False),
+    ("Unpaid", "-0.50", True),   # a credit note is numbered when issued
+    ("Paid", "0.00", True),
+])
+def test_paid_mode_numbers_credit_notes_at_once_and_invoices_when_paid(status, total, numbered):
+    invoice = WhmcsInvoice(
+        id=1, invoicenum="", date=TODAY, duedate=TODAY, datepaid=None, status=status,
+        subtotal=Decimal(total), credit=Decimal(0), tax=Decimal(0), tax2=Decimal(0),
+        total=Decimal(total), currencycode="EUR", updated_at=None)
+    assert needs_number(invoice, "paid") is numbered
+
+
+def test_our_number_found_on_the_invoice_but_not_confirmed_is_journaled_as_in_whmcs(
+    blue, monkeypatch, capsys
+) -> None:
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.set_invoicenum(iid, formatted)  # written before the crash, not journaled
+    blue.coordinator.fail_next.append(409)  # the confirmation is refused this time
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        entry = journal.get("invoice", str(iid))
+    assert (entry.state, entry.invoicenum) == ("written", formatted)

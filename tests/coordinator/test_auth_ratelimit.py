@@ -150,3 +150,16 @@ def test_limits_off_keep_no_counter_at_all(make_client, redis_client, agent):
         assert client.get("/v1/whoami", headers=headers).status_code == 200
         assert client.get("/v1/whoami", headers=bearer(f"isa_{n}")).status_code == 401
     assert accounting_keys(redis_client) == []
+
+
+def test_the_configured_admin_token_is_not_a_failed_authentication(make_client, redis_client):
+    # INVOICE_SYNC_ADMIN_TOKEN is known without a lookup: its requests count against the admin
+    # budget, never as failures of its address, so an admin's own traffic cannot lock out a
+    # colleague at the same address who mistypes a token once.
+    client = make_client(ADMIN_TOKEN="isa_configured", RATE_LIMIT_AUTH_FAILURES=2,
+                         RATE_LIMIT_ADMIN=4)
+    office = from_address("198.51.100.9")
+    assert [client.get("/v1/whoami", headers=bearer("isa_configured"), **office).status_code
+            for _ in range(3)] == [200, 200, 200]
+    assert client.get("/v1/whoami", headers=bearer("isa_typo"), **office).status_code == 401
+    assert redis_client.hgetall(keys.rate_auth_failures(WINDOW)) == {"198.51.100.9": "1"}

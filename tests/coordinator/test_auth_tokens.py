@@ -274,3 +274,59 @@ def test_a_token_works_exactly_while_created_and_not_revoked(redis_client, ops):
     shown = json.dumps(listed) + json.dumps(tokens.audit(redis_client))
     for token in [t for t, _ in live.values()] + dead:
         assert token not in shown and auth.digest(token) not in shown
+
+
+def test_register_admin_token_answers_whether_it_was_new_and_records_who(redis_client):
+    # serve registers the admin-token file's token at every start: the answer says whether this
+    # start created it, and the record and the audit name the caller ("serve"), not a default.
+    token = auth.new_token(auth.ADMIN)
+    assert auth.register_admin_token(redis_client, token, "file", created_by="serve") is True
+    assert auth.register_admin_token(redis_client, token, "file", created_by="serve") is False
+    [listed] = tokens.list_tokens(redis_client)
+    assert (listed["label"], listed["created_by"]) == ("file", "serve")
+    assert [(e["action"], e["label"], e["by"]) for e in tokens.audit(redis_client)] == [
+        ("created", "file", "serve")]
+
+
+def test_every_refusal_says_exactly_what_to_do(redis_client, agent):
+    # The whole message, not a word of it: it is what an admin reads to get unstuck.
+    def refusal(error, *args):
+        with pytest.raises(error) as caught:
+            tokens.revoke_token(redis_client, *args)
+        return caught.value.message
+
+    assert refusal(NotFound, "nope", "cli") == (
+        "No token 'nope': token ids look like tok_0123456789abcdef")
+    configured = auth.token_id(auth.digest("isa_env"))
+    assert refusal(Conflict, configured, "cli", "isa_env") == (
+        "This admin token is set by INVOICE_SYNC_ADMIN_TOKEN: change or unset the variable and "
+        "restart the coordinator to revoke it")
+    blue = auth.token_id(auth.digest(agent("blue")["Authorization"].removeprefix("Bearer ")))
+    assert refusal(Conflict, blue, "cli") == (
+        f"{blue} is the agent token of system 'blue': rotate it "
+        "(POST /v1/systems/blue/agent-token) or delete the system")
+    only, _ = tokens.create_token(redis_client, auth.ADMIN, "only", "cli")
+    assert refusal(Conflict, only["id"], "cli") == (
+        "This is the last admin token: create another admin token first")
+    for header in (None, "", "Basic dXNlcjpwYXNz", "bearer isa_x"):
+        with pytest.raises(AuthError) as caught:
+            auth.authenticate(redis_client, header, None)
+        assert caught.value.message == (
+            "Missing bearer token: send `Authorization: Bearer <token>`")
+    with pytest.raises(AuthError) as caught:
+        auth.authenticate(redis_client, "Bearer isa_unknown", None)
+    assert caught.value.message == "Invalid or revoked token"
+
+
+def test_a_configured_admin_token_admits_itself_only(redis_client, agent):
+    # With INVOICE_SYNC_ADMIN_TOKEN set, that token is an admin named by its id (audit records
+    # say which admin acted); every other token keeps its own role, or none.
+    configured = "isa_" + "e" * 43
+    principal = auth.authenticate(redis_client, f"Bearer {configured}", configured)
+    assert (principal.kind, principal.system) == (auth.ADMIN, None)
+    assert principal.actor == f"admin:{auth.token_id(auth.digest(configured))}"
+    blue = agent("blue")["Authorization"]
+    assert auth.authenticate(redis_client, blue, configured) == auth.Principal(auth.AGENT, "blue")
+    for stranger in ("Bearer isa_other", f"Bearer {configured}x"):
+        with pytest.raises(AuthError):
+            auth.authenticate(redis_client, stranger, configured)

@@ -52,8 +52,8 @@ class Serve:
             try:
                 if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or too busy starting to answer within a second
             assert time.monotonic() < deadline, self.stdout.read_text()
             time.sleep(0.2)
 

@@ -8,7 +8,7 @@ from coordinator import keys
 from coordinator.numbering import sequences
 from tests.support import snapshot
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
 
 def take(client, headers, reference, document="invoice", date="2026-11-21"):
@@ -308,3 +308,80 @@ def test_allocation_body_is_exactly_the_schema_dump(client, agent, admin):
     voided = same_as_dump(take(client, blue, "shape-2"))
     client.post(f"/v1/allocations/{voided['id']}/void", headers=blue, json={"reason": "x"})
     assert same_as_dump(take(client, blue, "shape-2"))["void_reason"] == "x"
+
+
+def test_each_refused_transition_says_exactly_why(client, agent, admin):
+    # The whole message: it is what the agent logs and an admin reads to reconcile.
+    blue, red = agent("blue"), agent("red")
+    take(client, blue, "1")
+    take(client, blue, "2")
+
+    def refusal(path, headers, body):
+        answer = client.post(f"/v1/allocations/{path}", headers=headers, json=body)
+        return answer.status_code, answer.get_json()["message"]
+
+    assert refusal("invoice:2026:9/confirm", blue, {"invoicenum": "X"}) == (
+        404, "No allocation 'invoice:2026:9'")
+    assert refusal("invoice:2026:1/confirm", red, {"invoicenum": "INV-2026-000001"}) == (
+        403, "This agent token belongs to another system")
+    assert refusal("invoice:2026:1/confirm", blue, {"invoicenum": "INV-2026-1"}) == (
+        409, "invoicenum 'INV-2026-1' is not the allocated number 'INV-2026-000001'")
+    assert client.post("/v1/allocations/invoice:2026:1/confirm", headers=blue,
+                       json={"invoicenum": "INV-2026-000001"}).status_code == 200
+    assert refusal("invoice:2026:1/void", blue, {"reason": "typo"}) == (
+        403, "invoice:2026:1 is confirmed: only an admin can void it")
+    assert client.post("/v1/allocations/invoice:2026:2/void", headers=blue,
+                       json={"reason": "invoice deleted"}).status_code == 200
+    assert refusal("invoice:2026:2/confirm", blue, {"invoicenum": "INV-2026-000002"}) == (
+        409, "invoice:2026:2 is void and cannot be confirmed")
+
+
+def test_transition_answers_whether_this_call_changed_the_entry(redis_client, client, agent):
+    from coordinator.numbering import allocation
+
+    take(client, agent("blue"), "1")
+    who = {"actor_kind": "agent", "actor_system": "blue", "actor": "agent:blue"}
+    entry, changed = allocation.transition(redis_client, "invoice:2026:1", "confirm",
+                                           "INV-2026-000001", **who)
+    assert (entry["status"], changed) == ("confirmed", True)
+    entry, changed = allocation.transition(redis_client, "invoice:2026:1", "confirm",
+                                           "INV-2026-000001", **who)
+    assert (entry["status"], changed) == ("confirmed", False)
+    # The repeat still writes (so the WAITAOF after it covers the original confirmation), in
+    # the sequence's own keys: one hash slot, as on a Redis Cluster it must be.
+    assert redis_client.hget(keys.seq_stats("invoice"), "replays") == "1"
+
+
+def test_one_allocation_writes_only_keys_of_one_hash_slot(client, agent, redis_client):
+    """A Redis Cluster runs a script only on keys of one slot: every key an allocation
+    writes carries the same hash tag (on a single server a stray key would go unnoticed)."""
+    import re
+
+    blue = agent("blue")
+    take(client, blue, "warm-up")  # sequences initialised: their keys exist from here on
+    for document, year in (("invoice", "2027"), ("credit_note", "2028")):
+        system = agent(f"new-{document}".replace("_", "-"))  # a new system, a new period
+        before = set(redis_client.keys("*"))
+        assert take(client, system, "1", document=document,
+                    date=f"{year}-03-01").status_code == 201
+        # ({auth} keys: the request's rate-limit counter, not the allocation)
+        written = {k for k in set(redis_client.keys("*")) - before if not k.startswith("{auth}")}
+        assert written, "an allocation writes new keys (its reference index at least)"
+        tags = {re.match(r"^[^{]*\{([^}]*)\}", key).group(1) for key in written}
+        assert len(tags) == 1, sorted(written)
+
+
+def test_sequences_that_cannot_be_initialised_answer_503_and_do_not_hang(
+    client, agent, monkeypatch
+):
+    """If the sequences' settings cannot be (re)created, allocation answers a clear 503 after
+    one attempt to create them, instead of looping."""
+    from coordinator.numbering import allocation
+
+    attempts = []
+    monkeypatch.setattr(allocation, "ensure_sequences",
+                        lambda redis_client, series="default": attempts.append(series))
+    answer = take(client, agent("blue"), "1")
+    assert answer.status_code == 503
+    assert answer.get_json()["message"] == "Sequence invoice is not initialised; retry"
+    assert attempts == ["default"]

@@ -12,7 +12,7 @@ import redis
 from coordinator import auth, keys
 from coordinator.numbering import iter_ledger
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
 SYSTEMS = ("blue", "red", "orange")
 

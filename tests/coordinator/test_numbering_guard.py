@@ -6,30 +6,70 @@ from datetime import date
 
 import pytest
 
+from coordinator import keys
 from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
-from coordinator.numbering import allocation, guard, sequences
+from coordinator.numbering import allocation, guard, sequences, series
 
 pytestmark = pytest.mark.integration
 
 DAY = date(2026, 5, 5)
 
 
+def _eu(client) -> None:
+    series.create_series(client, "eu", "EU entity")
+    series.leave(client, "default", "green")
+    series.join(client, "eu", "green")
+    client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
+
+
 def test_an_empty_store_refuses_to_number_until_initialised(redis_client):
     redis_client.flushall()  # the fixture initialises the default series; this is a lost store
-    with pytest.raises(NumberingNotInitialised, match="not initialised"):
+    with pytest.raises(NumberingNotInitialised, match="^numbering of series default is not "
+                                                      "initialised: this store never issued"):
         allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
-    assert redis_client.hlen("{seq:invoice}:ledger:2026") == 0
+    assert redis_client.hlen(keys.seq_ledger("invoice", "2026")) == 0
+    assert redis_client.get(keys.seq_counter("invoice", "2026")) is None
     sequences.update(redis_client, "invoice", {"next_number": 1}, actor="admin")
     entry, new = allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
     assert new and entry["number"] == 1
 
 
-def test_a_store_that_issued_numbers_before_the_guard_is_initialised(redis_client):
+def test_re_registering_systems_and_series_on_a_lost_store_does_not_initialise_it(
+        redis_client):
+    redis_client.flushall()
+    _eu(redis_client)  # the admin re-creates what was lost
+    for system in ("blue", "green"):
+        with pytest.raises(NumberingNotInitialised):
+            allocation.allocate(redis_client, system, "invoice", "1", DAY)
+    assert not guard.is_initialised(redis_client)
+
+
+def test_a_new_series_in_an_initialised_store_numbers(redis_client):
+    _eu(redis_client)
+    entry, new = allocation.allocate(redis_client, "green", "invoice", "1", DAY)
+    assert new and entry["id"] == "eu/invoice:2026:1"
+    assert guard.is_initialised(redis_client, "eu")
+
+
+def test_series_that_issued_numbers_before_the_guard_are_adopted_without_renumbering(
+        redis_client):
+    _eu(redis_client)
     allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
-    for name in ("invoice", "credit_note"):
-        redis_client.hdel(guard.keys.seq_guard(name), guard.INITIALISED)
-    entry, new = allocation.allocate(redis_client, "blue", "invoice", "2", DAY)
-    assert new and entry["number"] == 2
+    allocation.allocate(redis_client, "green", "credit_note", "c1", DAY)
+    for name in ("default", "eu"):  # the data as the release before the guard left it
+        for seq in sequences.SEQUENCES:
+            redis_client.delete(keys.seq_guard(seq, name))
+    assert guard.adopt_all(redis_client) == []
+    assert allocation.allocate(redis_client, "blue", "invoice", "2", DAY)[0]["number"] == 2
+    assert allocation.allocate(redis_client, "green", "credit_note", "c2", DAY)[0]["number"] == 2
+
+
+def test_settings_an_admin_set_before_the_guard_count_as_initialised(redis_client):
+    sequences.update(redis_client, "invoice", {"next_number": 40}, actor="admin")
+    for seq in sequences.SEQUENCES:
+        redis_client.delete(keys.seq_guard(seq))
+    entry, new = allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    assert new and entry["number"] == 40
 
 
 def test_a_whmcs_number_above_the_counter_stops_its_period_until_next_number_passes_it(
@@ -47,3 +87,20 @@ def test_a_whmcs_number_above_the_counter_stops_its_period_until_next_number_pas
     sequences.update(redis_client, "invoice", {"next_number": 8}, actor="admin", period="2026")
     entry, new = allocation.allocate(redis_client, "blue", "invoice", "2", DAY)
     assert new and entry["number"] == 8
+
+
+def test_the_sync_guard_reads_a_system_s_numbers_with_its_own_series_formats(redis_client):
+    _eu(redis_client)
+    sequences.update(redis_client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, actor="admin",
+                     series="eu")
+    allocation.allocate(redis_client, "green", "invoice", "1", DAY)
+    # "INV-…" is default's format, not eu's: green's WHMCS showing it proves nothing about eu.
+    ahead = guard.check_synced_numbers(redis_client, "green",
+                                       ["EU-2026-000005", "INV-2026-000009"], "eu")
+    assert [(a["series"], a["sequence"], a["number"]) for a in ahead] == [("eu", "invoice", 5)]
+    with pytest.raises(NumberingBehind, match="^numbering of invoice of series eu in period "
+                                              "2026 is refused: the WHMCS of green already "
+                                              "shows EU-2026-000005"):
+        allocation.allocate(redis_client, "green", "invoice", "2", DAY)
+    entry, _ = allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    assert entry["number"] == 1  # the default series is not behind

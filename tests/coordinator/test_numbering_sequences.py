@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 
 from coordinator import keys
-from coordinator.exceptions import InvalidInput
+from coordinator.exceptions import Conflict, InvalidInput
 from coordinator.numbering import allocate, gaps, list_ledger, sequences
 from tests.support import initialise_numbering, snapshot
 
@@ -29,12 +29,19 @@ def test_good_formats(fmt, reset):
 
 
 @pytest.mark.parametrize("fmt, reset", [
-    ("INV-{YEAR}", "yearly"), ("INV-{NUMBER}", "yearly"), ("{YEAR}-{NUMBER}", "monthly"),
+    ("INV-{YEAR}", "yearly"),
     ("{NUMBER}-{NUMBER}", "never"), ("{number}", "never"), ("{YEAR-{NUMBER}", "never"),
     ("{ID}-{NUMBER}", "never"), ("{NUMBER}}", "never"),
 ])
 def test_bad_formats(fmt, reset):
     with pytest.raises(InvalidInput):
+        sequences.check_format(fmt, reset)
+
+
+@pytest.mark.parametrize("fmt, reset", [("INV-{NUMBER}", "yearly"), ("{YEAR}-{NUMBER}", "monthly")])
+def test_formats_that_repeat_across_periods_are_a_conflict(fmt, reset):
+    # Two periods would print the same string: refused as an overlap (409), API.md "Series".
+    with pytest.raises(Conflict):
         sequences.check_format(fmt, reset)
 
 
@@ -110,7 +117,7 @@ def test_bad_patches_change_nothing(client, admin, agent, valkey, body):
 def test_credit_note_format_must_differ_from_invoices(client, admin):
     response = client.patch("/v1/sequences/credit_note", headers=admin,
                             json={"format": "INV-{YEAR}-{NUMBER}"})
-    assert response.status_code == 422
+    assert response.status_code == 409
 
 
 @pytest.mark.integration

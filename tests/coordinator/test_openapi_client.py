@@ -44,9 +44,13 @@ def _generate(url: str, where: Path):
     # Its post-generation hooks run ruff: the one installed beside it, even without an
     # activated virtualenv.
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # The ledger export is JSON lines, one record per line: to a client, text to split.
+    config = where / "config.json"
+    config.write_text(json.dumps({"content_type_overrides": {
+        "application/x-ndjson": "text/plain"}}))
     result = subprocess.run(
         [str(bin_dir / "openapi-python-client"), "generate", "--path", str(spec),
-         "--meta", "none", "--output-path", str(where / PACKAGE)],
+         "--meta", "none", "--output-path", str(where / PACKAGE), "--config", str(config)],
         capture_output=True, text=True, timeout=300, cwd=where, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Warning" not in result.stdout + result.stderr, result.stdout + result.stderr

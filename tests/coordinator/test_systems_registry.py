@@ -15,7 +15,7 @@ from coordinator.systems import registry, secrets
 from coordinator.systems.urls import UrlPolicy
 from tests.coordinator.systems_support import FakeResolver, body
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
 POLICY = UrlPolicy(resolver=FakeResolver())
 

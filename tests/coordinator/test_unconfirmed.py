@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator import keys
 from coordinator.numbering import allocation, ledger
 from coordinator.ops import unconfirmed
 from tests.support import initialise_numbering
@@ -91,4 +92,4 @@ def test_settled_numbers_leave_the_index(redis_client):
                           actor_kind="agent", actor_system="blue", actor="agent:blue")
     when = later(GRACE + 60)
     assert unconfirmed.refresh(redis_client, GRACE, now=when)["invoice"] == 2
-    assert redis_client.zcard("{seq:invoice}:unconfirmed:2026") == 2
+    assert redis_client.zcard(keys.seq_unconfirmed("invoice", "2026")) == 2

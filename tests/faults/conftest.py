@@ -23,9 +23,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def own_valkey(tmp_path: Path) -> ValkeyServer:
-    """A Valkey of this test alone (AOF, appendfsync always): it may be SIGKILLed."""
-    server = ValkeyServer(tmp_path / "valkey").start()
+def own_valkey(request: pytest.FixtureRequest, tmp_path: Path) -> ValkeyServer:
+    """A Valkey of this test alone (AOF, appendfsync always): it may be SIGKILLed.
+
+    A test that also takes ``server_binary`` gets that server instead (both in turn).
+    """
+    binary = (request.getfixturevalue("server_binary")
+              if "server_binary" in request.fixturenames else None)
+    server = ValkeyServer(tmp_path / "valkey", binary=binary).start()
     yield server
     server.kill()
 

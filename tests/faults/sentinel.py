@@ -42,16 +42,18 @@ class SentinelCluster:
 
     def __init__(self, base_dir: Path, *, replicas: int = 1, durable: bool = True,
                  down_after_ms: int = 1000, failover_timeout_ms: int = 4000,
-                 max_lag_s: int = 2) -> None:
+                 max_lag_s: int = 2, binary: str | None = None) -> None:
         self.base_dir = Path(base_dir)
+        self.binary = binary or server_binary()
         self.durable = durable
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         rule = [f"min-replicas-to-write {1 if durable else 0}",
                 f"min-replicas-max-lag {max_lag_s}"]
-        self.master = ValkeyServer(self.base_dir / "master", extra=[*_REPL, *rule])
+        self.master = ValkeyServer(self.base_dir / "master", extra=[*_REPL, *rule],
+                                   binary=self.binary)
         self.replicas = [
-            ValkeyServer(self.base_dir / f"replica{i}", extra=[
+            ValkeyServer(self.base_dir / f"replica{i}", binary=self.binary, extra=[
                 *_REPL, *rule, f"replicaof 127.0.0.1 {self.master.port}",
             ])
             for i in range(replicas)
@@ -106,7 +108,7 @@ class SentinelCluster:
             f"sentinel parallel-syncs {MASTER_NAME} 1",
         ]) + "\n")
         return subprocess.Popen(
-            [server_binary(), str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
+            [self.binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
 

@@ -65,7 +65,7 @@ def _run(gunicorn, own_valkey, *, seconds, per_agent, agents, crashes, down_for)
     assert statuses[503] + statuses["no-answer"] > 0, "the agents must have felt the crash"
 
 
-def test_redis_restart_short(gunicorn, own_valkey):
+def test_redis_restart_short(gunicorn, server_binary, own_valkey):
     _run(gunicorn, own_valkey, seconds=4, per_agent=100000, agents=4, crashes=1, down_for=0.5)
 
 

@@ -45,8 +45,9 @@ def _batch(url, tokens, history, tag: str, count: int, seconds: float = 60) -> N
 
 
 def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, after: int,
-                  rounds: int = 1):
-    with SentinelCluster(tmp_path / "cluster", replicas=2, durable=rule) as cluster:
+                  rounds: int = 1, binary: str | None = None):
+    with SentinelCluster(tmp_path / "cluster", replicas=2, durable=rule,
+                         binary=binary) as cluster:
         master = redis.Redis.from_url(cluster.master.url, decode_responses=True)
         tokens = agent_tokens(master)
         admin = register_admin(master)
@@ -120,8 +121,9 @@ def _failover_run(tmp_path, gunicorn, *, rule: bool, before: int, during: int, a
         return verdict, b_acks
 
 
-def test_failover_with_durability_rule_keeps_every_number(tmp_path, gunicorn):
-    verdict, b_acks = _failover_run(tmp_path, gunicorn, rule=True, before=4, during=3, after=3)
+def test_failover_with_durability_rule_keeps_every_number(tmp_path, gunicorn, server_binary):
+    verdict, b_acks = _failover_run(tmp_path, gunicorn, rule=True, before=4, during=3, after=3,
+                                    binary=server_binary)
     assert b_acks == 0, "with the rule on, writes the replicas never saw must not be acked"
     assert verdict.ok, verdict.line()
     assert verdict.counts["acked_refs"] == verdict.counts["references"]

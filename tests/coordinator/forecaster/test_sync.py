@@ -19,7 +19,7 @@ from coordinator.forecaster.connections import with_decoding
 from coordinator.warnings import store as warnings
 from tests.coordinator.forecaster.conftest import expected_aggregates, stored_aggregates
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
 
 def run(redis_client, work, name, mode="missing"):

@@ -1,0 +1,237 @@
+"""The ledger's hash chain: seal events with SHA-256, verify them, check an export offline.
+
+Every change to a sequence's ledger (a number issued, confirmed, voided; settings changed;
+next number raised) appends one JSON event to ``{ser:R}:S:events`` inside the same Lua script
+that makes the change, so there is no event without its change and no change without its
+event, and the event's ``seq`` is its index (gap-free, in the order Redis applied them).
+
+Lua in Redis has no SHA-256, so hashes are computed here, right after, and appended to
+``{ser:R}:S:chain`` ("sealing", :func:`seal`, idempotent: the script appends only when the chain
+still has the length the sealer read). The window between an event and its seal is one round
+trip after the response (or until the next verify/export, which seal first); an unsealed event
+is still ordered and counted, and an event whose ``seq`` is not its index is never sealed.
+
+Canonical encoding (what an auditor re-computes)::
+
+    hash(event) = sha256(json.dumps({**event, "prev": previous hash}, sort_keys=True,
+                         separators=(",", ":"), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+with ``previous hash`` = 64 zeros for the first event (``seq`` 0). An upgraded ledger's chain
+starts at its first event after the upgrade: numbers issued before are counted by
+:func:`verify` as ``unchained_numbers`` (they are in the ledger, but not in the chain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import redis
+
+from coordinator import keys
+from coordinator.numbering import scripts
+from coordinator.numbering.sequences import DEFAULT_SERIES, check_name
+
+GENESIS = "0" * 64
+"""The ``prev`` of the first event of every chain."""
+
+PAGE = 500
+"""Events read (and sealed) per round trip."""
+
+FORMAT = "invoice-sync-ledger/1"
+"""The export format's name, in its header line."""
+
+
+def canonical(obj: Any) -> bytes:
+    """Encode ``obj`` as the chain hashes it: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_hash(event: dict[str, Any], prev: str) -> str:
+    """Return the SHA-256 (hex) of ``event`` chained to ``prev``."""
+    return hashlib.sha256(canonical({**event, "prev": prev})).hexdigest()
+
+
+def seal(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) -> int:
+    """Hash every unsealed event of ``sequence`` and append the hashes; return the chain length.
+
+    Stops (leaving the rest unsealed, for :func:`verify` to name) at an event that does not
+    parse or whose ``seq`` is not its index.
+    """
+    events_key, chain_key = keys.seq_events(sequence, series), keys.seq_chain(sequence, series)
+    while True:
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(chain_key)
+        pipe.lindex(chain_key, -1)
+        length, head = pipe.execute()
+        raws = client.lrange(events_key, length, length + PAGE - 1)
+        hashes: list[str] = []
+        prev = head or GENESIS
+        for index, raw in enumerate(raws, start=length):
+            event = _parse(raw)
+            if event is None or event.get("seq") != index:
+                break
+            prev = event_hash(event, prev)
+            hashes.append(prev)
+        if not hashes:
+            return length
+        reply = scripts.SEAL(client, [chain_key], [length, *hashes])
+        if int(reply) != length + len(hashes):
+            continue  # another coordinator sealed meanwhile: read again
+        if len(hashes) < PAGE:
+            return int(reply)
+
+
+def _parse(raw: str) -> dict[str, Any] | None:
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def chained(
+    client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES
+) -> Iterator[tuple[int, str | None, str | None]]:
+    """Yield ``(index, raw event, stored hash)`` over the longer of events and chain."""
+    events_key, chain_key = keys.seq_events(sequence, series), keys.seq_chain(sequence, series)
+    start = 0
+    while True:
+        pipe = client.pipeline(transaction=False)
+        pipe.lrange(events_key, start, start + PAGE - 1)
+        pipe.lrange(chain_key, start, start + PAGE - 1)
+        raws, hashes = pipe.execute()
+        for offset in range(max(len(raws), len(hashes))):
+            yield (start + offset, raws[offset] if offset < len(raws) else None,
+                   hashes[offset] if offset < len(hashes) else None)
+        if len(raws) < PAGE and len(hashes) < PAGE:
+            return
+        start += PAGE
+
+
+def check(records: Iterable[tuple[int, str | None, str | None]],
+          period: str | None = None) -> dict[str, Any]:
+    """Recompute a chain from ``(index, raw event, stored hash)`` records, in order.
+
+    Returns:
+        ``{"ok", "events", "entries", "head", "first_bad"?}``: ``entries`` counts the events
+        of ``period`` (every event without one); ``first_bad`` names the first event that does
+        not verify (``seq``, ``id`` when it has one, ``reason``).
+    """
+    prev, count, entries, issued = GENESIS, 0, 0, 0
+    for index, raw, stored in records:
+        bad = _check_one(index, raw, stored, prev)
+        if bad is not None:
+            return {"ok": False, "events": count, "entries": entries, "head": prev,
+                    "issued": issued, "first_bad": bad}
+        event = json.loads(raw)
+        prev = stored
+        count += 1
+        issued += event.get("type") == "issued"
+        if period is None or event.get("period") == period or (
+                event.get("id", "").split(":")[-2:-1] == [period]):
+            entries += 1
+    return {"ok": True, "events": count, "entries": entries, "head": prev, "issued": issued}
+
+
+def _check_one(index: int, raw: str | None, stored: str | None, prev: str) -> dict | None:
+    if raw is None:
+        return {"seq": index, "reason": "event missing (its hash is in the chain)"}
+    event = _parse(raw)
+    if event is None:
+        return {"seq": index, "reason": "event is not a JSON object"}
+    named = {"seq": index, **({"id": event["id"]} if "id" in event else {})}
+    if event.get("seq") != index:
+        return {**named, "reason": f"event {event.get('seq')!r} found where event {index} "
+                                   "belongs (removed or re-ordered)"}
+    if stored is None:
+        return {**named, "reason": "event not sealed"}
+    if event_hash(event, prev) != stored:
+        return {**named, "reason": "hash does not match (event changed, or an earlier one)"}
+    return None
+
+
+def verify(
+    client: redis.Redis, sequence: str, period: str | None = None, *,
+    series: str = DEFAULT_SERIES,
+) -> dict[str, Any]:
+    """Seal what is pending, then recompute the whole chain of ``sequence`` of ``series``.
+
+    A chain is checked from its first event whatever ``period`` is (a period's events cannot
+    be verified without those before them); ``period`` only picks what ``entries`` counts.
+    """
+    check_name(sequence)
+    seal(client, sequence, series=series)
+    result = check(chained(client, sequence, series=series), period)
+    # Numbers issued before the upgrade that brought the chain are in the ledger only.
+    unchained = max(0, _issued_numbers(client, sequence, series) - result.pop("issued"))
+    result.update(series=series, sequence=sequence, period=period, unchained_numbers=unchained)
+    return result
+
+
+def _issued_numbers(client: redis.Redis, sequence: str, series: str) -> int:
+    periods = client.smembers(keys.seq_periods(sequence, series))
+    pipe = client.pipeline(transaction=False)
+    for period in periods:
+        pipe.zcard(keys.seq_ledger_order(sequence, period, series))
+    return sum(pipe.execute())
+
+
+def export_records(
+    client: redis.Redis, sequence: str, period: str | None = None, *,
+    series: str = DEFAULT_SERIES,
+) -> Iterator[dict[str, Any]]:
+    """Yield the export's records: header, every chained event, then an ``end`` record.
+
+    The whole chain is exported (it is verified from its start); ``period`` is recorded in the
+    header for the reader.
+    """
+    check_name(sequence)
+    seal(client, sequence, series=series)
+    yield {"kind": "header", "format": FORMAT, "series": series, "sequence": sequence,
+           "period": period, "genesis": GENESIS,
+           "hash": "sha256(json.dumps({**event, 'prev': prev}, sort_keys=True, "
+                   "separators=(',', ':'), ensure_ascii=False).encode('utf-8'))"}
+    prev, count = GENESIS, 0
+    for index, raw, stored in chained(client, sequence, series=series):
+        event = _parse(raw) if raw is not None else None
+        yield {"kind": "event", "seq": index, "prev": prev, "hash": stored, "event": event}
+        prev, count = stored or "", count + 1
+    yield {"kind": "end", "events": count, "head": prev}
+
+
+def check_export(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Verify an export's records offline (no Redis): chain, order, count and head."""
+    prev, count, header, end = GENESIS, 0, None, None
+    for record in records:
+        kind = record.get("kind")
+        if kind == "header":
+            header = record
+        elif kind == "end":
+            end = record
+        elif kind == "event":
+            if end is not None:
+                return {"ok": False, "events": count, "first_bad": {
+                    "seq": record.get("seq"), "reason": "event after the end record"}}
+            event = record.get("event")
+            if not isinstance(event, dict):
+                return {"ok": False, "events": count, "first_bad": {
+                    "seq": count, "reason": "event missing or not an object"}}
+            named = {"seq": count, **({"id": event["id"]} if "id" in event else {})}
+            if event.get("seq") != count or record.get("seq") != count:
+                return {"ok": False, "events": count, "first_bad": {
+                    **named, "reason": f"event {event.get('seq')!r} found where event "
+                                       f"{count} belongs (removed or re-ordered)"}}
+            if record.get("prev") != prev or event_hash(event, prev) != record.get("hash"):
+                return {"ok": False, "events": count, "first_bad": {
+                    **named, "reason": "hash does not match (event changed, or an earlier one)"}}
+            prev, count = record["hash"], count + 1
+    if header is None or header.get("format") != FORMAT:
+        return {"ok": False, "events": count, "first_bad": {"reason": "no header of " + FORMAT}}
+    if end is None or end.get("events") != count or end.get("head") != prev:
+        return {"ok": False, "events": count, "first_bad": {
+            "seq": count, "reason": "end record missing or does not match (events removed "
+                                    "at the end, or the file was cut)"}}
+    return {"ok": True, "events": count, "head": prev}

@@ -1,0 +1,49 @@
+"""Schemas of the ledger chain routes: verify's query and answer, export's query."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from coordinator.numbering.schemas import PERIOD, StrictSchema
+
+
+class VerifyQuerySchema(StrictSchema):
+    period = fields.String(load_default=None, validate=PERIOD, metadata={
+        "description": "Count the events of this period as `entries` (the whole chain is "
+                       "always verified)."})
+
+
+class ExportQuerySchema(VerifyQuerySchema):
+    format = fields.String(load_default="jsonl", validate=validate.OneOf(["jsonl", "csv"]))
+
+
+class BadEventSchema(Schema):
+    seq = fields.Integer(metadata={"description": "Index of the first event that fails."})
+    id = fields.String(metadata={"description": "The allocation the event is about, if any."})
+    reason = fields.String()
+
+
+class VerifySchema(Schema):
+    ok = fields.Boolean()
+    series = fields.String()
+    sequence = fields.String()
+    period = fields.String(allow_none=True)
+    events = fields.Integer(metadata={"description": "Events verified (before `first_bad`)."})
+    entries = fields.Integer(metadata={"description": "Of those, the events of `period`."})
+    head = fields.String(metadata={"description": "SHA-256 (hex) of the last verified event."})
+    unchained_numbers = fields.Integer(metadata={
+        "description": "Numbers issued before the chain existed (upgraded data)."})
+    first_bad = fields.Nested(BadEventSchema)
+
+
+class ExportRecordSchema(Schema):
+    """One line of a JSON lines export (the CSV has columns ``kind,seq,prev,hash,data``)."""
+
+    kind = fields.String(metadata={"description": "header, event, entry, gap, audit or end"})
+    seq = fields.Integer()
+    prev = fields.String()
+    hash = fields.String()
+    event = fields.Dict()
+    entry = fields.Dict()
+    gap = fields.Dict()
+    audit = fields.Dict()

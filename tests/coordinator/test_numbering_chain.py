@@ -1,0 +1,320 @@
+"""The ledger's SHA-256 chain on a real Valkey: events appended atomically with each change,
+sealed, verified; tampering (a changed byte, a removed event, two swapped) is found by verify
+and by the offline check of an export; auditors verify and export; upgraded data verifies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from cryptography.fernet import Fernet
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator import auth, keys
+from coordinator.cli import main
+from coordinator.numbering import chain, export
+from tests.coordinator.systems_support import FakeResolver, body
+
+pytestmark = pytest.mark.integration
+
+EVENTS = keys.seq_events("invoice")
+CHAIN = keys.seq_chain("invoice")
+VERIFY = "/v1/series/default/sequences/invoice/ledger/verify"
+EXPORT = "/v1/series/default/sequences/invoice/ledger/export"
+
+
+@pytest.fixture
+def app_config(app_config):
+    return {**app_config, "SECRET_KEYS": Fernet.generate_key().decode(),
+            "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_AGENT": 0,
+            "RATE_LIMIT_ADMIN": 0}
+
+
+@pytest.fixture
+def blue(client, admin):
+    response = client.post("/v1/systems", headers=admin, json=body(name="blue"))
+    assert response.status_code == 201, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['agent_token']}"}
+
+
+@pytest.fixture
+def auditor(redis_client):
+    token = auth.create_token(redis_client, auth.AUDITOR, "tax office", "cli")[1]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def take(client, headers, reference, date="2026-11-21"):
+    response = client.post("/v1/allocations", headers=headers,
+                           json={"document": "invoice", "reference": reference, "date": date})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def history(client, admin, blue):
+    """Every kind of event: issued, confirmed, voided, settings changed, next number raised."""
+    first = take(client, blue, "r-1")
+    second = take(client, blue, "r-2")
+    assert client.post(f"/v1/allocations/{first['id']}/confirm", headers=blue,
+                       json={"invoicenum": first["formatted"]}).status_code == 200
+    assert client.post(f"/v1/allocations/{second['id']}/void", headers=blue,
+                       json={"reason": "created by mistake"}).status_code == 200
+    assert client.patch("/v1/sequences/invoice", headers=admin,
+                        json={"next_number": 10, "period": "2026"}).status_code == 200
+    take(client, blue, "r-3")
+
+
+def verify(client, headers, period=None):
+    response = client.get(VERIFY + (f"?period={period}" if period else ""), headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_every_change_appends_one_chained_event_in_order(client, admin, blue, redis_client):
+    history(client, admin, blue)
+    events = [json.loads(raw) for raw in redis_client.lrange(EVENTS, 0, -1)]
+    assert [e["type"] for e in events] == [
+        "issued", "issued", "confirmed", "voided", "next_number_raised", "settings_changed",
+        "issued"]
+    assert [e["seq"] for e in events] == list(range(7))
+    assert events[-1]["number"] == "10"
+    result = verify(client, admin)
+    assert result["ok"] is True and result["events"] == 7
+    # The head is the documented rule applied by hand, from 64 zeros.
+    prev = "0" * 64
+    for event in events:
+        encoded = json.dumps({**event, "prev": prev}, sort_keys=True, separators=(",", ":"),
+                             ensure_ascii=False).encode("utf-8")
+        prev = hashlib.sha256(encoded).hexdigest()
+    assert result["head"] == prev == redis_client.lindex(CHAIN, -1)
+    assert redis_client.llen(CHAIN) == 7
+
+
+def test_refused_and_replayed_requests_append_no_event(client, admin, blue, redis_client):
+    take(client, blue, "r-1")
+    replay = client.post("/v1/allocations", headers=blue,
+                         json={"document": "invoice", "reference": "r-1", "date": "2026-11-21"})
+    assert replay.status_code == 200
+    assert client.patch("/v1/sequences/invoice", headers=admin,
+                        json={"next_number": 1, "period": "2026"}).status_code == 409
+    assert redis_client.llen(EVENTS) == 1
+
+
+def test_sealing_is_idempotent_and_resumes_after_a_lost_seal(client, admin, blue, redis_client):
+    history(client, admin, blue)
+    chain.seal(redis_client, "invoice")
+    sealed = redis_client.lrange(CHAIN, 0, -1)
+    # A coordinator killed between the allocation and its seal leaves events unsealed.
+    redis_client.ltrim(CHAIN, 0, 2)
+    assert chain.seal(redis_client, "invoice") == 7
+    assert chain.seal(redis_client, "invoice") == 7
+    assert redis_client.lrange(CHAIN, 0, -1) == sealed
+
+
+def _change_a_byte(redis_client, index):
+    raw = redis_client.lindex(EVENTS, index)
+    redis_client.lset(EVENTS, index, raw.replace('"r-2"', '"r-9"'))
+
+
+def _delete(redis_client, index):
+    raw = redis_client.lindex(EVENTS, index)
+    redis_client.lrem(EVENTS, 1, raw)
+
+
+def _swap(redis_client, index):
+    first, second = redis_client.lrange(EVENTS, index, index + 1)
+    redis_client.lset(EVENTS, index, second)
+    redis_client.lset(EVENTS, index + 1, first)
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (_change_a_byte, "hash does not match"), (_delete, "removed or re-ordered"),
+    (_swap, "removed or re-ordered")])
+def test_tampering_is_found_and_named_by_verify_and_by_an_export(
+        client, admin, blue, redis_client, tmp_path, tamper, reason):
+    history(client, admin, blue)
+    before = client.get(EXPORT + "?period=2026", headers=admin)
+    assert before.status_code == 200
+    taken = tmp_path / "before.jsonl"
+    taken.write_bytes(before.data)
+    tamper(redis_client, 1)
+    result = verify(client, admin)
+    assert result["ok"] is False
+    assert result["first_bad"]["seq"] == 1 and reason in result["first_bad"]["reason"]
+    assert result["events"] == 1
+    # The export taken before the tampering still verifies offline, and its head is the one
+    # an auditor compares with; an export taken now does not verify.
+    runner = CliRunner()
+    ok = runner.invoke(main, ["ledger", "verify-export", str(taken)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["events"] == 7
+    after = tmp_path / "after.jsonl"
+    after.write_bytes(client.get(EXPORT, headers=admin).data)
+    broken = runner.invoke(main, ["ledger", "verify-export", str(after)])
+    assert broken.exit_code == 1
+    assert json.loads(broken.output)["first_bad"]["seq"] == 1
+
+
+def test_removing_the_last_event_is_found(client, admin, blue, redis_client):
+    history(client, admin, blue)
+    verify(client, admin)
+    redis_client.rpop(EVENTS)
+    result = verify(client, admin)
+    assert result["ok"] is False and result["first_bad"]["seq"] == 6
+    assert "event missing" in result["first_bad"]["reason"]
+
+
+def _export_lines(client, admin, fmt):
+    response = client.get(f"{EXPORT}?period=2026&format={fmt}", headers=admin)
+    assert response.status_code == 200
+    assert response.mimetype == ("text/csv" if fmt == "csv" else "application/x-ndjson")
+    return response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_export_holds_events_entries_gaps_and_audit_and_verifies_offline(
+        client, admin, blue, fmt):
+    history(client, admin, blue)
+    text = _export_lines(client, admin, fmt)
+    records = list(export.read(text))
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "header" and kinds[-1] == "end"
+    assert kinds.count("event") == 7 and kinds.count("entry") == 3
+    assert {r["gap"]["kind"] for r in records if r["kind"] == "gap"} >= {"void", "skipped"}
+    assert kinds.count("audit") == 1
+    assert export.verify_text(text)["ok"] is True
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_tampering_with_an_export_file_is_found(client, admin, blue, fmt):
+    history(client, admin, blue)
+    text = _export_lines(client, admin, fmt)
+    lines = text.splitlines(keepends=True)
+    first_event = next(i for i, line in enumerate(lines) if "issued" in line)
+    changed = lines.copy()
+    changed[first_event] = changed[first_event].replace("r-1", "r-7")
+    assert export.verify_text("".join(changed))["first_bad"]["seq"] == 0
+    removed = lines[:first_event] + lines[first_event + 1:]
+    assert export.verify_text("".join(removed))["first_bad"]["seq"] == 0
+    swapped = lines.copy()
+    swapped[first_event], swapped[first_event + 1] = swapped[first_event + 1], swapped[
+        first_event]
+    assert export.verify_text("".join(swapped))["ok"] is False
+    cut = [line for line in lines if '"end"' not in line and not line.startswith("end,")]
+    assert export.verify_text("".join(cut))["ok"] is False
+
+
+def test_auditor_verifies_and_exports_but_changes_nothing(client, admin, blue, auditor):
+    history(client, admin, blue)
+    assert verify(client, auditor, "2026")["ok"] is True
+    assert client.get(EXPORT, headers=auditor).status_code == 200
+    assert client.post("/v1/allocations/invoice:2026:1/void", headers=auditor,
+                       json={"reason": "x"}).status_code == 403
+    assert client.get(VERIFY, headers=blue).status_code == 403
+    assert client.get(VERIFY).status_code == 401
+
+
+def test_bad_query_is_a_clear_error(client, admin):
+    response = client.get(VERIFY + "?period=26", headers=admin)
+    assert response.status_code == 422
+    assert set(response.get_json()) >= {"code", "status", "message", "errors"}
+    assert client.get(EXPORT + "?format=xml", headers=admin).status_code == 422
+    missing = client.get("/v1/series/nope/sequences/invoice/ledger/verify", headers=admin)
+    assert missing.status_code == 404
+
+
+def test_upgraded_data_without_events_verifies_and_counts_unchained_numbers(
+        client, admin, blue, redis_client):
+    take(client, blue, "r-1")
+    take(client, blue, "r-2")
+    # The previous layout had no events and no chain: what an upgraded store looks like.
+    redis_client.delete(EVENTS, CHAIN)
+    result = verify(client, admin)
+    assert result == {**result, "ok": True, "events": 0, "head": "0" * 64,
+                      "unchained_numbers": 2}
+    take(client, blue, "r-3")
+    result = verify(client, admin)
+    assert result["ok"] is True and result["events"] == 1 and result["unchained_numbers"] == 2
+
+
+def test_cli_verify_exits_0_then_1_after_tampering(client, admin, blue, redis_client, valkey,
+                                                   monkeypatch):
+    history(client, admin, blue)
+    monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["ledger", "verify", "--period", "2026"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["entries"] >= 3
+    _swap(redis_client, 2)
+    broken = runner.invoke(main, ["ledger", "verify"])
+    assert broken.exit_code == 1
+    assert json.loads(broken.output)["first_bad"]["seq"] == 2
+
+
+def test_cli_export_then_verify_export_in_a_python_without_redis(
+        client, admin, blue, valkey, monkeypatch, tmp_path):
+    history(client, admin, blue)
+    monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
+    out = tmp_path / "ledger.csv"
+    done = CliRunner().invoke(main, ["ledger", "export", "--period", "2026", "--format", "csv",
+                                     "--output", str(out)])
+    assert done.exit_code == 0, done.output
+    # The README's standard-library-only script, run by a bare interpreter (-I: no site, no
+    # project on the path), on a JSON lines export.
+    jsonl = tmp_path / "ledger.jsonl"
+    jsonl.write_bytes(client.get(EXPORT, headers=admin).data)
+    script = tmp_path / "check.py"
+    script.write_text(README_SCRIPT)
+    ran = subprocess.run([sys.executable, "-I", str(script), str(jsonl)], capture_output=True,
+                         text=True, check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.split()[-1] == client.get(VERIFY, headers=admin).get_json()["head"]
+    verified = CliRunner().invoke(main, ["ledger", "verify-export", str(out)])
+    assert verified.exit_code == 0, verified.output
+
+
+def _readme_script() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "AUDITORS.md").read_text()
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+README_SCRIPT = _readme_script()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=8),
+                                max_size=4), min_size=1, max_size=6),
+       st.data())
+def test_any_single_change_to_a_chain_is_found(payloads, data):
+    """Property: for any events, changing one, removing one or swapping two is found."""
+    events = [{**payload, "seq": index} for index, payload in enumerate(payloads)]
+    prev, hashes = chain.GENESIS, []
+    for event in events:
+        prev = chain.event_hash(event, prev)
+        hashes.append(prev)
+    raws = [json.dumps(e) for e in events]
+    assert chain.check(zip(range(len(raws)), raws, hashes, strict=True))["ok"]
+    index = data.draw(st.integers(0, len(raws) - 1))
+    action = data.draw(st.sampled_from(["change", "remove", "swap"]))
+    tampered = raws.copy()
+    if action == "change":
+        tampered[index] = json.dumps({**events[index], "~": "tampered"})
+    elif action == "remove":
+        del tampered[index]
+    else:
+        other = data.draw(st.integers(0, len(raws) - 1).filter(lambda i: i != index)) \
+            if len(raws) > 1 else index
+        tampered[index], tampered[other] = tampered[other], tampered[index]
+        if other == index:
+            return
+    records = [(i, tampered[i] if i < len(tampered) else None, hashes[i])
+               for i in range(len(hashes))]
+    result = chain.check(records)
+    assert result["ok"] is False
+    assert result["first_bad"]["seq"] == (min(index, other) if action == "swap" else index)

@@ -1,0 +1,157 @@
+"""No two documents of one series ever print the same number (DESIGN invariant 2b).
+
+Property tests: the overlap decision against brute force, and random sequences of admin
+settings changes and allocations in two series (fakeredis with Lua: the same scripts as on
+a server, fast enough for hypothesis), with the reproduction of issue 8 item 1 as an example.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import date
+
+import fakeredis
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from coordinator.exceptions import Conflict, CoordinatorError
+from coordinator.numbering import allocate, iter_ledger, overlap, sequences
+from coordinator.numbering.allocation import Hints
+from coordinator.numbering.series import create_series, join, prepare_registration
+
+# --- the decision itself ------------------------------------------------------------------
+
+PIECES = ["{YEAR}", "{MONTH}", "{DAY}", "0", "1", "2", "-", "A"]
+
+
+def _printed(fmt: str, padding: int, numbers, days) -> set[str]:
+    out = set()
+    for number, day in itertools.product(numbers, days):
+        digits = str(number)
+        if padding and len(digits) > padding:
+            continue
+        parts = {"{YEAR}": f"{day.year:04d}", "{MONTH}": f"{day.month:02d}",
+                 "{DAY}": f"{day.day:02d}", "{NUMBER}": digits.zfill(padding)}
+        out.add(re.sub(r"\{[A-Z]+\}", lambda m, p=parts: p[m.group(0)], fmt))
+    return out
+
+
+def _regex(fmt: str, padding: int) -> re.Pattern:
+    parts = {"{YEAR}": r"[1-9]\d{3}", "{MONTH}": r"(0[1-9]|1[0-2])",
+             "{DAY}": r"(0[1-9]|[12]\d|3[01])",
+             "{NUMBER}": rf"(?!0{{{padding}}})\d{{{padding}}}" if padding else r"[1-9]\d{0,14}"}
+    pattern = "".join(parts.get(tok, re.escape(tok))
+                      for tok in re.findall(r"\{[A-Z]+\}|.", fmt))
+    return re.compile(pattern + r"\Z")
+
+
+formats = st.lists(st.sampled_from(PIECES), max_size=3).flatmap(
+    lambda before: st.lists(st.sampled_from(PIECES), max_size=3).map(
+        lambda after: "".join(before) + "{NUMBER}" + "".join(after)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(formats, st.integers(0, 3), formats, st.integers(0, 3))
+def test_shared_output_is_exact(fmt_a, pad_a, fmt_b, pad_b):
+    found = overlap.shared_output((fmt_a, pad_a), (fmt_b, pad_b))
+    if found is not None:
+        # The witness really is printable by both.
+        assert _regex(fmt_a, pad_a).match(found) and _regex(fmt_b, pad_b).match(found), found
+    else:
+        # Nothing in a brute-force sample of both outputs coincides.
+        days = [date(2026, 1, 2), date(2026, 10, 21), date(2031, 12, 31), date(2000, 2, 10)]
+        numbers = [*range(1, 130), 1000, 2026, 10021]
+        assert not (_printed(fmt_a, pad_a, numbers, days) & _printed(fmt_b, pad_b, numbers, days))
+
+
+@pytest.mark.parametrize("a, b", [
+    (("INV-{YEAR}-{NUMBER}", 6), ("INV-{YEAR}-{NUMBER}", 6)),
+    (("{YEAR}{NUMBER}", 6), ("{YEAR}0{NUMBER}", 5)),  # the string compare missed this one
+    (("{NUMBER}", 0), ("{YEAR}{NUMBER}", 2)),
+])
+def test_known_overlaps(a, b):
+    assert overlap.shared_output(a, b) is not None
+
+
+def test_distinct_formats_pass():
+    assert overlap.shared_output(("INV-{YEAR}-{NUMBER}", 6), ("CN-{YEAR}-{NUMBER}", 6)) is None
+    assert overlap.shared_output(("{YEAR}{NUMBER}", 6), ("{YEAR}{NUMBER}", 5)) is None
+
+
+# --- any admin history, any allocations: no duplicate within a series ---------------------
+
+FORMATS = ["INV-{YEAR}-{NUMBER}", "CN-{YEAR}-{NUMBER}", "{YEAR}{NUMBER}", "{YEAR}0{NUMBER}",
+           "{NUMBER}", "1{NUMBER}", "{YEAR}{MONTH}{NUMBER}", "{NUMBER}{YEAR}",
+           "INV-{YEAR}-1{NUMBER}", "{MONTH}{YEAR}{NUMBER}"]
+SERIES = ("default", "acme")
+
+patch = st.fixed_dictionaries({}, optional={
+    "format": st.sampled_from(FORMATS), "padding": st.integers(0, 3),
+    "reset": st.sampled_from(sequences.RESETS), "next_number": st.integers(1, 40),
+    "increment": st.integers(1, 3)}).filter(bool)
+operations = st.lists(st.one_of(
+    st.tuples(st.just("patch"), st.sampled_from(SERIES), st.sampled_from(sequences.SEQUENCES),
+              patch),
+    st.tuples(st.just("dedicated"), st.sampled_from(SERIES), st.booleans()),
+    st.tuples(st.just("allocate"), st.sampled_from(("blue", "orange")),
+              st.sampled_from(sequences.DOCUMENTS), st.integers(0, 15),
+              st.sampled_from([date(2025, 12, 31), date(2026, 1, 5), date(2026, 11, 21)])),
+), max_size=30)
+
+REGRESSION = [  # issue 8 item 1, as reproduced on the release before series
+    ("dedicated", "default", False),
+    ("patch", "default", "credit_note", {"format": "INV-{YEAR}-{NUMBER}"}),
+    ("dedicated", "default", True),
+    ("allocate", "blue", "invoice", 1, date(2026, 11, 21)),
+    ("allocate", "blue", "credit_note", 1, date(2026, 11, 21)),
+]
+HISTORY = [  # invoices print a string first, then dedicated credit notes get that format
+    ("dedicated", "default", False),
+    ("patch", "default", "invoice", {"format": "CN-{YEAR}-{NUMBER}"}),
+    ("allocate", "blue", "invoice", 1, date(2026, 11, 21)),
+    ("patch", "default", "invoice", {"format": "INV-{YEAR}-{NUMBER}"}),
+    ("dedicated", "default", True),
+    ("allocate", "blue", "credit_note", 2, date(2026, 11, 21)),
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(REGRESSION)
+@example(HISTORY)
+@given(operations)
+def test_no_settings_history_prints_a_number_twice_in_a_series(ops):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "acme")
+    # orange is registered in acme, as the registry does it.
+    prepare_registration(client, "acme", "orange")
+    client.hset("{sys:orange}:system", mapping={"name": "orange", "series": "acme"})
+    join(client, "acme", "orange")
+    hints = Hints()
+    issued = 0
+    refused_duplicates = 0
+    for op in ops:
+        try:
+            if op[0] == "patch":
+                sequences.update(client, op[2], op[3], actor="test", series=op[1])
+            elif op[0] == "dedicated":
+                sequences.set_dedicated(client, op[2], actor="test", series=op[1])
+            else:
+                _, system, document, reference, day = op
+                entry, new = allocate(client, system, document, str(reference), day, hints=hints)
+                issued += new
+                assert entry["series"] == ("acme" if system == "orange" else "default")
+        except Conflict as error:
+            refused_duplicates += "already issued" in error.message
+        except CoordinatorError:
+            pass
+    total = 0
+    for series in SERIES:
+        printed = [entry["formatted"] for sequence in sequences.SEQUENCES
+                   for entry in iter_ledger(client, sequence, series=series)]
+        assert len(printed) == len(set(printed)), printed
+        total += len(printed)
+    assert total == issued
+    if ops is HISTORY:
+        assert refused_duplicates == 1  # the index refused what the settings check allowed

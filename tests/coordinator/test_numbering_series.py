@@ -1,0 +1,291 @@
+"""Series on a real Valkey: the API, systems in series, concurrent numbering in two series,
+moves, and the hardening items that live in numbering (issue 8 items 1, 9 and 12)."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from cryptography.fernet import Fernet
+
+from coordinator import keys
+from coordinator.app import create_app
+from tests.coordinator.systems_support import FakeResolver, body
+from tests.support import initialise_numbering, snapshot
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app_config(app_config):
+    return {**app_config, "SECRET_KEYS": Fernet.generate_key().decode(),
+            "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_AGENT": 0,
+            "RATE_LIMIT_ADMIN": 0}
+
+
+def register(client, admin, name, series=None):
+    extra = {} if series is None else {"series": series}
+    response = client.post("/v1/systems", headers=admin, json=body(name=name, **extra))
+    assert response.status_code == 201, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['agent_token']}"}
+
+
+def take(client, headers, reference, document="invoice", date="2026-11-21"):
+    return client.post("/v1/allocations", headers=headers,
+                       json={"document": document, "reference": reference, "date": date})
+
+
+# --- issue 8 -----------------------------------------------------------------------------
+
+
+def test_regression_settings_sequence_cannot_make_two_documents_share_a_number(
+        client, admin, agent, valkey):
+    """Issue 8 item 1 as reproduced: the third step used to make both print INV-2026-000001."""
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"dedicated": False}).status_code == 200
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"format": "INV-{YEAR}-{NUMBER}"}).status_code == 200
+    before = snapshot(valkey.url)
+    refused = client.patch("/v1/sequences/credit_note", headers=admin, json={"dedicated": True})
+    assert refused.status_code == 409
+    assert "INV-" in refused.get_json()["message"]
+    assert snapshot(valkey.url) == before
+    # And the string compare's blind spot: {YEAR}{NUMBER}/6 against {YEAR}0{NUMBER}/5.
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"format": "{YEAR}0{NUMBER}", "padding": 5}).status_code == 200
+    assert client.patch("/v1/sequences/invoice", headers=admin,
+                        json={"format": "{YEAR}{NUMBER}"}).status_code == 200
+    before = snapshot(valkey.url)
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"dedicated": True}).status_code == 409
+    assert snapshot(valkey.url) == before
+    blue = agent("blue")
+    invoice = take(client, blue, "1").get_json()
+    note = take(client, blue, "1", document="credit_note").get_json()
+    assert invoice["formatted"] != note["formatted"]
+
+
+def test_padding_change_that_would_meet_the_other_sequence_is_refused(client, admin, valkey):
+    """Every change that affects the printed strings is checked, not only ``format``."""
+    assert client.patch("/v1/sequences/invoice", headers=admin,
+                        json={"format": "{YEAR}{NUMBER}"}).status_code == 200
+    assert client.patch("/v1/sequences/credit_note", headers=admin,
+                        json={"format": "{YEAR}0{NUMBER}", "padding": 4}).status_code == 200
+    before = snapshot(valkey.url)
+    response = client.patch("/v1/sequences/credit_note", headers=admin, json={"padding": 5})
+    assert response.status_code == 409
+    assert snapshot(valkey.url) == before
+
+
+def test_next_number_message_tells_issued_from_skipped(client, admin, agent):
+    """Issue 8 item 12: after 1-3 issued and a raise to 100, the 409 said "up to 99 are taken"."""
+    blue = agent("blue")
+    for reference in "abc":
+        take(client, blue, reference)
+    assert client.patch("/v1/sequences/invoice", headers=admin,
+                        json={"next_number": 100, "period": "2026"}).status_code == 200
+    response = client.patch("/v1/sequences/invoice", headers=admin,
+                            json={"next_number": 50, "period": "2026"})
+    assert response.status_code == 409
+    message = response.get_json()["message"]
+    assert message == ("next_number can only move forward: in period 2026 the next number is "
+                       "100 (numbers up to 3 are issued; 4–99 were skipped (see the audit))")
+
+
+def _evalsha_calls(url: str) -> int:
+    raw = redis.Redis.from_url(url).info("commandstats")
+    return raw.get("cmdstat_evalsha", {}).get("calls", 0)
+
+
+def test_routing_hints_belong_to_one_app(app_config, valkey, admin_token, agent):
+    """Issue 8 item 9: hints were process globals, so one app's answers steered another's."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    first = create_app(app_config).test_client()
+    blue = agent("blue")
+    assert first.patch("/v1/sequences/credit_note", headers=admin,
+                       json={"dedicated": False}).status_code == 200
+    assert take(first, blue, "n1", document="credit_note").get_json()["sequence"] == "invoice"
+    # The same data seen by an app on another database: credit notes are dedicated there.
+    other_db = {**app_config, "REDIS_URL": valkey.url[:-2] + "/1"}
+    redis.Redis.from_url(other_db["REDIS_URL"]).flushdb()
+    initialise_numbering(redis.Redis.from_url(other_db["REDIS_URL"], decode_responses=True))
+    second = create_app(other_db).test_client()
+    redis.Redis.from_url(other_db["REDIS_URL"], decode_responses=True).hset(
+        keys.TOKENS, mapping=redis.Redis.from_url(valkey.url, decode_responses=True).hgetall(
+            keys.TOKENS))
+    take(second, blue, "warm-up")
+    calls = _evalsha_calls(valkey.url)
+    note = take(second, blue, "n1", document="credit_note").get_json()
+    assert note["sequence"] == "credit_note"
+    # One script run: the other app's "credit notes are in invoice" was not a guess here.
+    assert _evalsha_calls(valkey.url) - calls == 1
+
+
+# --- the series API -----------------------------------------------------------------------
+
+
+def test_series_crud_and_rules(client, admin, valkey):
+    created = client.post("/v1/series", headers=admin,
+                          json={"name": "acme-us", "description": "ACME Inc. (US)"})
+    assert created.status_code == 201
+    assert created.get_json()["name"] == "acme-us" and created.get_json()["systems"] == []
+    assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 409
+    for bad in ({"name": "Acme"}, {"name": ""}, {"name": "a/b"}, {"description": "x"},
+                {"name": "x", "colour": "red"}, {"name": "default"}):
+        before = snapshot(valkey.url)
+        response = client.post("/v1/series", headers=admin, json=bad)
+        assert response.status_code in (409, 422), bad
+        assert snapshot(valkey.url) == before
+    names = [s["name"] for s in client.get("/v1/series", headers=admin).get_json()]
+    assert names == ["default", "acme-us"]
+    patched = client.patch("/v1/series/acme-us", headers=admin, json={"description": "ACME"})
+    assert patched.get_json()["description"] == "ACME"
+    assert client.get("/v1/series/nope", headers=admin).status_code == 404
+    assert client.get("/v1/series/nope/sequences/invoice", headers=admin).status_code == 404
+    assert client.get("/v1/series/acme-us/sequences/nope", headers=admin).status_code == 404
+    assert client.delete("/v1/series/default", headers=admin).status_code == 409
+    assert client.delete("/v1/series/acme-us", headers=admin).status_code == 204
+    assert client.get("/v1/series/acme-us", headers=admin).status_code == 404
+    assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
+
+
+def test_default_series_routes_answer_exactly_as_v1_sequences(client, admin, agent):
+    blue = agent("blue")
+    for reference in "abc":
+        take(client, blue, reference)
+    client.patch("/v1/sequences/invoice", headers=admin, json={"increment": 2})
+    for tail in ("", "/invoice", "/invoice/ledger?period=2026", "/invoice/gaps?period=2026",
+                 "/invoice/audit", "/credit_note"):
+        old = client.get(f"/v1/sequences{tail}", headers=admin)
+        new = client.get(f"/v1/series/default/sequences{tail}", headers=admin)
+        assert (new.status_code, new.data) == (old.status_code, old.data), tail
+
+
+def test_systems_in_series_numbers_come_only_from_their_series(client, admin, valkey):
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    before = snapshot(valkey.url)
+    unknown = client.post("/v1/systems", headers=admin, json=body(name="x", series="nope"))
+    assert unknown.status_code == 422 and "series" in unknown.get_json()["errors"]["json"]
+    assert snapshot(valkey.url) == before
+    blue = register(client, admin, "blue")
+    orange = register(client, admin, "orange", series="acme")
+    assert client.get("/v1/systems/orange", headers=admin).get_json()["series"] == "acme"
+    assert client.get("/v1/systems/blue", headers=admin).get_json()["series"] == "default"
+    first_blue = take(client, blue, "1").get_json()
+    first_orange = take(client, orange, "1").get_json()
+    # Different issuers may print the same string; ids tell the series apart.
+    assert first_blue["formatted"] == first_orange["formatted"] == "INV-2026-000001"
+    assert (first_blue["id"], first_blue["series"]) == ("invoice:2026:1", "default")
+    assert (first_orange["id"], first_orange["series"]) == ("acme/invoice:2026:1", "acme")
+    got = client.get("/v1/allocations/acme/invoice:2026:1", headers=orange)
+    assert got.get_json() == first_orange
+    assert client.get("/v1/allocations/acme/invoice:2026:1", headers=blue).status_code == 403
+    assert client.get("/v1/allocations/default/invoice:2026:1",
+                      headers=admin).status_code == 404
+    confirmed = client.post("/v1/allocations/acme/invoice:2026:1/confirm", headers=orange,
+                            json={"invoicenum": "INV-2026-000001"})
+    assert confirmed.get_json()["status"] == "confirmed"
+    ledger = client.get("/v1/series/acme/sequences/invoice/ledger?period=2026",
+                        headers=admin).get_json()
+    assert [(e["system"], e["id"]) for e in ledger["entries"]] == [
+        ("orange", "acme/invoice:2026:1")]
+    assert client.get("/v1/series/acme", headers=admin).get_json()["systems"] == ["orange"]
+    # Settings are per series.
+    assert client.patch("/v1/series/acme/sequences/invoice", headers=admin,
+                        json={"format": "US-{YEAR}-{NUMBER}"}).status_code == 200
+    assert take(client, orange, "2").get_json()["formatted"] == "US-2026-000002"
+    assert take(client, blue, "2").get_json()["formatted"] == "INV-2026-000002"
+    audit = client.get("/v1/series/acme/sequences/invoice/audit", headers=admin).get_json()
+    assert audit["records"][-1]["after"]["format"] == "US-{YEAR}-{NUMBER}"
+    assert client.get("/v1/sequences/invoice/audit", headers=admin).get_json()["records"] == []
+    # A series with a system or a number stays.
+    assert client.delete("/v1/series/acme", headers=admin).status_code == 409
+
+
+def test_moving_a_system(client, admin, app_config, valkey):
+    for name in ("acme", "beta"):
+        assert client.post("/v1/series", headers=admin, json={"name": name}).status_code == 201
+    orange = register(client, admin, "orange", series="acme")
+    green = register(client, admin, "green")
+    stale = create_app(app_config).test_client()  # another process: it learnt green's series
+    assert take(stale, green, "warm-up", document="credit_note").status_code == 201
+    take(client, orange, "1")
+    before = snapshot(valkey.url)
+    refused = client.patch("/v1/systems/orange", headers=admin, json={"series": "beta"})
+    assert refused.status_code == 409 and "has numbers" in refused.get_json()["message"]
+    assert snapshot(valkey.url) == before
+    # green has a number in default too: refused as well; a fresh system moves freely.
+    assert client.patch("/v1/systems/green", headers=admin,
+                        json={"series": "acme"}).status_code == 409
+    violet = register(client, admin, "violet")
+    moved = client.patch("/v1/systems/violet", headers=admin, json={"series": "beta"})
+    assert moved.status_code == 200 and moved.get_json()["series"] == "beta"
+    entry = take(stale, violet, "v1").get_json()
+    assert (entry["series"], entry["id"]) == ("beta", "beta/invoice:2026:1")
+    # Moved back while it has numbers in beta: refused, numbers stay where they are.
+    assert client.patch("/v1/systems/violet", headers=admin,
+                        json={"series": "default"}).status_code == 409
+
+
+def test_stale_process_never_numbers_a_system_in_its_old_series(client, admin, app_config):
+    """A process that numbered indigo in default, after indigo was deleted and registered
+    again in acme: the script refuses the stale guess and the number comes from acme."""
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    indigo = register(client, admin, "indigo")
+    stale = create_app(app_config).test_client()
+    assert take(stale, indigo, "i1").get_json()["series"] == "default"
+    assert client.delete("/v1/systems/indigo", headers=admin).status_code == 204
+    indigo = register(client, admin, "indigo", series="acme")
+    entry = take(stale, indigo, "i2").get_json()
+    assert (entry["series"], entry["id"]) == ("acme", "acme/invoice:2026:1")
+    hints = stale.application.extensions["invoice_sync.numbering_hints"]
+    assert hints.series_of["indigo"] == "acme"
+    # The old number stays in default's ledger, under the name it was issued to.
+    old = client.get("/v1/allocations/invoice:2026:1", headers=admin).get_json()
+    assert (old["system"], old["reference"]) == ("indigo", "i1")
+
+
+def test_delete_system_and_series(client, admin):
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    register(client, admin, "orange", series="acme")
+    assert client.delete("/v1/series/acme", headers=admin).status_code == 409
+    assert client.delete("/v1/systems/orange", headers=admin).status_code == 204
+    assert client.delete("/v1/series/acme", headers=admin).status_code == 204
+
+
+def test_two_series_allocate_concurrently_without_duplicate_or_gap(client, admin, app_config,
+                                                                   redis_client):
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    systems = {"blue": "default", "red": "default", "orange": "acme", "green": "acme"}
+    headers = {name: register(client, admin, name, series=series)
+               for name, series in systems.items()}
+    apps = [create_app(app_config).test_client() for _ in range(4)]
+    work = [(name, f"{name}-{i}", "credit_note" if i % 5 == 0 else "invoice")
+            for name in systems for i in range(40)] * 2
+    random.Random(7).shuffle(work)
+
+    def run(item):
+        index, (name, reference, document) = item
+        response = take(apps[index % 4], headers[name], reference, document=document)
+        return name, reference, document, response.status_code, response.get_json()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, enumerate(work)))
+    ids: dict[tuple, set] = {}
+    for name, reference, document, status, answer in results:
+        assert status in (200, 201), answer
+        assert answer["series"] == systems[name] and answer["system"] == name
+        ids.setdefault((name, reference, document), set()).add(answer["id"])
+    assert all(len(found) == 1 for found in ids.values())
+    for series in ("default", "acme"):
+        for sequence in ("invoice", "credit_note"):
+            numbers = sorted(int(next(iter(v)).rsplit(":", 1)[1]) for k, v in ids.items()
+                             if systems[k[0]] == series and k[2] == sequence)
+            assert numbers == list(range(1, len(numbers) + 1)), (series, sequence)
+            prefix = "" if series == "default" else f"/series/{series}"
+            path = (f"/v1{prefix}/sequences/{sequence}/gaps?period=2026" if prefix
+                    else f"/v1/sequences/{sequence}/gaps?period=2026")
+            gaps = client.get(path, headers=admin).get_json()["gaps"]
+            assert [g for g in gaps if g["kind"] in ("missing", "skipped")] == []
