@@ -5,6 +5,7 @@
     │   └── UnsafeURL             a WHMCS URL points where the coordinator must not fetch
     ├── NotFound                  no such sequence, allocation, system, sync, warning (404)
     ├── Conflict                  the request contradicts what is stored (409)
+    │   └── BackupRefused         a restore/backup that cannot be done as asked (nothing done)
     ├── AuthError                 missing or unknown token (401)
     │   └── Forbidden             valid token, wrong scope (403)
     ├── RateLimited               too many requests for this token (429)
@@ -15,6 +16,7 @@
         ├── NotDurable
         ├── NumberingNotInitialised  an empty store never set explicitly does not number
         ├── NumberingBehind       a WHMCS shows a number above the counter of the period
+        ├── RecoveryIncomplete    ``recover`` could not read a WHMCS or journal (nothing done)
         └── SecretsNotConfigured  no (valid) INVOICE_SYNC_SECRET_KEYS to encrypt with
 """
 
@@ -105,6 +107,11 @@ class NumberingNotInitialised(ServiceUnavailable):
 class NumberingBehind(ServiceUnavailable):
     """A sync saw, in a WHMCS, a number of this period above the counter: the store is behind
     reality until an admin raises ``next_number`` past it."""
+
+
+class RecoveryIncomplete(ServiceUnavailable):
+    """``invoice-sync recover`` could not read a source of the numbers in use completely (a
+    WHMCS, an agent's journal); nothing was recovered."""
 
 
 class SecretsNotConfigured(ServiceUnavailable):

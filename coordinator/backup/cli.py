@@ -34,8 +34,9 @@ def server_identity(client) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _store(data_dir: Path, *, may_start: bool) -> Iterator[object]:
-    """Yield a bytes client: the external Redis, a running serve's Valkey, or one started here.
+def _store(data_dir: Path, *, may_start: bool, decode: bool = False) -> Iterator[object]:
+    """Yield a client (bytes unless ``decode``): the external Redis, a running serve's Valkey,
+    or one started here.
 
     On the embedded default with no ``serve`` running, the data dir's Valkey is started for the
     command's duration (``may_start``: restore into a fresh data dir, backup of a stopped one).
@@ -58,7 +59,7 @@ def _store(data_dir: Path, *, may_start: bool) -> Iterator[object]:
                                   keep_fds=(lock,)).start()
             click.echo(f"started the data dir's Valkey: {server.url}", err=True)
         settings["REDIS_URL"] = f"unix://{socket_path}"
-    client = make_redis(settings, decode=False)
+    client = make_redis(settings, decode=decode)
     try:
         yield client
     finally:
@@ -207,6 +208,9 @@ def _refuse_older_server(client, source: dict) -> None:
 
 
 def register(main: click.Group) -> None:
-    """Add ``backup`` and ``restore`` to the ``invoice-sync`` command."""
+    """Add ``backup``, ``restore`` and ``recover`` to the ``invoice-sync`` command."""
+    from coordinator.backup.recover_cli import recover
+
     main.add_command(backup)
     main.add_command(restore)
+    main.add_command(recover)

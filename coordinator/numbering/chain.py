@@ -129,7 +129,8 @@ def check(records: Iterable[tuple[int, str | None, str | None]],
         event = json.loads(raw)
         prev = stored
         count += 1
-        issued += event.get("type") == "issued"
+        # A recovered number (``invoice-sync recover``) is in the ledger and chained too.
+        issued += event.get("type") in ("issued", "recovered")
         if period is None or event.get("period") == period or (
                 event.get("id", "").split(":")[-2:-1] == [period]):
             entries += 1
