@@ -127,9 +127,14 @@ def adopt(client: redis.Redis, series: str) -> bool:
 
 
 def adopt_all(client: redis.Redis) -> list[str]:
-    """Run :func:`adopt` on every series not initialised; return those still refusing."""
-    return [name for name in all_series(client)
-            if not is_initialised(client, name) and not adopt(client, name)]
+    """Run :func:`adopt` on every series not initialised; return those still refusing.
+
+    Twice: a series without history is adopted when any other series is, whatever the order.
+    """
+    for _ in range(2):
+        waiting = [name for name in all_series(client)
+                   if not is_initialised(client, name) and not adopt(client, name)]
+    return waiting
 
 
 def not_initialised_message(client: redis.Redis, series: str) -> str:

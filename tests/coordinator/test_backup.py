@@ -20,6 +20,7 @@ from coordinator.exceptions import BackupRefused, NumberingNotInitialised
 from coordinator.numbering import allocation, chain, iter_ledger, series
 from coordinator.ops.embedded import ValkeyServer
 from tests.support import require_tool
+from tests.support import snapshot as store_contents
 
 pytestmark = pytest.mark.integration
 
@@ -149,6 +150,28 @@ def test_restore_refuses_a_non_empty_store_and_changes_nothing(valkey, redis_cli
     assert redis_client.keys("*") == ["something"]
 
 
+def test_restore_refuses_a_truncated_file_and_a_non_empty_store_with_clear_errors(
+        valkey, redis_client, tmp_path, monkeypatch):
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    path = tmp_path / "backup.json"
+    _take_file(valkey, path, monkeypatch)
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    data_dir = tmp_path / "fresh"
+    result = CliRunner().invoke(main, ["restore", "--data-dir", str(data_dir), str(truncated)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {truncated} is not a readable backup file (")
+    assert not (data_dir / "valkey").exists()
+
+    before = store_contents(redis_client)
+    monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
+    result = CliRunner().invoke(main, ["restore", str(path)])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the store is not empty (")
+    assert "nothing was changed" in result.output
+    assert store_contents(redis_client) == before
+
+
 def test_a_changed_backup_file_is_refused(valkey, redis_client, tmp_path, monkeypatch):
     allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
     path = tmp_path / "backup.json"
@@ -189,8 +212,9 @@ def test_secret_keys_are_encrypted_and_restored_with_the_passphrase(
     result = CliRunner().invoke(main, ["restore", "--data-dir", str(data_dir),
                                        "--with-secret-keys", str(path)])
     assert result.exit_code == 1
-    assert "the passphrase does not open the backup's secret keys" in result.output
+    assert "Error: the passphrase does not open the backup's secret keys\n" in result.output
     assert not (data_dir / "secret-keys").exists()
+    assert not (data_dir / "valkey").exists()  # refused before the store was touched
     monkeypatch.setenv("INVOICE_SYNC_BACKUP_PASSPHRASE", "correct horse")
     result = CliRunner().invoke(main, ["restore", "--data-dir", str(data_dir),
                                        "--with-secret-keys", str(path)])

@@ -20,7 +20,7 @@ from coordinator import keys
 from coordinator.app import create_app
 from coordinator.numbering import migrate as migration
 from coordinator.ops.embedded import ValkeyServer
-from tests.support import snapshot
+from tests.support import release_checkout, release_data, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -29,42 +29,16 @@ PREVIOUS_RELEASE = "6d52368"
 HERE = Path(__file__).resolve().parent
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS"):
-        pytest.fail(f"the migration test needs the previous release: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def previous_release(tmp_path_factory) -> Path:
     """A checkout of the release before series, from this repository's history."""
-    target = tmp_path_factory.mktemp("release-6d52368")
-    try:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE],
-                                 capture_output=True, check=True, timeout=60).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        _unavailable(f"git archive {PREVIOUS_RELEASE} failed ({error})")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True, timeout=60)
-    return target
+    return release_checkout(tmp_path_factory, PREVIOUS_RELEASE)
 
 
 @pytest.fixture(scope="module")
 def legacy_dir(previous_release, tmp_path_factory) -> tuple[Path, dict]:
     """A stopped Valkey data dir filled by the previous release's code, and what it did."""
-    data = tmp_path_factory.mktemp("legacy-valkey")
-    output = data.parent / f"{data.name}.json"
-    server = ValkeyServer(data).start()
-    try:
-        run = subprocess.run(
-            [sys.executable, str(HERE / "legacy_release.py"), server.url, str(output)],
-            env={**os.environ, "PYTHONPATH": str(previous_release)}, cwd=previous_release,
-            capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-3000:]
-    finally:
-        server.stop()
-    done = json.loads(output.read_text())
-    assert done["code"].startswith(str(previous_release))  # the old code made the data
-    return data, done
+    return release_data(tmp_path_factory, previous_release, HERE / "legacy_release.py")
 
 
 @pytest.fixture
