@@ -229,10 +229,11 @@ def rate_auth_failures(window: int) -> str:
 TOKENS_LAST_USED = f"{RATE_LIMIT_PREFIX}last-used"
 """Hash: sha256(token) -> unix start of the last rate window the token was used in."""
 
-BACKUP_EXCLUDED_PREFIXES = (RATE_LIMIT_PREFIX, "rq:")
+BACKUP_EXCLUDED_PREFIXES = (RATE_LIMIT_PREFIX, "rq:", "ui:session:")
 """Keys ``invoice-sync backup`` leaves out: request accounting (counters bumped by every
-request, not data) and RQ's queues and worker registrations (a restored store must not run
-yesterday's jobs; syncs are re-run on demand or by the daily schedule)."""
+request, not data), RQ's queues and worker registrations (a restored store must not run
+yesterday's jobs; syncs are re-run on demand or by the daily schedule) and dashboard logins
+(a restore must not bring back a session that was logged out or expired meanwhile)."""
 
 
 # --- forecaster ---------------------------------------------------------------------------

@@ -183,11 +183,12 @@ def test_a_changed_backup_file_is_refused(valkey, redis_client, tmp_path, monkey
         archive.read(path)
 
 
-def test_rate_limit_counters_and_rq_keys_are_left_out(valkey, redis_client, tmp_path,
-                                                      monkeypatch):
+def test_rate_limit_counters_rq_keys_and_dashboard_logins_are_left_out(
+        valkey, redis_client, tmp_path, monkeypatch):
     redis_client.flushall()
     redis_client.set(keys.rate_limit("0" * 64, 1), 3)
     redis_client.set("rq:queue:syncs", "x")
+    redis_client.hset(keys.ui_session("0" * 64), "kind", "admin")
     redis_client.hset(keys.TOKENS, "digest", "{}")
     taken = snapshot.take(_bytes_client(valkey))
     names = {name for unit in taken["units"] for name, _ttl, _payload in unit["keys"]}
