@@ -9,6 +9,9 @@ from datetime import date
 import pytest
 import redis
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from agent import Journal
 from agent._models import Allocation
@@ -16,8 +19,11 @@ from coordinator import keys
 from coordinator.cli import main
 from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
 from coordinator.numbering import allocation, chain, iter_ledger, sequences
+from coordinator.numbering import recover as recovery
+from coordinator.numbering.recover import Evidence
 from coordinator.ops.embedded import ValkeyServer
 from tests.coordinator.forecaster import conftest as forecaster_fixtures
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +199,31 @@ def test_a_sync_that_sees_numbers_beyond_the_ledger_stops_numbering_until_recove
     assert _invoke("recover", "--reason", "sync saw 9").exit_code == 0
     entry, new = allocation.allocate(redis_client, "blue", "invoice", "new", DAY)
     assert new and entry["number"] == 10
+
+
+@hypothesis_settings(max_examples=25, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(0, 40), numbers=st.lists(st.integers(1, 60), max_size=10),
+       from_whmcs=st.booleans())
+def test_property_recover_ends_exactly_above_everything_in_use_and_never_lowers(
+        redis_client, start, numbers, from_whmcs):
+    redis_client.flushall()
+    initialise_numbering(redis_client)
+    if start:
+        sequences.update(redis_client, "invoice", {"next_number": start + 1}, actor="t",
+                         period="2026")
+    evidence = [
+        Evidence("blue", f"INV-2026-{n:06d}", "whmcs:blue", reference=str(n)) if from_whmcs
+        else Evidence("blue", f"INV-2026-{n:06d}", "journal:blue", reference=f"r{n}",
+                      document="invoice", series="default", sequence="invoice",
+                      period="2026", number=n)
+        for n in numbers]
+    recovery.apply(redis_client, recovery.plan(redis_client, evidence, {}), actor="t",
+                   reason="property")
+    counter = int(redis_client.get(keys.seq_counter("invoice", "2026")) or 0)
+    assert counter == max([start, *numbers])
+    in_ledger = {e["number"] for e in iter_ledger(redis_client, "invoice", "2026")}
+    assert set(numbers) <= in_ledger
+    entry, new = allocation.allocate(redis_client, "blue", "invoice", "next", DAY)
+    assert new and entry["number"] == counter + 1
+    assert chain.verify(redis_client, "invoice")["ok"]
