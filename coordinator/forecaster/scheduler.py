@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from coordinator import defaults as settings
 from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
@@ -54,10 +55,10 @@ def tick(
     from coordinator.systems import registry
 
     now = now.astimezone(dt.UTC)
-    if now.time() < parse_at(config.get("SYNC_DAILY_AT", "04:30")):
+    if now.time() < parse_at(config.get("SYNC_DAILY_AT", settings.SYNC_DAILY_AT)):
         return []
     day = now.date().isoformat()
-    mode = config.get("SYNC_DAILY_MODE", "full")
+    mode = config.get("SYNC_DAILY_MODE", settings.SYNC_DAILY_MODE)
     owner = owner or f"{socket.gethostname()}:{os.getpid()}"
     enqueued = []
     for system in registry.list_systems(client):
@@ -87,7 +88,7 @@ class SchedulerThread(threading.Thread):
     def __init__(self, client: redis.Redis, config: Mapping[str, Any],
                  interval: float = defaults.SCHEDULER_TICK_SECONDS) -> None:
         super().__init__(name="invoice-sync-scheduler", daemon=True)
-        parse_at(config.get("SYNC_DAILY_AT", "04:30"))  # fail at start, not at 04:30
+        parse_at(config.get("SYNC_DAILY_AT", settings.SYNC_DAILY_AT))  # fail at start, not at 04:30
         self.client = client
         self.config = config
         self.interval = interval

@@ -217,7 +217,7 @@ def test_registry_writes_follow_the_same_verdict(tmp_path, server_binary, fsync)
         for replicas in (1, 0):  # 1: no replica runs, never durable
             durable = expected and replicas == 0
             http = create_app({**config, "DURABLE_REPLICAS": replicas,
-                               "DURABILITY_TIMEOUT_MS": 300}).test_client()
+                               "DURABILITY_TIMEOUT_MS": 2000}).test_client()
             before = snapshot(client)
             responses = [
                 http.post("/v1/systems", headers=admin, json=body(name=f"blue{replicas}")),
