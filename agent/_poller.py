@@ -457,8 +457,10 @@ class Poller:
             raise _Conflict(
                 f"invoice {reference} has no number, but its number {allocation.formatted} "
                 f"was voided ({reason}); the coordinator gives a document one number only. "
-                "An admin must decide (write the number by hand if it was issued, or leave "
-                "the invoice unnumbered)",
+                "An admin must decide: reissue it (POST /v1/allocations/"
+                f"{allocation.id}/reissue with a reason; the next poll writes the new "
+                "number), write the number by hand if it was issued, or leave the invoice "
+                "unnumbered",
                 allocation.formatted,
             )
         entry = self.journal.record_allocated(allocation, before=before)

@@ -21,6 +21,7 @@ from coordinator.ops.datadir import (
     embedded_socket,
     hold_data_dir,
     use_key_file,
+    use_signing_key_file,
     uses_embedded,
 )
 from coordinator.ops.embedded import ValkeyServer
@@ -184,7 +185,8 @@ def _check_numbering(client, new_store: bool) -> None:
 
 
 def _use_key_file(data_dir: Path) -> None:
-    """On the embedded default, take WHMCS-secret keys from ``<data-dir>/secret-keys``.
+    """On the embedded default, take WHMCS-secret keys from ``<data-dir>/secret-keys`` (and
+    the ledger's signing keys from ``<data-dir>/ledger-signing-keys``).
 
     Created (0600) on first start, so one machine encrypts secrets without any setup; an
     explicit INVOICE_SYNC_SECRET_KEYS always wins. Workers inherit it through the environment.
@@ -192,6 +194,11 @@ def _use_key_file(data_dir: Path) -> None:
     used = use_key_file(data_dir, create=True)
     if used and used[1]:
         click.echo(f"secret key for WHMCS credentials created in {used[0]} (keep a backup)",
+                   err=True)
+    signing = use_signing_key_file(data_dir, create=True)
+    if signing and signing[1]:
+        click.echo(f"key signing ledger checkpoints created in {signing[0]} (keep a backup; "
+                   "`invoice-sync ledger public-key` prints what auditors verify with)",
                    err=True)
 
 

@@ -55,6 +55,22 @@ read back with every write on servers without WAITAOF, so this bounds only the r
 UNCONFIRMED_GRACE_SECONDS = 3600
 """An issued number still unconfirmed after this long is listed as a gap and warned about."""
 
+UNCONFIRMED_CHECK_SECONDS = 3600
+"""How often the scheduler looks, in every series, for numbers unconfirmed past
+UNCONFIRMED_GRACE_SECONDS and raises an ``unconfirmed_numbers`` warning per sequence that has
+some; 0 = never (the metric ``invoice_sync_unconfirmed_past_grace`` still counts them)."""
+
+LEDGER_SIGNING_KEYS = None
+"""Comma-separated Ed25519 private keys (url-safe base64 of 32 bytes; make one with
+``invoice-sync ledger generate-key``) that sign the ledger's checkpoints: the first signs, every
+one verifies (keep a retired key listed after the new one so its checkpoints still verify).
+Keep them like SECRET_KEYS, off Redis. Unset: ``serve`` on its embedded default uses
+``<data-dir>/ledger-signing-keys`` (created 0600 on first start); otherwise nothing is signed."""
+
+LEDGER_CHECKPOINT_SECONDS = 3600
+"""How often the scheduler signs a checkpoint of each ledger chain that grew since its last one
+(needs LEDGER_SIGNING_KEYS); 0 = only on demand (``invoice-sync ledger checkpoint``)."""
+
 MAX_CONTENT_LENGTH = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get 413 in the error shape."""
 

@@ -136,6 +136,18 @@ def seq_guard(seq: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}guard"
 
 
+def seq_voids(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Sorted set: the voided numbers of ``period`` scored by themselves, added by the void
+    itself (transition.lua), so the gap report reads the voids, not the whole period."""
+    return f"{seq_prefix(seq, series)}voids:{period}"
+
+
+def seq_gap_index(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """String: set once :func:`seq_voids` of ``period`` holds the voids made before it existed
+    (one walk of the period, on the first gap report after an upgrade)."""
+    return f"{seq_prefix(seq, series)}gap-index:{period}"
+
+
 def seq_unconfirmed(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """Sorted set: numbers of ``period`` seen still ``issued``, scored by issue time (unix s).
 
@@ -162,6 +174,23 @@ def seq_events(seq: str, series: str = DEFAULT_SERIES) -> str:
 def seq_chain(seq: str, series: str = DEFAULT_SERIES) -> str:
     """List: the SHA-256 (hex) of each sealed event of :func:`seq_events`, same index."""
     return f"{seq_prefix(seq, series)}chain"
+
+
+def seq_checkpoints(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """List: JSON signed checkpoints of :func:`seq_chain` (events, head, at, key_id, signature),
+    oldest first (see numbering/checkpoints.py)."""
+    return f"{seq_prefix(seq, series)}checkpoints"
+
+
+def seq_checkpoint_claim(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """String: set (NX, expiring after LEDGER_CHECKPOINT_SECONDS) by the scheduler that signs
+    the chain's periodic checkpoint, so several schedulers sign it once per interval."""
+    return f"{seq_prefix(seq, series)}checkpoint-claim"
+
+
+UNCONFIRMED_CHECK = "numbering:unconfirmed-check"
+"""String: set (NX, expiring after UNCONFIRMED_CHECK_SECONDS) by the scheduler that looks for
+numbers unconfirmed past the grace time in every series, so several schedulers look once."""
 
 
 def legacy_seq_prefix(seq: str) -> str:

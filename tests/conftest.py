@@ -26,6 +26,20 @@ SERVERS = ("valkey", "redis")
 """Ids of the two servers the parametrized tests run on (see the module docstring)."""
 
 
+@pytest.fixture(autouse=True)
+def _environment_is_restored():
+    """Give every test the environment it started with back afterwards.
+
+    ``serve`` publishes the key files' keys in ``os.environ`` for its workers; a test that runs
+    it in-process would otherwise hand those keys to every later test (that once made a
+    dashboard test see a signing key it never configured)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", help="also run the long-form (slow) scenarios")
     parser.addoption(

@@ -98,3 +98,24 @@ def test_rules_and_dashboard_name_only_metrics_that_exist(scrape):
         assert names <= exposed, (source, sorted(names - exposed))
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert dashboard["uid"] == "invoice-sync" and len(set(ids)) == len(ids)
+
+
+BY = re.compile(r"\bby \(([^)]*)\)")
+
+
+def test_rules_and_dashboard_group_only_by_labels_their_metrics_have(scrape):
+    """A ``by (series, …)`` on a metric without that label groups everything into one line."""
+    labels: dict[str, set[str]] = {"up": set()}
+    for family in text_string_to_metric_families(scrape):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    rules = [rule["expr"] for group in yaml.safe_load(RULES.read_text())["groups"]
+             for rule in group["rules"]]
+    panels = [target["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"]
+              for target in panel["targets"]]
+    target_labels = {"instance", "job"}  # added by Prometheus to every scraped sample
+    for expr in rules + panels:
+        known = set().union(*(labels[name] for name in referenced([expr])), target_labels)
+        for group in BY.findall(expr):
+            wanted = {label.strip() for label in group.split(",") if label.strip()}
+            assert wanted <= known, (expr, sorted(wanted - known))

@@ -30,6 +30,8 @@ from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.forecaster import central_poll, defaults, jobs
+from coordinator.numbering import checkpoints
+from coordinator.ops import unconfirmed
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +98,27 @@ class SchedulerThread(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            try:
-                enqueued = tick(self.client, utcnow(), self.config)
-                if enqueued:
-                    log.info("daily sync queued for: %s", ", ".join(enqueued))
-            except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
-                log.exception("daily sync scheduler tick failed")
-            try:
-                polled = central_poll.due(self.client)
-                if polled:
-                    log.info("central poll queued for: %s", ", ".join(polled))
-            except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
-                log.exception("central poll scheduler tick failed")
+            self._step("daily sync scheduler tick", "daily sync queued for: %s",
+                       lambda: tick(self.client, utcnow(), self.config))
+            self._step("central poll scheduler tick", "central poll queued for: %s",
+                       lambda: central_poll.due(self.client))
+            self._step("unconfirmed-number check",
+                       "numbers unconfirmed past the grace time: %s",
+                       lambda: unconfirmed.warn(self.client, self.config), logging.WARNING)
+            self._step("ledger checkpoint tick", "ledger checkpoint signed for: %s",
+                       lambda: checkpoints.due(self.client, self.config))
             self._stop_event.wait(self.interval)
+
+    @staticmethod
+    def _step(what: str, done: str, step: Callable[[], list[str]],
+              level: int = logging.INFO) -> None:
+        """Run one scheduled step and log what it did; a failure is logged, never raised."""
+        try:
+            names = step()
+            if names:
+                log.log(level, done, ", ".join(names))
+        except Exception:  # noqa: BLE001 - the scheduler must survive Redis hiccups
+            log.exception("%s failed", what)
 
     def stop(self) -> None:
         """Ask the loop to end after the current tick."""

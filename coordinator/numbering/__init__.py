@@ -5,6 +5,7 @@ The domain API other parts call (the agent-facing views, the forecaster's reconc
     allocate(client, system, document, reference, day, durability, hints) -> (entry, new)
     get(client, allocation_id) -> entry
     transition(client, allocation_id, "confirm" | "void", value, ...) -> (entry, changed)
+    reissue(client, allocation_id, reason, actor=...) -> (new entry, void entry)
     list_ledger(client, sequence, period, after=0, limit=100, series=...) -> [entry, ...]
     iter_ledger(client, sequence, period=None, series=...) -> iterator of entries
     gaps(client, sequence, period, grace_seconds, series=...) -> [gap, ...]
@@ -15,7 +16,14 @@ The domain API other parts call (the agent-facing views, the forecaster's reconc
 Every ``series=`` defaults to ``default``, the series ``/v1/sequences/…`` serves.
 """
 
-from coordinator.numbering.allocation import Hints, allocate, get, parse_id, transition
+from coordinator.numbering.allocation import (
+    Hints,
+    allocate,
+    get,
+    parse_id,
+    reissue,
+    transition,
+)
 from coordinator.numbering.ledger import gaps, iter_ledger, list_ledger, periods
 from coordinator.numbering.migrate import MigrationReport, ensure_layout
 from coordinator.numbering.scripts import Durability
@@ -52,6 +60,7 @@ __all__ = [
     "list_series",
     "parse_id",
     "periods",
+    "reissue",
     "series_of_system",
     "transition",
     "update",

@@ -187,18 +187,23 @@ def allocate(
                 f"Reference {reference!r} already has number {reply[2]}, in another period "
                 f"than the date {day.isoformat()} falls in", {"json": {"date": [
                     "Does not match the period of the existing allocation."]}})
-        elif code == "exhausted":
-            raise Conflict(
-                f"sequence exhausted: {sequence} cannot issue a number after {reply[2]} "
-                f"within its padding (or the cap {MAX_NUMBER}); raise the padding or "
-                "change the format's period")
-        elif code == "duplicate":
-            raise Conflict(
-                f"The next {sequence} number would print as {reply[2]!r}, which series "
-                f"{series!r} already issued ({reply[3]}); no number was taken. Raise "
-                "next_number or change the format so the series prints a new string")
+        elif code in ("exhausted", "duplicate"):
+            raise _no_number(code, reply, sequence, series)
         else:
             raise ServiceUnavailable(f"Sequence {sequence} is not initialised; retry")
+
+
+def _no_number(code: str, reply: list, sequence: str, series: str) -> Conflict:
+    """The refusal of a script that could not take the next number (nothing was written)."""
+    if code == "exhausted":
+        return Conflict(
+            f"sequence exhausted: {sequence} cannot issue a number after {reply[2]} "
+            f"within its padding (or the cap {MAX_NUMBER}); raise the padding or "
+            "change the format's period")
+    return Conflict(
+        f"The next {sequence} number would print as {reply[2]!r}, which series "
+        f"{series!r} already issued ({reply[3]}); no number was taken. Raise "
+        "next_number or change the format so the series prints a new string")
 
 
 def _reroute(
@@ -248,7 +253,7 @@ def transition(
     reply, wait = scripts.run(
         client, scripts.TRANSITION,
         [keys.seq_ledger(sequence, period, series), keys.seq_stats(sequence, series),
-         keys.seq_events(sequence, series)],
+         keys.seq_events(sequence, series), keys.seq_voids(sequence, period, series)],
         [number, action, actor_kind, actor_system or "", actor, iso(utcnow()), value],
         durability,
     )
@@ -268,3 +273,89 @@ def transition(
     if durability is not None:
         scripts.check_durable(wait, durability)
     return entry_out(reply[1], series), reply[0] == "changed"
+
+
+def _reset_of(period: str) -> str:
+    """The reset a period's shape implies: ``all`` never, ``2026`` yearly, ``2026-11`` monthly."""
+    return "never" if period == "all" else ("yearly" if len(period) == 4 else "monthly")
+
+
+def reissue(
+    client: redis.Redis,
+    allocation_id: str,
+    reason: str,
+    *,
+    actor: str,
+    durability: Durability | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Give the document of a void allocation a new number (an admin's audited reissue).
+
+    Only a ``void`` allocation that is still its document's number (nothing reissued or
+    allocated since) qualifies. The new number is taken in the void one's sequence and period,
+    exactly as an allocation takes it; the entries name each other (``reissued_as`` /
+    ``reissue_of``), the reason is kept, and the agent's next ``allocate`` of that reference
+    answers the new number. The void entry stays in the ledger.
+
+    Returns:
+        The new allocation and the void one (now with ``reissued_as``).
+
+    Raises:
+        NotFound: no such allocation.
+        Conflict: it is not void, its document has another number, the system is no longer
+            numbered here, or no number can be taken (exhausted, duplicate string).
+        NotDurable: the write was not confirmed durable in time.
+    """
+    series, sequence, period, number = parse_id(allocation_id)
+    raw = client.hget(keys.seq_ledger(sequence, period, series), number)
+    if raw is None:
+        raise NotFound(f"No allocation {allocation_id!r}")
+    old = json.loads(raw)
+    reply, wait = scripts.run(
+        client, scripts.REISSUE,
+        [keys.seq_settings(sequence, series), keys.seq_stats(sequence, series),
+         keys.seq_refs(sequence, old["document"], old["system"], series),
+         keys.seq_periods(sequence, series), keys.seq_counter(sequence, period, series),
+         keys.seq_ledger(sequence, period, series),
+         keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
+         keys.series_formatted(series), keys.seq_events(sequence, series),
+         keys.seq_guard(sequence, series)],
+        [number, reason, actor, iso(utcnow()), _reset_of(period), MAX_NUMBER,
+         "" if series == DEFAULT_SERIES else f"{series}/",
+         "1" if series == DEFAULT_SERIES else "0"],
+        durability,
+    )
+    if reply[0] == "new":
+        if durability is not None:
+            scripts.check_durable(wait, durability)
+        return entry_out(reply[1], series), entry_out(reply[2], series)
+    code = reply[1]
+    if code == "notfound":
+        raise NotFound(f"No allocation {allocation_id!r}")
+    if code == "status":
+        status = json.loads(reply[2])["status"]
+        raise Conflict(f"{allocation_id} is {status}: only a void number can be reissued "
+                       "(void it first, with the reason)")
+    if code == "live":
+        now_id = reply[2] or "none"
+        raise Conflict(f"The document of {allocation_id} ({old['document']} "
+                       f"{old['reference']!r} of system {old['system']!r}) now has number "
+                       f"{now_id}; only the document's current number can be reissued, and "
+                       "only when it is void")
+    if code == "member":
+        raise Conflict(f"System {old['system']!r} is no longer numbered by series {series!r}; "
+                       "its documents get numbers in its current series")
+    if code == "moved":
+        raise Conflict(f"Credit notes of series {series!r} are no longer numbered in "
+                       f"{sequence}; the agent's next allocation of this document takes a "
+                       "number in the sequence that numbers them now")
+    if code in ("exhausted", "duplicate"):
+        raise _no_number(code, reply, sequence, series)
+    if code == "not_initialised" and guard.adopt(client, series):
+        # Data of the previous release, adopted here as by allocate (once: it is now marked).
+        return reissue(client, allocation_id, reason, actor=actor, durability=durability)
+    if code == "not_initialised":
+        raise NumberingNotInitialised(guard.not_initialised_message(client, series))
+    if code == "behind":
+        raise NumberingBehind(guard.behind_message(series, sequence, period, reply[2]))
+    raise InternalFault(f"reissue of {allocation_id} refused with {code!r}: the stored "
+                        "settings contradict the ledger entry; no number was taken")

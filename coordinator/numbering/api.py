@@ -182,6 +182,28 @@ class Void(MethodView):
         return _transition(allocation_id, "void", body["reason"])
 
 
+@blp.route("/allocations/<path:allocation_id>/reissue")
+class Reissue(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.arguments(schemas.ReissueSchema)
+    @blp.response(201, schemas.AllocationSchema)
+    @blp.alt_response(404, description="No such allocation")
+    @blp.alt_response(409, description="Not void, its document has another number, or no "
+                                       "number can be taken")
+    @blp.alt_response(503, description="Not confirmed durable: the number may be taken; "
+                                       "read the void entry's `reissued_as`")
+    def post(self, body, allocation_id):
+        """Give a void number's document a new number, with the reason (admins only).
+
+        The void entry stays in the ledger; both name each other (`reissued_as` /
+        `reissue_of`), and the agent's next allocation of the document answers the new number.
+        """
+        entry, _ = allocation.reissue(get_redis(), allocation_id, body["reason"],
+                                      actor=_actor(), durability=_durability())
+        _seal_after(entry["series"], entry["sequence"])
+        return entry
+
+
 def list_sequences(series: str) -> list[dict]:
     """Both sequences of ``series``."""
     return [sequences.describe(get_redis(), name, series=series) for name in sequences.SEQUENCES]

@@ -16,9 +16,10 @@ Canonical encoding (what an auditor re-computes)::
     hash(event) = sha256(json.dumps({**event, "prev": previous hash}, sort_keys=True,
                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")).hexdigest()
 
-with ``previous hash`` = 64 zeros for the first event (``seq`` 0). An upgraded ledger's chain
-starts at its first event after the upgrade: numbers issued before are counted by
-:func:`verify` as ``unchained_numbers`` (they are in the ledger, but not in the chain).
+with ``previous hash`` = 64 zeros for the first event (``seq`` 0). Signed checkpoints of the
+head (``checkpoints.py``) are checked by :func:`verify` and :func:`check_export` too. An
+upgraded ledger's chain starts at its first event after the upgrade: numbers issued before are
+counted by :func:`verify` as ``unchained_numbers`` (they are in the ledger, but not in the chain).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import redis
 
 from coordinator import keys
-from coordinator.numbering import scripts
+from coordinator.numbering import checkpoints, scripts
 from coordinator.numbering.sequences import DEFAULT_SERIES, check_name
 
 GENESIS = "0" * 64
@@ -39,6 +40,10 @@ GENESIS = "0" * 64
 
 PAGE = 500
 """Events read (and sealed) per round trip."""
+
+NUMBERING_EVENTS = ("issued", "reissued", "recovered")
+"""Event types that take a number (each adds one entry to the ledger; ``recovered``: a number
+found in use by ``invoice-sync recover``)."""
 
 FORMAT = "invoice-sync-ledger/1"
 """The export format's name, in its header line."""
@@ -112,8 +117,13 @@ def chained(
 
 
 def check(records: Iterable[tuple[int, str | None, str | None]],
-          period: str | None = None) -> dict[str, Any]:
+          period: str | None = None, hashes: dict[int, str] | None = None) -> dict[str, Any]:
     """Recompute a chain from ``(index, raw event, stored hash)`` records, in order.
+
+    Args:
+        records: The chain, in order.
+        period: Count the events of this period as ``entries``.
+        hashes: Fill in the verified hash of each index already a key (for checkpoints).
 
     Returns:
         ``{"ok", "events", "entries", "head", "first_bad"?}``: ``entries`` counts the events
@@ -128,9 +138,10 @@ def check(records: Iterable[tuple[int, str | None, str | None]],
                     "issued": issued, "first_bad": bad}
         event = json.loads(raw)
         prev = stored
+        if hashes is not None and index in hashes:
+            hashes[index] = stored
         count += 1
-        # A recovered number (``invoice-sync recover``) is in the ledger and chained too.
-        issued += event.get("type") in ("issued", "recovered")
+        issued += event.get("type") in NUMBERING_EVENTS
         if period is None or event.get("period") == period or (
                 event.get("id", "").split(":")[-2:-1] == [period]):
             entries += 1
@@ -156,16 +167,25 @@ def _check_one(index: int, raw: str | None, stored: str | None, prev: str) -> di
 
 def verify(
     client: redis.Redis, sequence: str, period: str | None = None, *,
-    series: str = DEFAULT_SERIES,
+    series: str = DEFAULT_SERIES, signing: checkpoints.SigningKeys | None = None,
 ) -> dict[str, Any]:
-    """Seal what is pending, then recompute the whole chain of ``sequence`` of ``series``.
+    """Seal what is pending, then recompute the whole chain of ``sequence`` of ``series``,
+    and check every signed checkpoint against it with the public keys of ``signing``.
 
     A chain is checked from its first event whatever ``period`` is (a period's events cannot
     be verified without those before them); ``period`` only picks what ``entries`` counts.
     """
     check_name(sequence)
     seal(client, sequence, series=series)
-    result = check(chained(client, sequence, series=series), period)
+    found = checkpoints.stored(client, sequence, series=series)
+    hashes: dict[int, str] = dict.fromkeys(checkpoints.wanted(found), "")
+    result = check(chained(client, sequence, series=series), period, hashes)
+    result["checkpoints"] = len(found)
+    if result["ok"]:
+        public = (signing or checkpoints.SigningKeys()).public()
+        bad = checkpoints.check_all(found, hashes, result["events"], public)
+        if bad is not None:
+            result.update(ok=False, first_bad=bad)
     # Numbers issued before the upgrade that brought the chain are in the ledger only.
     unchained = max(0, _issued_numbers(client, sequence, series) - result.pop("issued"))
     result.update(series=series, sequence=sequence, period=period, unchained_numbers=unchained)
@@ -182,36 +202,53 @@ def _issued_numbers(client: redis.Redis, sequence: str, series: str) -> int:
 
 def export_records(
     client: redis.Redis, sequence: str, period: str | None = None, *,
-    series: str = DEFAULT_SERIES,
+    series: str = DEFAULT_SERIES, signing: checkpoints.SigningKeys | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield the export's records: header, every chained event, then an ``end`` record.
+    """Yield the export's records: header, every chained event, every signed checkpoint,
+    then an ``end`` record.
 
     The whole chain is exported (it is verified from its start); ``period`` is recorded in the
-    header for the reader.
+    header for the reader, with the public keys of ``signing`` (PEM by key id) for
+    convenience: an auditor verifies with the key the operator gave them, not the file's.
     """
     check_name(sequence)
     seal(client, sequence, series=series)
+    public = (signing or checkpoints.SigningKeys()).public()
     yield {"kind": "header", "format": FORMAT, "series": series, "sequence": sequence,
            "period": period, "genesis": GENESIS,
            "hash": "sha256(json.dumps({**event, 'prev': prev}, sort_keys=True, "
-                   "separators=(',', ':'), ensure_ascii=False).encode('utf-8'))"}
+                   "separators=(',', ':'), ensure_ascii=False).encode('utf-8'))",
+           "public_keys": {kid: checkpoints.public_pem(key) for kid, key in public.items()}}
     prev, count = GENESIS, 0
     for index, raw, stored in chained(client, sequence, series=series):
         event = _parse(raw) if raw is not None else None
         yield {"kind": "event", "seq": index, "prev": prev, "hash": stored, "event": event}
         prev, count = stored or "", count + 1
+    for checkpoint in checkpoints.stored(client, sequence, series=series):
+        yield {"kind": "checkpoint", "checkpoint": checkpoint}
     yield {"kind": "end", "events": count, "head": prev}
 
 
-def check_export(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Verify an export's records offline (no Redis): chain, order, count and head."""
-    prev, count, header, end = GENESIS, 0, None, None
+def check_export(records: Iterable[dict[str, Any]],
+                 public_keys: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Verify an export's records offline (no Redis): chain, order, count, head, checkpoints.
+
+    Args:
+        records: The export's records, in order.
+        public_keys: The Ed25519 public keys (by key id) the checkpoints must be signed with:
+            the ones the operator gave the auditor. None: the keys the file's header carries
+            (then ``keys_from_file`` is true, and only the key ids say whose they are).
+    """
+    prev, count, header, end, found = GENESIS, 0, None, None, []
+    hashes: list[str] = []
     for record in records:
         kind = record.get("kind")
         if kind == "header":
             header = record
         elif kind == "end":
             end = record
+        elif kind == "checkpoint":
+            found.append(record.get("checkpoint"))
         elif kind == "event":
             if end is not None:
                 return {"ok": False, "events": count, "first_bad": {
@@ -229,10 +266,25 @@ def check_export(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 return {"ok": False, "events": count, "first_bad": {
                     **named, "reason": "hash does not match (event changed, or an earlier one)"}}
             prev, count = record["hash"], count + 1
+            hashes.append(prev)
     if header is None or header.get("format") != FORMAT:
         return {"ok": False, "events": count, "first_bad": {"reason": "no header of " + FORMAT}}
     if end is None or end.get("events") != count or end.get("head") != prev:
         return {"ok": False, "events": count, "first_bad": {
             "seq": count, "reason": "end record missing or does not match (events removed "
                                     "at the end, or the file was cut)"}}
-    return {"ok": True, "events": count, "head": prev}
+    from_file = public_keys is None
+    if from_file:
+        try:
+            public_keys = {kid: checkpoints.load_public_pem(pem)
+                           for kid, pem in (header.get("public_keys") or {}).items()}
+        except ValueError:
+            return {"ok": False, "events": count, "first_bad": {
+                "reason": "the header's public_keys are not Ed25519 public keys"}}
+    bad = checkpoints.check_all(found, dict(enumerate(hashes)), count, public_keys)
+    result = {"ok": bad is None, "events": count, "head": prev, "checkpoints": len(found),
+              "signed_by": sorted({str(c.get("key_id")) for c in found if isinstance(c, dict)}),
+              "keys_from_file": from_file}
+    if bad is not None:
+        result["first_bad"] = bad
+    return result

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from coordinator import auth
-from coordinator.numbering import api, chain, chain_schemas, export
+from coordinator.numbering import api, chain, chain_schemas, checkpoints, export
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.sequences import check_name
 from coordinator.ops.redis_client import get_redis
@@ -19,6 +19,10 @@ blp = Blueprint("ledger_chain", __name__, url_prefix="/v1/series",
 blp.before_request(api.ensure_layout)
 
 _NOT_FOUND = {"description": "No such series (or sequence)"}
+
+
+def _signing() -> checkpoints.SigningKeys:
+    return checkpoints.SigningKeys.from_config(current_app.config)
 
 
 def _existing(series: str, name: str) -> None:
@@ -35,7 +39,8 @@ class LedgerVerify(MethodView):
     def get(self, query, series, name):
         """Recompute the sequence's hash chain; `ok: false` names the first bad event."""
         _existing(series, name)
-        return chain.verify(get_redis(), name, query["period"], series=series)
+        return chain.verify(get_redis(), name, query["period"], series=series,
+                            signing=_signing())
 
 
 @blp.route("/<string:series>/sequences/<string:name>/ledger/export")
@@ -51,7 +56,7 @@ class LedgerExport(MethodView):
         _existing(series, name)
         found = export.records(get_redis(), name, query["period"],
                                int(current_app.config["UNCONFIRMED_GRACE_SECONDS"]),
-                               series=series)
+                               series=series, signing=_signing())
         if query["format"] == "csv":
             body, mimetype = export.csv_rows(found), "text/csv"
         else:
@@ -60,3 +65,16 @@ class LedgerExport(MethodView):
         # No request context needed while streaming: the generator holds its client and values.
         return Response(body, mimetype=mimetype, headers={
             "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@blp.route("/<string:series>/sequences/<string:name>/ledger/checkpoints")
+class LedgerCheckpoints(MethodView):
+    @auth.require(auth.ADMIN)
+    @blp.response(201, chain_schemas.CheckpointSchema)
+    @blp.alt_response(404, **_NOT_FOUND)
+    @blp.alt_response(409, description="The chain has no events yet")
+    @blp.alt_response(503, description="No signing key configured (LEDGER_SIGNING_KEYS)")
+    def post(self, series, name):
+        """Sign the chain's head now (the scheduler also does, every LEDGER_CHECKPOINT_SECONDS)."""
+        _existing(series, name)
+        return checkpoints.make(get_redis(), _signing(), name, series=series)

@@ -3,7 +3,8 @@
 Records, one per line (JSONL) or row (CSV ``kind,seq,prev,hash,data``):
 ``header`` (format, series, sequence, period, the hash rule), one ``event`` per chained event
 (``seq``, ``prev``, ``hash``, ``event``), then for the period: each ledger ``entry``, each
-``gap`` with its explanation, each settings ``audit`` record; last ``end`` (event count, head).
+``gap`` with its explanation, each settings ``audit`` record, each signed ``checkpoint``; last
+``end`` (event count, head).
 Only events are chained; entries, gaps and audit records are what they looked like at export
 and are checked against the events by a reader who wants to (each number's ``issued`` event).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import redis
 
-from coordinator.numbering import chain, ledger, sequences
+from coordinator.numbering import chain, checkpoints, ledger, sequences
 from coordinator.numbering.sequences import DEFAULT_SERIES
 
 CSV_COLUMNS = ("kind", "seq", "prev", "hash", "data")
@@ -27,7 +28,7 @@ CSV_COLUMNS = ("kind", "seq", "prev", "hash", "data")
 
 def records(
     client: redis.Redis, sequence: str, period: str | None, grace_seconds: int, *,
-    series: str = DEFAULT_SERIES,
+    series: str = DEFAULT_SERIES, signing: checkpoints.SigningKeys | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield every record of the export of ``sequence`` (``period``: its entries and gaps)."""
     def extra() -> Iterator[dict[str, Any]]:
@@ -35,12 +36,13 @@ def records(
         for each in periods:
             for entry in ledger.iter_ledger(client, sequence, each, series=series):
                 yield {"kind": "entry", "entry": entry}
-            for gap in ledger.gaps(client, sequence, each, grace_seconds, series=series):
+            for gap in ledger.gaps(client, sequence, each, grace_seconds, series=series,
+                                   full=True):
                 yield {"kind": "gap", "period": each, "gap": gap}
         for record in sequences.audit(client, sequence, 1_000_000, series=series):
             yield {"kind": "audit", "audit": record}
 
-    events = chain.export_records(client, sequence, period, series=series)
+    events = chain.export_records(client, sequence, period, series=series, signing=signing)
     for record in events:
         if record["kind"] == "end":
             yield from extra()
@@ -92,9 +94,9 @@ def read(text: str) -> Iterator[dict[str, Any]]:
             yield {"kind": kind, **payload}
 
 
-def verify_text(text: str) -> dict[str, Any]:
+def verify_text(text: str, public_keys: dict[str, Any] | None = None) -> dict[str, Any]:
     """Verify an export's text offline (no Redis): see :func:`chain.check_export`."""
     try:
-        return chain.check_export(read(text))
+        return chain.check_export(read(text), public_keys)
     except (ValueError, TypeError) as error:
         return {"ok": False, "events": 0, "first_bad": {"reason": f"unreadable: {error}"}}

@@ -53,6 +53,13 @@ class VoidSchema(StrictSchema):
     reason = fields.String(required=True, validate=[validate.Length(1, 500), _printable])
 
 
+class ReissueSchema(StrictSchema):
+    reason = fields.String(required=True, validate=[validate.Length(1, 500), _printable],
+                           metadata={"description": "Why the document needs a new number "
+                                                    "(kept in the ledger and its chain).",
+                                     "example": "number voided by mistake, see ticket 812"})
+
+
 class AllocationSchema(Schema):
     id = fields.String(metadata={
         "description": "`<sequence>:<period>:<number>` in the default series, "
@@ -72,6 +79,13 @@ class AllocationSchema(Schema):
     voided_at = fields.String()
     voided_by = fields.String()
     void_reason = fields.String()
+    reissued_as = fields.String(metadata={
+        "description": "On a void entry: the id of the number its document got instead."})
+    reissued_at = fields.String()
+    reissued_by = fields.String()
+    reissue_of = fields.String(metadata={
+        "description": "On a reissued number: the id of the void entry it replaces."})
+    reissue_reason = fields.String()
     series = fields.String(metadata={"description": "The series (legal entity) of the number."})
 
 

@@ -3,6 +3,7 @@
 -- KEYS[1] {seq:S}:ledger:<period>   hash: number -> JSON entry
 -- KEYS[2] {seq:S}:stats             hash (replays: bumped on idempotent repeats, see below)
 -- KEYS[3] {ser:R}:S:events          list: the hash-chained ledger events (sealed by chain.py)
+-- KEYS[4] {ser:R}:S:voids:<period>  sorted set: the voided numbers (the gap report's index)
 --
 -- ARGV[1] number   ARGV[2] action (confirm | void)   ARGV[3] actor kind (admin | agent)
 -- ARGV[4] actor system ('' for admins)   ARGV[5] actor label (for the record)
@@ -50,6 +51,7 @@ else
     return {'error', 'confirmed', raw}
   end
   entry['status'] = 'void'
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[1]), ARGV[1])
   entry['void_reason'] = ARGV[7]
   entry['voided_at'] = ARGV[6]
   entry['voided_by'] = ARGV[5]

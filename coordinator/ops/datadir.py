@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -124,6 +125,7 @@ def attach_to_serve(data_dir: Path) -> None:
         )
     os.environ["INVOICE_SYNC_REDIS_URL"] = f"unix://{socket_path}"
     use_key_file(data_dir)
+    use_signing_key_file(data_dir)
 
 
 def use_key_file(data_dir: Path, *, create: bool = False) -> tuple[Path, bool] | None:
@@ -140,14 +142,30 @@ def use_key_file(data_dir: Path, *, create: bool = False) -> tuple[Path, bool] |
     """
     from coordinator.systems import secrets
 
-    if os.environ.get("INVOICE_SYNC_SECRET_KEYS"):
+    return _use_keys(data_dir / secrets.KEY_FILE_NAME, "INVOICE_SYNC_SECRET_KEYS", create)
+
+
+def use_signing_key_file(data_dir: Path, *, create: bool = False) -> tuple[Path, bool] | None:
+    """Without INVOICE_SYNC_LEDGER_SIGNING_KEYS, take the ledger's checkpoint signing keys
+    from ``<data_dir>/ledger-signing-keys``: resolved exactly like :func:`use_key_file`."""
+    from coordinator.numbering import checkpoints
+
+    return _use_keys(data_dir / checkpoints.KEY_FILE_NAME, "INVOICE_SYNC_LEDGER_SIGNING_KEYS",
+                     create, checkpoints.generate_key,
+                     "Ed25519 keys signing ledger checkpoints; the first signs, all verify.")
+
+
+def _use_keys(path: Path, variable: str, create: bool, *generator: Any) -> tuple[Path, bool] | None:
+    from coordinator.systems import secrets
+
+    if os.environ.get(variable):
         return None
-    path = data_dir.resolve() / secrets.KEY_FILE_NAME
+    path = path.resolve()
     if create:
-        found, created = secrets.load_or_create_key_file(path)
+        found, created = secrets.load_or_create_key_file(path, *generator)
     elif path.exists():
         found, created = secrets.read_key_file(path), False
     else:
         return None
-    os.environ["INVOICE_SYNC_SECRET_KEYS"] = ",".join(found)
+    os.environ[variable] = ",".join(found)
     return path, created

@@ -3,8 +3,8 @@
 Syncs run on RQ workers, allocations on any coordinator; only Redis knows the whole picture.
 A scrape reads, in a few pipelined round trips, per system its sync state and cumulative
 outcome counters (``forecaster.stats``), and the unconfirmed-number index
-(``ops.unconfirmed``) — costs that grow with the number of systems and periods, never with
-the number of invoices or numbers issued.
+(``ops.unconfirmed``, every series) — costs that grow with the number of systems, series and
+periods, never with the number of invoices or numbers issued.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ from coordinator.forecaster import records
 from coordinator.ops import unconfirmed
 
 log = logging.getLogger(__name__)
-
-SERIES = "default"
-"""The one numbering series until series land (then each gets its own label value)."""
-
 
 def _epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
@@ -97,8 +93,7 @@ class RedisStateCollector(Collector):
             "Ledger entries the unconfirmed-number index has not looked at yet (non-zero only "
             "while it catches up with a long ledger; the count above may be low until then).",
             labels=["series", "sequence"])
-        for sequence, (count, left) in unconfirmed.refresh_with_backlog(self.client,
-                                                                         grace).items():
-            metric.add_metric([SERIES, sequence], count)
-            backlog.add_metric([SERIES, sequence], left)
+        for (series, sequence), pending in unconfirmed.refresh_all(self.client, grace).items():
+            metric.add_metric([series, sequence], pending.count)
+            backlog.add_metric([series, sequence], pending.backlog)
         yield from (metric, backlog)

@@ -11,7 +11,7 @@ Nothing here ever puts a key or a plaintext into a message, a log line or a repr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +103,16 @@ def rotate(fernet: MultiFernet, token: str) -> str:
         ) from None
 
 
-def load_or_create_key_file(path: Path) -> tuple[list[str], bool]:
+def load_or_create_key_file(
+    path: Path, generate: Callable[[], str] = generate_key,
+    comment: str = "Fernet keys for WHMCS API secrets at rest; the first encrypts, all decrypt.",
+) -> tuple[list[str], bool]:
     """Return the keys in ``path`` (one per line, ``#`` comments), creating it if missing.
 
     Used by ``invoice-sync serve`` on the embedded default, so a single-machine install
-    encrypts secrets without any setup. The file is created 0600 with ``O_EXCL`` (two starts
-    racing cannot both write a key).
+    encrypts secrets (and signs ledger checkpoints, with ``generate`` and ``comment`` of those
+    keys) without any setup. The file is created 0600 with ``O_EXCL`` (two starts racing
+    cannot both write a key).
 
     Returns:
         The keys, and whether the file was just created.
@@ -121,10 +125,7 @@ def load_or_create_key_file(path: Path) -> tuple[list[str], bool]:
             pass
         else:
             with os.fdopen(fd, "w") as handle:
-                handle.write(
-                    "# Fernet keys for WHMCS API secrets at rest; the first encrypts, "
-                    "all decrypt.\n" + generate_key() + "\n"
-                )
+                handle.write(f"# {comment}\n{generate()}\n")
             return read_key_file(path), True
     return read_key_file(path), False
 

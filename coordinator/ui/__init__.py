@@ -23,6 +23,7 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     # Imported for their routes on ``bp``.
     from coordinator.ui import (  # noqa: F401
+        ledger_views,
         login_views,
         numbering_views,
         overview,

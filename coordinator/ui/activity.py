@@ -1,4 +1,5 @@
-"""Numbers issued per hour, read back from the ledger (no counter on the allocation path).
+"""Numbers issued per hour in every series, read back from the ledgers (no counter on the
+allocation path).
 
 Numbers of one period are taken in time order (one INCRBY in one script), so the newest
 entries are at the top of each period's ``ledger-order`` set: walking it from the top and
@@ -16,7 +17,7 @@ from typing import Any
 import redis
 
 from coordinator import clock, keys
-from coordinator.numbering import sequences
+from coordinator.numbering import sequences, series
 
 FIRST_PAGE = 64
 """Entries read first from each period; pages double from there up to :data:`PAGE`."""
@@ -36,7 +37,8 @@ def _periods_between(start: datetime, end: datetime, reset: str) -> list[str]:
 
 
 def per_hour(client: redis.Redis, now: datetime | None = None, hours: int = 48) -> dict[str, Any]:
-    """Count numbers issued in each of the last ``hours`` hours (both sequences, UTC).
+    """Count numbers issued in each of the last ``hours`` hours (every series and sequence,
+    UTC).
 
     Returns:
         ``{"hours": ["2026-11-28T07:00Z", …], "counts": [3, …], "complete": bool}``; the last
@@ -48,10 +50,13 @@ def per_hour(client: redis.Redis, now: datetime | None = None, hours: int = 48) 
     labels = [(start + timedelta(hours=i)) for i in range(hours)]
     counts = dict.fromkeys(labels, 0)
     read, complete = 0, True
-    for name in sequences.SEQUENCES:
-        reset = sequences.read_settings(client, name)["reset"]
+    ledgers = [(each["name"], name) for each in series.list_series(client)
+               for name in sequences.SEQUENCES]
+    for series_name, name in ledgers:
+        reset = sequences.read_settings(client, name, series_name)["reset"]
         for period in _periods_between(start, now, reset):
-            order, ledger = keys.seq_ledger_order(name, period), keys.seq_ledger(name, period)
+            order = keys.seq_ledger_order(name, period, series_name)
+            ledger = keys.seq_ledger(name, period, series_name)
             offset, size = 0, FIRST_PAGE
             while True:
                 if read >= MAX_ENTRIES:

@@ -1,4 +1,5 @@
-"""The overview: health, sequences, numbers per hour, open warnings, systems' last syncs."""
+"""The overview: health, each series' sequences, numbers per hour, open warnings, systems' last
+syncs."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from flask import current_app, render_template
 
 from coordinator import clock, keys
 from coordinator.forecaster import records
-from coordinator.numbering import sequences
 from coordinator.ops import durability
 from coordinator.ops.redis_client import get_redis
 from coordinator.systems import registry
 from coordinator.ui import activity
 from coordinator.ui.blueprint import bp
+from coordinator.ui.numbering_views import every_series
 from coordinator.warnings import store as warnings
 
 
@@ -67,7 +68,7 @@ def overview():
     open_warnings = warnings.list_warnings(client, include_acked=False)
     return render_template(
         "overview.html", health=health(client),
-        sequences=[sequences.describe(client, name) for name in sequences.SEQUENCES],
+        series=every_series(client),
         activity=activity.per_hour(client), warnings=open_warnings[:10],
         open_count=len(open_warnings), systems=systems_with_syncs(client), age=age,
     )

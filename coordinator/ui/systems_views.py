@@ -12,6 +12,7 @@ from flask import abort, current_app, redirect, render_template, request, url_fo
 
 from coordinator.exceptions import CoordinatorError, NotFound
 from coordinator.forecaster import jobs, records
+from coordinator.numbering import series as series_domain
 from coordinator.ops.redis_client import get_redis
 from coordinator.systems import registry
 from coordinator.systems.api import get_fernet
@@ -24,7 +25,7 @@ from coordinator.ui.overview import age, systems_with_syncs
 _CREATE = SystemCreateSchema()
 _PATCH = SystemPatchSchema()
 _FIELDS = ("description", "url", "api_identifier", "api_secret", "access_key", "step",
-           "exchange_rate")
+           "exchange_rate", "series")
 
 FIXES = {
     "whmcs_auth": "Check the API identifier and secret (Setup → Staff Management → Manage API "
@@ -54,8 +55,9 @@ def _policy() -> UrlPolicy:
 
 
 def _list_page(status: int = 200, **context: Any):
-    return render_template("systems.html", systems=systems_with_syncs(get_redis()), age=age,
-                           **context), status
+    client = get_redis()
+    return render_template("systems.html", systems=systems_with_syncs(client), age=age,
+                           series=series_domain.list_series(client), **context), status
 
 
 @bp.get("/systems")
@@ -94,7 +96,7 @@ def _detail_page(name: str, status: int = 200, **context: Any):
     system = _system_or_404(name)
     syncs = records.recent(get_redis(), name)
     return render_template("system.html", system=system, syncs=syncs, fixes=FIXES,
-                           **context), status
+                           series=series_domain.list_series(get_redis()), **context), status
 
 
 @bp.get("/systems/<name>")
@@ -107,9 +109,11 @@ def system(name: str):
 @bp.post("/systems/<name>")
 def system_update(name: str):
     """Save a system's settings; empty secret fields keep the stored secrets."""
-    _system_or_404(name)
+    current = _system_or_404(name)
     values = forms.pick(request.form, _FIELDS, integers=("step",),
                         optional=("api_secret", "access_key"))
+    if values.get("series") == current["series"]:
+        del values["series"]  # not a move: no series lock, no leave/join
     values["auto_sync"] = "auto_sync" in request.form
     if "remove_access_key" in request.form:
         values["access_key"] = None

@@ -33,8 +33,11 @@ INTERNAL_ERROR = "internal_error"
 """A request failed on something broken (a bug, damaged data), answered 500 (``errors.py``)."""
 CENTRAL_POLL_FAILED = "central_poll_failed"
 """The coordinator's poll of a system's WHMCS left invoices unnumbered (``central_poll.py``)."""
+UNCONFIRMED_NUMBERS = "unconfirmed_numbers"
+"""Numbers issued longer than the grace time ago and neither confirmed nor voided, per series
+and sequence (the scheduler, ``ops/unconfirmed.py``)."""
 TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER,
-         NUMBERING_BEHIND, INTERNAL_ERROR, CENTRAL_POLL_FAILED)
+         NUMBERING_BEHIND, INTERNAL_ERROR, CENTRAL_POLL_FAILED, UNCONFIRMED_NUMBERS)
 """Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 

@@ -20,8 +20,10 @@ from tests.browser.conftest import Gate
 
 pytestmark = pytest.mark.integration
 
-PAGES = ["/ui/", "/ui/systems", "/ui/numbering", "/ui/numbering/invoice/ledger",
-         "/ui/numbering/invoice/gaps", "/ui/revenue", "/ui/warnings"]
+SEQUENCE = "/ui/series/default/sequences/invoice"
+PAGES = ["/ui/", "/ui/systems", "/ui/numbering", "/ui/series/default", SEQUENCE + "/ledger",
+         SEQUENCE + "/gaps", SEQUENCE + "/verify", "/ui/references?reference=1", "/ui/revenue",
+         "/ui/warnings"]
 
 UNLABELLED = """() => [...document.querySelectorAll(
     'input:not([type=hidden]), select, textarea')].filter(
@@ -190,14 +192,16 @@ def test_admin_runs_the_business_from_the_browser(page, shot, live_coordinator, 
         page.get_by_role("link", name="Numbering").click()
         check_accessible(page)
         shot(page, "numbering")
-        page.goto(base + "/ui/numbering/invoice/ledger")
+        page.get_by_role("link", name="default", exact=True).click()
+        page.get_by_role("link", name="Ledger", exact=True).first.click()
         assert page.locator("#ledger-table tbody tr").count() == 3
+        shot(page, "ledger")
         page.get_by_label("WHMCS reference").fill("1002")
         page.get_by_role("button", name="Search").click()
-        assert page.locator("#ledger-table tbody tr").count() == 1
-        assert "void" in page.locator("#ledger-table").inner_text()
-        shot(page, "ledger")
-        page.goto(base + "/ui/numbering/invoice/gaps")
+        assert page.locator("#references-table tbody tr").count() == 1
+        assert "void" in page.locator("#references-table").inner_text()
+        shot(page, "references")
+        page.goto(base + SEQUENCE + "/gaps")
         assert "invoice deleted before sending" in page.locator("#gaps-table").inner_text()
         shot(page, "gaps")
 

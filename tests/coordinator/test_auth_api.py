@@ -27,6 +27,8 @@ ROLE_TABLE: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/v1/allocations/<path:allocation_id>"): {ADMIN, AUDITOR, AGENT},
     ("POST", "/v1/allocations/<path:allocation_id>/confirm"): {AGENT},
     ("POST", "/v1/allocations/<path:allocation_id>/void"): {ADMIN, AGENT},
+    ("POST", "/v1/allocations/<path:allocation_id>/reissue"): {ADMIN},
+    ("POST", "/v1/series/<string:series>/sequences/<string:name>/ledger/checkpoints"): {ADMIN},
     ("GET", "/v1/sequences"): READERS,
     ("GET", "/v1/sequences/<string:name>"): READERS,
     ("PATCH", "/v1/sequences/<string:name>"): {ADMIN},

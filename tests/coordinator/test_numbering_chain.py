@@ -11,41 +11,24 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from cryptography.fernet import Fernet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import auth, keys
+from coordinator import keys
 from coordinator.cli import main
 from coordinator.numbering import chain, export
-from tests.coordinator.systems_support import FakeResolver, body
+from tests.coordinator import ledger_support
 
 pytestmark = pytest.mark.integration
+
+# Shared fixtures (an app with a Fernet key, system blue, an auditor).
+app_config, blue, auditor = (ledger_support.app_config, ledger_support.blue,
+                             ledger_support.auditor)
 
 EVENTS = keys.seq_events("invoice")
 CHAIN = keys.seq_chain("invoice")
 VERIFY = "/v1/series/default/sequences/invoice/ledger/verify"
 EXPORT = "/v1/series/default/sequences/invoice/ledger/export"
-
-
-@pytest.fixture
-def app_config(app_config):
-    return {**app_config, "SECRET_KEYS": Fernet.generate_key().decode(),
-            "SYSTEM_URL_RESOLVER": FakeResolver(), "RATE_LIMIT_AGENT": 0,
-            "RATE_LIMIT_ADMIN": 0}
-
-
-@pytest.fixture
-def blue(client, admin):
-    response = client.post("/v1/systems", headers=admin, json=body(name="blue"))
-    assert response.status_code == 201, response.get_json()
-    return {"Authorization": f"Bearer {response.get_json()['agent_token']}"}
-
-
-@pytest.fixture
-def auditor(redis_client):
-    token = auth.create_token(redis_client, auth.AUDITOR, "tax office", "cli")[1]
-    return {"Authorization": f"Bearer {token}"}
 
 
 def take(client, headers, reference, date="2026-11-21"):

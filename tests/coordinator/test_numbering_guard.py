@@ -104,3 +104,20 @@ def test_the_sync_guard_reads_a_system_s_numbers_with_its_own_series_formats(red
         allocation.allocate(redis_client, "green", "invoice", "2", DAY)
     entry, _ = allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
     assert entry["number"] == 1  # the default series is not behind
+
+
+def test_a_reissue_takes_no_number_from_a_restored_or_behind_store(redis_client):
+    taken, _ = allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    allocation.transition(redis_client, taken["id"], "void", "sent twice", actor_kind="admin",
+                          actor="admin",
+                          actor_system=None)
+    with redis_client.pipeline(transaction=True) as pipe:  # as restore leaves the series
+        guard.queue_restored(pipe, "ser:default", "backup b.json taken 2026-05-01T00:00:00Z")
+        pipe.execute()
+    with pytest.raises(NumberingNotInitialised, match="waits after a restore"):
+        allocation.reissue(redis_client, taken["id"], "mistake", actor="admin")
+    guard.mark_initialised(redis_client, "test")
+    guard.check_synced_numbers(redis_client, "red", ["INV-2026-000004"])
+    with pytest.raises(NumberingBehind, match="INV-2026-000004"):
+        allocation.reissue(redis_client, taken["id"], "mistake", actor="admin")
+    assert redis_client.get(keys.seq_counter("invoice", "2026")) == "1"

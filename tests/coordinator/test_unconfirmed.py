@@ -93,3 +93,78 @@ def test_settled_numbers_leave_the_index(redis_client):
     when = later(GRACE + 60)
     assert unconfirmed.refresh(redis_client, GRACE, now=when)["invoice"] == 2
     assert redis_client.zcard(keys.seq_unconfirmed("invoice", "2026")) == 2
+
+
+def _in_series(redis_client, series: str, system: str) -> None:
+    """Make ``series`` number ``system`` (what registering it there does, without HTTP)."""
+    from coordinator.numbering import series as series_mod
+
+    series_mod.create_series(redis_client, series)
+    series_mod.prepare_registration(redis_client, series, system)
+    redis_client.hset(keys.system(system), mapping={"name": system, "series": series})
+    series_mod.join(redis_client, series, system)
+
+
+def test_regression_every_series_is_counted_not_only_default(redis_client):
+    """Before: only ``default`` was looked at, so another legal entity's forgotten numbers
+    were never counted nor warned about."""
+    _in_series(redis_client, "acme-us", "red")
+    hints = allocation.Hints()
+    red = [allocation.allocate(redis_client, "red", "invoice", str(r), DAY, None, hints)[0]
+           for r in range(3)]
+    allocation.allocate(redis_client, "blue", "invoice", "b-1", DAY)
+    assert red[0]["id"] == "acme-us/invoice:2026:1"
+    when = later(GRACE + 60)
+    found = unconfirmed.refresh_all(redis_client, GRACE, now=when)
+    assert found[("acme-us", "invoice")] == unconfirmed.Pending(
+        3, 0, ("acme-us/invoice:2026:1", "acme-us/invoice:2026:2", "acme-us/invoice:2026:3"))
+    assert found[("default", "invoice")].count == 1
+    assert found[("acme-us", "credit_note")].count == 0
+    # The default series' answer is unchanged for its callers.
+    assert unconfirmed.refresh(redis_client, GRACE, now=when) == {"invoice": 1,
+                                                                  "credit_note": 0}
+    assert unconfirmed.refresh(redis_client, GRACE, now=when, series="acme-us")["invoice"] == 3
+
+
+def test_the_scheduler_warns_per_series_once_per_interval(redis_client):
+    from coordinator.warnings import store
+
+    _in_series(redis_client, "acme-us", "red")
+    entry = allocation.allocate(redis_client, "red", "invoice", "1", DAY)[0]
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    config = {"UNCONFIRMED_GRACE_SECONDS": GRACE, "UNCONFIRMED_CHECK_SECONDS": 3600}
+    assert unconfirmed.warn(redis_client, config) == []  # within the grace time: nothing
+    redis_client.delete(keys.UNCONFIRMED_CHECK)
+    when = later(GRACE + 60)
+    raised = unconfirmed.warn(redis_client, config, now=when)
+    assert raised == ["unconfirmed_numbers:acme-us/invoice", "unconfirmed_numbers:default/invoice"]
+    warning = store.get(redis_client, raised[0])
+    assert warning["type"] == "unconfirmed_numbers" and warning["count"] == 1
+    assert warning["message"] == (
+        "1 invoice number(s) of series 'acme-us' issued more than 3600 s ago are neither "
+        "confirmed nor voided (oldest: acme-us/invoice:2026:1): WHMCS may never have received "
+        "them. See GET /v1/series/acme-us/sequences/invoice/gaps; confirm or void each")
+    # Another scheduler in the same interval does not look again.
+    assert unconfirmed.warn(redis_client, config, now=when) == []
+    # Once settled, the next look raises nothing for it.
+    allocation.transition(redis_client, entry["id"], "void", "never sent", actor_kind="admin",
+                          actor_system=None, actor="admin:test")
+    redis_client.delete(keys.UNCONFIRMED_CHECK)
+    assert unconfirmed.warn(redis_client, config, now=when) == [
+        "unconfirmed_numbers:default/invoice"]
+    assert unconfirmed.warn(redis_client, {**config, "UNCONFIRMED_CHECK_SECONDS": 0},
+                            now=when) == []
+
+
+def test_metrics_carry_each_series_as_a_label(redis_client, app_config):
+    from coordinator.app import create_app
+
+    _in_series(redis_client, "acme-us", "red")
+    allocation.allocate(redis_client, "red", "invoice", "1", DAY)
+    app = create_app({**app_config, "UNCONFIRMED_GRACE_SECONDS": 0})
+    scrape = app.test_client().get("/metrics").get_data(as_text=True)
+    assert ('invoice_sync_unconfirmed_past_grace{sequence="invoice",series="acme-us"} 1.0'
+            in scrape)
+    assert ('invoice_sync_unconfirmed_past_grace{sequence="invoice",series="default"} 0.0'
+            in scrape)
+    assert 'invoice_sync_unconfirmed_backlog{sequence="credit_note",series="acme-us"} 0.0' in scrape

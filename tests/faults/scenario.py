@@ -31,8 +31,21 @@ def verify(base_url: str, admin_token: str, history: History, label: str,
                 raise
             time.sleep(0.5)
     verdict = check(history, ledger)
+    check_chains(fetch, history, verdict)
     print(verdict.line(label))
     return verdict
+
+
+def check_chains(fetch, history: History, verdict: Verdict) -> None:
+    """Add to ``verdict`` the hash chain of each sequence the history touched: it must verify,
+    and hold an ``issued`` event for every number (none lost with a crash, see
+    docs/AUDITORS.md); its event count goes into the counts."""
+    for sequence in sorted({sequence for sequence, _ in history.slots_touched()}):
+        status, result = fetch(f"/v1/series/default/sequences/{sequence}/ledger/verify")
+        if status != 200 or not result.get("ok") or result.get("unchained_numbers"):
+            verdict.violations.append(f"ledger chain of {sequence} does not verify: {result}")
+        else:
+            verdict.counts[f"chained_{sequence}"] = result["events"]
 
 
 __all__ = ["DATE", "SYSTEMS", "agent_tokens", "register_admin", "verify"]

@@ -60,3 +60,24 @@ def test_counts_every_number_of_a_busy_window_over_several_pages(redis_client, m
     result = activity.per_hour(redis_client, now=NOW)
     assert sum(result["counts"]) == 200
     assert result["counts"][-1] == 31  # 01:30 back to 01:00, minute by minute (i = 0..30)
+
+
+def test_counts_the_numbers_of_every_series(redis_client, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    from coordinator.numbering import series
+    from coordinator.systems import registry, secrets
+    from coordinator.systems.urls import UrlPolicy
+
+    series.create_series(redis_client, "acme-us")
+    registry.create_system(
+        redis_client, secrets.fernet_from_config({"SECRET_KEYS": Fernet.generate_key().decode()}),
+        {"name": "green", "url": "http://127.0.0.1:9/includes/api.php", "api_identifier": "i",
+         "api_secret": "s", "series": "acme-us"},
+        UrlPolicy.from_config({"ALLOW_HTTP_SYSTEM_URLS": True,
+                               "ALLOW_PRIVATE_SYSTEM_URLS": True}))
+    monkeypatch.setattr(allocation, "utcnow", lambda: NOW)
+    entry, _ = allocation.allocate(redis_client, "green", "invoice", "g1", NOW.date())
+    assert entry["series"] == "acme-us"
+    take(redis_client, monkeypatch, NOW, "b1")  # blue, in default
+    assert activity.per_hour(redis_client, now=NOW)["counts"][-1] == 2

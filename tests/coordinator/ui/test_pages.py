@@ -89,11 +89,12 @@ def test_next_number_only_moves_forward(as_admin, redis_client, admin_token):
     for reference in range(5):
         allocation.allocate(redis_client, "blue", "invoice", str(reference), day)
     before = sequences.describe(redis_client, "invoice")
-    lower = as_admin.post("/ui/numbering/invoice", {"next_number": "3"}, page="/ui/numbering")
+    settings = "/ui/series/default/sequences/invoice"
+    lower = as_admin.post(settings, {"next_number": "3"}, page="/ui/series/default")
     assert lower.status_code == 422
     assert "only move forward" in lower.get_data(as_text=True)
     assert sequences.describe(redis_client, "invoice") == before
-    raised = as_admin.post("/ui/numbering/invoice", {"next_number": "100"}, page="/ui/numbering")
+    raised = as_admin.post(settings, {"next_number": "100"}, page="/ui/series/default")
     assert raised.status_code == 303
     assert sequences.describe(redis_client, "invoice")["next_number"] == 100
     # Recorded as the API records it: the role and the token's public id.
@@ -105,16 +106,22 @@ def test_ledger_pages_and_searches_by_reference(as_admin, redis_client):
     day = dt.date(2026, 3, 1)
     for reference in range(120):
         allocation.allocate(redis_client, "blue", "invoice", f"r{reference}", day)
-    first = as_admin.get("/ui/numbering/invoice/ledger?period=2026").get_data(as_text=True)
-    assert first.count("<tr><td class=\"num\">") == 50
+    ledger = "/ui/series/default/sequences/invoice/ledger"
+    first = as_admin.get(ledger + "?period=2026").get_data(as_text=True)
+    assert first.count("<tr data-id=") == 50
     assert "after=50" in first
-    third = as_admin.get("/ui/numbering/invoice/ledger?period=2026&after=100")
-    assert third.get_data(as_text=True).count("<tr><td class=\"num\">") == 20
-    found = as_admin.get("/ui/numbering/invoice/ledger?period=2026&reference=r77")
-    assert found.get_data(as_text=True).count("<tr><td class=\"num\">") == 1
+    third = as_admin.get(ledger + "?period=2026&after=100")
+    assert third.get_data(as_text=True).count("<tr data-id=") == 20
+    found = as_admin.get("/ui/references?reference=r77")
+    assert found.get_data(as_text=True).count("<tr data-id=") == 1
     assert "INV-2026-000078" in found.get_data(as_text=True)
-    assert as_admin.get("/ui/numbering/invoice/ledger?period=20x6").status_code == 422
-    assert as_admin.get("/ui/numbering/nope/ledger").status_code == 404
+    assert as_admin.get(ledger + "?period=20x6").status_code == 422
+    assert as_admin.get("/ui/series/default/sequences/nope/ledger").status_code == 404
+    assert as_admin.get("/ui/series/nope/sequences/invoice/ledger").status_code == 404
+    # The addresses from before series lead to the default series' pages.
+    moved = as_admin.get("/ui/numbering/invoice/ledger?period=2026&after=50")
+    assert moved.status_code == 308
+    assert moved.headers["Location"] == ledger + "?period=2026&after=50"
 
 
 def test_revenue_csv_matches_the_report(as_admin, redis_client, app):
