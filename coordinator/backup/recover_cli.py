@@ -44,6 +44,9 @@ def _print_plan(described: dict[str, Any]) -> None:
             line += (f", {period['recover']} not in the ledger "
                      f"({period['first'][0]}..{period['last'][0]}) to record as recovered, from "
                      + ", ".join(f"{s} ({n})" for s, n in sorted(period["sources"].items())))
+        if period["unknown_skipped"]:
+            line += (f"; {period['unknown_skipped']} number(s) below the new counter that no "
+                     "source showed are recorded as skipped (the gap report lists them)")
         click.echo(line)
     if described["initialise_series"]:
         click.echo("numbering resumes in series: " + ", ".join(described["initialise_series"]))

@@ -7,13 +7,16 @@
 -- KEYS[1] {ser:R}:S:stats        KEYS[2] {ser:R}:S:counter:<P>   KEYS[3] {ser:R}:S:ledger:<P>
 -- KEYS[4] {ser:R}:S:ledger-order:<P>   KEYS[5] {ser:R}:S:periods   KEYS[6] {ser:R}:formatted
 -- KEYS[7] {ser:R}:S:events       KEYS[8] {ser:R}:S:audit          KEYS[9] {ser:R}:S:settings
--- KEYS[10..] {ser:R}:S:refs:<document>:<system>, named by the entries' `refs` (10 = first)
+-- KEYS[10] {ser:R}:S:skips:<P>
+-- KEYS[11..] {ser:R}:S:refs:<document>:<system>, named by the entries' `refs` (11 = first)
 --
 -- ARGV[1] period P   ARGV[2] now (ISO 8601 UTC)   ARGV[3] actor   ARGV[4] reason
 -- ARGV[5] sequence name S   ARGV[6] id prefix ('' in default, else 'R/')
 -- ARGV[7] JSON list of {number, formatted, system, document, reference, source, refs}
 --         (number as a string; refs: index into KEYS of the reference index, 0 for none)
 -- ARGV[8] the highest number in use in P (the counter becomes at least this)
+-- ARGV[9] JSON list of [after, moved_to]: numbers above the counter no source showed, recorded
+--         as skips (the gap report lists them, with the audit record explaining the jump)
 --
 -- Returns {counter before, counter after, recovered, JSON list of skipped {number, why, ...}}
 
@@ -61,6 +64,11 @@ for _, e in ipairs(cjson.decode(ARGV[7])) do
 end
 
 redis.call('SADD', KEYS[5], period)
+for _, hole in ipairs(cjson.decode(ARGV[9])) do
+  if tonumber(hole[1]) >= before then
+    redis.call('HSETNX', KEYS[10], hole[1], hole[2])
+  end
+end
 local before_text, after_text = string.format('%.0f', before), string.format('%.0f', highest)
 if highest > before then
   redis.call('SET', KEYS[2], after_text)

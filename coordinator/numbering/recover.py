@@ -73,6 +73,14 @@ class Period:
         """The numbers in use the ledger lacks, in order."""
         return sorted(set(self.numbers) - self.in_ledger)
 
+    @property
+    def holes(self) -> list[tuple[int, int]]:
+        """``(after, moved_to)`` for each run of numbers above the counter that no source
+        showed: the counter jumps them, recorded like an admin's skip."""
+        above = [self.counter, *sorted(n for n in self.numbers if n > self.counter)]
+        return [(a, b - self.increment) for a, b in zip(above, above[1:], strict=False)
+                if b - a > self.increment]
+
     def describe(self) -> dict[str, Any]:
         """The plan of this period, as the dry run prints it."""
         sources: dict[str, int] = {}
@@ -85,6 +93,7 @@ class Period:
                 "raise": self.highest > self.counter, "in_use": len(self.numbers),
                 "already_in_ledger": len(set(self.numbers) & self.in_ledger),
                 "recover": len(self.to_recover), "sources": sources,
+                "unknown_skipped": sum((b - a) // self.increment for a, b in self.holes),
                 "first": self.to_recover[:1], "last": self.to_recover[-1:]}
 
 
@@ -197,7 +206,8 @@ def _run_step(
              keys.seq_periods(each.sequence, each.series), keys.series_formatted(each.series),
              keys.seq_events(each.sequence, each.series),
              keys.seq_audit(each.sequence, each.series),
-             keys.seq_settings(each.sequence, each.series)]
+             keys.seq_settings(each.sequence, each.series),
+             keys.seq_skips(each.sequence, each.period, each.series)]
     refs: list[str] = []
     entries = []
     for number in chunk:
@@ -211,7 +221,7 @@ def _run_step(
                         "refs": len(fixed) + refs.index(ref_key) + 1 if item.reference else 0})
     args = [each.period, now, actor, reason, each.sequence,
             "" if each.series == DEFAULT_SERIES else f"{each.series}/", json.dumps(entries),
-            str(each.highest)]
+            str(each.highest), json.dumps([[str(a), str(b)] for a, b in each.holes])]
     reply, wait = scripts.run(client, RECOVER, [*fixed, *refs], args, durability)
     if durability is not None:
         scripts.check_durable(wait, durability)

@@ -18,7 +18,7 @@ from agent._models import Allocation
 from coordinator import keys
 from coordinator.cli import main
 from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
-from coordinator.numbering import allocation, chain, iter_ledger, sequences
+from coordinator.numbering import allocation, chain, gaps, iter_ledger, sequences
 from coordinator.numbering import recover as recovery
 from coordinator.numbering.recover import Evidence
 from coordinator.ops.embedded import ValkeyServer
@@ -92,7 +92,7 @@ def test_recover_after_restoring_an_older_backup_continues_above_every_number_in
             "series": "default", "sequence": "invoice", "period": "2026", "counter": 5,
             "new_counter": 10, "next_number": 11, "raise": True, "in_use": 10,
             "already_in_ledger": 5, "recover": 5,
-            "sources": {"whmcs:blue": 4, "journal:blue": 1},
+            "sources": {"whmcs:blue": 4, "journal:blue": 1}, "unknown_skipped": 0,
             "first": [6], "last": [10]}]
         assert plan["plan"]["initialise_series"] == ["default"]
         assert {key: client.dump(key) for key in client.scan_iter(match="{ser:*")} == before
@@ -227,3 +227,14 @@ def test_property_recover_ends_exactly_above_everything_in_use_and_never_lowers(
     entry, new = allocation.allocate(redis_client, "blue", "invoice", "next", DAY)
     assert new and entry["number"] == counter + 1
     assert chain.verify(redis_client, "invoice")["ok"]
+    # Every number up to the counter is in the ledger or a listed gap: none is hidden, by the
+    # indexed gap report and by the full walk alike.
+    for full in (False, True):
+        covered = set(in_ledger)
+        for gap in gaps(redis_client, "invoice", "2026", grace_seconds=10**9, full=full):
+            if gap["kind"] == "skipped":
+                covered |= set(range(gap["after"] + 1, gap["next"]))
+            elif gap["kind"] == "missing":
+                covered |= ({gap["number"]} if "number" in gap
+                            else set(range(gap["after"] + 1, gap["before"])))
+        assert covered >= set(range(1, counter + 1)), (full, covered)
