@@ -138,6 +138,10 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
             from coordinator.numbering.migrate import migrate
 
             click.echo(f"numbering: {migrate(get_redis()).line()}", err=True)
+            from coordinator.systems.migrate import migrate_legacy as migrate_registry
+
+            if moved := migrate_registry(get_redis()):
+                click.echo(f"systems registry: moved {moved} record(s) under {{auth}}", err=True)
             if not app.config["ADMIN_TOKEN"]:
                 token = ensure_admin_token(get_redis(), data_dir)
         if token:

@@ -1,15 +1,17 @@
 """Every Redis key the coordinator uses, built in one place.
 
-Keys of one series share the hash tag ``{ser:<name>}`` and keys of one system share
-``{sys:<name>}``, so each Lua script touches a single hash slot and the layout also holds
-on Redis Cluster.
+Keys of one series share the hash tag ``{ser:<name>}``, the forecaster data of one system
+shares ``{sys:<name>}``, and the registry and the token store share ``{auth}``, so each Lua
+script and each MULTI/EXEC touches a single hash slot and the layout also holds on Redis
+Cluster (``tests/coordinator/test_cluster_slots.py`` checks every script for any names).
 """
 
 from __future__ import annotations
 
 # --- auth -------------------------------------------------------------------------------
-# Every key of the token store and of its request accounting shares the hash tag {auth}: the
-# lookup-and-count script and the create/revoke transactions each touch one hash slot.
+# Every key of the token store, of its request accounting and of the systems registry (whose
+# records name each system's agent token) shares the hash tag {auth}: the lookup-and-count
+# script, the create/revoke transactions and register/rotate/delete each touch one hash slot.
 
 AUTH_TAG = "{auth}"
 """The hash tag every auth key starts with (one Cluster slot)."""
@@ -203,13 +205,26 @@ def legacy_seq_prefix(seq: str) -> str:
 
 
 # --- systems ------------------------------------------------------------------------------
+# The registry lives with the token store under {auth}: registering, rotating and deleting a
+# system change its record, the set of names and the token hash in one MULTI/EXEC, which a
+# Cluster runs only on one slot. What the forecaster stores per system stays under {sys:<name>}.
 
-SYSTEMS = "systems"
+SYSTEMS = f"{AUTH_TAG}:systems"
 """Set: names of the registered systems."""
 
 
 def system(name: str) -> str:
     """Hash: one registered system (the API secret only as MultiFernet ciphertext)."""
+    return f"{AUTH_TAG}:system:{name}"
+
+
+LEGACY_SYSTEMS = "systems"
+"""Where the previous release kept :data:`SYSTEMS` (no hash tag); moved by
+``coordinator.systems.migrate``."""
+
+
+def legacy_system(name: str) -> str:
+    """Where the previous release kept :func:`system` (in the system's own slot)."""
     return f"{{sys:{name}}}:system"
 
 
@@ -219,13 +234,14 @@ def system_tag(name: str) -> str:
 
 
 def system_series_lock(name: str) -> str:
-    """String: held (SET NX PX) while the system joins, moves between or leaves series, so two
-    admins' changes to one system's series cannot interleave."""
+    """String: held (SET NX PX) while the system is registered, joins, moves between or leaves
+    series, is deleted, has its data purged or its record migrated, so two such changes to
+    one system cannot interleave (``coordinator.systems.lock``)."""
     return f"{system_tag(name)}:series-lock"
 
 
 def system_data_pattern(name: str) -> str:
-    """SCAN pattern of every key of system ``name``: its record and its forecaster data.
+    """SCAN pattern of every per-system key of ``name``: its forecaster data (and its lock).
 
     Deleting a system purges everything under this pattern, so per-system data (invoices,
     aggregates, sync history) must live under ``system_tag(name)``. Names are slugs

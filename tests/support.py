@@ -156,53 +156,69 @@ class Serve:
         self.stop()
 
 
+def previous_release(ref: str, target: Path) -> Path:
+    """Extract commit ``ref`` of this repository into ``target`` (for upgrade tests).
+
+    Skips (fails under ``INVOICE_SYNC_REQUIRE_TOOLS``) when git cannot produce it.
+    """
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref],
+                                 capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        reason = f"git archive {ref} failed ({error})"
+        if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS"):
+            pytest.fail(f"the upgrade test needs the previous release: {reason}")
+        pytest.skip(reason)
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True, timeout=60)
+    return target
+
+
+def legacy_data_dir(release: Path, script: Path, data: Path) -> dict:
+    """Run ``script <redis url> <output json>`` with the code of ``release`` on a Valkey of
+    data dir ``data``, stop the server, and return the script's output.
+
+    The script imports ``coordinator`` from ``release`` (its ``PYTHONPATH``): the data is made
+    by the old code itself, which the output's ``code`` (the module path) shows.
+    """
+    from coordinator.ops.embedded import ValkeyServer
+
+    output = data.parent / f"{data.name}.json"
+    server = ValkeyServer(data).start()
+    try:
+        run = subprocess.run([sys.executable, str(script), server.url, str(output)],
+                             env={**os.environ, "PYTHONPATH": str(release)}, cwd=release,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        server.stop()
+    import json
+
+    done = json.loads(output.read_text())
+    assert done["code"].startswith(str(release))  # the old code made the data
+    return done
+
+
+def at_once(calls: list) -> list:
+    """Run every callable of ``calls`` in its own thread, released together; their results."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def initialise_numbering(client) -> None:
     """Initialise the numbering of a fresh test store, as ``serve``'s first start does."""
     from coordinator.numbering import guard
 
     guard.mark_initialised(client, "test fixture")
-
-
-def release_checkout(tmp_path_factory, commit: str) -> Path:
-    """A checkout of an earlier release, from this repository's history (``git archive``).
-
-    Without git history: a skip, or a failure under ``INVOICE_SYNC_REQUIRE_TOOLS=1``.
-    """
-    import pytest
-
-    code = tmp_path_factory.mktemp(f"release-{commit}")
-    try:
-        archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]),
-                                  "archive", commit],
-                                 capture_output=True, check=True, timeout=60).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        if os.environ.get("INVOICE_SYNC_REQUIRE_TOOLS"):
-            pytest.fail(f"the test needs release {commit}: {error}")
-        pytest.skip(f"git archive {commit} failed ({error})")
-    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True, timeout=60)
-    return code
-
-
-def release_data(tmp_path_factory, code: Path, script: Path) -> tuple[Path, dict]:
-    """A stopped Valkey data dir filled by an earlier release's own code, and what it did.
-
-    ``script`` (``<script> <redis url> <output json>``) runs with the release's checkout
-    ``code`` (:func:`release_checkout`) on ``PYTHONPATH``.
-    """
-    import json
-
-    from coordinator.ops.embedded import ValkeyServer
-
-    data = tmp_path_factory.mktemp(f"valkey-of-{code.name}")
-    output = data.parent / f"{data.name}.json"
-    server = ValkeyServer(data).start()
-    try:
-        run = subprocess.run([sys.executable, str(script), server.url, str(output)],
-                             env={**os.environ, "PYTHONPATH": str(code)}, cwd=code,
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-3000:]
-    finally:
-        server.stop()
-    done = json.loads(output.read_text())
-    assert done["code"].startswith(str(code))  # the old code made the data
-    return data, done

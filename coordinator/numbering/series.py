@@ -275,7 +275,9 @@ def prepare_registration(client: redis.Redis, name: str, system: str) -> None:
 
 def series_of_system(client: redis.Redis, system: str) -> str | None:
     """Return the series the registry names for ``system``; None when it is not registered."""
-    name, series = client.hmget(keys.system(system), ["name", "series"])
+    from coordinator.systems.migrate import ensure_migrated  # systems imports this module
+
+    name, series = ensure_migrated(client).hmget(keys.system(system), ["name", "series"])
     if name is None:
         return None
     return series or DEFAULT

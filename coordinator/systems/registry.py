@@ -1,31 +1,35 @@
 """The systems registry: WHMCS installations, their encrypted API credentials, agent tokens.
 
 Domain logic only (no Flask): functions take a Redis client and plain values. Layout
-(see ``coordinator.keys``):
+(see ``coordinator.keys``), all under the token store's hash tag ``{auth}``, one Cluster slot:
 
-- ``{sys:<name>}:system`` — hash, one system. ``api_secret_enc`` / ``access_key_enc`` hold
+- ``{auth}:system:<name>`` — hash, one system. ``api_secret_enc`` / ``access_key_enc`` hold
   MultiFernet ciphertext; ``agent_token_digest`` the SHA-256 of the current agent token.
-- ``systems`` — set of names.
+- ``{auth}:systems`` — set of names.
 - ``{auth}:tokens`` — hash, token digest → ``{"kind": "agent", "system": name, ...}``.
 
 Every change to those three keys happens in one MULTI/EXEC guarded by WATCH on the system's
 hash, so a token is never left valid for a system that no longer has it, and two admins
-racing on one name cannot both win.
+racing on one name cannot both win. The previous release kept the record under
+``{sys:<name>}`` and the names in ``systems``; ``coordinator.systems.migrate`` moves them
+before this module first reads the registry.
 
 Each system belongs to one series (``series``, default ``default``): the series numbers its
 documents. Registering, moving and deleting also tell the series (``numbering.series.join`` /
 ``leave``, under a short per-system lock); moving a system that has numbers is refused.
 
-Deleting a system removes its record and revokes its token at once, then purges every other
-key under its hash tag ``{sys:<name>}`` — the invoices, aggregates and sync history the
+Deleting a system removes its record and revokes its token at once, then purges every key
+under its hash tag ``{sys:<name>}`` — the invoices, aggregates and sync history the
 forecaster stored for it — so a later system registered under the same name (perhaps another
-WHMCS) never inherits them. The numbering ledger is *not* touched: numbers already issued to
-the system stay there with its name (invariant 3), and reconciliation keeps showing them.
+WHMCS) never inherits them. The purge is in another slot than the record, so it runs batch by
+batch under the system's lock, which a registration of the name holds while it writes: a
+batch is deleted only while no system of that name is registered. The numbering ledger is
+*not* touched: numbers already issued to the system stay there with its name (invariant 3),
+and reconciliation keeps showing them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +43,8 @@ from coordinator.clock import Clock, iso, utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, SecretUnreadable
 from coordinator.numbering import series as numbering_series
 from coordinator.systems import secrets
+from coordinator.systems.lock import system_lock
+from coordinator.systems.migrate import ensure_migrated
 from coordinator.systems.urls import UrlPolicy, check_fetch_url, validate_system_url
 
 __all__ = [
@@ -128,24 +134,6 @@ def _require_record(pipe: Any, name: str) -> dict[str, str]:
     return record
 
 
-SERIES_LOCK_SECONDS = 30
-"""How long a crashed registration, move or deletion can hold a system's series lock."""
-
-
-@contextlib.contextmanager
-def _series_lock(client: redis.Redis, name: str) -> Iterator[None]:
-    """Hold the system's series lock (redis-py's Lock: token-checked release) or 409."""
-    lock = client.lock(keys.system_series_lock(name), timeout=SERIES_LOCK_SECONDS,
-                       blocking=False)
-    if not lock.acquire():
-        raise Conflict(f"System {name!r} is being registered, moved or deleted; retry")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(redis.exceptions.LockError):
-            lock.release()
-
-
 def _require_series(client: redis.Redis, series: str) -> None:
     if not numbering_series.exists(client, series):
         raise InvalidInput("Validation failed",
@@ -214,21 +202,19 @@ def create_system(
     def body(pipe: Any) -> None:
         if pipe.exists(key):
             raise Conflict(f"A system named {name!r} already exists")
-        # Leftovers of an earlier system of that name whose purge was interrupted.
-        leftovers = [found for found in pipe.scan_iter(match=keys.system_data_pattern(name),
-                                                       count=1000)
-                     if found != keys.system_series_lock(name)]  # ours, held right now
         pipe.multi()
-        if leftovers:
-            pipe.delete(*leftovers)
         pipe.hset(key, mapping=to_set)
         pipe.sadd(keys.SYSTEMS, name)
         pipe.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(name))
 
-    with _series_lock(client, name):
+    ensure_migrated(client)
+    with system_lock(client, name):
         if client.exists(key):
             raise Conflict(f"A system named {name!r} already exists")
         numbering_series.prepare_registration(client, values["series"], name)
+        # Leftovers of an earlier system of that name whose purge was interrupted: gone before
+        # the record exists (their slot is not the record's; the lock keeps the two in order).
+        _unlink_data(client, name)
         _transaction(client, key, body)
         try:
             numbering_series.join(client, values["series"], name)
@@ -246,12 +232,12 @@ def get_system(client: redis.Redis, name: str) -> dict[str, Any]:
     Raises:
         NotFound: no such system.
     """
-    return _public(_require_record(client, name))
+    return _public(_require_record(ensure_migrated(client), name))
 
 
 def list_systems(client: redis.Redis) -> list[dict[str, Any]]:
     """Return every system (public view), ordered by name."""
-    names = sorted(client.smembers(keys.SYSTEMS))
+    names = sorted(ensure_migrated(client).smembers(keys.SYSTEMS))
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hgetall(keys.system(name))
@@ -280,9 +266,10 @@ def update_system(
                            {"json": {"api_secret": ["Field may not be null."]}})
     if "url" in changes:
         validate_system_url(changes["url"], policy)
+    ensure_migrated(client)
     if "series" in changes:
         _require_series(client, changes["series"])
-        with _series_lock(client, name):
+        with system_lock(client, name):
             return _move(client, name, changes, fernet, now=now)
     return _update(client, name, changes, fernet, now=now)
 
@@ -340,6 +327,7 @@ def rotate_agent_token(
     """
     token = auth.new_token(auth.AGENT)
     key = keys.system(name)
+    ensure_migrated(client)
 
     def body(pipe: Any) -> dict[str, Any]:
         record = _require_record(pipe, name)
@@ -365,7 +353,8 @@ def delete_system(client: redis.Redis, name: str) -> int:
     Raises:
         NotFound: no such system.
     """
-    with _series_lock(client, name):
+    ensure_migrated(client)
+    with system_lock(client, name):
         series = _public(_require_record(client, name))["series"]
         # First: once the record is gone nothing names the series, and a system of the same
         # name registered later elsewhere must not find this one still open.
@@ -396,31 +385,39 @@ def purge_system_data(client: redis.Redis, name: str) -> int:
     """
     if not valid_name(name):
         raise NotFound("No such system")
+    return _unlink_data(client, name, locked=False)
+
+
+def _unlink_data(client: redis.Redis, name: str, *, locked: bool = True) -> int:
+    """UNLINK every key under ``{sys:<name>}`` but the lock; count what went.
+
+    ``locked``: the caller holds the system's lock (a registration). Otherwise each batch
+    takes it and first checks that no system of the name is registered: a registration holds
+    the lock from before its record exists, so a batch never deletes a new system's data.
+    """
     purged = 0
     batch: list[str] = []
     for found in client.scan_iter(match=keys.system_data_pattern(name), count=1000):
-        batch.append(found)
+        if found != keys.system_series_lock(name):
+            batch.append(found)
         if len(batch) >= 500:
-            purged += _unlink_unless_registered(client, name, batch)
+            purged += _unlink_batch(client, name, batch, locked)
             batch = []
     if batch:
-        purged += _unlink_unless_registered(client, name, batch)
+        purged += _unlink_batch(client, name, batch, locked)
     return purged
 
 
-def _unlink_unless_registered(client: redis.Redis, name: str, batch: list[str]) -> int:
-    key = keys.system(name)
-
-    def body(pipe: Any) -> int:
-        if pipe.exists(key):
-            # Registered again meanwhile: what is there now belongs to the new system.
-            raise Conflict(f"System {name!r} exists; its data is not purged")
-        pipe.multi()
-        pipe.unlink(*batch)
-
+def _unlink_batch(client: redis.Redis, name: str, batch: list[str], locked: bool) -> int:
     # Count what UNLINK removed: SCAN may return a key more than once (while the keyspace
     # shrinks under our own deletes), so the batch size would overcount.
-    return _transaction(client, key, body, replies=True)[0]
+    if locked:
+        return client.unlink(*batch)
+    with system_lock(client, name, wait=5):
+        if client.exists(keys.system(name)):
+            # Registered again meanwhile: what is there now belongs to the new system.
+            raise Conflict(f"System {name!r} exists; its data is not purged")
+        return client.unlink(*batch)
 
 
 def get_credentials(client: redis.Redis, name: str, fernet: MultiFernet) -> Credentials:
@@ -431,7 +428,7 @@ def get_credentials(client: redis.Redis, name: str, fernet: MultiFernet) -> Cred
     Raises:
         NotFound: no such system. SecretUnreadable: no configured key decrypts the secret.
     """
-    record = _require_record(client, name)
+    record = _require_record(ensure_migrated(client), name)
     access = record.get("access_key_enc")
     return Credentials(
         url=record["url"],
@@ -450,7 +447,7 @@ def rotate_secrets(client: redis.Redis, fernet: MultiFernet) -> int:
     Raises:
         SecretUnreadable: some secrets cannot be decrypted with the configured keys.
     """
-    names = sorted(client.smembers(keys.SYSTEMS))
+    names = sorted(ensure_migrated(client).smembers(keys.SYSTEMS))
     unreadable = []
     for name in names:
         record = client.hgetall(keys.system(name))

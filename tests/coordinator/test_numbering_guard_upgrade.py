@@ -14,7 +14,7 @@ from coordinator import keys
 from coordinator.app import create_app
 from coordinator.numbering import guard
 from coordinator.ops.embedded import ValkeyServer
-from tests.support import release_checkout, release_data, snapshot
+from tests.support import legacy_data_dir, previous_release, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,9 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def release_dir(tmp_path_factory) -> tuple[Path, dict]:
     """A stopped Valkey data dir filled by the previous release's code, and what it did."""
-    code = release_checkout(tmp_path_factory, PREVIOUS_RELEASE)
-    return release_data(tmp_path_factory, code, HERE / "guard_release.py")
+    code = previous_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release-0523a88"))
+    data = tmp_path_factory.mktemp("guard-release-valkey")
+    return data, legacy_data_dir(code, HERE / "guard_release.py", data)
 
 
 @pytest.fixture

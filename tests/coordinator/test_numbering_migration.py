@@ -20,7 +20,8 @@ from coordinator import keys
 from coordinator.app import create_app
 from coordinator.numbering import migrate as migration
 from coordinator.ops.embedded import ValkeyServer
-from tests.support import release_checkout, release_data, snapshot
+from tests.support import legacy_data_dir, snapshot
+from tests.support import previous_release as checkout
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +33,14 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def previous_release(tmp_path_factory) -> Path:
     """A checkout of the release before series, from this repository's history."""
-    return release_checkout(tmp_path_factory, PREVIOUS_RELEASE)
+    return checkout(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release-6d52368"))
 
 
 @pytest.fixture(scope="module")
 def legacy_dir(previous_release, tmp_path_factory) -> tuple[Path, dict]:
     """A stopped Valkey data dir filled by the previous release's code, and what it did."""
-    return release_data(tmp_path_factory, previous_release, HERE / "legacy_release.py")
+    data = tmp_path_factory.mktemp("legacy-valkey")
+    return data, legacy_data_dir(previous_release, HERE / "legacy_release.py", data)
 
 
 @pytest.fixture

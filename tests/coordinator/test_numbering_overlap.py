@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from coordinator import keys
 from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.numbering import allocate, iter_ledger, overlap, sequences
 from coordinator.numbering.allocation import Hints
@@ -126,7 +127,7 @@ def test_no_settings_history_prints_a_number_twice_in_a_series(ops):
     create_series(client, "acme")
     # orange is registered in acme, as the registry does it.
     prepare_registration(client, "acme", "orange")
-    client.hset("{sys:orange}:system", mapping={"name": "orange", "series": "acme"})
+    client.hset(keys.system("orange"), mapping={"name": "orange", "series": "acme"})
     join(client, "acme", "orange")
     hints = Hints()
     issued = 0

@@ -149,8 +149,8 @@ def test_purge_counts_keys_removed_not_keys_scanned(redis_client):
     tag = keys.system_tag("gone")
     redis_client.set(f"{tag}:a", "x")
     redis_client.set(f"{tag}:b", "x")
-    assert registry._unlink_unless_registered(
-        redis_client, "gone", [f"{tag}:a", f"{tag}:a", f"{tag}:b"]
+    assert registry._unlink_batch(
+        redis_client, "gone", [f"{tag}:a", f"{tag}:a", f"{tag}:b"], locked=False
     ) == 2
 
 

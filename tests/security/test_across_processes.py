@@ -21,6 +21,7 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
+from coordinator import keys
 from coordinator.ops.embedded import ValkeyServer
 from tests.faults.processes import GunicornCoordinator
 from tests.support import initialise_numbering
@@ -196,7 +197,7 @@ def test_private_urls_accepted_only_when_allowed(tmp_path, stack):
         assert response.status_code == 201, response.text
     finally:
         allowed.stop()
-        redis.Redis.from_url(valkey.url).delete("systems")
+        redis.Redis.from_url(valkey.url).delete(keys.SYSTEMS)
 
 
 def test_burst_gets_429_with_retry_after_across_workers(stack):
@@ -316,9 +317,9 @@ def test_secret_readable_only_with_the_key(stack):
     valkey, _, rec = stack
     rec.new_system("keyed")
     raw = redis.Redis.from_url(valkey.url, decode_responses=True)
-    stored = json.dumps(raw.hgetall("{sys:keyed}:system"))
+    stored = json.dumps(raw.hgetall(keys.system("keyed")))
     assert API_SECRET not in stored
-    tokens = [v for v in raw.hgetall("{sys:keyed}:system").values() if v.startswith("gAAAA")]
+    tokens = [v for v in raw.hgetall(keys.system("keyed")).values() if v.startswith("gAAAA")]
     assert tokens, "the secret is stored as a Fernet token"
     script = ("import sys; from cryptography.fernet import Fernet, InvalidToken\n"
               "try: print(Fernet(sys.argv[1].encode()).decrypt(sys.argv[2].encode()).decode())\n"
