@@ -1,4 +1,4 @@
-"""The ``invoice-sync`` command: serve, worker, doctor, tokens, syncs, reports, demo."""
+"""The ``invoice-sync`` command: serve, worker, doctor, tokens, syncs, reports, backup, demo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import click
 
 from coordinator import auth
 from coordinator.auth.cli import register as _register_tokens
+from coordinator.backup.cli import register as _register_backup
 from coordinator.demo import DEMO_DURATION
 from coordinator.forecaster.cli import register as _register_forecaster
 from coordinator.numbering.cli import register as _register_numbering
@@ -119,6 +120,9 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
     from coordinator.ops.server import run_gunicorn
     embedded = None
     child = None
+    # A new data dir is a new installation: its numbering starts where the settings say. An
+    # existing one whose store is empty lost its data: it must not start numbering again.
+    new_store = uses_embedded() and not (data_dir / "valkey").exists()
     if uses_embedded():
         embedded = ValkeyServer(data_dir / "valkey", unixsocket=True, keep_fds=(lock,)).start()
         os.environ["INVOICE_SYNC_REDIS_URL"] = embedded.url
@@ -142,6 +146,8 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
                 token = ensure_admin_token(get_redis(), data_dir)
         if token:
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
+        with app.app_context():
+            _check_numbering(get_redis(), new_store)
         click.echo(f"coordinator on http://{host}:{port} (dashboard: /ui/)", err=True)
         if sync_worker:
             from coordinator.forecaster.worker import spawn_worker_process
@@ -162,6 +168,25 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
                 child.wait()
         if embedded:
             embedded.stop()
+
+
+def _check_numbering(client, new_store: bool) -> None:
+    """Initialise the numbering of a new data dir; say so when a store must not number yet."""
+    from coordinator.numbering import guard
+
+    if new_store:
+        guard.mark_initialised(client, "first serve on a new data dir")
+        click.echo("numbering initialised: new data dir, sequences start at their settings "
+                   "(GET /v1/sequences)", err=True)
+        return
+    # A data dir of the previous release (no guard yet) is adopted here, without renumbering;
+    # one older than series is moved into the series layout first.
+    from coordinator.numbering.migrate import ensure_layout
+
+    ensure_layout(client)
+    for series in guard.adopt_all(client):
+        click.echo("allocations are refused (503): "
+                   + guard.not_initialised_message(client, series), err=True)
 
 
 def _use_key_file(data_dir: Path) -> None:
@@ -277,3 +302,4 @@ _register_forecaster(main)
 _register_numbering(main)
 _register_tokens(main)
 _register_addon(main)
+_register_backup(main)

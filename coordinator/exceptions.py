@@ -5,6 +5,7 @@
     │   └── UnsafeURL             a WHMCS URL points where the coordinator must not fetch
     ├── NotFound                  no such sequence, allocation, system, sync, warning (404)
     ├── Conflict                  the request contradicts what is stored (409)
+    │   └── BackupRefused         a restore/backup that cannot be done as asked (nothing done)
     ├── AuthError                 missing or unknown token (401)
     │   └── Forbidden             valid token, wrong scope (403)
     ├── RateLimited               too many requests for this token (429)
@@ -13,6 +14,9 @@
     │                             not help, an operator must look (500, raises a warning)
     └── ServiceUnavailable        Redis down or a write not confirmed durable (503)
         ├── NotDurable
+        ├── NumberingNotInitialised  an empty store never set explicitly does not number
+        ├── NumberingBehind       a WHMCS shows a number above the counter of the period
+        ├── RecoveryIncomplete    ``recover`` could not read a WHMCS or journal (nothing done)
         └── SecretsNotConfigured  no (valid) INVOICE_SYNC_SECRET_KEYS to encrypt with
 """
 
@@ -48,6 +52,11 @@ class NotFound(CoordinatorError):
 
 class Conflict(CoordinatorError):
     """The request contradicts stored state (lowering next_number, a sync already running)."""
+
+
+class BackupRefused(Conflict):
+    """A backup or restore cannot be done as asked (a non-empty store, a damaged file, an
+    older server); nothing was changed."""
 
 
 class AuthError(CoordinatorError):
@@ -88,6 +97,21 @@ class ServiceUnavailable(CoordinatorError):
 
 class NotDurable(ServiceUnavailable):
     """A write was not confirmed on disk (and replicas) in time; retry the same request."""
+
+
+class NumberingNotInitialised(ServiceUnavailable):
+    """No number was ever issued and the sequences were never set explicitly: the store may
+    have lost its data, and numbering from it would hand out numbers already printed."""
+
+
+class NumberingBehind(ServiceUnavailable):
+    """A sync saw, in a WHMCS, a number of this period above the counter: the store is behind
+    reality until an admin raises ``next_number`` past it."""
+
+
+class RecoveryIncomplete(ServiceUnavailable):
+    """``invoice-sync recover`` could not read a source of the numbers in use completely (a
+    WHMCS, an agent's journal); nothing was recovered."""
 
 
 class SecretsNotConfigured(ServiceUnavailable):

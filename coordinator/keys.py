@@ -128,6 +128,16 @@ def seq_skips(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}skips:{period}"
 
 
+def seq_guard(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """Hash: the guard against numbering from a store behind reality (``numbering/guard.py``).
+
+    ``initialised`` (when and why the series' numbering was set explicitly; a restore removes
+    it and records ``restored``: the backup it came from) and ``seen:<period>`` (the highest
+    number a sync or a recovery saw in a WHMCS: ``<number>|<formatted>|<system>``).
+    ``allocate.lua`` reads it before taking a new number."""
+    return f"{seq_prefix(seq, series)}guard"
+
+
 def seq_voids(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
     """Sorted set: the voided numbers of ``period`` scored by themselves, added by the void
     itself (transition.lua), so the gap report reads the voids, not the whole period."""
@@ -263,6 +273,12 @@ def rate_auth_failures(window: int) -> str:
 
 TOKENS_LAST_USED = f"{RATE_LIMIT_PREFIX}last-used"
 """Hash: sha256(token) -> unix start of the last rate window the token was used in."""
+
+BACKUP_EXCLUDED_PREFIXES = (RATE_LIMIT_PREFIX, "rq:", "ui:session:")
+"""Keys ``invoice-sync backup`` leaves out: request accounting (counters bumped by every
+request, not data), RQ's queues and worker registrations (a restored store must not run
+yesterday's jobs; syncs are re-run on demand or by the daily schedule) and dashboard logins
+(a restore must not bring back a session that was logged out or expired meanwhile)."""
 
 
 # --- forecaster ---------------------------------------------------------------------------

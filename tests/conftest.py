@@ -20,6 +20,7 @@ from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.embedded import server_binary as default_server_binary
+from tests.support import initialise_numbering
 
 SERVERS = ("valkey", "redis")
 """Ids of the two servers the parametrized tests run on (see the module docstring)."""
@@ -111,9 +112,14 @@ def valkey(request: pytest.FixtureRequest,
 
 @pytest.fixture
 def redis_client(valkey: ValkeyServer) -> redis.Redis:
-    """A client of the session server, emptied before each test."""
+    """A client of the session server, emptied before each test.
+
+    Its numbering is initialised, as the first ``serve`` on a new data dir does (an empty
+    store refuses to number otherwise: tests of that flush it again).
+    """
     client = redis.Redis.from_url(valkey.url, decode_responses=True)
     client.flushall()
+    initialise_numbering(client)
     yield client
     client.close()
 

@@ -215,3 +215,10 @@ def at_once(calls: list) -> list:
     for thread in threads:
         thread.join()
     return results
+
+
+def initialise_numbering(client) -> None:
+    """Initialise the numbering of a fresh test store, as ``serve``'s first start does."""
+    from coordinator.numbering import guard
+
+    guard.mark_initialised(client, "test fixture")

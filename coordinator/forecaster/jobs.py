@@ -227,6 +227,7 @@ def _after_success(client: redis.Redis, system: str) -> None:
             "is applied to all of them in reports; give each currency its own system.",
             system=system, code="mixed_currencies",
         )
+    _guard_numbering(client, system)
     # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
     # The sync itself is done and recorded: a failure here is logged, not the sync's failure.
     try:
@@ -235,6 +236,32 @@ def _after_success(client: redis.Redis, system: str) -> None:
                         {s["name"]: s["series"] for s in systems})
     except Exception:
         log.exception("reconciliation after the sync of %s failed", system)
+
+
+def _guard_numbering(client: redis.Redis, system: str) -> None:
+    """Stop numbering a period in which this WHMCS shows a number above the counter."""
+    from coordinator.forecaster import store
+    from coordinator.numbering import guard
+    from coordinator.numbering.series import series_of_system
+
+    try:
+        series = series_of_system(client, system) or keys.DEFAULT_SERIES
+        ahead = guard.check_synced_numbers(
+            client, system, (number for number, _n in store.iter_numbers(client, system)),
+            series)
+    except Exception:
+        log.exception("the numbering guard after the sync of %s failed", system)
+        return
+    for found in ahead:
+        warnings.raise_warning(
+            client, warnings.NUMBERING_BEHIND,
+            f"{system} shows invoice number {found['formatted']} (series {found['series']}, "
+            f"{found['sequence']} {found['period']} number {found['number']}), above the last "
+            f"number issued ({found['counter']}): numbering of {found['sequence']} in "
+            f"{found['period']} is refused until `invoice-sync recover` or an admin raises "
+            "next_number past it (docs/RECOVERY.md)",
+            system=system, detail=f"{found['series']}:{found['sequence']}:{found['period']}",
+            code="numbering_behind")
 
 
 class SyncJobFailed(Exception):

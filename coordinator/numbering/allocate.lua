@@ -16,6 +16,7 @@
 -- KEYS[9] {ser:R}:formatted      hash: formatted number -> ledger id (the whole series)
 -- KEYS[10] {ser:R}:S:events      list: the hash-chained ledger events (sealed by chain.py)
 -- KEYS[11] {ser:R}:S:chain       list: their hashes (only read: where the caller seals from)
+-- KEYS[12] {ser:R}:S:guard       hash: initialised, seen:<P> (numbering/guard.py)
 --
 -- ARGV[1] document (invoice | credit_note)   ARGV[2] system     ARGV[3] reference
 -- ARGV[4] document date YYYY-MM-DD            ARGV[5] period P   ARGV[6] reset P was chosen by
@@ -35,11 +36,13 @@
 --          reset (the sequence resets otherwise: detail = its reset; choose P again),
 --          period (reference already numbered in another period: detail = its id),
 --          exhausted (next number past the cap or the padding: detail = last number),
---          duplicate (the formatted number is already used in the series: detail = it, its id)
+--          duplicate (the formatted number is already used in the series: detail = it, its id),
+--          not_initialised (the series' numbering was never set explicitly, or was restored),
+--          behind (a WHMCS shows a number of P above the counter: detail = guard's seen:<P>)
 --
 -- Numbers stay below 2^53 so Lua's doubles hold them exactly; they travel as strings in JSON.
 
-local NKEYS, NARGS = 11, 11
+local NKEYS, NARGS = 12, 11
 local OTHERS_MAX = 64
 local count = #KEYS / NKEYS
 local settings_of, counters, formatted_taken, refs_taken = {}, {}, {}, {}
@@ -93,6 +96,16 @@ for i = 1, count do
     local increment = tonumber(s['increment'])
     local padding = tonumber(s['padding'])
     local current = counters[KEYS[k + 5]] or tonumber(redis.call('GET', KEYS[k + 5]) or '0')
+    -- backup guard (numbering/guard.py): never number from a store that may be behind reality
+    -- (lost data, an old backup). Replays above still answer; only new numbers wait.
+    local guard = redis.call('HMGET', KEYS[k + 12], 'initialised', 'seen:' .. period)
+    if not guard[1] then
+      return {'error', i, 'not_initialised'}
+    end
+    if guard[2] and tonumber(string.match(guard[2], '^(%d+)')) > current then
+      return {'error', i, 'behind', guard[2]}
+    end
+    -- end backup guard
     local number = current + increment
     local digits = string.format('%.0f', number)
     if number > tonumber(ARGV[a + 8]) or (padding > 0 and #digits > padding) then

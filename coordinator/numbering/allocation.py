@@ -25,9 +25,11 @@ from coordinator.exceptions import (
     Forbidden,
     InternalFault,
     NotFound,
+    NumberingBehind,
+    NumberingNotInitialised,
     ServiceUnavailable,
 )
-from coordinator.numbering import chain, scripts
+from coordinator.numbering import chain, guard, scripts
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
@@ -192,7 +194,7 @@ def allocate_batch(
                 keys.seq_ledger(sequence, period, series),
                 keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
                 keys.series_formatted(series), keys.seq_events(sequence, series),
-                keys.seq_chain(sequence, series),
+                keys.seq_chain(sequence, series), keys.seq_guard(sequence, series),
             ]
             args += [item.document, system, item.reference, item.day.isoformat(), period,
                      reset, now, MAX_NUMBER, sequence,
@@ -244,6 +246,15 @@ def allocate_batch(
             raise ServiceUnavailable(
                 f"System {system!r} is between series (a move or removal did not finish); "
                 "retry shortly, or repeat the admin's change")
+        elif code == "not_initialised" and f"adopt:{series}" not in tried and (
+                guard.adopt(client, series)):
+            # Data of the previous release, or a new series in a live store: initialised now.
+            tried.add(f"adopt:{series}")
+        elif code == "not_initialised":
+            raise NumberingNotInitialised(guard.not_initialised_message(client, series))
+        elif code == "behind":
+            raise NumberingBehind(guard.behind_message(series, sequence, where[index][1],
+                                                       detail[0]))
         elif code == "period":
             raise BatchConflict(
                 index, f"Reference {item.reference!r} already has number {detail[0]}, in "
@@ -375,7 +386,8 @@ def reissue(
          keys.seq_periods(sequence, series), keys.seq_counter(sequence, period, series),
          keys.seq_ledger(sequence, period, series),
          keys.seq_ledger_order(sequence, period, series), keys.series_members(series),
-         keys.series_formatted(series), keys.seq_events(sequence, series)],
+         keys.series_formatted(series), keys.seq_events(sequence, series),
+         keys.seq_guard(sequence, series)],
         [number, reason, actor, iso(utcnow()), _reset_of(period), MAX_NUMBER,
          "" if series == DEFAULT_SERIES else f"{series}/",
          "1" if series == DEFAULT_SERIES else "0"],
@@ -407,5 +419,12 @@ def reissue(
                        "number in the sequence that numbers them now")
     if code in ("exhausted", "duplicate"):
         raise Conflict(_no_number(code, reply[2:], sequence, series))
+    if code == "not_initialised" and guard.adopt(client, series):
+        # Data of the previous release, adopted here as by allocate (once: it is now marked).
+        return reissue(client, allocation_id, reason, actor=actor, durability=durability)
+    if code == "not_initialised":
+        raise NumberingNotInitialised(guard.not_initialised_message(client, series))
+    if code == "behind":
+        raise NumberingBehind(guard.behind_message(series, sequence, period, reply[2]))
     raise InternalFault(f"reissue of {allocation_id} refused with {code!r}: the stored "
                         "settings contradict the ledger entry; no number was taken")

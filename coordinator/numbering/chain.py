@@ -46,8 +46,9 @@ GENESIS = "0" * 64
 PAGE = 500
 """Events read (and sealed) per round trip."""
 
-NUMBERING_EVENTS = ("issued", "reissued")
-"""Event types that take a number (each adds one entry to the ledger)."""
+NUMBERING_EVENTS = ("issued", "reissued", "recovered")
+"""Event types that take a number (each adds one entry to the ledger; ``recovered``: a number
+found in use by ``invoice-sync recover``)."""
 
 FORMAT = "invoice-sync-ledger/1"
 """The export format's name, in its header line."""

@@ -11,6 +11,7 @@
 --         where P is the void entry's period (the new number is taken in it too)
 -- KEYS[8] {ser:R}:members        KEYS[9] {ser:R}:formatted
 -- KEYS[10] {ser:R}:S:events      list: the hash-chained ledger events (sealed by chain.py)
+-- KEYS[11] {ser:R}:S:guard       hash: initialised, seen:<P> (numbering/guard.py)
 --
 -- ARGV[1] number of the void entry in P   ARGV[2] reason   ARGV[3] actor (for the record)
 -- ARGV[4] now (ISO 8601 UTC)   ARGV[5] reset P was chosen by   ARGV[6] largest number allowed
@@ -22,7 +23,8 @@
 --          in the reference index is another one: detail = its id or ''), uninitialized,
 --          member (the system is not served here), moved (credit notes are not numbered in S),
 --          reset (detail = the sequence's reset), exhausted (detail = last number),
---          duplicate (detail = the formatted number, its id)
+--          duplicate (detail = the formatted number, its id),
+--          not_initialised, behind (as allocate.lua: the store may be behind reality)
 
 local old_raw = redis.call('HGET', KEYS[6], ARGV[1])
 if not old_raw then
@@ -60,6 +62,16 @@ end
 
 local increment, padding = tonumber(s['increment']), tonumber(s['padding'])
 local current = tonumber(redis.call('GET', KEYS[5]) or '0')
+-- backup guard (numbering/guard.py), as in allocate.lua: a new number waits while the store
+-- may be behind reality (lost data, an old backup).
+local guard = redis.call('HMGET', KEYS[11], 'initialised', 'seen:' .. period)
+if not guard[1] then
+  return {'error', 'not_initialised'}
+end
+if guard[2] and tonumber(string.match(guard[2], '^(%d+)')) > current then
+  return {'error', 'behind', guard[2]}
+end
+-- end backup guard
 local number = current + increment
 local number_text = string.format('%.0f', number)
 if number > tonumber(ARGV[6]) or (padding > 0 and #number_text > padding) then

@@ -221,6 +221,24 @@ def _check_outputs(raws: dict[str, dict[str, str]], name: str, changes: dict) ->
 
 
 def update(
+    client: redis.Redis, name: str, changes: dict[str, Any], *, actor: str,
+    period: str | None = None, today: date | None = None, series: str = DEFAULT_SERIES,
+) -> dict[str, Any]:
+    """Apply an admin's ``changes`` (see :func:`_update`); the series' numbering is then
+    initialised.
+
+    Setting a sequence is the explicit act an empty (or restored) store waits for before it
+    numbers (``numbering/guard.py``), also with the values it already has.
+    """
+    described = _update(client, name, changes, actor=actor, period=period, today=today,
+                        series=series)
+    from coordinator.numbering import guard  # guard reads settings through this module
+
+    guard.mark_initialised(client, f"sequence {name} set by {actor}", series)
+    return described
+
+
+def _update(
     client: redis.Redis,
     name: str,
     changes: dict[str, Any],

@@ -198,7 +198,8 @@ def delete_series(client: redis.Redis, name: str, systems: list[str]) -> None:
                            "is kept for its ledger")
         doomed = [record_key, members_key, keys.series_formatted(name), *stats, *periods_keys]
         for sequence, periods_key in zip(SEQUENCES, periods_keys, strict=True):
-            doomed += [keys.seq_settings(sequence, name), keys.seq_audit(sequence, name)]
+            doomed += [keys.seq_settings(sequence, name), keys.seq_audit(sequence, name),
+                       keys.seq_guard(sequence, name)]  # a series made again starts afresh
             for period in pipe.smembers(periods_key):
                 doomed += [keys.seq_counter(sequence, period, name),
                            keys.seq_skips(sequence, period, name)]

@@ -213,12 +213,13 @@ def forget_topology(client: Any) -> None:
             pass  # the next request tries again
 
 
-def make_redis(config: Mapping[str, Any]) -> redis.Redis:
+def make_redis(config: Mapping[str, Any], *, decode: bool = True) -> redis.Redis:
     """Return a client for the configured Redis (decoded strings, bounded timeouts).
 
     Its transactions wait for durability as ``config`` asks (DURABLE_REPLICAS, ...).
+    ``decode=False`` answers bytes (``invoice-sync backup`` reads binary DUMP payloads).
     """
-    client = _connect(config)
+    client = _connect(config, decode)
     client.durability_guard = confirmation.Guard(config)
     if config.get("QUEUE_REDIS_URL"):
         client.queue_client = redis.Redis.from_url(
@@ -226,14 +227,14 @@ def make_redis(config: Mapping[str, Any]) -> redis.Redis:
     return client
 
 
-def _connect(config: Mapping[str, Any]) -> DurableRedis | DurableCluster:
+def _connect(config: Mapping[str, Any], decode: bool = True) -> DurableRedis | DurableCluster:
     timeout = float(config["REDIS_SOCKET_TIMEOUT"])
     if config.get("REDIS_CLUSTER"):
         seeds = parse_nodes(config["REDIS_CLUSTER"], "INVOICE_SYNC_REDIS_CLUSTER")
         return DurableCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in seeds],
             password=config.get("REDIS_PASSWORD"), socket_timeout=timeout,
-            socket_connect_timeout=timeout, decode_responses=True,
+            socket_connect_timeout=timeout, decode_responses=decode,
             # While a master's replica is being promoted, the other masters keep serving.
             require_full_coverage=False,
         )
@@ -247,7 +248,7 @@ def _connect(config: Mapping[str, Any]) -> DurableRedis | DurableCluster:
             config["SENTINEL_MASTER"],
             password=config.get("REDIS_PASSWORD"),
             socket_timeout=timeout,
-            decode_responses=True,
+            decode_responses=decode,
             redis_class=DurableRedis,
         )
     if not config.get("REDIS_URL"):
@@ -258,7 +259,7 @@ def _connect(config: Mapping[str, Any]) -> DurableRedis | DurableCluster:
         )
     return DurableRedis.from_url(
         config["REDIS_URL"], socket_timeout=timeout, socket_connect_timeout=timeout,
-        decode_responses=True, health_check_interval=30,
+        decode_responses=decode, health_check_interval=30,
     )
 
 

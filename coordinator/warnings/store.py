@@ -27,6 +27,8 @@ MIXED_CURRENCIES = "mixed_currencies"
 DUPLICATE_NUMBER = "duplicate_number"
 UNKNOWN_NUMBER = "number_not_issued"
 MISSING_NUMBER = "issued_number_not_seen"
+NUMBERING_BEHIND = "numbering_behind"
+"""A WHMCS shows a number above the counter of its period: numbering there is refused."""
 INTERNAL_ERROR = "internal_error"
 """A request failed on something broken (a bug, damaged data), answered 500 (``errors.py``)."""
 CENTRAL_POLL_FAILED = "central_poll_failed"
@@ -35,7 +37,7 @@ UNCONFIRMED_NUMBERS = "unconfirmed_numbers"
 """Numbers issued longer than the grace time ago and neither confirmed nor voided, per series
 and sequence (the scheduler, ``ops/unconfirmed.py``)."""
 TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSING_NUMBER,
-         INTERNAL_ERROR, CENTRAL_POLL_FAILED, UNCONFIRMED_NUMBERS)
+         NUMBERING_BEHIND, INTERNAL_ERROR, CENTRAL_POLL_FAILED, UNCONFIRMED_NUMBERS)
 """Warning types the coordinator raises (the gauge shows each, at 0 when none is open)."""
 
 

@@ -228,6 +228,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, ValkeyServer(Path(tmp) / "valkey") as valkey:
         client = redis.Redis.from_url(valkey.url, decode_responses=True)
+        from coordinator.numbering import guard
+
+        guard.mark_initialised(client, "benchmark")  # a fresh store, as serve's first start
         token = auth.new_token(auth.AGENT)
         client.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record("bench"))
         valkey_pid = int(client.info("server")["process_id"])

@@ -49,6 +49,9 @@ def commands(client: redis.Redis) -> int:
 
 
 def fill(client: redis.Redis, size: int, void_every: int) -> None:
+    from coordinator.numbering import guard
+
+    guard.mark_initialised(client, "benchmark")  # a fresh store, as serve's first start
     hints = Hints()
     for i in range(size):
         entry, _ = allocation.allocate(client, "blue", "invoice", str(100000 + i), DAY,

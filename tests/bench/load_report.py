@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp, \
                 ValkeyServer(Path(tmp) / "valkey") as valkey:
+            import redis
+
+            from coordinator.numbering import guard
+
+            guard.mark_initialised(redis.Redis.from_url(valkey.url, decode_responses=True),
+                                   "load report")  # a fresh store, as serve's first start
             settings = {
                 "REDIS_URL": valkey.url, "ADMIN_TOKEN": admin,
                 "SECRET_KEYS": Fernet.generate_key().decode(), "ALLOW_HTTP_SYSTEM_URLS": 1,

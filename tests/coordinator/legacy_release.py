@@ -14,11 +14,13 @@ import json
 import sys
 
 
-def main(url: str, output: str) -> None:
+def session(url: str) -> tuple:
+    """Return a Redis client, admin headers, what was done and ``call`` (one HTTP request to
+    an app of the release on ``PYTHONPATH``, recorded in ``done["answers"]``)."""
     from cryptography.fernet import Fernet
 
     import coordinator
-    from coordinator import auth, keys
+    from coordinator import auth
     from coordinator.app import create_app
 
     client_redis = __import__("redis").Redis.from_url(url, decode_responses=True)
@@ -29,7 +31,7 @@ def main(url: str, output: str) -> None:
                       "ALLOW_PRIVATE_SYSTEM_URLS": True,
                       "SECRET_KEYS": Fernet.generate_key().decode()})
     http = app.test_client()
-    done: dict = {"code": coordinator.__file__, "answers": []}
+    done: dict = {"code": coordinator.__file__, "answers": [], "admin_token": admin_token}
 
     def call(method: str, path: str, headers: dict, body: dict | None = None) -> dict:
         response = getattr(http, method)(path, headers=headers, json=body)
@@ -38,6 +40,14 @@ def main(url: str, output: str) -> None:
         done["answers"].append(answer)
         return answer
 
+    return client_redis, admin, done, call
+
+
+def main(url: str, output: str) -> None:
+    from coordinator import auth, keys
+
+    client_redis, admin, done, call = session(url)
+    admin_token = done["admin_token"]
     # A registered system (its record has no "series": the old release had none).
     blue = call("post", "/v1/systems", admin, {
         "name": "blue", "url": "http://127.0.0.1:9/includes/api.php",

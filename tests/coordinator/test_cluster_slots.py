@@ -25,8 +25,9 @@ from redis.cluster import key_slot
 import coordinator
 from agent import WhmcsInvoice
 from coordinator import keys, lua
+from coordinator.backup import snapshot
 from coordinator.forecaster import lock, store
-from coordinator.numbering import allocation, chain, migrate, sequences
+from coordinator.numbering import allocation, chain, migrate, recover, sequences
 from coordinator.numbering import series as series_mod
 from coordinator.ops.ratelimit import RateLimiter
 from coordinator.systems import registry, secrets
@@ -119,6 +120,16 @@ def _exercise(client: redis.Redis, series: str, system: str, reference: str,
     allocation.transition(client, voided["id"], "void", "r", actor_kind="admin",
                           actor_system=None, actor="admin")
     allocation.reissue(client, voided["id"], "r", actor="admin")  # reissue.lua
+    # invoice-sync recover (recover.lua): a number in use that the ledger lacks.
+    found = recover.Evidence(system, "INV-2026-000040", "journal:x", reference=reference + "?",
+                             document="invoice", series=series, sequence="invoice",
+                             period="2026", number=40)
+    recover.apply(client, recover.plan(client, [found], {}), actor="admin", reason="r")
+    # invoice-sync backup (dump_unit.lua): one script per hash tag, on a bytes client.
+    raw = redis.Redis(connection_pool=redis.ConnectionPool(**{
+        **client.connection_pool.connection_kwargs, "decode_responses": False}))
+    snapshot.take(raw)
+    raw.connection_pool.disconnect()
     # The forecaster: the sync lock and the upsert fenced by it.
     assert lock.claim(client, system, "sync-1", 60_000)
     assert lock.renew(client, system, "sync-1", 60_000)

@@ -14,6 +14,7 @@ from redis._parsers.base import BaseParser
 from coordinator import auth, errors, keys
 from coordinator.app import create_app
 from coordinator.ops.embedded import ValkeyServer
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +163,7 @@ def test_real_replica_answers_503_readonly_then_masterdown(stale_replica):
     client = create_app({"TESTING": True, "REDIS_URL": server.url}).test_client()
     token = auth.new_token(auth.AGENT)
     direct.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record("blue"))
+    initialise_numbering(direct)
     headers = {"Authorization": f"Bearer {token}"}
     assert _take(client, headers, "warm").status_code == 201  # sequences initialised
     direct.execute_command("REPLICAOF", "127.0.0.1", "1")  # nothing listens on port 1

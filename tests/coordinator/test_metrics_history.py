@@ -15,6 +15,7 @@ import pytest
 from coordinator.numbering import allocation
 from coordinator.numbering.allocation import Hints, Item
 from tests.coordinator import redis_counting
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,7 @@ def _backlog(text: str) -> int:
 
 def _cost_at(client, redis_client, history: int):
     redis_client.flushall()
+    initialise_numbering(redis_client)
     _fill(redis_client, history)
     for _ in range(10):  # the index reads a bounded slice of new numbers per scrape
         if _backlog(client.get("/metrics").get_data(as_text=True)) == 0:

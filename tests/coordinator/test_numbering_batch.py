@@ -18,7 +18,7 @@ from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, iter_ledger
 from coordinator.numbering.allocation import BatchConflict, Hints, Item
 from coordinator.ops.embedded import ValkeyServer
-from tests.support import snapshot
+from tests.support import initialise_numbering, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +119,7 @@ def test_acknowledged_batch_survives_kill_9(tmp_path):
         setup = redis.Redis.from_url(server.url, decode_responses=True)
         token = auth.new_token(auth.AGENT)
         setup.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record("blue"))
+        initialise_numbering(setup)
         setup.close()
         headers = {"Authorization": f"Bearer {token}"}
         client = create_app({"TESTING": True, "REDIS_URL": server.url}).test_client()
@@ -169,12 +170,14 @@ def _without_time(taken):
 @given(history=_ITEMS, items=_ITEMS)
 def test_a_batch_numbers_exactly_as_one_by_one(redis_client, history, items):
     redis_client.flushall()
+    initialise_numbering(redis_client)
     _one_by_one(redis_client, history)
     failed_at, expected = _one_by_one(redis_client, items)
     after_singles = snapshot(redis_client, skip=(b"{ser:default}:invoice:stats",
                                                  b"{ser:default}:credit_note:stats"))
     events_after_singles = _events_without_time(redis_client)
     redis_client.flushall()
+    initialise_numbering(redis_client)
     _one_by_one(redis_client, history)
     before = snapshot(redis_client)
     try:

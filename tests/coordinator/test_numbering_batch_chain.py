@@ -22,6 +22,7 @@ from coordinator.numbering import allocation, chain, iter_ledger
 from coordinator.numbering.allocation import Hints, Item
 from tests.coordinator import redis_counting
 from tests.coordinator.systems_support import register, registry_config
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -149,6 +150,7 @@ def _period(entry_id: str) -> str:
 @given(steps=st.lists(_STEP, min_size=1, max_size=8))
 def test_any_interleaving_of_singles_and_batches_keeps_the_chain_whole(redis_client, steps):
     redis_client.flushall()
+    initialise_numbering(redis_client)
     hints, numbered = Hints(), {}
     for kind, what in steps:
         try:

@@ -13,6 +13,7 @@ from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.numbering import iter_ledger
 from coordinator.ops.embedded import ValkeyServer
+from tests.support import initialise_numbering
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -21,6 +22,7 @@ def _agent(url: str, system: str = "blue") -> dict:
     client = redis.Redis.from_url(url, decode_responses=True)
     token = auth.new_token(auth.AGENT)
     client.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(system))
+    initialise_numbering(client)
     client.close()
     return {"Authorization": f"Bearer {token}"}
 

@@ -10,7 +10,7 @@ import pytest
 from coordinator import keys
 from coordinator.exceptions import Conflict, InvalidInput
 from coordinator.numbering import allocate, gaps, list_ledger, sequences
-from tests.support import snapshot
+from tests.support import initialise_numbering, snapshot
 
 
 def take(client, headers, reference, date="2026-11-21"):
@@ -52,6 +52,7 @@ def test_periods_by_document_date():
 
 def test_allocation_logic_on_fakeredis():
     client = fakeredis.FakeRedis(decode_responses=True)
+    initialise_numbering(client)
     entry, new = allocate(client, "blue", "invoice", "1", date(2026, 2, 3))
     assert new and (entry["formatted"], entry["number"]) == ("INV-2026-000001", 1)
     again, new = allocate(client, "blue", "invoice", "1", date(2026, 7, 3))

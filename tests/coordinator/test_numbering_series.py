@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from coordinator import keys
 from coordinator.app import create_app
 from tests.coordinator.systems_support import FakeResolver, body
-from tests.support import snapshot
+from tests.support import initialise_numbering, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +110,7 @@ def test_routing_hints_belong_to_one_app(app_config, valkey, admin_token, agent)
     # The same data seen by an app on another database: credit notes are dedicated there.
     other_db = {**app_config, "REDIS_URL": valkey.url[:-2] + "/1"}
     redis.Redis.from_url(other_db["REDIS_URL"]).flushdb()
+    initialise_numbering(redis.Redis.from_url(other_db["REDIS_URL"], decode_responses=True))
     second = create_app(other_db).test_client()
     redis.Redis.from_url(other_db["REDIS_URL"], decode_responses=True).hset(
         keys.TOKENS, mapping=redis.Redis.from_url(valkey.url, decode_responses=True).hgetall(

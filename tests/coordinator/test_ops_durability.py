@@ -21,6 +21,7 @@ from coordinator.cli import main
 from coordinator.numbering import iter_ledger
 from coordinator.ops import confirmation
 from coordinator.ops.embedded import ValkeyServer
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +37,7 @@ def has_waitaof(binary: str) -> bool:
 
 
 def _agent(client: redis.Redis, system: str = "blue") -> dict:
+    initialise_numbering(client)  # a fresh server, as serve's first start leaves it
     token = auth.new_token(auth.AGENT)
     client.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(system))
     return {"Authorization": f"Bearer {token}"}

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from coordinator import keys
 from coordinator.numbering import allocation, ledger
 from coordinator.ops import unconfirmed
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +42,7 @@ operations = st.lists(st.one_of(
 @given(ops=operations)
 def test_count_matches_the_gaps_report_whatever_happened(redis_client, ops):
     redis_client.flushall()
+    initialise_numbering(redis_client)  # each example is a fresh store, as serve starts it
     ids: list[str] = []
     for op in ops:
         if op[0] == "allocate":

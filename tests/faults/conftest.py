@@ -12,6 +12,7 @@ import requests
 from coordinator import auth, keys
 from coordinator.ops.embedded import ValkeyServer
 from tests.faults.processes import GunicornCoordinator
+from tests.support import initialise_numbering
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,6 +58,7 @@ def register_agent_token(client: redis.Redis, system: str) -> str:
     """Create an agent token of ``system`` directly in Redis and return it."""
     token = auth.new_token(auth.AGENT)
     client.hset(keys.TOKENS, auth.digest(token), auth.agent_token_record(system))
+    initialise_numbering(client)  # a store of the tests, as serve's first start does
     return token
 
 

@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from coordinator import keys
 from coordinator.ops.embedded import ValkeyServer
 from tests.faults.processes import GunicornCoordinator
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +80,8 @@ class Recorder:
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("security-stack")
     valkey = ValkeyServer(base / "valkey").start()
+    with redis.Redis.from_url(valkey.url, decode_responses=True) as client:
+        initialise_numbering(client)
     coordinator = GunicornCoordinator(base / "gunicorn", {
         "REDIS_URL": valkey.url, "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEYS": FERNET_KEY,
         "RATE_LIMIT_AGENT": RATE_LIMIT, "RATE_LIMIT_ADMIN": 0, "RATE_LIMIT_WINDOW": RATE_WINDOW,

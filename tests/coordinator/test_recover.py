@@ -1,0 +1,240 @@
+"""``invoice-sync recover`` on real Valkey against the fake WHMCS over loopback HTTP: a store
+restored from an older backup (or a lost one) numbers again above every number in use."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+import redis
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from agent import Journal
+from agent._models import Allocation
+from coordinator import keys
+from coordinator.cli import main
+from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
+from coordinator.numbering import allocation, chain, gaps, iter_ledger, sequences
+from coordinator.numbering import recover as recovery
+from coordinator.numbering.recover import Evidence
+from coordinator.ops.embedded import ValkeyServer
+from tests.coordinator.forecaster import conftest as forecaster_fixtures
+from tests.support import initialise_numbering
+
+pytestmark = pytest.mark.integration
+
+# The fake WHMCS over loopback HTTP and a system registered at it, as the forecaster tests
+# have them (their conftest is not visible from here).
+fake, register = forecaster_fixtures.fake, forecaster_fixtures.register
+settings, secret_key = forecaster_fixtures.settings, forecaster_fixtures.secret_key
+
+DAY = date(2026, 5, 5)
+
+
+def _issue_into_whmcs(client, fake, count, start_reference):
+    """Number ``count`` new WHMCS invoices as an agent does: allocate, write invoicenum."""
+    taken = []
+    for offset in range(count):
+        invoice_id = fake.app.add_invoice(subtotal="10.00", date=DAY)
+        assert invoice_id == start_reference + offset
+        entry, new = allocation.allocate(client, "blue", "invoice", str(invoice_id), DAY)
+        assert new
+        fake.app.set_invoicenum(invoice_id, entry["formatted"])
+        taken.append(entry)
+    return taken
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_recover_after_restoring_an_older_backup_continues_above_every_number_in_use(
+        valkey, redis_client, settings, register, fake, tmp_path, monkeypatch):
+    register("blue", fake, step=7, auto_sync=False)
+    _issue_into_whmcs(redis_client, fake, 5, 1)  # INV-2026-000001..5
+    backup = tmp_path / "old.json"
+    monkeypatch.setenv("INVOICE_SYNC_BACKUP_PASSPHRASE", "pass phrase")
+    result = _invoke("backup", "--output", str(backup), "--with-secret-keys")
+    assert result.exit_code == 0, result.output
+    after_backup = _issue_into_whmcs(redis_client, fake, 4, 6)  # 6..9 printed in WHMCS
+    # The agent also received 10 and had not yet written it when the store was lost.
+    journal_path = tmp_path / "blue-journal.sqlite"
+    tenth, _ = allocation.allocate(redis_client, "blue", "invoice", "pending-10", DAY)
+    with Journal(journal_path) as journal:
+        for entry in [*after_backup, tenth]:
+            journal.receive(Allocation.from_json(entry), before=journal.mark())
+    assert tenth["number"] == 10
+
+    # The store is lost; the admin restores the old backup into a fresh data dir.
+    data_dir = tmp_path / "fresh"
+    for name in ("INVOICE_SYNC_REDIS_URL", "INVOICE_SYNC_SECRET_KEYS"):
+        monkeypatch.delenv(name)
+    result = _invoke("restore", "--data-dir", str(data_dir), "--with-secret-keys", str(backup))
+    assert result.exit_code == 0, result.output
+    with ValkeyServer(data_dir / "valkey", unixsocket=True) as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        with pytest.raises(NumberingNotInitialised, match="waits after a restore"):
+            allocation.allocate(client, "blue", "invoice", "new", DAY)
+        assert client.get(keys.seq_counter("invoice", "2026")) == "5"
+        before = {key: client.dump(key) for key in client.scan_iter(match="{ser:*")}
+
+        # The dry run says what it will do and changes no numbering.
+        result = _invoke("recover", "--data-dir", str(data_dir), "--reason", "disk lost",
+                         "--journal", f"blue={journal_path}", "--dry-run", "--json")
+        assert result.exit_code == 0, result.output
+        plan = json.loads(result.output[result.output.index("{"):])
+        assert plan["dry_run"] is True
+        assert plan["plan"]["periods"] == [{
+            "series": "default", "sequence": "invoice", "period": "2026", "counter": 5,
+            "new_counter": 10, "next_number": 11, "raise": True, "in_use": 10,
+            "already_in_ledger": 5, "recover": 5,
+            "sources": {"whmcs:blue": 4, "journal:blue": 1}, "unknown_skipped": 0,
+            "first": [6], "last": [10]}]
+        assert plan["plan"]["initialise_series"] == ["default"]
+        assert {key: client.dump(key) for key in client.scan_iter(match="{ser:*")} == before
+
+        result = _invoke("recover", "--data-dir", str(data_dir), "--reason", "disk lost",
+                         "--journal", f"blue={journal_path}")
+        assert result.exit_code == 0, result.output
+        assert "default invoice 2026: counter 5 -> 10 (next number 11)" in result.output
+        assert "recovered: 5 ledger entries" in result.output
+
+        ledger = {e["number"]: e for e in iter_ledger(client, "invoice", "2026")}
+        assert sorted(ledger) == list(range(1, 11))
+        for number in range(6, 11):
+            entry = ledger[number]
+            assert entry["status"] == "recovered" and entry["recovery_reason"] == "disk lost"
+            assert entry["formatted"] == f"INV-2026-{number:06d}"
+        # WHMCS invoice 7 still answers its number (the reference index was rebuilt).
+        replay, new = allocation.allocate(client, "blue", "invoice", "7", DAY)
+        assert (replay["number"], new) == (7, False)
+        entry, new = allocation.allocate(client, "blue", "invoice", "after-recovery", DAY)
+        assert new and entry["number"] == 11
+        verified = chain.verify(client, "invoice")
+        assert verified["ok"] and verified["unchained_numbers"] == 0, verified
+        audit = sequences.audit(client, "invoice")[-1]
+        assert audit["reason"] == "disk lost" and audit["recovered"] == 5
+        assert (audit["before"], audit["after"]) == ({"next_number": "6"}, {"next_number": "11"})
+
+        # Run again: nothing new in use, so nothing changes and no counter goes down.
+        result = _invoke("recover", "--data-dir", str(data_dir), "--reason", "again",
+                         "--journal", f"blue={journal_path}")
+        assert result.exit_code == 0, result.output
+        assert "recovered: 0 ledger entries" in result.output
+        assert client.get(keys.seq_counter("invoice", "2026")) == "11"
+        client.close()
+
+
+def test_recover_never_lowers_a_counter_and_refuses_an_unreadable_whmcs(
+        redis_client, settings, register, fake, tmp_path):
+    register("blue", fake, step=7, auto_sync=False)
+    _issue_into_whmcs(redis_client, fake, 2, 1)
+    sequences.update(redis_client, "invoice", {"next_number": 50}, actor="admin")
+    events = redis_client.llen(keys.seq_events("invoice"))
+    result = _invoke("recover", "--reason", "check")
+    assert result.exit_code == 0, result.output
+    assert "default invoice 2026: counter stays 49 (next number 50)" in result.output
+    assert redis_client.get(keys.seq_counter("invoice", "2026")) == "49"
+    # Nothing was missing: no recovered entry, only the audit record of the check.
+    assert redis_client.llen(keys.seq_events("invoice")) == events
+
+    fake.app.inject_fault("status", status=500, action="GetInvoices")
+    redis_client.hdel(keys.seq_guard("invoice"), "initialised")
+    result = _invoke("recover", "--reason", "check")
+    assert result.exit_code == 1
+    assert "the WHMCS of blue could not be read" in result.output
+    assert "nothing was recovered" in result.output
+    assert not redis_client.hexists(keys.seq_guard("invoice"), "initialised")
+
+
+def test_a_lost_store_recovered_from_whmcs_alone_numbers_above_it(
+        redis_client, settings, register, fake):
+    register("blue", fake, step=7, auto_sync=False)
+    _issue_into_whmcs(redis_client, fake, 3, 1)
+    fake.app.add_invoice(subtotal="1.00", date=DAY, invoicenum="legacy-77")  # not our format
+    registered = redis_client.hgetall(keys.system("blue"))
+    redis_client.flushall()  # the data is lost; the admin registers the system again
+    redis_client.hset(keys.system("blue"), mapping=registered)
+    redis_client.sadd(keys.SYSTEMS, "blue")
+    with pytest.raises(NumberingNotInitialised, match="not initialised"):
+        allocation.allocate(redis_client, "blue", "invoice", "new", DAY)
+    result = _invoke("recover", "--reason", "store lost")
+    assert result.exit_code == 0, result.output
+    assert "1 number(s) no format of their series prints were left alone" in result.output
+    entry, new = allocation.allocate(redis_client, "blue", "invoice", "new", DAY)
+    assert new and entry["number"] == 4
+    sources = {e["recovered_from"] for e in iter_ledger(redis_client, "invoice", "2026")
+               if e["status"] == "recovered"}
+    assert sources == {"whmcs:blue"}
+
+
+def test_a_sync_that_sees_numbers_beyond_the_ledger_stops_numbering_until_recovered(
+        valkey, redis_client, settings, register, fake, tmp_path):
+    from coordinator.forecaster import jobs
+    from coordinator.warnings import store as warnings
+
+    register("blue", fake, step=7, auto_sync=False)
+    _issue_into_whmcs(redis_client, fake, 5, 1)
+    backup = tmp_path / "old.json"
+    assert _invoke("backup", "--output", str(backup)).exit_code == 0
+    _issue_into_whmcs(redis_client, fake, 4, 6)  # 6..9 printed in WHMCS after the backup
+    redis_client.flushall()
+    assert _invoke("restore", str(backup)).exit_code == 0
+    # An admin lets the restored store number without recover (an explicit set)...
+    sequences.update(redis_client, "invoice", {"increment": 1}, actor="admin")
+    # ...and the next sync of blue sees WHMCS ahead of the ledger.
+    record = jobs.request_sync(redis_client, "blue", "full", trigger="test")
+    assert jobs.execute(redis_client, record["id"], settings)["state"] == "done"
+    with pytest.raises(NumberingBehind, match="^numbering of invoice in period 2026 is refused: "
+                                              "the WHMCS of blue already shows "
+                                              "INV-2026-000009 \\(number 9\\)"):
+        allocation.allocate(redis_client, "blue", "invoice", "new", DAY)
+    assert redis_client.get(keys.seq_counter("invoice", "2026")) == "5"
+    found = [w for w in warnings.list_warnings(redis_client) if w["type"] == "numbering_behind"]
+    assert len(found) == 1 and "INV-2026-000009" in found[0]["message"]
+    assert _invoke("recover", "--reason", "sync saw 9").exit_code == 0
+    entry, new = allocation.allocate(redis_client, "blue", "invoice", "new", DAY)
+    assert new and entry["number"] == 10
+
+
+@hypothesis_settings(max_examples=25, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(0, 40), numbers=st.lists(st.integers(1, 60), max_size=10),
+       from_whmcs=st.booleans())
+def test_property_recover_ends_exactly_above_everything_in_use_and_never_lowers(
+        redis_client, start, numbers, from_whmcs):
+    redis_client.flushall()
+    initialise_numbering(redis_client)
+    if start:
+        sequences.update(redis_client, "invoice", {"next_number": start + 1}, actor="t",
+                         period="2026")
+    evidence = [
+        Evidence("blue", f"INV-2026-{n:06d}", "whmcs:blue", reference=str(n)) if from_whmcs
+        else Evidence("blue", f"INV-2026-{n:06d}", "journal:blue", reference=f"r{n}",
+                      document="invoice", series="default", sequence="invoice",
+                      period="2026", number=n)
+        for n in numbers]
+    recovery.apply(redis_client, recovery.plan(redis_client, evidence, {}), actor="t",
+                   reason="property")
+    counter = int(redis_client.get(keys.seq_counter("invoice", "2026")) or 0)
+    assert counter == max([start, *numbers])
+    in_ledger = {e["number"] for e in iter_ledger(redis_client, "invoice", "2026")}
+    assert set(numbers) <= in_ledger
+    entry, new = allocation.allocate(redis_client, "blue", "invoice", "next", DAY)
+    assert new and entry["number"] == counter + 1
+    assert chain.verify(redis_client, "invoice")["ok"]
+    # Every number up to the counter is in the ledger or a listed gap: none is hidden, by the
+    # indexed gap report and by the full walk alike.
+    for full in (False, True):
+        covered = set(in_ledger)
+        for gap in gaps(redis_client, "invoice", "2026", grace_seconds=10**9, full=full):
+            if gap["kind"] == "skipped":
+                covered |= set(range(gap["after"] + 1, gap["next"]))
+            elif gap["kind"] == "missing":
+                covered |= ({gap["number"]} if "number" in gap
+                            else set(range(gap["after"] + 1, gap["before"])))
+        assert covered >= set(range(1, counter + 1)), (full, covered)
