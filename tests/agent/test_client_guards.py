@@ -3,9 +3,12 @@ test."""
 
 from __future__ import annotations
 
+import random
+import socket
+
 import pytest
 
-from agent import Client, CoordinatorUnreachable
+from agent import Client, CoordinatorUnreachable, RetryPolicy
 from tests.agent.test_whmcs_client import self_signed  # noqa: F401 - a fixture, used by name
 
 from .conftest import FAST, TOKEN, FakeCoordinator, Sleeps
@@ -32,3 +35,43 @@ def test_the_coordinators_certificate_is_verified_unless_a_ca_bundle_trusts_it(
         assert trusted.allocate("invoice", "1").reference == "1"
     finally:
         fake.stop()
+
+
+def test_the_token_goes_only_where_the_coordinator_asks_for_it(sleeps: Sleeps) -> None:
+    """`status()` probes /livez and /readyz without the agent token (a load balancer or a
+    proxy in front of them need not see it) and sends it to /v1/whoami; the headers are read
+    on the server side of a real loopback connection."""
+    fake = FakeCoordinator()
+    seen: list[tuple[str, str | None]] = []
+    handle = fake._handle
+
+    def recording(req):  # the fake's handler calls this attribute for every request
+        seen.append((req.path, req.headers.get("Authorization")))
+        handle(req)
+
+    fake._handle = recording
+    fake.start()
+    try:
+        with Client(url=fake.url, token=TOKEN, retry=FAST, sleep=sleeps) as client:
+            status = client.status()
+    finally:
+        fake.stop()
+    assert (status.live, status.ready, status.token_valid) == (True, True, True)
+    assert seen[:3] == [("/livez", None), ("/readyz", None), ("/v1/whoami", f"Bearer {TOKEN}")]
+    assert all(auth == f"Bearer {TOKEN}" for _, auth in seen[2:])
+
+
+def test_the_client_waits_between_retries_of_an_unreachable_coordinator(sleeps: Sleeps) -> None:
+    """Nobody listens on the port (a real refused connection): before each retry the client
+    waits the policy's growing, jittered backoff ("equal jitter": between half a step and a
+    step, the step doubling from `backoff` up to `backoff_max`)."""
+    with socket.socket() as probe:  # a free loopback port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    policy = RetryPolicy(attempts=4, backoff=1.0, backoff_max=3.0)
+    with pytest.raises(CoordinatorUnreachable, match=r"after 4 attempt\(s\)"):
+        Client(url=f"http://127.0.0.1:{port}", token=TOKEN, retry=policy, sleep=sleeps,
+               rng=random.Random(17)).allocate("invoice", "1")
+    assert len(sleeps) == 3
+    for wait, (low, high) in zip(sleeps, [(0.5, 1.0), (1.0, 2.0), (1.5, 3.0)], strict=True):
+        assert isinstance(wait, float) and low <= wait <= high

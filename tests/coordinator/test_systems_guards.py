@@ -11,6 +11,7 @@ from coordinator.exceptions import Conflict, InvalidInput, NotFound, UnsafeURL
 from coordinator.numbering import allocation
 from coordinator.numbering import series as numbering_series
 from coordinator.systems import registry, secrets
+from coordinator.systems.lock import system_lock
 from coordinator.systems.urls import UrlPolicy
 from tests.coordinator.systems_support import FakeResolver, body
 
@@ -97,3 +98,46 @@ def test_a_system_that_has_numbers_can_be_deleted_and_its_numbers_stay(redis_cli
     assert allocation.get(redis_client, entry["id"]) == entry
     with pytest.raises(NotFound):
         registry.get_system(redis_client, "blue")
+
+
+def test_a_deleted_system_no_longer_holds_its_series(redis_client, fernet):
+    """Deleting the only system of a series closes it there, so the series (it issued no
+    number) can then be deleted: nothing is left open in it."""
+    numbering_series.create_series(redis_client, "acme")
+    registry.create_system(redis_client, fernet, body(series="acme"), POLICY)
+    registry.delete_system(redis_client, "blue")
+    assert redis_client.hget(keys.series_members("acme"), "blue") == numbering_series.CLOSED
+    numbering_series.delete_series(redis_client, "acme", [])
+    assert not numbering_series.exists(redis_client, "acme")
+
+
+@pytest.mark.parametrize("change", ["delete", "move"])
+def test_a_delete_or_move_waits_for_the_systems_own_lock(redis_client, fernet, change):
+    """While another registration, move, deletion or purge of `blue` holds its lock (one
+    step per hash slot, so no single transaction protects it), a delete or a move of `blue`
+    is refused and changes nothing; `green`'s lock does not hold `blue` up."""
+    numbering_series.create_series(redis_client, "acme")
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    registry.create_system(redis_client, fernet, body(name="green"), POLICY)
+
+    def act() -> None:
+        if change == "delete":
+            registry.delete_system(redis_client, "blue")
+        else:
+            registry.update_system(redis_client, "blue", {"series": "acme"}, POLICY, fernet)
+
+    before = redis_client.hgetall(keys.system("blue"))
+    with system_lock(redis_client, "blue"):
+        with pytest.raises(Conflict) as refused:
+            act()
+    assert refused.value.message == (
+        "System 'blue' is being registered, moved or deleted; retry")
+    assert redis_client.hgetall(keys.system("blue")) == before
+    assert redis_client.hget(keys.series_members("acme"), "blue") is None
+    with system_lock(redis_client, "green"):
+        act()
+    if change == "delete":
+        with pytest.raises(NotFound):
+            registry.get_system(redis_client, "blue")
+    else:
+        assert registry.get_system(redis_client, "blue")["series"] == "acme"
