@@ -5,7 +5,7 @@
 -- sequence's hash-chained event list (sealed by chain.py); every key is in the series' slot
 -- {ser:R}. A single allocation is the batch of one; a replay appends no event.
 --
--- Item i (0-based) owns KEYS[11*i+1 .. 11*i+11] and ARGV[11*i+1 .. 11*i+11]; for item i:
+-- Item i (0-based) owns KEYS[12*i+1 .. 12*i+12] and ARGV[11*i+1 .. 11*i+11]; for item i:
 -- KEYS[1] {ser:R}:S:settings     hash: increment, format, padding, reset, routing flag
 -- KEYS[2] {ser:R}:S:stats        hash: issued, credit_notes, replays
 -- KEYS[3] {ser:R}:S:refs:<doc>:<system>   hash: reference -> ledger id
