@@ -10,7 +10,8 @@ a failover because the revocation was on disk, and on the replicas, before anyon
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -163,6 +164,28 @@ class DurableCluster(RedisCluster):
         return super().pipeline(transaction, shard_hint)
     queue_client: redis.Redis | None = None
     """A plain Redis for the job queue (INVOICE_SYNC_QUEUE_REDIS_URL): RQ needs one."""
+
+
+class OncePerClient:
+    """Run ``action(client)`` once per client object in this process, before its first use.
+
+    For the migrations of the previous release's data: one check per process, not per call.
+    Clients are held weakly, so a new client never passes for an old one that was collected.
+    """
+
+    def __init__(self, action: Callable[[Any], Any]) -> None:
+        self._action = action
+        self._done: weakref.WeakSet = weakref.WeakSet()
+
+    def __call__(self, client: redis.Redis) -> redis.Redis:
+        if client not in self._done:
+            self._action(client)
+            self._done.add(client)
+        return client
+
+    def forget(self) -> None:
+        """Run the action again for every client (tests: a new server behind the same one)."""
+        self._done.clear()
 
 
 def parse_nodes(value: str, setting: str = "INVOICE_SYNC_SENTINELS") -> list[tuple[str, int]]:

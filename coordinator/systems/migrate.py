@@ -33,13 +33,10 @@ from typing import Any
 import redis
 
 from coordinator import keys
+from coordinator.ops.redis_client import OncePerClient
 from coordinator.systems.lock import LOCK_SECONDS, system_lock
 
 log = logging.getLogger(__name__)
-
-_MIGRATED: set[int] = set()
-"""ids of the clients this process already migrated (a check per process, not per call)."""
-
 
 def needs_migration(client: redis.Redis) -> bool:
     """Whether records of the previous release wait to be moved (one EXISTS)."""
@@ -56,12 +53,8 @@ def migrate_legacy(client: redis.Redis) -> int:
     return moved
 
 
-def ensure_migrated(client: redis.Redis) -> redis.Redis:
-    """Migrate once per process and client, before the first read of the registry."""
-    if id(client) not in _MIGRATED:
-        migrate_legacy(client)
-        _MIGRATED.add(id(client))
-    return client
+ensure_migrated = OncePerClient(migrate_legacy)
+"""Return the client, migrated once per process and client before the registry's first read."""
 
 
 def _move(client: redis.Redis, name: str) -> int:

@@ -21,6 +21,7 @@ from coordinator import keys
 from coordinator.clock import iso, utcnow
 from coordinator.exceptions import NotFound
 from coordinator.lua import LuaScript
+from coordinator.ops.redis_client import OncePerClient
 
 SYNC_FAILED = "sync_failed"
 MIXED_CURRENCIES = "mixed_currencies"
@@ -44,10 +45,6 @@ TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSIN
 _RAISE = LuaScript.load(__package__, "raise")
 _MIGRATE = LuaScript.load(__package__, "migrate")
 
-_MIGRATED: set[int] = set()
-"""ids of the clients this process already migrated (a check per process, not per call)."""
-
-
 def migrate_legacy(client: redis.Redis) -> int:
     """Move the previous release's warnings to this release's keys; return how many moved.
 
@@ -63,11 +60,8 @@ def migrate_legacy(client: redis.Redis) -> int:
     return moved
 
 
-def _migrated(client: redis.Redis) -> redis.Redis:
-    if id(client) not in _MIGRATED:
-        migrate_legacy(client)
-        _MIGRATED.add(id(client))
-    return client
+_migrated = OncePerClient(migrate_legacy)
+"""Return the client, its previous release's warnings moved first (once per process)."""
 
 
 def warning_id(kind: str, system: str | None = None, detail: str | None = None) -> str:

@@ -45,7 +45,7 @@ def upgraded(legacy_dir, tmp_path):
     shutil.copytree(source, copy)
     server = ValkeyServer(copy).start()
     client = redis.Redis.from_url(server.url, decode_responses=True)
-    migrate._MIGRATED.clear()  # a new server: this process has not migrated it
+    migrate.ensure_migrated.forget()  # a new server: this process has not migrated it
     yield server, client, done
     client.close()
     server.stop()

@@ -6,6 +6,7 @@ import pytest
 from redis.cluster import key_slot
 
 from coordinator import keys
+from coordinator.ops.redis_client import OncePerClient
 from coordinator.warnings import store
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
@@ -28,7 +29,7 @@ def test_every_warning_key_is_in_one_slot():
 
 
 def test_previous_release_warnings_are_moved_once_and_keep_working(redis_client, monkeypatch):
-    monkeypatch.setattr(store, "_MIGRATED", set())
+    monkeypatch.setattr(store, "_migrated", OncePerClient(store.migrate_legacy))
     _legacy(redis_client, "sync_failed:blue", 1000.0)
     _legacy(redis_client, "mixed_currencies:red", 2000.0, acked="1")
     # Another process of this release raised one of them again meanwhile: the new one wins.
