@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -196,6 +198,22 @@ def legacy_data_dir(release: Path, script: Path, data: Path) -> dict:
     done = json.loads(output.read_text())
     assert done["code"].startswith(str(release))  # the old code made the data
     return done
+
+
+@contextmanager
+def upgraded_copy(source: Path, tmp_path: Path) -> Iterator[tuple]:
+    """This release's Valkey started on a copy of a previous release's data dir (AOF
+    reloaded), with a client; both closed afterwards. Yields ``(server, client)``."""
+    from coordinator.ops.embedded import ValkeyServer
+
+    copy = tmp_path / "valkey"
+    shutil.copytree(source, copy)
+    with ValkeyServer(copy) as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            yield server, client
+        finally:
+            client.close()
 
 
 def at_once(calls: list) -> list:

@@ -4,17 +4,14 @@ release's own code on a real Valkey, gets the ``initialised`` marker at the firs
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import redis
 
 from coordinator import keys
 from coordinator.app import create_app
 from coordinator.numbering import guard
-from coordinator.ops.embedded import ValkeyServer
-from tests.support import legacy_data_dir, previous_release, snapshot
+from tests.support import legacy_data_dir, previous_release, snapshot, upgraded_copy
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +30,10 @@ def release_dir(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture
 def upgraded(release_dir, tmp_path):
     source, done = release_dir
-    copy = tmp_path / "valkey"
-    shutil.copytree(source, copy)
-    with ValkeyServer(copy) as server:
-        client = redis.Redis.from_url(server.url, decode_responses=True)
+    with upgraded_copy(source, tmp_path) as (server, client):
         # The premise: that release wrote no guard at all.
         assert not list(client.scan_iter(match="*:guard"))
         yield server, client, done
-        client.close()
 
 
 def _take(http, token: str, reference: str) -> dict:

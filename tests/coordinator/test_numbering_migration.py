@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,8 +18,7 @@ import redis
 from coordinator import keys
 from coordinator.app import create_app
 from coordinator.numbering import migrate as migration
-from coordinator.ops.embedded import ValkeyServer
-from tests.support import legacy_data_dir, snapshot
+from tests.support import legacy_data_dir, snapshot, upgraded_copy
 from tests.support import previous_release as checkout
 
 pytestmark = pytest.mark.integration
@@ -47,13 +45,8 @@ def legacy_dir(previous_release, tmp_path_factory) -> tuple[Path, dict]:
 def upgraded(legacy_dir, tmp_path):
     """This release's Valkey started on a copy of the legacy data dir (AOF reloaded)."""
     source, done = legacy_dir
-    copy = tmp_path / "valkey"
-    shutil.copytree(source, copy)
-    server = ValkeyServer(copy).start()
-    client = redis.Redis.from_url(server.url, decode_responses=True)
-    yield server, client, done
-    client.close()
-    server.stop()
+    with upgraded_copy(source, tmp_path) as (server, client):
+        yield server, client, done
 
 
 def _legacy_dumps(client: redis.Redis) -> dict[str, bytes]:

@@ -9,7 +9,6 @@ done exactly once when several processes start at once.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,8 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from coordinator import keys
 from coordinator.app import create_app
-from coordinator.ops.embedded import ValkeyServer
 from coordinator.systems import migrate, registry
-from tests.support import at_once, legacy_data_dir, previous_release
+from tests.support import at_once, legacy_data_dir, previous_release, upgraded_copy
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +39,9 @@ def legacy_dir(tmp_path_factory) -> tuple[Path, dict]:
 def upgraded(legacy_dir, tmp_path):
     """This release's Valkey on a copy of the legacy data dir (AOF reloaded)."""
     source, done = legacy_dir
-    copy = tmp_path / "valkey"
-    shutil.copytree(source, copy)
-    server = ValkeyServer(copy).start()
-    client = redis.Redis.from_url(server.url, decode_responses=True)
-    migrate.ensure_migrated.forget()  # a new server: this process has not migrated it
-    yield server, client, done
-    client.close()
-    server.stop()
+    with upgraded_copy(source, tmp_path) as (server, client):
+        migrate.ensure_migrated.forget()  # a new server: this process has not migrated it
+        yield server, client, done
 
 
 def _bearer(token: str) -> dict:
