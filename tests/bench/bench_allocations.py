@@ -17,7 +17,9 @@ on the same two cores, which squeezed the faster server hardest and flattened th
 
 With ``--other TREE`` (a checkout of another commit, e.g. ``git archive C | tar -x -C TREE``)
 a third server runs that tree's coordinator in the same rounds, so a change is measured
-against its predecessor and the bare endpoint in one run.
+against its predecessor and the bare endpoint in one run. ``--other-python`` runs that tree
+with another interpreter (e.g. a virtualenv without ``hiredis``), so a dependency is measured
+in the same run too.
 
 Prints every round, then the median of the per-round ratios (the aim, issue 13: throughput
 >= 0.75, p99 <= 1.5 of the bare endpoint). Each line also gives the CPU time per request of
@@ -214,6 +216,8 @@ def main() -> None:
                         help="gunicorn threads per worker of each server (0: the shared default)")
     parser.add_argument("--other", type=Path, default=None,
                         help="another checkout whose coordinator runs as a third server")
+    parser.add_argument("--other-python", default=sys.executable,
+                        help="the interpreter that serves --other (default: this one)")
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "REDIS_URL"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--drive", nargs=5, help=argparse.SUPPRESS)
@@ -244,8 +248,9 @@ def main() -> None:
                 if kind != "bare":
                     # As `invoice-sync serve` runs it: workers share metrics through files.
                     env["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / f"metrics-{kind}")
+                python = args.other_python if kind == OTHER else sys.executable
                 children.append(subprocess.Popen(
-                    [sys.executable, __file__, "--workers", str(args.workers),
+                    [python, __file__, "--workers", str(args.workers),
                      "--threads", str(args.threads),
                      "--serve", kind if kind == "bare" else "coordinator", str(ports[kind]),
                      valkey.url],
