@@ -71,6 +71,14 @@ LEDGER_CHECKPOINT_SECONDS = 3600
 """How often the scheduler signs a checkpoint of each ledger chain that grew since its last one
 (needs LEDGER_SIGNING_KEYS); 0 = only on demand (``invoice-sync ledger checkpoint``)."""
 
+LEDGER_ARCHIVE_BLOCK = 1000
+"""Sealed ledger events packed into one archived block (one compressed Redis string) when the
+scheduler or ``invoice-sync ledger compact`` compacts a chain; 0 = never compact."""
+
+LEDGER_ARCHIVE_KEEP = 1000
+"""The newest sealed events of each chain that compaction leaves in the Redis lists as they are
+(at least one stays: the chain's head is where new events continue from)."""
+
 MAX_CONTENT_LENGTH = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get 413 in the error shape."""
 

@@ -178,6 +178,20 @@ def seq_chain(seq: str, series: str = DEFAULT_SERIES) -> str:
     return f"{seq_prefix(seq, series)}chain"
 
 
+def seq_archived(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """Hash: ``events`` (how many events of :func:`seq_events`, from index 0, live in archived
+    blocks, :func:`seq_block`, instead of the lists; their places there hold empty strings, so
+    every index stays what it was) and ``head`` (the hash of the last archived event), see
+    numbering/compaction.py. Absent: nothing archived."""
+    return f"{seq_prefix(seq, series)}archived"
+
+
+def seq_block(seq: str, start: int, series: str = DEFAULT_SERIES) -> str:
+    """String (binary): one archived block of sealed events from index ``start``: their
+    hashes (32 raw bytes each) and the events, zlib-compressed (numbering/blocks.py)."""
+    return f"{seq_prefix(seq, series)}block:{start}"
+
+
 def seq_checkpoints(seq: str, series: str = DEFAULT_SERIES) -> str:
     """List: JSON signed checkpoints of :func:`seq_chain` (events, head, at, key_id, signature),
     oldest first (see numbering/checkpoints.py)."""

@@ -90,6 +90,32 @@ def ledger_checkpoint(series: str, sequence: str, data_dir: Path) -> None:
     click.echo(json.dumps(made, indent=2))
 
 
+@ledger_group.command("compact")
+@_series
+@_sequence
+@click.option("--block", type=click.IntRange(min=1), default=None,
+              envvar="INVOICE_SYNC_LEDGER_ARCHIVE_BLOCK",
+              help="Sealed events per archived block [default: LEDGER_ARCHIVE_BLOCK].")
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              envvar="INVOICE_SYNC_LEDGER_ARCHIVE_KEEP",
+              help="Newest sealed events left in the lists [default: LEDGER_ARCHIVE_KEEP].")
+@data_dir_option
+def ledger_compact(series: str, sequence: str, block: int | None, keep: int | None,
+                   data_dir: Path) -> None:
+    """Move old sealed events of the chain into compressed archived blocks (what the
+    scheduler does on its tick); print how many. Safe to run at any time, and again."""
+    from coordinator.config import load_settings
+    from coordinator.numbering import compaction
+
+    client = _client(data_dir, series)
+    config = load_settings()
+    moved = compaction.compact(
+        client, sequence, series=series,
+        block=block or int(config["LEDGER_ARCHIVE_BLOCK"]),
+        keep=keep or int(config["LEDGER_ARCHIVE_KEEP"]))
+    click.echo(json.dumps({"series": series, "sequence": sequence, "archived_now": moved}))
+
+
 @ledger_group.command("public-key")
 @data_dir_option
 def ledger_public_key(data_dir: Path) -> None:

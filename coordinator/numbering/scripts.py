@@ -28,6 +28,7 @@ ROUTE = LuaScript.load(__package__, "route")
 MIGRATE_FENCE = LuaScript.load(__package__, "migrate_fence")
 MIGRATE_COMMIT = LuaScript.load(__package__, "migrate_commit")
 SEAL = LuaScript.load(__package__, "seal")
+COMPACT = LuaScript.load(__package__, "compact")
 REISSUE = LuaScript.load(__package__, "reissue")
 
 

@@ -34,7 +34,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.numbering import allocation, chain, ledger  # noqa: E402
+from coordinator.numbering import allocation, chain, compaction, ledger  # noqa: E402
 from coordinator.numbering.allocation import Hints  # noqa: E402
 from coordinator.ops.embedded import ValkeyServer  # noqa: E402
 
@@ -115,6 +115,12 @@ def run(size: int, void_every: int, repeat: int) -> None:
         filled = time.perf_counter() - started
         used = client.info("memory")["used_memory"] - base
         roles = by_role(client)
+        started = time.perf_counter()
+        archived = compaction.compact(client, "invoice")
+        compacted = time.perf_counter() - started
+        after = client.info("memory")["used_memory"] - base
+        compact_roles = by_role(client)
+        verified = chain.verify(client, "invoice")
         gaps, first, sent, first_seconds, seconds = gap_report(client, repeat)
         events = client.llen("{ser:default}:invoice:events")
         voided = size // void_every if void_every else 0
@@ -123,6 +129,14 @@ def run(size: int, void_every: int, repeat: int) -> None:
         print(f"  used_memory delta: {used / size:.0f} bytes per number")
         print(f"  MEMORY USAGE sum: {sum(roles.values()) / size:.0f} bytes per number, by key:")
         for role, total in roles.most_common():
+            if total / size >= 0.5:
+                print(f"    {role:<16} {total / size:7.1f}")
+        print(f"  compacted ({archived} events archived in {compacted:.1f} s, verify ok: "
+              f"{verified['ok']}, {verified['events']} events):")
+        print(f"  used_memory delta: {after / size:.0f} bytes per number")
+        print(f"  MEMORY USAGE sum: {sum(compact_roles.values()) / size:.0f} bytes per number, "
+              "by key:")
+        for role, total in compact_roles.most_common():
             if total / size >= 0.5:
                 print(f"    {role:<16} {total / size:7.1f}")
         print(f"  gap report: {gaps} gaps; first {first} Redis commands, "

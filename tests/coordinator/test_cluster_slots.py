@@ -27,7 +27,7 @@ from agent import WhmcsInvoice
 from coordinator import keys, lua
 from coordinator.backup import snapshot
 from coordinator.forecaster import lock, store
-from coordinator.numbering import allocation, chain, migrate, recover, sequences
+from coordinator.numbering import allocation, chain, compaction, migrate, recover, sequences
 from coordinator.numbering import series as series_mod
 from coordinator.ops.ratelimit import RateLimiter
 from coordinator.systems import registry, secrets
@@ -120,6 +120,7 @@ def _exercise(client: redis.Redis, series: str, system: str, reference: str,
     allocation.transition(client, voided["id"], "void", "r", actor_kind="admin",
                           actor_system=None, actor="admin")
     allocation.reissue(client, voided["id"], "r", actor="admin")  # reissue.lua
+    compaction.compact(client, "invoice", series=series, block=2, keep=1)  # compact.lua
     # invoice-sync recover (recover.lua): a number in use that the ledger lacks.
     found = recover.Evidence(system, "INV-2026-000040", "journal:x", reference=reference + "?",
                              document="invoice", series=series, sequence="invoice",
