@@ -79,6 +79,11 @@ LEDGER_ARCHIVE_KEEP = 1000
 """The newest sealed events of each chain that compaction leaves in the Redis lists as they are
 (at least one stays: the chain's head is where new events continue from)."""
 
+LEDGER_SETTLE_AFTER_SECONDS = 7 * 24 * 3600
+"""A confirmed number issued longer ago than this is settled: compaction moves its ledger entry
+into a compressed settled block (the dashboard's activity chart reads the last 48 hours from the
+entries kept as they are, so keep this above that)."""
+
 MAX_CONTENT_LENGTH = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get 413 in the error shape."""
 

@@ -107,6 +107,24 @@ def seq_ledger_order(seq: str, period: str, series: str = DEFAULT_SERIES) -> str
     return f"{seq_prefix(seq, series)}ledger-order:{period}"
 
 
+def seq_settled(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Hash: ``count`` (entries of ``period`` that live only in settled blocks, not in
+    :func:`seq_ledger` / :func:`seq_ledger_order`) and ``upto`` (the highest number
+    compaction has looked at), see numbering/settled.py."""
+    return f"{seq_prefix(seq, series)}settled:{period}"
+
+
+def seq_settled_blocks(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Sorted set: ``<first>:<last>`` of each settled block of ``period``, scored by first."""
+    return f"{seq_prefix(seq, series)}settled-blocks:{period}"
+
+
+def seq_settled_block(seq: str, period: str, first: int, series: str = DEFAULT_SERIES) -> str:
+    """String (binary): the zlib-compressed ledger entries (JSON lines, number order) of
+    settled numbers of ``period`` from ``first`` on (numbering/settled.py)."""
+    return f"{seq_prefix(seq, series)}settled-block:{period}:{first}"
+
+
 def seq_refs(seq: str, document: str, system: str, series: str = DEFAULT_SERIES) -> str:
     """Hash: WHMCS reference -> ledger id, for ``document``s of ``system`` numbered in ``seq``."""
     return f"{seq_prefix(seq, series)}refs:{document}:{system}"

@@ -309,7 +309,8 @@ def _issued_numbers(client: redis.Redis, sequence: str, series: str) -> int:
     pipe = client.pipeline(transaction=False)
     for period in periods:
         pipe.zcard(keys.seq_ledger_order(sequence, period, series))
-    return sum(pipe.execute())
+        pipe.hget(keys.seq_settled(sequence, period, series), "count")  # numbering/settled.py
+    return sum(int(n or 0) for n in pipe.execute())
 
 
 def export_records(

@@ -102,18 +102,18 @@ def ledger_checkpoint(series: str, sequence: str, data_dir: Path) -> None:
 @data_dir_option
 def ledger_compact(series: str, sequence: str, block: int | None, keep: int | None,
                    data_dir: Path) -> None:
-    """Move old sealed events of the chain into compressed archived blocks (what the
-    scheduler does on its tick); print how many. Safe to run at any time, and again."""
+    """Move old sealed events of the chain, and the entries of settled numbers, into
+    compressed blocks (what the scheduler does on its tick); print how many moved. Safe to run
+    at any time, and again."""
     from coordinator.config import load_settings
     from coordinator.numbering import compaction
 
     client = _client(data_dir, series)
     config = load_settings()
-    moved = compaction.compact(
-        client, sequence, series=series,
-        block=block or int(config["LEDGER_ARCHIVE_BLOCK"]),
-        keep=keep or int(config["LEDGER_ARCHIVE_KEEP"]))
-    click.echo(json.dumps({"series": series, "sequence": sequence, "archived_now": moved}))
+    config.update({name: value for name, value in (("LEDGER_ARCHIVE_BLOCK", block),
+                                                   ("LEDGER_ARCHIVE_KEEP", keep)) if value})
+    moved = compaction.run(client, sequence, config, series=series)
+    click.echo(json.dumps({"series": series, "sequence": sequence, **moved}))
 
 
 @ledger_group.command("public-key")

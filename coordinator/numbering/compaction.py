@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import redis
 
 from coordinator import defaults, keys
-from coordinator.numbering import blocks, chain, scripts
+from coordinator.clock import utcnow
+from coordinator.numbering import blocks, chain, scripts, settled
 from coordinator.numbering.sequences import DEFAULT_SERIES, SEQUENCES, check_name
 
 
@@ -81,18 +83,30 @@ def _verifies(raws: list[str], hashes: list[str], start: int, prev: str) -> bool
     return len(raws) == len(hashes)
 
 
-def due(client: redis.Redis, config: Mapping[str, Any]) -> list[str]:
-    """Compact every chain of every series (the scheduler's tick); return ``series/sequence``
-    of each chain that archived something now."""
-    from coordinator.numbering import series as series_mod
-
+def run(client: redis.Redis, sequence: str, config: Mapping[str, Any], *,
+        series: str = DEFAULT_SERIES, now: datetime | None = None) -> dict[str, int]:
+    """Compact one sequence with the settings of ``config``: its chain (:func:`compact`) and
+    the settled entries of every period (``numbering.settled``); say how many of each moved."""
     block = int(config.get("LEDGER_ARCHIVE_BLOCK", defaults.LEDGER_ARCHIVE_BLOCK) or 0)
     keep = int(config.get("LEDGER_ARCHIVE_KEEP", defaults.LEDGER_ARCHIVE_KEEP) or 0)
-    if block <= 0:
-        return []
+    after = int(config.get("LEDGER_SETTLE_AFTER_SECONDS",
+                           defaults.LEDGER_SETTLE_AFTER_SECONDS))
+    now = now or utcnow()
+    entries = sum(settled.settle(client, sequence, period, now, series=series, block=block,
+                                 keep=keep, after_seconds=after)
+                  for period in sorted(client.smembers(keys.seq_periods(sequence, series))))
+    return {"events": compact(client, sequence, series=series, block=block, keep=keep),
+            "entries": entries}
+
+
+def due(client: redis.Redis, config: Mapping[str, Any]) -> list[str]:
+    """Compact every sequence of every series (the scheduler's tick); return
+    ``series/sequence`` of each that moved something now."""
+    from coordinator.numbering import series as series_mod
+
     done = []
     for series in [found["name"] for found in series_mod.list_series(client)]:
         for sequence in SEQUENCES:
-            if compact(client, sequence, series=series, block=block, keep=keep):
+            if any(run(client, sequence, config, series=series).values()):
                 done.append(f"{series}/{sequence}")
     return done

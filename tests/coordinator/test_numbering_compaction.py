@@ -10,19 +10,27 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from redis.client import NEVER_DECODE
 
 from coordinator import keys
 from coordinator.cli import main
+from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.numbering import (
     allocation,
     blocks,
     chain,
     checkpoints,
     compaction,
+    export,
+    ledger,
+    recover,
     scripts,
+    sequences,
 )
 from coordinator.numbering.allocation import Hints
+from tests.support import initialise_numbering
 
 pytestmark = pytest.mark.integration
 
@@ -177,10 +185,131 @@ def test_the_cli_and_the_scheduler_compact_every_chain(redis_client, valkey, mon
     result = CliRunner().invoke(main, ["ledger", "compact", "--keep", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"series": "default", "sequence": "invoice",
-                                         "archived_now": 8}
+                                         "events": 8, "entries": 0}
     take(redis_client, 3, start=6)
     assert compaction.due(redis_client, {"LEDGER_ARCHIVE_BLOCK": 4,
                                          "LEDGER_ARCHIVE_KEEP": 1}) == ["default/invoice"]
     assert redis_client.hget(keys.seq_archived("invoice"), "events") == "16"
     assert compaction.due(redis_client, {"LEDGER_ARCHIVE_BLOCK": 0}) == []
     assert chain.verify(redis_client, "invoice")["ok"] is True
+
+
+# --- settled entries (numbering/settled.py) ----------------------------------------------------
+
+SETTLE_NOW = {"LEDGER_ARCHIVE_BLOCK": 2, "LEDGER_ARCHIVE_KEEP": 1,
+              "LEDGER_SETTLE_AFTER_SECONDS": 0}
+LATER = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+DAYS = (dt.date(2026, 11, 21), dt.date(2027, 1, 3))
+
+
+def apply(client, op, ids):
+    """Run one operation of a random history; refusals are part of the history."""
+    kind, pick, flag = op
+    try:
+        if kind == "alloc":
+            entry, _ = allocation.allocate(client, "blue", "invoice", f"r-{pick}",
+                                           DAYS[flag // 3])
+            ids.append(entry["id"])
+        elif ids and kind in ("confirm", "void"):
+            target = allocation.get(client, ids[pick % len(ids)])
+            admin = flag % 2 == 1
+            allocation.transition(client, target["id"], kind,
+                                  target["formatted"] if kind == "confirm" else "mistake",
+                                  actor_kind="admin" if admin else "agent",
+                                  actor_system=None if admin else "blue", actor="x")
+        elif ids and kind == "reissue":
+            new, _ = allocation.reissue(client, ids[pick % len(ids)], "again", actor="admin")
+            ids.append(new["id"])
+        elif kind == "raise":
+            period = DAYS[flag // 3].strftime("%Y")
+            now = sequences.describe(client, "invoice", today=DAYS[flag // 3])["next_number"]
+            sequences.update(client, "invoice", {"next_number": now + pick % 3},
+                             actor="admin", period=period)
+    except CoordinatorError:
+        pass
+
+
+def ledger_as_read(client, ids):
+    """Everything a reader sees: entries, each by id, events, export, verify, gaps, counts."""
+    chain.seal(client, "invoice")
+    periods = ledger.periods(client, "invoice")
+    return {
+        "entries": list(ledger.iter_ledger(client, "invoice", page=3)),
+        "by_id": [allocation.get(client, each) for each in ids],
+        "events": list(chain.chained(client, "invoice")),
+        "export": list(export.records(client, "invoice", None, 10**9)),
+        "verify": chain.verify(client, "invoice"),
+        "gaps": [ledger.gaps(client, "invoice", p, 0, LATER, full=full)
+                 for p in periods for full in (False, True)],
+        "describe": sequences.describe(client, "invoice", today=DAYS[0]),
+    }
+
+
+OPS = st.tuples(st.sampled_from(["alloc"] * 4 + ["confirm"] * 4 + ["void", "reissue", "raise"]),
+                st.integers(0, 7), st.integers(0, 3))
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(OPS, min_size=4, max_size=30), st.integers(1, 3))
+def test_the_ledger_reads_back_the_same_after_compaction(redis_client, history, block):
+    redis_client.flushall()
+    initialise_numbering(redis_client)
+    ids: list[str] = []
+    for op in history:
+        apply(redis_client, op, ids)
+    before = ledger_as_read(redis_client, ids)
+    moved = compaction.run(redis_client, "invoice", {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": block})
+    event(f"entries settled: {min(moved['entries'], 4)}+, events archived: "
+          f"{min(moved['events'], 8)}+")
+    assert ledger_as_read(redis_client, ids) == before
+    # Replays of every document answer what they answered before, from wherever it lives.
+    for entry in before["entries"]:
+        replay, new = allocation.allocate(redis_client, "blue", "invoice", entry["reference"],
+                                          DAYS[0] if entry["period"] == "2026" else DAYS[1])
+        assert not new and replay["number"] >= entry["number"]
+    # And the same history continued on the compacted ledger still verifies and adds up.
+    for op in history:
+        apply(redis_client, op, ids)
+    compaction.run(redis_client, "invoice", {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": block})
+    after = ledger_as_read(redis_client, ids)
+    assert after["verify"]["ok"] is True and after["verify"]["unchained_numbers"] == 0
+    assert sum(row["issued"] for row in after["describe"]["periods"]) == len(after["entries"])
+    assert not [gap for gap in after["gaps"][0::2] if gap and gap[0]["kind"] == "missing"]
+
+
+def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_client):
+    take(redis_client, 8)  # r-3 and r-7 voided, the rest confirmed
+    moved = compaction.run(redis_client, "invoice", {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 3})
+    assert moved["entries"] == 6  # two blocks of three confirmed; r-7 (newest) stays
+    assert sorted(redis_client.hkeys(keys.seq_ledger("invoice", "2026"))) == ["4", "8"]
+    assert redis_client.hgetall(keys.seq_settled("invoice", "2026")) == {"count": "6",
+                                                                          "upto": "7"}
+    first = allocation.get(redis_client, "invoice:2026:1")
+    assert first["status"] == "confirmed" and first["reference"] == "r-0"
+    replay, new = allocation.allocate(redis_client, "blue", "invoice", "r-0", DAY)
+    assert (replay, new) == (first, False)
+    with pytest.raises(Conflict, match="is confirmed: only a void number can be reissued"):
+        allocation.reissue(redis_client, "invoice:2026:1", "again", actor="admin")
+    # An agent repeating its confirmation is answered; an agent may not void it; an admin may.
+    assert allocation.transition(redis_client, "invoice:2026:2", "confirm",
+                                 allocation.get(redis_client, "invoice:2026:2")["formatted"],
+                                 actor_kind="agent", actor_system="blue",
+                                 actor="agent:blue")[1] is False
+    voided, changed = allocation.transition(redis_client, "invoice:2026:1", "void", "wrong",
+                                            actor_kind="admin", actor_system=None,
+                                            actor="admin")
+    assert changed and voided["status"] == "void"
+    assert redis_client.hget(keys.seq_settled("invoice", "2026"), "count") == "4"
+    gaps = ledger.gaps(redis_client, "invoice", "2026", 3600)
+    assert [g["number"] for g in gaps if g["kind"] == "void"] == [1, 4, 8]
+    assert ledger.gaps(redis_client, "invoice", "2026", 3600, full=True) == gaps
+    new, old = allocation.reissue(redis_client, "invoice:2026:1", "again", actor="admin")
+    assert new["number"] == 9 and old["reissued_as"] == new["id"]
+    assert chain.verify(redis_client, "invoice")["ok"] is True
+    # Recovery counts a settled number as in the ledger (never issued twice).
+    found = recover.Evidence("blue", first["formatted"], "journal:x", reference="r-0",
+                             document="invoice", series="default", sequence="invoice",
+                             period="2026", number=3)
+    plan = recover.plan(redis_client, [found], {})
+    assert plan.periods[0].in_ledger == {3}
