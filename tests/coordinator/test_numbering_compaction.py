@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -30,7 +31,12 @@ from coordinator.numbering import (
     sequences,
 )
 from coordinator.numbering.allocation import Hints
-from tests.support import initialise_numbering
+from tests.support import (
+    initialise_numbering,
+    legacy_data_dir,
+    previous_release,
+    upgraded_copy,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -313,3 +319,36 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
                              period="2026", number=3)
     plan = recover.plan(redis_client, [found], {})
     assert plan.periods[0].in_ledger == {3}
+
+
+# --- upgrade -------------------------------------------------------------------------------
+
+PREVIOUS_RELEASE = "8f1eb66"
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def release_dir(tmp_path_factory) -> tuple[Path, dict]:
+    """A stopped Valkey data dir whose ledger the release before compaction made."""
+    code = previous_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release-8f1eb66"))
+    data = tmp_path_factory.mktemp("ledger-release-valkey")
+    return data, legacy_data_dir(code, HERE / "ledger_release.py", data)
+
+
+def test_a_ledger_of_the_previous_release_compacts_and_keeps_every_number(release_dir,
+                                                                          tmp_path):
+    source, done = release_dir
+    with upgraded_copy(source, tmp_path) as (_server, client):
+        ids = [a["json"]["id"] for a in done["answers"]
+               if a["path"] == "/v1/allocations" and a["status"] == 201]
+        assert len(ids) == 12 and not client.exists(keys.seq_archived("invoice"))
+        before = ledger_as_read(client, ids)
+        moved = compaction.run(client, "invoice", {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 3})
+        assert moved == {"events": 24, "entries": 9}  # the void and the last two stay
+        assert ledger_as_read(client, ids) == before
+        assert before["verify"]["ok"] is True and before["verify"]["events"] == 26
+        # Numbering continues where that release left it; its replays answer from blocks.
+        again, new = allocation.allocate(client, "blue", "invoice", "r-0", DAYS[0])
+        assert (again, new) == (before["by_id"][0], False)
+        assert allocation.allocate(client, "blue", "invoice", "r-new", DAYS[0])[0][
+            "number"] == 24
