@@ -31,12 +31,7 @@ from coordinator.numbering import (
     sequences,
 )
 from coordinator.numbering.allocation import Hints
-from tests.support import (
-    initialise_numbering,
-    legacy_data_dir,
-    previous_release,
-    upgraded_copy,
-)
+from tests.support import initialise_numbering, release_data_dir, upgraded_copy
 
 pytestmark = pytest.mark.integration
 
@@ -330,9 +325,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def release_dir(tmp_path_factory) -> tuple[Path, dict]:
     """A stopped Valkey data dir whose ledger the release before compaction made."""
-    code = previous_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release-8f1eb66"))
-    data = tmp_path_factory.mktemp("ledger-release-valkey")
-    return data, legacy_data_dir(code, HERE / "ledger_release.py", data)
+    return release_data_dir(PREVIOUS_RELEASE, HERE / "ledger_release.py", tmp_path_factory)
 
 
 def test_a_ledger_of_the_previous_release_compacts_and_keeps_every_number(release_dir,
