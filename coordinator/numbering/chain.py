@@ -199,18 +199,30 @@ def chained(
 ) -> Iterator[tuple[int, str | blocks.Broken | None, str | None]]:
     """Yield ``(index, raw event, stored hash)`` over the archived blocks (``compaction``),
     then over the longer of events and chain; an archived event that cannot be read back is a
-    :class:`~coordinator.numbering.blocks.Broken` (and nothing after it is yielded)."""
+    :class:`~coordinator.numbering.blocks.Broken` (and nothing after it is yielded).
+
+    An archived event's hash is recomputed from the one before: the stored hash when its
+    stored prefix (or, for a block's last event, its whole stored hash) matches; otherwise the
+    stored prefix or hash itself, which :func:`check` then names as not matching.
+    """
     events_key, chain_key = keys.seq_events(sequence, series), keys.seq_chain(sequence, series)
     archived = int(client.hget(keys.seq_archived(sequence, series), "events") or 0)
-    start = 0
+    start, prev = 0, GENESIS
     while start < archived:
-        data = client.execute_command("GET", keys.seq_block(sequence, start, series),
-                                      **{NEVER_DECODE: True})
-        for offset, (raw, stored) in enumerate(blocks.unpack(start, data)):
+        block = blocks.unpack(start, client.execute_command(
+            "GET", keys.seq_block(sequence, start, series), **{NEVER_DECODE: True}))
+        for offset, (raw, prefix) in enumerate(block.records):
+            stored = block.last if offset == len(block.records) - 1 else prefix
+            event = _parse(raw) if isinstance(raw, str) else None
+            if event is not None and prefix is not None:
+                recomputed = event_hash(event, prev)
+                if recomputed == stored or (stored == prefix and recomputed.startswith(prefix)):
+                    stored = recomputed
             yield start + offset, raw, stored
-            if isinstance(raw, blocks.Broken):
+            if isinstance(raw, blocks.Broken) or stored is None:
                 return
-        start += offset + 1
+            prev = stored
+        start += len(block.records)
     while True:
         pipe = client.pipeline(transaction=False)
         pipe.lrange(events_key, start, start + PAGE - 1)

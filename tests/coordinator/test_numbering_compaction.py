@@ -87,13 +87,19 @@ def test_compaction_keeps_the_chain_and_new_events_continue_it(redis_client):
 
 def tamper_hash(client, start):
     data = bytearray(block_data(client, start))
-    data[16 + 32 * 2] ^= 1  # the first byte of the third event's hash
+    data[16 + blocks.PREFIX * 2] ^= 1  # the first byte of the third event's hash
+    client.set(keys.seq_block("invoice", start), bytes(data))
+
+
+def tamper_last(client, start):
+    data = bytearray(block_data(client, start))
+    data[16 + blocks.PREFIX * 5 + 31] ^= 1  # the last byte of the block's last whole hash
     client.set(keys.seq_block("invoice", start), bytes(data))
 
 
 def tamper_text(client, start):
     data = bytes(block_data(client, start))
-    body = 16 + 32 * 5
+    body = 16 + blocks.PREFIX * 5 + 32
     text = blocks.zlib.decompress(data[body:]).replace(b'"r-3"', b'"r-9"')
     client.set(keys.seq_block("invoice", start), data[:body] + blocks.zlib.compress(text))
 
@@ -114,6 +120,7 @@ def misplace_block(client, start):
 
 @pytest.mark.parametrize(("tamper", "seq", "reason"), [
     (tamper_hash, 7, "hash does not match"), (tamper_text, 6, "hash does not match"),
+    (tamper_last, 9, "hash does not match"),
     (tamper_compressed, None, "archived block from event 5 is damaged"),
     (remove_block, 5, "archived block from event 5 is missing"),
     (misplace_block, 5, "archived block from event 5 is damaged or misplaced")])
