@@ -72,8 +72,9 @@ LEDGER_CHECKPOINT_SECONDS = 3600
 (needs LEDGER_SIGNING_KEYS); 0 = only on demand (``invoice-sync ledger checkpoint``)."""
 
 LEDGER_ARCHIVE_BLOCK = 1000
-"""Sealed ledger events packed into one archived block (one compressed Redis string) when the
-scheduler or ``invoice-sync ledger compact`` compacts a chain; 0 = never compact."""
+"""Sealed ledger events (and settled entries of a period) packed into one archived block (one
+compressed Redis string) when the scheduler or ``invoice-sync ledger compact`` compacts a
+ledger; 0 = never compact. At most 5,000 (one script moves a block; Lua's stack limits it)."""
 
 LEDGER_ARCHIVE_KEEP = 1000
 """The newest sealed events of each chain that compaction leaves in the Redis lists as they are

@@ -206,7 +206,8 @@ def seq_archived(seq: str, series: str = DEFAULT_SERIES) -> str:
 
 def seq_block(seq: str, start: int, series: str = DEFAULT_SERIES) -> str:
     """String (binary): one archived block of sealed events from index ``start``: their
-    hashes (32 raw bytes each) and the events, zlib-compressed (numbering/blocks.py)."""
+    hashes' first bytes, the last one's whole hash and the events, zlib-compressed
+    (numbering/blocks.py)."""
     return f"{seq_prefix(seq, series)}block:{start}"
 
 

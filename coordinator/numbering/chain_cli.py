@@ -93,7 +93,7 @@ def ledger_checkpoint(series: str, sequence: str, data_dir: Path) -> None:
 @ledger_group.command("compact")
 @_series
 @_sequence
-@click.option("--block", type=click.IntRange(min=1), default=None,
+@click.option("--block", type=click.IntRange(min=1, max=5000), default=None,
               envvar="INVOICE_SYNC_LEDGER_ARCHIVE_BLOCK",
               help="Sealed events per archived block [default: LEDGER_ARCHIVE_BLOCK].")
 @click.option("--keep", type=click.IntRange(min=1), default=None,

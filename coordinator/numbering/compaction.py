@@ -1,8 +1,9 @@
-"""Compact the ledger's chain: move old sealed events into archived blocks, off the request path.
+"""Compact the ledger, off the request path: old sealed events into archived blocks, and the
+entries of settled numbers into settled blocks (``numbering.settled``, :func:`run`).
 
 The events and hashes of a sequence's chain live in two Redis lists, ~250 bytes per event.
 Compaction packs the oldest sealed ones, ``LEDGER_ARCHIVE_BLOCK`` at a time, into one string
-key per block (``numbering.blocks``: hashes as 32 raw bytes, events zlib-compressed), leaving
+key per block (``numbering.blocks``: hash prefixes, events zlib-compressed), leaving
 the newest ``LEDGER_ARCHIVE_KEEP`` sealed events, and every unsealed one, in the lists as they
 are. Each block moves in one script (``compact.lua``) that writes it only when the lists still
 hold, at those indexes, exactly what was packed, right after what is archived already; their
@@ -29,6 +30,9 @@ from coordinator import defaults, keys
 from coordinator.clock import utcnow
 from coordinator.numbering import blocks, chain, scripts, settled
 from coordinator.numbering.sequences import DEFAULT_SERIES, SEQUENCES, check_name
+
+MAX_BLOCK = 5000
+"""Largest block: its script passes every number or event of it as one Lua call's arguments."""
 
 
 def compact(
@@ -87,7 +91,8 @@ def run(client: redis.Redis, sequence: str, config: Mapping[str, Any], *,
         series: str = DEFAULT_SERIES, now: datetime | None = None) -> dict[str, int]:
     """Compact one sequence with the settings of ``config``: its chain (:func:`compact`) and
     the settled entries of every period (``numbering.settled``); say how many of each moved."""
-    block = int(config.get("LEDGER_ARCHIVE_BLOCK", defaults.LEDGER_ARCHIVE_BLOCK) or 0)
+    block = min(int(config.get("LEDGER_ARCHIVE_BLOCK", defaults.LEDGER_ARCHIVE_BLOCK) or 0),
+                MAX_BLOCK)
     keep = int(config.get("LEDGER_ARCHIVE_KEEP", defaults.LEDGER_ARCHIVE_KEEP) or 0)
     after = int(config.get("LEDGER_SETTLE_AFTER_SECONDS",
                            defaults.LEDGER_SETTLE_AFTER_SECONDS))
