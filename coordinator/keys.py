@@ -125,6 +125,12 @@ def seq_settled_block(seq: str, period: str, first: int, series: str = DEFAULT_S
     return f"{seq_prefix(seq, series)}settled-block:{period}:{first}"
 
 
+def seq_ledger_order_rebuild(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Sorted set, for an instant: :func:`seq_ledger_order` copied at its size by settle.lua
+    (ZREM never shrinks a sorted set's hash table), then renamed over it."""
+    return f"{seq_prefix(seq, series)}ledger-order-rebuild:{period}"
+
+
 def seq_refs(seq: str, document: str, system: str, series: str = DEFAULT_SERIES) -> str:
     """Hash: WHMCS reference -> ledger id, for ``document``s of ``system`` numbered in ``seq``."""
     return f"{seq_prefix(seq, series)}refs:{document}:{system}"

@@ -7,6 +7,7 @@
 -- KEYS[3] {ser:R}:S:settled:<P>         hash: count, upto
 -- KEYS[4] {ser:R}:S:settled-blocks:<P>  sorted set: "<first>:<last>" scored by first
 -- KEYS[5] {ser:R}:S:settled-block:<P>:<first>   string: the block written here
+-- KEYS[6] {ser:R}:S:ledger-order-rebuild:<P>    KEYS[2] is copied there and renamed back
 --
 -- ARGV[1] upto the caller read ('0' when none)   ARGV[2] upto after this block (its last number)
 -- ARGV[3] SHA1 (hex) of the entries moved, each followed by a newline, in number order
@@ -32,6 +33,11 @@ redis.call('SET', KEYS[5], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[5] .. ':' .. ARGV[2])
 redis.call('HDEL', KEYS[1], unpack(numbers))
 redis.call('ZREM', KEYS[2], unpack(numbers))
+-- ZREM leaves the sorted set's hash table at its largest size (~10 bytes a number ever held):
+-- a copy has the size of what stays.
+if redis.call('ZRANGESTORE', KEYS[6], KEYS[2], 0, -1) > 0 then
+  redis.call('RENAME', KEYS[6], KEYS[2])
+end
 redis.call('HINCRBY', KEYS[3], 'count', #numbers)
 redis.call('HSET', KEYS[3], 'upto', ARGV[2])
 return {'ok', #numbers}

@@ -157,7 +157,8 @@ def settle(
         reply = scripts.SETTLE(
             client, [ledger_key, order, state_key,
                      keys.seq_settled_blocks(sequence, period, series),
-                     keys.seq_settled_block(sequence, period, first, series)],
+                     keys.seq_settled_block(sequence, period, first, series),
+                     keys.seq_ledger_order_rebuild(sequence, period, series)],
             [upto, last, hashlib.sha1(text.encode()).hexdigest(),
              zlib.compress(text.encode(), 9), first, *(number for number, _ in chosen)])
         if reply[0] == "ok":

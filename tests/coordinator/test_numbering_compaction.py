@@ -29,6 +29,7 @@ from coordinator.numbering import (
     recover,
     scripts,
     sequences,
+    settled,
 )
 from coordinator.numbering.allocation import Hints
 from tests.support import initialise_numbering, release_data_dir, upgraded_copy
@@ -352,3 +353,18 @@ def test_a_ledger_of_the_previous_release_compacts_and_keeps_every_number(releas
         assert (again, new) == (before["by_id"][0], False)
         assert allocation.allocate(client, "blue", "invoice", "r-new", DAYS[0])[0][
             "number"] == 24
+
+
+def test_settling_leaves_the_order_set_the_size_of_what_stays(redis_client):
+    # A sorted set keeps its largest hash table after ZREM; settle.lua rebuilds it.
+    order, entries = keys.seq_ledger_order("invoice", "2026"), keys.seq_ledger("invoice", "2026")
+    stamp = "2026-11-01T10:00:00Z"
+    redis_client.zadd(order, {str(n): n for n in range(1, 3001)})
+    redis_client.hset(entries, mapping={str(n): json.dumps(
+        {"number": str(n), "status": "confirmed", "issued_at": stamp}) for n in range(1, 3001)})
+    assert settled.settle(redis_client, "invoice", "2026", LATER, series="default",
+                          block=1400, keep=150, after_seconds=0) == 2800
+    redis_client.zadd("fresh", {str(n): n for n in range(2801, 3001)})
+    assert redis_client.zrange(order, 0, -1) == redis_client.zrange("fresh", 0, -1)
+    assert redis_client.memory_usage(order, samples=0) <= 1.2 * redis_client.memory_usage(
+        "fresh", samples=0)
