@@ -7,6 +7,8 @@ code (``numbering.allocation``, the script the HTTP path runs), confirms all but
 
 - memory: ``INFO memory`` ``used_memory`` before/after, divided by N (what the allocator really
   holds, fragmentation aside), and ``MEMORY USAGE key SAMPLES 0`` per key (the breakdown);
+  then again after compacting the ledger (``numbering.compaction.run``, numbers settled at once:
+  ``LEDGER_SETTLE_AFTER_SECONDS`` 0), which is verified (``chain.verify``) before the report;
 - the gap report of the period (``numbering.ledger.gaps``): Redis commands it sends (``INFO
   commandstats`` calls before/after, minus the INFO itself), and wall time (median of
   ``--repeat`` runs; indicative only on a shared machine), for the first report after the
