@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -368,3 +373,32 @@ def test_settling_leaves_the_order_set_the_size_of_what_stays(redis_client):
     assert redis_client.zrange(order, 0, -1) == redis_client.zrange("fresh", 0, -1)
     assert redis_client.memory_usage(order, samples=0) <= 1.2 * redis_client.memory_usage(
         "fresh", samples=0)
+
+
+@pytest.mark.parametrize("script", ["SETTLE", "COMPACT"])
+def test_kill_9_of_a_compaction_between_two_blocks_loses_nothing(redis_client, valkey,
+                                                                  tmp_path, script):
+    take(redis_client, 8)
+    ids = [f"invoice:2026:{n}" for n in range(1, 9)]
+    before = ledger_as_read(redis_client, ids)
+    marker = tmp_path / "held"
+    process = subprocess.Popen([sys.executable, str(HERE / "compact_and_hold.py"), valkey.url,
+                                str(marker), script], cwd=HERE.parents[1],
+                               env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no block written"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    # One block moved, then the process died: the ledger reads back the same ...
+    moved = (redis_client.hget(keys.seq_settled("invoice", "2026"), "count") if script ==
+             "SETTLE" else redis_client.hget(keys.seq_archived("invoice"), "events"))
+    assert moved == "3"
+    assert ledger_as_read(redis_client, ids) == before
+    # ... and the next run finishes the work.
+    assert any(compaction.run(redis_client, "invoice", {**SETTLE_NOW,
+                                                        "LEDGER_ARCHIVE_BLOCK": 3}).values())
+    assert ledger_as_read(redis_client, ids) == before
