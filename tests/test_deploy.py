@@ -84,10 +84,11 @@ def test_gunicorn_builds_no_access_line_unless_an_access_log_is_asked_for(monkey
 
     assert gunicorn_defaults.logger_class == "coordinator.ops.gunicorn_logger.Logger"
     built: list = []
-    monkeypatch.setattr(Logger, "atoms", lambda self, *args: built.append(args) or {})
+    monkeypatch.setattr(Logger, "atoms", lambda self, *args: built.append(args) or {"h": "-"})
     for accesslog, lines in ((None, 0), ("-", 1)):
         logger = Logger.__new__(Logger)  # without setup(): it would configure this process
-        logger.cfg, logger.access_log = Config(), logging.getLogger("test.gunicorn.access")
+        # A logger outside the hierarchy: the line goes nowhere, whatever root has.
+        logger.cfg, logger.access_log = Config(), logging.Logger("test.gunicorn.access")
         logger.cfg.set("logconfig_dict", gunicorn_defaults.logconfig_dict)
         logger.cfg.set("accesslog", accesslog)
         logger.access(None, None, {}, 0.001)
