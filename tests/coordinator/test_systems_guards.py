@@ -7,13 +7,13 @@ from datetime import UTC, date, datetime
 import pytest
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, InvalidInput, NotFound, UnsafeURL
+from coordinator.exceptions import Conflict, InvalidInput, NotFound, SecretUnreadable, UnsafeURL
 from coordinator.numbering import allocation
 from coordinator.numbering import series as numbering_series
 from coordinator.systems import registry, secrets
 from coordinator.systems.lock import system_lock
 from coordinator.systems.urls import UrlPolicy
-from tests.coordinator.systems_support import FakeResolver, body
+from tests.coordinator.systems_support import FakeResolver, body, raw_dump
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
@@ -141,3 +141,42 @@ def test_a_delete_or_move_waits_for_the_systems_own_lock(redis_client, fernet, c
             registry.get_system(redis_client, "blue")
     else:
         assert registry.get_system(redis_client, "blue")["series"] == "acme"
+
+
+def test_rotation_refuses_an_unreadable_access_key_naming_each_system_and_writes_nothing(
+    redis_client,
+):
+    """A new key was put in front and blue's secret re-entered (now under it), then the old
+    key was dropped too early: blue's access key and red's secret (it has no access key) are
+    unreadable. Rotation
+    checks every secret, names every system concerned and re-encrypts nothing."""
+    old, new, newest = (secrets.generate_key() for _ in range(3))
+    registry.create_system(redis_client, secrets.fernet_from_keys([old]), body(), POLICY)
+    registry.create_system(redis_client, secrets.fernet_from_keys([old]),
+                           body(name="red", access_key=None), POLICY)
+    registry.update_system(redis_client, "blue", {"api_secret": "re-entered"}, POLICY,
+                           secrets.fernet_from_keys([new, old]))
+    before = raw_dump(redis_client)
+    with pytest.raises(SecretUnreadable) as refused:
+        registry.rotate_secrets(redis_client, secrets.fernet_from_keys([newest, new]))
+    assert refused.value.message == (
+        "No configured key decrypts the secrets of: blue, red. Put the key that encrypted them "
+        "back in INVOICE_SYNC_SECRET_KEYS; nothing was re-encrypted.")
+    assert raw_dump(redis_client) == before
+
+
+def test_rotation_counts_the_secrets_it_re_encrypted(redis_client, fernet):
+    """A name left in the systems set by an interrupted delete has no secret to count."""
+    registry.create_system(redis_client, fernet, body(access_key=None), POLICY)
+    redis_client.sadd(keys.SYSTEMS, "ghost")
+    assert registry.rotate_secrets(redis_client, fernet) == 1
+
+
+def test_a_move_can_change_the_secret_in_the_same_request(redis_client, fernet):
+    """PATCH with a new series and a new API secret: both are applied, the secret encrypted."""
+    numbering_series.create_series(redis_client, "acme")
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    system = registry.update_system(redis_client, "blue",
+                                    {"series": "acme", "api_secret": "new-secret"}, POLICY, fernet)
+    assert system["series"] == "acme"
+    assert registry.get_credentials(redis_client, "blue", fernet).secret == "new-secret"
