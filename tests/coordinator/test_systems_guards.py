@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, date, datetime
 
 import pytest
@@ -180,3 +182,41 @@ def test_a_move_can_change_the_secret_in_the_same_request(redis_client, fernet):
                                     {"series": "acme", "api_secret": "new-secret"}, POLICY, fernet)
     assert system["series"] == "acme"
     assert registry.get_credentials(redis_client, "blue", fernet).secret == "new-secret"
+
+
+def test_a_missing_system_is_named_and_a_malformed_name_is_not_echoed(redis_client):
+    """A well-formed name that is not registered is named in the 404; a malformed one (it
+    may be anything a client sent) is not repeated back."""
+    with pytest.raises(NotFound) as missing:
+        registry.update_system(redis_client, "ghost", {"step": 1}, POLICY)
+    assert missing.value.message == "No system named 'ghost'"
+    for call in (lambda: registry.update_system(redis_client, "../x", {"step": 1}, POLICY),
+                 lambda: registry.purge_system_data(redis_client, "../x")):
+        with pytest.raises(NotFound) as malformed:
+            call()
+        assert malformed.value.message == "No such system"
+
+
+def test_a_purge_waits_for_a_registration_of_the_name_and_then_keeps_its_data(redis_client):
+    """A registration holds the system's lock from before its record exists: a purge of the
+    same name that starts meanwhile waits for it, then finds the system and deletes nothing."""
+    data = keys.system_tag("blue") + ":invoices"
+    redis_client.hset(data, "1", "{}")
+    held = threading.Event()
+
+    def registration() -> None:
+        with system_lock(redis_client, "blue"):
+            held.set()
+            time.sleep(0.5)  # the purge below is waiting now (it waits up to 5 s)
+            redis_client.hset(keys.system("blue"), "name", "blue")
+
+    thread = threading.Thread(target=registration)
+    thread.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(Conflict) as refused:
+            registry.purge_system_data(redis_client, "blue")
+    finally:
+        thread.join()
+    assert refused.value.message == "System 'blue' exists; its data is not purged"
+    assert redis_client.hget(data, "1") == "{}"
