@@ -220,3 +220,23 @@ def test_a_purge_waits_for_a_registration_of_the_name_and_then_keeps_its_data(re
         thread.join()
     assert refused.value.message == "System 'blue' exists; its data is not purged"
     assert redis_client.hget(data, "1") == "{}"
+
+
+def test_a_registration_that_clears_old_data_of_its_name_keeps_its_lock(
+    redis_client, fernet, monkeypatch
+):
+    """Leftovers of an earlier system of the name are cleared under the name's lock, which is
+    a key of the same hash tag: the clearing must not take the lock with it, or a purge of
+    the name could run while the registration finishes."""
+    redis_client.hset(keys.system_tag("blue") + ":invoices", "1", "{}")
+    locked_at_join = []
+    real_join = numbering_series.join
+
+    def join(client, series, name):
+        locked_at_join.append(client.exists(keys.system_series_lock(name)))
+        return real_join(client, series, name)
+
+    monkeypatch.setattr(numbering_series, "join", join)
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    assert locked_at_join == [1]
+    assert not redis_client.exists(keys.system_tag("blue") + ":invoices")
