@@ -184,6 +184,13 @@ def test_a_move_can_change_the_secret_in_the_same_request(redis_client, fernet):
     assert registry.get_credentials(redis_client, "blue", fernet).secret == "new-secret"
 
 
+def leftover_pages(client, name: str, count: int = 600) -> list[str]:
+    """Write ``count`` keys of per-system data of ``name`` (a purge unlinks 500 at a time)."""
+    pages = [f"{keys.system_tag(name)}:page:{index}" for index in range(count)]
+    client.mset(dict.fromkeys(pages, "x"))
+    return pages
+
+
 def test_a_missing_system_is_named_and_a_malformed_name_is_not_echoed(redis_client):
     """A well-formed name that is not registered is named in the 404; a malformed one (it
     may be anything a client sent) is not repeated back."""
@@ -202,6 +209,7 @@ def test_a_purge_waits_for_a_registration_of_the_name_and_then_keeps_its_data(re
     same name that starts meanwhile waits for it, then finds the system and deletes nothing."""
     data = keys.system_tag("blue") + ":invoices"
     redis_client.hset(data, "1", "{}")
+    pages = leftover_pages(redis_client, "blue")  # more than one batch of the purge
     held = threading.Event()
 
     def registration() -> None:
@@ -220,6 +228,7 @@ def test_a_purge_waits_for_a_registration_of_the_name_and_then_keeps_its_data(re
         thread.join()
     assert refused.value.message == "System 'blue' exists; its data is not purged"
     assert redis_client.hget(data, "1") == "{}"
+    assert redis_client.exists(*pages) == len(pages)
 
 
 def test_a_registration_that_clears_old_data_of_its_name_keeps_its_lock(
@@ -228,7 +237,7 @@ def test_a_registration_that_clears_old_data_of_its_name_keeps_its_lock(
     """Leftovers of an earlier system of the name are cleared under the name's lock, which is
     a key of the same hash tag: the clearing must not take the lock with it, or a purge of
     the name could run while the registration finishes."""
-    redis_client.hset(keys.system_tag("blue") + ":invoices", "1", "{}")
+    pages = leftover_pages(redis_client, "blue")  # more than one batch of the clearing
     locked_at_join = []
     real_join = numbering_series.join
 
@@ -239,4 +248,4 @@ def test_a_registration_that_clears_old_data_of_its_name_keeps_its_lock(
     monkeypatch.setattr(numbering_series, "join", join)
     registry.create_system(redis_client, fernet, body(), POLICY)
     assert locked_at_join == [1]
-    assert not redis_client.exists(keys.system_tag("blue") + ":invoices")
+    assert redis_client.exists(*pages) == 0
