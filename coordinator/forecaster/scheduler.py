@@ -30,7 +30,7 @@ from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.forecaster import central_poll, defaults, jobs
-from coordinator.numbering import checkpoints
+from coordinator.numbering import checkpoints, compaction
 from coordinator.ops import unconfirmed
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class SchedulerThread(threading.Thread):
                        lambda: unconfirmed.warn(self.client, self.config), logging.WARNING)
             self._step("ledger checkpoint tick", "ledger checkpoint signed for: %s",
                        lambda: checkpoints.due(self.client, self.config))
+            self._step("ledger compaction tick", "ledger chain compacted for: %s",
+                       lambda: compaction.due(self.client, self.config))
             self._stop_event.wait(self.interval)
 
     @staticmethod
