@@ -80,7 +80,7 @@ def test_a_renewal_that_fails_within_the_lease_is_retried_and_the_lease_runs_fro
             failing[0] = False
             renewals(2)
             failing[0] = True
-            now[0] = 1000.45
+            now[0] = 1000.4998  # the last moment of the lease: the lock is still held
             renewals(1)
             held.check()
             now[0] = 1000.5
