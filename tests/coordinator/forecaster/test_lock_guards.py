@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import redis
@@ -94,3 +97,20 @@ def test_a_renewal_that_fails_within_the_lease_is_retried_and_the_lease_runs_fro
     assert messages[-1] == (
         "ERROR", "the sync lock of blue is lost: no renewal within its lease "
                  "(injected: Redis unreachable)")
+
+
+def test_a_worker_that_ends_holding_the_lock_exits_and_the_lock_lapses(redis_client):
+    """A worker process that ends while it holds a sync lock (it died before its `finally`
+    released it) must exit, not keep renewing the lock for ever from its renewal thread: the
+    lock then lapses and the next sync of the system may run."""
+    connection = {k: v for k, v in redis_client.connection_pool.connection_kwargs.items()
+                  if k in ("host", "port", "db", "password", "username")}
+    script = (
+        "import json, sys, redis\n"
+        "from coordinator.forecaster import lock\n"
+        "client = redis.Redis(decode_responses=True, **json.loads(sys.argv[1]))\n"
+        "lock.HeldLock(client, 'blue', 'ended', ttl_ms=600).__enter__()\n"
+    )
+    subprocess.run([sys.executable, "-c", script, json.dumps(connection)], check=True,
+                   timeout=60)
+    wait_for(lambda: lock.holder(redis_client, "blue") is None, "the ended worker's lock lapsed")
