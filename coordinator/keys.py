@@ -311,6 +311,13 @@ def sys_numbers(name: str) -> str:
     return f"{{sys:{name}}}:numbers"
 
 
+def sys_numbers_changed(name: str) -> str:
+    """List: invoice numbers whose count in :func:`sys_numbers` changed, appended by
+    ``upsert.lua`` in the same step; the reconciliation state consumes it from the head
+    (``forecaster/reconcile_state.py``), so a sync's cost there is what it changed."""
+    return f"{{sys:{name}}}:numbers:changed"
+
+
 def sys_sync_state(name: str) -> str:
     """Hash: ``high_water`` (all ids up to it are stored), last completed syncs per mode."""
     return f"{{sys:{name}}}:sync:state"
@@ -355,6 +362,34 @@ def sys_sync_stats(name: str) -> str:
 def sync(sync_id: str) -> str:
     """Hash: one sync job's record (system, mode, state, pages, invoices, times, error)."""
     return f"sync:{sync_id}"
+
+
+# --- reconciliation -----------------------------------------------------------------------
+# The reconciliation's findings, kept up to date by the worker and scheduler
+# (forecaster/reconcile_state.py): derived data, rebuilt from the stored numbers and the ledger
+# with ``invoice-sync reconcile --rebuild``. One hash tag per series, so each update of a
+# series is one MULTI/EXEC in one slot.
+
+RECON_STATE = "recon:state"
+"""Hash: ``version``, ``built_at``, ``updated_at`` and the systems and series the state was
+built for (JSON). Absent: the state was never built (a store of the previous release)."""
+
+RECON_LOCK = "recon:lock"
+"""String: held (redis-py Lock) by the one process updating the reconciliation state."""
+
+
+def recon_tag(series: str) -> str:
+    """The hash tag ``{recon:<series>}`` of one series' reconciliation state."""
+    return f"{{recon:{series}}}"
+
+
+def recon(series: str, part: str) -> str:
+    """One part of a series' reconciliation state: ``seen`` (hash number -> JSON {system:
+    invoices}), ``entries`` (hash ledger id -> JSON [status, system, formatted, order]),
+    ``issued`` (hash formatted -> non-void entries), ``confirmed`` (hash formatted -> JSON
+    [[order, id, system], ...]), ``duplicates``/``not_issued``/``not_seen`` (sorted sets, score
+    0, in report order) and ``meta`` (hash: event cursors, ``numbers_issued``)."""
+    return f"{recon_tag(series)}:{part}"
 
 
 # --- warnings -----------------------------------------------------------------------------
