@@ -274,11 +274,12 @@ def rate_auth_failures(window: int) -> str:
 TOKENS_LAST_USED = f"{RATE_LIMIT_PREFIX}last-used"
 """Hash: sha256(token) -> unix start of the last rate window the token was used in."""
 
-BACKUP_EXCLUDED_PREFIXES = (RATE_LIMIT_PREFIX, "rq:", "ui:session:")
+BACKUP_EXCLUDED_PREFIXES = (RATE_LIMIT_PREFIX, "rq:", "ui:session:", "recon:", "{recon:")
 """Keys ``invoice-sync backup`` leaves out: request accounting (counters bumped by every
 request, not data), RQ's queues and worker registrations (a restored store must not run
 yesterday's jobs; syncs are re-run on demand or by the daily schedule) and dashboard logins
-(a restore must not bring back a session that was logged out or expired meanwhile)."""
+(a restore must not bring back a session that was logged out or expired meanwhile) and the
+reconciliation's kept findings (derived data: rebuilt from the restored numbers and ledger)."""
 
 
 # --- forecaster ---------------------------------------------------------------------------
@@ -316,6 +317,13 @@ def sys_numbers_changed(name: str) -> str:
     ``upsert.lua`` in the same step; the reconciliation state consumes it from the head
     (``forecaster/reconcile_state.py``), so a sync's cost there is what it changed."""
     return f"{{sys:{name}}}:numbers:changed"
+
+
+def sys_recon_tracked(name: str) -> str:
+    """String: set when the reconciliation state took in this system's numbers. Purged with
+    the system's data, so a system deleted and registered again between two updates makes
+    the next update rebuild instead of keeping the old one's numbers."""
+    return f"{{sys:{name}}}:recon:tracked"
 
 
 def sys_sync_state(name: str) -> str:

@@ -306,6 +306,8 @@ def _build_series(client: redis.Redis, series: str, systems: list[str], synced: 
     cursors = {seq: chain.event_count(client, seq, series=series) for seq in SEQUENCES}
     backlog = {system: client.llen(keys.sys_numbers_changed(system)) for system in systems}
     for system in systems:
+        client.set(keys.sys_recon_tracked(system), "1")
+    for system in systems:
         for chunk in _chunks(store.iter_numbers(client, system), defaults.RECON_CHUNK):
             _apply(client, series, synced, numbers={system: dict(chunk)}, check=check)
     for sequence in SEQUENCES:
@@ -376,9 +378,13 @@ def refresh(client: redis.Redis, *, wait: float | None = defaults.RECON_WAIT_SEC
 
 
 def _behind(client: redis.Redis, shape: Mapping[str, Any]) -> bool:
-    """Whether a ledger has fewer events than the state has consumed (a restored store)."""
+    """Whether a ledger has fewer events than the state has consumed (a restored store), or a
+    system's data was purged since the state took it in (deleted and registered again)."""
     from coordinator.numbering import chain
 
+    names = [name for name, _ in shape["systems"]]
+    if names and client.exists(*(keys.sys_recon_tracked(name) for name in names)) < len(names):
+        return True
     for series in shape["series"]:
         meta = client.hgetall(keys.recon(series, "meta"))
         for sequence in SEQUENCES:
