@@ -413,6 +413,21 @@ def warning(warning_id: str) -> str:
     return f"{{warnings}}:warning:{warning_id}"
 
 
+WARNINGS_OPEN_TYPES = "{warnings}:open-types"
+"""Set: the types that have (or had) an open index (:func:`warnings_open`)."""
+
+
+def warnings_open(kind: str) -> str:
+    """Set: ids of the unacknowledged warnings of type ``kind``, kept by ``raise.lua`` and the
+    acknowledgement, so the metrics gauge counts them (SCARD) instead of reading every one."""
+    return f"{{warnings}}:open:{kind}"
+
+
+WARNINGS_OPEN_INDEXED = "{warnings}:open-indexed"
+"""String: set once the open sets hold the warnings raised before they existed (filled once
+per store, on the first use of warnings after the upgrade)."""
+
+
 LEGACY_WARNINGS = "warnings"
 """Where the previous release kept :data:`WARNINGS` (no hash tag); moved by
 ``coordinator.warnings.store.migrate_legacy``."""
