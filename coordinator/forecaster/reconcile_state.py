@@ -146,12 +146,12 @@ def _apply(
     if not touched and not cursors:
         return
     touched_list = sorted(touched)
-    pipe = client.pipeline(transaction=False)
-    for part in ("seen", "issued", "confirmed"):
-        pipe.hmget(key(part), touched_list) if touched_list else pipe.ping()
-    seen_raw, issued_raw, confirmed_raw = pipe.execute()
-    if not touched_list:
-        seen_raw = issued_raw = confirmed_raw = []
+    seen_raw = issued_raw = confirmed_raw = []
+    if touched_list:
+        pipe = client.pipeline(transaction=False)
+        for part in ("seen", "issued", "confirmed"):
+            pipe.hmget(key(part), touched_list)
+        seen_raw, issued_raw, confirmed_raw = pipe.execute()
     seen = {f: json.loads(r) if r else {} for f, r in zip(touched_list, seen_raw, strict=True)}
     issued = {f: int(r or 0) for f, r in zip(touched_list, issued_raw, strict=True)}
     confirmed = {f: json.loads(r) if r else []
@@ -456,12 +456,15 @@ def read(client: redis.Redis, limit: int = 1000) -> dict[str, Any] | None:
         found[series] = part
     pipe = client.pipeline(transaction=False)
     for series, part in found.items():
-        listed = sorted(set(part["duplicates"]) | set(part["not_issued"]))
-        part["listed"] = listed
-        pipe.hmget(keys.recon(series, "seen"), listed) if listed else pipe.ping()
-    for part, raws in zip(found.values(), pipe.execute(), strict=True):
-        part["where"] = (dict(zip(part["listed"], (json.loads(r) for r in raws), strict=True))
-                         if part["listed"] else {})
+        part["listed"] = sorted(set(part["duplicates"]) | set(part["not_issued"]))
+        part["where"] = {}
+        if part["listed"]:
+            pipe.hmget(keys.recon(series, "seen"), part["listed"])
+    replies = iter(pipe.execute())
+    for part in found.values():
+        if part["listed"]:
+            part["where"] = dict(zip(part["listed"], (json.loads(r) for r in next(replies)),
+                                     strict=True))
     present = [s for s in found if groups.get(s) or found[s]["entries"]]
     order = sorted(present, key=lambda name: (name != reconcile.DEFAULT_SERIES, name))
     by_series = {series: _series_report(groups.get(series, []), found[series])

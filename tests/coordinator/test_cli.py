@@ -85,6 +85,13 @@ def test_serve_embedded_default_end_to_end(data_dir):
         report = _cli("report", "revenue", "--data-dir", str(data_dir))
         assert report.returncode == 0, report.stderr
         assert json.loads(report.stdout)["total"]["invoices"] == 0
+        # The reconciliation's kept findings: rebuilt by hand and checked against a full
+        # computation (exit 1 on any difference), then read as the GET reads them.
+        rebuilt = _cli("reconcile", "--rebuild", "--verify", "--data-dir", str(data_dir))
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert json.loads(rebuilt.stdout)["counts"]["not_issued"] == 0
+        recon = _cli("report", "reconciliation", "--data-dir", str(data_dir))
+        assert recon.returncode == 0 and json.loads(recon.stdout)["ledger_compared"]
         missing = _cli("sync", "nosuch", "--data-dir", str(data_dir))
         assert missing.returncode != 0 and "nosuch" in missing.stderr
 
