@@ -107,6 +107,8 @@ class Forecast(MethodView):
 class Reconciliation(MethodView):
     @auth.require(*auth.READERS)
     @blp.response(200, ReconciliationSchema)
+    @blp.alt_response(503, description="Not built yet (a store of the previous release, before "
+                                       "the worker or serve first ran): retry")
     def get(self):
         """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen.
 

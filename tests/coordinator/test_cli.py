@@ -76,6 +76,11 @@ def test_serve_embedded_default_end_to_end(data_dir):
         assert token in serve.stdout.read_text(), "first start prints the admin token once"
         admin = {"Authorization": f"Bearer {token}"}
         assert requests.get(serve.url + "/v1/sequences", headers=admin, timeout=10).ok
+        # serve built the reconciliation's findings before serving (before its worker and
+        # scheduler started): no 503 on a new store.
+        assert "reconciliation: findings built" in serve.stdout.read_text()
+        assert requests.get(serve.url + "/v1/reports/reconciliation", headers=admin,
+                            timeout=10).status_code == 200
 
         # Other commands reach the running serve through its data dir, with no Redis URL.
         created = _cli("token", "create-admin", "--data-dir", str(data_dir))
