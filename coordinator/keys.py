@@ -107,6 +107,30 @@ def seq_ledger_order(seq: str, period: str, series: str = DEFAULT_SERIES) -> str
     return f"{seq_prefix(seq, series)}ledger-order:{period}"
 
 
+def seq_settled(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Hash: ``count`` (entries of ``period`` that live only in settled blocks, not in
+    :func:`seq_ledger` / :func:`seq_ledger_order`) and ``upto`` (the highest number
+    compaction has looked at), see numbering/settled.py."""
+    return f"{seq_prefix(seq, series)}settled:{period}"
+
+
+def seq_settled_blocks(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Sorted set: ``<first>:<last>`` of each settled block of ``period``, scored by first."""
+    return f"{seq_prefix(seq, series)}settled-blocks:{period}"
+
+
+def seq_settled_block(seq: str, period: str, first: int, series: str = DEFAULT_SERIES) -> str:
+    """String (binary): the zlib-compressed ledger entries (JSON lines, number order) of
+    settled numbers of ``period`` from ``first`` on (numbering/settled.py)."""
+    return f"{seq_prefix(seq, series)}settled-block:{period}:{first}"
+
+
+def seq_ledger_order_rebuild(seq: str, period: str, series: str = DEFAULT_SERIES) -> str:
+    """Sorted set, for an instant: :func:`seq_ledger_order` copied at its size by settle.lua
+    (ZREM never shrinks a sorted set's hash table), then renamed over it."""
+    return f"{seq_prefix(seq, series)}ledger-order-rebuild:{period}"
+
+
 def seq_refs(seq: str, document: str, system: str, series: str = DEFAULT_SERIES) -> str:
     """Hash: WHMCS reference -> ledger id, for ``document``s of ``system`` numbered in ``seq``."""
     return f"{seq_prefix(seq, series)}refs:{document}:{system}"
@@ -176,6 +200,21 @@ def seq_events(seq: str, series: str = DEFAULT_SERIES) -> str:
 def seq_chain(seq: str, series: str = DEFAULT_SERIES) -> str:
     """List: the SHA-256 (hex) of each sealed event of :func:`seq_events`, same index."""
     return f"{seq_prefix(seq, series)}chain"
+
+
+def seq_archived(seq: str, series: str = DEFAULT_SERIES) -> str:
+    """Hash: ``events`` (how many events of :func:`seq_events`, from index 0, live in archived
+    blocks, :func:`seq_block`, instead of the lists; their places there hold empty strings, so
+    every index stays what it was) and ``head`` (the hash of the last archived event), see
+    numbering/compaction.py. Absent: nothing archived."""
+    return f"{seq_prefix(seq, series)}archived"
+
+
+def seq_block(seq: str, start: int, series: str = DEFAULT_SERIES) -> str:
+    """String (binary): one archived block of sealed events from index ``start``: their
+    hashes' first bytes, the last one's whole hash and the events, zlib-compressed
+    (numbering/blocks.py)."""
+    return f"{seq_prefix(seq, series)}block:{start}"
 
 
 def seq_checkpoints(seq: str, series: str = DEFAULT_SERIES) -> str:

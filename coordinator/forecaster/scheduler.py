@@ -30,7 +30,7 @@ from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, CoordinatorError
 from coordinator.forecaster import central_poll, defaults, jobs
-from coordinator.numbering import checkpoints
+from coordinator.numbering import checkpoints, compaction
 from coordinator.ops import unconfirmed
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class SchedulerThread(threading.Thread):
                        lambda: checkpoints.due(self.client, self.config))
             self._step("reconciliation update", "reconciliation state %s",
                        lambda: _reconciliation(self.client))
+            self._step("ledger compaction tick", "ledger chain compacted for: %s",
+                       lambda: compaction.due(self.client, self.config))
             self._stop_event.wait(self.interval)
 
     @staticmethod
