@@ -249,7 +249,7 @@ def _ledger_records(client: redis.Redis, series: str,
                     ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
     """Read the current ledger record of each id (None: no such record)."""
     from coordinator.exceptions import NotFound
-    from coordinator.numbering import allocation
+    from coordinator.numbering import allocation, settled
 
     wanted = []
     for allocation_id in dict.fromkeys(ids):
@@ -263,8 +263,13 @@ def _ledger_records(client: redis.Redis, series: str,
     for _, ledger_key, number in wanted:
         pipe.hget(ledger_key, number)
     raws = pipe.execute() if wanted else []
-    return {allocation_id: json.loads(raw) if raw else None
-            for (allocation_id, _, _), raw in zip(wanted, raws, strict=True)}
+    out = {}
+    for (allocation_id, _, number), raw in zip(wanted, raws, strict=True):
+        if raw is None:  # settled since (compaction): the same entry, from its block
+            _, sequence, period, _ = allocation.parse_id(allocation_id)
+            raw = settled.find(client, sequence, period, number, series=series)
+        out[allocation_id] = json.loads(raw) if raw else None
+    return out
 
 
 # --- building and updating -------------------------------------------------------------
@@ -378,7 +383,8 @@ def refresh(client: redis.Redis, *, wait: float | None = defaults.RECON_WAIT_SEC
 
 
 def _behind(client: redis.Redis, shape: Mapping[str, Any]) -> bool:
-    """Whether a ledger has fewer events than the state has consumed (a restored store), or a
+    """Whether a ledger has fewer events than the state has consumed (a restored store) or
+    archived events it has not (compaction overtook an update that lagged far behind), or a
     system's data was purged since the state took it in (deleted and registered again)."""
     from coordinator.numbering import chain
 
@@ -388,8 +394,9 @@ def _behind(client: redis.Redis, shape: Mapping[str, Any]) -> bool:
     for series in shape["series"]:
         meta = client.hgetall(keys.recon(series, "meta"))
         for sequence in SEQUENCES:
-            if int(meta.get(f"cursor:{sequence}", 0)) > chain.event_count(
-                    client, sequence, series=series):
+            cursor = int(meta.get(f"cursor:{sequence}", 0))
+            if not chain.first_listed(client, sequence, series=series) <= cursor <= (
+                    chain.event_count(client, sequence, series=series)):
                 return True
     return False
 

@@ -200,13 +200,19 @@ def event_count(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SER
     return int(client.llen(keys.seq_events(sequence, series)))
 
 
+def first_listed(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) -> int:
+    """Return the first index :func:`events_from` can read: the events before it were
+    archived into blocks by compaction (a reader whose cursor is below it must start over)."""
+    return int(client.hget(keys.seq_archived(sequence, series), "events") or 0)
+
+
 def events_from(
     client: redis.Redis, sequence: str, start: int, count: int = PAGE, *,
     series: str = DEFAULT_SERIES,
 ) -> list[tuple[int, dict[str, Any] | None]]:
     """Return up to ``count`` events ``(seq, event)`` from index ``start`` on, in order (an
-    event that does not parse comes as None). Readers that follow the ledger (the forecaster's
-    reconciliation) go through here, so how old events are stored is this module's business."""
+    event that does not parse, or was archived — below :func:`first_listed` — comes as None).
+    Readers that follow the ledger (the forecaster's reconciliation) go through here."""
     raws = client.lrange(keys.seq_events(sequence, series), start, start + count - 1)
     return [(index, _parse(raw)) for index, raw in enumerate(raws, start=start)]
 

@@ -97,6 +97,21 @@ class World:
         elif kind == "delete":
             registry.delete_system(self.client, name)
 
+    def compact(self):
+        """The scheduler's ledger compaction, tiny blocks: old events archived, confirmed
+        entries settled into blocks (numbering/compaction.py)."""
+        from coordinator.numbering import chain, compaction
+
+        config = {"LEDGER_ARCHIVE_BLOCK": 2, "LEDGER_ARCHIVE_KEEP": 1,
+                  "LEDGER_SETTLE_AFTER_SECONDS": 0}
+        moved = {"events": 0, "entries": 0}
+        for series in SERIES:
+            chain.seal(self.client, "invoice", series=series)
+            for what, n in compaction.run(self.client, "invoice", config, series=series,
+                                          now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)).items():
+                moved[what] += n
+        return moved
+
 
 system = st.sampled_from(SYSTEMS)
 SYNC = st.tuples(st.just("sync"), system,
@@ -108,6 +123,7 @@ CHANGE = st.tuples(st.sampled_from(["confirm", "confirm", "void", "reissue"]), s
 REFRESH = st.tuples(st.just("refresh"), system)
 OPS = st.one_of(
     SYNC, SYNC, SYNC, ALLOCATE, ALLOCATE, ALLOCATE, CHANGE, CHANGE, CHANGE, REFRESH, REFRESH,
+    st.tuples(st.just("compact"), system),
     st.one_of(  # changes of structure (each rebuilds the state once): rarer
         st.tuples(st.just("register"), system, st.sampled_from(SERIES)),
         st.tuples(st.just("move"), system, st.sampled_from(SERIES)),
@@ -149,6 +165,10 @@ def test_kept_findings_equal_the_full_computation(redis_client, settings_env, op
     redis_client.hset(keys.sys_sync_state("blue"), "last_missing_at", "2026-03-01T00:00:00Z")
     reconcile_state.refresh(redis_client)
     for op in ops:
+        if op[0] == "compact":
+            moved = world.compact()
+            event("compaction moved " + ", ".join(k for k, n in sorted(moved.items()) if n))
+            continue
         world.run(op)
         if op[0] == "refresh":
             outcome = reconcile_state.refresh(redis_client)
@@ -226,4 +246,42 @@ def test_previous_release_store_is_built_once_not_by_a_get(client, admin, redis_
     assert _reconciliation(redis_client) == []  # once
     body = client.get("/v1/reports/reconciliation", headers=admin).get_json()
     assert body["counts"]["duplicates"] == 1 and body["counts"]["not_seen"] == 1
+    _same(redis_client)
+
+
+def test_ledger_compaction_under_the_cursor(redis_client, settings):
+    """Compaction settles entries whose new events the state has not read yet (read from their
+    settled blocks), and archives events the state lagged behind (then it is rebuilt)."""
+    from coordinator.numbering import chain, compaction
+
+    config = {"LEDGER_ARCHIVE_BLOCK": 2, "LEDGER_ARCHIVE_KEEP": 1,
+              "LEDGER_SETTLE_AFTER_SECONDS": 0}
+    later = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    world = World(redis_client, settings)
+    world.register("blue", "default")
+    redis_client.hset(keys.sys_sync_state("blue"), "last_full_at", "2026-03-02T00:00:00Z")
+    for ref in range(8):
+        world.run(("allocate", "blue", ref * 2))  # one period
+    for index in (0, 1, 4, 5, 6, 7):
+        world.run(("confirm", "blue", index))
+    chain.seal(redis_client, "invoice")
+    assert reconcile_state.refresh(redis_client) == "built"
+    world.run(("confirm", "blue", 2))
+    world.run(("confirm", "blue", 3))  # their events unsealed: compaction leaves them listed
+    moved = compaction.run(redis_client, "invoice", config, now=later)
+    assert moved["entries"] >= 4 and moved["events"] > 0
+    assert redis_client.hget(keys.seq_ledger("invoice", "2026"), "3") is None  # settled
+    assert reconcile_state.refresh(redis_client) == "updated"
+    _same(redis_client)
+    assert _kept(redis_client)["counts"]["not_seen"] == 8
+    # The state lags behind while compaction archives past its cursor: rebuilt, still equal.
+    world.run(("allocate", "blue", 99))
+    world.run(("confirm", "blue", 8))
+    for _ in range(3):
+        world.run(("void", "blue", 8))
+        chain.seal(redis_client, "invoice")
+        compaction.run(redis_client, "invoice", config, now=later)
+    assert chain.first_listed(redis_client, "invoice") > int(redis_client.hget(
+        keys.recon("default", "meta"), "cursor:invoice"))
+    assert reconcile_state.refresh(redis_client) == "built"
     _same(redis_client)
