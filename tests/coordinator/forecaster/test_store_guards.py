@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from agent import WhmcsInvoice
-from coordinator.forecaster import lock, store
+from coordinator.forecaster import lock, money, store
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +70,21 @@ def test_invoices_stored_for_a_sync_that_lost_the_lock_change_nothing(redis_clie
     assert [(s.id, s.status) for s in store.iter_stored(redis_client, "blue")] == [(1, "Unpaid")]
     store.upsert(redis_client, "blue", [invoice(2)], owner="sync-b")
     assert store.count(redis_client, "blue") == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"total": Decimal("10.005")},
+         "invoice 3: total 10.005 has more decimals than EUR allows (2)"),
+        ({"tax": Decimal("0.001"), "currencycode": ""},
+         "invoice 3: tax 0.001 has more decimals than the currency allows (2)"),
+        ({"credit": Decimal("1E+11")},
+         "invoice 3: credit 1E+11 is beyond what the forecaster stores exactly"),
+    ],
+)
+def test_an_amount_the_store_cannot_keep_fails_the_sync_saying_which_and_why(fields, message):
+    # The message becomes the failed sync's error, which the admin reads.
+    with pytest.raises(money.AmountPrecisionError) as refused:
+        store.encode(invoice(3, **fields))
+    assert str(refused.value) == message
