@@ -75,8 +75,10 @@ def test_invoices_stored_for_a_sync_that_lost_the_lock_change_nothing(redis_clie
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"total": Decimal("10.005")},
-         "invoice 3: total 10.005 has more decimals than EUR allows (2)"),
+        ({"subtotal": Decimal("9.999")},
+         "invoice 3: subtotal 9.999 has more decimals than EUR allows (2)"),
+        ({"total": Decimal("10.0005"), "currencycode": "kwd"},
+         "invoice 3: total 10.0005 has more decimals than KWD allows (3)"),
         ({"tax": Decimal("0.001"), "currencycode": ""},
          "invoice 3: tax 0.001 has more decimals than the currency allows (2)"),
         ({"credit": Decimal("1E+11")},

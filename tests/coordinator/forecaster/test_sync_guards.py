@@ -1,0 +1,83 @@
+"""Syncs of a WHMCS whose invoice list changes, or that pages wrongly, while a sync reads it
+(mutation run, issue 17). The fake WHMCS over loopback HTTP, ``sync.run`` on the real Valkey."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agent import WhmcsClient
+from coordinator.forecaster import store, sync
+from tests.coordinator.forecaster.conftest import IDENT, SECRET
+
+pytestmark = pytest.mark.integration
+
+
+class Meddled:
+    """The system's WHMCS client; ``before(n)`` acts in WHMCS just before its n-th page request,
+    and ``limitstart`` may be ignored as by a module or proxy rewriting requests."""
+
+    def __init__(self, fake, before=lambda n: None, *, ignore_limitstart=False):
+        self.client = WhmcsClient(fake.url, IDENT, SECRET)
+        self.before, self.ignore_limitstart = before, ignore_limitstart
+        self.requests, self._lock = 0, threading.Lock()
+
+    @property
+    def calls(self) -> int:
+        return self.client.calls
+
+    def get_invoices(self, limitstart=0, limitnum=25, **kwargs):
+        with self._lock:  # a full sync prefetches from other threads
+            self.requests += 1
+            self.before(self.requests)
+        return self.client.get_invoices(0 if self.ignore_limitstart else limitstart, limitnum,
+                                        **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["full", "missing"])
+def test_invoices_deleted_in_whmcs_while_a_sync_pages_make_it_miss_no_other(
+    redis_client, fake, mode
+):
+    ids = fake.app.seed(300, seed=11)
+    # Before the 4th request, three invoices the sync has already read are deleted in WHMCS:
+    # every row after them moves up three places, past one page boundary at least.
+    read_first = ids[:3] if mode == "full" else ids[-3:]
+    source = Meddled(fake, lambda n: n == 4 and [fake.app.delete_invoice(i) for i in read_first])
+    progress = sync.run(redis_client, "blue", mode, source, 25)
+    stored = set(store.iter_stored_ids(redis_client, "blue"))
+    still_in_whmcs = {i["id"] for i in fake.app.invoices_snapshot()}
+    assert still_in_whmcs <= stored, sorted(still_in_whmcs - stored)
+    assert stored - still_in_whmcs <= set(read_first)  # read before they went: the next full
+    assert progress.high_water == sync.high_water(redis_client, "blue") == max(ids)
+
+
+def test_a_list_that_keeps_changing_fails_the_sync_instead_of_paging_for_ever(redis_client,
+                                                                               fake):
+    ids = fake.app.seed(400, seed=12)
+    deleted = iter(ids)
+
+    def delete_three(n):  # more rows go before each request than a page (2) steps back
+        for _ in range(3):
+            fake.app.delete_invoice(next(deleted))
+
+    source = Meddled(fake, delete_three)
+    with pytest.raises(sync.SyncError) as failed:
+        sync.run(redis_client, "blue", "full", source, 2)
+    assert failed.value.code == "whmcs_list_unstable"
+    assert failed.value.message == (
+        "WHMCS's invoice list kept changing while it was paged (invoices deleted during the "
+        "sync); run the sync again.")
+    assert sync.high_water(redis_client, "blue") == 0
+
+
+def test_a_whmcs_that_ignores_limitstart_fails_a_full_sync_saying_so(redis_client, fake):
+    fake.app.seed(60, seed=13)
+    with pytest.raises(sync.SyncError) as failed:
+        sync.run(redis_client, "blue", "full", Meddled(fake, ignore_limitstart=True), 25)
+    assert failed.value.code == "whmcs_bad_response"
+    assert failed.value.message == (
+        "WHMCS answered GetInvoices limitstart=24 with rows it had already sent: it ignores "
+        "limitstart, so paging cannot finish. Check for a module or proxy rewriting API "
+        "requests.")
+    assert sync.high_water(redis_client, "blue") == 0
