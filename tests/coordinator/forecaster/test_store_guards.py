@@ -77,6 +77,12 @@ def test_invoices_stored_for_a_sync_that_lost_the_lock_change_nothing(redis_clie
     [
         ({"subtotal": Decimal("9.999")},
          "invoice 3: subtotal 9.999 has more decimals than EUR allows (2)"),
+        ({"tax": Decimal("0.5"), "currencycode": "jpy"},
+         "invoice 3: tax 0.5 has more decimals than JPY allows (0)"),
+        ({"tax2": Decimal("0.0001"), "currencycode": "KWD"},
+         "invoice 3: tax2 0.0001 has more decimals than KWD allows (3)"),
+        ({"credit": Decimal("0.001"), "currencycode": "GBP"},
+         "invoice 3: credit 0.001 has more decimals than GBP allows (2)"),
         ({"total": Decimal("10.0005"), "currencycode": "kwd"},
          "invoice 3: total 10.0005 has more decimals than KWD allows (3)"),
         ({"tax": Decimal("0.001"), "currencycode": ""},
