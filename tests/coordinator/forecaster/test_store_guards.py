@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from agent import WhmcsInvoice
-from coordinator.forecaster import lock, money, store
+from coordinator.forecaster import defaults, lock, money, store
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +64,10 @@ def test_invoices_stored_for_a_sync_that_lost_the_lock_change_nothing(redis_clie
     # upsert fences like write_records: the lock is another sync's now.
     store.upsert(redis_client, "blue", [invoice(1)])
     assert lock.acquire_queued(redis_client, "blue", "sync-b")
-    with pytest.raises(lock.LockLost):
+    with pytest.raises(lock.LockLost) as lost:
         store.upsert(redis_client, "blue", [invoice(1, status="Paid"), invoice(2)],
                      owner="sync-a")
+    assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync sync-a"
     assert [(s.id, s.status) for s in store.iter_stored(redis_client, "blue")] == [(1, "Unpaid")]
     store.upsert(redis_client, "blue", [invoice(2)], owner="sync-b")
     assert store.count(redis_client, "blue") == 2
@@ -96,3 +97,15 @@ def test_an_amount_the_store_cannot_keep_fails_the_sync_saying_which_and_why(fie
     with pytest.raises(money.AmountPrecisionError) as refused:
         store.encode(invoice(3, **fields))
     assert str(refused.value) == message
+
+
+def test_a_large_write_goes_in_batches_of_upsert_batch_each_counted_once(redis_client):
+    # One script call per UPSERT_BATCH invoices: each call blocks the server briefly, and the
+    # calls are as few as that allows.
+    many = [invoice(i) for i in range(1, 2 * defaults.UPSERT_BATCH + 2)]
+    store.upsert(redis_client, "blue", many[:1])  # the server has loaded the script now
+    redis_client.config_resetstat()
+    result = store.upsert(redis_client, "blue", many)
+    assert redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] == 3
+    assert result == store.UpsertResult(inserted=len(many) - 1, unchanged=1, currencies=1)
+    assert store.count(redis_client, "blue") == len(many)
