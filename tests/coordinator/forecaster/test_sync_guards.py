@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from agent import WhmcsClient
-from coordinator.forecaster import store, sync
+from coordinator import keys
+from coordinator.forecaster import lock, store, sync
 from tests.coordinator.forecaster.conftest import IDENT, SECRET
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def test_a_list_that_keeps_changing_fails_the_sync_instead_of_paging_for_ever(re
     with pytest.raises(sync.SyncError) as failed:
         sync.run(redis_client, "blue", "full", source, 2)
     assert failed.value.code == "whmcs_list_unstable"
-    assert failed.value.message == (
+    assert str(failed.value) == failed.value.message == (
         "WHMCS's invoice list kept changing while it was paged (invoices deleted during the "
         "sync); run the sync again.")
     assert sync.high_water(redis_client, "blue") == 0
@@ -81,3 +82,29 @@ def test_a_whmcs_that_ignores_limitstart_fails_a_full_sync_saying_so(redis_clien
         "limitstart, so paging cannot finish. Check for a module or proxy rewriting API "
         "requests.")
     assert sync.high_water(redis_client, "blue") == 0
+
+
+def test_a_sync_that_lost_its_lock_stores_nothing_and_does_not_complete(redis_client, fake):
+    fake.app.seed(30, seed=14)
+    state = keys.sys_sync_state("blue")
+    # The lock is another sync's before A's first write: A stores nothing.
+    assert lock.acquire_queued(redis_client, "blue", "sync-b")
+    with pytest.raises(lock.LockLost) as lost:
+        sync.run(redis_client, "blue", "full", Meddled(fake), 25, owner="sync-a")
+    assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync sync-a"
+    assert store.count(redis_client, "blue") == 0
+    # A holds it while writing and loses it just before completing: what it wrote stays (the
+    # next sync finds it unchanged), but the run is not recorded as complete.
+    redis_client.delete(keys.sys_sync_lock("blue"))
+    assert lock.acquire_queued(redis_client, "blue", "sync-a")
+
+    def taken_over(progress):
+        redis_client.delete(keys.sys_sync_lock("blue"))
+        assert lock.acquire_queued(redis_client, "blue", "sync-b")
+
+    with pytest.raises(lock.LockLost) as lost:
+        sync.run(redis_client, "blue", "full", Meddled(fake), 25, owner="sync-a",
+                 on_page=taken_over)
+    assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync-a"
+    assert store.count(redis_client, "blue") == 30
+    assert redis_client.hgetall(state) == {}
