@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 
 import pytest
+import redis
 
 from agent import WhmcsClient
 from coordinator import keys
@@ -108,3 +110,34 @@ def test_a_sync_that_lost_its_lock_stores_nothing_and_does_not_complete(redis_cl
     assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync-a"
     assert store.count(redis_client, "blue") == 30
     assert redis_client.hgetall(state) == {}
+
+
+def test_a_takeover_in_the_instant_a_sync_completes_is_caught(redis_client, fake, monkeypatch):
+    fake.app.seed(30, seed=15)
+    assert lock.acquire_queued(redis_client, "blue", "sync-a")
+    real_multi = redis.client.Pipeline.multi
+
+    def multi(pipe):  # A has checked that it holds the lock; its MULTI/EXEC is still to come
+        redis_client.set(keys.sys_sync_lock("blue"), "sync-b")
+        real_multi(pipe)
+
+    monkeypatch.setattr(redis.client.Pipeline, "multi", multi)
+    with pytest.raises(lock.LockLost) as lost:
+        sync.run(redis_client, "blue", "full", Meddled(fake), 25, owner="sync-a")
+    assert str(lost.value) == "the sync lock of 'blue' changed while completing"
+    assert redis_client.hgetall(keys.sys_sync_state("blue")) == {}
+
+
+def test_a_completed_sync_records_its_mark_and_when_it_finished_in_utc(redis_client, fake):
+    # The overview page and the last-success metric read these times back (state_metrics.py).
+    ids = fake.app.seed(30, seed=16)
+    state = keys.sys_sync_state("blue")
+    sync.run(redis_client, "blue", "full", Meddled(fake), 25,
+             clock=lambda: dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC))
+    assert redis_client.hgetall(state) == {"high_water": str(max(ids)),
+                                           "last_full_at": "2026-03-04T05:06:07Z"}
+    sync.run(redis_client, "blue", "missing", Meddled(fake), 25,
+             clock=lambda: dt.datetime(2026, 3, 5, 23, 59, 58, tzinfo=dt.UTC))
+    assert redis_client.hgetall(state) == {"high_water": str(max(ids)),
+                                           "last_full_at": "2026-03-04T05:06:07Z",
+                                           "last_missing_at": "2026-03-05T23:59:58Z"}
