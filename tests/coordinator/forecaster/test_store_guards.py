@@ -45,6 +45,9 @@ def test_what_the_store_keeps_reads_back_as_whmcs_sent_it(redis_client):
     assert {i: store.get(redis_client, "blue", i) for i in expected} == expected
     assert {s.id: s for s in store.iter_stored(redis_client, "blue")} == expected
     assert store.get(redis_client, "blue", 10) is None
+    # Unpaid without a due date: open, under no due date.
+    assert store.read_receivables(redis_client, "blue") == [
+        store.Receivable(None, "EUR", n=2, gross=2000)]
 
 
 def test_a_bar_or_blanks_in_status_or_currency_do_not_move_the_amounts(redis_client):
