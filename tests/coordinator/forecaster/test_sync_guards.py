@@ -25,6 +25,7 @@ class Meddled:
         self.client = WhmcsClient(fake.url, IDENT, SECRET)
         self.before, self.ignore_limitstart = before, ignore_limitstart
         self.requests, self._lock = 0, threading.Lock()
+        self.asked: list[tuple[int, int, dict]] = []  # (limitstart, limitnum, the rest)
 
     @property
     def calls(self) -> int:
@@ -33,6 +34,7 @@ class Meddled:
     def get_invoices(self, limitstart=0, limitnum=25, **kwargs):
         with self._lock:  # a full sync prefetches from other threads
             self.requests += 1
+            self.asked.append((limitstart, limitnum, kwargs))
             self.before(self.requests)
         return self.client.get_invoices(0 if self.ignore_limitstart else limitstart, limitnum,
                                         **kwargs)
@@ -141,3 +143,13 @@ def test_a_completed_sync_records_its_mark_and_when_it_finished_in_utc(redis_cli
     assert redis_client.hgetall(state) == {"high_water": str(max(ids)),
                                            "last_full_at": "2026-03-04T05:06:07Z",
                                            "last_missing_at": "2026-03-05T23:59:58Z"}
+
+
+def test_a_sync_pages_whmcs_in_id_order_whatever_its_default(redis_client, fake):
+    # Paging relies on id order (WHMCS.md): it is asked for, never left to WHMCS's default.
+    fake.app.seed(60, seed=17)
+    for mode, order in (("full", "asc"), ("missing", "desc")):
+        source = Meddled(fake)
+        sync.run(redis_client, "blue", mode, source, 25)
+        assert [kw for _, _, kw in source.asked] == [{"orderby": "id", "order": order}] * len(
+            source.asked)
