@@ -153,3 +153,11 @@ def test_a_sync_pages_whmcs_in_id_order_whatever_its_default(redis_client, fake)
         sync.run(redis_client, "blue", mode, source, 25)
         assert [kw for _, _, kw in source.asked] == [{"orderby": "id", "order": order}] * len(
             source.asked)
+    # A step of 1 (the least a system may set) pages two rows at a time: the least that moves
+    # on past the one row of overlap.
+    for _ in range(3):
+        fake.app.add_invoice(subtotal="1.00", status="Paid")
+    source = Meddled(fake)
+    assert sync.run(redis_client, "blue", "missing", source, 1).invoices == 3
+    assert {limitnum for _, limitnum, _ in source.asked} == {2}
+    assert store.count(redis_client, "blue") == 63
