@@ -49,7 +49,7 @@ from coordinator.exceptions import (
     ServiceUnavailable,
 )
 from coordinator.forecaster import lock, poll_access
-from coordinator.numbering import allocation
+from coordinator.numbering import allocation, chain
 from coordinator.ops.confirmation import Durability, Guard
 from coordinator.warnings import store as warnings
 
@@ -100,6 +100,7 @@ class LocalNumbering:
                 date or self.clock().date(), self.durability)
         except CoordinatorError as error:
             raise _agent_error(error) from None
+        self._seal([entry])
         return self._out(entry, replay=not new)
 
     def allocate_batch(
@@ -115,6 +116,7 @@ class LocalNumbering:
             taken = allocation.allocate_batch(self.client, self.system, batch, self.durability)
         except CoordinatorError as error:
             raise _agent_error(error) from None
+        self._seal([entry for entry, _ in taken])
         return [self._out(entry, replay=not new) for entry, new in taken]
 
     def _transition(self, allocation_id: str, action: str, value: str) -> Allocation:
@@ -125,7 +127,21 @@ class LocalNumbering:
                 durability=self.durability)
         except CoordinatorError as error:
             raise _agent_error(error) from None
+        self._seal([entry])
         return self._out(entry)
+
+    def _seal(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Seal the chain events these entries appended, as the HTTP API does after its answer.
+
+        Sealing is idempotent and verify/export seal first, so a failure only leaves the events
+        unsealed a little longer: it is logged, never raised (the number is already durable).
+        """
+        for series, sequence in sorted({(e["series"], e["sequence"]) for e in entries}):
+            try:
+                chain.seal(self.client, sequence, series=series)
+            except redis.RedisError:
+                log.warning("sealing %s/%s failed; sealed at the next verify", series, sequence,
+                            exc_info=True)
 
     def confirm(self, allocation_id: str, invoicenum: str) -> Allocation:
         """Record that the number is written in WHMCS."""

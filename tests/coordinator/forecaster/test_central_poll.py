@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from coordinator import keys
 from coordinator.cli import main
 from coordinator.forecaster import central_poll
 from coordinator.numbering import iter_ledger
@@ -62,6 +63,18 @@ def test_it_numbers_what_the_hooks_missed_and_a_second_run_changes_nothing(
     assert again["state"] == "done" and again["numbered"] == 0
     assert numbers(blue) == after
     assert len(ledger(redis_client)) == 3
+
+
+def test_the_poll_seals_the_chain_events_it_appends(blue, poll, redis_client) -> None:
+    """What the central poll numbers is in the hash chain as soon as it ran, as after an
+    HTTP allocation: no event waits for the next verify to be sealed."""
+    blue.add_invoice(status="Paid", subtotal="10.00")
+    blue.add_invoice(status="Paid", subtotal="-4.00")
+    assert poll()["numbered"] == 2
+    for sequence in ("invoice", "credit_note"):
+        events = redis_client.llen(keys.seq_events(sequence))
+        assert events >= 2  # issued and confirmed
+        assert redis_client.llen(keys.seq_chain(sequence)) == events
 
 
 def test_a_role_that_may_not_write_takes_no_number_and_says_why(
