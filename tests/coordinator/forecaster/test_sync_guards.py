@@ -161,3 +161,47 @@ def test_a_sync_pages_whmcs_in_id_order_whatever_its_default(redis_client, fake)
     assert sync.run(redis_client, "blue", "missing", source, 1).invoices == 3
     assert {limitnum for _, limitnum, _ in source.asked} == {2}
     assert store.count(redis_client, "blue") == 63
+
+
+@pytest.mark.parametrize("change", ["a page of new invoices", "the last row read replaced"])
+def test_invoices_created_in_whmcs_while_a_missing_sync_pages_do_not_stop_it(
+    redis_client, fake, change
+):
+    # Newest first: invoices created meanwhile push the rows down, onto rows already read.
+    ids = fake.app.seed(120, seed=18)
+    last_read = sorted(ids, reverse=True)[48]  # the last row of the second page (25 + 24 rows)
+
+    def meanwhile(n):
+        if n != 3:
+            return
+        if change == "the last row read replaced":
+            fake.app.delete_invoice(last_read)
+        for _ in range(30 if change == "a page of new invoices" else 1):
+            fake.app.add_invoice(subtotal="5.00", status="Unpaid")
+
+    sync.run(redis_client, "blue", "missing", Meddled(fake, meanwhile), 25)
+    stored = set(store.iter_stored_ids(redis_client, "blue"))
+    assert set(ids) - {last_read} <= stored
+    sync.run(redis_client, "blue", "missing", Meddled(fake), 25)  # the next one gets the rest
+    assert stored <= set(store.iter_stored_ids(redis_client, "blue"))
+    assert {i["id"] for i in fake.app.invoices_snapshot()} <= set(
+        store.iter_stored_ids(redis_client, "blue"))
+
+
+def test_an_invoice_deleted_and_one_created_as_a_full_sync_ends_are_both_seen(redis_client,
+                                                                               fake):
+    # The request for the end (the last row alone, at 59) finds, after one invoice went and
+    # one came, a single row it has not read: a step back, not a crash.
+    ids = fake.app.seed(60, seed=19)
+
+    def meanwhile(n):
+        if source.asked[-1][0] == 59 and not created:
+            fake.app.delete_invoice(ids[0])
+            created.append(fake.app.add_invoice(subtotal="5.00", status="Unpaid"))
+
+    created: list[int] = []
+
+    source = Meddled(fake, meanwhile)
+    sync.run(redis_client, "blue", "full", source, 25)
+    assert created and {i["id"] for i in fake.app.invoices_snapshot()} <= set(
+        store.iter_stored_ids(redis_client, "blue"))
