@@ -40,15 +40,19 @@ class Meddled:
                                         **kwargs)
 
 
-@pytest.mark.parametrize("mode", ["full", "missing"])
+@pytest.mark.parametrize(("mode", "deleted", "before"), [
+    ("full", 3, 4), ("missing", 3, 4),
+    ("full", 24, 2),  # all but the last row read: that row is the first of the list now
+])
 def test_invoices_deleted_in_whmcs_while_a_sync_pages_make_it_miss_no_other(
-    redis_client, fake, mode
+    redis_client, fake, mode, deleted, before
 ):
     ids = fake.app.seed(300, seed=11)
-    # Before the 4th request, three invoices the sync has already read are deleted in WHMCS:
-    # every row after them moves up three places, past one page boundary at least.
-    read_first = ids[:3] if mode == "full" else ids[-3:]
-    source = Meddled(fake, lambda n: n == 4 and [fake.app.delete_invoice(i) for i in read_first])
+    # Invoices the sync has already read are deleted in WHMCS: every row after them moves up
+    # that many places, past one page boundary at least.
+    read_first = ids[:deleted] if mode == "full" else ids[-deleted:]
+    source = Meddled(fake, lambda n: n == before and [fake.app.delete_invoice(i)
+                                                      for i in read_first])
     sync.run(redis_client, "blue", mode, source, 25)
     stored = set(store.iter_stored_ids(redis_client, "blue"))
     still_in_whmcs = {i["id"] for i in fake.app.invoices_snapshot()}
