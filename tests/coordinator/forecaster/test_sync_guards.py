@@ -34,6 +34,7 @@ class Meddled:
     def get_invoices(self, limitstart=0, limitnum=25, **kwargs):
         with self._lock:  # a full sync prefetches from other threads
             self.requests += 1
+            assert self.requests <= 500, "the sync never stopped paging"
             self.asked.append((limitstart, limitnum, kwargs))
             self.before(self.requests)
         return self.client.get_invoices(0 if self.ignore_limitstart else limitstart, limitnum,
@@ -89,6 +90,19 @@ def test_a_whmcs_that_ignores_limitstart_fails_a_full_sync_saying_so(redis_clien
         "WHMCS answered GetInvoices limitstart=24 with rows it had already sent: it ignores "
         "limitstart, so paging cannot finish. Check for a module or proxy rewriting API "
         "requests.")
+    assert sync.high_water(redis_client, "blue") == 0
+
+
+def test_a_whmcs_that_ignores_limitstart_fails_a_missing_sync_too(redis_client, fake,
+                                                                   monkeypatch):
+    # Newest first, a page of rows already sent can also mean invoices were created meanwhile:
+    # a missing sync gives up only after MAX_STALE_PAGES such pages (a few here).
+    monkeypatch.setattr(sync, "MAX_STALE_PAGES", 3)
+    fake.app.seed(60, seed=20)
+    with pytest.raises(sync.SyncError) as failed:
+        sync.run(redis_client, "blue", "missing", Meddled(fake, ignore_limitstart=True), 25)
+    assert failed.value.code == "whmcs_bad_response"
+    assert failed.value.message.startswith("WHMCS answered GetInvoices limitstart=96 with rows")
     assert sync.high_water(redis_client, "blue") == 0
 
 
