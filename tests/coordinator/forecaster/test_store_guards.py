@@ -112,3 +112,7 @@ def test_a_large_write_goes_in_batches_of_upsert_batch_each_counted_once(redis_c
     assert redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] == 3
     assert result == store.UpsertResult(inserted=len(many) - 1, unchanged=1, currencies=1)
     assert store.count(redis_client, "blue") == len(many)
+    # What a sync reports adds up over the batches too.
+    paid = [invoice(i.id, status="Paid") for i in many]
+    assert store.upsert(redis_client, "blue", paid).updated == len(many)
+    assert store.delete(redis_client, "blue", [i.id for i in many]).deleted == len(many)
