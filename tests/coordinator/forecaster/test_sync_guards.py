@@ -21,9 +21,9 @@ class Meddled:
     """The system's WHMCS client; ``before(n)`` acts in WHMCS just before its n-th page request,
     and ``limitstart`` may be ignored as by a module or proxy rewriting requests."""
 
-    def __init__(self, fake, before=lambda n: None, *, ignore_limitstart=False):
+    def __init__(self, fake, before=lambda n: None, *, ignore_limitstart=False, grow=False):
         self.client = WhmcsClient(fake.url, IDENT, SECRET)
-        self.before, self.ignore_limitstart = before, ignore_limitstart
+        self.before, self.ignore_limitstart, self.grow = before, ignore_limitstart, grow
         self.requests, self._lock = 0, threading.Lock()
         self.asked: list[tuple[int, int, dict]] = []  # (limitstart, limitnum, the rest)
 
@@ -37,7 +37,8 @@ class Meddled:
             assert self.requests <= 500, "the sync never stopped paging"
             self.asked.append((limitstart, limitnum, kwargs))
             self.before(self.requests)
-        return self.client.get_invoices(0 if self.ignore_limitstart else limitstart, limitnum,
+            sent = limitnum + self.requests if self.grow else limitnum  # more rows than asked
+        return self.client.get_invoices(0 if self.ignore_limitstart else limitstart, sent,
                                         **kwargs)
 
 
@@ -227,3 +228,12 @@ def test_an_invoice_deleted_and_one_created_as_a_full_sync_ends_are_both_seen(re
     sync.run(redis_client, "blue", "full", source, 25)
     assert created and {i["id"] for i in fake.app.invoices_snapshot()} <= set(
         store.iter_stored_ids(redis_client, "blue"))
+
+
+def test_pages_longer_than_asked_and_growing_are_all_stored(redis_client, fake):
+    # A WHMCS (or a proxy) that sends more rows than asked, more each time: the guesses of
+    # where the next page starts are wrong every time, and are dropped.
+    fake.app.seed(200, seed=21)
+    sync.run(redis_client, "blue", "full", Meddled(fake, grow=True), 10)
+    assert sorted(store.iter_stored_ids(redis_client, "blue")) == [
+        i["id"] for i in fake.app.invoices_snapshot()]
