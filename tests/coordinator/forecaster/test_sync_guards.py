@@ -237,3 +237,20 @@ def test_pages_longer_than_asked_and_growing_are_all_stored(redis_client, fake):
     sync.run(redis_client, "blue", "full", Meddled(fake, grow=True), 10)
     assert sorted(store.iter_stored_ids(redis_client, "blue")) == [
         i["id"] for i in fake.app.invoices_snapshot()]
+
+
+def test_a_sync_of_a_whmcs_without_invoices_leaves_no_mark(redis_client, fake):
+    # Else the first invoice created later (id 1) would count as stored already.
+    sync.run(redis_client, "blue", "full", Meddled(fake), 25)
+    assert sync.high_water(redis_client, "blue") == 0
+    first = fake.app.add_invoice(subtotal="5.00", status="Unpaid")
+    sync.run(redis_client, "blue", "missing", Meddled(fake), 25)
+    assert list(store.iter_stored_ids(redis_client, "blue")) == [first]
+
+
+def test_an_unknown_mode_is_refused_before_anything_runs(redis_client, fake):
+    source = Meddled(fake)
+    with pytest.raises(ValueError) as refused:
+        sync.run(redis_client, "blue", "partial", source, 25)
+    assert str(refused.value) == "unknown sync mode 'partial'"
+    assert source.requests == 0
