@@ -179,7 +179,9 @@ def test_a_sync_pages_whmcs_in_id_order_whatever_its_default(redis_client, fake)
     for _ in range(3):
         fake.app.add_invoice(subtotal="1.00", status="Paid")
     source = Meddled(fake)
-    assert sync.run(redis_client, "blue", "missing", source, 1).invoices == 3
+    progress = sync.run(redis_client, "blue", "missing", source, 1)
+    # Its progress expects the invoices not yet stored: WHMCS's total less the 60 stored.
+    assert (progress.invoices, progress.total_hint) == (3, 3)
     assert {limitnum for _, limitnum, _ in source.asked} == {2}
     assert store.count(redis_client, "blue") == 63
 
