@@ -183,6 +183,8 @@ def test_a_sync_pages_whmcs_in_id_order_whatever_its_default(redis_client, fake)
     # Its progress expects the invoices not yet stored: WHMCS's total less the 60 stored.
     assert (progress.invoices, progress.total_hint) == (3, 3)
     assert {limitnum for _, limitnum, _ in source.asked} == {2}
+    # ... and asks for nothing past the page that reaches the invoices already stored.
+    assert [start for start, _, _ in source.asked] == [0, 1, 2]
     assert store.count(redis_client, "blue") == 63
 
 
