@@ -174,6 +174,8 @@ def test_a_sync_pages_whmcs_in_id_order_whatever_its_default(redis_client, fake)
         sync.run(redis_client, "blue", mode, source, 25)
         assert [kw for _, _, kw in source.asked] == [{"orderby": "id", "order": order}] * len(
             source.asked)
+    # A full sync's progress expects every invoice, stored already or not.
+    assert sync.run(redis_client, "blue", "full", Meddled(fake), 25).total_hint == 60
     # A step of 1 (the least a system may set) pages two rows at a time: the least that moves
     # on past the one row of overlap.
     for _ in range(3):
