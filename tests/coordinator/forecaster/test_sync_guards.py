@@ -183,7 +183,7 @@ def test_a_sync_pages_whmcs_in_id_order_whatever_its_default(redis_client, fake)
     source = Meddled(fake)
     progress = sync.run(redis_client, "blue", "missing", source, 1)
     # Its progress expects the invoices not yet stored: WHMCS's total less the 60 stored.
-    assert (progress.invoices, progress.total_hint) == (3, 3)
+    assert (progress.pages, progress.invoices, progress.total_hint) == (3, 3, 3)
     assert {limitnum for _, limitnum, _ in source.asked} == {2}
     # ... and asks for nothing past the page that reaches the invoices already stored.
     assert [start for start, _, _ in source.asked] == [0, 1, 2]
@@ -252,6 +252,7 @@ def test_a_sync_of_a_whmcs_without_invoices_leaves_no_mark(redis_client, fake):
     first = fake.app.add_invoice(subtotal="5.00", status="Unpaid")
     sync.run(redis_client, "blue", "missing", Meddled(fake), 25)
     assert list(store.iter_stored_ids(redis_client, "blue")) == [first]
+    assert sync.run(redis_client, "blue", "missing", Meddled(fake), 25).total_hint == 0
 
 
 def test_an_unknown_mode_is_refused_before_anything_runs(redis_client, fake):
