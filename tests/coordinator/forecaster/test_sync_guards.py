@@ -118,6 +118,13 @@ def test_a_sync_that_lost_its_lock_stores_nothing_and_does_not_complete(redis_cl
         sync.run(redis_client, "blue", "full", Meddled(fake), 25, owner="sync-a")
     assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync sync-a"
     assert store.count(redis_client, "blue") == 0
+    # The same for a missing sync, whose page reaching the stored invoices is written at once.
+    sync.run(redis_client, "blue", "full", Meddled(fake), 25)
+    fake.app.add_invoice(subtotal="5.00", status="Unpaid")
+    with pytest.raises(lock.LockLost):
+        sync.run(redis_client, "blue", "missing", Meddled(fake), 25, owner="sync-a")
+    assert store.count(redis_client, "blue") == 30
+    redis_client.delete(state)
     # A holds it while writing and loses it just before completing: what it wrote stays (the
     # next sync finds it unchanged), but the run is not recorded as complete.
     redis_client.delete(keys.sys_sync_lock("blue"))
@@ -131,7 +138,7 @@ def test_a_sync_that_lost_its_lock_stores_nothing_and_does_not_complete(redis_cl
         sync.run(redis_client, "blue", "full", Meddled(fake), 25, owner="sync-a",
                  on_page=taken_over)
     assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync-a"
-    assert store.count(redis_client, "blue") == 30
+    assert store.count(redis_client, "blue") == 31
     assert redis_client.hgetall(state) == {}
 
 
