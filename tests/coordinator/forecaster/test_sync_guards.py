@@ -140,6 +140,16 @@ def test_a_sync_that_lost_its_lock_stores_nothing_and_does_not_complete(redis_cl
     assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync-a"
     assert store.count(redis_client, "blue") == 31
     assert redis_client.hgetall(state) == {}
+    # Lost before removing an invoice deleted in WHMCS: it stays (the next full sync removes it).
+    gone = fake.app.invoices_snapshot()[0]["id"]
+    fake.app.delete_invoice(gone)
+    redis_client.delete(keys.sys_sync_lock("blue"))
+    assert lock.acquire_queued(redis_client, "blue", "sync-a")
+    with pytest.raises(lock.LockLost) as lost:
+        sync.run(redis_client, "blue", "full", Meddled(fake), 25, owner="sync-a",
+                 on_page=taken_over)
+    assert str(lost.value) == "the sync lock of 'blue' is no longer held by sync sync-a"
+    assert store.get(redis_client, "blue", gone) is not None
 
 
 def test_a_takeover_in_the_instant_a_sync_completes_is_caught(redis_client, fake, monkeypatch):
