@@ -71,6 +71,20 @@ LEDGER_CHECKPOINT_SECONDS = 3600
 """How often the scheduler signs a checkpoint of each ledger chain that grew since its last one
 (needs LEDGER_SIGNING_KEYS); 0 = only on demand (``invoice-sync ledger checkpoint``)."""
 
+LEDGER_ARCHIVE_BLOCK = 1000
+"""Sealed ledger events (and settled entries of a period) packed into one archived block (one
+compressed Redis string) when the scheduler or ``invoice-sync ledger compact`` compacts a
+ledger; 0 = never compact. At most 5,000 (one script moves a block; Lua's stack limits it)."""
+
+LEDGER_ARCHIVE_KEEP = 1000
+"""The newest sealed events of each chain that compaction leaves in the Redis lists as they are
+(at least one stays: the chain's head is where new events continue from)."""
+
+LEDGER_SETTLE_AFTER_SECONDS = 7 * 24 * 3600
+"""A confirmed number issued longer ago than this is settled: compaction moves its ledger entry
+into a compressed settled block (the dashboard's activity chart reads the last 48 hours from the
+entries kept as they are, so keep this above that)."""
+
 MAX_CONTENT_LENGTH = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get 413 in the error shape."""
 

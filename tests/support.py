@@ -175,6 +175,14 @@ def previous_release(ref: str, target: Path) -> Path:
     return target
 
 
+def release_data_dir(ref: str, script: Path, factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A stopped Valkey data dir that ``script`` filled with the code of commit ``ref``
+    (:func:`previous_release`, :func:`legacy_data_dir`), and the script's output."""
+    code = previous_release(ref, factory.mktemp(f"release-{ref}"))
+    data = factory.mktemp(f"release-{ref}-valkey")
+    return data, legacy_data_dir(code, script, data)
+
+
 def legacy_data_dir(release: Path, script: Path, data: Path) -> dict:
     """Run ``script <redis url> <output json>`` with the code of ``release`` on a Valkey of
     data dir ``data``, stop the server, and return the script's output.

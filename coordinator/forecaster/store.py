@@ -155,6 +155,7 @@ def _upsert_keys(system: str) -> list[str]:
         keys.sys_receivables(system),
         keys.sys_currencies(system),
         keys.sys_numbers(system),
+        keys.sys_numbers_changed(system),
     ]
 
 

@@ -29,7 +29,7 @@ from coordinator.exceptions import (
     NumberingNotInitialised,
     ServiceUnavailable,
 )
-from coordinator.numbering import chain, guard, scripts
+from coordinator.numbering import chain, guard, scripts, settled
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.scripts import Durability
 from coordinator.numbering.sequences import (
@@ -205,6 +205,9 @@ def allocate_batch(
             results = []
             for index, (kind, raw) in enumerate(reply[1:len(items) + 1]):
                 if raw is None:
+                    # A replay of a settled number: its entry is in a settled block.
+                    raw = _settled_replay(client, series, system, items[index], *where[index])
+                if raw is None:
                     # The reference index names a ledger entry that is not there: damaged
                     # data that no retry repairs (and numbering it anew could print a number
                     # twice).
@@ -289,10 +292,22 @@ def _reroute(client: redis.Redis, system: str, series: str, member: str, hints: 
     return named
 
 
+def _settled_replay(client: redis.Redis, series: str, system: str, item: Any, sequence: str,
+                    period: str) -> str | None:
+    """The entry of a replayed document whose number is settled (``numbering.settled``)."""
+    known = client.hget(keys.seq_refs(sequence, item.document, system, series), item.reference)
+    if known is None:
+        return None
+    found_series, found_sequence, found_period, number = parse_id(known)
+    return settled.find(client, found_sequence, found_period, number, series=found_series)
+
+
 def get(client: redis.Redis, allocation_id: str) -> dict[str, Any]:
     """Return one allocation by id, or raise ``NotFound``."""
     series, sequence, period, number = parse_id(allocation_id)
     raw = client.hget(keys.seq_ledger(sequence, period, series), number)
+    if raw is None:
+        raw = settled.find(client, sequence, period, number, series=series)
     if raw is None:
         raise NotFound(f"No allocation {allocation_id!r}")
     return entry_out(raw, series)
@@ -328,6 +343,11 @@ def transition(
     )
     if reply[0] == "error":
         code = reply[1]
+        if code == "notfound" and settled.unsettle(client, sequence, period, number,
+                                                   series=series):
+            # A settled number: back in the ledger hash now, where the script changes it.
+            return transition(client, allocation_id, action, value, actor_kind=actor_kind,
+                              actor_system=actor_system, actor=actor, durability=durability)
         if code == "notfound":
             raise NotFound(f"No allocation {allocation_id!r}")
         if code == "forbidden":
@@ -376,6 +396,9 @@ def reissue(
     """
     series, sequence, period, number = parse_id(allocation_id)
     raw = client.hget(keys.seq_ledger(sequence, period, series), number)
+    if raw is None and settled.find(client, sequence, period, number, series=series):
+        raise Conflict(f"{allocation_id} is confirmed: only a void number can be reissued "
+                       "(void it first, with the reason)")  # only confirmed ones settle
     if raw is None:
         raise NotFound(f"No allocation {allocation_id!r}")
     old = json.loads(raw)

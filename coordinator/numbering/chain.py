@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import NEVER_DECODE
 
 from coordinator import keys
-from coordinator.numbering import checkpoints, scripts
+from coordinator.numbering import blocks, checkpoints, scripts
 from coordinator.numbering.sequences import DEFAULT_SERIES, check_name
 
 GENESIS = "0" * 64
@@ -193,12 +194,58 @@ def _parse(raw: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
+def event_count(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) -> int:
+    """Return how many events ``sequence`` of ``series`` has ever appended: the ``seq`` the
+    next one will carry (a cursor that consumes events from here sees only new ones)."""
+    return int(client.llen(keys.seq_events(sequence, series)))
+
+
+def first_listed(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) -> int:
+    """Return the first index :func:`events_from` can read: the events before it were
+    archived into blocks by compaction (a reader whose cursor is below it must start over)."""
+    return int(client.hget(keys.seq_archived(sequence, series), "events") or 0)
+
+
+def events_from(
+    client: redis.Redis, sequence: str, start: int, count: int = PAGE, *,
+    series: str = DEFAULT_SERIES,
+) -> list[tuple[int, dict[str, Any] | None]]:
+    """Return up to ``count`` events ``(seq, event)`` from index ``start`` on, in order (an
+    event that does not parse, or was archived — below :func:`first_listed` — comes as None).
+    Readers that follow the ledger (the forecaster's reconciliation) go through here."""
+    raws = client.lrange(keys.seq_events(sequence, series), start, start + count - 1)
+    return [(index, _parse(raw)) for index, raw in enumerate(raws, start=start)]
+
+
 def chained(
     client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES
-) -> Iterator[tuple[int, str | None, str | None]]:
-    """Yield ``(index, raw event, stored hash)`` over the longer of events and chain."""
+) -> Iterator[tuple[int, str | blocks.Broken | None, str | None]]:
+    """Yield ``(index, raw event, stored hash)`` over the archived blocks (``compaction``),
+    then over the longer of events and chain; an archived event that cannot be read back is a
+    :class:`~coordinator.numbering.blocks.Broken` (and nothing after it is yielded).
+
+    An archived event's hash is recomputed from the one before: the stored hash when its
+    stored prefix (or, for a block's last event, its whole stored hash) matches; otherwise the
+    stored prefix or hash itself, which :func:`check` then names as not matching.
+    """
     events_key, chain_key = keys.seq_events(sequence, series), keys.seq_chain(sequence, series)
-    start = 0
+    archived = int(client.hget(keys.seq_archived(sequence, series), "events") or 0)
+    start, prev = 0, GENESIS
+    while start < archived:
+        block = blocks.unpack(start, client.execute_command(
+            "GET", keys.seq_block(sequence, start, series), **{NEVER_DECODE: True}))
+        for offset, (raw, prefix) in enumerate(block.records):
+            stored = block.last if offset == len(block.records) - 1 else prefix
+            event = _parse(raw) if isinstance(raw, str) else None
+            if event is not None and prefix is not None:
+                recomputed = event_hash(event, prev)
+                if recomputed == stored or (stored == prefix and recomputed.startswith(prefix)):
+                    stored = recomputed
+            yield start + offset, raw, stored
+            if isinstance(raw, blocks.Broken) or stored is None:
+                return
+            prev = stored
+        start += len(block.records)
     while True:
         pipe = client.pipeline(transaction=False)
         pipe.lrange(events_key, start, start + PAGE - 1)
@@ -212,7 +259,7 @@ def chained(
         start += PAGE
 
 
-def check(records: Iterable[tuple[int, str | None, str | None]],
+def check(records: Iterable[tuple[int, str | blocks.Broken | None, str | None]],
           period: str | None = None, hashes: dict[int, str] | None = None) -> dict[str, Any]:
     """Recompute a chain from ``(index, raw event, stored hash)`` records, in order.
 
@@ -228,7 +275,7 @@ def check(records: Iterable[tuple[int, str | None, str | None]],
     """
     prev, count, entries, issued = GENESIS, 0, 0, 0
     for index, raw, stored in records:
-        bad = _check_one(index, raw, stored, prev)
+        bad = check_one(index, raw, stored, prev)
         if bad is not None:
             return {"ok": False, "events": count, "entries": entries, "head": prev,
                     "issued": issued, "first_bad": bad}
@@ -244,7 +291,11 @@ def check(records: Iterable[tuple[int, str | None, str | None]],
     return {"ok": True, "events": count, "entries": entries, "head": prev, "issued": issued}
 
 
-def _check_one(index: int, raw: str | None, stored: str | None, prev: str) -> dict | None:
+def check_one(index: int, raw: str | blocks.Broken | None, stored: str | None,
+              prev: str) -> dict | None:
+    """Return why event ``index`` does not chain from ``prev`` to ``stored``, or None."""
+    if isinstance(raw, blocks.Broken):
+        return {"seq": index, "reason": raw.reason}
     if raw is None:
         return {"seq": index, "reason": "event missing (its hash is in the chain)"}
     event = _parse(raw)
@@ -293,7 +344,8 @@ def _issued_numbers(client: redis.Redis, sequence: str, series: str) -> int:
     pipe = client.pipeline(transaction=False)
     for period in periods:
         pipe.zcard(keys.seq_ledger_order(sequence, period, series))
-    return sum(pipe.execute())
+        pipe.hget(keys.seq_settled(sequence, period, series), "count")  # numbering/settled.py
+    return sum(int(n or 0) for n in pipe.execute())
 
 
 def export_records(
@@ -317,7 +369,7 @@ def export_records(
            "public_keys": {kid: checkpoints.public_pem(key) for kid, key in public.items()}}
     prev, count = GENESIS, 0
     for index, raw, stored in chained(client, sequence, series=series):
-        event = _parse(raw) if raw is not None else None
+        event = _parse(raw) if isinstance(raw, str) else None
         yield {"kind": "event", "seq": index, "prev": prev, "hash": stored, "event": event}
         prev, count = stored or "", count + 1
     for checkpoint in checkpoints.stored(client, sequence, series=series):

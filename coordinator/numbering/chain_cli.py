@@ -90,6 +90,32 @@ def ledger_checkpoint(series: str, sequence: str, data_dir: Path) -> None:
     click.echo(json.dumps(made, indent=2))
 
 
+@ledger_group.command("compact")
+@_series
+@_sequence
+@click.option("--block", type=click.IntRange(min=1, max=5000), default=None,
+              envvar="INVOICE_SYNC_LEDGER_ARCHIVE_BLOCK",
+              help="Sealed events per archived block [default: LEDGER_ARCHIVE_BLOCK].")
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              envvar="INVOICE_SYNC_LEDGER_ARCHIVE_KEEP",
+              help="Newest sealed events left in the lists [default: LEDGER_ARCHIVE_KEEP].")
+@data_dir_option
+def ledger_compact(series: str, sequence: str, block: int | None, keep: int | None,
+                   data_dir: Path) -> None:
+    """Move old sealed events of the chain, and the entries of settled numbers, into
+    compressed blocks (what the scheduler does on its tick); print how many moved. Safe to run
+    at any time, and again."""
+    from coordinator.config import load_settings
+    from coordinator.numbering import compaction
+
+    client = _client(data_dir, series)
+    config = load_settings()
+    config.update({name: value for name, value in (("LEDGER_ARCHIVE_BLOCK", block),
+                                                   ("LEDGER_ARCHIVE_KEEP", keep)) if value})
+    moved = compaction.run(client, sequence, config, series=series)
+    click.echo(json.dumps({"series": series, "sequence": sequence, **moved}))
+
+
 @ledger_group.command("public-key")
 @data_dir_option
 def ledger_public_key(data_dir: Path) -> None:

@@ -11,6 +11,7 @@ import redis
 
 from coordinator import keys
 from coordinator.clock import utcnow
+from coordinator.numbering import settled
 from coordinator.numbering.sequences import DEFAULT_SERIES, check_name
 
 MAX_PAGE = 1000
@@ -37,11 +38,13 @@ def _page_raw(
     """Return entries with ``previous`` kept (the counter before each number, for gaps)."""
     numbers = client.zrange(keys.seq_ledger_order(sequence, period, series), f"({after}",
                             "+inf", byscore=True, offset=0, num=limit)
-    if not numbers:
-        return []
-    raws = client.hmget(keys.seq_ledger(sequence, period, series), numbers)
+    raws = client.hmget(keys.seq_ledger(sequence, period, series), numbers) if numbers else []
+    # Entries moved into settled blocks (numbering/settled.py), merged in number order; an
+    # entry brought back into the hash is read from there.
+    merged = dict(settled.page(client, sequence, period, after, limit, series=series))
+    merged.update(zip((int(n) for n in numbers), raws, strict=True))
     entries = []
-    for number, raw in zip(numbers, raws, strict=True):
+    for number, raw in sorted(merged.items())[:limit]:
         if raw is None:
             # allocate.lua writes both or neither, so this means lost data: show, never hide.
             entries.append({"id": allocation_id(series, sequence, period, number),
@@ -123,9 +126,11 @@ def _consistent(client: redis.Redis, sequence: str, period: str, series: str) ->
     pipe.hlen(keys.seq_ledger(sequence, period, series))
     for each in every:
         pipe.zcard(keys.seq_ledger_order(sequence, each, series))
-    issued, entries, *ordered = pipe.execute()
+        pipe.hget(keys.seq_settled(sequence, each, series), "count")
+    issued, entries, *counts = pipe.execute()
+    ordered, moved = counts[0::2], [int(n or 0) for n in counts[1::2]]
     here = ordered[every.index(period)] if period in every else 0
-    return entries == here and int(issued or 0) == sum(ordered)
+    return entries == here and int(issued or 0) == sum(ordered) + sum(moved)
 
 
 def _base(entry: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import redis
 from coordinator import keys
 from coordinator.clock import iso, utcnow
 from coordinator.lua import LuaScript
-from coordinator.numbering import guard, scripts
+from coordinator.numbering import guard, scripts, settled
 from coordinator.numbering.sequences import CREDIT_NOTE, DEFAULT_SERIES, INVOICE, SEQUENCES
 
 RECOVER = LuaScript.load(__package__, "recover")
@@ -159,7 +159,8 @@ def plan(
         ordered = sorted(each.numbers)
         in_ledger = client.hmget(keys.seq_ledger(each.sequence, each.period, each.series),
                                  [str(n) for n in ordered]) if ordered else []
-        each.in_ledger = {n for n, raw in zip(ordered, in_ledger, strict=True) if raw}
+        each.in_ledger = {n for n, raw in zip(ordered, in_ledger, strict=True) if raw or (
+            settled.find(client, each.sequence, each.period, n, series=each.series))}
     names = guard.all_series(client)
     return Plan(sorted(periods.values(), key=lambda p: (p.series, p.sequence, p.period)),
                 [n for n in names if not guard.is_initialised(client, n)], unread)

@@ -28,6 +28,9 @@ ROUTE = LuaScript.load(__package__, "route")
 MIGRATE_FENCE = LuaScript.load(__package__, "migrate_fence")
 MIGRATE_COMMIT = LuaScript.load(__package__, "migrate_commit")
 SEAL = LuaScript.load(__package__, "seal")
+COMPACT = LuaScript.load(__package__, "compact")
+SETTLE = LuaScript.load(__package__, "settle")
+UNSETTLE = LuaScript.load(__package__, "unsettle")
 REISSUE = LuaScript.load(__package__, "reissue")
 
 

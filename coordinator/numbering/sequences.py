@@ -180,10 +180,12 @@ def describe(
         pipe.get(keys.seq_counter(name, period, series))
         pipe.zrange(keys.seq_ledger_order(name, period, series), -1, -1)
         pipe.zcard(keys.seq_ledger_order(name, period, series))
+        pipe.hget(keys.seq_settled(name, period, series), "count")  # numbering/settled.py
     replies = pipe.execute()
     rows = []
     for i, period in enumerate(periods):
-        counter, last, count = replies[3 * i: 3 * i + 3]
+        counter, last, count, moved = replies[4 * i: 4 * i + 4]
+        count += int(moved or 0)
         rows.append({
             "period": period,
             "last_number": int(last[0]) if last else None,

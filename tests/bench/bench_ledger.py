@@ -7,6 +7,8 @@ code (``numbering.allocation``, the script the HTTP path runs), confirms all but
 
 - memory: ``INFO memory`` ``used_memory`` before/after, divided by N (what the allocator really
   holds, fragmentation aside), and ``MEMORY USAGE key SAMPLES 0`` per key (the breakdown);
+  then again after compacting the ledger (``numbering.compaction.run``, numbers settled at once:
+  ``LEDGER_SETTLE_AFTER_SECONDS`` 0), which is verified (``chain.verify``) before the report;
 - the gap report of the period (``numbering.ledger.gaps``): Redis commands it sends (``INFO
   commandstats`` calls before/after, minus the INFO itself), and wall time (median of
   ``--repeat`` runs; indicative only on a shared machine), for the first report after the
@@ -34,7 +36,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.numbering import allocation, chain, ledger  # noqa: E402
+from coordinator.numbering import allocation, chain, compaction, ledger  # noqa: E402
 from coordinator.numbering.allocation import Hints  # noqa: E402
 from coordinator.ops.embedded import ValkeyServer  # noqa: E402
 
@@ -115,6 +117,12 @@ def run(size: int, void_every: int, repeat: int) -> None:
         filled = time.perf_counter() - started
         used = client.info("memory")["used_memory"] - base
         roles = by_role(client)
+        started = time.perf_counter()
+        archived = compaction.run(client, "invoice", {"LEDGER_SETTLE_AFTER_SECONDS": 0})
+        compacted = time.perf_counter() - started
+        after = client.info("memory")["used_memory"] - base
+        compact_roles = by_role(client)
+        verified = chain.verify(client, "invoice")
         gaps, first, sent, first_seconds, seconds = gap_report(client, repeat)
         events = client.llen("{ser:default}:invoice:events")
         voided = size // void_every if void_every else 0
@@ -123,6 +131,15 @@ def run(size: int, void_every: int, repeat: int) -> None:
         print(f"  used_memory delta: {used / size:.0f} bytes per number")
         print(f"  MEMORY USAGE sum: {sum(roles.values()) / size:.0f} bytes per number, by key:")
         for role, total in roles.most_common():
+            if total / size >= 0.5:
+                print(f"    {role:<16} {total / size:7.1f}")
+        print(f"  compacted ({archived['events']} events archived, {archived['entries']} "
+              f"entries settled in {compacted:.1f} s, verify ok: "
+              f"{verified['ok']}, {verified['events']} events):")
+        print(f"  used_memory delta: {after / size:.0f} bytes per number")
+        print(f"  MEMORY USAGE sum: {sum(compact_roles.values()) / size:.0f} bytes per number, "
+              "by key:")
+        for role, total in compact_roles.most_common():
             if total / size >= 0.5:
                 print(f"    {role:<16} {total / size:7.1f}")
         print(f"  gap report: {gaps} gaps; first {first} Redis commands, "

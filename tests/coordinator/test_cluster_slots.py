@@ -27,7 +27,7 @@ from agent import WhmcsInvoice
 from coordinator import keys, lua
 from coordinator.backup import snapshot
 from coordinator.forecaster import lock, store
-from coordinator.numbering import allocation, chain, migrate, recover, sequences
+from coordinator.numbering import allocation, chain, compaction, migrate, recover, sequences
 from coordinator.numbering import series as series_mod
 from coordinator.ops.ratelimit import RateLimiter
 from coordinator.systems import registry, secrets
@@ -108,9 +108,11 @@ def _exercise(client: redis.Redis, series: str, system: str, reference: str,
     sequences.set_dedicated(client, True, actor="admin", series=series)  # route.lua
     sequences.update(client, "invoice", {"next_number": 5}, actor="admin",
                      series=series, period="2026")  # settings.lua
+    confirmed = []
     for document in ("invoice", "credit_note"):
         entry, _ = allocation.allocate(client, system, document, reference,
                                        dt.date(2026, 3, 2))  # allocate.lua
+        confirmed.append(entry["id"])
         allocation.transition(client, entry["id"], "confirm", entry["formatted"],
                               actor_kind="agent", actor_system=system,
                               actor=f"agent:{system}")  # transition.lua
@@ -120,6 +122,12 @@ def _exercise(client: redis.Redis, series: str, system: str, reference: str,
     allocation.transition(client, voided["id"], "void", "r", actor_kind="admin",
                           actor_system=None, actor="admin")
     allocation.reissue(client, voided["id"], "r", actor="admin")  # reissue.lua
+    # Compaction (compact.lua, settle.lua), then a change to a settled entry (unsettle.lua).
+    assert compaction.run(client, "invoice", {"LEDGER_ARCHIVE_BLOCK": 1, "LEDGER_ARCHIVE_KEEP": 1,
+                                              "LEDGER_SETTLE_AFTER_SECONDS": 0},
+                          series=series)["entries"] == 1
+    allocation.transition(client, confirmed[0], "void", "r", actor_kind="admin",
+                          actor_system=None, actor="admin")
     # invoice-sync recover (recover.lua): a number in use that the ledger lacks.
     found = recover.Evidence(system, "INV-2026-000040", "journal:x", reference=reference + "?",
                              document="invoice", series=series, sequence="invoice",
@@ -144,6 +152,9 @@ def _exercise(client: redis.Redis, series: str, system: str, reference: str,
     client.hset(keys.legacy_warning("old"), mapping={"id": "old", "type": "x"})
     client.zadd(keys.LEGACY_WARNINGS, {"old": 1})
     warnings.migrate_legacy(client)
+    # The one-time filling of the open-warning sets of a previous release's store.
+    client.delete(keys.WARNINGS_OPEN_INDEXED)
+    warnings.index_open(client)
 
 
 @settings(max_examples=15, deadline=None,

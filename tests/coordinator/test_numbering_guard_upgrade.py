@@ -11,7 +11,7 @@ import pytest
 from coordinator import keys
 from coordinator.app import create_app
 from coordinator.numbering import guard
-from tests.support import legacy_data_dir, previous_release, snapshot, upgraded_copy
+from tests.support import release_data_dir, snapshot, upgraded_copy
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +22,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def release_dir(tmp_path_factory) -> tuple[Path, dict]:
     """A stopped Valkey data dir filled by the previous release's code, and what it did."""
-    code = previous_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release-0523a88"))
-    data = tmp_path_factory.mktemp("guard-release-valkey")
-    return data, legacy_data_dir(code, HERE / "guard_release.py", data)
+    return release_data_dir(PREVIOUS_RELEASE, HERE / "guard_release.py", tmp_path_factory)
 
 
 @pytest.fixture
