@@ -148,6 +148,7 @@ def serve(host: str, port: int, data_dir: Path, workers: int, sync_worker: bool)
             click.echo(f"admin token (shown once, also in {data_dir / 'admin-token'}): {token}")
         with app.app_context():
             _check_numbering(get_redis(), new_store)
+            _reconciliation_at_start(get_redis())
         click.echo(f"coordinator on http://{host}:{port} (dashboard: /ui/)", err=True)
         if sync_worker:
             from coordinator.forecaster.worker import spawn_worker_process
@@ -187,6 +188,17 @@ def _check_numbering(client, new_store: bool) -> None:
     for series in guard.adopt_all(client):
         click.echo("allocations are refused (503): "
                    + guard.not_initialised_message(client, series), err=True)
+
+
+def _reconciliation_at_start(client) -> None:
+    """Bring the reconciliation's kept findings up to date before serving, so its GET never
+    answers 503 behind serve (a previous release's store gets them built here, once)."""
+    from coordinator.forecaster import reconcile_state
+
+    outcome = reconcile_state.refresh(client, wait=0)
+    if outcome == "built":
+        click.echo("reconciliation: findings built from the stored numbers and the ledger",
+                   err=True)
 
 
 def _use_key_file(data_dir: Path) -> None:

@@ -116,3 +116,8 @@ class RecoveryIncomplete(ServiceUnavailable):
 
 class SecretsNotConfigured(ServiceUnavailable):
     """No usable INVOICE_SYNC_SECRET_KEYS, so WHMCS secrets cannot be encrypted or read."""
+
+
+class ReconciliationNotReady(ServiceUnavailable):
+    """The reconciliation state has not been built yet (a store of the previous release, before
+    the worker or scheduler first ran): the report is not guessed, it is answered later."""

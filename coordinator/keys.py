@@ -313,11 +313,12 @@ def rate_auth_failures(window: int) -> str:
 TOKENS_LAST_USED = f"{RATE_LIMIT_PREFIX}last-used"
 """Hash: sha256(token) -> unix start of the last rate window the token was used in."""
 
-BACKUP_EXCLUDED_PREFIXES = (RATE_LIMIT_PREFIX, "rq:", "ui:session:")
+BACKUP_EXCLUDED_PREFIXES = (RATE_LIMIT_PREFIX, "rq:", "ui:session:", "recon:", "{recon:")
 """Keys ``invoice-sync backup`` leaves out: request accounting (counters bumped by every
 request, not data), RQ's queues and worker registrations (a restored store must not run
 yesterday's jobs; syncs are re-run on demand or by the daily schedule) and dashboard logins
-(a restore must not bring back a session that was logged out or expired meanwhile)."""
+(a restore must not bring back a session that was logged out or expired meanwhile) and the
+reconciliation's kept findings (derived data: rebuilt from the restored numbers and ledger)."""
 
 
 # --- forecaster ---------------------------------------------------------------------------
@@ -348,6 +349,20 @@ def sys_currencies(name: str) -> str:
 def sys_numbers(name: str) -> str:
     """Hash: invoicenum seen in that WHMCS -> how many of its invoices carry it."""
     return f"{{sys:{name}}}:numbers"
+
+
+def sys_numbers_changed(name: str) -> str:
+    """List: invoice numbers whose count in :func:`sys_numbers` changed, appended by
+    ``upsert.lua`` in the same step; the reconciliation state consumes it from the head
+    (``forecaster/reconcile_state.py``), so a sync's cost there is what it changed."""
+    return f"{{sys:{name}}}:numbers:changed"
+
+
+def sys_recon_tracked(name: str) -> str:
+    """String: set when the reconciliation state took in this system's numbers. Purged with
+    the system's data, so a system deleted and registered again between two updates makes
+    the next update rebuild instead of keeping the old one's numbers."""
+    return f"{{sys:{name}}}:recon:tracked"
 
 
 def sys_sync_state(name: str) -> str:
@@ -396,6 +411,34 @@ def sync(sync_id: str) -> str:
     return f"sync:{sync_id}"
 
 
+# --- reconciliation -----------------------------------------------------------------------
+# The reconciliation's findings, kept up to date by the worker and scheduler
+# (forecaster/reconcile_state.py): derived data, rebuilt from the stored numbers and the ledger
+# with ``invoice-sync reconcile --rebuild``. One hash tag per series, so each update of a
+# series is one MULTI/EXEC in one slot.
+
+RECON_STATE = "recon:state"
+"""Hash: ``version``, ``built_at``, ``updated_at`` and the systems and series the state was
+built for (JSON). Absent: the state was never built (a store of the previous release)."""
+
+RECON_LOCK = "recon:lock"
+"""String: held (redis-py Lock) by the one process updating the reconciliation state."""
+
+
+def recon_tag(series: str) -> str:
+    """The hash tag ``{recon:<series>}`` of one series' reconciliation state."""
+    return f"{{recon:{series}}}"
+
+
+def recon(series: str, part: str) -> str:
+    """One part of a series' reconciliation state: ``seen`` (hash number -> JSON {system:
+    invoices}), ``entries`` (hash ledger id -> JSON [status, system, formatted, order]),
+    ``issued`` (hash formatted -> non-void entries), ``confirmed`` (hash formatted -> JSON
+    [[order, id, system], ...]), ``duplicates``/``not_issued``/``not_seen`` (sorted sets, score
+    0, in report order) and ``meta`` (hash: event cursors, ``numbers_issued``)."""
+    return f"{recon_tag(series)}:{part}"
+
+
 # --- warnings -----------------------------------------------------------------------------
 # Redis Cluster: the index and every warning share the hash tag {warnings}, so raise.lua
 # touches one slot. The previous release's names (below) are moved at first use.
@@ -407,6 +450,21 @@ WARNINGS = "{warnings}:index"
 def warning(warning_id: str) -> str:
     """Hash: one deduplicated warning (type, system, message, first/last seen, count, acked)."""
     return f"{{warnings}}:warning:{warning_id}"
+
+
+WARNINGS_OPEN_TYPES = "{warnings}:open-types"
+"""Set: the types that have (or had) an open index (:func:`warnings_open`)."""
+
+
+def warnings_open(kind: str) -> str:
+    """Set: ids of the unacknowledged warnings of type ``kind``, kept by ``raise.lua`` and the
+    acknowledgement, so the metrics gauge counts them (SCARD) instead of reading every one."""
+    return f"{{warnings}}:open:{kind}"
+
+
+WARNINGS_OPEN_INDEXED = "{warnings}:open-indexed"
+"""String: set once the open sets hold the warnings raised before they existed (filled once
+per store, on the first use of warnings after the upgrade)."""
 
 
 LEGACY_WARNINGS = "warnings"

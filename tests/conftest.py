@@ -16,6 +16,7 @@ from functools import cache
 import pytest
 import redis
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, settings
 
 from coordinator import auth, keys
 from coordinator.app import create_app
@@ -23,6 +24,13 @@ from coordinator.numbering.api import SEALER
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.embedded import server_binary as default_server_binary
 from tests.support import initialise_numbering
+
+# Property tests check what holds, never how fast: on CI's two loaded cores a generated example
+# may take longer than hypothesis's 200 ms deadline or trip its "too slow" health check, which
+# would fail a correct test. Tests that set their own settings keep them.
+settings.register_profile("invoice-sync", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("invoice-sync")
 
 SERVERS = ("valkey", "redis")
 """Ids of the two servers the parametrized tests run on (see the module docstring)."""

@@ -10,9 +10,8 @@ from flask_smorest import Blueprint
 
 from coordinator import auth
 from coordinator.clock import utcnow
-from coordinator.exceptions import NotFound
-from coordinator.forecaster import jobs, reconcile, records, reports
-from coordinator.forecaster.reconcile import ledger_entries
+from coordinator.exceptions import NotFound, ReconciliationNotReady
+from coordinator.forecaster import jobs, reconcile_state, records, reports
 from coordinator.forecaster.schemas import (
     ForecastQuerySchema,
     ForecastSchema,
@@ -108,13 +107,20 @@ class Forecast(MethodView):
 class Reconciliation(MethodView):
     @auth.require(*auth.READERS)
     @blp.response(200, ReconciliationSchema)
+    @blp.alt_response(503, description="Not built yet (a store of the previous release, before "
+                                       "the worker or serve first ran): retry")
     def get(self):
         """Numbers in WHMCS vs numbers issued: duplicates, never issued, issued but not seen.
 
-        Read only: the warnings of these findings are raised by the sync worker after each
-        completed sync (a GET changes nothing).
+        Read only: the findings are kept up to date by the worker (after each sync) and the
+        scheduler (ledger changes, every tick), which also raise their warnings; a GET reads
+        them (``checked_at``: their last update) and changes nothing. 503 until they were
+        first built (a store of the previous release, before the worker or ``serve`` ran).
         """
-        client = get_redis()
-        rates = _rates()
-        return reconcile.reconcile(client, [s.name for s in rates], ledger_entries(client),
-                                   series_of={s.name: s.series for s in rates})
+        report = reconcile_state.read(get_redis())
+        if report is None:
+            raise ReconciliationNotReady(
+                "The reconciliation is being built from the stored numbers and the ledger "
+                "(after an upgrade); the worker or `invoice-sync serve` builds it, or run "
+                "`invoice-sync reconcile --rebuild`. Try again shortly.")
+        return report

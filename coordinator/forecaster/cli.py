@@ -114,7 +114,7 @@ def report(kind: str, start: str | None, end: str | None, by: str, months: int,
            as_csv: bool, data_dir: Path) -> None:
     """Print a report (the same JSON as GET /v1/reports/KIND)."""
     from coordinator.exceptions import CoordinatorError
-    from coordinator.forecaster import reconcile, reports
+    from coordinator.forecaster import reconcile_state, reports
 
     client, settings = _client(data_dir)
     base = settings["BASE_CURRENCY"]
@@ -130,13 +130,44 @@ def report(kind: str, start: str | None, end: str | None, by: str, months: int,
             _emit(reports.forecast(client, _rates(client), base, months, today=today), "rows",
                   as_csv)
         else:
-            rates = _rates(client)
-            out = reconcile.reconcile(client, [s.name for s in rates],
-                                      reconcile.ledger_entries(client),
-                                      series_of={s.name: s.series for s in rates})
+            out = reconcile_state.read(client)
+            if out is None:
+                raise click.ClickException("the reconciliation is not built yet: run "
+                                           "`invoice-sync reconcile` (or the worker) first")
             _emit(out, "not_issued", as_csv)
     except CoordinatorError as error:
         raise click.ClickException(f"{error.message}: {error.errors or ''}") from None
+
+
+@click.command("reconcile")
+@click.option("--rebuild", is_flag=True, envvar="INVOICE_SYNC_RECONCILE_REBUILD",
+              help="Build the kept findings again from every stored number and ledger entry "
+                   "(default: apply what changed since the last update).")
+@click.option("--verify", is_flag=True, envvar="INVOICE_SYNC_RECONCILE_VERIFY",
+              help="Then compare them with a full computation; exit 1 if they differ.")
+@data_dir_option
+def reconcile_command(rebuild: bool, verify: bool, data_dir: Path) -> None:
+    """Bring the reconciliation's kept findings up to date (what the worker does after a sync
+    and the scheduler every tick); print their counts."""
+    from coordinator.forecaster import reconcile, reconcile_state
+
+    client, _ = _client(data_dir)
+    if rebuild:
+        done = reconcile_state.rebuild(client)
+    else:
+        done = reconcile_state.refresh(client) != "busy"
+    if not done:
+        raise click.ClickException("another process kept updating the reconciliation; "
+                                   "try again")
+    report = reconcile_state.read(client) or {}
+    click.echo(json.dumps({"checked_at": report.get("checked_at"),
+                           "counts": report.get("counts")}, indent=2))
+    if verify:
+        differences = reconcile_state.compare(report, reconcile.full_report(client))
+        for line in differences:
+            click.echo(f"differs: {line}", err=True)
+        if differences:
+            sys.exit(1)
 
 
 @click.command("central-poll")
@@ -166,3 +197,4 @@ def register(main: click.Group) -> None:
     main.add_command(sync_command)
     main.add_command(report)
     main.add_command(central_poll_command)
+    main.add_command(reconcile_command)

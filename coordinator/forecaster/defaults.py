@@ -31,3 +31,15 @@ DAILY_CLAIM_PENDING = 300
 """Seconds a (system, day) claim holds before its sync is confirmed queued. A scheduler that
 fails in between (a Redis error, a crash) leaves the day to a later tick after this long
 instead of dropping it."""
+
+RECON_CHUNK = 2000
+"""Changed numbers or ledger events the reconciliation state applies per transaction (and
+stored numbers or ledger entries per transaction while it is being built)."""
+
+RECON_LOCK_SECONDS = 600
+"""Lifetime of the lock of the one process updating the reconciliation state; renewed after
+every chunk, so a crashed updater frees it after at most this long."""
+
+RECON_WAIT_SECONDS = 120
+"""How long a worker that completed a sync waits for another process's update of the
+reconciliation state to finish before bringing it up to date itself."""

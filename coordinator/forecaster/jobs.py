@@ -216,7 +216,6 @@ def execute(
 
 def _after_success(client: redis.Redis, system: str) -> None:
     from coordinator.forecaster import reconcile, store
-    from coordinator.systems import registry
 
     found = store.currencies(client, system)
     if len(found) > 1:
@@ -228,12 +227,11 @@ def _after_success(client: redis.Redis, system: str) -> None:
             system=system, code="mixed_currencies",
         )
     _guard_numbering(client, system)
-    # The numbers seen changed: reconcile now, so the report's GET needs to write nothing.
-    # The sync itself is done and recorded: a failure here is logged, not the sync's failure.
+    # The numbers seen changed: bring the kept findings up to date by what changed and raise
+    # their warnings, so the report's GET needs to write nothing. The sync itself is done and
+    # recorded: a failure here is logged, not the sync's failure.
     try:
-        systems = registry.list_systems(client)
-        reconcile.check(client, [s["name"] for s in systems],
-                        {s["name"]: s["series"] for s in systems})
+        reconcile.check(client)
     except Exception:
         log.exception("reconciliation after the sync of %s failed", system)
 

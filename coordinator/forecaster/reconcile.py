@@ -12,8 +12,11 @@ Each series (legal entity) is reconciled on its own: its systems' numbers agains
 Two series may print the same string (different issuers), so that is no duplicate; the
 top-level lists are every series' findings together, ``by_series`` has them per series.
 
-It reads every stored number once (HSCAN of each system's ``numbers`` hash, not the invoices)
-and the ledger once: cost grows with the numbers compared, which is what the question is about.
+:func:`reconcile` reads every stored number once (HSCAN of each system's ``numbers`` hash, not
+the invoices) and the ledger once: cost grows with the numbers compared. The report and the
+warnings read the same findings kept up to date by ``reconcile_state`` instead; this full
+computation builds that state and is the oracle it is tested (and ``invoice-sync reconcile
+--verify``-ed) against.
 """
 
 from __future__ import annotations
@@ -111,6 +114,16 @@ def reconcile(
     }
 
 
+def full_report(client: redis.Redis, limit: int = 1000) -> dict[str, Any]:
+    """Compute the report from every stored number and ledger entry of the registered systems
+    and every series (the oracle of ``reconcile_state``; ``invoice-sync reconcile --verify``)."""
+    from coordinator.systems import registry
+
+    systems = registry.list_systems(client)
+    return reconcile(client, [s["name"] for s in systems], ledger_entries(client),
+                     series_of={s["name"]: s["series"] for s in systems}, limit=limit)
+
+
 def _reconcile_series(
     client: redis.Redis, systems: Sequence[str], ledger: Iterable[Mapping[str, Any]] | None,
     synced: set[str],
@@ -181,13 +194,14 @@ def raise_warnings(client: redis.Redis, report: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-def check(
-    client: redis.Redis, systems: Sequence[str], series_of: Mapping[str, str] | None = None,
-) -> list[str]:
-    """Reconcile ``systems`` (of the series in ``series_of``) against the ledger and raise the
-    findings' warnings; return ids.
+def check(client: redis.Redis) -> list[str]:
+    """Bring the kept findings up to date (``reconcile_state.refresh``) and raise their
+    warnings; return ids.
 
     Run by the sync worker after each completed sync, so reading the report writes nothing.
     """
-    return raise_warnings(client, reconcile(client, systems, ledger_entries(client),
-                                            series_of=series_of))
+    from coordinator.forecaster import reconcile_state
+
+    reconcile_state.refresh(client)
+    report = reconcile_state.read(client)
+    return [] if report is None else raise_warnings(client, report)

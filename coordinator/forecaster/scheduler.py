@@ -84,6 +84,15 @@ def tick(
     return enqueued
 
 
+def _reconciliation(client: redis.Redis) -> list[str]:
+    """Bring the reconciliation's kept findings up to date with the ledger (and build them on
+    a store of the previous release); skipped while another process updates them."""
+    from coordinator.forecaster import reconcile_state
+
+    outcome = reconcile_state.refresh(client, wait=0)
+    return ["built"] if outcome == "built" else []
+
+
 class SchedulerThread(threading.Thread):
     """Run :func:`tick` and queue due central polls every ``SCHEDULER_TICK_SECONDS`` (a
     setting) until :meth:`stop`."""
@@ -110,6 +119,8 @@ class SchedulerThread(threading.Thread):
                        lambda: unconfirmed.warn(self.client, self.config), logging.WARNING)
             self._step("ledger checkpoint tick", "ledger checkpoint signed for: %s",
                        lambda: checkpoints.due(self.client, self.config))
+            self._step("reconciliation update", "reconciliation state %s",
+                       lambda: _reconciliation(self.client))
             self._step("ledger compaction tick", "ledger chain compacted for: %s",
                        lambda: compaction.due(self.client, self.config))
             self._stop_event.wait(self.interval)

@@ -32,10 +32,6 @@ batch's amounts in Lua doubles, exact below 2**53; this bound keeps every batch 
 LOCK_LOST = "LOCK_LOST"
 """upsert.lua's whole error when the writing sync no longer holds the system's lock."""
 
-METRICS = ("n", "net", "tax", "gross")
-"""Aggregate metrics: invoice count and sums (minor units) of subtotal, tax + tax2, total."""
-
-
 @dataclass(frozen=True, slots=True)
 class StoredInvoice:
     """One stored invoice, money in integer minor units of ``currency``."""
@@ -159,6 +155,7 @@ def _upsert_keys(system: str) -> list[str]:
         keys.sys_receivables(system),
         keys.sys_currencies(system),
         keys.sys_numbers(system),
+        keys.sys_numbers_changed(system),
     ]
 
 
@@ -311,10 +308,3 @@ def iter_numbers(client: redis.Redis, system: str) -> Iterator[tuple[str, int]]:
     """Yield (invoicenum, invoices carrying it) for every number seen in ``system``'s WHMCS."""
     for number, n in client.hscan_iter(keys.sys_numbers(system), count=1000):
         yield number, int(n)
-
-
-def forget_system(client: redis.Redis, system: str) -> None:
-    """Drop everything the forecaster stored for ``system`` (when the system is deleted)."""
-    client.delete(
-        *_upsert_keys(system), keys.sys_sync_state(system), keys.sys_syncs(system)
-    )

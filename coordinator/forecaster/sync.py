@@ -79,8 +79,6 @@ class Progress:
     invoices: int = 0
     total_hint: int | None = None
     result: store.UpsertResult = field(default_factory=store.UpsertResult)
-    high_water: int = 0
-    currencies: int = 0
 
 
 @dataclass
@@ -296,7 +294,6 @@ def run(
             if pending is not None:
                 result = pending.result()
                 progress.result += result
-                progress.currencies = result.currencies or progress.currencies
                 pending = None
                 on_page(progress)
 
@@ -351,9 +348,5 @@ def run(
         if gone:
             check()
             progress.result += store.delete(client, system, gone, owner=owner)
-        progress.currencies = len(store.currencies(client, system))
-    elif not progress.currencies:
-        progress.currencies = len(store.currencies(client, system))
-    progress.high_water = max(top, mark)
     _complete(client, system, mode, top, clock(), owner)
     return progress

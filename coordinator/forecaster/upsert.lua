@@ -9,7 +9,9 @@
 -- KEYS[3]  {sys:<name>}:receivables   hash  "<due YYYY-MM-DD>|<cur>|<n|gross>" -> int (Unpaid)
 -- KEYS[4]  {sys:<name>}:currencies    hash  currency -> invoices
 -- KEYS[5]  {sys:<name>}:numbers       hash  invoicenum -> invoices carrying it
--- KEYS[6]  {sys:<name>}:sync:lock      (optional, with ARGV[2]) the system's sync lock
+-- KEYS[6]  {sys:<name>}:numbers:changed  list: each invoicenum whose count in KEYS[5] this
+--          call changed is appended (the reconciliation state consumes it, O(changes))
+-- KEYS[7]  {sys:<name>}:sync:lock      (optional, with ARGV[2]) the system's sync lock
 -- ARGV[1]  the batch: "<id>|<bytes>|<record>" repeated, <bytes> the record's length in bytes
 --          (an empty record deletes the invoice). One argument instead of two per invoice:
 --          building and sending thousands of arguments cost the caller more than this script.
@@ -28,9 +30,9 @@
 --
 -- Returns {inserted, updated, deleted, unchanged, distinct currencies}.
 
-local invoices, aggregates, receivables, currencies, numbers =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-if KEYS[6] and redis.call('GET', KEYS[6]) ~= ARGV[2] then
+local invoices, aggregates, receivables, currencies, numbers, changed =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+if KEYS[7] and redis.call('GET', KEYS[7]) ~= ARGV[2] then
   return redis.error_reply('LOCK_LOST')
 end
 local match, sub, tonumber, format = string.match, string.sub, tonumber, string.format
@@ -170,9 +172,16 @@ drop(receivables, gone)
 
 for _, key in ipairs({currencies, numbers}) do
   gone = {}
+  local moved = {}
   for field, value in pairs(apply(key, key == currencies and by_currency or by_number)) do
     if value == 0 then gone[#gone + 1] = field end
+    moved[#moved + 1] = field
   end
   drop(key, gone)
+  if key == numbers and #moved > 0 then
+    for i = 1, #moved, 1000 do
+      redis.call('RPUSH', changed, unpack(moved, i, math.min(i + 999, #moved)))
+    end
+  end
 end
 return {inserted, updated, deleted, unchanged, redis.call('HLEN', currencies)}

@@ -239,6 +239,29 @@ def _parse(raw: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
+def event_count(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) -> int:
+    """Return how many events ``sequence`` of ``series`` has ever appended: the ``seq`` the
+    next one will carry (a cursor that consumes events from here sees only new ones)."""
+    return int(client.llen(keys.seq_events(sequence, series)))
+
+
+def first_listed(client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES) -> int:
+    """Return the first index :func:`events_from` can read: the events before it were
+    archived into blocks by compaction (a reader whose cursor is below it must start over)."""
+    return int(client.hget(keys.seq_archived(sequence, series), "events") or 0)
+
+
+def events_from(
+    client: redis.Redis, sequence: str, start: int, count: int = PAGE, *,
+    series: str = DEFAULT_SERIES,
+) -> list[tuple[int, dict[str, Any] | None]]:
+    """Return up to ``count`` events ``(seq, event)`` from index ``start`` on, in order (an
+    event that does not parse, or was archived — below :func:`first_listed` — comes as None).
+    Readers that follow the ledger (the forecaster's reconciliation) go through here."""
+    raws = client.lrange(keys.seq_events(sequence, series), start, start + count - 1)
+    return [(index, _parse(raw)) for index, raw in enumerate(raws, start=start)]
+
+
 def chained(
     client: redis.Redis, sequence: str, *, series: str = DEFAULT_SERIES
 ) -> Iterator[tuple[int, str | blocks.Broken | None, str | None]]:

@@ -44,6 +44,7 @@ TYPES = (SYNC_FAILED, MIXED_CURRENCIES, DUPLICATE_NUMBER, UNKNOWN_NUMBER, MISSIN
 
 _RAISE = LuaScript.load(__package__, "raise")
 _MIGRATE = LuaScript.load(__package__, "migrate")
+_INDEX_OPEN = LuaScript.load(__package__, "index_open")
 
 def migrate_legacy(client: redis.Redis) -> int:
     """Move the previous release's warnings to this release's keys; return how many moved.
@@ -60,8 +61,30 @@ def migrate_legacy(client: redis.Redis) -> int:
     return moved
 
 
-_migrated = OncePerClient(migrate_legacy)
-"""Return the client, its previous release's warnings moved first (once per process)."""
+def index_open(client: redis.Redis) -> int:
+    """Fill the per-type sets of unacknowledged warnings with the warnings raised before they
+    existed (a store of the previous release); return how many are open. Once per store:
+    :data:`keys.WARNINGS_OPEN_INDEXED` marks it done. Idempotent and safe alongside new
+    warnings and acknowledgements (one script per warning)."""
+    if client.exists(keys.WARNINGS_OPEN_INDEXED):
+        return 0
+    found = 0
+    for wid in client.zrange(keys.WARNINGS, 0, -1):
+        kind = wid.split(":", 1)[0]
+        found += int(_INDEX_OPEN(client, keys=[keys.warning(wid), keys.warnings_open(kind),
+                                               keys.WARNINGS_OPEN_TYPES], args=[wid, kind]))
+    client.set(keys.WARNINGS_OPEN_INDEXED, "1")
+    return found
+
+
+def _upgrade(client: redis.Redis) -> None:
+    migrate_legacy(client)
+    index_open(client)
+
+
+_migrated = OncePerClient(_upgrade)
+"""Return the client, its previous release's warnings moved and indexed first (once per
+process)."""
 
 
 def warning_id(kind: str, system: str | None = None, detail: str | None = None) -> str:
@@ -84,7 +107,8 @@ def raise_warning(
     wid = warning_id(kind, system, detail)
     _RAISE(
         _migrated(client),
-        keys=[keys.warning(wid), keys.WARNINGS],
+        keys=[keys.warning(wid), keys.WARNINGS, keys.warnings_open(kind),
+              keys.WARNINGS_OPEN_TYPES],
         args=[wid, kind, system or "", message, code or "",
               iso(now), f"{now.timestamp():.3f}"],
     )
@@ -131,13 +155,21 @@ def ack(client: redis.Redis, wid: str, now: dt.datetime | None = None) -> dict[s
     now = now or utcnow()
     if not _migrated(client).exists(keys.warning(wid)):
         raise NotFound(f"No warning {wid!r}")
-    client.hset(keys.warning(wid), mapping={"acked": "1", "acked_at": iso(now)})
+    with client.pipeline(transaction=True) as tx:  # one slot: {warnings}
+        tx.hset(keys.warning(wid), mapping={"acked": "1", "acked_at": iso(now)})
+        tx.srem(keys.warnings_open(wid.split(":", 1)[0]), wid)
+        tx.execute()
     return get(client, wid)
 
 
 def unacked_by_type(client: redis.Redis) -> Counter[str]:
-    """Return the number of unacknowledged warnings per type (for the metrics gauge)."""
-    counts: Counter[str] = Counter()
-    for warning in list_warnings(client, include_acked=False, limit=100_000):
-        counts[warning["type"]] += 1
-    return counts
+    """Return the number of unacknowledged warnings per type (for the metrics gauge): one
+    SCARD per type, whatever the number of warnings."""
+    kinds = sorted(_migrated(client).smembers(keys.WARNINGS_OPEN_TYPES))
+    if not kinds:
+        return Counter()
+    with client.pipeline(transaction=False) as pipe:
+        for kind in kinds:
+            pipe.scard(keys.warnings_open(kind))
+        sizes = pipe.execute()
+    return Counter({kind: int(n) for kind, n in zip(kinds, sizes, strict=True) if n})

@@ -87,6 +87,9 @@ class FakeCoordinator:
             return _send(req, 200 if self.ready else 503, {"status": "ok" if self.ready else "no"})
         if req.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _send(req, 401, _error(401, "Missing or invalid token"))
+        if body and req.headers.get_content_type() != "application/json":
+            # As the coordinator (coordinator/api.py): a body not sent as JSON is refused.
+            return _send(req, 415, _error(415, "The request body must be JSON"))
         try:
             data = json.loads(body) if body else {}
         except ValueError:

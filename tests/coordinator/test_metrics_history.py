@@ -76,3 +76,39 @@ def test_a_scrape_issues_the_same_commands_and_reads_the_same_bytes_at_10_and_10
     # Equal but for the width of the counts in the replies (e.g. "13" against "10003"); the
     # 10,000 entries themselves are some megabytes.
     assert abs(sent_large - sent_small) <= 256, (sent_small, sent_large)
+
+
+def _warnings_gauge(text: str) -> dict[str, float]:
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("invoice_sync_warnings_open{")}
+
+
+def test_the_open_warnings_gauge_costs_the_same_at_3_and_300_warnings(client, redis_client):
+    """The gauge counts a set per type (SCARD), not every warning; counts stay right through
+    acknowledgements and recurrences, and a previous release's warnings are counted too."""
+    from coordinator import keys
+    from coordinator.warnings import store as warnings
+
+    costs = {}
+    for total in (3, 300):
+        redis_client.flushall()
+        initialise_numbering(redis_client)
+        for i in range(total):
+            warnings.raise_warning(redis_client, warnings.SYNC_FAILED, "m", system=f"s{i}")
+        warnings.raise_warning(redis_client, warnings.DUPLICATE_NUMBER, "m", system="s0")
+        warnings.ack(redis_client, "sync_failed:s1")
+        warnings.ack(redis_client, "sync_failed:s2")
+        warnings.raise_warning(redis_client, warnings.SYNC_FAILED, "again", system="s2")
+        client.get("/metrics")  # warm-up: first-request work aside
+        per_command, _, _ = _scrape_cost(client, redis_client)
+        costs[total] = per_command
+        gauge = _warnings_gauge(client.get("/metrics").get_data(as_text=True))
+        assert gauge["sync_failed"] == total - 1 and gauge["duplicate_number"] == 1
+        # A store of the previous release: warnings without the open sets, indexed once.
+        redis_client.delete(keys.WARNINGS_OPEN_INDEXED, keys.WARNINGS_OPEN_TYPES,
+                            keys.warnings_open("sync_failed"),
+                            keys.warnings_open("duplicate_number"))
+        assert warnings.index_open(redis_client) == total
+        assert warnings.unacked_by_type(redis_client) == {"sync_failed": total - 1,
+                                                          "duplicate_number": 1}
+    assert costs[3] == costs[300]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, date, datetime
 
 import pytest
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, InvalidInput, NotFound, UnsafeURL
+from coordinator.exceptions import Conflict, InvalidInput, NotFound, SecretUnreadable, UnsafeURL
 from coordinator.numbering import allocation
 from coordinator.numbering import series as numbering_series
 from coordinator.systems import registry, secrets
 from coordinator.systems.lock import system_lock
 from coordinator.systems.urls import UrlPolicy
-from tests.coordinator.systems_support import FakeResolver, body
+from tests.coordinator.systems_support import FakeResolver, body, raw_dump
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
@@ -141,3 +143,109 @@ def test_a_delete_or_move_waits_for_the_systems_own_lock(redis_client, fernet, c
             registry.get_system(redis_client, "blue")
     else:
         assert registry.get_system(redis_client, "blue")["series"] == "acme"
+
+
+def test_rotation_refuses_an_unreadable_access_key_naming_each_system_and_writes_nothing(
+    redis_client,
+):
+    """A new key was put in front and blue's secret re-entered (now under it), then the old
+    key was dropped too early: blue's access key and red's secret (it has no access key) are
+    unreadable. Rotation
+    checks every secret, names every system concerned and re-encrypts nothing."""
+    old, new, newest = (secrets.generate_key() for _ in range(3))
+    registry.create_system(redis_client, secrets.fernet_from_keys([old]), body(), POLICY)
+    registry.create_system(redis_client, secrets.fernet_from_keys([old]),
+                           body(name="red", access_key=None), POLICY)
+    registry.update_system(redis_client, "blue", {"api_secret": "re-entered"}, POLICY,
+                           secrets.fernet_from_keys([new, old]))
+    before = raw_dump(redis_client)
+    with pytest.raises(SecretUnreadable) as refused:
+        registry.rotate_secrets(redis_client, secrets.fernet_from_keys([newest, new]))
+    assert refused.value.message == (
+        "No configured key decrypts the secrets of: blue, red. Put the key that encrypted them "
+        "back in INVOICE_SYNC_SECRET_KEYS; nothing was re-encrypted.")
+    assert raw_dump(redis_client) == before
+
+
+def test_rotation_counts_the_secrets_it_re_encrypted(redis_client, fernet):
+    """A name left in the systems set by an interrupted delete has no secret to count."""
+    registry.create_system(redis_client, fernet, body(access_key=None), POLICY)
+    redis_client.sadd(keys.SYSTEMS, "ghost")
+    assert registry.rotate_secrets(redis_client, fernet) == 1
+
+
+def test_a_move_can_change_the_secret_in_the_same_request(redis_client, fernet):
+    """PATCH with a new series and a new API secret: both are applied, the secret encrypted."""
+    numbering_series.create_series(redis_client, "acme")
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    system = registry.update_system(redis_client, "blue",
+                                    {"series": "acme", "api_secret": "new-secret"}, POLICY, fernet)
+    assert system["series"] == "acme"
+    assert registry.get_credentials(redis_client, "blue", fernet).secret == "new-secret"
+
+
+def leftover_pages(client, name: str, count: int = 600) -> list[str]:
+    """Write ``count`` keys of per-system data of ``name`` (a purge unlinks 500 at a time)."""
+    pages = [f"{keys.system_tag(name)}:page:{index}" for index in range(count)]
+    client.mset(dict.fromkeys(pages, "x"))
+    return pages
+
+
+def test_a_missing_system_is_named_and_a_malformed_name_is_not_echoed(redis_client):
+    """A well-formed name that is not registered is named in the 404; a malformed one (it
+    may be anything a client sent) is not repeated back."""
+    with pytest.raises(NotFound) as missing:
+        registry.update_system(redis_client, "ghost", {"step": 1}, POLICY)
+    assert missing.value.message == "No system named 'ghost'"
+    for call in (lambda: registry.update_system(redis_client, "../x", {"step": 1}, POLICY),
+                 lambda: registry.purge_system_data(redis_client, "../x")):
+        with pytest.raises(NotFound) as malformed:
+            call()
+        assert malformed.value.message == "No such system"
+
+
+def test_a_purge_waits_for_a_registration_of_the_name_and_then_keeps_its_data(redis_client):
+    """A registration holds the system's lock from before its record exists: a purge of the
+    same name that starts meanwhile waits for it, then finds the system and deletes nothing."""
+    data = keys.system_tag("blue") + ":invoices"
+    redis_client.hset(data, "1", "{}")
+    pages = leftover_pages(redis_client, "blue")  # more than one batch of the purge
+    held = threading.Event()
+
+    def registration() -> None:
+        with system_lock(redis_client, "blue"):
+            held.set()
+            time.sleep(0.5)  # the purge below is waiting now (it waits up to 5 s)
+            redis_client.hset(keys.system("blue"), "name", "blue")
+
+    thread = threading.Thread(target=registration)
+    thread.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(Conflict) as refused:
+            registry.purge_system_data(redis_client, "blue")
+    finally:
+        thread.join()
+    assert refused.value.message == "System 'blue' exists; its data is not purged"
+    assert redis_client.hget(data, "1") == "{}"
+    assert redis_client.exists(*pages) == len(pages)
+
+
+def test_a_registration_that_clears_old_data_of_its_name_keeps_its_lock(
+    redis_client, fernet, monkeypatch
+):
+    """Leftovers of an earlier system of the name are cleared under the name's lock, which is
+    a key of the same hash tag: the clearing must not take the lock with it, or a purge of
+    the name could run while the registration finishes."""
+    pages = leftover_pages(redis_client, "blue")  # more than one batch of the clearing
+    locked_at_join = []
+    real_join = numbering_series.join
+
+    def join(client, series, name):
+        locked_at_join.append(client.exists(keys.system_series_lock(name)))
+        return real_join(client, series, name)
+
+    monkeypatch.setattr(numbering_series, "join", join)
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    assert locked_at_join == [1]
+    assert redis_client.exists(*pages) == 0

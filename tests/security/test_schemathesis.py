@@ -25,6 +25,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from coordinator import auth, keys
 from coordinator.app import create_app
+from coordinator.forecaster import reconcile_state
 from tests.security.conftest import snapshot
 
 pytestmark = pytest.mark.integration
@@ -56,6 +57,8 @@ def tokens(redis_client, fuzz_app):
     client.post("/v1/allocations", json={"document": "invoice", "reference": "seed",
                                          "date": "2026-11-21"},
                 headers={"Authorization": f"Bearer {agent}"})
+    # The reconciliation's findings, as serve builds them at start (503 before: documented).
+    reconcile_state.refresh(redis_client)
     return {"admin": admin, "agent": agent}
 
 

@@ -74,7 +74,7 @@ def test_a_failing_reconciliation_does_not_fail_the_sync(redis_client, fake, reg
     register("blue", fake)
     fake.app.add_invoice(subtotal="10.00", status="Paid")
 
-    def broken(client, systems):
+    def broken(client):
         raise RuntimeError("injected: reconciliation broke")
 
     monkeypatch.setattr(reconcile, "check", broken)

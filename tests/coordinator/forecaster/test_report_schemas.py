@@ -8,7 +8,6 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 
 from coordinator.forecaster import reconcile, reports
-from coordinator.forecaster.api import ledger_entries
 from coordinator.systems import registry
 
 pytestmark = pytest.mark.integration
@@ -37,7 +36,7 @@ def _documented(document: dict, path: str) -> dict:
     ("/v1/reports/forecast", "?months=3",
      lambda c, r, b: reports.forecast(c, r, b, 3, today=TODAY)),
     ("/v1/reports/reconciliation", "",
-     lambda c, r, b: reconcile.reconcile(c, [s.name for s in r], ledger_entries(c))),
+     lambda c, r, b: reconcile.full_report(c)),
 ])
 def test_report_answer_is_the_whole_report_and_matches_the_document(
         client, admin, redis_client, fake, register, work, path, query, compute):

@@ -30,6 +30,8 @@ def invoice(amount: str, currency: str = "EUR", **fields) -> WhmcsInvoice:
         ("1000", "JPY", 1000), ("1000.00", "JPY", 1000), ("-91", "JPY", -91),
         ("1.234", "KWD", 1234), ("1.2", "KWD", 1200), ("0.0001", "CLF", 1),
         ("10000000000.00", "EUR", store.MAX_MINOR), ("-10000000000.00", "EUR", -store.MAX_MINOR),
+        # the bounds hold whatever the notation (these take the exact path, not the digits one)
+        ("1E+10", "EUR", store.MAX_MINOR), ("-1E+10", "EUR", -store.MAX_MINOR),
     ],
 )
 def test_minor_units_match_exact_decimal_arithmetic(amount, currency, minor):
