@@ -140,6 +140,13 @@ RATE_LIMIT_AUTH_FAILURE_ADDRESSES = 10000
 addresses share one counter. Bounds the memory an attacker with many addresses can make the
 coordinator use (one Redis hash of at most this many fields per window)."""
 
+TOKEN_CACHE = True
+"""Keep token records in each process, invalidated by Redis (``CLIENT TRACKING``, RESP3) before
+it answers any change to them, so a revoked token is refused at once in every process. A token
+whose role has no rate limit (``RATE_LIMIT_<ROLE>`` = 0) then needs no Redis round trip to
+authenticate; limited roles are counted (and looked up) in Redis on every request as before.
+Off: every request reads its token from Redis."""
+
 RATE_LIMIT_WINDOW = 60
 """Length in seconds of the fixed window the rate limits count in. Over the limit: 429 with
 Retry-After. Unauthenticated endpoints (health, metrics, openapi) are never limited."""

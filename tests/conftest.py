@@ -15,10 +15,12 @@ from functools import cache
 
 import pytest
 import redis
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 
 from coordinator import auth, keys
 from coordinator.app import create_app
+from coordinator.numbering.api import SEALER
 from coordinator.ops.embedded import ValkeyServer
 from coordinator.ops.embedded import server_binary as default_server_binary
 from tests.support import initialise_numbering
@@ -139,10 +141,25 @@ def app_config(valkey: ValkeyServer) -> dict:
             "ALLOW_PRIVATE_SYSTEM_URLS": True}
 
 
+class SealedClient(FlaskClient):
+    """Flask's test client, waiting after each request until the app's ledger sealer thread
+    has sealed what the request appended (it seals beside the response, see
+    ``coordinator.numbering.chain.Sealer``), so a test reads Redis in that settled state.
+    The sealer's own tests, and the gunicorn ones, see it run concurrently."""
+
+    def open(self, *args, **kwargs):
+        response = super().open(*args, **kwargs)
+        sealer = self.application.extensions.get(SEALER)
+        assert sealer is None or sealer.drain(30), "the sealer thread did not finish in 30 s"
+        return response
+
+
 @pytest.fixture
 def app(app_config: dict, redis_client: redis.Redis):
-    """The coordinator app on the session server."""
-    return create_app(app_config)
+    """The coordinator app on the session server (its test client: :class:`SealedClient`)."""
+    made = create_app(app_config)
+    made.test_client_class = SealedClient
+    return made
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from coordinator.auth import schemas, tokens
+from coordinator.auth.cache import EXTENSION as TOKEN_CACHE
+from coordinator.auth.cache import TokenCache
 from coordinator.auth.roles import ADMIN, AUDITOR, READERS, Principal
 from coordinator.exceptions import Forbidden
 from coordinator.ops import ratelimit
@@ -43,8 +45,18 @@ def current_principal() -> Principal:
             app.config["ADMIN_TOKEN"],
             app.extensions.get(ratelimit.EXTENSION),
             request.remote_addr or "",
+            _token_cache(app),
         )
     return principal
+
+
+def _token_cache(app) -> TokenCache | None:
+    """The app's token cache (one per app, made on first use), or None when TOKEN_CACHE is
+    off."""
+    found = app.extensions.get(TOKEN_CACHE)
+    if found is None and app.config["TOKEN_CACHE"]:
+        found = app.extensions.setdefault(TOKEN_CACHE, TokenCache())
+    return found
 
 
 def require(*kinds: str) -> Callable:

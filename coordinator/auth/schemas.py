@@ -25,7 +25,7 @@ class TokenSchema(Schema):
     created_by = fields.String(allow_none=True)
     last_used = fields.String(metadata={
         "description": "Start of the last rate-limit window the token was used in; absent when "
-                       "unknown (rate limits off, or not used since Redis started)"})
+                       "unknown (its role not rate-limited, or not used since Redis started)"})
     source = fields.String(metadata={
         "description": "`redis` (managed here) or `environment` (INVOICE_SYNC_ADMIN_TOKEN)"})
 

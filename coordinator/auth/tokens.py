@@ -4,10 +4,11 @@ Tokens are 256-bit random strings, so a plain SHA-256 (no salt, no stretching) i
 hash: it cannot be brute-forced and is cheap enough for every request on the allocation path.
 
 One hash, :data:`keys.TOKENS`, maps each token's digest to its record; every request looks its
-token up there, with no cache in any process, so a revoked token stops working at once in
-every worker. A token is named by an *id* (``tok_`` and 16 hex digits), a one-way function of
-the stored digest: it names the token in listings and audit records, and neither it nor
-anything shown with it helps to find the token or its hash.
+token up there, or in the process's :class:`~coordinator.auth.cache.TokenCache`, which Redis
+itself invalidates before it answers any change to the hash, so a revoked token stops working
+at once in every worker. A token is named by an *id* (``tok_`` and 16 hex digits), a one-way
+function of the stored digest: it names the token in listings and audit records, and neither
+it nor anything shown with it helps to find the token or its hash.
 
 Domain code: takes a Redis client and plain values, knows nothing of Flask.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import redis
 
 from coordinator import keys
+from coordinator.auth.cache import TokenCache
 from coordinator.auth.roles import ADMIN, AGENT, MANAGED_ROLES, TOKEN_PREFIX, Principal
 from coordinator.clock import Clock
 from coordinator.clock import iso as _iso
@@ -157,7 +159,7 @@ def list_tokens(client: redis.Redis, admin_token: str | None = None) -> list[dic
     """Return every token the coordinator accepts (never a token or its hash), by role and id.
 
     ``last_used`` (the start of the last rate-limit window the token was used in) is there
-    only when rate limits are on and the token was used since Redis last started.
+    only when its role is rate-limited and the token was used since Redis last started.
     ``admin_token``: the configured INVOICE_SYNC_ADMIN_TOKEN, listed with source
     ``environment``.
     """
@@ -274,12 +276,16 @@ def authenticate(
     admin_token: str | None,
     limiter: RateLimiter | None = None,
     address: str | None = None,
+    cache: TokenCache | None = None,
 ) -> Principal:
     """Resolve an ``Authorization`` header to a principal, counting it against its rate limit.
 
     With a ``limiter``, the lookup and the counting are one script, one round trip: a known
     token counts against its own budget; an unknown one counts against the failure budget of
-    the client ``address`` (a fixed number of Redis keys, whatever tokens are tried).
+    the client ``address`` (a fixed number of Redis keys, whatever tokens are tried). With a
+    ``cache``, a token found there whose role has no limit costs no round trip at all (the
+    cache is invalidated by Redis, :mod:`coordinator.auth.cache`); a limited role is still
+    counted, and looked up, by the script.
 
     Raises:
         AuthError: no bearer token, or one the coordinator does not know (401).
@@ -293,7 +299,18 @@ def authenticate(
     is_config_admin = bool(admin_token) and hmac.compare_digest(
         token_digest, digest(str(admin_token))
     )
-    if limiter is not None and limiter.enabled:
+    limited = limiter is not None and limiter.enabled
+    if cache is not None and not is_config_admin and not (
+            limited and all(limit > 0 for limit in limiter.limits.values())):
+        try:
+            cached = cache.get(client, token_digest)
+        except redis.RedisError:
+            cached = None  # its connection broke: the lookup below goes through the client
+        if cached is not None:
+            principal = _principal(cached, token_digest)
+            if not limited or limiter.limits.get(principal.kind, 0) <= 0:
+                return principal
+    if limited:
         raw, count, window = limiter.lookup(client, token_digest, known=is_config_admin,
                                             address=address)
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import after_this_request, current_app, jsonify, request
+from flask import current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -94,42 +94,33 @@ def _durability() -> Durability:
     return confirmation.guard_for(current_app).current(get_redis())
 
 
-def _seal_after(series: str, *sequences: str) -> None:
-    """Seal the new events of ``sequences`` once the response is sent (off the client's clock).
+def sealer() -> chain.Sealer:
+    """Return this app's :class:`chain.Sealer` (its thread seals after the responses)."""
+    found = current_app.extensions.get(SEALER)
+    if found is None:
+        found = current_app.extensions.setdefault(SEALER, chain.Sealer())
+    return found
 
-    Sealing is idempotent and verify/export seal first, so a failure here only leaves the
-    events unsealed a little longer; it is logged, never raised.
+
+def _seal_after(series: str, *sequences: str) -> None:
+    """Have the new events of ``sequences`` sealed by the app's sealer thread.
+
+    Sealing is idempotent and verify/export seal first, so a failure there only leaves the
+    events unsealed a little longer; it is logged, never raised. (No events handed over: the
+    sealer reads what is unsealed.)
     """
-    client = get_redis()
-    _after_response(lambda sequence: chain.seal(client, sequence, series=series),
-                    list(sequences))
+    client, handed = get_redis(), sealer()
+    for sequence in sequences:
+        handed.submit(client, chain.Appended(series, sequence, 0, "", ()))
 
 
 def _seal_appended(appended: list[chain.Appended]) -> None:
-    """Seal the events an allocation appended once the response is sent: one round trip per
-    sequence (the script returned what to hash), however many numbers a batch took, and
-    none when another thread of this app is sealing the sequence (:class:`chain.Sealer`)."""
-    client = get_redis()
-    sealer = current_app.extensions.get(SEALER)
-    if sealer is None:
-        sealer = current_app.extensions.setdefault(SEALER, chain.Sealer())
-    _after_response(lambda each: sealer.submit(client, each), appended)
-
-
-def _after_response(seal, what: list) -> None:
-    logger = current_app.logger
-
-    @after_this_request
-    def hook(response):
-        def run() -> None:
-            for each in what:
-                try:
-                    seal(each)
-                except Exception:  # noqa: BLE001 - see _seal_after
-                    logger.warning("sealing %s failed; sealed at the next verify", each,
-                                   exc_info=True)
-        response.call_on_close(run)
-        return response
+    """Have the events an allocation appended sealed by the app's sealer thread: one round
+    trip per sequence (the script returned what to hash), however many numbers a batch took,
+    shared by every allocation that waits meanwhile (:class:`chain.Sealer`)."""
+    client, handed = get_redis(), sealer()
+    for each in appended:
+        handed.submit(client, each)
 
 
 def _period(name: str, given: str | None, series: str) -> str:

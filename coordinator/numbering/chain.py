@@ -8,7 +8,8 @@ event, and the event's ``seq`` is its index (gap-free, in the order Redis applie
 Lua in Redis has no SHA-256, so hashes are computed here, right after, and appended to
 ``{ser:R}:S:chain`` ("sealing", :func:`seal`, idempotent: the script appends only when the chain
 still has the length the sealer read). The window between an event and its seal is one round
-trip after the response (or until the next verify/export, which seal first); an unsealed event
+trip on the worker's sealer thread (:class:`Sealer`), which starts as the change is answered
+(or until the next verify/export, which seal first); an unsealed event
 is still ordered and counted, and an event whose ``seq`` is not its index is never sealed.
 ``allocate.lua`` returns the unsealed events (its own, and any concurrent allocation's) with
 the chain's length and head, so sealing a new number is that one round trip
@@ -29,7 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +44,8 @@ from redis.client import NEVER_DECODE
 from coordinator import keys
 from coordinator.numbering import blocks, checkpoints, scripts
 from coordinator.numbering.sequences import DEFAULT_SERIES, check_name
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 """The ``prev`` of the first event of every chain."""
@@ -141,41 +147,80 @@ def seal_appended(client: redis.Redis, appended: Appended) -> int:
 
 
 class Sealer:
-    """Coalesce the seals one process runs for a sequence (one per app).
+    """Seal what allocations appended from one background thread per process (one per app).
 
-    A thread that finds another thread of this process sealing the same sequence hands its
-    events over and returns at once; the sealing thread then seals the latest events it was
-    handed, which cover every earlier one (each script returns all events unsealed at its
-    time). Under load one thread per sequence seals many allocations per round trip, and the
-    others go back to answering requests.
+    :meth:`submit` only notes the work and returns: the request thread goes back to answering
+    requests, and the seal (SHA-256 of each event, one SEAL round trip and its fsync) runs on
+    the sealer's own thread. Work for a sequence that is still waiting is coalesced: only the
+    latest events handed over are kept, and they cover every earlier one (each allocation
+    script returns every event unsealed at its time), so under load one SEAL seals many
+    allocations.
+
+    Nothing is ever lost by coalescing or by dying: an event is in Redis before its number is
+    answered, and a seal that did not run (the process was killed, Redis refused it) is
+    caught up by the next one, whose script returns every event still unsealed, or by the
+    next verify or export, which seal first. The thread starts on the first submit (after
+    gunicorn's fork) and ends after ``idle`` seconds without work.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._handed: dict[tuple[str, str], Appended | None] = {}
+    def __init__(self, idle: float = 5.0) -> None:
+        self.idle = idle
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._waiting: dict[tuple[str, str], tuple[redis.Redis, Appended]] = {}
+        self._sealing = 0
+        self._thread: threading.Thread | None = None
 
     def submit(self, client: redis.Redis, appended: Appended) -> None:
-        """Seal ``appended`` now, or hand it to the thread sealing its sequence."""
+        """Have ``appended`` sealed by the sealer's thread (coalesced with waiting work)."""
+        if self._pid != os.getpid():
+            self._reset()  # a forked child: the parent's thread and lock are not ours
         key = (appended.series, appended.sequence)
-        with self._lock:
-            if key in self._handed:
-                waiting = self._handed[key]
-                if waiting is None or _covers_more(appended, waiting):
-                    self._handed[key] = appended
-                return
-            self._handed[key] = None
-        work: Appended | None = appended
-        try:
-            while work is not None:
+        with self._cond:
+            waiting = self._waiting.get(key)
+            if waiting is None or _covers_more(appended, waiting[1]):
+                self._waiting[key] = (client, appended)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ledger-sealer",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until everything submitted so far is sealed (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._waiting or self._sealing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._waiting:
+                    self._cond.wait(self.idle)
+                if not self._waiting:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                key = next(iter(self._waiting))
+                client, work = self._waiting.pop(key)
+                self._sealing += 1
+            try:
                 seal_appended(client, work)
-                with self._lock:
-                    work = self._handed[key]
-                    self._handed[key] = None
-        finally:
-            with self._lock:
-                # Normally nothing is left; after an error, what was handed over stays
-                # unsealed until the next seal (each seal covers every event before it).
-                del self._handed[key]
+            except Exception:  # noqa: BLE001 - the next seal, verify or export catches up
+                log.warning("sealing %s/%s failed; sealed by the next allocation or verify",
+                            work.series, work.sequence, exc_info=True)
+            finally:
+                with self._cond:
+                    self._sealing -= 1
+                    self._cond.notify_all()
 
 
 def _covers_more(new: Appended, old: Appended) -> bool:

@@ -17,7 +17,9 @@ on the same two cores, which squeezed the faster server hardest and flattened th
 
 With ``--other TREE`` (a checkout of another commit, e.g. ``git archive C | tar -x -C TREE``)
 a third server runs that tree's coordinator in the same rounds, so a change is measured
-against its predecessor and the bare endpoint in one run.
+against its predecessor and the bare endpoint in one run. ``--other-python`` runs that tree
+with another interpreter (e.g. a virtualenv without ``hiredis``), so a dependency is measured
+in the same run too.
 
 Prints every round, then the median of the per-round ratios (the aim, issue 13: throughput
 >= 0.75, p99 <= 1.5 of the bare endpoint). Each line also gives the CPU time per request of
@@ -67,7 +69,8 @@ def _bare_app(redis_url: str):
     return app
 
 
-def serve(kind: str, port: int, redis_url: str, workers: int, threads: int | None) -> None:
+def serve(kind: str, port: int, redis_url: str, workers: int, threads: int | None,
+          agent_limit: int = 10**9) -> None:
     """Run one server in this process (called in a child process)."""
     from gunicorn.app.base import BaseApplication
 
@@ -88,8 +91,9 @@ def serve(kind: str, port: int, redis_url: str, workers: int, threads: int | Non
                 return _bare_app(redis_url)
             from coordinator.app import create_app
 
-            # Limiting stays on (its counter is part of the cost), but never trips.
-            return create_app({"REDIS_URL": redis_url, "RATE_LIMIT_AGENT": 10**9})
+            # Limiting stays on (its counter is part of the cost), but never trips; with
+            # --agent-limit 0 agents are not limited, and their tokens come from the cache.
+            return create_app({"REDIS_URL": redis_url, "RATE_LIMIT_AGENT": agent_limit})
 
     App().run()
 
@@ -214,12 +218,18 @@ def main() -> None:
                         help="gunicorn threads per worker of each server (0: the shared default)")
     parser.add_argument("--other", type=Path, default=None,
                         help="another checkout whose coordinator runs as a third server")
+    parser.add_argument("--agent-limit", type=int, default=10**9,
+                        help="RATE_LIMIT_AGENT of the coordinators (default: on, never trips; "
+                             "0: agents unlimited, their tokens served from the token cache)")
+    parser.add_argument("--other-python", default=sys.executable,
+                        help="the interpreter that serves --other (default: this one)")
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "REDIS_URL"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--drive", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]), args.serve[2], args.workers, args.threads)
+        serve(args.serve[0], int(args.serve[1]), args.serve[2], args.workers, args.threads,
+              args.agent_limit)
         return
     if args.drive:
         port, token, clients, seconds, prefix = args.drive
@@ -244,9 +254,10 @@ def main() -> None:
                 if kind != "bare":
                     # As `invoice-sync serve` runs it: workers share metrics through files.
                     env["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / f"metrics-{kind}")
+                python = args.other_python if kind == OTHER else sys.executable
                 children.append(subprocess.Popen(
-                    [sys.executable, __file__, "--workers", str(args.workers),
-                     "--threads", str(args.threads),
+                    [python, __file__, "--workers", str(args.workers),
+                     "--threads", str(args.threads), "--agent-limit", str(args.agent_limit),
                      "--serve", kind if kind == "bare" else "coordinator", str(ports[kind]),
                      valkey.url],
                     env=env, stderr=subprocess.DEVNULL))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from coordinator import auth, keys
 from coordinator.auth import tokens
+from coordinator.auth.cache import TokenCache
 from coordinator.cli import ensure_admin_token
 from coordinator.exceptions import AuthError, Conflict, InvalidInput, NotFound
 
@@ -244,12 +245,25 @@ operation = st.one_of(
 @given(st.lists(operation, max_size=12))
 def test_a_token_works_exactly_while_created_and_not_revoked(redis_client, ops):
     """Whatever admins create and revoke, in any order: the live set is what authenticates,
-    the listing shows exactly it, and neither a token nor its hash is ever shown."""
+    also through a process's token cache at every step (issue 13), the listing shows exactly
+    it, and neither a token nor its hash is ever shown."""
     redis_client.flushall()
     keeper, keeper_token = tokens.create_token(redis_client, auth.ADMIN, "keeper", "cli")
     live = {keeper["id"]: (keeper_token, auth.ADMIN)}
     dead: list[str] = []
+    cache = TokenCache()
+
+    def cached_agrees() -> None:
+        redis_client.ping()  # the coordinator answers a change only after a later round trip
+        for token, role in live.values():
+            assert auth.authenticate(redis_client, f"Bearer {token}", None,
+                                     cache=cache).kind == role
+        for token in dead:
+            with pytest.raises(AuthError):
+                auth.authenticate(redis_client, f"Bearer {token}", None, cache=cache)
+
     for op in ops:
+        cached_agrees()
         if op[0] == "create":
             record, token = tokens.create_token(redis_client, op[1], op[2], "cli")
             live[record["id"]] = (token, op[1])
@@ -263,6 +277,8 @@ def test_a_token_works_exactly_while_created_and_not_revoked(redis_client, ops):
                 continue
             tokens.revoke_token(redis_client, wanted, "cli")
             dead.append(live.pop(wanted)[0])
+    cached_agrees()
+    cache.clear()
     for token_id_, (token, role) in live.items():
         principal = auth.authenticate(redis_client, f"Bearer {token}", None)
         assert (principal.kind, principal.token_id) == (role, token_id_)

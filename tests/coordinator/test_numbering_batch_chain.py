@@ -20,6 +20,7 @@ from coordinator.cli import main
 from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, chain, iter_ledger
 from coordinator.numbering.allocation import Hints, Item
+from coordinator.numbering.api import SEALER
 from tests.coordinator import redis_counting
 from tests.coordinator.systems_support import register, registry_config
 from tests.support import initialise_numbering
@@ -36,8 +37,15 @@ def batch(client, headers, *items):
     response = client.post("/v1/allocation-batches", headers=headers, json={"items": [
         {"document": doc, "reference": ref, "date": day} for doc, ref, day in items]})
     assert response.status_code == 200, response.get_json()
-    response.close()  # what the WSGI server does once the body is sent: the seal runs
+    response.close()
+    sealed(client)
     return response.get_json()["items"]
+
+
+def sealed(client):
+    """Wait for the app's sealer thread to seal what the requests so far handed it."""
+    sealer = client.application.extensions.get(SEALER)
+    assert sealer is None or sealer.drain(30), "the sealer thread did not finish in 30 s"
 
 
 def events(redis_client, sequence, series="default"):
@@ -66,7 +74,6 @@ def test_a_batch_appends_one_issued_event_per_new_number_sealed_after_the_respon
     single = client.post("/v1/allocations", headers=blue, json={
         "document": "invoice", "reference": "first", "date": "2026-01-15"})
     assert single.status_code == 201
-    single.close()
     taken = batch(client, blue, *ITEMS)
     assert [e["replay"] for e in taken] == [False, False, False, True, False]
     assert {e["series"] for e in taken} == {series}
@@ -82,7 +89,7 @@ def test_a_batch_appends_one_issued_event_per_new_number_sealed_after_the_respon
     assert [(e["seq"], e["id"], e["formatted"], e["document"]) for e in notes] == [
         (0, taken[1]["id"], taken[1]["formatted"], "credit_note")]
     assert [e["number"] for e in invoices] == ["1", "2", "3", "4"]
-    # Sealed once the response was sent, without waiting for a verify.
+    # Sealed by the sealer thread after the response, without waiting for a verify.
     assert redis_client.llen(keys.seq_chain("invoice", series)) == 4
     assert redis_client.llen(keys.seq_chain("credit_note", series)) == 1
     # Nothing was written to another series' keys.
@@ -197,14 +204,16 @@ def test_sealing_a_new_number_is_one_command_after_the_response(client, admin, r
               ("credit_note", "c", "2026-03-01"))
         single = client.post("/v1/allocations", headers=blue, json={
             "document": "invoice", "reference": "s", "date": "2026-03-01"})
-        single.close()
+        assert single.status_code == 201
+        sealed(client)
 
-    # Each request: the token lookup, the script with its WAITAOF; then one SEAL per sequence
+    # Each request: the script with its WAITAOF (agents are not rate-limited here, so their
+    # token comes from the worker's token cache, no lookup); then one SEAL per sequence
     # appended to (two for the batch, one for the single), without the reads (LLEN and LINDEX
     # of the chain, LRANGE of the events) of a sealer that knows nothing.
     assert redis_counting.top_level(redis_client, allocate) == [
-        "EVAL", "EVALSHA", "WAITAOF", "EVALSHA", "EVALSHA",
-        "EVAL", "EVALSHA", "WAITAOF", "EVALSHA"]
+        "EVALSHA", "WAITAOF", "EVALSHA", "EVALSHA",
+        "EVALSHA", "WAITAOF", "EVALSHA"]
     assert redis_client.llen(keys.seq_chain("invoice")) == 7
     assert redis_client.llen(keys.seq_chain("credit_note")) == 1
     assert chain.verify(redis_client, "invoice")["ok"] is True
@@ -221,7 +230,7 @@ def test_events_other_allocations_left_unsealed_are_sealed_in_the_same_round_tri
     redis_client.ltrim(keys.seq_chain("invoice"), 0, 1)  # two of the four left unsealed
     sent = redis_counting.top_level(
         redis_client, lambda: batch(client, blue, ("invoice", "next", "2026-03-01")))
-    assert sent == ["EVAL", "EVALSHA", "WAITAOF", "EVALSHA"]
+    assert sent == ["EVALSHA", "WAITAOF", "EVALSHA"]
     assert redis_client.llen(keys.seq_chain("invoice")) == 5
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
@@ -239,7 +248,7 @@ def test_a_seal_that_fell_far_behind_is_caught_up_by_reading(client, admin, redi
     assert [(a.length, a.events) for a in appended] == [(1, ())]
     sent = redis_counting.top_level(
         redis_client, lambda: batch(client, blue, ("invoice", "next", "2026-03-01")))
-    assert sent == ["EVAL", "EVALSHA", "WAITAOF", "LLEN", "LINDEX", "LRANGE", "EVALSHA"]
+    assert sent == ["EVALSHA", "WAITAOF", "LLEN", "LINDEX", "LRANGE", "EVALSHA"]
     assert redis_client.llen(keys.seq_chain("invoice")) == 73
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
@@ -281,7 +290,7 @@ def test_seal_appended_seals_the_rest_when_another_sealer_sealed_part(redis_clie
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
-def test_a_thread_finding_its_sequence_being_sealed_hands_over_and_returns(
+def test_submit_returns_at_once_and_waiting_work_is_coalesced_into_one_seal(
         redis_client, monkeypatch):
     sealer, entered, release, calls = chain.Sealer(), threading.Event(), threading.Event(), []
     real = chain.seal_appended
@@ -301,18 +310,43 @@ def test_a_thread_finding_its_sequence_being_sealed_hands_over_and_returns(
             Item("invoice", reference, date(2026, 3, 1))], appended=appended)
         return appended[0]
 
-    first = threading.Thread(target=sealer.submit, args=(redis_client, take("a")))
-    first.start()
+    sealer.submit(redis_client, take("a"))  # returns at once: the sealer's thread seals
     assert entered.wait(30)
-    # While the first thread seals, two more allocations: their threads return at once.
+    # While the thread seals a's event, two more allocations hand theirs over and return.
     sealer.submit(redis_client, take("b"))
     sealer.submit(redis_client, take("c"))
     assert calls == [1]
     release.set()
-    first.join(30)
-    # The first thread then sealed only the latest events it was handed: c's script returned
-    # every unsealed event (a's, b's, its own), so one more SEAL covers both waiting threads.
+    assert sealer.drain(30)
+    # The thread then sealed only the latest events it was handed: c's script returned
+    # every unsealed event (a's, b's, its own), so one more SEAL covers both.
     assert calls == [1, 3]
+    assert redis_client.llen(keys.seq_chain("invoice")) == 3
+    assert chain.verify(redis_client, "invoice")["ok"] is True
+
+
+def test_a_failed_seal_loses_nothing_the_next_one_seals_it(redis_client, monkeypatch):
+    sealer, real, calls = chain.Sealer(), chain.seal_appended, []
+
+    def refused_once(client, appended):
+        calls.append(appended)
+        if len(calls) == 1:
+            raise chain.redis.ConnectionError("Redis went away")  # as a failover would
+        return real(client, appended)
+
+    monkeypatch.setattr(chain, "seal_appended", refused_once)
+    appended: list[chain.Appended] = []
+    allocation.allocate_batch(redis_client, "blue", [
+        Item("invoice", str(i), date(2026, 3, 1)) for i in range(2)], appended=appended)
+    sealer.submit(redis_client, appended.pop())
+    assert sealer.drain(30)
+    assert redis_client.llen(keys.seq_chain("invoice")) == 0  # logged, left unsealed
+    allocation.allocate_batch(redis_client, "blue", [Item("invoice", "next", date(2026, 3, 1))],
+                              appended=appended)
+    sealer.submit(redis_client, appended.pop())
+    assert sealer.drain(30)
+    # The next allocation's script returned the earlier events too: one seal, all three.
+    assert [len(each.events) for each in calls] == [2, 3]
     assert redis_client.llen(keys.seq_chain("invoice")) == 3
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
@@ -323,8 +357,8 @@ def test_a_confirm_is_sealed_after_its_response(client, admin, redis_client):
     confirmed = client.post(f"/v1/allocations/{taken['id']}/confirm", headers=blue,
                             json={"invoicenum": taken["formatted"]})
     assert confirmed.status_code == 200
-    confirmed.close()
-    # Sealed by the confirm's own after-response seal, before any verify.
+    sealed(client)
+    # Sealed by the sealer thread after the confirm's response, before any verify.
     assert redis_client.llen(keys.seq_chain("invoice")) == 2
 
 
@@ -345,8 +379,7 @@ def test_a_seal_that_must_read_wins_over_one_that_would_not(redis_client):
 
     original, chain.seal_appended = chain.seal_appended, blocking
     try:
-        thread = threading.Thread(target=sealer.submit, args=(redis_client, first))
-        thread.start()
+        sealer.submit(redis_client, first)
         assert entered.wait(30)
         # Handed over while the first seals: events of two scripts, then one that returned
         # none (sealing had fallen behind): that one's seal reads, so it is the one kept.
@@ -354,7 +387,7 @@ def test_a_seal_that_must_read_wins_over_one_that_would_not(redis_client):
         sealer.submit(redis_client, behind)
         sealer.submit(redis_client, chain.Appended("default", "invoice", 0, "", first.events))
         release.set()
-        thread.join(30)
+        assert sealer.drain(30)
     finally:
         chain.seal_appended = original
     assert sealed == [first, behind]

@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 
 from coordinator import keys
 from coordinator.app import create_app
+from coordinator.numbering.api import SEALER
 from tests.coordinator.systems_support import FakeResolver, body
 from tests.support import initialise_numbering, snapshot
 
@@ -116,11 +117,15 @@ def test_routing_hints_belong_to_one_app(app_config, valkey, admin_token, agent)
         keys.TOKENS, mapping=redis.Redis.from_url(valkey.url, decode_responses=True).hgetall(
             keys.TOKENS))
     take(second, blue, "warm-up")
+    sealer = second.application.extensions[SEALER]
+    assert sealer.drain(30)
     calls = _evalsha_calls(valkey.url)
     note = take(second, blue, "n1", document="credit_note").get_json()
     assert note["sequence"] == "credit_note"
-    # One script run: the other app's "credit notes are in invoice" was not a guess here.
-    assert _evalsha_calls(valkey.url) - calls == 1
+    assert sealer.drain(30)
+    # One allocation script run (and the seal of its event): the other app's "credit notes
+    # are in invoice" was not a guess here, or its refusal would be one more run.
+    assert _evalsha_calls(valkey.url) - calls == 2
 
 
 # --- the series API -----------------------------------------------------------------------

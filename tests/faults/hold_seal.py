@@ -1,14 +1,14 @@
-"""A gunicorn logger class that holds a worker between an allocation's response and its seal.
+"""A gunicorn config that holds a worker's ledger sealer before it seals.
 
-gunicorn's gthread worker sends the response (``resp.close()``), then writes the access line
-(``self.log.access``), and only then closes the WSGI iterable, which runs the coordinator's
-``call_on_close`` hook: the seal of the new ledger event. Holding ``access`` therefore parks the
-worker exactly in the window docs/AUDITORS.md describes (event written and acknowledged, its
-hash not yet appended), so a test can SIGKILL the coordinator there, every time.
+The coordinator answers an allocation once its number and ``issued`` event are durable, then
+hands the event to the worker's sealer thread (``coordinator.numbering.chain.Sealer``), which
+appends its SHA-256 to the chain. Holding the sealer parks the worker exactly in the window
+docs/AUDITORS.md describes (event written and acknowledged, its hash not yet appended), so a
+test can SIGKILL the coordinator there, every time.
 
-Used with ``--logger-class tests.faults.hold_seal.HoldingLogger``; it holds a
-``POST /v1/allocations`` while the file ``$HOLD_SEAL_DIR/hold`` exists, after writing
-``$HOLD_SEAL_DIR/held`` (the worker's pid) so the test knows it is there.
+Used with ``GUNICORN_CMD_ARGS="--config python:tests.faults.hold_seal"``; while the file
+``$HOLD_SEAL_DIR/hold`` exists, the sealer writes ``$HOLD_SEAL_DIR/held`` (the worker's pid),
+so the test knows it is there, and waits instead of sealing.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ import os
 import time
 from pathlib import Path
 
-from gunicorn.glogging import Logger
 
+def post_worker_init(worker) -> None:
+    """gunicorn hook, in each worker: make the sealer wait while the hold file exists."""
+    from coordinator.numbering import chain
 
-class HoldingLogger(Logger):
-    """gunicorn's logger, parking an allocation's worker thread before its seal."""
+    real = chain.seal_appended
 
-    def access(self, resp, req, environ, request_time) -> None:
+    def holding(client, appended):
         directory = os.environ.get("HOLD_SEAL_DIR")
-        if (directory and environ.get("REQUEST_METHOD") == "POST"
-                and environ.get("PATH_INFO") == "/v1/allocations"
-                and Path(directory, "hold").exists()):
+        if directory and Path(directory, "hold").exists():
             Path(directory, "held").write_text(str(os.getpid()))
             time.sleep(600)  # until the test SIGKILLs this process
-        super().access(resp, req, environ, request_time)
+        return real(client, appended)
+
+    chain.seal_appended = holding

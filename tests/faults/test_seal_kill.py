@@ -2,8 +2,8 @@
 
 The number is acknowledged, its ``issued`` event is in Redis (same script), its SHA-256 is not
 appended yet. The coordinator dies there (a real gunicorn, master and worker, SIGKILLed while
-tests/faults/hold_seal.py parks the worker in that window). After a restart the chain is
-sealed by the next verify, and holds every event once: none lost, none doubled.
+tests/faults/hold_seal.py parks the worker's sealer thread in that window). After a restart
+the chain is sealed by the next verify, and holds every event once: none lost, none doubled.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ VERIFY = "/v1/series/default/sequences/invoice/ledger/verify"
 
 
 class HoldingCoordinator(GunicornCoordinator):
-    """The gunicorn coordinator with tests.faults.hold_seal's logger."""
+    """The gunicorn coordinator with tests.faults.hold_seal's sealer hook."""
 
     def __init__(self, log_dir: Path, settings: dict, hold_dir: Path) -> None:
         super().__init__(log_dir, settings, workers=1, threads=2)
@@ -38,7 +38,7 @@ class HoldingCoordinator(GunicornCoordinator):
 
     def _env(self) -> dict[str, str]:
         return {**super()._env(), "HOLD_SEAL_DIR": str(self.hold_dir),
-                "GUNICORN_CMD_ARGS": "--logger-class tests.faults.hold_seal.HoldingLogger"}
+                "GUNICORN_CMD_ARGS": "--config python:tests.faults.hold_seal"}
 
 
 def _wait(condition, what: str, seconds: float = 30) -> None:
@@ -71,7 +71,7 @@ def test_kill_9_between_the_response_and_the_seal_loses_and_doubles_nothing(
         (hold / "hold").touch()
         taken = _take(coordinator.url, token, "r-3")
         assert taken.status_code == 201  # acknowledged: the agent has the number
-        _wait((hold / "held").exists, "the worker to park between response and seal")
+        _wait((hold / "held").exists, "the sealer to park between response and seal")
         # In the window: the event is there, its hash is not.
         assert (client.llen(EVENTS), client.llen(CHAIN)) == (3, 2)
         os.killpg(coordinator.process.pid, signal.SIGKILL)

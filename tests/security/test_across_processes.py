@@ -8,7 +8,10 @@ are on every answer the server sends, errors included.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -165,6 +168,76 @@ def test_revoked_admin_and_auditor_tokens_stop_at_once_in_every_worker(stack):
     assert {rec.call("GET", "/v1/warnings", reader).status_code for _ in range(12)} == {401}
     assert {rec.call("GET", "/v1/systems", admin).status_code for _ in range(12)} == {401}
     assert len(coordinator.worker_pids()) == 3
+
+
+def _worker_of(coordinator: GunicornCoordinator, conn: http.client.HTTPConnection) -> int:
+    """The pid of the worker holding the server side of ``conn`` (sockets in /proc)."""
+    port = conn.sock.getsockname()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (
+                coordinator.port, port):
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in coordinator.worker_pids():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return pid
+    raise AssertionError("no worker holds the connection")
+
+
+def _on_worker(coordinator, pid, method, path, token) -> int:
+    """Send one request through worker ``pid`` (any worker for None); return (status, pid).
+
+    A fresh connection is first pinned with GET /livez (no token, so no lookup) until that
+    worker holds it; a connection the server closed meanwhile is simply replaced.
+    """
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", coordinator.port, timeout=10)
+        try:
+            conn.request("GET", "/livez")
+            conn.getresponse().read()
+            worker = _worker_of(coordinator, conn)
+            if pid not in (None, worker):
+                continue
+            conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            response.read()
+            return response.status, worker
+        except (http.client.RemoteDisconnected, ConnectionError):
+            continue
+        finally:
+            conn.close()
+    raise AssertionError(f"no connection reached worker {pid} within 30 s")
+
+
+def test_a_token_cached_in_one_worker_is_refused_there_once_revoked_through_another(stack):
+    """Issue 13: admin tokens (no rate limit here) are served from each worker's cache, which
+    Redis invalidates: revoked through worker B, refused by worker A on its very next
+    request."""
+    valkey, coordinator, rec = stack
+    created = rec.call("POST", "/v1/tokens", ADMIN_TOKEN, json={"role": "admin",
+                                                                "label": "cached"})
+    assert created.status_code == 201, created.text
+    made = created.json()
+    rec.shown_once(made["token"])
+    status, a = _on_worker(coordinator, None, "GET", "/v1/whoami", made["token"])
+    assert status == 200  # worker A looked the token up: now it is in A's cache
+    others = [pid for pid in coordinator.worker_pids() if pid != a]
+
+    def hgets() -> int:
+        stats = redis.Redis.from_url(valkey.url).info("commandstats")
+        return stats.get("cmdstat_hget", {}).get("calls", 0)
+
+    before = hgets()
+    assert _on_worker(coordinator, a, "GET", "/v1/whoami", made["token"])[0] == 200
+    assert hgets() == before  # served from A's cache: the token was not read again
+    revoked, b = _on_worker(coordinator, others[0], "DELETE", f"/v1/tokens/{made['id']}",
+                            ADMIN_TOKEN)
+    assert (revoked, b != a) == (200, True)
+    assert _on_worker(coordinator, a, "GET", "/v1/whoami", made["token"])[0] == 401
 
 
 @pytest.mark.parametrize("url", [
