@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet, MultiFernet
 from coordinator import keys
 from coordinator.app import create_app
 from coordinator.systems import migrate, registry
-from tests.support import at_once, legacy_data_dir, previous_release, upgraded_copy
+from tests.support import at_once, release_data_dir, upgraded_copy
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +29,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def legacy_dir(tmp_path_factory) -> tuple[Path, dict]:
     """A stopped Valkey data dir whose registry the previous release's code made."""
-    release = previous_release(PREVIOUS_RELEASE,
-                               tmp_path_factory.mktemp(f"release-{PREVIOUS_RELEASE}"))
-    data = tmp_path_factory.mktemp("legacy-registry")
-    return data, legacy_data_dir(release, HERE / "legacy_registry.py", data)
+    return release_data_dir(PREVIOUS_RELEASE, HERE / "legacy_registry.py", tmp_path_factory)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from coordinator.app import create_app
 from coordinator.forecaster import reconcile, reconcile_state
 from coordinator.forecaster.scheduler import _reconciliation
 from coordinator.warnings import store as warnings
-from tests.support import legacy_data_dir, previous_release, snapshot, upgraded_copy
+from tests.support import release_data_dir, snapshot, upgraded_copy
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +24,7 @@ HERE = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def release_dir(tmp_path_factory) -> tuple[Path, dict]:
-    code = previous_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release-8f1eb66"))
-    data = tmp_path_factory.mktemp("recon-release-valkey")
-    return data, legacy_data_dir(code, HERE / "recon_release.py", data)
+    return release_data_dir(PREVIOUS_RELEASE, HERE / "recon_release.py", tmp_path_factory)
 
 
 def test_previous_release_store_gets_the_same_findings_built_once(release_dir, tmp_path):
