@@ -125,6 +125,14 @@ class SentinelCluster:
                 info = redis.Redis.from_url(replica.url, socket_timeout=1).info("replication")
                 if info.get("master_link_status") != "up" or info.get("master_port") != master:
                     return False
+            if self.durable:
+                # A replica whose link is up counts for min-replicas-to-write only once the
+                # master has its first ack within the allowed lag: until then every write
+                # answers NOREPLICAS, so the cluster is not ready for one.
+                info = redis.Redis.from_url(self.server_at(master).url,
+                                            socket_timeout=1).info("replication")
+                if int(info.get("min_slaves_good_slaves", 0)) < len(replicas):
+                    return False
             for port in self.sentinel_ports:
                 s = self.sentinel(port)
                 known = [r for r in s.sentinel_slaves(MASTER_NAME)
