@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.numbering import chain, export
+from coordinator.numbering import chain, checkpoints, export
 from tests.coordinator import ledger_support
+from tests.coordinator.systems_support import body
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +152,36 @@ def test_removing_the_last_event_is_found(client, admin, blue, redis_client):
     assert "event missing" in result["first_bad"]["reason"]
 
 
+def test_a_chain_longer_than_a_read_page_seals_verifies_and_exports_every_event(
+        client, admin, blue, redis_client, monkeypatch):
+    """Sealing, verify and export read a page of events at a time: none is left out, also
+    after a break (an auditor sees what follows it) or with events removed at the end."""
+    history(client, admin, blue)
+    monkeypatch.setattr(chain, "PAGE", 2)
+    events, hashes = redis_client.lrange(EVENTS, 0, -1), redis_client.lrange(CHAIN, 0, -1)
+    redis_client.ltrim(CHAIN, 0, 3)  # the last three seals lost: two pages to seal
+    assert chain.seal(redis_client, "invoice") == 7
+    assert redis_client.lrange(CHAIN, 0, -1) == hashes
+    assert verify(client, admin)["events"] == 7
+
+    def exported():
+        records = list(chain.export_records(redis_client, "invoice"))
+        return [(r["seq"], r["event"] is not None, r["hash"] is not None)
+                for r in records if r["kind"] == "event"]
+
+    assert exported() == [(seq, True, True) for seq in range(7)]
+    # An unreadable event stops sealing there; every event after it is still exported.
+    redis_client.lset(EVENTS, 1, "not json")
+    redis_client.ltrim(CHAIN, 0, 0)
+    assert exported() == [(0, True, True), (1, False, False)] + [
+        (seq, True, False) for seq in range(2, 7)]
+    # Events removed at the end: their hashes are still exported, without their events.
+    redis_client.delete(EVENTS)
+    redis_client.rpush(EVENTS, *events[:3])
+    redis_client.rpush(CHAIN, *hashes[1:])
+    assert exported() == [(seq, seq < 3, True) for seq in range(7)]
+
+
 def _export_lines(client, admin, fmt):
     response = client.get(f"{EXPORT}?period=2026&format={fmt}", headers=admin)
     assert response.status_code == 200
@@ -208,6 +239,31 @@ def test_bad_query_is_a_clear_error(client, admin):
     assert client.get(EXPORT + "?format=xml", headers=admin).status_code == 422
     missing = client.get("/v1/series/nope/sequences/invoice/ledger/verify", headers=admin)
     assert missing.status_code == 404
+
+
+def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
+        client, admin, blue, redis_client):
+    """Each series (legal entity) has its own chain: verify reads, seals and counts its own."""
+    history(client, admin, blue)  # default/invoice: 7 events
+    assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
+    made = client.post("/v1/systems", headers=admin, json=body(name="red", series="acme-us"))
+    assert made.status_code == 201, made.get_json()
+    red = {"Authorization": f"Bearer {made.get_json()['agent_token']}"}
+    for reference, date in (("u-1", "2025-12-30"), ("u-2", "2026-01-02"), ("u-3", "2026-01-03")):
+        take(client, red, reference, date)
+    signing = checkpoints.SigningKeys.from_setting(checkpoints.generate_key())
+    checkpoints.make(redis_client, signing, "invoice", series="acme-us")
+    ours = keys.seq_chain("invoice", "acme-us")
+    head = redis_client.lindex(ours, -1)
+    redis_client.rpop(ours)  # the last seal lost (a coordinator killed in the window)
+    result = chain.verify(redis_client, "invoice", "2026", series="acme-us", signing=signing)
+    assert result == {"ok": True, "events": 3, "entries": 2, "head": head, "checkpoints": 1,
+                      "series": "acme-us", "sequence": "invoice", "period": "2026",
+                      "unchained_numbers": 0}
+    assert redis_client.llen(ours) == 3
+    default = chain.verify(redis_client, "invoice", signing=signing)
+    assert default == {**default, "ok": True, "events": 7, "checkpoints": 0,
+                       "series": "default", "period": None, "unchained_numbers": 0}
 
 
 def test_upgraded_data_without_events_verifies_and_counts_unchained_numbers(
