@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.numbering import chain, checkpoints, export
+from coordinator.numbering import chain, checkpoints, compaction, export
 from tests.coordinator import ledger_support
 from tests.coordinator.systems_support import body
 
@@ -244,7 +244,8 @@ def test_bad_query_is_a_clear_error(client, admin):
 def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
         client, admin, blue, redis_client):
     """Each series (legal entity) has its own chain: verify reads, seals and counts its own."""
-    history(client, admin, blue)  # default/invoice: 7 events
+    history(client, admin, blue)  # default/invoice: 7 events, 6 of them archived in blocks
+    assert compaction.compact(redis_client, "invoice", block=2, keep=1) == 6
     assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
     made = client.post("/v1/systems", headers=admin, json=body(name="red", series="acme-us"))
     assert made.status_code == 201, made.get_json()
