@@ -254,14 +254,16 @@ def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
         take(client, red, reference, date)
     signing = checkpoints.SigningKeys.from_setting(checkpoints.generate_key())
     checkpoints.make(redis_client, signing, "invoice", series="acme-us")
+    assert compaction.compact(redis_client, "invoice", series="acme-us", block=2, keep=1) == 2
+    take(client, red, "u-4", "2026-01-04")
     ours = keys.seq_chain("invoice", "acme-us")
     head = redis_client.lindex(ours, -1)
     redis_client.rpop(ours)  # the last seal lost (a coordinator killed in the window)
     result = chain.verify(redis_client, "invoice", "2026", series="acme-us", signing=signing)
-    assert result == {"ok": True, "events": 3, "entries": 2, "head": head, "checkpoints": 1,
+    assert result == {"ok": True, "events": 4, "entries": 3, "head": head, "checkpoints": 1,
                       "series": "acme-us", "sequence": "invoice", "period": "2026",
                       "unchained_numbers": 0}
-    assert redis_client.llen(ours) == 3
+    assert redis_client.llen(ours) == 4
     default = chain.verify(redis_client, "invoice", signing=signing)
     assert default == {**default, "ok": True, "events": 7, "checkpoints": 0,
                        "series": "default", "period": None, "unchained_numbers": 0}
