@@ -124,3 +124,20 @@ def test_times_are_utc_whatever_the_machines_zone(tmp_path: Path, monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_journal_in_a_directory_not_made_yet_is_created_with_its_parents(tmp_path: Path):
+    path = tmp_path / "var" / "lib" / "invoice-sync" / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.record_allocated(allocation("10", 51))
+    with Journal(path) as journal:
+        assert journal.get("invoice", "10").number == 51
+
+
+def test_a_writer_waits_for_another_process_and_each_commit_is_synced(journal):
+    """The poller and the sidecar share the journal: a writer waits up to BUSY_TIMEOUT for the
+    other's transaction (SQLite's default, 5 s, would fail a slow disk's commit), and each
+    commit is synced (FULL), so an entry survives a power cut. Both are per connection."""
+    db = journal._db
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

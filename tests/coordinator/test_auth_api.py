@@ -10,6 +10,7 @@ import pytest
 from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.auth import tokens
+from tests.coordinator import redis_counting
 from tests.support import snapshot
 
 pytestmark = pytest.mark.integration
@@ -314,3 +315,15 @@ def test_an_agent_reads_its_own_systems_allocations_and_no_other(client, agent, 
         403, "This agent token belongs to another system")
     reader = bearer(auditor_token)
     assert client.get(f"/v1/allocations/{other_id}", headers=reader).status_code == 200
+
+
+def test_an_unlimited_role_is_authenticated_from_the_process_cache(app_config, redis_client,
+                                                                   admin_token):
+    """TOKEN_CACHE (on by default): a token whose role has no rate limit costs no round trip
+    after its first request; the cache is kept true by Redis (tests/coordinator/
+    test_auth_cache.py)."""
+    client = create_app({**app_config, "RATE_LIMIT_ADMIN": 0}).test_client()
+    assert client.get("/v1/whoami", headers=bearer(admin_token)).status_code == 200
+    sent = redis_counting.top_level(
+        redis_client, lambda: client.get("/v1/whoami", headers=bearer(admin_token)))
+    assert sent == []

@@ -15,6 +15,7 @@ from coordinator.auth import tokens
 from coordinator.auth.cache import TokenCache
 from coordinator.cli import ensure_admin_token
 from coordinator.exceptions import AuthError, Conflict, InvalidInput, NotFound
+from tests.coordinator import redis_counting
 
 pytestmark = pytest.mark.integration
 
@@ -346,3 +347,26 @@ def test_a_configured_admin_token_admits_itself_only(redis_client, agent):
     for stranger in ("Bearer isa_other", f"Bearer {configured}x"):
         with pytest.raises(AuthError):
             auth.authenticate(redis_client, stranger, configured)
+
+
+def test_a_refused_token_says_what_to_send_instead_and_labels_may_be_200_long(redis_client):
+    """The refusals are what `invoice-sync token create` prints: API.md's 422 message and the
+    field's whole advice."""
+    with pytest.raises(InvalidInput) as role:
+        tokens.create_token(redis_client, auth.AGENT, "x", "cli")
+    assert (role.value.message, role.value.errors) == ("Validation failed", {"json": {"role": [
+        "Must be one of: admin, auditor (agent tokens come with their system)."]}})
+    with pytest.raises(InvalidInput) as label:
+        tokens.create_token(redis_client, auth.AUDITOR, "x" * 201, "cli")
+    assert (label.value.message, label.value.errors) == ("Validation failed", {"json": {
+        "label": ["Give 1-200 printable characters saying who or what holds the token."]}})
+    record, _ = tokens.create_token(redis_client, auth.AUDITOR, "x" * 200, "cli")
+    assert record["label"] == "x" * 200
+
+
+def test_a_token_and_its_audit_record_are_written_in_one_transaction(redis_client):
+    """Another process never sees a token whose creation is not in the audit trail, and a
+    connection lost half-way writes neither (MULTI/EXEC: the server runs both or none)."""
+    sent = redis_counting.top_level(
+        redis_client, lambda: tokens.create_token(redis_client, auth.AUDITOR, "x", "cli"))
+    assert sent == ["MULTI", "HSET", "RPUSH", "EXEC"]
