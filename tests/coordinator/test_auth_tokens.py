@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -68,6 +69,9 @@ def test_label_must_say_something_printable(redis_client, label):
 
 
 def test_list_shows_every_role_and_the_configured_token(redis_client, agent):
+    # Agents are listed by system, not by age: red's token is the older one.
+    redis_client.hset(keys.TOKENS, auth.digest(auth.new_token(auth.AGENT)), json.dumps(
+        {"kind": "agent", "system": "red", "created_at": "2026-01-01T00:00:00Z"}))
     agent("blue")
     tokens.create_token(redis_client, auth.AUDITOR, "audit firm", "cli")
     auth.register_admin_token(redis_client, auth.new_token(auth.ADMIN), "ops")
@@ -77,7 +81,10 @@ def test_list_shows_every_role_and_the_configured_token(redis_client, agent):
         ("admin", "ops", None, "redis"),
         ("auditor", "audit firm", None, "redis"),
         ("agent", None, "blue", "redis"),
+        ("agent", None, "red", "redis"),
     ]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t["created_at"])
+               for t in listed if t["source"] == "redis")
     env = next(t for t in listed if t["source"] == "environment")
     assert env["id"] == auth.token_id(auth.digest("isa_from-env"))
     assert "isa_from-env" not in json.dumps(listed)
@@ -370,3 +377,16 @@ def test_a_token_and_its_audit_record_are_written_in_one_transaction(redis_clien
     sent = redis_counting.top_level(
         redis_client, lambda: tokens.create_token(redis_client, auth.AUDITOR, "x", "cli"))
     assert sent == ["MULTI", "HSET", "RPUSH", "EXEC"]
+
+
+def test_any_admin_finds_an_admin_token_in_either_releases_hash(redis_client, agent):
+    """`invoice-sync doctor` reports a coordinator nobody can administer."""
+    assert tokens.any_admin(redis_client) is False
+    agent("blue")
+    tokens.create_token(redis_client, auth.AUDITOR, "reader", "cli")
+    assert tokens.any_admin(redis_client) is False
+    redis_client.hset(keys.LEGACY_TOKENS, "d" * 64, json.dumps({"kind": "admin"}))
+    assert tokens.any_admin(redis_client) is True
+    redis_client.delete(keys.LEGACY_TOKENS)
+    tokens.create_token(redis_client, auth.ADMIN, "ops", "cli")
+    assert tokens.any_admin(redis_client) is True
