@@ -40,6 +40,11 @@ def test_created_tokens_work_with_their_role_and_are_stored_only_as_hashes(redis
     assert auditor["created_by"] == "admin:tok_x" and auditor["label"] == "Ms Audit"
 
 
+def test_token_ids_stay_what_earlier_releases_wrote():
+    """Audit records keep the ids of the tokens they name: the derivation never changes."""
+    assert auth.token_id("0" * 64) == "tok_1ecfb74e893a5a73"
+
+
 def test_token_id_is_not_the_hash_and_reveals_none_of_it(redis_client):
     record, token = tokens.create_token(redis_client, auth.ADMIN, "ops", "cli")
     token_digest = auth.digest(token)
