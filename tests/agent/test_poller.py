@@ -523,3 +523,57 @@ def test_our_number_found_on_the_invoice_but_not_confirmed_is_journaled_as_in_wh
     with Journal(blue.journal_path) as journal:
         entry = journal.get("invoice", str(iid))
     assert (entry.state, entry.invoicenum) == ("written", formatted)
+
+
+# -- watched invoices and what a run counts (mutation triage, fifth session) ------------------
+
+
+def test_a_watched_invoice_whmcs_cannot_read_is_reported_by_id_and_still_watched(
+    blue, monkeypatch, capsys
+) -> None:
+    """A draft credit note is watched (it gets its number when published); the run that
+    re-reads it meets a module answering GetInvoice with "Command Not Found": that invoice is
+    reported failed, by its id, and stays watched; the next run reads it again."""
+    draft = blue.whmcs.add_invoice(status="Draft", subtotal="-20.00", date=TODAY)
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(draft): "draft"}
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice")
+    capsys.readouterr()
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    [outcome] = report["outcomes"]
+    assert {k: outcome[k] for k in ("reference", "action", "document", "formatted", "kind")} == {
+        "reference": str(draft), "action": "failed", "document": None, "formatted": None,
+        "kind": "whmcs"}
+    assert outcome["message"] == (
+        f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} could not run GetInvoice: "
+        "Command Not Found.")
+    assert report["aborted"] is None
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(draft): "draft"}
+
+    blue.whmcs.clear_faults()
+    blue.whmcs.set_status(draft, "Unpaid")  # published meanwhile: numbered at once
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert [(o["reference"], o["action"]) for o in report["outcomes"]] == [
+        (str(draft), "numbered")]
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}
+
+
+def test_a_watch_entry_that_is_no_whmcs_invoice_id_is_dropped_unread(blue, monkeypatch) -> None:
+    """A journal carried over from elsewhere (or edited by hand) may watch a reference that is
+    no invoice id: the run drops it without asking WHMCS, instead of crashing on it."""
+    blue.paid()
+    assert poll(monkeypatch, blue) == ExitCode.OK  # sets the scan mark: the next run is cheap
+    with Journal(blue.journal_path) as journal:
+        journal.watch("manual-1", "unnumbered")
+    reads = blue.whmcs.calls["GetInvoice"]
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.whmcs.calls["GetInvoice"] == reads
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}

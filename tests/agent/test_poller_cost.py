@@ -117,6 +117,7 @@ def test_paid_mode_numbering_many_costs_o_of_k(site: Site, capsys) -> None:
         site.whmcs.set_status(invoice_id, "Paid")
     report = site.poll()
     assert len(report.of("numbered")) == k
+    assert report.allocations == k  # one per invoice numbered, batched or not
     per_invoice = 3  # GetInvoice before the write, UpdateInvoice, GetInvoice to read it back
     assert report.whmcs_calls <= per_invoice * k + 2 + 3 + k // 100 + 2
     assert site.unnumbered_needing("paid") == []
