@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent import Client, ExitCode, Journal
+from agent._models import Allocation
 from agent._poller import needs_number
 from agent.whmcs import WhmcsInvoice
 from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
@@ -577,3 +578,69 @@ def test_a_watch_entry_that_is_no_whmcs_invoice_id_is_dropped_unread(blue, monke
     assert blue.whmcs.calls["GetInvoice"] == reads
     with Journal(blue.journal_path) as journal:
         assert journal.watched() == {}
+
+
+def test_an_invoice_dated_last_year_gets_a_number_of_last_year(blue, monkeypatch) -> None:
+    """The period follows the document's date as WHMCS holds it, not the day of the poll."""
+    iid = blue.whmcs.add_invoice(status="Paid", subtotal="100.00", date=dt.date(YEAR - 1, 12, 31))
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == f"INV-{YEAR - 1}-000001"
+    assert [p["date"] for p in blue.coordinator.posts("/v1/allocations")] == [f"{YEAR - 1}-12-31"]
+
+
+def test_an_invoice_whose_number_was_voided_gets_none_and_an_admin_is_told_how(
+    blue, monkeypatch, capsys
+) -> None:
+    """One document, one number: the coordinator answers the voided one again, and the
+    poller writes neither it nor another, and says what an admin can do."""
+    iid = blue.paid()
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:
+        taken = client.allocate("invoice", str(iid), TODAY)
+        client.void(taken.id, "typed into the wrong invoice")
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice",
+        "formatted": taken.formatted,
+        "message": f"invoice {iid} has no number, but its number {taken.formatted} was voided "
+                   "(typed into the wrong invoice); the coordinator gives a document one number "
+                   "only. An admin must decide: reissue it (POST /v1/allocations/"
+                   f"{taken.id}/reissue with a reason; the next poll writes the new number), "
+                   "write the number by hand if it was issued, or leave the invoice unnumbered",
+        "kind": "conflict"}]
+    assert blue.invoicenums()[iid] == ""
+    assert blue.statuses() == {str(iid): "void"}
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(iid)) is None
+        assert journal.watched() == {str(iid): "unnumbered"}
+
+
+def test_a_number_journaled_by_the_hook_during_a_run_and_found_voided_is_journaled_voided(
+    blue, monkeypatch
+) -> None:
+    """The sidecar (the WHMCS hook) shares the journal: it may record a number while a run is
+    under way, after the run read the pending entries. When the coordinator then answers that
+    number as voided, the journal must say so too; left pending, the next run would write a
+    voided number into the invoice."""
+    allocated, written = blue.paid(), blue.paid()
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:
+        taken = {iid: client.allocate("invoice", str(iid), TODAY) for iid in (allocated, written)}
+        for allocation in taken.values():
+            client.void(allocation.id, "voided by an admin")
+
+    def hook_journals_it(answer: dict) -> None:
+        iid = int(answer["reference"])
+        with Journal(blue.journal_path) as journal:
+            entry = journal.record_allocated(Allocation.from_json({**answer, "status": "issued"}))
+            if iid == written:
+                journal.mark_written(entry.allocation_id, entry.formatted)
+
+    blue.coordinator.on_allocate = hook_journals_it
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        assert journal.pending() == []
+        for iid in (allocated, written):
+            entry = journal.get("invoice", str(iid))
+            assert (entry.state, entry.void_reason) == ("voided", "voided by an admin")
+    assert blue.invoicenums() == {allocated: "", written: ""}
