@@ -644,3 +644,42 @@ def test_a_number_journaled_by_the_hook_during_a_run_and_found_voided_is_journal
             entry = journal.get("invoice", str(iid))
             assert (entry.state, entry.void_reason) == ("voided", "voided by an admin")
     assert blue.invoicenums() == {allocated: "", written: ""}
+
+
+def test_created_mode_watches_a_draft_the_journal_lost_once_the_drafts_are_listed(
+    blue, monkeypatch
+) -> None:
+    """Created mode: a draft the journal does not watch (its watch lost, say the journal was
+    restored from a backup) is found when the drafts are listed (their count changed), and
+    numbered once it is published, without a full poll."""
+    env = {**blue.env, "INVOICE_SYNC_AGENT_NUMBER_ON": "created"}
+    lost = blue.whmcs.add_invoice(status="Draft", subtotal="30.00", date=TODAY)
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(lost): "draft"}
+        journal.unwatch(str(lost))
+    new = blue.whmcs.add_invoice(status="Draft", subtotal="40.00", date=TODAY)
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(lost): "draft", str(new): "draft"}
+
+    blue.whmcs.set_status(lost, "Unpaid")  # published: issued, so numbered in created mode
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    assert blue.invoicenums()[lost] == f"INV-{YEAR}-000001"
+
+
+def test_created_mode_numbers_drafts_published_together_in_the_order_of_their_ids(
+    blue, monkeypatch
+) -> None:
+    """Drafts 9 and 10, published between two polls, are numbered as they were created: 9
+    first (ids compared as numbers, not as the strings "10" < "9")."""
+    env = {**blue.env, "INVOICE_SYNC_AGENT_NUMBER_ON": "created"}
+    blue.whmcs.set_next_id(9)
+    nine, ten = (blue.whmcs.add_invoice(status="Draft", subtotal="5.00", date=TODAY)
+                 for _ in range(2))
+    assert (nine, ten) == (9, 10)
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    for iid in (ten, nine):
+        blue.whmcs.set_status(iid, "Unpaid")
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    assert blue.invoicenums() == {9: f"INV-{YEAR}-000001", 10: f"INV-{YEAR}-000002"}
