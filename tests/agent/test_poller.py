@@ -683,3 +683,22 @@ def test_created_mode_numbers_drafts_published_together_in_the_order_of_their_id
         blue.whmcs.set_status(iid, "Unpaid")
     assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
     assert blue.invoicenums() == {9: f"INV-{YEAR}-000001", 10: f"INV-{YEAR}-000002"}
+
+
+@pytest.mark.parametrize("number_on", ["paid", "created"])
+def test_an_invoice_a_failure_left_unnumbered_is_numbered_by_the_next_cheap_poll(
+    blue, monkeypatch, number_on
+) -> None:
+    """No listing of a cheap poll finds it again (an unpaid credit note in paid mode, any
+    unpaid invoice in created mode): the watch does, and the next poll numbers it."""
+    env = {**blue.env, "INVOICE_SYNC_AGENT_NUMBER_ON": number_on}
+    credit_note = blue.whmcs.add_invoice(status="Unpaid", subtotal="-40.00", date=TODAY)
+    blue.coordinator.fail_next.append(409)  # this one allocation refused
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(credit_note): "unnumbered"}
+
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    assert blue.invoicenums()[credit_note] == f"CN-{YEAR}-000001"
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}
