@@ -226,7 +226,18 @@ def test_a_number_that_went_backwards_is_not_written(blue, monkeypatch, capsys) 
         assert journal.pending() == []
     # The numbers printed before are untouched, and the refusal holds on the next run.
     assert [blue.invoicenums()[i] for i in first] == [f"INV-{YEAR}-00000{n}" for n in (1, 2, 3)]
-    assert poll(monkeypatch, blue) == ExitCode.BACKWARDS
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.BACKWARDS
+    assert report["aborted"] == {
+        "reference": str(later), "action": "failed", "document": "invoice",
+        "formatted": f"INV-{YEAR}-000002",
+        "message": f"the coordinator gave invoice {later} number INV-{YEAR}-000002 (2), but this "
+                   f"installation already received INV-{YEAR}-000003 (3) for invoice {first[2]} "
+                   f"in invoice {YEAR}: the coordinator's numbering went backwards (data lost or "
+                   "an old backup restored?). Not written anywhere. An admin must raise "
+                   f"next_number of invoice above 3, void invoice:{YEAR}:2 with the reason and "
+                   "reissue it",
+        "kind": "backwards"}
 
     # Answered as a replay now (the coordinator kept it for that invoice): still refused.
     assert blue.coordinator.allocations[f"invoice:{YEAR}:2"]["reference"] == str(later)
@@ -702,3 +713,24 @@ def test_an_invoice_a_failure_left_unnumbered_is_numbered_by_the_next_cheap_poll
     assert blue.invoicenums()[credit_note] == f"CN-{YEAR}-000001"
     with Journal(blue.journal_path) as journal:
         assert journal.watched() == {}
+
+
+def test_get_invoice_unknown_to_whmcs_stops_the_run_saying_which_action(
+    blue, monkeypatch, capsys
+) -> None:
+    """The access check probes GetInvoice and UpdateInvoice by their names as WHMCS documents
+    them; a module answering "Command Not Found" stops the run, naming the action."""
+    blue.paid()
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice")
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"] == {
+        "reference": "-", "action": "failed", "document": None, "formatted": None,
+        "message": f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} answered GetInvoice for "
+                   "invoice 0 (a probe that changes nothing) with 'Command Not Found' instead of "
+                   '"Invoice ID Not Found": the action cannot be used through this URL. Check '
+                   "for a module or proxy in front of api.php, and the WHMCS version. No number "
+                   "was taken.",
+        "kind": "whmcs"}
+    assert blue.coordinator.posts("/v1/allocations") == []
