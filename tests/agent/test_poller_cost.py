@@ -101,6 +101,7 @@ def test_paid_mode_idle_costs_three_calls_and_finds_every_change(site: Site, cap
 
     idle_again = site.poll()
     assert idle_again.whmcs_calls <= 3 and idle_again.outcomes == []
+    assert idle_again.seen == 0  # the invoices created since the first poll are not read again
     # A full read finds nothing the cheap polls missed.
     assert site.unnumbered_needing("paid") == []
     assert site.poll(full=True).outcomes == []
