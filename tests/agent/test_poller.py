@@ -156,8 +156,13 @@ def test_update_invoice_unknown_to_whmcs_takes_no_number(blue, monkeypatch, caps
     blue.paid()
     blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
                             content_type="application/json", action="UpdateInvoice")
-    assert poll(monkeypatch, blue) == ExitCode.WHMCS
-    assert "Command Not Found" in capsys.readouterr().err
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"]["message"] == (
+        f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} answered UpdateInvoice for invoice "
+        "0 (a probe that changes nothing) with 'Command Not Found' instead of \"Invoice ID Not "
+        "Found\": the action cannot be used through this URL. Check for a module or proxy in "
+        "front of api.php, and the WHMCS version. No number was taken.")
     assert blue.coordinator.posts("/v1/allocations") == []
 
 
@@ -400,6 +405,7 @@ def test_each_outcome_names_the_number_it_is_about(blue, monkeypatch, capsys, ca
     with Journal(blue.journal_path) as journal:
         assert journal.get("invoice", str(written)).state == "confirmed"
     assert blue.statuses() == {str(written): "confirmed", str(numbered): "confirmed"}
+    assert f"invoice {numbered}: took INV-{YEAR}-000002 (invoice:{YEAR}:2)" in caplog.messages
     assert f"invoice {numbered}: wrote INV-{YEAR}-000002" in caplog.messages
 
 
