@@ -740,3 +740,24 @@ def test_get_invoice_unknown_to_whmcs_stops_the_run_saying_which_action(
                    "was taken.",
         "kind": "whmcs"}
     assert blue.coordinator.posts("/v1/allocations") == []
+
+
+def test_an_invoice_that_fails_is_tried_once_per_run_however_many_listings_find_it(
+    blue, monkeypatch, capsys
+) -> None:
+    """A new paid invoice is found by the new ids and again by the unnumbered-paid listing:
+    its failure is reported once and its number asked for once; the next run retries it."""
+    blue.paid()
+    assert poll(monkeypatch, blue) == ExitCode.OK  # the scan mark: the next runs are cheap
+    iid = blue.paid()
+    blue.coordinator.fail_next.append(409)
+    asked = len(blue.coordinator.posts("/v1/allocations"))
+    capsys.readouterr()
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert [(o["reference"], o["action"]) for o in report["outcomes"]] == [(str(iid), "failed")]
+    assert len(blue.coordinator.posts("/v1/allocations")) == asked + 1
+    assert blue.invoicenums()[iid] == ""
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == f"INV-{YEAR}-000002"
