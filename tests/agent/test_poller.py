@@ -756,8 +756,24 @@ def test_an_invoice_that_fails_is_tried_once_per_run_however_many_listings_find_
 
     code, report = poll_json(monkeypatch, blue, capsys)
     assert code == ExitCode.INCOMPLETE
-    assert [(o["reference"], o["action"]) for o in report["outcomes"]] == [(str(iid), "failed")]
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": None,
+        "message": "injected failure (HTTP 409)", "kind": "refused"}]
     assert len(blue.coordinator.posts("/v1/allocations")) == asked + 1
     assert blue.invoicenums()[iid] == ""
     assert poll(monkeypatch, blue) == ExitCode.OK
     assert blue.invoicenums()[iid] == f"INV-{YEAR}-000002"
+
+
+def test_a_watched_draft_credit_note_numbered_by_hand_is_watched_no_more(blue, monkeypatch):
+    """Paid mode watches a draft credit note; once an admin numbers it by hand it needs
+    nothing from the poller, and later polls stop reading it."""
+    draft = blue.whmcs.add_invoice(status="Draft", subtotal="-20.00", date=TODAY)
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(draft): "draft"}
+    blue.whmcs.set_invoicenum(draft, "CN-BY-HAND-1")
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}
+    assert blue.invoicenums()[draft] == "CN-BY-HAND-1"
