@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import Client, ExitCode, Journal
+from agent import Client, ExitCode, Journal, Poller, WhmcsClient
 from agent._models import Allocation
 from agent._poller import needs_number
 from agent.whmcs import WhmcsInvoice
@@ -777,3 +777,18 @@ def test_a_watched_draft_credit_note_numbered_by_hand_is_watched_no_more(blue, m
     with Journal(blue.journal_path) as journal:
         assert journal.watched() == {}
     assert blue.invoicenums()[draft] == "CN-BY-HAND-1"
+
+
+def test_run_without_arguments_reads_everything_once_then_only_what_is_new(blue) -> None:
+    """The library call of the module docstring, ``poller.run()``: a full read the first
+    time, the cheap one after (``full=True`` is what ``poll --full`` passes)."""
+    blue.paid()
+    with (
+        Client(url=blue.coordinator.url, token=TOKEN) as client,
+        WhmcsClient(blue.env["INVOICE_SYNC_AGENT_WHMCS_URL"], blue.whmcs.identifier,
+                    blue.whmcs.secret) as whmcs,
+        Journal(blue.journal_path) as journal,
+    ):
+        poller = Poller(client, whmcs, journal)
+        assert [poller.run().full, poller.run().full, poller.run(full=True).full] == [
+            True, False, True]
