@@ -792,3 +792,47 @@ def test_run_without_arguments_reads_everything_once_then_only_what_is_new(blue)
         poller = Poller(client, whmcs, journal)
         assert [poller.run().full, poller.run().full, poller.run(full=True).full] == [
             True, False, True]
+
+
+def test_a_pending_number_whose_invoice_whmcs_fails_to_read_is_left_for_the_next_run(
+    blue, monkeypatch, capsys
+) -> None:
+    """The first run reads every invoice, so it finds the invoice of a pending journal entry
+    again: a step that failed is reported once and retried by the next run, not twice."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice", nth=1)
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert [(o["reference"], o["action"]) for o in report["outcomes"]] == [(str(iid), "failed")]
+    assert blue.invoicenums()[iid] == ""
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == formatted
+
+
+def test_a_refused_token_stops_the_run_before_any_number(blue, monkeypatch, capsys) -> None:
+    iid = blue.paid()
+    blue.coordinator.fail_next.append(401)
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.REFUSED
+    assert report["aborted"] == {
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": None,
+        "message": "injected failure (HTTP 401)", "kind": "refused"}
+    assert blue.invoicenums()[iid] == ""
+
+
+def test_the_first_poll_of_an_empty_whmcs_misses_none_of_its_first_invoices(
+    blue, monkeypatch
+) -> None:
+    assert poll(monkeypatch, blue) == ExitCode.OK  # no invoice yet
+    first = blue.paid()
+    assert first == 1
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[first] == f"INV-{YEAR}-000001"
+
+
+def test_a_poller_for_an_unknown_numbering_moment_is_refused_saying_which() -> None:
+    with pytest.raises(ValueError) as refused:
+        Poller(None, None, None, number_on="proforma")  # type: ignore[arg-type]
+    assert str(refused.value) == "number_on must be paid or created, not 'proforma'"
