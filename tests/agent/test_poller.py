@@ -826,13 +826,30 @@ def test_the_first_poll_of_an_empty_whmcs_misses_none_of_its_first_invoices(
     blue, monkeypatch
 ) -> None:
     assert poll(monkeypatch, blue) == ExitCode.OK  # no invoice yet
-    first = blue.paid()
+    # An unpaid credit note: in paid mode only the scan of new ids finds it (no listing does).
+    first = blue.whmcs.add_invoice(status="Unpaid", subtotal="-10.00", date=TODAY)
     assert first == 1
     assert poll(monkeypatch, blue) == ExitCode.OK
-    assert blue.invoicenums()[first] == f"INV-{YEAR}-000001"
+    assert blue.invoicenums()[first] == f"CN-{YEAR}-000001"
 
 
 def test_a_poller_for_an_unknown_numbering_moment_is_refused_saying_which() -> None:
     with pytest.raises(ValueError) as refused:
         Poller(None, None, None, number_on="proforma")  # type: ignore[arg-type]
     assert str(refused.value) == "number_on must be paid or created, not 'proforma'"
+
+
+def test_a_role_without_getinvoices_stops_the_first_run_as_a_whole(
+    blue, monkeypatch, capsys
+) -> None:
+    blue.paid()
+    blue.whmcs.allowed_actions = {"getinvoice", "updateinvoice"}
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"] == {
+        "reference": "-", "action": "failed", "document": None, "formatted": None,
+        "message": f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} does not allow API "
+                   'action "GetInvoices" for these credentials (Invalid Permissions: API action '
+                   '"getinvoices" is not allowed). Add GetInvoices to the credentials\' API role: '
+                   "Configuration → System Settings → Manage API Credentials → API Roles.",
+        "kind": "whmcs"}
