@@ -116,7 +116,7 @@ class FakeCoordinator:
                         403, f"{allocation['id']} is confirmed: only an admin can void it"))
                 if not data.get("reason"):
                     return _send(req, 422, _error(422, "Validation failed", reason=True))
-                allocation.update(status="void", reason=data["reason"])
+                allocation.update(status="void", void_reason=data["reason"])  # as API.md
             elif m.group(2) is not None or req.command != "GET":
                 return _send(req, 405, _error(405, "Method Not Allowed"))
             return _send(req, 200, dict(allocation))

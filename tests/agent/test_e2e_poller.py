@@ -8,6 +8,7 @@ one strictly increasing sequence; the coordinator down means no number and a cle
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from decimal import Decimal
 
@@ -151,10 +152,15 @@ def test_coordinator_down_means_no_number_and_exit_3(
     assert captured.out == ""  # no number printed, none guessed
     assert "coordinator" in captured.err and "no answer" in captured.err
 
-    assert run_cli(monkeypatch, env, "poll") == ExitCode.UNAVAILABLE
+    assert run_cli(monkeypatch, env, "poll", "--json") == ExitCode.UNAVAILABLE
     captured = capsys.readouterr()
     assert f"poll stopped at invoice {iid}" in captured.err
     assert "no answer from" in captured.err
+    aborted = json.loads(captured.out)["aborted"]
+    assert {k: v for k, v in aborted.items() if k != "message"} == {
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": None,
+        "kind": "coordinator"}
+    assert aborted["message"] in captured.err
     assert blue.invoicenums() == {iid: ""}
     assert blue.whmcs.calls["UpdateInvoice"] == 1  # the access check of invoice 0 only
     with Journal(tmp_path / "journal.sqlite3") as journal:

@@ -213,7 +213,7 @@ def test_a_number_written_by_someone_else_while_the_hook_waits_is_kept(
     out = run_hook(tmp_path, sidecar.address, "InvoicePaid", [invoice(20)], [20])
     assert out["invoices"][0]["invoicenum"] == "ADMIN-0007"  # never overwritten
     ours = coordinator.allocations["invoice:2026:1"]
-    assert ours["status"] == "void" and "ADMIN-0007" in ours["reason"]
+    assert ours["status"] == "void" and "ADMIN-0007" in ours["void_reason"]
     assert out["log"] == [
         "invoice-sync: invoice 20 already had number 'ADMIN-0007'; voided INV-2026-000001"
     ]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import Client, ExitCode, Journal
+from agent import Client, ExitCode, Journal, Poller, WhmcsClient
+from agent._models import Allocation
 from agent._poller import needs_number
 from agent.whmcs import WhmcsInvoice
 from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
@@ -155,8 +156,13 @@ def test_update_invoice_unknown_to_whmcs_takes_no_number(blue, monkeypatch, caps
     blue.paid()
     blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
                             content_type="application/json", action="UpdateInvoice")
-    assert poll(monkeypatch, blue) == ExitCode.WHMCS
-    assert "Command Not Found" in capsys.readouterr().err
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"]["message"] == (
+        f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} answered UpdateInvoice for invoice "
+        "0 (a probe that changes nothing) with 'Command Not Found' instead of \"Invoice ID Not "
+        "Found\": the action cannot be used through this URL. Check for a module or proxy in "
+        "front of api.php, and the WHMCS version. No number was taken.")
     assert blue.coordinator.posts("/v1/allocations") == []
 
 
@@ -225,7 +231,18 @@ def test_a_number_that_went_backwards_is_not_written(blue, monkeypatch, capsys) 
         assert journal.pending() == []
     # The numbers printed before are untouched, and the refusal holds on the next run.
     assert [blue.invoicenums()[i] for i in first] == [f"INV-{YEAR}-00000{n}" for n in (1, 2, 3)]
-    assert poll(monkeypatch, blue) == ExitCode.BACKWARDS
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.BACKWARDS
+    assert report["aborted"] == {
+        "reference": str(later), "action": "failed", "document": "invoice",
+        "formatted": f"INV-{YEAR}-000002",
+        "message": f"the coordinator gave invoice {later} number INV-{YEAR}-000002 (2), but this "
+                   f"installation already received INV-{YEAR}-000003 (3) for invoice {first[2]} "
+                   f"in invoice {YEAR}: the coordinator's numbering went backwards (data lost or "
+                   "an old backup restored?). Not written anywhere. An admin must raise "
+                   f"next_number of invoice above 3, void invoice:{YEAR}:2 with the reason and "
+                   "reissue it",
+        "kind": "backwards"}
 
     # Answered as a replay now (the coordinator kept it for that invoice): still refused.
     assert blue.coordinator.allocations[f"invoice:{YEAR}:2"]["reference"] == str(later)
@@ -388,6 +405,7 @@ def test_each_outcome_names_the_number_it_is_about(blue, monkeypatch, capsys, ca
     with Journal(blue.journal_path) as journal:
         assert journal.get("invoice", str(written)).state == "confirmed"
     assert blue.statuses() == {str(written): "confirmed", str(numbered): "confirmed"}
+    assert f"invoice {numbered}: took INV-{YEAR}-000002 (invoice:{YEAR}:2)" in caplog.messages
     assert f"invoice {numbered}: wrote INV-{YEAR}-000002" in caplog.messages
 
 
@@ -523,3 +541,315 @@ def test_our_number_found_on_the_invoice_but_not_confirmed_is_journaled_as_in_wh
     with Journal(blue.journal_path) as journal:
         entry = journal.get("invoice", str(iid))
     assert (entry.state, entry.invoicenum) == ("written", formatted)
+
+
+# -- watched invoices and what a run counts (mutation triage, fifth session) ------------------
+
+
+def test_a_watched_invoice_whmcs_cannot_read_is_reported_by_id_and_still_watched(
+    blue, monkeypatch, capsys
+) -> None:
+    """A draft credit note is watched (it gets its number when published); the run that
+    re-reads it meets a module answering GetInvoice with "Command Not Found": that invoice is
+    reported failed, by its id, and stays watched; the next run reads it again."""
+    draft = blue.whmcs.add_invoice(status="Draft", subtotal="-20.00", date=TODAY)
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(draft): "draft"}
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice")
+    capsys.readouterr()
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    [outcome] = report["outcomes"]
+    assert {k: outcome[k] for k in ("reference", "action", "document", "formatted", "kind")} == {
+        "reference": str(draft), "action": "failed", "document": None, "formatted": None,
+        "kind": "whmcs"}
+    assert outcome["message"] == (
+        f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} could not run GetInvoice: "
+        "Command Not Found.")
+    assert report["aborted"] is None
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(draft): "draft"}
+
+    blue.whmcs.clear_faults()
+    blue.whmcs.set_status(draft, "Unpaid")  # published meanwhile: numbered at once
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.OK
+    assert [(o["reference"], o["action"]) for o in report["outcomes"]] == [
+        (str(draft), "numbered")]
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}
+
+
+def test_a_watch_entry_that_is_no_whmcs_invoice_id_is_dropped_unread(blue, monkeypatch) -> None:
+    """A journal carried over from elsewhere (or edited by hand) may watch a reference that is
+    no invoice id: the run drops it without asking WHMCS, instead of crashing on it."""
+    blue.paid()
+    assert poll(monkeypatch, blue) == ExitCode.OK  # sets the scan mark: the next run is cheap
+    with Journal(blue.journal_path) as journal:
+        journal.watch("manual-1", "unnumbered")
+    reads = blue.whmcs.calls["GetInvoice"]
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.whmcs.calls["GetInvoice"] == reads
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}
+
+
+def test_an_invoice_dated_last_year_gets_a_number_of_last_year(blue, monkeypatch) -> None:
+    """The period follows the document's date as WHMCS holds it, not the day of the poll."""
+    iid = blue.whmcs.add_invoice(status="Paid", subtotal="100.00", date=dt.date(YEAR - 1, 12, 31))
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == f"INV-{YEAR - 1}-000001"
+    assert [p["date"] for p in blue.coordinator.posts("/v1/allocations")] == [f"{YEAR - 1}-12-31"]
+
+
+def test_an_invoice_whose_number_was_voided_gets_none_and_an_admin_is_told_how(
+    blue, monkeypatch, capsys
+) -> None:
+    """One document, one number: the coordinator answers the voided one again, and the
+    poller writes neither it nor another, and says what an admin can do."""
+    iid = blue.paid()
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:
+        taken = client.allocate("invoice", str(iid), TODAY)
+        client.void(taken.id, "typed into the wrong invoice")
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice",
+        "formatted": taken.formatted,
+        "message": f"invoice {iid} has no number, but its number {taken.formatted} was voided "
+                   "(typed into the wrong invoice); the coordinator gives a document one number "
+                   "only. An admin must decide: reissue it (POST /v1/allocations/"
+                   f"{taken.id}/reissue with a reason; the next poll writes the new number), "
+                   "write the number by hand if it was issued, or leave the invoice unnumbered",
+        "kind": "conflict"}]
+    assert blue.invoicenums()[iid] == ""
+    assert blue.statuses() == {str(iid): "void"}
+    with Journal(blue.journal_path) as journal:
+        assert journal.get("invoice", str(iid)) is None
+        assert journal.watched() == {str(iid): "unnumbered"}
+
+
+def test_a_number_journaled_by_the_hook_during_a_run_and_found_voided_is_journaled_voided(
+    blue, monkeypatch
+) -> None:
+    """The sidecar (the WHMCS hook) shares the journal: it may record a number while a run is
+    under way, after the run read the pending entries. When the coordinator then answers that
+    number as voided, the journal must say so too; left pending, the next run would write a
+    voided number into the invoice."""
+    allocated, written = blue.paid(), blue.paid()
+    with Client(url=blue.coordinator.url, token=TOKEN) as client:
+        taken = {iid: client.allocate("invoice", str(iid), TODAY) for iid in (allocated, written)}
+        for allocation in taken.values():
+            client.void(allocation.id, "voided by an admin")
+
+    def hook_journals_it(answer: dict) -> None:
+        iid = int(answer["reference"])
+        with Journal(blue.journal_path) as journal:
+            entry = journal.record_allocated(Allocation.from_json({**answer, "status": "issued"}))
+            if iid == written:
+                journal.mark_written(entry.allocation_id, entry.formatted)
+
+    blue.coordinator.on_allocate = hook_journals_it
+    assert poll(monkeypatch, blue) == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        assert journal.pending() == []
+        for iid in (allocated, written):
+            entry = journal.get("invoice", str(iid))
+            assert (entry.state, entry.void_reason) == ("voided", "voided by an admin")
+    assert blue.invoicenums() == {allocated: "", written: ""}
+
+
+def test_created_mode_watches_a_draft_the_journal_lost_once_the_drafts_are_listed(
+    blue, monkeypatch
+) -> None:
+    """Created mode: a draft the journal does not watch (its watch lost, say the journal was
+    restored from a backup) is found when the drafts are listed (their count changed), and
+    numbered once it is published, without a full poll."""
+    env = {**blue.env, "INVOICE_SYNC_AGENT_NUMBER_ON": "created"}
+    lost = blue.whmcs.add_invoice(status="Draft", subtotal="30.00", date=TODAY)
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(lost): "draft"}
+        journal.unwatch(str(lost))
+    new = blue.whmcs.add_invoice(status="Draft", subtotal="40.00", date=TODAY)
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(lost): "draft", str(new): "draft"}
+
+    blue.whmcs.set_status(lost, "Unpaid")  # published: issued, so numbered in created mode
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    assert blue.invoicenums()[lost] == f"INV-{YEAR}-000001"
+
+
+def test_created_mode_numbers_drafts_published_together_in_the_order_of_their_ids(
+    blue, monkeypatch
+) -> None:
+    """Drafts 9 and 10, published between two polls, are numbered as they were created: 9
+    first (ids compared as numbers, not as the strings "10" < "9")."""
+    env = {**blue.env, "INVOICE_SYNC_AGENT_NUMBER_ON": "created"}
+    blue.whmcs.set_next_id(9)
+    nine, ten = (blue.whmcs.add_invoice(status="Draft", subtotal="5.00", date=TODAY)
+                 for _ in range(2))
+    assert (nine, ten) == (9, 10)
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    for iid in (ten, nine):
+        blue.whmcs.set_status(iid, "Unpaid")
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    assert blue.invoicenums() == {9: f"INV-{YEAR}-000001", 10: f"INV-{YEAR}-000002"}
+
+
+@pytest.mark.parametrize("number_on", ["paid", "created"])
+def test_an_invoice_a_failure_left_unnumbered_is_numbered_by_the_next_cheap_poll(
+    blue, monkeypatch, number_on
+) -> None:
+    """No listing of a cheap poll finds it again (an unpaid credit note in paid mode, any
+    unpaid invoice in created mode): the watch does, and the next poll numbers it."""
+    env = {**blue.env, "INVOICE_SYNC_AGENT_NUMBER_ON": number_on}
+    credit_note = blue.whmcs.add_invoice(status="Unpaid", subtotal="-40.00", date=TODAY)
+    blue.coordinator.fail_next.append(409)  # this one allocation refused
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.INCOMPLETE
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(credit_note): "unnumbered"}
+
+    assert run_cli(monkeypatch, env, "poll") == ExitCode.OK
+    assert blue.invoicenums()[credit_note] == f"CN-{YEAR}-000001"
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}
+
+
+def test_get_invoice_unknown_to_whmcs_stops_the_run_saying_which_action(
+    blue, monkeypatch, capsys
+) -> None:
+    """The access check probes GetInvoice and UpdateInvoice by their names as WHMCS documents
+    them; a module answering "Command Not Found" stops the run, naming the action."""
+    blue.paid()
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice")
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"] == {
+        "reference": "-", "action": "failed", "document": None, "formatted": None,
+        "message": f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} answered GetInvoice for "
+                   "invoice 0 (a probe that changes nothing) with 'Command Not Found' instead of "
+                   '"Invoice ID Not Found": the action cannot be used through this URL. Check '
+                   "for a module or proxy in front of api.php, and the WHMCS version. No number "
+                   "was taken.",
+        "kind": "whmcs"}
+    assert blue.coordinator.posts("/v1/allocations") == []
+
+
+def test_an_invoice_that_fails_is_tried_once_per_run_however_many_listings_find_it(
+    blue, monkeypatch, capsys
+) -> None:
+    """A new paid invoice is found by the new ids and again by the unnumbered-paid listing:
+    its failure is reported once and its number asked for once; the next run retries it."""
+    blue.paid()
+    assert poll(monkeypatch, blue) == ExitCode.OK  # the scan mark: the next runs are cheap
+    iid = blue.paid()
+    blue.coordinator.fail_next.append(409)
+    asked = len(blue.coordinator.posts("/v1/allocations"))
+    capsys.readouterr()
+
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert report["outcomes"] == [{
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": None,
+        "message": "injected failure (HTTP 409)", "kind": "refused"}]
+    assert len(blue.coordinator.posts("/v1/allocations")) == asked + 1
+    assert blue.invoicenums()[iid] == ""
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == f"INV-{YEAR}-000002"
+
+
+def test_a_watched_draft_credit_note_numbered_by_hand_is_watched_no_more(blue, monkeypatch):
+    """Paid mode watches a draft credit note; once an admin numbers it by hand it needs
+    nothing from the poller, and later polls stop reading it."""
+    draft = blue.whmcs.add_invoice(status="Draft", subtotal="-20.00", date=TODAY)
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {str(draft): "draft"}
+    blue.whmcs.set_invoicenum(draft, "CN-BY-HAND-1")
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    with Journal(blue.journal_path) as journal:
+        assert journal.watched() == {}
+    assert blue.invoicenums()[draft] == "CN-BY-HAND-1"
+
+
+def test_run_without_arguments_reads_everything_once_then_only_what_is_new(blue) -> None:
+    """The library call of the module docstring, ``poller.run()``: a full read the first
+    time, the cheap one after (``full=True`` is what ``poll --full`` passes)."""
+    blue.paid()
+    with (
+        Client(url=blue.coordinator.url, token=TOKEN) as client,
+        WhmcsClient(blue.env["INVOICE_SYNC_AGENT_WHMCS_URL"], blue.whmcs.identifier,
+                    blue.whmcs.secret) as whmcs,
+        Journal(blue.journal_path) as journal,
+    ):
+        poller = Poller(client, whmcs, journal)
+        assert [poller.run().full, poller.run().full, poller.run(full=True).full] == [
+            True, False, True]
+
+
+def test_a_pending_number_whose_invoice_whmcs_fails_to_read_is_left_for_the_next_run(
+    blue, monkeypatch, capsys
+) -> None:
+    """The first run reads every invoice, so it finds the invoice of a pending journal entry
+    again: a step that failed is reported once and retried by the next run, not twice."""
+    iid = blue.paid()
+    formatted = blue.take_number_and_crash(iid)
+    blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                            content_type="application/json", action="GetInvoice", nth=1)
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.INCOMPLETE
+    assert [(o["reference"], o["action"]) for o in report["outcomes"]] == [(str(iid), "failed")]
+    assert blue.invoicenums()[iid] == ""
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == formatted
+
+
+def test_a_refused_token_stops_the_run_before_any_number(blue, monkeypatch, capsys) -> None:
+    iid = blue.paid()
+    blue.coordinator.fail_next.append(401)
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.REFUSED
+    assert report["aborted"] == {
+        "reference": str(iid), "action": "failed", "document": "invoice", "formatted": None,
+        "message": "injected failure (HTTP 401)", "kind": "refused"}
+    assert blue.invoicenums()[iid] == ""
+
+
+def test_the_first_poll_of_an_empty_whmcs_misses_none_of_its_first_invoices(
+    blue, monkeypatch
+) -> None:
+    assert poll(monkeypatch, blue) == ExitCode.OK  # no invoice yet
+    # An unpaid credit note: in paid mode only the scan of new ids finds it (no listing does).
+    first = blue.whmcs.add_invoice(status="Unpaid", subtotal="-10.00", date=TODAY)
+    assert first == 1
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[first] == f"CN-{YEAR}-000001"
+
+
+def test_a_poller_for_an_unknown_numbering_moment_is_refused_saying_which() -> None:
+    with pytest.raises(ValueError) as refused:
+        Poller(None, None, None, number_on="proforma")  # type: ignore[arg-type]
+    assert str(refused.value) == "number_on must be paid or created, not 'proforma'"
+
+
+def test_a_role_without_getinvoices_stops_the_first_run_as_a_whole(
+    blue, monkeypatch, capsys
+) -> None:
+    blue.paid()
+    blue.whmcs.allowed_actions = {"getinvoice", "updateinvoice"}
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    assert report["aborted"] == {
+        "reference": "-", "action": "failed", "document": None, "formatted": None,
+        "message": f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} does not allow API "
+                   'action "GetInvoices" for these credentials (Invalid Permissions: API action '
+                   '"getinvoices" is not allowed). Add GetInvoices to the credentials\' API role: '
+                   "Configuration → System Settings → Manage API Credentials → API Roles.",
+        "kind": "whmcs"}

@@ -101,6 +101,7 @@ def test_paid_mode_idle_costs_three_calls_and_finds_every_change(site: Site, cap
 
     idle_again = site.poll()
     assert idle_again.whmcs_calls <= 3 and idle_again.outcomes == []
+    assert idle_again.seen == 0  # the invoices created since the first poll are not read again
     # A full read finds nothing the cheap polls missed.
     assert site.unnumbered_needing("paid") == []
     assert site.poll(full=True).outcomes == []
@@ -117,6 +118,7 @@ def test_paid_mode_numbering_many_costs_o_of_k(site: Site, capsys) -> None:
         site.whmcs.set_status(invoice_id, "Paid")
     report = site.poll()
     assert len(report.of("numbered")) == k
+    assert report.allocations == k  # one per invoice numbered, batched or not
     per_invoice = 3  # GetInvoice before the write, UpdateInvoice, GetInvoice to read it back
     assert report.whmcs_calls <= per_invoice * k + 2 + 3 + k // 100 + 2
     assert site.unnumbered_needing("paid") == []
@@ -143,7 +145,13 @@ def test_created_mode_idle_and_drafts(site: Site, capsys) -> None:
     created = site.whmcs.add_invoice(status="Unpaid", subtotal="12.00", date=TODAY)
     report = site.poll("created")
     assert {int(o.reference) for o in report.of("numbered")} == {drafts[0], drafts[1], created}
+    # The new ids, the count of drafts and (it changed) their listing; then only the three
+    # drafts gone are read, not every watched one; the access check; 3 calls per number.
+    draft_pages = len(drafts) // 100 + 2
+    assert report.whmcs_calls <= 2 + draft_pages + 3 + 2 + 3 * 3
     assert site.unnumbered_needing("created") == []
+    # A new draft costs an idle poll nothing more: read with the new ids, counted, not listed.
+    site.whmcs.add_invoice(status="Draft", subtotal="7.00", date=TODAY)
     again = site.poll("created")
     assert again.whmcs_calls <= 3 and again.outcomes == []
     assert site.poll("created", full=True).outcomes == []

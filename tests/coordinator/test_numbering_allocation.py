@@ -46,6 +46,9 @@ def test_replay_with_date_in_other_period_is_409_and_changes_nothing(client, age
     response = take(client, blue, "7", date="2027-01-01")
     assert response.status_code == 409
     assert "invoice:2026:1" in response.get_json()["message"]
+    # The field at fault, as for any field error (the agent shows it next to the date).
+    assert response.get_json()["errors"] == {
+        "json": {"date": ["Does not match the period of the existing allocation."]}}
     assert snapshot(valkey.url) == before
 
 
@@ -270,6 +273,7 @@ def test_padding_exhausted_is_a_clear_409(client, agent, admin, valkey):
     response = take(client, blue, "one-too-many")
     assert response.status_code == 409
     assert "exhausted" in response.get_json()["message"]
+    assert response.get_json()["errors"] == {}  # no field of the request is at fault
     assert snapshot(valkey.url) == before
     # The next year starts over, so only that period is exhausted.
     assert take(client, blue, "next-year", date="2027-01-01").status_code == 201

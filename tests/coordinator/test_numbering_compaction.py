@@ -22,7 +22,7 @@ from redis.client import NEVER_DECODE
 
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.exceptions import Conflict, CoordinatorError
+from coordinator.exceptions import Conflict, CoordinatorError, NotDurable
 from coordinator.numbering import (
     allocation,
     blocks,
@@ -37,6 +37,7 @@ from coordinator.numbering import (
     settled,
 )
 from coordinator.numbering.allocation import Hints
+from coordinator.numbering.scripts import Durability
 from tests.support import initialise_numbering, release_data_dir, upgraded_copy
 
 pytestmark = pytest.mark.integration
@@ -305,6 +306,13 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
     assert (replay, new) == (first, False)
     with pytest.raises(Conflict, match="is confirmed: only a void number can be reissued"):
         allocation.reissue(redis_client, "invoice:2026:1", "again", actor="admin")
+    # Bringing a settled number back takes a second round trip, which waits for durability
+    # as the first would (here a replica that is not there: not confirmed, so a 503).
+    with pytest.raises(NotDurable):
+        allocation.transition(redis_client, "invoice:2026:3", "confirm",
+                              allocation.get(redis_client, "invoice:2026:3")["formatted"],
+                              actor_kind="agent", actor_system="blue", actor="agent:blue",
+                              durability=Durability(replicas=1, timeout_ms=1))
     # An agent repeating its confirmation is answered; an agent may not void it; an admin may.
     assert allocation.transition(redis_client, "invoice:2026:2", "confirm",
                                  allocation.get(redis_client, "invoice:2026:2")["formatted"],
@@ -314,7 +322,7 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
                                             actor_kind="admin", actor_system=None,
                                             actor="admin")
     assert changed and voided["status"] == "void"
-    assert redis_client.hget(keys.seq_settled("invoice", "2026"), "count") == "4"
+    assert redis_client.hget(keys.seq_settled("invoice", "2026"), "count") == "3"
     gaps = ledger.gaps(redis_client, "invoice", "2026", 3600)
     assert [g["number"] for g in gaps if g["kind"] == "void"] == [1, 4, 8]
     assert ledger.gaps(redis_client, "invoice", "2026", 3600, full=True) == gaps

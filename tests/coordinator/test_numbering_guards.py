@@ -31,3 +31,34 @@ def test_a_credit_note_during_a_half_done_switch_is_told_to_retry_and_takes_noth
     assert answer.status_code == 503
     assert answer.get_json()["message"] == SWITCHING
     assert snapshot(valkey.url) == before
+
+
+def _changed_keys(before: dict, after: dict) -> set[str]:
+    return {key.decode() for key in set(before) | set(after) if before.get(key) != after.get(key)}
+
+
+def test_confirm_and_void_in_a_series_write_only_that_series_keys(redis_client):
+    """Confirming, re-confirming and voiding a number of series eu write only eu's keys: its
+    ledger events (what its chain and `verify` read), its void index (what its gap report
+    reads), the repeat's write. One hash slot, as a Redis Cluster needs; a key of the default
+    series would put eu's events in another entity's chain."""
+    from datetime import date
+
+    from coordinator.numbering import allocation, series
+
+    series.create_series(redis_client, "eu", "EU entity")
+    series.leave(redis_client, "default", "green")
+    series.join(redis_client, "eu", "green")
+    redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
+    day = date(2026, 5, 5)
+    first, _ = allocation.allocate(redis_client, "green", "invoice", "1", day)
+    second, _ = allocation.allocate(redis_client, "green", "invoice", "2", day)
+    who = {"actor_kind": "agent", "actor_system": "green", "actor": "agent:green"}
+    before = snapshot(redis_client)
+    allocation.transition(redis_client, first["id"], "confirm", first["formatted"], **who)
+    allocation.transition(redis_client, first["id"], "confirm", first["formatted"], **who)
+    allocation.transition(redis_client, second["id"], "void", "deleted in WHMCS", **who)
+    written = _changed_keys(before, snapshot(redis_client))
+    assert written == {keys.seq_ledger("invoice", "2026", "eu"),
+                       keys.seq_stats("invoice", "eu"), keys.seq_events("invoice", "eu"),
+                       keys.seq_voids("invoice", "2026", "eu")}
