@@ -326,6 +326,11 @@ def test_each_refused_transition_says_exactly_why(client, agent, admin):
 
     assert refusal("invoice:2026:9/confirm", blue, {"invoicenum": "X"}) == (
         404, "No allocation 'invoice:2026:9'")
+    # an id that is no allocation id at all, and the default series spelled out (its ids never are)
+    assert refusal("nonsense/confirm", blue, {"invoicenum": "X"}) == (
+        404, "No allocation 'nonsense'")
+    assert refusal("default/invoice:2026:1/confirm", blue, {"invoicenum": "X"}) == (
+        404, "No allocation 'default/invoice:2026:1'")
     assert refusal("invoice:2026:1/confirm", red, {"invoicenum": "INV-2026-000001"}) == (
         403, "This agent token belongs to another system")
     assert refusal("invoice:2026:1/confirm", blue, {"invoicenum": "INV-2026-1"}) == (
