@@ -75,8 +75,9 @@ def test_settings_an_admin_set_before_the_guard_count_as_initialised(redis_clien
 def test_a_whmcs_number_above_the_counter_stops_its_period_until_next_number_passes_it(
         redis_client):
     allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    # A number of another scheme among ours (in any order) is ignored, not the end of the list.
     ahead = guard.check_synced_numbers(redis_client, "red",
-                                       ["INV-2026-000001", "INV-2026-000007", "other-9"])
+                                       ["INV-2026-000001", "other-9", "INV-2026-000007"])
     assert [(a["period"], a["number"], a["formatted"]) for a in ahead] == [
         ("2026", 7, "INV-2026-000007")]
     with pytest.raises(NumberingBehind, match="INV-2026-000007"):
@@ -89,11 +90,51 @@ def test_a_whmcs_number_above_the_counter_stops_its_period_until_next_number_pas
     assert new and entry["number"] == 8
 
 
+def test_the_highest_number_any_sync_saw_stays_the_bar_whatever_the_order(redis_client):
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    guard.check_synced_numbers(redis_client, "red", ["INV-2026-000007"])
+    # blue's WHMCS, synced later, shows a lower number (still above the counter): red's stays.
+    ahead = guard.check_synced_numbers(redis_client, "blue", ["INV-2026-000004"])
+    assert [(a["system"], a["number"]) for a in ahead] == [("blue", 4)]
+    sequences.update(redis_client, "invoice", {"next_number": 5}, actor="admin", period="2026")
+    with pytest.raises(NumberingBehind, match="^numbering of invoice in period 2026 is refused: "
+                                              "the WHMCS of red already shows INV-2026-000007 "
+                                              "\\(number 7\\)"):
+        allocation.allocate(redis_client, "blue", "invoice", "2", DAY)
+    # The first number of a period the store never numbered in is ahead too.
+    ahead = guard.check_synced_numbers(redis_client, "red", ["INV-2027-000001"])
+    assert [(a["period"], a["number"], a["counter"]) for a in ahead] == [("2027", 1, 0)]
+    with pytest.raises(NumberingBehind, match="INV-2027-000001"):
+        allocation.allocate(redis_client, "blue", "invoice", "y", date(2027, 1, 2))
+
+
+def test_serve_adopts_every_series_it_can_and_names_each_one_still_refused(redis_client, capsys):
+    from coordinator.cli import _check_numbering
+
+    _eu(redis_client)  # a new series of this initialised store
+    series.create_series(redis_client, "us", "US entity")
+    with redis_client.pipeline(transaction=True) as pipe:  # as a restore of us leaves it
+        guard.queue_restored(pipe, "ser:us", "backup us.json")
+        pipe.execute()
+    assert guard.adopt_all(redis_client) == ["us"]
+    assert guard.is_initialised(redis_client, "eu")
+    assert not guard.is_initialised(redis_client, "us")
+    _check_numbering(redis_client, new_store=False)  # what serve does at start
+    assert capsys.readouterr().err == (
+        "allocations are refused (503): numbering of series us waits after a restore (backup "
+        "us.json): numbers issued after the backup was taken may already be printed in WHMCS. "
+        "Run `invoice-sync recover` (it reads every system's WHMCS and raises the counters past "
+        "what it finds), or set next_number of the sequences (PATCH /v1/sequences/{name}); see "
+        "docs/RECOVERY.md\n")
+
+
 def test_the_sync_guard_reads_a_system_s_numbers_with_its_own_series_formats(redis_client):
     _eu(redis_client)
     sequences.update(redis_client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, actor="admin",
                      series="eu")
     allocation.allocate(redis_client, "green", "invoice", "1", DAY)
+    # The number eu issued itself, seen in green's WHMCS, is not ahead of eu's counter.
+    assert guard.check_synced_numbers(redis_client, "green", ["EU-2026-000001"], "eu") == []
     # "INV-…" is default's format, not eu's: green's WHMCS showing it proves nothing about eu.
     ahead = guard.check_synced_numbers(redis_client, "green",
                                        ["EU-2026-000005", "INV-2026-000009"], "eu")
