@@ -236,7 +236,9 @@ def check_synced_numbers(
 
 def behind_message(series: str, sequence: str, period: str, seen: str) -> str:
     """The refusal's message: which invoice, where, and what the admin does about it."""
-    number, formatted, system = (seen.split("|", 2) + ["", ""])[:3]
+    # ``<number>|<formatted>|<system>``: a format may contain "|", a system name cannot.
+    number, _, rest = seen.partition("|")
+    formatted, _, system = rest.rpartition("|")
     where = "" if series == DEFAULT_SERIES else f" of series {series}"
     return (f"numbering of {sequence}{where} in period {period} is refused: the WHMCS of "
             f"{system} already shows {formatted} (number {number}), above the last number this "

@@ -24,9 +24,13 @@ def _eu(client) -> None:
 
 def test_an_empty_store_refuses_to_number_until_initialised(redis_client):
     redis_client.flushall()  # the fixture initialises the default series; this is a lost store
-    with pytest.raises(NumberingNotInitialised, match="^numbering of series default is not "
-                                                      "initialised: this store never issued"):
+    with pytest.raises(NumberingNotInitialised) as refused:
         allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    assert refused.value.message == (  # what the admin reads in the 503
+        "numbering of series default is not initialised: this store never issued a number "
+        "there and its sequences were never set explicitly, so it may have lost its data. "
+        "Restore a backup, run `invoice-sync recover`, or set next_number of the sequences "
+        "(PATCH /v1/sequences/{name}); see docs/RECOVERY.md")
     assert redis_client.hlen(keys.seq_ledger("invoice", "2026")) == 0
     assert redis_client.get(keys.seq_counter("invoice", "2026")) is None
     sequences.update(redis_client, "invoice", {"next_number": 1}, actor="admin")
@@ -108,6 +112,17 @@ def test_the_highest_number_any_sync_saw_stays_the_bar_whatever_the_order(redis_
         allocation.allocate(redis_client, "blue", "invoice", "y", date(2027, 1, 2))
 
 
+def test_the_refusal_names_the_number_and_system_even_if_the_format_has_a_bar(redis_client):
+    sequences.update(redis_client, "invoice", {"format": "INV|{YEAR}|{NUMBER}"}, actor="admin")
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    guard.check_synced_numbers(redis_client, "red", ["INV|2026|000007"])
+    with pytest.raises(NumberingBehind) as refused:
+        allocation.allocate(redis_client, "blue", "invoice", "2", DAY)
+    assert refused.value.message.startswith(
+        "numbering of invoice in period 2026 is refused: the WHMCS of red already shows "
+        "INV|2026|000007 (number 7), above the last number this coordinator issued")
+
+
 def test_serve_adopts_every_series_it_can_and_names_each_one_still_refused(redis_client, capsys):
     from coordinator.cli import _check_numbering
 
@@ -132,7 +147,11 @@ def test_the_sync_guard_reads_a_system_s_numbers_with_its_own_series_formats(red
     _eu(redis_client)
     sequences.update(redis_client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, actor="admin",
                      series="eu")
+    # eu numbers credit notes in their own sequence; default draws them from invoice.
+    sequences.update(redis_client, "credit_note", {"dedicated": False}, actor="admin")
     allocation.allocate(redis_client, "green", "invoice", "1", DAY)
+    assert [(a["sequence"], a["number"]) for a in guard.check_synced_numbers(
+        redis_client, "green", ["CN-2026-000003"], "eu")] == [("credit_note", 3)]
     # The number eu issued itself, seen in green's WHMCS, is not ahead of eu's counter.
     assert guard.check_synced_numbers(redis_client, "green", ["EU-2026-000001"], "eu") == []
     # "INV-…" is default's format, not eu's: green's WHMCS showing it proves nothing about eu.
