@@ -76,6 +76,19 @@ def test_settings_an_admin_set_before_the_guard_count_as_initialised(redis_clien
     assert new and entry["number"] == 40
 
 
+def test_a_series_whose_format_an_admin_set_before_the_guard_is_adopted(redis_client):
+    _eu(redis_client)
+    sequences.update(redis_client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, actor="admin",
+                     series="eu")
+    for name in ("default", "eu"):  # the data as the release before the guard left it
+        for seq in sequences.SEQUENCES:
+            redis_client.delete(keys.seq_guard(seq, name))
+    # eu's settings were set explicitly; default is then a new series of an initialised store.
+    assert guard.adopt_all(redis_client) == []
+    assert guard.is_initialised(redis_client, "eu") and guard.is_initialised(redis_client,
+                                                                             "default")
+
+
 def test_a_whmcs_number_above_the_counter_stops_its_period_until_next_number_passes_it(
         redis_client):
     allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
@@ -126,13 +139,19 @@ def test_the_refusal_names_the_number_and_system_even_if_the_format_has_a_bar(re
 def test_serve_adopts_every_series_it_can_and_names_each_one_still_refused(redis_client, capsys):
     from coordinator.cli import _check_numbering
 
-    _eu(redis_client)  # a new series of this initialised store
+    # default numbered with the release before the guard (no guard yet); eu is new; us was
+    # restored from a backup: adopting the first two must not let us number.
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    for seq in sequences.SEQUENCES:
+        redis_client.delete(keys.seq_guard(seq))
+    _eu(redis_client)
     series.create_series(redis_client, "us", "US entity")
     with redis_client.pipeline(transaction=True) as pipe:  # as a restore of us leaves it
         guard.queue_restored(pipe, "ser:us", "backup us.json")
         pipe.execute()
     assert guard.adopt_all(redis_client) == ["us"]
-    assert guard.is_initialised(redis_client, "eu")
+    assert guard.is_initialised(redis_client, "default") and guard.is_initialised(redis_client,
+                                                                                 "eu")
     assert not guard.is_initialised(redis_client, "us")
     _check_numbering(redis_client, new_store=False)  # what serve does at start
     assert capsys.readouterr().err == (
