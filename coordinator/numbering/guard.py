@@ -53,11 +53,9 @@ def all_series(client: redis.Redis) -> list[str]:
     return [DEFAULT_SERIES, *sorted(set(client.smembers(keys.SERIES)) - {DEFAULT_SERIES})]
 
 
-def is_initialised(client: redis.Redis, series: str | None = None) -> bool:
-    """Whether ``series`` (None: any series of the store) has its numbering set explicitly."""
-    names = all_series(client) if series is None else [series]
-    return any(client.hexists(keys.seq_guard(seq, name), INITIALISED)
-               for name in names for seq in SEQUENCES)
+def is_initialised(client: redis.Redis, series: str) -> bool:
+    """Whether ``series`` has its numbering set explicitly."""
+    return any(client.hexists(keys.seq_guard(seq, series), INITIALISED) for seq in SEQUENCES)
 
 
 def restored_from(client: redis.Redis, series: str) -> str | None:

@@ -45,7 +45,10 @@ def test_re_registering_systems_and_series_on_a_lost_store_does_not_initialise_i
     for system in ("blue", "green"):
         with pytest.raises(NumberingNotInitialised):
             allocation.allocate(redis_client, system, "invoice", "1", DAY)
-    assert not guard.is_initialised(redis_client)
+    assert not guard.is_initialised(redis_client, "default")
+    assert not guard.is_initialised(redis_client, "eu")
+    # serve says so at start, for each series (and adopts neither).
+    assert guard.adopt_all(redis_client) == ["default", "eu"]
 
 
 def test_a_new_series_in_an_initialised_store_numbers(redis_client):
