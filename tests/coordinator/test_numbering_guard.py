@@ -92,6 +92,16 @@ def test_a_series_whose_format_an_admin_set_before_the_guard_is_adopted(redis_cl
                                                                              "default")
 
 
+def test_a_series_created_after_the_backup_waits_with_the_restored_one(redis_client):
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)  # in the backup
+    _eu(redis_client)  # not in it: its numbers, if any, were lost with the store
+    with redis_client.pipeline(transaction=True) as pipe:  # as restore leaves default
+        guard.queue_restored(pipe, "ser:default", "backup b.json")
+        pipe.execute()
+    # default's history is default's: it proves nothing about eu.
+    assert guard.adopt_all(redis_client) == ["default", "eu"]
+
+
 def test_a_whmcs_number_above_the_counter_stops_its_period_until_next_number_passes_it(
         redis_client):
     allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
