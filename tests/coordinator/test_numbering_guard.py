@@ -184,6 +184,8 @@ def test_the_sync_guard_reads_a_system_s_numbers_with_its_own_series_formats(red
     allocation.allocate(redis_client, "green", "invoice", "1", DAY)
     assert [(a["sequence"], a["number"]) for a in guard.check_synced_numbers(
         redis_client, "green", ["CN-2026-000003"], "eu")] == [("credit_note", 3)]
+    # default's credit_note sequence numbers nothing: its format is no number of default.
+    assert guard.check_synced_numbers(redis_client, "blue", ["CN-2026-000003"]) == []
     # The number eu issued itself, seen in green's WHMCS, is not ahead of eu's counter.
     assert guard.check_synced_numbers(redis_client, "green", ["EU-2026-000001"], "eu") == []
     # "INV-…" is default's format, not eu's: green's WHMCS showing it proves nothing about eu.
