@@ -240,20 +240,24 @@ def test_property_recover_ends_exactly_above_everything_in_use_and_never_lowers(
         assert covered >= set(range(1, counter + 1)), (full, covered)
 
 
-def test_the_plan_and_the_result_say_exactly_what_recover_does(redis_client):
+def test_the_plan_and_the_result_say_exactly_what_recover_does(redis_client, monkeypatch):
     evidence = [Evidence("blue", f"INV-2026-{n:06d}", "whmcs:blue", reference=str(n))
-                for n in (3, 6)]
+                for n in (3, 6, 7)]
     evidence += [Evidence("blue", f"legacy-{n}", "whmcs:blue") for n in range(1, 7)]
     plan = recovery.plan(redis_client, evidence, {})
     # As `recover --dry-run --json` prints it: numbers 1, 2, 4 and 5 no source showed.
     assert json.dumps(plan.describe()) == json.dumps({
         "periods": [{"series": "default", "sequence": "invoice", "period": "2026", "counter": 0,
-                     "new_counter": 6, "next_number": 7, "raise": True, "in_use": 2,
-                     "already_in_ledger": 0, "recover": 2, "sources": {"whmcs:blue": 2},
-                     "unknown_skipped": 4, "first": [3], "last": [6]}],
+                     "new_counter": 7, "next_number": 8, "raise": True, "in_use": 3,
+                     "already_in_ledger": 0, "recover": 3, "sources": {"whmcs:blue": 3},
+                     "unknown_skipped": 4, "first": [3], "last": [7]}],
         "initialise_series": [], "unread": 6,
         "unread_examples": [f"legacy-{n} (blue, whmcs:blue)" for n in range(1, 6)]})
+    # Meanwhile number 3 is issued here (an admin let the store number): apply keeps it.
+    sequences.update(redis_client, "invoice", {"next_number": 3}, actor="admin", period="2026")
+    assert allocation.allocate(redis_client, "blue", "invoice", "new", DAY)[0]["number"] == 3
+    monkeypatch.setattr(recovery, "ENTRIES_PER_STEP", 1)  # one atomic step per number
     # As `recover --json` prints what it did (the counters as the server answers them).
     assert recovery.apply(redis_client, plan, actor="t", reason="check") == [
-        {"series": "default", "sequence": "invoice", "period": "2026", "counter": "0",
-         "new_counter": "6", "recovered": 2, "skipped": []}]
+        {"series": "default", "sequence": "invoice", "period": "2026", "counter": "3",
+         "new_counter": "7", "recovered": 2, "skipped": [{"number": "3", "why": "in_ledger"}]}]
