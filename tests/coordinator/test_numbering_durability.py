@@ -195,9 +195,9 @@ def test_confirm_and_void_wait_for_durability(tmp_path, server_binary):
         client.hdel(keys.seq_guard("credit_note"), guard.INITIALISED)
         plan = recover.plan(client, [recover.Evidence("blue", "INV-2026-000007", "whmcs:blue",
                                                       reference="7")], {})
+        durability = client.durability_guard.current(client)  # a replica is configured
         with pytest.raises(NotDurable):
-            recover.apply(client, plan, actor="t", reason="lost",
-                          durability=client.durability_guard.current(client))
+            recover.apply(client, plan, actor="t", reason="lost", durability=durability)
         assert not guard.is_initialised(client, "default")
         client.close()
     finally:

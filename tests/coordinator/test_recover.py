@@ -18,7 +18,7 @@ from agent._models import Allocation
 from coordinator import keys
 from coordinator.cli import main
 from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
-from coordinator.numbering import allocation, chain, gaps, iter_ledger, sequences
+from coordinator.numbering import allocation, chain, gaps, guard, iter_ledger, sequences, series
 from coordinator.numbering import recover as recovery
 from coordinator.numbering.recover import Evidence
 from coordinator.ops.embedded import ValkeyServer
@@ -242,14 +242,16 @@ def test_property_recover_ends_exactly_above_everything_in_use_and_never_lowers(
 
 def test_the_plan_and_the_result_say_exactly_what_recover_does(redis_client, monkeypatch):
     evidence = [Evidence("blue", f"INV-2026-{n:06d}", "whmcs:blue", reference=str(n))
-                for n in (3, 6, 7)]
+                for n in (3, 6)]
+    evidence.append(Evidence("red", "INV-2026-000007", "whmcs:red"))  # no reference known
     evidence += [Evidence("blue", f"legacy-{n}", "whmcs:blue") for n in range(1, 7)]
     plan = recovery.plan(redis_client, evidence, {})
     # As `recover --dry-run --json` prints it: numbers 1, 2, 4 and 5 no source showed.
     assert json.dumps(plan.describe()) == json.dumps({
         "periods": [{"series": "default", "sequence": "invoice", "period": "2026", "counter": 0,
                      "new_counter": 7, "next_number": 8, "raise": True, "in_use": 3,
-                     "already_in_ledger": 0, "recover": 3, "sources": {"whmcs:blue": 3},
+                     "already_in_ledger": 0, "recover": 3,
+                     "sources": {"whmcs:blue": 2, "whmcs:red": 1},
                      "unknown_skipped": 4, "first": [3], "last": [7]}],
         "initialise_series": [], "unread": 6,
         "unread_examples": [f"legacy-{n} (blue, whmcs:blue)" for n in range(1, 6)]})
@@ -261,3 +263,29 @@ def test_the_plan_and_the_result_say_exactly_what_recover_does(redis_client, mon
     assert recovery.apply(redis_client, plan, actor="t", reason="check") == [
         {"series": "default", "sequence": "invoice", "period": "2026", "counter": "3",
          "new_counter": "7", "recovered": 2, "skipped": [{"number": "3", "why": "in_ledger"}]}]
+    recovered = {e["number"]: e for e in iter_ledger(redis_client, "invoice", "2026")}
+    assert [(recovered[n]["id"], recovered[n]["system"], recovered[n]["document"],
+             recovered[n]["reference"]) for n in (6, 7)] == [
+        ("invoice:2026:6", "blue", "invoice", "6"), ("invoice:2026:7", "red", "invoice", "")]
+    assert allocation.allocate(redis_client, "blue", "invoice", "6", DAY)[0]["number"] == 6
+
+
+def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
+    redis_client.flushall()  # lost; eu's numbers are in green's WHMCS and journal, default's none
+    series.create_series(redis_client, "eu", "EU entity")  # the admin registers it again
+    evidence = [Evidence("green", "INV-2026-000004", "whmcs:green", reference="4"),
+                Evidence("teal", "INV-2026-000005", "journal:teal", reference="r5",
+                         document="invoice", series="eu", sequence="invoice", period="2026",
+                         number=5)]
+    done = recovery.apply(redis_client, recovery.plan(redis_client, evidence, {"green": "eu"}),
+                          actor="t", reason="lost")
+    assert [(d["series"], d["new_counter"], d["recovered"]) for d in done] == [("eu", "5", 2)]
+    ledger = {e["number"]: e for e in iter_ledger(redis_client, "invoice", "2026", series="eu")}
+    assert {n: (e["id"], e["system"]) for n, e in ledger.items()} == {
+        4: ("eu/invoice:2026:4", "green"), 5: ("eu/invoice:2026:5", "teal")}
+    assert chain.verify(redis_client, "invoice", series="eu")["ok"]
+    assert sequences.audit(redis_client, "invoice", series="eu")[-1]["recovered"] == 2
+    # Both series number again: eu above what is in use, default (nothing in use) from 1.
+    for name in ("default", "eu"):
+        assert guard.is_initialised(redis_client, name)
+    assert allocation.allocate(redis_client, "blue", "invoice", "1", DAY)[0]["number"] == 1
