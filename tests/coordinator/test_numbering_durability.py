@@ -182,23 +182,5 @@ def test_confirm_and_void_wait_for_durability(tmp_path, server_binary):
         again = _app(primary.url).post(f"/v1/allocations/{entry['id']}/confirm",
                                        headers=headers, json={"invoicenum": entry["formatted"]})
         assert (again.status_code, again.get_json()["status"]) == (200, "confirmed")
-        # `invoice-sync recover` waits too: without the replica it fails, the store still
-        # refuses to number (its guard is set only after every step was confirmed).
-        from coordinator.config import load_settings
-        from coordinator.exceptions import NotDurable
-        from coordinator.numbering import guard, recover
-        from coordinator.ops.redis_client import make_redis
-
-        client = make_redis({**load_settings(), "REDIS_URL": primary.url, "DURABLE_REPLICAS": 1,
-                             "DURABILITY_TIMEOUT_MS": 100})
-        client.hdel(keys.seq_guard("invoice"), guard.INITIALISED)
-        client.hdel(keys.seq_guard("credit_note"), guard.INITIALISED)
-        plan = recover.plan(client, [recover.Evidence("blue", "INV-2026-000007", "whmcs:blue",
-                                                      reference="7")], {})
-        durability = client.durability_guard.current(client)  # a replica is configured
-        with pytest.raises(NotDurable):
-            recover.apply(client, plan, actor="t", reason="lost", durability=durability)
-        assert not guard.is_initialised(client, "default")
-        client.close()
     finally:
         primary.stop()
