@@ -72,8 +72,6 @@ def _audit(pipe: Any, action: str, token_digest: str, record: dict[str, Any], by
            now: Clock) -> None:
     entry = {"at": _iso(now()), "action": action, "token": token_id(token_digest),
              "role": record.get("kind"), "label": record.get("label"), "by": by}
-    if record.get("system"):
-        entry["system"] = record["system"]
     pipe.rpush(keys.TOKEN_AUDIT, json.dumps(entry))
 
 

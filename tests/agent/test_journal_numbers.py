@@ -105,6 +105,11 @@ def test_a_journal_of_the_previous_release_keeps_its_numbers(tmp_path: Path) -> 
             [("invoice", "7", "invoice:2026:70", 70, "INV-2026-000070", "INV-2026-000070"),
              ("invoice", "8", "acme-us/invoice:2026:9", 9, "US-2026-000009", "US-2026-000009")],
         )
+        # An id of no known shape, the oldest row: skipped, and the rows after it still count.
+        db.execute(
+            "INSERT INTO allocations VALUES ('invoice', '6', 'imported-6', 6, 'OLD-6', "
+            "'confirmed', 'OLD-6', NULL, NULL, '2026-10-01T00:00:00Z', '2026-10-01T00:00:00Z')"
+        )
     with Journal(path) as journal:
         assert journal.highest("default", "invoice", "2026") == 70
         assert journal.highest("acme-us", "invoice", "2026") == 9

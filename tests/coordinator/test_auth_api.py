@@ -10,6 +10,7 @@ import pytest
 from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.auth import tokens
+from tests.coordinator import redis_counting
 from tests.support import snapshot
 
 pytestmark = pytest.mark.integration
@@ -299,3 +300,30 @@ def test_package_surface_other_code_relies_on(redis_client):
     _, token = tokens.create_token(redis_client, auth.AUDITOR, "dashboard login", "cli")
     assert auth.authenticate(redis_client, f"Bearer {token}", None).kind == "auditor"
     assert auth.authenticate(redis_client, "Bearer isa_env", "isa_env").kind == "admin"
+
+
+def test_an_agent_reads_its_own_systems_allocations_and_no_other(client, agent, auditor_token):
+    blue, red = agent("blue"), agent("red")
+    body = {"document": "invoice", "date": "2026-11-21"}
+    own = client.post("/v1/allocations", headers=blue, json={**body, "reference": "b-1"})
+    other = client.post("/v1/allocations", headers=red, json={**body, "reference": "r-1"})
+    assert (own.status_code, other.status_code) == (201, 201)
+    own_id, other_id = own.get_json()["id"], other.get_json()["id"]
+    assert client.get(f"/v1/allocations/{own_id}", headers=blue).get_json()["reference"] == "b-1"
+    refused = client.get(f"/v1/allocations/{other_id}", headers=blue)
+    assert (refused.status_code, refused.get_json()["message"]) == (
+        403, "This agent token belongs to another system")
+    reader = bearer(auditor_token)
+    assert client.get(f"/v1/allocations/{other_id}", headers=reader).status_code == 200
+
+
+def test_an_unlimited_role_is_authenticated_from_the_process_cache(app_config, redis_client,
+                                                                   admin_token):
+    """TOKEN_CACHE (on by default): a token whose role has no rate limit costs no round trip
+    after its first request; the cache is kept true by Redis (tests/coordinator/
+    test_auth_cache.py)."""
+    client = create_app({**app_config, "RATE_LIMIT_ADMIN": 0}).test_client()
+    assert client.get("/v1/whoami", headers=bearer(admin_token)).status_code == 200
+    sent = redis_counting.top_level(
+        redis_client, lambda: client.get("/v1/whoami", headers=bearer(admin_token)))
+    assert sent == []

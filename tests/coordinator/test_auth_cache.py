@@ -4,6 +4,8 @@ while the cache's connection was down) is seen by the very next lookup."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from coordinator import auth, keys
@@ -71,3 +73,28 @@ def test_a_revocation_while_the_cache_was_cut_off_is_not_missed(redis_client, ca
     assert auth.authenticate(redis_client, f"Bearer {other}", None, cache=cache)
     assert cache.get(redis_client, auth.digest(other)) is not None
     assert len(_tracking_ids(redis_client)) == 1
+
+
+def test_a_forked_worker_reads_on_a_tracked_connection_of_its_own(redis_client, cache):
+    """gunicorn forks its workers from a master that may have looked tokens up already: a
+    worker must not read from the master's socket (two processes, one stream of replies and
+    invalidations), it connects again with tracking on."""
+    record, token = tokens.create_token(redis_client, auth.AUDITOR, "reader", "cli")
+    tokens.create_token(redis_client, auth.ADMIN, "keeper", "cli")
+    token_digest = auth.digest(token)
+    stored = cache.get(redis_client, token_digest)
+    assert stored is not None
+    pid = os.fork()
+    if pid == 0:  # the worker: report through its exit code only
+        code = 1
+        try:
+            found = cache.get(redis_client, token_digest)
+            code = 0 if (found, len(_tracking_ids(redis_client))) == (stored, 2) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The master's own connection still hears of changes.
+    tokens.revoke_token(redis_client, record["id"], "cli")
+    _answered(redis_client)
+    assert cache.get(redis_client, token_digest) is None

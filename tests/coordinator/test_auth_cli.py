@@ -33,7 +33,8 @@ def test_create_list_revoke(run, redis_client):
     assert token.startswith("isr_") and "\n" not in token
     assert auth.authenticate(redis_client, f"Bearer {token}", None).kind == "auditor"
     token_id = auth.token_id(auth.digest(token))
-    assert token_id in created.stderr
+    assert created.stderr == (
+        f"created auditor token {token_id} (Audit & Co); shown this once:\n")
 
     run("create", "--role", "admin", "--label", "ops")
     listed = run("list")
@@ -49,7 +50,7 @@ def test_create_list_revoke(run, redis_client):
     with pytest.raises(auth.AuthError):
         auth.authenticate(redis_client, f"Bearer {token}", None)
     again = run("revoke", token_id)
-    assert again.exit_code == 1 and f"No token {token_id!r}" in again.output
+    assert (again.exit_code, again.output) == (1, f"Error: No token {token_id!r}\n")
     assert [e["action"] for e in tokens.audit(redis_client)] == ["created", "created", "revoked"]
 
 
@@ -69,7 +70,9 @@ def test_refusals_are_clear_and_change_nothing(run, redis_client, agent):
     bad_role = run("create", "--role", "agent", "--label", "x")
     assert bad_role.exit_code == 2 and "'agent' is not one of" in bad_role.output
     empty = run("create", "--role", "auditor", "--label", " ")
-    assert empty.exit_code == 1 and "label" in empty.output
+    assert (empty.exit_code, empty.output) == (1, "Error: Validation failed (label: Give 1-200 "
+                                                  "printable characters saying who or what "
+                                                  "holds the token.)\n")
     assert redis_client.hgetall("{auth}:tokens") == before
 
 
@@ -129,3 +132,25 @@ def test_serve_upgrades_a_previous_release_data_dir(tmp_path):
         assert len(json.loads(cli_list.stdout)) == 2
     finally:
         assert serve.stop() == 0
+
+
+def test_a_data_dir_without_a_running_serve_is_named(run, tmp_path):
+    """No Redis configured: the commands reach `serve` through its data dir, or say where they
+    looked."""
+    socket = tmp_path.resolve() / "valkey" / "valkey.sock"
+    for args in (("list",), ("create", "--role", "auditor", "--label", "x")):
+        answer = run(*args, "--data-dir", str(tmp_path), INVOICE_SYNC_REDIS_URL=None)
+        assert (answer.exit_code, answer.output) == (1, (
+            f"Error: no Redis configured and no running `invoice-sync serve` at {socket}: "
+            "start it (or pass its --data-dir), or set INVOICE_SYNC_REDIS_URL\n"))
+
+
+def test_a_token_made_where_no_user_name_is_known_is_by_cli(run, redis_client, monkeypatch):
+    """A bare container has no passwd entry for its uid: records name the operator `cli`."""
+
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found: 1000")
+
+    monkeypatch.setattr("getpass.getuser", no_user)
+    assert run("create", "--role", "auditor", "--label", "x").exit_code == 0
+    assert [e["by"] for e in tokens.audit(redis_client)] == ["cli"]

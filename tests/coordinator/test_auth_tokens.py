@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -15,6 +16,7 @@ from coordinator.auth import tokens
 from coordinator.auth.cache import TokenCache
 from coordinator.cli import ensure_admin_token
 from coordinator.exceptions import AuthError, Conflict, InvalidInput, NotFound
+from tests.coordinator import redis_counting
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +38,11 @@ def test_created_tokens_work_with_their_role_and_are_stored_only_as_hashes(redis
     assert auditor_token not in stored and admin_token not in stored
     assert auth.digest(auditor_token) in stored
     assert auditor["created_by"] == "admin:tok_x" and auditor["label"] == "Ms Audit"
+
+
+def test_token_ids_stay_what_earlier_releases_wrote():
+    """Audit records keep the ids of the tokens they name: the derivation never changes."""
+    assert auth.token_id("0" * 64) == "tok_1ecfb74e893a5a73"
 
 
 def test_token_id_is_not_the_hash_and_reveals_none_of_it(redis_client):
@@ -67,6 +74,9 @@ def test_label_must_say_something_printable(redis_client, label):
 
 
 def test_list_shows_every_role_and_the_configured_token(redis_client, agent):
+    # Agents are listed by system, not by age: red's token is the older one.
+    redis_client.hset(keys.TOKENS, auth.digest(auth.new_token(auth.AGENT)), json.dumps(
+        {"kind": "agent", "system": "red", "created_at": "2026-01-01T00:00:00Z"}))
     agent("blue")
     tokens.create_token(redis_client, auth.AUDITOR, "audit firm", "cli")
     auth.register_admin_token(redis_client, auth.new_token(auth.ADMIN), "ops")
@@ -76,7 +86,10 @@ def test_list_shows_every_role_and_the_configured_token(redis_client, agent):
         ("admin", "ops", None, "redis"),
         ("auditor", "audit firm", None, "redis"),
         ("agent", None, "blue", "redis"),
+        ("agent", None, "red", "redis"),
     ]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t["created_at"])
+               for t in listed if t["source"] == "redis")
     env = next(t for t in listed if t["source"] == "environment")
     assert env["id"] == auth.token_id(auth.digest("isa_from-env"))
     assert "isa_from-env" not in json.dumps(listed)
@@ -346,3 +359,39 @@ def test_a_configured_admin_token_admits_itself_only(redis_client, agent):
     for stranger in ("Bearer isa_other", f"Bearer {configured}x"):
         with pytest.raises(AuthError):
             auth.authenticate(redis_client, stranger, configured)
+
+
+def test_a_refused_token_says_what_to_send_instead_and_labels_may_be_200_long(redis_client):
+    """The refusals are what `invoice-sync token create` prints: API.md's 422 message and the
+    field's whole advice."""
+    with pytest.raises(InvalidInput) as role:
+        tokens.create_token(redis_client, auth.AGENT, "x", "cli")
+    assert (role.value.message, role.value.errors) == ("Validation failed", {"json": {"role": [
+        "Must be one of: admin, auditor (agent tokens come with their system)."]}})
+    with pytest.raises(InvalidInput) as label:
+        tokens.create_token(redis_client, auth.AUDITOR, "x" * 201, "cli")
+    assert (label.value.message, label.value.errors) == ("Validation failed", {"json": {
+        "label": ["Give 1-200 printable characters saying who or what holds the token."]}})
+    record, _ = tokens.create_token(redis_client, auth.AUDITOR, "x" * 200, "cli")
+    assert record["label"] == "x" * 200
+
+
+def test_a_token_and_its_audit_record_are_written_in_one_transaction(redis_client):
+    """Another process never sees a token whose creation is not in the audit trail, and a
+    connection lost half-way writes neither (MULTI/EXEC: the server runs both or none)."""
+    sent = redis_counting.top_level(
+        redis_client, lambda: tokens.create_token(redis_client, auth.AUDITOR, "x", "cli"))
+    assert sent == ["MULTI", "HSET", "RPUSH", "EXEC"]
+
+
+def test_any_admin_finds_an_admin_token_in_either_releases_hash(redis_client, agent):
+    """`invoice-sync doctor` reports a coordinator nobody can administer."""
+    assert tokens.any_admin(redis_client) is False
+    agent("blue")
+    tokens.create_token(redis_client, auth.AUDITOR, "reader", "cli")
+    assert tokens.any_admin(redis_client) is False
+    redis_client.hset(keys.LEGACY_TOKENS, "d" * 64, json.dumps({"kind": "admin"}))
+    assert tokens.any_admin(redis_client) is True
+    redis_client.delete(keys.LEGACY_TOKENS)
+    tokens.create_token(redis_client, auth.ADMIN, "ops", "cli")
+    assert tokens.any_admin(redis_client) is True

@@ -28,6 +28,7 @@ from rq import SimpleWorker
 
 from coordinator import keys
 from coordinator.app import create_app
+from coordinator.auth.cache import CLIENT_NAME
 from coordinator.config import load_settings
 from coordinator.demo.fake_whmcs import FakeWhmcs, serve_fake_whmcs
 from coordinator.forecaster import defaults as forecaster_defaults
@@ -190,6 +191,11 @@ def test_admin_flow_series_systems_tokens_and_allocations(stack):
         "document": "invoice", "reference": "b2", "date": DATE}))
     assert again["formatted"] == blue[2]["formatted"]
     assert _ok(http("GET", "/v1/whoami", rotated))["system"] == "blue"
+    # Tokens are cached in the coordinator, read and tracked on the master of their slot.
+    tokens_master = redis.Redis("127.0.0.1", stack.cluster.master_of(keys.TOKENS),
+                                decode_responses=True)
+    assert any(c["name"] == CLIENT_NAME and "t" in c["flags"]
+               for c in tokens_master.client_list())
 
     # Deletion: token revoked, forecaster data purged, the ledger keeps green's number.
     data = stack.data()

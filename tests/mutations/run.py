@@ -46,9 +46,8 @@ WORK = ROOT / "mutants"
 HANDWRITTEN = Path(__file__).with_name("handwritten.toml")
 HANDWRITTEN_MODULE = "handwritten"
 # What a module's copy holds: the code, its tests, and the files tests read (PHP, compose, ...).
-COPIED = [
-    "coordinator", "agent", "tests", "deploy", "docs", "pyproject.toml", "setup.py", "README.md",
-]
+COPIED = ["coordinator", "agent", "tests", "deploy", "docs", "pyproject.toml", "setup.py",
+          "README.md"]
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "mutants")
 
 # mutmut's exit-code verdicts (mutmut/stats.py, 3.8): killed and timeout count as caught.
