@@ -18,8 +18,17 @@ from agent._models import Allocation
 from coordinator import keys
 from coordinator.cli import main
 from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
-from coordinator.numbering import allocation, chain, gaps, guard, iter_ledger, sequences, series
+from coordinator.numbering import (
+    allocation,
+    chain,
+    gaps,
+    guard,
+    iter_ledger,
+    sequences,
+    series,
+)
 from coordinator.numbering import recover as recovery
+from coordinator.numbering.ledger import periods
 from coordinator.numbering.recover import Evidence
 from coordinator.ops.embedded import ValkeyServer
 from tests.coordinator.forecaster import conftest as forecaster_fixtures
@@ -283,7 +292,18 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
     ledger = {e["number"]: e for e in iter_ledger(redis_client, "invoice", "2026", series="eu")}
     assert {n: (e["id"], e["system"]) for n, e in ledger.items()} == {
         4: ("eu/invoice:2026:4", "green"), 5: ("eu/invoice:2026:5", "teal")}
-    assert chain.verify(redis_client, "invoice", series="eu")["ok"]
+    verified = chain.verify(redis_client, "invoice", series="eu")
+    assert verified["ok"] and verified["unchained_numbers"] == 0, verified
+    assert "2026" in periods(redis_client, "invoice", series="eu")
+    # 1-3 no source showed: listed as skipped in eu's gap report, not as missing.
+    assert [(g["kind"], g.get("after")) for g in gaps(
+        redis_client, "invoice", "2026", grace_seconds=10**9, series="eu")] == [("skipped", 0)]
+    for system, reference, number in (("green", "4", 4), ("teal", "r5", 5)):
+        series.leave(redis_client, "default", system)
+        series.join(redis_client, "eu", system)
+        redis_client.hset(keys.system(system), mapping={"name": system, "series": "eu"})
+        replay, new = allocation.allocate(redis_client, system, "invoice", reference, DAY)
+        assert (replay["number"], new) == (number, False)  # its reference answers it
     assert sequences.audit(redis_client, "invoice", series="eu")[-1]["recovered"] == 2
     # Both series number again: eu above what is in use, default (nothing in use) from 1.
     for name in ("default", "eu"):
