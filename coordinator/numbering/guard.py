@@ -53,11 +53,9 @@ def all_series(client: redis.Redis) -> list[str]:
     return [DEFAULT_SERIES, *sorted(set(client.smembers(keys.SERIES)) - {DEFAULT_SERIES})]
 
 
-def is_initialised(client: redis.Redis, series: str | None = None) -> bool:
-    """Whether ``series`` (None: any series of the store) has its numbering set explicitly."""
-    names = all_series(client) if series is None else [series]
-    return any(client.hexists(keys.seq_guard(seq, name), INITIALISED)
-               for name in names for seq in SEQUENCES)
+def is_initialised(client: redis.Redis, series: str) -> bool:
+    """Whether ``series`` has its numbering set explicitly."""
+    return any(client.hexists(keys.seq_guard(seq, series), INITIALISED) for seq in SEQUENCES)
 
 
 def restored_from(client: redis.Redis, series: str) -> str | None:
@@ -236,7 +234,9 @@ def check_synced_numbers(
 
 def behind_message(series: str, sequence: str, period: str, seen: str) -> str:
     """The refusal's message: which invoice, where, and what the admin does about it."""
-    number, formatted, system = (seen.split("|", 2) + ["", ""])[:3]
+    # ``<number>|<formatted>|<system>``: a format may contain "|", a system name cannot.
+    number, _, rest = seen.partition("|")
+    formatted, _, system = rest.rpartition("|")
     where = "" if series == DEFAULT_SERIES else f" of series {series}"
     return (f"numbering of {sequence}{where} in period {period} is refused: the WHMCS of "
             f"{system} already shows {formatted} (number {number}), above the last number this "

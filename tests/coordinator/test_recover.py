@@ -18,8 +18,17 @@ from agent._models import Allocation
 from coordinator import keys
 from coordinator.cli import main
 from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
-from coordinator.numbering import allocation, chain, gaps, iter_ledger, sequences
+from coordinator.numbering import (
+    allocation,
+    chain,
+    gaps,
+    guard,
+    iter_ledger,
+    sequences,
+    series,
+)
 from coordinator.numbering import recover as recovery
+from coordinator.numbering.ledger import periods
 from coordinator.numbering.recover import Evidence
 from coordinator.ops.embedded import ValkeyServer
 from tests.coordinator.forecaster import conftest as forecaster_fixtures
@@ -238,3 +247,65 @@ def test_property_recover_ends_exactly_above_everything_in_use_and_never_lowers(
                 covered |= ({gap["number"]} if "number" in gap
                             else set(range(gap["after"] + 1, gap["before"])))
         assert covered >= set(range(1, counter + 1)), (full, covered)
+
+
+def test_the_plan_and_the_result_say_exactly_what_recover_does(redis_client, monkeypatch):
+    evidence = [Evidence("blue", f"INV-2026-{n:06d}", "whmcs:blue", reference=str(n))
+                for n in (3, 6)]
+    evidence.append(Evidence("red", "INV-2026-000007", "whmcs:red"))  # no reference known
+    evidence += [Evidence("blue", f"legacy-{n}", "whmcs:blue") for n in range(1, 7)]
+    plan = recovery.plan(redis_client, evidence, {})
+    # As `recover --dry-run --json` prints it: numbers 1, 2, 4 and 5 no source showed.
+    assert json.dumps(plan.describe()) == json.dumps({
+        "periods": [{"series": "default", "sequence": "invoice", "period": "2026", "counter": 0,
+                     "new_counter": 7, "next_number": 8, "raise": True, "in_use": 3,
+                     "already_in_ledger": 0, "recover": 3,
+                     "sources": {"whmcs:blue": 2, "whmcs:red": 1},
+                     "unknown_skipped": 4, "first": [3], "last": [7]}],
+        "initialise_series": [], "unread": 6,
+        "unread_examples": [f"legacy-{n} (blue, whmcs:blue)" for n in range(1, 6)]})
+    # Meanwhile number 3 is issued here (an admin let the store number): apply keeps it.
+    sequences.update(redis_client, "invoice", {"next_number": 3}, actor="admin", period="2026")
+    assert allocation.allocate(redis_client, "blue", "invoice", "new", DAY)[0]["number"] == 3
+    monkeypatch.setattr(recovery, "ENTRIES_PER_STEP", 1)  # one atomic step per number
+    # As `recover --json` prints what it did (the counters as the server answers them).
+    assert recovery.apply(redis_client, plan, actor="t", reason="check") == [
+        {"series": "default", "sequence": "invoice", "period": "2026", "counter": "3",
+         "new_counter": "7", "recovered": 2, "skipped": [{"number": "3", "why": "in_ledger"}]}]
+    recovered = {e["number"]: e for e in iter_ledger(redis_client, "invoice", "2026")}
+    assert [(recovered[n]["id"], recovered[n]["system"], recovered[n]["document"],
+             recovered[n]["reference"]) for n in (6, 7)] == [
+        ("invoice:2026:6", "blue", "invoice", "6"), ("invoice:2026:7", "red", "invoice", "")]
+    assert allocation.allocate(redis_client, "blue", "invoice", "6", DAY)[0]["number"] == 6
+
+
+def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
+    redis_client.flushall()  # lost; eu's numbers are in green's WHMCS and journal, default's none
+    series.create_series(redis_client, "eu", "EU entity")  # the admin registers it again
+    evidence = [Evidence("green", "INV-2026-000004", "whmcs:green", reference="4"),
+                Evidence("teal", "INV-2026-000005", "journal:teal", reference="r5",
+                         document="invoice", series="eu", sequence="invoice", period="2026",
+                         number=5)]
+    done = recovery.apply(redis_client, recovery.plan(redis_client, evidence, {"green": "eu"}),
+                          actor="t", reason="lost")
+    assert [(d["series"], d["new_counter"], d["recovered"]) for d in done] == [("eu", "5", 2)]
+    ledger = {e["number"]: e for e in iter_ledger(redis_client, "invoice", "2026", series="eu")}
+    assert {n: (e["id"], e["system"]) for n, e in ledger.items()} == {
+        4: ("eu/invoice:2026:4", "green"), 5: ("eu/invoice:2026:5", "teal")}
+    verified = chain.verify(redis_client, "invoice", series="eu")
+    assert verified["ok"] and verified["unchained_numbers"] == 0, verified
+    assert "2026" in periods(redis_client, "invoice", series="eu")
+    # 1-3 no source showed: listed as skipped in eu's gap report, not as missing.
+    assert [(g["kind"], g.get("after")) for g in gaps(
+        redis_client, "invoice", "2026", grace_seconds=10**9, series="eu")] == [("skipped", 0)]
+    for system, reference, number in (("green", "4", 4), ("teal", "r5", 5)):
+        series.leave(redis_client, "default", system)
+        series.join(redis_client, "eu", system)
+        redis_client.hset(keys.system(system), mapping={"name": system, "series": "eu"})
+        replay, new = allocation.allocate(redis_client, system, "invoice", reference, DAY)
+        assert (replay["number"], new) == (number, False)  # its reference answers it
+    assert sequences.audit(redis_client, "invoice", series="eu")[-1]["recovered"] == 2
+    # Both series number again: eu above what is in use, default (nothing in use) from 1.
+    for name in ("default", "eu"):
+        assert guard.is_initialised(redis_client, name)
+    assert allocation.allocate(redis_client, "blue", "invoice", "1", DAY)[0]["number"] == 1
