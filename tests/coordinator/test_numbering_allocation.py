@@ -331,6 +331,10 @@ def test_each_refused_transition_says_exactly_why(client, agent, admin):
         404, "No allocation 'nonsense'")
     assert refusal("default/invoice:2026:1/confirm", blue, {"invoicenum": "X"}) == (
         404, "No allocation 'default/invoice:2026:1'")
+    # reading a well-formed id that was never allocated names it the same way
+    missing = client.get("/v1/allocations/invoice:2026:9", headers=admin)
+    assert (missing.status_code, missing.get_json()["message"]) == (
+        404, "No allocation 'invoice:2026:9'")
     assert refusal("invoice:2026:1/confirm", red, {"invoicenum": "INV-2026-000001"}) == (
         403, "This agent token belongs to another system")
     assert refusal("invoice:2026:1/confirm", blue, {"invoicenum": "INV-2026-1"}) == (

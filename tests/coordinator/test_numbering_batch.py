@@ -17,6 +17,7 @@ from coordinator.app import create_app
 from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, iter_ledger
 from coordinator.numbering.allocation import BatchConflict, Hints, Item
+from coordinator.numbering.sequences import MAX_NUMBER
 from coordinator.ops.embedded import ValkeyServer
 from tests.support import initialise_numbering, snapshot
 
@@ -76,7 +77,34 @@ def test_exhausted_in_the_middle_takes_nothing(client, agent, admin, valkey):
     before = snapshot(valkey.url)
     response = batch(client, blue, *[("invoice", f"r{i}", "2026-01-01") for i in range(3)])
     assert response.status_code == 409
-    assert list(response.get_json()["errors"]["json"]["items"]) == ["2"]
+    reason = ("sequence exhausted: invoice cannot issue a number after 9 within its padding "
+              f"(or the cap {MAX_NUMBER}); raise the padding or change the format's period")
+    body = response.get_json()
+    assert body["errors"] == {"json": {"items": {"2": {"reference": [reason]}}}}
+    assert body["message"] == (
+        f"Item 2 cannot be numbered, so no number of this batch was taken: {reason}")
+    assert snapshot(valkey.url) == before
+
+
+def test_a_number_the_series_already_printed_is_refused_by_name(client, agent, admin,
+                                                                redis_client, valkey):
+    """The formatted-number index holds the next string (e.g. a number recovered from a
+    WHMCS): the batch is refused with the string and its owner named, nothing taken."""
+    blue = agent("blue")
+    patched = client.patch("/v1/sequences/invoice", headers=admin,
+                           json={"format": "I{YEAR}-{NUMBER}", "padding": 1, "next_number": 5})
+    assert patched.status_code == 200, patched.get_json()
+    redis_client.hset(keys.series_formatted("default"), "I2026-5", "credit_note:2026:3")
+    before = snapshot(valkey.url)
+    response = batch(client, blue, ("invoice", "r0", "2026-01-01"))
+    assert response.status_code == 409
+    reason = ("The next invoice number would print as 'I2026-5', which series 'default' "
+              "already issued (credit_note:2026:3); no number was taken. Raise next_number "
+              "or change the format so the series prints a new string")
+    body = response.get_json()
+    assert body["errors"] == {"json": {"items": {"0": {"reference": [reason]}}}}
+    assert body["message"] == (
+        f"Item 0 cannot be numbered, so no number of this batch was taken: {reason}")
     assert snapshot(valkey.url) == before
 
 

@@ -36,6 +36,7 @@ from coordinator.numbering import (
     sequences,
     settled,
 )
+from coordinator.numbering import series as series_mod
 from coordinator.numbering.allocation import Hints
 from coordinator.numbering.scripts import Durability
 from tests.support import initialise_numbering, release_data_dir, upgraded_copy
@@ -335,6 +336,26 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
                              period="2026", number=3)
     plan = recover.plan(redis_client, [found], {})
     assert plan.periods[0].in_ledger == {3}
+
+
+def test_a_settled_number_of_another_series_answers_its_replay(redis_client):
+    """A replay of a number compacted out of series eu's ledger answers from eu's reference
+    index and blocks (those of default know nothing of it)."""
+    series_mod.create_series(redis_client, "eu")
+    series_mod.join(redis_client, "eu", "blue")
+    hints = Hints(series_of={"blue": "eu"})
+    taken = []
+    for i in range(4):
+        entry, _ = allocation.allocate(redis_client, "blue", "invoice", f"r-{i}", DAY, None,
+                                       hints)
+        allocation.transition(redis_client, entry["id"], "confirm", entry["formatted"],
+                              actor_kind="agent", actor_system="blue", actor="agent:blue")
+        taken.append(allocation.get(redis_client, entry["id"]))
+    chain.seal(redis_client, "invoice", series="eu")
+    compaction.run(redis_client, "invoice", SETTLE_NOW, series="eu")
+    assert not redis_client.hexists(keys.seq_ledger("invoice", "2026", "eu"), "1")  # settled
+    replay, new = allocation.allocate(redis_client, "blue", "invoice", "r-0", DAY, None, hints)
+    assert (replay, new) == (taken[0], False)
 
 
 # --- upgrade -------------------------------------------------------------------------------

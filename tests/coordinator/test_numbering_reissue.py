@@ -97,6 +97,20 @@ def test_a_reissued_number_voided_again_can_be_reissued_again(client, admin, blu
     assert take(client, blue, "r-1", status=200)["id"] == third.get_json()["id"]
 
 
+def test_reissue_in_a_sequence_that_never_resets(client, admin, blue):
+    """Numbers of a sequence without periods (``invoice:all:N``) are reissued there too."""
+    patched = client.patch("/v1/sequences/invoice", headers=admin,
+                           json={"reset": "never", "format": "{NUMBER}"})
+    assert patched.status_code == 200, patched.get_json()
+    first = take(client, blue, "r-1")
+    assert first["id"] == "invoice:all:1"
+    void(client, blue, first)
+    response = reissue(client, admin, first["id"])
+    assert response.status_code == 201, response.get_json()
+    assert (response.get_json()["id"], response.get_json()["formatted"]) == (
+        "invoice:all:2", "000002")
+
+
 def test_reissue_in_another_series_and_for_a_monthly_credit_note(client, admin, redis_client):
     assert client.post("/v1/series", headers=admin,
                        json={"name": "acme-us"}).status_code == 201

@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 
 from coordinator import keys
 from coordinator.app import create_app
+from coordinator.numbering import allocation
 from coordinator.numbering.api import SEALER
 from tests.coordinator.systems_support import FakeResolver, body
 from tests.support import initialise_numbering, snapshot
@@ -250,6 +251,33 @@ def test_stale_process_never_numbers_a_system_in_its_old_series(client, admin, a
     # The old number stays in default's ledger, under the name it was issued to.
     old = client.get("/v1/allocations/invoice:2026:1", headers=admin).get_json()
     assert (old["system"], old["reference"]) == ("indigo", "i1")
+
+
+def test_a_registration_stopped_before_its_series_knew_the_system_is_finished(
+        client, admin, redis_client, monkeypatch):
+    """The registry names acme for orange, but the registration stopped before acme's
+    members knew it: the first allocation finishes the join and numbers in acme; a system
+    closed meanwhile (an admin's move racing that repair) is never reopened by it."""
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    orange = register(client, admin, "orange", series="acme")
+    redis_client.hdel(keys.series_members("acme"), "orange")
+    entry = take(client, orange, "o1").get_json()
+    assert (entry["series"], entry["id"]) == ("acme", "acme/invoice:2026:1")
+    assert redis_client.hget(keys.series_members("acme"), "orange") == "open"
+
+    teal = register(client, admin, "teal", series="acme")
+    redis_client.hdel(keys.series_members("acme"), "teal")
+    lookup, calls = allocation.series_mod.series_of_system, []
+
+    def closed_meanwhile(client_, system):
+        calls.append(system)
+        if len(calls) == 2:  # acme refused teal; an admin closes it there right now
+            redis_client.hset(keys.series_members("acme"), "teal", "closed")
+        return lookup(client_, system)
+
+    monkeypatch.setattr(allocation.series_mod, "series_of_system", closed_meanwhile)
+    assert take(client, teal, "t1").status_code == 503
+    assert redis_client.hget(keys.series_members("acme"), "teal") == "closed"
 
 
 def test_delete_system_and_series(client, admin):
