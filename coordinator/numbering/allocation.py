@@ -225,7 +225,7 @@ def allocate_batch(
                     chain.Appended(series, sequence, int(length), head, tuple(unsealed))
                     for sequence, length, head, unsealed in reply[len(items) + 1])
             if durability is not None:
-                scripts.check_durable(wait, durability)
+                scripts.check_durable(wait)
             return results
         index = int(reply[1]) - 1
         code, detail = reply[2], reply[3:]
@@ -360,7 +360,7 @@ def transition(
             raise Conflict(f"{allocation_id} is void and cannot be confirmed")
         raise Forbidden(f"{allocation_id} is confirmed: only an admin can void it")
     if durability is not None:
-        scripts.check_durable(wait, durability)
+        scripts.check_durable(wait)
     return entry_out(reply[1], series), reply[0] == "changed"
 
 
@@ -418,7 +418,7 @@ def reissue(
     )
     if reply[0] == "new":
         if durability is not None:
-            scripts.check_durable(wait, durability)
+            scripts.check_durable(wait)
         return entry_out(reply[1], series), entry_out(reply[2], series)
     code = reply[1]
     if code == "notfound":

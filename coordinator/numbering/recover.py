@@ -225,5 +225,5 @@ def _run_step(
             str(each.highest), json.dumps([[str(a), str(b)] for a, b in each.holes])]
     reply, wait = scripts.run(client, RECOVER, [*fixed, *refs], args, durability)
     if durability is not None:
-        scripts.check_durable(wait, durability)
+        scripts.check_durable(wait)
     return reply

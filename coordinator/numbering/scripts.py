@@ -75,7 +75,7 @@ class _Confirmation:
     replies: Sequence[Any]
 
 
-def check_durable(wait: _Confirmation, durability: Durability) -> None:
+def check_durable(wait: _Confirmation) -> None:
     """Raise ``NotDurable`` unless the confirmation queued with the write holds (see
     :meth:`coordinator.ops.confirmation.Durability.confirm`)."""
     wait.durability.confirm(wait.replies)

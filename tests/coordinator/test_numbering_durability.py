@@ -184,3 +184,23 @@ def test_confirm_and_void_wait_for_durability(tmp_path, server_binary):
         assert (again.status_code, again.get_json()["status"]) == (200, "confirmed")
     finally:
         primary.stop()
+
+
+def test_a_connection_lost_under_a_script_stays_a_connection_error_and_is_probed_again(
+        redis_client, monkeypatch):
+    """A dropped connection (a failover) under a numbering script: the caller gets the
+    connection error (the API's 503), with or without a durability wait, and the cached
+    durability verdict is dropped so the next write probes the server again."""
+    from coordinator.numbering import scripts
+    from coordinator.ops.confirmation import Durability, Guard
+
+    def lost(*args, **kwargs):
+        raise redis.ConnectionError("Connection closed by server.")
+
+    guard = Guard({"DURABLE_REPLICAS": 0, "DURABILITY_RECHECK_SECONDS": 3600})
+    guard.refresh(redis_client)
+    monkeypatch.setattr(scripts.lua, "run", lost)
+    for durability in (None, Durability(guard=guard)):
+        with pytest.raises(redis.ConnectionError, match="^Connection closed by server.$"):
+            scripts.run(redis_client, scripts.SETTINGS, ["{ser:default}:k"], [], durability)
+    assert guard._verdict is None  # forgotten: the next write probes again

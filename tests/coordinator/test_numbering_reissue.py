@@ -228,7 +228,7 @@ def test_not_durable_is_503_and_the_retry_names_the_number_taken(
 
     voided = void(client, blue, take(client, blue, "r-1"))
 
-    def not_durable(wait, durability):
+    def not_durable(wait):
         raise NotDurable("fsync not confirmed in time")
 
     monkeypatch.setattr(allocation.scripts, "check_durable", not_durable)
