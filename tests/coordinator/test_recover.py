@@ -17,7 +17,7 @@ from agent import Journal
 from agent._models import Allocation
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
+from coordinator.exceptions import Conflict, NumberingBehind, NumberingNotInitialised
 from coordinator.numbering import (
     allocation,
     chain,
@@ -309,3 +309,46 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
     for name in ("default", "eu"):
         assert guard.is_initialised(redis_client, name)
     assert allocation.allocate(redis_client, "blue", "invoice", "1", DAY)[0]["number"] == 1
+
+
+def test_recover_in_a_series_counting_by_two_keeps_its_gap_report_and_audit_in_twos(
+        redis_client):
+    redis_client.flushall()  # lost; eu numbers 2, 4, 6... and green's WHMCS shows 4 and 6
+    series.create_series(redis_client, "eu", "EU entity")
+    sequences.update(redis_client, "invoice", {"increment": 2}, actor="admin", series="eu")
+    evidence = [Evidence("green", f"INV-2026-{n:06d}", "whmcs:green", reference=str(n))
+                for n in (4, 6)]
+    recovery.apply(redis_client, recovery.plan(redis_client, evidence, {"green": "eu"}),
+                   actor="t", reason="lost")
+    # 2 no source showed is a skip; 4 and 6 follow each other: nothing is missing, by the
+    # indexed report and by the full walk (which reads each entry's previous number).
+    for full in (False, True):
+        assert [(g["kind"], g.get("after")) for g in gaps(
+            redis_client, "invoice", "2026", grace_seconds=10**9, full=full, series="eu")] == [
+            ("skipped", 0)], full
+    audit = sequences.audit(redis_client, "invoice", series="eu")[-1]
+    assert (audit["before"], audit["after"]) == ({"next_number": "2"}, {"next_number": "8"})
+    series.leave(redis_client, "default", "green")
+    series.join(redis_client, "eu", "green")
+    redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
+    assert allocation.allocate(redis_client, "green", "invoice", "new", DAY)[0]["number"] == 8
+
+
+def test_a_recovered_number_is_never_printed_again_by_a_later_format(redis_client):
+    # The lost store's invoices printed CN-2026-… (credit notes shared their sequence).
+    sequences.set_dedicated(redis_client, False, actor="admin")
+    sequences.update(redis_client, "invoice", {"format": "CN-{YEAR}-{NUMBER}"}, actor="admin")
+    evidence = [Evidence("blue", "CN-2026-000001", "whmcs:blue", reference="1")]
+    recovery.apply(redis_client, recovery.plan(redis_client, evidence, {}), actor="t",
+                   reason="lost")
+    # Later invoices print INV-…, and credit notes get their own sequence printing CN-…: its
+    # first number would print the recovered invoice's CN-2026-000001 again (invariant 2b).
+    sequences.update(redis_client, "invoice", {"format": "INV-{YEAR}-{NUMBER}"}, actor="admin")
+    sequences.set_dedicated(redis_client, True, actor="admin")
+    with pytest.raises(Conflict) as refused:
+        allocation.allocate(redis_client, "blue", "credit_note", "c1", DAY)
+    assert refused.value.message == (
+        "The next credit_note number would print as 'CN-2026-000001', which series 'default' "
+        "already issued (invoice:2026:1); no number was taken. Raise next_number or change the "
+        "format so the series prints a new string")
+
