@@ -17,7 +17,12 @@ from agent import Journal
 from agent._models import Allocation
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.exceptions import Conflict, NumberingBehind, NumberingNotInitialised
+from coordinator.exceptions import (
+    Conflict,
+    NotDurable,
+    NumberingBehind,
+    NumberingNotInitialised,
+)
 from coordinator.numbering import (
     allocation,
     chain,
@@ -30,6 +35,7 @@ from coordinator.numbering import (
 from coordinator.numbering import recover as recovery
 from coordinator.numbering.ledger import periods
 from coordinator.numbering.recover import Evidence
+from coordinator.ops.confirmation import Durability
 from coordinator.ops.embedded import ValkeyServer
 from tests.coordinator.forecaster import conftest as forecaster_fixtures
 from tests.support import initialise_numbering
@@ -352,3 +358,27 @@ def test_a_recovered_number_is_never_printed_again_by_a_later_format(redis_clien
         "already issued (invoice:2026:1); no number was taken. Raise next_number or change the "
         "format so the series prints a new string")
 
+
+
+def test_a_recover_stopped_by_durability_leaves_the_lost_store_refusing_until_rerun(
+        redis_client):
+    redis_client.flushall()  # lost; blue's WHMCS shows 2025's number 3 and 2026's number 4
+    plan = recovery.plan(redis_client, [
+        Evidence("blue", f"INV-{year}-{n:06d}", "whmcs:blue", reference=str(n))
+        for year, n in ((2025, 3), (2026, 4))], {})
+    # What `Guard.current` answers while a replica is connected; it then stops acknowledging
+    # (the session server has none): 2025's step is written but not confirmed, and recover
+    # stops before 2026's.
+    lost_replica = Durability(replicas=1, timeout_ms=50)
+    with pytest.raises(NotDurable, match="^Not confirmed durable within 50 ms "):
+        recovery.apply(redis_client, plan, actor="t", reason="lost", durability=lost_replica)
+    # The store now has history, yet it is no previous release's data to adopt: 2026 would
+    # hand out 1..4 again.
+    with pytest.raises(NumberingNotInitialised, match="^numbering of series default waits for "
+                                                      "`invoice-sync recover`, which stopped"):
+        allocation.allocate(redis_client, "blue", "invoice", "new", DAY)
+    assert guard.adopt_all(redis_client) == ["default"]  # what serve does at start
+    # Run again, confirmed: it keeps what the first run wrote and numbering resumes above it.
+    assert [(d["period"], d["new_counter"], d["recovered"]) for d in recovery.apply(
+        redis_client, plan, actor="t", reason="lost")] == [("2025", "3", 0), ("2026", "4", 1)]
+    assert allocation.allocate(redis_client, "blue", "invoice", "new", DAY)[0]["number"] == 5
