@@ -42,6 +42,10 @@ INITIALISED = "initialised"
 RESTORED = "restored"
 """Field of the guard hash: the backup a restore loaded (until ``recover`` or an admin's set)."""
 
+RECOVERING = "recovering"
+"""Field of the guard hash: a ``recover`` began writing into a series not initialised and has
+not finished (until it does, or an admin's set): its entries are no previous release's data."""
+
 
 def seen_field(period: str) -> str:
     """Field of the guard hash: the highest number a sync saw in ``period``."""
@@ -58,24 +62,45 @@ def is_initialised(client: redis.Redis, series: str) -> bool:
     return any(client.hexists(keys.seq_guard(seq, series), INITIALISED) for seq in SEQUENCES)
 
 
-def restored_from(client: redis.Redis, series: str) -> str | None:
-    """Return the ``restored`` record of ``series`` (which backup), or None."""
+def _mark(client: redis.Redis, series: str, field: str) -> str | None:
+    """Return the first value of ``field`` in the guard hashes of ``series``, or None."""
     for seq in SEQUENCES:
-        value = client.hget(keys.seq_guard(seq, series), RESTORED)
+        value = client.hget(keys.seq_guard(seq, series), field)
         if value:
             return value
     return None
 
 
+def restored_from(client: redis.Redis, series: str) -> str | None:
+    """Return the ``restored`` record of ``series`` (which backup), or None."""
+    return _mark(client, series, RESTORED)
+
+
+def recovering(client: redis.Redis, series: str) -> str | None:
+    """Return the ``recovering`` record of ``series`` (when, by whom), or None."""
+    return _mark(client, series, RECOVERING)
+
+
+def mark_recovering(client: redis.Redis, reason: str, series: str) -> None:
+    """Record, before ``recover`` writes into ``series`` (not initialised), that it began: if
+    it stops half-way, the entries it wrote do not get the series adopted."""
+    stamp = f"{iso(utcnow())} {reason}"
+    with client.pipeline(transaction=True) as pipe:  # one slot: the series'
+        for seq in SEQUENCES:
+            pipe.hset(keys.seq_guard(seq, series), RECOVERING, stamp)
+        pipe.execute()
+
+
 def mark_initialised(client: redis.Redis, reason: str, series: str | None = None) -> None:
     """Record that the numbering was set explicitly (every sequence of ``series``, None: of
-    every series); the first record is kept. Clears a restore's ``restored`` mark."""
+    every series); the first record is kept. Clears a restore's ``restored`` mark and an
+    unfinished ``recover``'s ``recovering`` mark."""
     stamp = f"{iso(utcnow())} {reason}"
     for name in all_series(client) if series is None else [series]:
         with client.pipeline(transaction=True) as pipe:  # one slot: the series'
             for seq in SEQUENCES:
                 pipe.hsetnx(keys.seq_guard(seq, name), INITIALISED, stamp)
-                pipe.hdel(keys.seq_guard(seq, name), RESTORED)
+                pipe.hdel(keys.seq_guard(seq, name), RESTORED, RECOVERING)
             pipe.execute()
 
 
@@ -111,9 +136,10 @@ def adopt(client: redis.Redis, series: str) -> bool:
     """Initialise ``series`` if the store shows it was never lost; return whether it did.
 
     For data of the previous release (no guard yet) and series created in a live store. A
-    restored series is never adopted: it waits for ``recover``.
+    restored series, or one an unfinished ``recover`` wrote into, is never adopted: it waits
+    for ``recover``.
     """
-    if restored_from(client, series):
+    if restored_from(client, series) or recovering(client, series):
         return False
     if _has_history(client, series):
         mark_initialised(client, "numbering of the previous release (issued or set)", series)
@@ -144,6 +170,11 @@ def not_initialised_message(client: redis.Redis, series: str) -> str:
                 "`invoice-sync recover` (it reads every system's WHMCS and raises the counters "
                 "past what it finds), or set next_number of the sequences "
                 "(PATCH /v1/sequences/{name}); see docs/RECOVERY.md")
+    unfinished = recovering(client, series)
+    if unfinished:
+        return (f"numbering of series {series} waits for `invoice-sync recover`, which stopped "
+                f"before it finished ({unfinished}): run it again (it keeps what it wrote and "
+                "raises the counters it did not reach); see docs/RECOVERY.md")
     return (f"numbering of series {series} is not initialised: this store never issued a "
             "number there and its sequences were never set explicitly, so it may have lost "
             "its data. Restore a backup, run `invoice-sync recover`, or set next_number of the "

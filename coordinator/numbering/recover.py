@@ -177,6 +177,12 @@ def apply(
     """
     done = []
     now = iso(utcnow())
+    touched = {p.series for p in recovery.periods} | set(recovery.series)
+    for name in sorted(touched):
+        if not guard.is_initialised(client, name):
+            # Should a step below fail, its entries must not pass for the previous release's
+            # data: allocation would adopt the series with the periods not reached unraised.
+            guard.mark_recovering(client, f"by {actor}: {reason}", name)
     for each in recovery.periods:
         numbers = each.to_recover or []
         chunks = [numbers[i:i + ENTRIES_PER_STEP]
@@ -191,7 +197,7 @@ def apply(
             skipped = json.loads(reply[3])
             result["skipped"] += skipped if isinstance(skipped, list) else []
         done.append(result)
-    for name in {p.series for p in recovery.periods} | set(recovery.series):
+    for name in touched:
         guard.mark_initialised(client, f"recovered by {actor}: {reason}", name)
     return done
 

@@ -17,7 +17,12 @@ from agent import Journal
 from agent._models import Allocation
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.exceptions import NumberingBehind, NumberingNotInitialised
+from coordinator.exceptions import (
+    Conflict,
+    NotDurable,
+    NumberingBehind,
+    NumberingNotInitialised,
+)
 from coordinator.numbering import (
     allocation,
     chain,
@@ -30,6 +35,7 @@ from coordinator.numbering import (
 from coordinator.numbering import recover as recovery
 from coordinator.numbering.ledger import periods
 from coordinator.numbering.recover import Evidence
+from coordinator.ops.confirmation import Durability
 from coordinator.ops.embedded import ValkeyServer
 from tests.coordinator.forecaster import conftest as forecaster_fixtures
 from tests.support import initialise_numbering
@@ -309,3 +315,70 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
     for name in ("default", "eu"):
         assert guard.is_initialised(redis_client, name)
     assert allocation.allocate(redis_client, "blue", "invoice", "1", DAY)[0]["number"] == 1
+
+
+def test_recover_in_a_series_counting_by_two_keeps_its_gap_report_and_audit_in_twos(
+        redis_client):
+    redis_client.flushall()  # lost; eu numbers 2, 4, 6... and green's WHMCS shows 4 and 6
+    series.create_series(redis_client, "eu", "EU entity")
+    sequences.update(redis_client, "invoice", {"increment": 2}, actor="admin", series="eu")
+    evidence = [Evidence("green", f"INV-2026-{n:06d}", "whmcs:green", reference=str(n))
+                for n in (4, 6)]
+    recovery.apply(redis_client, recovery.plan(redis_client, evidence, {"green": "eu"}),
+                   actor="t", reason="lost")
+    # 2 no source showed is a skip; 4 and 6 follow each other: nothing is missing, by the
+    # indexed report and by the full walk (which reads each entry's previous number).
+    for full in (False, True):
+        assert [(g["kind"], g.get("after")) for g in gaps(
+            redis_client, "invoice", "2026", grace_seconds=10**9, full=full, series="eu")] == [
+            ("skipped", 0)], full
+    audit = sequences.audit(redis_client, "invoice", series="eu")[-1]
+    assert (audit["before"], audit["after"]) == ({"next_number": "2"}, {"next_number": "8"})
+    series.leave(redis_client, "default", "green")
+    series.join(redis_client, "eu", "green")
+    redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
+    assert allocation.allocate(redis_client, "green", "invoice", "new", DAY)[0]["number"] == 8
+
+
+def test_a_recovered_number_is_never_printed_again_by_a_later_format(redis_client):
+    # The lost store's invoices printed CN-2026-… (credit notes shared their sequence).
+    sequences.set_dedicated(redis_client, False, actor="admin")
+    sequences.update(redis_client, "invoice", {"format": "CN-{YEAR}-{NUMBER}"}, actor="admin")
+    evidence = [Evidence("blue", "CN-2026-000001", "whmcs:blue", reference="1")]
+    recovery.apply(redis_client, recovery.plan(redis_client, evidence, {}), actor="t",
+                   reason="lost")
+    # Later invoices print INV-…, and credit notes get their own sequence printing CN-…: its
+    # first number would print the recovered invoice's CN-2026-000001 again (invariant 2b).
+    sequences.update(redis_client, "invoice", {"format": "INV-{YEAR}-{NUMBER}"}, actor="admin")
+    sequences.set_dedicated(redis_client, True, actor="admin")
+    with pytest.raises(Conflict) as refused:
+        allocation.allocate(redis_client, "blue", "credit_note", "c1", DAY)
+    assert refused.value.message == (
+        "The next credit_note number would print as 'CN-2026-000001', which series 'default' "
+        "already issued (invoice:2026:1); no number was taken. Raise next_number or change the "
+        "format so the series prints a new string")
+
+
+
+def test_a_recover_stopped_by_durability_leaves_the_lost_store_refusing_until_rerun(
+        redis_client):
+    redis_client.flushall()  # lost; blue's WHMCS shows 2025's number 3 and 2026's number 4
+    plan = recovery.plan(redis_client, [
+        Evidence("blue", f"INV-{year}-{n:06d}", "whmcs:blue", reference=str(n))
+        for year, n in ((2025, 3), (2026, 4))], {})
+    # What `Guard.current` answers while a replica is connected; it then stops acknowledging
+    # (the session server has none): 2025's step is written but not confirmed, and recover
+    # stops before 2026's.
+    lost_replica = Durability(replicas=1, timeout_ms=50)
+    with pytest.raises(NotDurable, match="^Not confirmed durable within 50 ms "):
+        recovery.apply(redis_client, plan, actor="t", reason="lost", durability=lost_replica)
+    # The store now has history, yet it is no previous release's data to adopt: 2026 would
+    # hand out 1..4 again.
+    with pytest.raises(NumberingNotInitialised, match="^numbering of series default waits for "
+                                                      "`invoice-sync recover`, which stopped"):
+        allocation.allocate(redis_client, "blue", "invoice", "new", DAY)
+    assert guard.adopt_all(redis_client) == ["default"]  # what serve does at start
+    # Run again, confirmed: it keeps what the first run wrote and numbering resumes above it.
+    assert [(d["period"], d["new_counter"], d["recovered"]) for d in recovery.apply(
+        redis_client, plan, actor="t", reason="lost")] == [("2025", "3", 0), ("2026", "4", 1)]
+    assert allocation.allocate(redis_client, "blue", "invoice", "new", DAY)[0]["number"] == 5
