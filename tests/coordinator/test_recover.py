@@ -4,6 +4,7 @@ restored from an older backup (or a lost one) numbers again above every number i
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 
 import pytest
@@ -382,3 +383,25 @@ def test_a_recover_stopped_by_durability_leaves_the_lost_store_refusing_until_re
     assert [(d["period"], d["new_counter"], d["recovered"]) for d in recovery.apply(
         redis_client, plan, actor="t", reason="lost")] == [("2025", "3", 0), ("2026", "4", 1)]
     assert allocation.allocate(redis_client, "blue", "invoice", "new", DAY)[0]["number"] == 5
+
+
+def test_a_recover_stopped_in_one_series_keeps_that_series_waiting_and_says_who_ran_it(
+        redis_client):
+    redis_client.flushall()  # lost; default was set again by an admin, eu waits for recover
+    guard.mark_initialised(redis_client, "set by an admin", "default")
+    series.create_series(redis_client, "eu", "EU entity")
+    plan = recovery.plan(redis_client, [
+        Evidence("green", f"INV-{year}-{n:06d}", "whmcs:green", reference=str(n))
+        for year, n in ((2025, 3), (2026, 4))], {"green": "eu"})
+    with pytest.raises(NotDurable):
+        recovery.apply(redis_client, plan, actor="ops", reason="disk lost",
+                       durability=Durability(replicas=1, timeout_ms=50))
+    # eu's own guard carries the mark (default's does not), so eu is not adopted for its
+    # history, and its refusal says which recover stopped and what to do.
+    assert guard.recovering(redis_client, "default") is None
+    assert guard.adopt(redis_client, "eu") is False
+    assert re.fullmatch(
+        r"numbering of series eu waits for `invoice-sync recover`, which stopped before it "
+        r"finished \(\d{4}-\d\d-\d\dT\S+ by ops: disk lost\): run it again \(it keeps what it "
+        r"wrote and raises the counters it did not reach\); see docs/RECOVERY\.md",
+        guard.not_initialised_message(redis_client, "eu"))
