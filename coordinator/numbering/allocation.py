@@ -224,8 +224,7 @@ def allocate_batch(
                 appended.extend(
                     chain.Appended(series, sequence, int(length), head, tuple(unsealed))
                     for sequence, length, head, unsealed in reply[len(items) + 1])
-            if durability is not None:
-                scripts.check_durable(wait)
+            scripts.check_durable(wait)
             return results
         index = int(reply[1]) - 1
         code, detail = reply[2], reply[3:]
@@ -359,8 +358,7 @@ def transition(
         if code == "void":
             raise Conflict(f"{allocation_id} is void and cannot be confirmed")
         raise Forbidden(f"{allocation_id} is confirmed: only an admin can void it")
-    if durability is not None:
-        scripts.check_durable(wait)
+    scripts.check_durable(wait)
     return entry_out(reply[1], series), reply[0] == "changed"
 
 
@@ -417,8 +415,7 @@ def reissue(
         durability,
     )
     if reply[0] == "new":
-        if durability is not None:
-            scripts.check_durable(wait)
+        scripts.check_durable(wait)
         return entry_out(reply[1], series), entry_out(reply[2], series)
     code = reply[1]
     if code == "notfound":

@@ -230,6 +230,5 @@ def _run_step(
             "" if each.series == DEFAULT_SERIES else f"{each.series}/", json.dumps(entries),
             str(each.highest), json.dumps([[str(a), str(b)] for a, b in each.holes])]
     reply, wait = scripts.run(client, RECOVER, [*fixed, *refs], args, durability)
-    if durability is not None:
-        scripts.check_durable(wait)
+    scripts.check_durable(wait)
     return reply

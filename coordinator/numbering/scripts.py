@@ -75,7 +75,9 @@ class _Confirmation:
     replies: Sequence[Any]
 
 
-def check_durable(wait: _Confirmation) -> None:
+def check_durable(wait: _Confirmation | None) -> None:
     """Raise ``NotDurable`` unless the confirmation queued with the write holds (see
-    :meth:`coordinator.ops.confirmation.Durability.confirm`)."""
-    wait.durability.confirm(wait.replies)
+    :meth:`coordinator.ops.confirmation.Durability.confirm`); None (run without durability)
+    has nothing to confirm."""
+    if wait is not None:
+        wait.durability.confirm(wait.replies)
