@@ -313,8 +313,10 @@ def test_submit_returns_at_once_and_waiting_work_is_coalesced_into_one_seal(
     sealer.submit(redis_client, take("a"))  # returns at once: the sealer's thread seals
     assert entered.wait(30)
     # While the thread seals a's event, two more allocations hand theirs over and return.
-    sealer.submit(redis_client, take("b"))
+    b = take("b")
+    sealer.submit(redis_client, b)
     sealer.submit(redis_client, take("c"))
+    sealer.submit(redis_client, b)  # b's request thread handing over after c's: c is kept
     assert calls == [1]
     release.set()
     assert sealer.drain(30)

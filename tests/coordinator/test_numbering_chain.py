@@ -4,6 +4,7 @@ and by the offline check of an export; auditors verify and export; upgraded data
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import subprocess
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.numbering import chain, checkpoints, compaction, export
+from coordinator.numbering import allocation, chain, checkpoints, compaction, export
+from coordinator.numbering import series as series_mod
+from coordinator.numbering.allocation import Hints
 from tests.coordinator import ledger_support
 from tests.coordinator.systems_support import body
 
@@ -175,6 +178,11 @@ def test_a_chain_longer_than_a_read_page_seals_verifies_and_exports_every_event(
     redis_client.ltrim(CHAIN, 0, 0)
     assert exported() == [(0, True, True), (1, False, False)] + [
         (seq, True, False) for seq in range(2, 7)]
+    # What follows an event without a hash chains to no hash ("" in prev and in the end's head).
+    records = list(chain.export_records(redis_client, "invoice"))
+    assert [r["prev"] for r in records if r["kind"] == "event"] == [
+        chain.GENESIS, hashes[0]] + [""] * 5
+    assert records[-1] == {"kind": "end", "events": 7, "head": ""}
     # Events removed at the end: their hashes are still exported, without their events.
     redis_client.delete(EVENTS)
     redis_client.rpush(EVENTS, *events[:3])
@@ -243,8 +251,11 @@ def test_bad_query_is_a_clear_error(client, admin):
 
 def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
         client, admin, blue, redis_client):
-    """Each series (legal entity) has its own chain: verify reads, seals and counts its own."""
+    """Each series (legal entity) has its own chain: verify reads, seals and counts its own;
+    the export and the readers that follow the ledger (the forecaster) read its own too."""
     history(client, admin, blue)  # default/invoice: 7 events, 6 of them archived in blocks
+    assert (chain.event_count(redis_client, "invoice"),
+            chain.first_listed(redis_client, "invoice")) == (7, 0)
     assert compaction.compact(redis_client, "invoice", block=2, keep=1) == 6
     assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
     made = client.post("/v1/systems", headers=admin, json=body(name="red", series="acme-us"))
@@ -267,6 +278,33 @@ def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
     default = chain.verify(redis_client, "invoice", signing=signing)
     assert default == {**default, "ok": True, "events": 7, "checkpoints": 0,
                        "series": "default", "period": None, "unchained_numbers": 0}
+    # A follower reads this series' events from its cursor; the archived ones come as None.
+    events = [json.loads(raw) for raw in redis_client.lrange(keys.seq_events(
+        "invoice", "acme-us"), 2, -1)]
+    assert [e["seq"] for e in events] == [2, 3]
+    assert chain.events_from(redis_client, "invoice", 1, 2, series="acme-us") == [
+        (1, None), (2, events[0])]
+    assert chain.events_from(redis_client, "invoice", 3, series="acme-us") == [(3, events[1])]
+    assert [(chain.event_count(redis_client, "invoice", series=s),
+             chain.first_listed(redis_client, "invoice", series=s))
+            for s in ("acme-us", "default")] == [(4, 2), (7, 6)]
+    # The export seals this series' pending events first, and names the series it is of.
+    redis_client.rpop(ours)
+    records = list(chain.export_records(redis_client, "invoice", "2026", series="acme-us",
+                                        signing=signing))
+    assert records[0] == {
+        "kind": "header", "format": "invoice-sync-ledger/1", "series": "acme-us",
+        "sequence": "invoice", "period": "2026", "genesis": "0" * 64,
+        "hash": "sha256(json.dumps({**event, 'prev': prev}, sort_keys=True, "
+                "separators=(',', ':'), ensure_ascii=False).encode('utf-8'))",
+        "public_keys": {kid: checkpoints.public_pem(key)
+                        for kid, key in signing.public().items()}}
+    assert [(r["seq"], r["hash"] is not None) for r in records[1:-2]] == [
+        (seq, True) for seq in range(4)]
+    assert records[-2:] == [
+        {"kind": "checkpoint", "checkpoint": checkpoints.stored(
+            redis_client, "invoice", series="acme-us")[0]},
+        {"kind": "end", "events": 4, "head": head}]
 
 
 def test_upgraded_data_without_events_verifies_and_counts_unchained_numbers(
@@ -281,6 +319,27 @@ def test_upgraded_data_without_events_verifies_and_counts_unchained_numbers(
     take(client, blue, "r-3")
     result = verify(client, admin)
     assert result["ok"] is True and result["events"] == 1 and result["unchained_numbers"] == 2
+
+
+def test_numbers_issued_before_the_chain_are_counted_in_their_series_also_once_settled(
+        redis_client):
+    """An upgraded series' numbers have no events: verify counts them as unchained, those
+    still in the ledger and those settled out of it, in that series only."""
+    series_mod.create_series(redis_client, "eu")
+    series_mod.join(redis_client, "eu", "blue")
+    hints = Hints(series_of={"blue": "eu"})
+    for i in range(4):
+        entry, _ = allocation.allocate(redis_client, "blue", "invoice", f"r-{i}",
+                                       dt.date(2026, 11, 21), None, hints)
+        allocation.transition(redis_client, entry["id"], "confirm", entry["formatted"],
+                              actor_kind="agent", actor_system="blue", actor="agent:blue")
+    redis_client.delete(keys.seq_events("invoice", "eu"), keys.seq_chain("invoice", "eu"))
+    settle = {"LEDGER_ARCHIVE_BLOCK": 2, "LEDGER_ARCHIVE_KEEP": 1,
+              "LEDGER_SETTLE_AFTER_SECONDS": 0}
+    assert compaction.run(redis_client, "invoice", settle, series="eu")["entries"] == 2
+    result = chain.verify(redis_client, "invoice", series="eu")
+    assert (result["ok"], result["events"], result["unchained_numbers"]) == (True, 0, 4)
+    assert chain.verify(redis_client, "invoice")["unchained_numbers"] == 0
 
 
 def test_cli_verify_exits_0_then_1_after_tampering(client, admin, blue, redis_client, valkey,
