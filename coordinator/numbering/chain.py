@@ -189,8 +189,9 @@ class Sealer:
                 self._thread.start()
             self._cond.notify()
 
-    def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until everything submitted so far is sealed (or failed); False on timeout."""
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything submitted so far is sealed (or failed); False after
+        ``timeout`` seconds (tests wait for the sealer's thread with it)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._waiting or self._sealing:

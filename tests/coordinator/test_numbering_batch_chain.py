@@ -19,6 +19,7 @@ from coordinator import clock, keys
 from coordinator.cli import main
 from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, chain, iter_ledger
+from coordinator.numbering import series as series_mod
 from coordinator.numbering.allocation import Hints, Item
 from coordinator.numbering.api import SEALER
 from tests.coordinator import redis_counting
@@ -290,6 +291,29 @@ def test_seal_appended_seals_the_rest_when_another_sealer_sealed_part(redis_clie
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
+def test_seal_appended_falls_back_to_reading_the_chain_of_its_own_series(redis_client):
+    """When what the script returned cannot be sealed as is, the series' own chain is read
+    and sealed (another series' is left alone)."""
+    series_mod.create_series(redis_client, "eu")
+    series_mod.join(redis_client, "eu", "blue")
+    appended: list[chain.Appended] = []
+    allocation.allocate_batch(redis_client, "blue", [
+        Item("invoice", str(i), date(2026, 3, 1)) for i in range(3)],
+        None, Hints(series_of={"blue": "eu"}), appended=appended)
+    (whole,) = appended
+    ours = keys.seq_chain("invoice", "eu")
+    assert chain.seal_appended(redis_client, chain.Appended(  # out of place
+        "eu", "invoice", 1, "", whole.events[:1])) == 3
+    redis_client.ltrim(ours, 0, 0)
+    assert chain.seal_appended(redis_client, chain.Appended(  # no events returned
+        "eu", "invoice", 1, "", ())) == 3
+    redis_client.ltrim(ours, 0, 0)
+    last = chain.Appended("eu", "invoice", 2, "", whole.events[2:])
+    assert chain.seal_appended(redis_client, last) == 3  # the chain shorter than it saw
+    assert chain.verify(redis_client, "invoice", series="eu")["events"] == 3
+    assert not redis_client.exists(keys.seq_chain("invoice"))
+
+
 def test_submit_returns_at_once_and_waiting_work_is_coalesced_into_one_seal(
         redis_client, monkeypatch):
     sealer, entered, release, calls = chain.Sealer(), threading.Event(), threading.Event(), []
@@ -318,6 +342,7 @@ def test_submit_returns_at_once_and_waiting_work_is_coalesced_into_one_seal(
     sealer.submit(redis_client, take("c"))
     sealer.submit(redis_client, b)  # b's request thread handing over after c's: c is kept
     assert calls == [1]
+    assert sealer.drain(0.01) is False  # a's seal is still held: drain gives up, says so
     release.set()
     assert sealer.drain(30)
     # The thread then sealed only the latest events it was handed: c's script returned

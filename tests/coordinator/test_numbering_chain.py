@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.numbering import allocation, chain, checkpoints, compaction, export
+from coordinator.numbering import allocation, chain, checkpoints, compaction, export, scripts
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.allocation import Hints
 from tests.coordinator import ledger_support
@@ -91,7 +91,8 @@ def test_refused_and_replayed_requests_append_no_event(client, admin, blue, redi
     assert redis_client.llen(EVENTS) == 1
 
 
-def test_sealing_is_idempotent_and_resumes_after_a_lost_seal(client, admin, blue, redis_client):
+def test_sealing_is_idempotent_and_resumes_after_a_lost_seal(client, admin, blue, redis_client,
+                                                             monkeypatch):
     history(client, admin, blue)
     chain.seal(redis_client, "invoice")
     sealed = redis_client.lrange(CHAIN, 0, -1)
@@ -99,6 +100,21 @@ def test_sealing_is_idempotent_and_resumes_after_a_lost_seal(client, admin, blue
     redis_client.ltrim(CHAIN, 0, 2)
     assert chain.seal(redis_client, "invoice") == 7
     assert chain.seal(redis_client, "invoice") == 7
+    assert redis_client.lrange(CHAIN, 0, -1) == sealed
+    # Two coordinators sealing at once: the one whose write finds the chain moved reads again
+    # and seals the rest.
+    redis_client.ltrim(CHAIN, 0, 2)
+    real, calls = scripts.SEAL, []
+
+    def raced(client, keys_, args):
+        calls.append(int(args[0]))
+        if len(calls) == 1:
+            redis_client.rpush(CHAIN, sealed[3])  # the other coordinator sealed event 3
+        return real(client, keys_, args)
+
+    monkeypatch.setattr(scripts, "SEAL", raced)
+    assert chain.seal(redis_client, "invoice") == 7
+    assert calls == [3, 4]
     assert redis_client.lrange(CHAIN, 0, -1) == sealed
 
 
@@ -173,9 +189,10 @@ def test_a_chain_longer_than_a_read_page_seals_verifies_and_exports_every_event(
                 for r in records if r["kind"] == "event"]
 
     assert exported() == [(seq, True, True) for seq in range(7)]
-    # An unreadable event stops sealing there; every event after it is still exported.
+    # An unreadable event stops sealing there (those before it are sealed); every event after
+    # it is still exported.
     redis_client.lset(EVENTS, 1, "not json")
-    redis_client.ltrim(CHAIN, 0, 0)
+    redis_client.delete(CHAIN)
     assert exported() == [(0, True, True), (1, False, False)] + [
         (seq, True, False) for seq in range(2, 7)]
     # What follows an event without a hash chains to no hash ("" in prev and in the end's head).
@@ -266,8 +283,9 @@ def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
     signing = checkpoints.SigningKeys.from_setting(checkpoints.generate_key())
     checkpoints.make(redis_client, signing, "invoice", series="acme-us")
     assert compaction.compact(redis_client, "invoice", series="acme-us", block=2, keep=1) == 2
-    take(client, red, "u-4", "2026-01-04")
+    last = take(client, red, "u-4", "2026-01-04")
     ours = keys.seq_chain("invoice", "acme-us")
+    assert redis_client.llen(ours) == 4  # sealed after the response, in its own chain
     head = redis_client.lindex(ours, -1)
     redis_client.rpop(ours)  # the last seal lost (a coordinator killed in the window)
     result = chain.verify(redis_client, "invoice", "2026", series="acme-us", signing=signing)
@@ -305,6 +323,10 @@ def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
         {"kind": "checkpoint", "checkpoint": checkpoints.stored(
             redis_client, "invoice", series="acme-us")[0]},
         {"kind": "end", "events": 4, "head": head}]
+    # A confirm's events are sealed after its response too (the sealer reads them).
+    assert client.post(f"/v1/allocations/{last['id']}/confirm", headers=red, json={
+        "invoicenum": last["formatted"]}).status_code == 200
+    assert redis_client.llen(ours) == 5
 
 
 def test_upgraded_data_without_events_verifies_and_counts_unchained_numbers(
