@@ -135,7 +135,7 @@ def seal_appended(client: redis.Redis, appended: Appended) -> int:
         return seal(client, appended.sequence, series=appended.series)
     chain_key = keys.seq_chain(appended.sequence, appended.series)
     start = appended.length
-    while start < appended.length + len(hashes):
+    while True:  # start only grows, and stays below the end until a return
         length = int(scripts.SEAL(client, [chain_key], [start, *hashes[start - appended.length:]]))
         if length < start:
             # The chain is shorter than the script saw it: let seal() judge what is there.
@@ -143,7 +143,6 @@ def seal_appended(client: redis.Redis, appended: Appended) -> int:
         if length >= appended.length + len(hashes):
             return length  # sealed now, or already by another sealer
         start = length  # another sealer sealed part of these events: seal the rest
-    return start
 
 
 class Sealer:

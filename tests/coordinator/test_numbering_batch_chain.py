@@ -352,6 +352,18 @@ def test_submit_returns_at_once_and_waiting_work_is_coalesced_into_one_seal(
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
+def test_the_sealer_thread_ends_when_idle_and_the_next_submit_starts_another(redis_client):
+    sealer, appended = chain.Sealer(idle=0.05), []
+    for reference in ("a", "b"):
+        allocation.allocate_batch(redis_client, "blue", [
+            Item("invoice", reference, date(2026, 3, 1))], appended=appended)
+        sealer.submit(redis_client, appended.pop())
+        thread = sealer._thread
+        thread.join(30)  # nothing more to seal: it ends after `idle` seconds
+        assert not thread.is_alive()
+    assert redis_client.llen(keys.seq_chain("invoice")) == 2
+
+
 def test_a_failed_seal_loses_nothing_the_next_one_seals_it(redis_client, monkeypatch):
     sealer, real, calls = chain.Sealer(), chain.seal_appended, []
 
