@@ -92,6 +92,43 @@ def test_reset_locked_once_numbers_issued(client, agent, admin):
     assert response.status_code == 409
 
 
+@pytest.mark.integration
+def test_each_refused_setting_says_exactly_why(client, agent, admin, valkey):
+    """The admin reads why a change was refused (README "Troubleshooting"): whole answers."""
+
+    def refused(body, status):
+        response = client.patch("/v1/sequences/invoice", headers=admin, json=body)
+        assert response.status_code == status, response.get_json()
+        answer = response.get_json()
+        return answer["message"], answer["errors"]
+
+    assert client.get("/v1/sequences/invoice", headers=admin).status_code == 200  # defaults
+    before = snapshot(valkey.url)
+    # Nothing issued: an increment of 5 makes 5 the next number, so 3 goes backwards.
+    assert refused({"increment": 5, "next_number": 3, "period": "2026"}, 409) == (
+        "next_number can only move forward: in period 2026 the next number is 5 "
+        "(no number is issued yet)", {})
+    assert refused({"padding": 2, "next_number": 100, "period": "2026"}, 409) == (
+        "sequence exhausted: the next number 100 would not fit the padding or the cap "
+        f"{sequences.MAX_NUMBER}", {})
+    assert refused({"next_number": 9, "period": "2026-11"}, 422) == (
+        "Validation failed",
+        {"json": {"period": ["Not a period of a yearly reset ('all', 'YYYY' or 'YYYY-MM')."]}})
+    assert snapshot(valkey.url) == before
+    assert client.patch("/v1/sequences/invoice", headers=admin,
+                        json={"next_number": 7, "period": "2026"}).status_code == 200
+    assert refused({"next_number": 2, "period": "2026"}, 409)[0] == (
+        "next_number can only move forward: in period 2026 the next number is 7 "
+        "(no number is issued yet; 1–6 were skipped (see the audit))")
+    take(client, agent("blue"), "a")
+    assert refused({"next_number": 3, "period": "2026"}, 409)[0] == (
+        "next_number can only move forward: in period 2026 the next number is 8 "
+        "(numbers up to 7 are issued)")
+    assert refused({"reset": "monthly", "format": "{YEAR}{MONTH}{NUMBER}"}, 409) == (
+        "reset cannot change once numbers were issued in this sequence: the new periods "
+        "would restart and repeat formatted numbers", {})
+
+
 BAD_PATCHES = [
     {"increment": 0}, {"increment": -1}, {"increment": 10**9}, {"increment": "2"},
     {"next_number": 10**16}, {"next_number": 0}, {"padding": 16}, {"padding": -1},
