@@ -8,8 +8,9 @@ import fakeredis
 import pytest
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, InvalidInput
+from coordinator.exceptions import Conflict, InvalidInput, ServiceUnavailable
 from coordinator.numbering import allocate, gaps, list_ledger, sequences
+from coordinator.numbering.series import create_series, delete_series
 from tests.support import initialise_numbering, snapshot
 
 
@@ -57,6 +58,23 @@ def test_allocation_logic_on_fakeredis():
     assert new and (entry["formatted"], entry["number"]) == ("INV-2026-000001", 1)
     again, new = allocate(client, "blue", "invoice", "1", date(2026, 7, 3))
     assert not new and again == entry
+
+
+def test_a_change_to_a_series_deleted_meanwhile_answers_503_and_writes_nothing(monkeypatch):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    sequences.ensure_sequences(client, "eu")
+    chosen = sequences.period_of
+
+    def deleted_meanwhile(day, reset):  # another admin deletes the (unused) series now
+        delete_series(client, "eu", [])
+        return chosen(day, reset)
+
+    monkeypatch.setattr(sequences, "period_of", deleted_meanwhile)
+    with pytest.raises(ServiceUnavailable) as refused:
+        sequences.update(client, "invoice", {"next_number": 5}, actor="admin:a", series="eu")
+    assert refused.value.message == "Sequence invoice of series eu is not initialised; retry"
+    assert client.keys("*eu*") == []
 
 
 # --- HTTP on the real server -----------------------------------------------------------------
@@ -116,14 +134,14 @@ def test_each_refused_setting_says_exactly_why(client, agent, admin, valkey):
         {"json": {"period": ["Not a period of a yearly reset ('all', 'YYYY' or 'YYYY-MM')."]}})
     assert snapshot(valkey.url) == before
     assert client.patch("/v1/sequences/invoice", headers=admin,
-                        json={"next_number": 7, "period": "2026"}).status_code == 200
-    assert refused({"next_number": 2, "period": "2026"}, 409)[0] == (
-        "next_number can only move forward: in period 2026 the next number is 7 "
-        "(no number is issued yet; 1–6 were skipped (see the audit))")
+                        json={"next_number": 2, "period": "2026"}).status_code == 200
+    assert refused({"next_number": 1, "period": "2026"}, 409)[0] == (
+        "next_number can only move forward: in period 2026 the next number is 2 "
+        "(no number is issued yet; 1–1 were skipped (see the audit))")
     take(client, agent("blue"), "a")
-    assert refused({"next_number": 3, "period": "2026"}, 409)[0] == (
-        "next_number can only move forward: in period 2026 the next number is 8 "
-        "(numbers up to 7 are issued)")
+    assert refused({"next_number": 1, "period": "2026"}, 409)[0] == (
+        "next_number can only move forward: in period 2026 the next number is 3 "
+        "(numbers up to 2 are issued)")
     assert refused({"reset": "monthly", "format": "{YEAR}{MONTH}{NUMBER}"}, 409) == (
         "reset cannot change once numbers were issued in this sequence: the new periods "
         "would restart and repeat formatted numbers", {})
