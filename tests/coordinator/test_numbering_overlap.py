@@ -182,22 +182,28 @@ def _printable_by_both(client) -> bool:
         (credit_note["format"], credit_note["padding"])) is not None
 
 
-@pytest.mark.parametrize("first, meanwhile", [
+SHARED = [("credit_note", {"dedicated": False})]  # credit notes drawn from invoice
+
+
+@pytest.mark.parametrize("before, first, meanwhile", [
     # each change is fine on the settings it was checked against, not after the other one
-    (("credit_note", {"format": "X-{YEAR}-{NUMBER}"}),
+    ([], ("credit_note", {"format": "X-{YEAR}-{NUMBER}"}),
      ("invoice", {"format": "X-{YEAR}-{NUMBER}"})),
-    (("invoice", {"padding": 5}), ("credit_note", {"format": "INV-{YEAR}-{NUMBER}",
-                                                    "padding": 5})),
-    (("invoice", {"format": "CN-{YEAR}-{NUMBER}"}), ("credit_note", {"dedicated": True})),
-    (("credit_note", {"dedicated": True}), ("credit_note", {"format": "INV-{YEAR}-{NUMBER}"})),
-    (("credit_note", {"dedicated": True}), ("invoice", {"format": "CN-{YEAR}-{NUMBER}"})),
+    ([], ("invoice", {"padding": 5}),
+     ("credit_note", {"format": "INV-{YEAR}-{NUMBER}", "padding": 5})),
+    (SHARED, ("invoice", {"format": "CN-{YEAR}-{NUMBER}"}), ("credit_note", {"dedicated": True})),
+    (SHARED, ("credit_note", {"dedicated": True}),
+     ("credit_note", {"format": "INV-{YEAR}-{NUMBER}"})),
+    (SHARED, ("credit_note", {"dedicated": True}), ("invoice", {"format": "CN-{YEAR}-{NUMBER}"})),
+    ([*SHARED, ("invoice", {"format": "{YEAR}{NUMBER}"}),
+      ("credit_note", {"format": "{YEAR}{NUMBER}", "padding": 5})],
+     ("credit_note", {"dedicated": True}), ("credit_note", {"padding": 6})),
 ])
 def test_two_admins_changing_settings_at_once_never_make_the_sequences_meet(
-        monkeypatch, first, meanwhile):
+        monkeypatch, before, first, meanwhile):
     client = fakeredis.FakeRedis(decode_responses=True)
-    sequences.ensure_sequences(client)
-    if first[1] == {"dedicated": True} or meanwhile[1] == {"dedicated": True}:
-        sequences.set_dedicated(client, False, actor="admin:setup")
+    for change in before:
+        sequences.update(client, *change, actor="admin:setup")
     _racing(monkeypatch, lambda: sequences.update(client, *meanwhile, actor="admin:b"))
     with pytest.raises(Conflict, match="could both print"):
         sequences.update(client, *first, actor="admin:a")

@@ -10,7 +10,7 @@ import pytest
 from coordinator import keys
 from coordinator.exceptions import Conflict, InvalidInput, ServiceUnavailable
 from coordinator.numbering import allocate, gaps, list_ledger, sequences
-from coordinator.numbering.series import create_series, delete_series
+from coordinator.numbering.series import create_series, delete_series, join, prepare_registration
 from tests.support import initialise_numbering, snapshot
 
 
@@ -29,14 +29,25 @@ def test_good_formats(fmt, reset):
     sequences.check_format(fmt, reset)
 
 
-@pytest.mark.parametrize("fmt, reset", [
-    ("INV-{YEAR}", "yearly"),
-    ("{NUMBER}-{NUMBER}", "never"), ("{number}", "never"), ("{YEAR-{NUMBER}", "never"),
-    ("{ID}-{NUMBER}", "never"), ("{NUMBER}}", "never"),
+TAGS_ALLOWED = "allowed: {YEAR}, {MONTH}, {DAY}, {NUMBER}."
+ONE_NUMBER = "Must contain {NUMBER} exactly once."
+
+
+@pytest.mark.parametrize("fmt, reset, problems", [
+    ("INV-{YEAR}", "yearly", [ONE_NUMBER]),
+    ("{NUMBER}-{NUMBER}", "never", [ONE_NUMBER]),
+    ("{number}", "never", [f"Unknown or broken tag(s) ['{{number}}']; {TAGS_ALLOWED}", ONE_NUMBER]),
+    ("{YEAR-{NUMBER}", "never", [f"Unknown or broken tag(s) ; {TAGS_ALLOWED}"]),
+    ("{ID}-{NUMBER}", "never", [f"Unknown or broken tag(s) ['{{ID}}']; {TAGS_ALLOWED}"]),
+    ("{NUMBER}}", "never", [f"Unknown or broken tag(s) ; {TAGS_ALLOWED}"]),
+    ("}{NUMBER}{", "never", [f"Unknown or broken tag(s) ; {TAGS_ALLOWED}"]),
 ])
-def test_bad_formats(fmt, reset):
-    with pytest.raises(InvalidInput):
+def test_bad_formats(fmt, reset, problems):
+    # The admin's 422 says what is wrong with the format (API.md error shape, whole).
+    with pytest.raises(InvalidInput) as refused:
         sequences.check_format(fmt, reset)
+    assert (refused.value.message, refused.value.errors) == (
+        "Invalid format", {"json": {"format": problems}})
 
 
 @pytest.mark.parametrize("fmt, reset", [("INV-{NUMBER}", "yearly"), ("{YEAR}-{NUMBER}", "monthly")])
@@ -75,6 +86,33 @@ def test_a_change_to_a_series_deleted_meanwhile_answers_503_and_writes_nothing(m
         sequences.update(client, "invoice", {"next_number": 5}, actor="admin:a", series="eu")
     assert refused.value.message == "Sequence invoice of series eu is not initialised; retry"
     assert client.keys("*eu*") == []
+
+
+def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    prepare_registration(client, "eu", "orange")  # orange numbers in eu, as the registry does
+    client.hset(keys.system("orange"), mapping={"name": "orange", "series": "eu"})
+    join(client, "eu", "orange")
+    initialise_numbering(client)
+    day = date(2026, 3, 4)
+    allocate(client, "blue", "credit_note", "1", day)  # default's own credit notes count not
+    default_before = {name: client.hgetall(keys.seq_settings(name)) for name in sequences.SEQUENCES}
+    sequences.set_dedicated(client, False, actor="admin:a", series="eu")
+    assert sequences.credit_note_home(client, "eu") == "invoice"
+    assert client.hget(keys.seq_settings("invoice", "eu"), "credit_notes") == "1"
+    assert {name: sequences.audit(client, name, series="eu")[-1]["after"]
+            for name in sequences.SEQUENCES} == {name: {"dedicated": False}
+                                                for name in sequences.SEQUENCES}
+    # eu's credit notes, now numbered in eu's invoice sequence, keep eu from switching back
+    assert allocate(client, "orange", "credit_note", "1", day)[0]["sequence"] == "invoice"
+    with pytest.raises(Conflict) as refused:
+        sequences.set_dedicated(client, True, actor="admin:a", series="eu")
+    assert refused.value.message.startswith("dedicated cannot change: 1 credit note(s) were "
+                                            "numbered in the invoice sequence")
+    assert {name: client.hgetall(keys.seq_settings(name))
+            for name in sequences.SEQUENCES} == default_before
+    assert [sequences.audit(client, name) for name in sequences.SEQUENCES] == [[], []]
 
 
 # --- HTTP on the real server -----------------------------------------------------------------
