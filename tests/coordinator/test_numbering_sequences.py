@@ -8,8 +8,8 @@ import fakeredis
 import pytest
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, InvalidInput, ServiceUnavailable
-from coordinator.numbering import allocate, gaps, list_ledger, sequences
+from coordinator.exceptions import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from coordinator.numbering import allocate, gaps, list_ledger, overlap, sequences
 from coordinator.numbering.series import create_series, delete_series, join, prepare_registration
 from tests.support import initialise_numbering, snapshot
 
@@ -85,6 +85,24 @@ def test_a_change_to_a_series_deleted_meanwhile_answers_503_and_writes_nothing(m
     with pytest.raises(ServiceUnavailable) as refused:
         sequences.update(client, "invoice", {"next_number": 5}, actor="admin:a", series="eu")
     assert refused.value.message == "Sequence invoice of series eu is not initialised; retry"
+    assert client.keys("*eu*") == []
+
+
+def test_a_dedicated_switch_in_a_series_deleted_meanwhile_answers_404_and_writes_nothing(
+        monkeypatch):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    sequences.set_dedicated(client, False, actor="admin:a", series="eu")
+    checked = overlap.check_sequences
+
+    def deleted_meanwhile(invoice, credit_note):  # another admin deletes the series now
+        checked(invoice, credit_note)
+        delete_series(client, "eu", [])
+
+    monkeypatch.setattr(overlap, "check_sequences", deleted_meanwhile)
+    with pytest.raises(NotFound) as refused:
+        sequences.set_dedicated(client, True, actor="admin:a", series="eu")
+    assert refused.value.message == "No series 'eu'"
     assert client.keys("*eu*") == []
 
 
