@@ -367,8 +367,8 @@ def set_dedicated(
             raise Conflict(
                 f"dedicated cannot change: {reply[2]} credit note(s) were numbered in the "
                 f"{source} sequence, and replays of them must keep their numbers")
-        if reply[1] == "uninitialized":
-            ensure_sequences(client, series)
+        # "changed" or "uninitialized": the next _read_both reads again (writing missing
+        # settings, or answering 404 for a series deleted meanwhile).
     raise Conflict("The settings were changed concurrently too often; retry")
 
 

@@ -211,3 +211,33 @@ def test_two_admins_changing_settings_at_once_never_make_the_sequences_meet(
     assert [r["by"] for r in sequences.audit(client, first[0])
             if r["by"] == "admin:a"] == []  # nothing of it written
     assert sequences.audit(client, meanwhile[0])[-1]["by"] == "admin:b"
+
+
+@pytest.mark.parametrize("first, shared", [
+    (("credit_note", {"dedicated": True}), True),
+    (("credit_note", {"format": "X-{YEAR}-{NUMBER}"}), False),
+])
+def test_an_admin_overtaken_at_every_try_is_told_to_retry_and_nothing_is_written(
+        monkeypatch, first, shared):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    sequences.ensure_sequences(client)
+    if shared:
+        sequences.set_dedicated(client, False, actor="admin:setup")
+    before = {name: client.hgetall(keys.seq_settings(name)) for name in sequences.SEQUENCES}
+    checked = overlap.check_sequences
+    racing = []
+
+    def overtaken(invoice, credit_note):  # another admin changes invoices' padding each time
+        checked(invoice, credit_note)
+        if not racing:
+            racing.append(True)
+            padding = 5 if sequences.read_settings(client, "invoice")["padding"] == 6 else 6
+            sequences.update(client, "invoice", {"padding": padding}, actor="admin:b")
+            racing.pop()
+
+    monkeypatch.setattr(overlap, "check_sequences", overtaken)
+    with pytest.raises(Conflict) as refused:
+        sequences.update(client, *first, actor="admin:a")
+    assert refused.value.message == "The settings were changed concurrently too often; retry"
+    assert client.hgetall(keys.seq_settings("credit_note")) == before["credit_note"]
+    assert all(r["by"] != "admin:a" for r in sequences.audit(client, "credit_note"))
