@@ -887,6 +887,9 @@ def test_whmcs_failing_right_after_a_number_was_taken_stops_the_run_at_that_invo
     aborted = report["aborted"]
     assert {k: aborted[k] for k in ("reference", "action", "document", "kind")} == {
         "reference": str(iid), "action": "failed", "document": "invoice", "kind": "whmcs"}
+    assert aborted["message"].startswith(
+        f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} answered HTTP 500 with a non-JSON "
+        "body, not API JSON: 'Internal Server Error'.")
     assert blue.statuses() == {str(iid): "issued"}
     assert poll(monkeypatch, blue) == ExitCode.OK
     assert blue.invoicenums()[iid] == f"INV-{YEAR}-000001"
