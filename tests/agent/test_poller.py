@@ -790,8 +790,14 @@ def test_run_without_arguments_reads_everything_once_then_only_what_is_new(blue)
         Journal(blue.journal_path) as journal,
     ):
         poller = Poller(client, whmcs, journal)
-        assert [poller.run().full, poller.run().full, poller.run(full=True).full] == [
-            True, False, True]
+        fulls = []
+        for run in (poller.run, poller.run, lambda: poller.run(full=True)):
+            before = whmcs.calls
+            report = run()
+            # `whmcs_calls` counts this run's calls, not those the client made before it
+            assert report.whmcs_calls == whmcs.calls - before > 0
+            fulls.append(report.full)
+        assert fulls == [True, False, True]
 
 
 def test_a_pending_number_whose_invoice_whmcs_fails_to_read_is_left_for_the_next_run(
