@@ -30,6 +30,7 @@ def fernet():
 @pytest.mark.parametrize("change, errors", [
     ({"name": "red"}, {"json": {"name": ["A system cannot be renamed."]}}),
     ({"api_secret": None}, {"json": {"api_secret": ["Field may not be null."]}}),
+    ({"series": "nowhere"}, {"json": {"series": ["No series 'nowhere'."]}}),
 ])
 def test_a_refused_change_names_its_field_and_changes_nothing(redis_client, fernet, change,
                                                               errors):
