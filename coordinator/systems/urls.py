@@ -187,7 +187,8 @@ def _check_name(host: str) -> None:
 
 def _check_addresses(addresses: list[str]) -> list[str]:
     for address in addresses:
-        reason = _forbidden_reason(ipaddress.ip_address(address.split("%", 1)[0]))
+        # ipaddress reads an IPv6 zone (fe80::1%eth0, as getaddrinfo gives it) itself.
+        reason = _forbidden_reason(ipaddress.ip_address(address))
         if reason:
             raise _unsafe(f"The host resolves to {reason}; the coordinator does not fetch there.")
     return addresses
@@ -274,4 +275,4 @@ def check_fetch_url(url: str, config: Mapping[str, Any],
 
 def is_forbidden_address(address: str) -> bool:
     """Whether the coordinator must not connect to ``address`` (for peer checks after connect)."""
-    return _forbidden_reason(ipaddress.ip_address(address.split("%", 1)[0])) is not None
+    return _forbidden_reason(ipaddress.ip_address(address)) is not None
