@@ -33,6 +33,7 @@ def test_fetch_check_defeats_dns_rebinding():
     resolver = FakeResolver()
     policy = UrlPolicy(resolver=resolver)
     assert validate_system_url(URL, policy) == URL
+    assert resolver.calls == [("billing.blue.example", 443)]
     resolver.table["billing.blue.example"] = ["169.254.169.254"]
     with pytest.raises(UnsafeURL) as caught:
         check_fetch_url(URL, STRICT, resolver)
@@ -71,6 +72,9 @@ def test_flags_from_environment_strings():
     policy = UrlPolicy.from_config({"ALLOW_HTTP_SYSTEM_URLS": "false",
                                     "ALLOW_PRIVATE_SYSTEM_URLS": "1"})
     assert (policy.allow_http, policy.allow_private) == (False, True)
+    for value, meant in [("TRUE", True), (" Yes ", True), ("on", True), ("true", True),
+                         ("yes", True), ("ON", True), ("off", False), ("0", False), ("", False)]:
+        assert UrlPolicy.from_config({"ALLOW_HTTP_SYSTEM_URLS": value}).allow_http is meant
 
 
 def test_slow_resolver_does_not_hold_registration():
@@ -99,6 +103,8 @@ def test_slow_resolver_does_not_hold_registration():
     ("::ffff:10.0.0.1", True), ("64:ff9b::a00:1", True), ("2001:0:4136:e378:8000:63bf:f5ff:fffe",
                                                            True),
     ("100.64.0.1", True), ("192.0.2.1", True), ("fe80::1%eth0", True),
+    ("4000::1", True),  # reserved by IANA, though Python counts it neither private nor local
+    ("2606:2800:220:1::a00:1", False),  # public; only NAT64 (64:ff9b::/96) embeds an IPv4
 ])
 def test_forbidden_addresses(address, forbidden):
     assert is_forbidden_address(address) is forbidden
@@ -116,6 +122,10 @@ REFUSALS = [
     ("https://bücher.example/includes/api.php", "Must not contain whitespace, control or "
      "non-ASCII characters (write international names in punycode)."),
     ("https://billing.blue.example\x7f/includes/api.php", "Must not contain whitespace, "
+     "control or non-ASCII characters (write international names in punycode)."),
+    ("https://billing.blue.example/my whmcs/includes/api.php", "Must not contain whitespace, "
+     "control or non-ASCII characters (write international names in punycode)."),
+    ("https://billing.blue.example/whmcs\x01/includes/api.php", "Must not contain whitespace, "
      "control or non-ASCII characters (write international names in punycode)."),
     ("https://billing.blue.example:99999/includes/api.php", "Not a valid URL."),
     ("ftp://billing.blue.example/includes/api.php", "Must be an https:// URL."),
@@ -176,6 +186,16 @@ def test_each_refusal_says_exactly_what_is_wrong(url, message):
     with pytest.raises(UnsafeURL) as refused:
         validate_system_url(url, UrlPolicy(resolver=FakeResolver()))
     assert (refused.value.message, refused.value.errors) == (message, {"json": {"url": [message]}})
+
+
+@pytest.mark.parametrize("url", [
+    "https://billing.blue.example/" + "w" * (2048 - 46) + "/includes/api.php",  # 2048 exactly
+    "https://billing.blue.example/~acme/includes/api.php",
+    "HTTPS://Billing.Blue.Example:8443/includes/api.php",
+    "https://93.184.216.34/includes/api.php",
+])
+def test_urls_an_admin_may_give_are_kept_as_given(url):
+    assert validate_system_url(url, UrlPolicy(resolver=FakeResolver())) == url
 
 
 @pytest.mark.parametrize("url, config, message", [
