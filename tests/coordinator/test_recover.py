@@ -296,6 +296,10 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
     done = recovery.apply(redis_client, recovery.plan(redis_client, evidence, {"green": "eu"}),
                           actor="t", reason="lost")
     assert [(d["series"], d["new_counter"], d["recovered"]) for d in done] == [("eu", "5", 2)]
+    # Recovered numbers count as issued by eu: it serves no system yet, but deleting it (and
+    # its counter, so a series made again would print 4 and 5 again) is refused.
+    with pytest.raises(Conflict, match="^Series 'eu' issued 2 number"):
+        series.delete_series(redis_client, "eu", [])
     ledger = {e["number"]: e for e in iter_ledger(redis_client, "invoice", "2026", series="eu")}
     assert {n: (e["id"], e["system"]) for n, e in ledger.items()} == {
         4: ("eu/invoice:2026:4", "green"), 5: ("eu/invoice:2026:5", "teal")}
