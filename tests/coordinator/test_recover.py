@@ -322,6 +322,39 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
     assert allocation.allocate(redis_client, "blue", "invoice", "1", DAY)[0]["number"] == 1
 
 
+def test_numbers_not_fully_known_are_read_with_their_series_formats_as_their_document(
+        redis_client):
+    redis_client.flushall()  # lost; green (series eu, its own invoice format) printed these
+    series.create_series(redis_client, "eu", "EU entity")
+    sequences.update(redis_client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, actor="admin",
+                     series="eu")
+    journal = {"source": "journal:green", "document": "invoice", "series": "eu",
+               "period": "2026"}
+    evidence = [
+        Evidence("green", "EU-2026-000004", "whmcs:green", reference="4"),
+        Evidence("green", "CN-2026-000002", "whmcs:green", reference="9"),  # a credit note
+        # Journal rows that name no sequence this coordinator numbers, or no number: read by
+        # the number they print, as a WHMCS number is.
+        Evidence("green", "EU-2026-000003", reference="r3", sequence="bogus", number=3,
+                 **journal),
+        Evidence("green", "EU-2026-000001", reference="r1", sequence="invoice", **journal)]
+    plan = recovery.plan(redis_client, evidence, {"green": "eu"})
+    assert plan.unread == []
+    assert [(p.series, p.sequence, p.period, sorted(p.numbers)) for p in plan.periods] == [
+        ("eu", "credit_note", "2026", [2]), ("eu", "invoice", "2026", [1, 3, 4])]
+    recovery.apply(redis_client, plan, actor="t", reason="lost")
+    # The number the credit-note format printed is a credit note (docs/RECOVERY.md), and its
+    # WHMCS id answers it when the agent asks for that credit note's number.
+    ledger = iter_ledger(redis_client, "credit_note", "2026", series="eu")
+    assert [(e["number"], e["document"], e["reference"]) for e in ledger] == [
+        (2, "credit_note", "9")]
+    series.leave(redis_client, "default", "green")
+    series.join(redis_client, "eu", "green")
+    redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
+    replay, new = allocation.allocate(redis_client, "green", "credit_note", "9", DAY)
+    assert (replay["id"], new) == ("eu/credit_note:2026:2", False)
+
+
 def test_recover_in_a_series_counting_by_two_keeps_its_gap_report_and_audit_in_twos(
         redis_client):
     redis_client.flushall()  # lost; eu numbers 2, 4, 6... and green's WHMCS shows 4 and 6
