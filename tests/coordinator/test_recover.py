@@ -324,33 +324,38 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
 
 def test_numbers_not_fully_known_are_read_with_their_series_formats_as_their_document(
         redis_client):
-    redis_client.flushall()  # lost; green (series eu, its own invoice format) printed these
+    # green numbers in series eu, which prints its own invoice format; its WHMCS is ahead.
     series.create_series(redis_client, "eu", "EU entity")
     sequences.update(redis_client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, actor="admin",
                      series="eu")
+    series.leave(redis_client, "default", "green")
+    series.join(redis_client, "eu", "green")
+    redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
+    for reference in ("1", "2"):
+        allocation.allocate(redis_client, "green", "invoice", reference, DAY)
     journal = {"source": "journal:green", "document": "invoice", "series": "eu",
                "period": "2026"}
     evidence = [
-        Evidence("green", "EU-2026-000004", "whmcs:green", reference="4"),
+        Evidence("green", f"EU-2026-00000{n}", "whmcs:green", reference=str(n)) for n in (2, 4)]
+    evidence += [
         Evidence("green", "CN-2026-000002", "whmcs:green", reference="9"),  # a credit note
         # Journal rows that name no sequence this coordinator numbers, or no number: read by
         # the number they print, as a WHMCS number is.
         Evidence("green", "EU-2026-000003", reference="r3", sequence="bogus", number=3,
                  **journal),
-        Evidence("green", "EU-2026-000001", reference="r1", sequence="invoice", **journal)]
+        Evidence("green", "EU-2026-000005", reference="r5", sequence="invoice", **journal)]
     plan = recovery.plan(redis_client, evidence, {"green": "eu"})
     assert plan.unread == []
-    assert [(p.series, p.sequence, p.period, sorted(p.numbers)) for p in plan.periods] == [
-        ("eu", "credit_note", "2026", [2]), ("eu", "invoice", "2026", [1, 3, 4])]
+    # eu's own counter and ledger (default's know nothing of eu's numbers).
+    assert [(p.series, p.sequence, p.period, p.counter, sorted(p.numbers), p.in_ledger)
+            for p in plan.periods] == [("eu", "credit_note", "2026", 0, [2], set()),
+                                       ("eu", "invoice", "2026", 2, [2, 3, 4, 5], {2})]
     recovery.apply(redis_client, plan, actor="t", reason="lost")
     # The number the credit-note format printed is a credit note (docs/RECOVERY.md), and its
     # WHMCS id answers it when the agent asks for that credit note's number.
     ledger = iter_ledger(redis_client, "credit_note", "2026", series="eu")
     assert [(e["number"], e["document"], e["reference"]) for e in ledger] == [
         (2, "credit_note", "9")]
-    series.leave(redis_client, "default", "green")
-    series.join(redis_client, "eu", "green")
-    redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
     replay, new = allocation.allocate(redis_client, "green", "credit_note", "9", DAY)
     assert (replay["id"], new) == ("eu/credit_note:2026:2", False)
 
@@ -396,6 +401,21 @@ def test_a_recovered_number_is_never_printed_again_by_a_later_format(redis_clien
         "already issued (invoice:2026:1); no number was taken. Raise next_number or change the "
         "format so the series prints a new string")
 
+
+
+def test_a_store_lost_with_its_settings_recovered_from_a_journal_alone_counts_in_ones(
+        redis_client):
+    redis_client.flushall()  # settings lost too; only blue's journal knows number 3
+    plan = recovery.plan(redis_client, [Evidence(
+        "blue", "INV-2026-000003", "journal:blue", reference="r3", document="invoice",
+        series="default", sequence="invoice", period="2026", number=3)], {})
+    # The dry run counts as recover.lua writes (no increment stored: 1), and so do the
+    # skip it records and the gap report: 1 and 2 no source showed, then 3.
+    described = plan.describe()["periods"][0]
+    assert (described["next_number"], described["unknown_skipped"]) == (4, 2)
+    recovery.apply(redis_client, plan, actor="t", reason="lost")
+    assert [(g["kind"], g.get("after"), g.get("next")) for g in gaps(
+        redis_client, "invoice", "2026", grace_seconds=10**9)] == [("skipped", 0, 3)]
 
 
 def test_a_recover_stopped_by_durability_leaves_the_lost_store_refusing_until_rerun(
