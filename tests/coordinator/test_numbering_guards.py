@@ -38,10 +38,10 @@ def _changed_keys(before: dict, after: dict) -> set[str]:
 
 
 def test_confirm_and_void_in_a_series_write_only_that_series_keys(redis_client):
-    """Confirming, re-confirming and voiding a number of series eu write only eu's keys: its
-    ledger events (what its chain and `verify` read), its void index (what its gap report
-    reads), the repeat's write. One hash slot, as a Redis Cluster needs; a key of the default
-    series would put eu's events in another entity's chain."""
+    """Allocating, confirming, re-confirming, voiding and reissuing a number of series eu
+    write only eu's keys: its ledger events (what its chain and `verify` read), its void index
+    (what its gap report reads), the repeat's write. One hash slot, as a Redis Cluster needs; a
+    key of the default series would put eu's events in another entity's chain."""
     from datetime import date
 
     from coordinator.exceptions import NumberingBehind
@@ -53,7 +53,13 @@ def test_confirm_and_void_in_a_series_write_only_that_series_keys(redis_client):
     redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
     day = date(2026, 5, 5)
     first, _ = allocation.allocate(redis_client, "green", "invoice", "1", day)
+    before = snapshot(redis_client)
     second, _ = allocation.allocate(redis_client, "green", "invoice", "2", day)
+    assert _changed_keys(before, snapshot(redis_client)) == {
+        keys.seq_ledger("invoice", "2026", "eu"), keys.seq_ledger_order("invoice", "2026", "eu"),
+        keys.seq_counter("invoice", "2026", "eu"), keys.seq_stats("invoice", "eu"),
+        keys.seq_refs("invoice", "invoice", "green", "eu"), keys.seq_events("invoice", "eu"),
+        keys.series_formatted("eu")}
     who = {"actor_kind": "agent", "actor_system": "green", "actor": "agent:green"}
     before = snapshot(redis_client)
     allocation.transition(redis_client, first["id"], "confirm", first["formatted"], **who)

@@ -343,13 +343,16 @@ def test_numbers_not_fully_known_are_read_with_their_series_formats_as_their_doc
         # the number they print, as a WHMCS number is.
         Evidence("green", "EU-2026-000003", reference="r3", sequence="bogus", number=3,
                  **journal),
-        Evidence("green", "EU-2026-000005", reference="r5", sequence="invoice", **journal)]
+        Evidence("green", "EU-2026-000005", reference="r5", sequence="invoice", **journal),
+        # teal numbered in eu before the loss (its membership there was lost with the store)
+        Evidence("teal", "EU-2026-000006", "journal:teal", reference="t6", document="invoice",
+                 series="eu", sequence="invoice", period="2026", number=6)]
     plan = recovery.plan(redis_client, evidence, {"green": "eu"})
     assert plan.unread == []
     # eu's own counter and ledger (default's know nothing of eu's numbers).
     assert [(p.series, p.sequence, p.period, p.counter, sorted(p.numbers), p.in_ledger)
             for p in plan.periods] == [("eu", "credit_note", "2026", 0, [2], set()),
-                                       ("eu", "invoice", "2026", 2, [2, 3, 4, 5], {2})]
+                                       ("eu", "invoice", "2026", 2, [2, 3, 4, 5, 6], {2})]
     recovery.apply(redis_client, plan, actor="t", reason="lost")
     # The number the credit-note format printed is a credit note (docs/RECOVERY.md), and its
     # WHMCS id answers it when the agent asks for that credit note's number.
@@ -358,6 +361,14 @@ def test_numbers_not_fully_known_are_read_with_their_series_formats_as_their_doc
         (2, "credit_note", "9")]
     replay, new = allocation.allocate(redis_client, "green", "credit_note", "9", DAY)
     assert (replay["id"], new) == ("eu/credit_note:2026:2", False)
+    # eu does not number teal now: its recovered number, voided, is not reissued in eu.
+    allocation.transition(redis_client, "eu/invoice:2026:6", "void", "sent twice",
+                          actor_kind="admin", actor_system=None, actor="admin")
+    with pytest.raises(Conflict) as refused:
+        allocation.reissue(redis_client, "eu/invoice:2026:6", "mistake", actor="admin")
+    assert refused.value.message == (
+        "System 'teal' is no longer numbered by series 'eu'; its documents get numbers in its "
+        "current series")
 
 
 def test_recover_in_a_series_counting_by_two_keeps_its_gap_report_and_audit_in_twos(
