@@ -345,7 +345,9 @@ def test_redis_conf_runs_durable_and_refuses_writes_without_replica(tmp_path):
 def test_redis_conf_passes_doctor_with_one_replica(tmp_path):
     from coordinator.ops import doctor
 
-    master, client, port = start_with_config(DEPLOY / "redis.conf", tmp_path / "m")
+    # The replica's first sync starts at once, not after the default 5 s wait for more replicas.
+    master, client, port = start_with_config(DEPLOY / "redis.conf", tmp_path / "m",
+                                             "--repl-diskless-sync-delay", "0")
     replica, replica_client, _ = start_with_config(
         DEPLOY / "redis.conf", tmp_path / "r", "--replicaof", "127.0.0.1", str(port))
     try:

@@ -112,9 +112,12 @@ def gaps(
     """
     check_name(sequence)
     now = now or utcnow()
+    # A skip entry's ``next`` is the number the sequence went on with: the counter it was moved
+    # to plus the increment (2 in a series counting by two), not plus one.
+    step = int(client.hget(keys.seq_settings(sequence, series), "increment") or 1)
     if full or not _consistent(client, sequence, period, series):
-        return _walk(client, sequence, period, grace_seconds, now, series)
-    return _indexed(client, sequence, period, grace_seconds, now, series)
+        return _walk(client, sequence, period, grace_seconds, now, series, step)
+    return _indexed(client, sequence, period, grace_seconds, now, series, step)
 
 
 def _consistent(client: redis.Redis, sequence: str, period: str, series: str) -> bool:
@@ -152,7 +155,7 @@ def _unconfirmed(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def _indexed(client: redis.Redis, sequence: str, period: str, grace_seconds: int,
-             now: datetime, series: str) -> list[dict[str, Any]]:
+             now: datetime, series: str, step: int) -> list[dict[str, Any]]:
     from coordinator.numbering import pending
 
     ledger_key, voids_key = (keys.seq_ledger(sequence, period, series),
@@ -176,8 +179,7 @@ def _indexed(client: redis.Redis, sequence: str, period: str, grace_seconds: int
     raw_skips, counter, last = pipe.execute()
     skips = {int(k): int(v) for k, v in raw_skips.items()}
     for start, moved_to in skips.items():
-        found.append(((start, 1), {"kind": "skipped", "after": start, "next": moved_to + 1,
-                                   "explanation": SKIP_EXPLANATION}))
+        found.append(((start, 1), _skipped(start, moved_to, step)))
     # Lost data at the end: the counter past the last number, and no skip to explain it.
     expected = int(last[0]) if last else 0
     while expected in skips and expected < int(counter or 0):
@@ -206,8 +208,14 @@ SKIP_EXPLANATION = "next_number raised by an admin (see the audit)"
 """Why a skipped range is not a gap in the numbering."""
 
 
+def _skipped(after: int, moved_to: int, step: int) -> dict[str, Any]:
+    """The gap of an admin's raise: numbers between ``after`` and ``next`` were never issued."""
+    return {"kind": "skipped", "after": after, "next": moved_to + step,
+            "explanation": SKIP_EXPLANATION}
+
+
 def _walk(client: redis.Redis, sequence: str, period: str, grace_seconds: int, now: datetime,
-          series: str) -> list[dict[str, Any]]:
+          series: str, step: int) -> list[dict[str, Any]]:
     """The gap report by reading every entry of the period (places lost numbers too)."""
     skips = {int(k): int(v)
              for k, v in client.hgetall(keys.seq_skips(sequence, period, series)).items()}
@@ -218,8 +226,7 @@ def _walk(client: redis.Redis, sequence: str, period: str, grace_seconds: int, n
     def follow_skips(upto: int) -> None:
         nonlocal expected
         while expected in skips and expected < upto:
-            found.append({"kind": "skipped", "after": expected, "next": skips[expected] + 1,
-                          "explanation": SKIP_EXPLANATION})
+            found.append(_skipped(expected, skips[expected], step))
             expected = skips[expected]
 
     after = 0

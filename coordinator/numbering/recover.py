@@ -156,9 +156,9 @@ def plan(
         each.counter = guard.counter(client, each.sequence, each.period, each.series)
         each.increment = int(client.hget(keys.seq_settings(each.sequence, each.series),
                                          "increment") or 1)
-        ordered = sorted(each.numbers)
+        ordered = sorted(each.numbers)  # never empty: a period is made for a number it holds
         in_ledger = client.hmget(keys.seq_ledger(each.sequence, each.period, each.series),
-                                 [str(n) for n in ordered]) if ordered else []
+                                 [str(n) for n in ordered])
         each.in_ledger = {n for n, raw in zip(ordered, in_ledger, strict=True) if raw or (
             settled.find(client, each.sequence, each.period, n, series=each.series))}
     names = guard.all_series(client)

@@ -224,7 +224,7 @@ def _check_outputs(raws: dict[str, dict[str, str]], name: str, changes: dict) ->
 
 def update(
     client: redis.Redis, name: str, changes: dict[str, Any], *, actor: str,
-    period: str | None = None, today: date | None = None, series: str = DEFAULT_SERIES,
+    period: str | None = None, series: str = DEFAULT_SERIES,
 ) -> dict[str, Any]:
     """Apply an admin's ``changes`` (see :func:`_update`); the series' numbering is then
     initialised.
@@ -232,8 +232,7 @@ def update(
     Setting a sequence is the explicit act an empty (or restored) store waits for before it
     numbers (``numbering/guard.py``), also with the values it already has.
     """
-    described = _update(client, name, changes, actor=actor, period=period, today=today,
-                        series=series)
+    described = _update(client, name, changes, actor=actor, period=period, series=series)
     from coordinator.numbering import guard  # guard reads settings through this module
 
     guard.mark_initialised(client, f"sequence {name} set by {actor}", series)
@@ -247,7 +246,6 @@ def _update(
     *,
     actor: str,
     period: str | None = None,
-    today: date | None = None,
     series: str = DEFAULT_SERIES,
 ) -> dict[str, Any]:
     """Apply an admin's ``changes`` to sequence ``name`` atomically, with an audit record.
@@ -275,9 +273,9 @@ def _update(
             raise InvalidInput("Validation failed", {"json": {"dedicated": [
                 "Change dedicated on its own, in a request without other fields."]}})
         set_dedicated(client, changes["dedicated"], actor=actor, series=series)
-        return describe(client, name, today, series=series)
+        return describe(client, name, series=series)
     if not changes:
-        return describe(client, name, today, series=series)
+        return describe(client, name, series=series)
 
     other = CREDIT_NOTE if name == INVOICE else INVOICE
     next_number = changes.pop("next_number", None)
@@ -287,7 +285,7 @@ def _update(
         reset = changes.get("reset", raws[name]["reset"])
         if any(field in changes for field in _OUTPUT_FIELDS):
             _check_outputs(raws, name, changes)
-        chosen = period if period is not None else period_of(today or utcnow().date(), reset)
+        chosen = period if period is not None else period_of(utcnow().date(), reset)
         reply, _ = scripts.run(
             client, scripts.SETTINGS,
             [keys.seq_settings(name, series), keys.seq_stats(name, series),
@@ -305,7 +303,7 @@ def _update(
         raise Conflict("The settings were changed concurrently too often; retry")
     if reply[0] == "error":
         _settings_error(reply, name, chosen, series)
-    return describe(client, name, today, series=series)
+    return describe(client, name, series=series)
 
 
 def _settings_error(reply: list, name: str, period: str, series: str) -> None:
@@ -367,8 +365,8 @@ def set_dedicated(
             raise Conflict(
                 f"dedicated cannot change: {reply[2]} credit note(s) were numbered in the "
                 f"{source} sequence, and replays of them must keep their numbers")
-        if reply[1] == "uninitialized":
-            ensure_sequences(client, series)
+        # "changed" or "uninitialized": the next _read_both reads again (writing missing
+        # settings, or answering 404 for a series deleted meanwhile).
     raise Conflict("The settings were changed concurrently too often; retry")
 
 

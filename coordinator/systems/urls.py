@@ -100,7 +100,7 @@ def _parse(url: Any) -> _Parsed:
         raise _unsafe("Not a valid URL.")
     if len(url) > MAX_URL_LENGTH:
         raise _unsafe(f"Longer than {MAX_URL_LENGTH} characters.")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ord(ch) > 0x7E for ch in url):
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) > 0x7E for ch in url):  # > 0x7E: DEL too
         raise _unsafe("Must not contain whitespace, control or non-ASCII characters "
                       "(write international names in punycode).")
     try:
@@ -111,7 +111,7 @@ def _parse(url: Any) -> _Parsed:
     scheme = parts.scheme.lower()
     if scheme not in {"http", "https"}:
         raise _unsafe("Must be an https:// URL.")
-    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
+    if "@" in parts.netloc:  # urlsplit finds a user (or password) only after an "@"
         raise _unsafe("Must not contain credentials: give them as api_identifier/api_secret.")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         # WHMCS merges query parameters into the API call: a query could override `action`.
@@ -187,7 +187,8 @@ def _check_name(host: str) -> None:
 
 def _check_addresses(addresses: list[str]) -> list[str]:
     for address in addresses:
-        reason = _forbidden_reason(ipaddress.ip_address(address.split("%", 1)[0]))
+        # ipaddress reads an IPv6 zone (fe80::1%eth0, as getaddrinfo gives it) itself.
+        reason = _forbidden_reason(ipaddress.ip_address(address))
         if reason:
             raise _unsafe(f"The host resolves to {reason}; the coordinator does not fetch there.")
     return addresses
@@ -274,4 +275,4 @@ def check_fetch_url(url: str, config: Mapping[str, Any],
 
 def is_forbidden_address(address: str) -> bool:
     """Whether the coordinator must not connect to ``address`` (for peer checks after connect)."""
-    return _forbidden_reason(ipaddress.ip_address(address.split("%", 1)[0])) is not None
+    return _forbidden_reason(ipaddress.ip_address(address)) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
 import logging
 import random
 import socket
@@ -14,13 +15,16 @@ import requests
 
 from agent import (
     Client,
+    Config,
     CoordinatorBadResponse,
     CoordinatorRefused,
     CoordinatorUnavailable,
     CoordinatorUnreachable,
+    MockTransport,
     RetryPolicy,
     mock_response,
 )
+from agent._client import _clock_skew
 from tests.agent.test_whmcs_client import self_signed  # noqa: F401 - a fixture, used by name
 
 from .conftest import FAST, TOKEN, FakeCoordinator, Sleeps
@@ -336,3 +340,228 @@ def test_the_jitter_spans_the_whole_upper_half_of_each_step() -> None:
     policy = RetryPolicy(backoff=1, backoff_max=8)
     assert [policy.wait(n, Extremes(0.0)) for n in (1, 2, 5)] == [0.5, 1.0, 4.0]
     assert [policy.wait(n, Extremes(1.0)) for n in (1, 2, 5)] == [1.0, 2.0, 8.0]
+
+
+def _batch_client(sleeps: Sleeps, answer=None) -> tuple[Client, list[requests.PreparedRequest]]:
+    """A client whose coordinator numbers each asked item in order (or answers ``answer``)."""
+    seen: list[requests.PreparedRequest] = []
+
+    def handler(request: requests.PreparedRequest) -> requests.Response:
+        seen.append(request)
+        asked = json.loads(request.body)["items"]
+        if answer is not None:
+            return answer(asked)
+        return mock_response(200, {"items": [
+            {**ALLOCATION, "id": f"{item['document']}:2026:{n}", "number": n,
+             "document": item["document"], "reference": item["reference"]}
+            for n, item in enumerate(asked, 1)]})
+
+    return mock_client(handler, sleeps), seen
+
+
+def test_a_batch_takes_every_number_in_one_request_in_the_order_asked(sleeps: Sleeps) -> None:
+    """The poller's page of numbers: one POST with every item (a date only where given), and
+    the numbers come back in the order asked, each for its own document."""
+    client, seen = _batch_client(sleeps)
+    got = client.allocate_batch([("invoice", "7", dt.date(2026, 1, 2)), ("credit_note", 8, None),
+                                 ("invoice", "9", "2026-03-04")])
+    assert [(a.document, a.reference, a.number) for a in got] == [
+        ("invoice", "7", 1), ("credit_note", "8", 2), ("invoice", "9", 3)]
+    assert [(r.method, r.path_url, r.headers["Authorization"]) for r in seen] == [
+        ("POST", "/v1/allocation-batches", f"Bearer {TOKEN}")]
+    assert json.loads(seen[0].body) == {"items": [
+        {"document": "invoice", "reference": "7", "date": "2026-01-02"},
+        {"document": "credit_note", "reference": "8"},
+        {"document": "invoice", "reference": "9", "date": "2026-03-04"}]}
+
+
+def test_a_batch_of_1_to_1000_documents_is_sent_and_anything_else_is_refused_unsent(
+    sleeps: Sleeps,
+) -> None:
+    """API.md's bounds of a batch, checked before anything is sent, as is each item."""
+    client, seen = _batch_client(sleeps)
+    for size in (0, 1001):
+        with pytest.raises(ValueError) as info:
+            client.allocate_batch([("invoice", str(n), None) for n in range(size)])
+        assert str(info.value) == "a batch holds 1 to 1000 documents"
+    with pytest.raises(ValueError) as info:
+        client.allocate_batch([("invoice", "1", None), ("receipt", "2", None)])
+    assert str(info.value) == "document must be one of invoice, credit_note, not 'receipt'"
+    assert seen == []
+    for size in (1, 1000):
+        assert len(client.allocate_batch([("invoice", str(n), None) for n in range(size)])) == size
+    assert len(seen) == 2
+
+
+def test_a_refused_batch_is_the_coordinators_refusal_and_a_wrong_answer_takes_no_number(
+    sleeps: Sleeps,
+) -> None:
+    """A refused batch (one item cannot be numbered) keeps the coordinator's message and the
+    item's index; an answer that does not hold one number per item asked, in order, for the
+    document asked, is refused: never write a number meant for another document."""
+    refusal = {"code": 409, "status": "Conflict", "message": "Reference already allocated",
+               "errors": {"json": {"items": {"1": ["Reference already allocated."]}}}}
+    client, _ = _batch_client(sleeps, lambda asked: mock_response(409, refusal))
+    with pytest.raises(CoordinatorRefused) as refused:
+        client.allocate_batch([("invoice", "7", None), ("invoice", "8", None)])
+    assert (refused.value.code, refused.value.errors) == (409, refusal["errors"])
+
+    def numbered(asked: list[dict]) -> list[dict]:
+        return [{**ALLOCATION, "document": i["document"], "reference": i["reference"]}
+                for i in asked]
+
+    wrong = {
+        "a list": lambda asked: mock_response(200, numbered(asked)),
+        "no items": lambda asked: mock_response(200, {"items": None}),
+        "one fewer": lambda asked: mock_response(200, {"items": numbered(asked)[:-1]}),
+        "one more": lambda asked: mock_response(200, {"items": numbered(asked) * 2}),
+    }
+    for shape, answer in wrong.items():
+        client, _ = _batch_client(sleeps, answer)
+        with pytest.raises(CoordinatorBadResponse) as info:
+            client.allocate_batch([("invoice", "7", None), ("invoice", "8", None)])
+        assert str(info.value) == "asked 2 numbers, the answer does not hold as many", shape
+    client, _ = _batch_client(sleeps, lambda asked: mock_response(
+        200, {"items": numbered(asked)[::-1]}))
+    with pytest.raises(CoordinatorBadResponse) as info:
+        client.allocate_batch([("invoice", "7", None), ("credit_note", "8", None)])
+    assert str(info.value) == "asked a number for invoice '7', got one for credit_note '8'"
+
+
+def test_whoami_names_the_tokens_system_and_refuses_an_answer_of_another_shape(
+    sleeps: Sleeps,
+) -> None:
+    """`whoami` (the CLI's token check) asks with the token; a refusal is the coordinator's;
+    an answer that names no kind of token is not taken for one."""
+    seen: list[tuple[str, str, str]] = []
+    answers = [mock_response(200, {"kind": "agent", "system": "blue"}),
+               mock_response(401, {"code": 401, "status": "Unauthorized",
+                                   "message": "Missing or invalid token", "errors": {}}),
+               mock_response(200, ["agent"]), mock_response(200, {"kind": 1}),
+               mock_response(200, {})]
+
+    def handler(request: requests.PreparedRequest) -> requests.Response:
+        seen.append((request.method, request.path_url, request.headers["Authorization"]))
+        return answers.pop(0)
+
+    client = mock_client(handler, sleeps)
+    assert client.whoami() == {"kind": "agent", "system": "blue"}
+    assert seen == [("GET", "/v1/whoami", f"Bearer {TOKEN}")]
+    with pytest.raises(CoordinatorRefused) as refused:
+        client.whoami()
+    assert refused.value.code == 401
+    for _ in range(3):
+        with pytest.raises(CoordinatorBadResponse) as info:
+            client.whoami()
+        assert str(info.value) == "/v1/whoami answered JSON of the wrong shape"
+
+
+def _status(whoami: requests.Response, probe: requests.Response | None, sleeps: Sleeps):
+    """`status()` against a coordinator answering `whoami` and the old coordinators' probe."""
+    asked: list[str] = []
+
+    def handler(request: requests.PreparedRequest) -> requests.Response:
+        asked.append(request.path_url)
+        if request.path_url in ("/livez", "/readyz"):
+            return mock_response(200, {"status": "ok"})
+        return whoami if request.path_url == "/v1/whoami" else probe
+
+    return mock_client(handler, sleeps).status(), asked[2:]
+
+
+PROBED = ["/v1/whoami", "/v1/allocations/invoice:0:0"]
+
+
+@pytest.mark.parametrize(
+    ("whoami", "probe", "token", "asked"),
+    [
+        (mock_response(200, {"kind": "agent", "system": "blue"}), None, (True, "blue"),
+         PROBED[:1]),
+        (mock_response(200, {"kind": "admin"}), None, (True, None), PROBED[:1]),
+        (mock_response(200, {"kind": "agent", "system": ["blue"]}), None, (True, None),
+         PROBED[:1]),
+        (mock_response(401, None), None, (False, None), PROBED[:1]),
+        (mock_response(500, None), None, (None, None), PROBED[:1]),
+        (mock_response(503, None), None, (None, None), PROBED[:1]),
+        (mock_response(200, ["agent"]), mock_response(404, None), (True, None), PROBED),
+        (mock_response(200, content=b"<html>Log in</html>"), mock_response(401, None),
+         (False, None), PROBED),
+        (mock_response(404, None), mock_response(404, None), (True, None), PROBED),
+        (mock_response(404, None), mock_response(401, None), (False, None), PROBED),
+        (mock_response(404, None), mock_response(500, None), (None, None), PROBED),
+        (mock_response(404, None), mock_response(503, None), (None, None), PROBED),
+    ],
+    ids=["agent", "admin", "system-not-a-name", "refused", "500", "503", "whoami-not-a-dict",
+         "whoami-not-json", "old-accepted", "old-refused", "old-500", "old-503"],
+)
+def test_status_checks_the_token_with_one_probe_and_names_its_system(
+    whoami: requests.Response, probe: requests.Response | None, token: tuple, asked: list,
+    sleeps: Sleeps,
+) -> None:
+    """`agent status`: `/v1/whoami` says whether the token is accepted and for which system;
+    a coordinator older than it (404) or an answer of another shape is asked for an allocation
+    that cannot exist (401: refused, 404: accepted); a failing coordinator leaves it unknown.
+    A probe is one request, never retried."""
+    status, seen = _status(whoami, probe, sleeps)
+    assert (status.token_valid, status.system) == token
+    assert (status.url, status.live, status.ready) == ("https://numbers.example", True, True)
+    assert seen == asked
+    assert sleeps == []
+
+
+def test_status_of_a_coordinator_that_does_not_answer_is_one_attempt(sleeps: Sleeps) -> None:
+    """The probe does not wait through the retry policy, and names what failed."""
+    def handler(request: requests.PreparedRequest) -> requests.Response:
+        raise requests.ConnectionError()
+
+    with pytest.raises(CoordinatorUnreachable) as info:
+        mock_client(handler, sleeps).status()
+    assert str(info.value) == ("no answer from https://numbers.example after 1 attempt(s): "
+                               "ConnectionError")
+    assert sleeps == []
+
+
+def test_the_clock_skew_counts_from_the_middle_of_the_probe_in_utc() -> None:
+    """The Date header is compared with the midpoint of the request (it was made in between);
+    a date without a zone (`-0000`) is UTC."""
+    before = dt.datetime(2026, 11, 21, 10, 15, 0, tzinfo=dt.UTC)
+    after = before + dt.timedelta(seconds=10)
+    for header in ("Sat, 21 Nov 2026 10:15:12 GMT", "Sat, 21 Nov 2026 10:15:12 -0000"):
+        assert _clock_skew(header, before, after) == dt.timedelta(seconds=7)
+
+
+def test_settings_given_to_the_client_override_its_configuration(sleeps: Sleeps) -> None:
+    """`Client(config, url=..., token=...)`: the explicit ones win; a transport answers plain
+    http:// URLs as well as https://."""
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: requests.PreparedRequest) -> requests.Response:
+        seen.append((request.url, request.headers["Authorization"]))
+        return mock_response(200, ALLOCATION)
+
+    client = Client(Config(url="https://old.example", token="isg_old"), url="http://127.0.0.1:9",
+                    token=TOKEN, transport=MockTransport(handler), retry=FAST, sleep=sleeps)
+    client.get("invoice:2026:51")
+    assert seen == [("http://127.0.0.1:9/v1/allocations/invoice:2026:51", f"Bearer {TOKEN}")]
+
+
+def test_closing_the_client_releases_its_own_connections_but_not_a_session_passed_in() -> None:
+    class Closing(MockTransport):
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    def handler(request: requests.PreparedRequest) -> requests.Response:
+        return mock_response(200, ALLOCATION)
+
+    own = Closing(handler)
+    with Client(url="https://numbers.example", token=TOKEN, transport=own):
+        pass
+    assert own.closed > 0
+    passed = Closing(handler)
+    session = requests.Session()
+    session.mount("https://", passed)
+    with Client(url="https://numbers.example", token=TOKEN, session=session) as client:
+        assert client.get("invoice:2026:51").id == "invoice:2026:51"
+    assert passed.closed == 0

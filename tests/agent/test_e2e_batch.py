@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 
 import pytest
 
@@ -75,7 +76,7 @@ class _Counting(Client):
         return super().allocate(document, reference, date)
 
 
-def _poll(blue, tmp_path, page_size):
+def _poll(blue, tmp_path, page_size, number_on="paid"):
     from agent import Journal, Poller, WhmcsClient
 
     config = blue.agent_config(tmp_path / "j.sqlite3")
@@ -85,7 +86,7 @@ def _poll(blue, tmp_path, page_size):
         Journal(config.journal) as journal,
     ):
         client.batches, client.singles = [], []
-        report = Poller(client, whmcs, journal, page_size=page_size).run()
+        report = Poller(client, whmcs, journal, page_size=page_size, number_on=number_on).run()
     return report, client
 
 
@@ -103,7 +104,7 @@ def test_poller_takes_a_page_of_numbers_in_one_batch(live_coordinator, tmp_path)
 
 
 def test_poller_falls_back_to_single_allocations_when_a_batch_is_refused(
-        live_coordinator, tmp_path) -> None:
+        live_coordinator, tmp_path, caplog) -> None:
     blue = live_coordinator.register("blue")
     eur = blue.whmcs.add_client("EUR")
     last_year = TODAY.replace(year=TODAY.year - 1, month=6, day=1)
@@ -112,9 +113,52 @@ def test_poller_falls_back_to_single_allocations_when_a_batch_is_refused(
     # The coordinator already numbered `bad` in another period: its batch item is refused.
     with Client(url=live_coordinator.url, token=blue.token) as client:
         client.allocate("invoice", str(bad), last_year)
+    caplog.set_level(logging.INFO, logger="agent")
     report, client = _poll(blue, tmp_path, page_size=10)
     assert client.batches == [2] and sorted(client.singles) == sorted([str(bad), str(good)])
+    # The log says why the batch was not taken: the coordinator's refusal of the bad item.
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.poller"]
+    assert [m for m in said if m.startswith("batch of 2 numbers not taken (Item 0 cannot be")
+            and m.endswith(" (HTTP 409)); taking them one by one")] != []
     failed = [o.reference for o in report.outcomes if o.action == "failed"]
     assert failed == [str(bad)]
     nums = blue.invoicenums()
     assert nums[good] and not nums[bad]
+
+
+def test_created_mode_takes_the_numbers_of_unpaid_invoices_in_one_batch(
+        live_coordinator, tmp_path) -> None:
+    """`number_on = "created"`: an invoice needs its number once issued, paid or not, so the
+    page's batch holds the unpaid ones too."""
+    blue = live_coordinator.register("blue")
+    eur = blue.whmcs.add_client("EUR")
+    made = [blue.whmcs.add_invoice(userid=eur, status="Unpaid", subtotal="10.00", date=TODAY)
+            for _ in range(2)]
+    report, client = _poll(blue, tmp_path, page_size=10, number_on="created")
+    assert report.ok
+    assert client.batches == [2] and client.singles == []
+    assert all(blue.invoicenums()[i] for i in made)
+
+
+def test_numbers_of_a_batch_below_one_received_before_are_not_written(
+        live_coordinator, tmp_path) -> None:
+    """The backwards check holds for a page's batch as for a single number: this installation
+    received a higher number before (the coordinator restored from an old backup since), so
+    the run stops before writing any of the batch's numbers."""
+    from agent import Journal
+    from agent._models import Allocation
+
+    blue = live_coordinator.register("blue")
+    eur = blue.whmcs.add_client("EUR")
+    made = [blue.whmcs.add_invoice(userid=eur, status="Paid", subtotal="10.00", date=TODAY)
+            for _ in range(2)]
+    with Client(url=live_coordinator.url, token=blue.token) as client:
+        taken = client.allocate("invoice", "elsewhere", TODAY)
+    lost = Allocation.from_json({**taken.raw, "number": 1000, "reference": "lost",
+                                 "formatted": f"{taken.formatted}-lost"})
+    with Journal(blue.agent_config(tmp_path / "j.sqlite3").journal) as journal:
+        journal.receive(lost, before=journal.mark())
+    report, client = _poll(blue, tmp_path, page_size=10)
+    assert client.batches == [2]
+    assert report.aborted is not None and report.aborted.kind == "backwards"
+    assert [blue.invoicenums()[i] for i in made] == ["", ""]

@@ -790,8 +790,14 @@ def test_run_without_arguments_reads_everything_once_then_only_what_is_new(blue)
         Journal(blue.journal_path) as journal,
     ):
         poller = Poller(client, whmcs, journal)
-        assert [poller.run().full, poller.run().full, poller.run(full=True).full] == [
-            True, False, True]
+        fulls = []
+        for run in (poller.run, poller.run, lambda: poller.run(full=True)):
+            before = whmcs.calls
+            report = run()
+            # `whmcs_calls` counts this run's calls, not those the client made before it
+            assert report.whmcs_calls == whmcs.calls - before > 0
+            fulls.append(report.full)
+        assert fulls == [True, False, True]
 
 
 def test_a_pending_number_whose_invoice_whmcs_fails_to_read_is_left_for_the_next_run(
@@ -853,3 +859,43 @@ def test_a_role_without_getinvoices_stops_the_first_run_as_a_whole(
                    '"getinvoices" is not allowed). Add GetInvoices to the credentials\' API role: '
                    "Configuration → System Settings → Manage API Credentials → API Roles.",
         "kind": "whmcs"}
+
+
+def test_a_whmcs_that_breaks_after_one_invoice_failed_takes_no_further_number(
+    blue, monkeypatch, capsys
+) -> None:
+    """WHMCS answers a read of the invoice being numbered with "Command Not Found" (a module
+    put in front of api.php mid-run): that invoice fails, with its document named, and access
+    is checked again before the next number, which is not taken now that the check fails."""
+    first, second = blue.paid(), blue.paid()
+    for nth in (2, 3):  # the first GetInvoice is the access check
+        blue.whmcs.inject_fault("status", status=200, body=COMMAND_NOT_FOUND,
+                                content_type="application/json", action="GetInvoice", nth=nth)
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    (failed,) = report["outcomes"]
+    assert {k: failed[k] for k in ("reference", "action", "document", "kind")} == {
+        "reference": str(first), "action": "failed", "document": "invoice", "kind": "whmcs"}
+    assert report["aborted"]["message"].endswith(" No number was taken.")
+    assert blue.statuses() == {str(first): "issued"}  # none for the second invoice
+    assert blue.invoicenums()[second] == ""
+
+
+def test_whmcs_failing_right_after_a_number_was_taken_stops_the_run_at_that_invoice(
+    blue, monkeypatch, capsys
+) -> None:
+    """Not an API answer but WHMCS itself failing (HTTP 500): the run stops, saying at which
+    invoice and document; the number stays taken for the next run to write."""
+    iid = blue.paid()
+    blue.whmcs.inject_fault("status", status=500, action="GetInvoice", nth=2)
+    code, report = poll_json(monkeypatch, blue, capsys)
+    assert code == ExitCode.WHMCS
+    aborted = report["aborted"]
+    assert {k: aborted[k] for k in ("reference", "action", "document", "kind")} == {
+        "reference": str(iid), "action": "failed", "document": "invoice", "kind": "whmcs"}
+    assert aborted["message"].startswith(
+        f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} answered HTTP 500 with a non-JSON "
+        "body, not API JSON: 'Internal Server Error'.")
+    assert blue.statuses() == {str(iid): "issued"}
+    assert poll(monkeypatch, blue) == ExitCode.OK
+    assert blue.invoicenums()[iid] == f"INV-{YEAR}-000001"

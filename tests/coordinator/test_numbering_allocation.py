@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from coordinator import keys
@@ -122,6 +125,10 @@ def test_dedicated_toggle_refused_once_credit_notes_exist(client, agent, admin,
     refused = client.patch("/v1/sequences/credit_note", headers=admin,
                            json={"dedicated": not start_dedicated})
     assert refused.status_code == 409
+    home = "credit_note" if start_dedicated else "invoice"
+    assert refused.get_json()["message"] == (
+        f"dedicated cannot change: 1 credit note(s) were numbered in the {home} sequence, "
+        "and replays of them must keep their numbers")
     assert snapshot(valkey.url) == before
     replay = take(client, blue, "cn-1", document="credit_note")
     assert (replay.status_code, replay.get_json()["id"]) == (200, note["id"])
@@ -140,8 +147,14 @@ def test_toggle_before_use_and_stale_routing_hint(client, agent, admin, app_conf
     assert note["sequence"] == "invoice"
     assert client.patch("/v1/sequences/credit_note", headers=admin,
                         json={"dedicated": True}).status_code == 409
-    audit = client.get("/v1/sequences/credit_note/audit", headers=admin).get_json()["records"]
-    assert audit[-1]["after"] == {"dedicated": False}
+    for sequence in sequences.SEQUENCES:  # one record of the switch in each sequence's audit
+        audit = client.get(f"/v1/sequences/{sequence}/audit",
+                           headers=admin).get_json()["records"]
+        (record,) = audit
+        assert record == {"at": record["at"], "by": record["by"], "period": None,
+                          "before": {"dedicated": True}, "after": {"dedicated": False}}
+        assert re.fullmatch(r"admin:\S+", record["by"])
+        assert abs(datetime.fromisoformat(record["at"]) - datetime.now(UTC)) < timedelta(hours=1)
 
 
 def test_interrupted_toggle_answers_503_then_repairs(client, agent, admin, redis_client):

@@ -276,6 +276,26 @@ def test_seal_appended_is_idempotent_and_never_seals_an_event_out_of_place(redis
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
+def test_a_number_of_series_eu_is_sealed_onto_eu_s_own_chain(redis_client):
+    """The chain length and head a new number's seal continues from are eu's: with default's
+    chain as long as eu's, default's head would be hashed into eu's chain and break it."""
+    from coordinator.numbering import series
+
+    series.create_series(redis_client, "eu", "EU entity")
+    series.leave(redis_client, "default", "green")
+    series.join(redis_client, "eu", "green")
+    for system, reference in (("blue", "b1"), ("green", "g1"), ("green", "g2")):
+        appended: list[chain.Appended] = []
+        allocation.allocate_batch(redis_client, system, [Item("invoice", reference,
+                                                              date(2026, 3, 1))],
+                                  hints=Hints(series_of={"green": "eu"}), appended=appended)
+        for each in appended:
+            chain.seal_appended(redis_client, each)
+    assert redis_client.llen(keys.seq_chain("invoice", "eu")) == 2
+    assert chain.verify(redis_client, "invoice", series="eu")["ok"] is True
+    assert chain.verify(redis_client, "invoice")["ok"] is True
+
+
 def test_seal_appended_seals_the_rest_when_another_sealer_sealed_part(redis_client):
     appended: list[chain.Appended] = []
     allocation.allocate_batch(redis_client, "blue", [

@@ -305,7 +305,8 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
     assert first["status"] == "confirmed" and first["reference"] == "r-0"
     replay, new = allocation.allocate(redis_client, "blue", "invoice", "r-0", DAY)
     assert (replay, new) == (first, False)
-    with pytest.raises(Conflict, match="is confirmed: only a void number can be reissued"):
+    with pytest.raises(Conflict, match=r"^invoice:2026:1 is confirmed: only a void number can "
+                                        r"be reissued \(void it first, with the reason\)$"):
         allocation.reissue(redis_client, "invoice:2026:1", "again", actor="admin")
     # Bringing a settled number back takes a second round trip, which waits for durability
     # as the first would (here a replica that is not there: not confirmed, so a 503).
@@ -330,12 +331,15 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
     new, old = allocation.reissue(redis_client, "invoice:2026:1", "again", actor="admin")
     assert new["number"] == 9 and old["reissued_as"] == new["id"]
     assert chain.verify(redis_client, "invoice")["ok"] is True
-    # Recovery counts a settled number as in the ledger (never issued twice).
-    found = recover.Evidence("blue", first["formatted"], "journal:x", reference="r-0",
+    # Recovery counts a settled number as in the ledger (never issued twice): 6 is still in
+    # its block (1-3 came back to the ledger hash with the changes above).
+    assert not redis_client.hexists(keys.seq_ledger("invoice", "2026"), "6")
+    sixth = allocation.get(redis_client, "invoice:2026:6")
+    found = recover.Evidence("blue", sixth["formatted"], "journal:x", reference="r-5",
                              document="invoice", series="default", sequence="invoice",
-                             period="2026", number=3)
+                             period="2026", number=6)
     plan = recover.plan(redis_client, [found], {})
-    assert plan.periods[0].in_ledger == {3}
+    assert plan.periods[0].in_ledger == {6}
 
 
 def test_a_settled_number_of_another_series_answers_its_replay(redis_client):

@@ -18,6 +18,11 @@ from tests.support import initialise_numbering
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
+# A primary starts a replica's first sync at once: Valkey and Redis wait 5 s by default
+# (repl-diskless-sync-delay) for more replicas to share it, which only costs these tests time.
+PRIMARY = ["repl-diskless-sync-delay 0"]
+
+
 def _agent(url: str, system: str = "blue") -> dict:
     client = redis.Redis.from_url(url, decode_responses=True)
     token = auth.new_token(auth.AGENT)
@@ -46,6 +51,17 @@ def _wait_replica(url: str) -> None:
     admin.close()
 
 
+def _has_waitaof(url: str) -> bool:
+    client = redis.Redis.from_url(url)
+    try:
+        client.execute_command("WAITAOF", 0, 0, 0)
+        return True
+    except redis.ResponseError:  # "unknown command": Redis before 7.2
+        return False
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("crash", [True, False], ids=["kill-9", "sigterm"])
 def test_counter_and_ledger_survive_restart(tmp_path, crash, server_binary):
     server = ValkeyServer(tmp_path / "v", binary=server_binary).start()
@@ -68,7 +84,7 @@ def test_counter_and_ledger_survive_restart(tmp_path, crash, server_binary):
 
 
 def test_missing_replica_answers_503_and_retry_returns_same_number(tmp_path, server_binary):
-    primary = ValkeyServer(tmp_path / "p", binary=server_binary).start()
+    primary = ValkeyServer(tmp_path / "p", binary=server_binary, extra=PRIMARY).start()
     replica = None
     try:
         headers = _agent(primary.url)
@@ -103,7 +119,7 @@ def test_replica_fsync_is_learned_without_waiting_for_its_periodic_ack(tmp_path,
     ~1 s after the previous one, and answer 503. The first request also runs the one-off
     layout migration on a cold connection; it is taken before the budget is set, so a
     loaded machine cannot make it miss a budget that is not what this test is about."""
-    primary = ValkeyServer(tmp_path / "p", binary=server_binary).start()
+    primary = ValkeyServer(tmp_path / "p", binary=server_binary, extra=PRIMARY).start()
     replica = ValkeyServer(tmp_path / "r", binary=server_binary,
                            extra=[f"replicaof {primary.host} {primary.port}"])
     try:
@@ -124,7 +140,7 @@ def test_replica_fsync_is_learned_without_waiting_for_its_periodic_ack(tmp_path,
 def test_replay_waits_for_the_original_write_not_just_its_own(tmp_path):
     """A replay on a fresh connection has written nothing, so a bare WAITAOF would return at
     once with the stalled replica counted; the replay's own tiny write makes it wait."""
-    primary = ValkeyServer(tmp_path / "p").start()
+    primary = ValkeyServer(tmp_path / "p", extra=PRIMARY).start()
     replica = ValkeyServer(tmp_path / "r", extra=[f"replicaof {primary.host} {primary.port}"])
     replica.start()
     try:
@@ -171,18 +187,44 @@ def test_aof_off_is_never_acknowledged(tmp_path, server_binary):
 
 
 def test_confirm_and_void_wait_for_durability(tmp_path, server_binary):
-    primary = ValkeyServer(tmp_path / "p", binary=server_binary).start()
+    """A replica that is connected but acknowledges nothing: the confirm and the void pass the
+    check before the script, are written, and still answer 503, because the wait after the
+    write is not met; the agent's retry, once the replica answers, gets its 200."""
+    primary = ValkeyServer(tmp_path / "p", binary=server_binary, extra=PRIMARY).start()
+    replica = ValkeyServer(tmp_path / "r", binary=server_binary,
+                           extra=[f"replicaof {primary.host} {primary.port}"])
+    replica.start()
     try:
         headers = _agent(primary.url)
-        entry = _take(_app(primary.url), headers, "1").get_json()
-        strict = _app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=100)
-        response = strict.post(f"/v1/allocations/{entry['id']}/confirm", headers=headers,
-                               json={"invoicenum": entry["formatted"]})
-        assert response.status_code == 503
-        again = _app(primary.url).post(f"/v1/allocations/{entry['id']}/confirm",
-                                       headers=headers, json={"invoicenum": entry["formatted"]})
-        assert (again.status_code, again.get_json()["status"]) == (200, "confirmed")
+        _wait_replica(primary.url)
+        app = _app(primary.url)
+        confirmed, voided = (_take(app, headers, ref).get_json() for ref in ("1", "2"))
+        strict = _app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=300)
+        confirm = (f"/v1/allocations/{confirmed['id']}/confirm",
+                   {"invoicenum": confirmed["formatted"]})
+        void = (f"/v1/allocations/{voided['id']}/void", {"reason": "invoice deleted"})
+        # WAITAOF where the server has it (Valkey, Redis 7.2+), WAIT on Debian's Redis 7.0.
+        refusal = ("Not confirmed durable within 300 ms (fsynced locally: True, replicas: 0/1); "
+                   "retry the same request") if _has_waitaof(primary.url) else (
+                   "Not confirmed on 1 replica(s) within 300 ms (WAIT answered 0); "
+                   "retry the same request")
+        os.kill(replica.process.pid, signal.SIGSTOP)  # connected, but acknowledges nothing
+        try:
+            for path, body in (confirm, void):
+                response = strict.post(path, headers=headers, json=body)
+                assert (response.status_code, response.get_json()["message"]) == (503, refusal)
+            # Written before the wait: the 503 came after the script, not from the check.
+            assert [app.get(f"/v1/allocations/{e['id']}", headers=headers).get_json()["status"]
+                    for e in (confirmed, voided)] == ["confirmed", "void"]
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        patient = _app(primary.url, DURABLE_REPLICAS=1, DURABILITY_TIMEOUT_MS=3000)
+        assert [(r.status_code, r.get_json()["status"])
+                for r in (patient.post(path, headers=headers, json=body)
+                          for path, body in (confirm, void))] == [(200, "confirmed"),
+                                                                  (200, "void")]
     finally:
+        replica.stop()
         primary.stop()
 
 

@@ -110,6 +110,19 @@ def test_lost_data_still_shows_through_the_counts(redis_client):
         {"kind": "missing", "after": 4, "before": 6}]
 
 
+def test_a_skip_in_a_series_counting_by_two_names_the_number_it_went_on_with(redis_client):
+    """The skip's ``next`` is the next number issued, not the counter plus one."""
+    sequences.update(redis_client, "invoice", {"increment": 2}, actor="admin:t", period="2026")
+    first, _ = allocation.allocate(redis_client, "blue", "invoice", "a", DAY)
+    sequences.update(redis_client, "invoice", {"next_number": first["number"] + 10},
+                     actor="admin:t", period="2026")
+    second, _ = allocation.allocate(redis_client, "blue", "invoice", "b", DAY)
+    for each in both(redis_client, later(0)):
+        assert [g for g in each if g["kind"] == "skipped"] == [
+            {"kind": "skipped", "after": first["number"], "next": second["number"],
+             "explanation": ledger.SKIP_EXPLANATION}]
+
+
 def _commands(client) -> int:
     return sum(int(s["calls"]) for s in client.info("commandstats").values())
 

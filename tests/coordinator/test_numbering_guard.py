@@ -49,6 +49,13 @@ def test_re_registering_systems_and_series_on_a_lost_store_does_not_initialise_i
     assert not guard.is_initialised(redis_client, "eu")
     # serve says so at start, for each series (and adopts neither).
     assert guard.adopt_all(redis_client) == ["default", "eu"]
+    # the admin sets eu's numbering: that initialises eu, and says nothing of default (whose
+    # recover stopped half-way: it keeps waiting for recover to be run again)
+    guard.mark_recovering(redis_client, "recover by admin, stopped", "default")
+    sequences.update(redis_client, "invoice", {"next_number": 1}, actor="admin", series="eu")
+    assert guard.is_initialised(redis_client, "eu")
+    assert not guard.is_initialised(redis_client, "default")
+    assert guard.recovering(redis_client, "default").endswith(" recover by admin, stopped")
 
 
 def test_a_new_series_in_an_initialised_store_numbers(redis_client):

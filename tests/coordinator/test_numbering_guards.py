@@ -38,13 +38,14 @@ def _changed_keys(before: dict, after: dict) -> set[str]:
 
 
 def test_confirm_and_void_in_a_series_write_only_that_series_keys(redis_client):
-    """Confirming, re-confirming and voiding a number of series eu write only eu's keys: its
-    ledger events (what its chain and `verify` read), its void index (what its gap report
-    reads), the repeat's write. One hash slot, as a Redis Cluster needs; a key of the default
-    series would put eu's events in another entity's chain."""
+    """Allocating, confirming, re-confirming, voiding and reissuing a number of series eu
+    write only eu's keys: its ledger events (what its chain and `verify` read), its void index
+    (what its gap report reads), the repeat's write. One hash slot, as a Redis Cluster needs; a
+    key of the default series would put eu's events in another entity's chain."""
     from datetime import date
 
-    from coordinator.numbering import allocation, series
+    from coordinator.exceptions import NumberingBehind
+    from coordinator.numbering import allocation, guard, series
 
     series.create_series(redis_client, "eu", "EU entity")
     series.leave(redis_client, "default", "green")
@@ -52,7 +53,13 @@ def test_confirm_and_void_in_a_series_write_only_that_series_keys(redis_client):
     redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
     day = date(2026, 5, 5)
     first, _ = allocation.allocate(redis_client, "green", "invoice", "1", day)
+    before = snapshot(redis_client)
     second, _ = allocation.allocate(redis_client, "green", "invoice", "2", day)
+    assert _changed_keys(before, snapshot(redis_client)) == {
+        keys.seq_ledger("invoice", "2026", "eu"), keys.seq_ledger_order("invoice", "2026", "eu"),
+        keys.seq_counter("invoice", "2026", "eu"), keys.seq_stats("invoice", "eu"),
+        keys.seq_refs("invoice", "invoice", "green", "eu"), keys.seq_events("invoice", "eu"),
+        keys.series_formatted("eu")}
     who = {"actor_kind": "agent", "actor_system": "green", "actor": "agent:green"}
     before = snapshot(redis_client)
     allocation.transition(redis_client, first["id"], "confirm", first["formatted"], **who)
@@ -62,3 +69,23 @@ def test_confirm_and_void_in_a_series_write_only_that_series_keys(redis_client):
     assert written == {keys.seq_ledger("invoice", "2026", "eu"),
                        keys.seq_stats("invoice", "eu"), keys.seq_events("invoice", "eu"),
                        keys.seq_voids("invoice", "2026", "eu")}
+    # An admin's reissue of the void number: eu's keys only, each of its own sequence.
+    before = snapshot(redis_client)
+    third, _ = allocation.reissue(redis_client, second["id"], "voided by mistake", actor="admin")
+    assert third["id"] == "eu/invoice:2026:3"
+    assert _changed_keys(before, snapshot(redis_client)) == {
+        keys.seq_ledger("invoice", "2026", "eu"), keys.seq_ledger_order("invoice", "2026", "eu"),
+        keys.seq_counter("invoice", "2026", "eu"), keys.seq_stats("invoice", "eu"),
+        keys.seq_refs("invoice", "invoice", "green", "eu"), keys.seq_events("invoice", "eu"),
+        keys.series_formatted("eu")}
+    # A reissue reads eu's guard: once green's WHMCS shows eu ahead, eu's reissue is refused
+    # (default is not behind).
+    allocation.transition(redis_client, third["id"], "void", "again", actor_kind="admin",
+                          actor_system=None, actor="admin")
+    guard.check_synced_numbers(redis_client, "green", ["INV-2026-000009"], series="eu")
+    before = snapshot(redis_client)
+    with pytest.raises(NumberingBehind, match="^numbering of invoice of series eu in period "
+                                              "2026 is refused: the WHMCS of green already "
+                                              "shows INV-2026-000009"):
+        allocation.reissue(redis_client, third["id"], "again", actor="admin")
+    assert snapshot(redis_client) == before

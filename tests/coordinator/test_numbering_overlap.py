@@ -156,3 +156,88 @@ def test_no_settings_history_prints_a_number_twice_in_a_series(ops):
     assert total == issued
     if ops is HISTORY:
         assert refused_duplicates == 1  # the index refused what the settings check allowed
+
+
+# --- two admins at once: each change is checked against the settings it is written over ------
+
+
+def _racing(monkeypatch, other_admin) -> None:
+    """Run ``other_admin`` once, right after the first overlap check passes and before the
+    checked change is written: the moment another admin's request can land in between."""
+    checked = overlap.check_sequences
+    pending = [other_admin]
+
+    def check_then_race(invoice, credit_note):
+        checked(invoice, credit_note)
+        if pending:
+            pending.pop()()
+
+    monkeypatch.setattr(overlap, "check_sequences", check_then_race)
+
+
+def _printable_by_both(client) -> bool:
+    invoice, credit_note = (sequences.read_settings(client, name) for name in sequences.SEQUENCES)
+    return credit_note["dedicated"] and overlap.shared_output(
+        (invoice["format"], invoice["padding"]),
+        (credit_note["format"], credit_note["padding"])) is not None
+
+
+SHARED = [("credit_note", {"dedicated": False})]  # credit notes drawn from invoice
+
+
+@pytest.mark.parametrize("before, first, meanwhile", [
+    # each change is fine on the settings it was checked against, not after the other one
+    ([], ("credit_note", {"format": "X-{YEAR}-{NUMBER}"}),
+     ("invoice", {"format": "X-{YEAR}-{NUMBER}"})),
+    ([], ("invoice", {"padding": 5}),
+     ("credit_note", {"format": "INV-{YEAR}-{NUMBER}", "padding": 5})),
+    (SHARED, ("invoice", {"format": "CN-{YEAR}-{NUMBER}"}), ("credit_note", {"dedicated": True})),
+    (SHARED, ("credit_note", {"dedicated": True}),
+     ("credit_note", {"format": "INV-{YEAR}-{NUMBER}"})),
+    (SHARED, ("credit_note", {"dedicated": True}), ("invoice", {"format": "CN-{YEAR}-{NUMBER}"})),
+    ([*SHARED, ("invoice", {"format": "{YEAR}{NUMBER}"}),
+      ("credit_note", {"format": "{YEAR}{NUMBER}", "padding": 5})],
+     ("credit_note", {"dedicated": True}), ("credit_note", {"padding": 6})),
+])
+def test_two_admins_changing_settings_at_once_never_make_the_sequences_meet(
+        monkeypatch, before, first, meanwhile):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    for change in before:
+        sequences.update(client, *change, actor="admin:setup")
+    _racing(monkeypatch, lambda: sequences.update(client, *meanwhile, actor="admin:b"))
+    with pytest.raises(Conflict, match="could both print"):
+        sequences.update(client, *first, actor="admin:a")
+    assert not _printable_by_both(client)
+    assert [r["by"] for r in sequences.audit(client, first[0])
+            if r["by"] == "admin:a"] == []  # nothing of it written
+    assert sequences.audit(client, meanwhile[0])[-1]["by"] == "admin:b"
+
+
+@pytest.mark.parametrize("first, shared", [
+    (("credit_note", {"dedicated": True}), True),
+    (("credit_note", {"format": "X-{YEAR}-{NUMBER}"}), False),
+])
+def test_an_admin_overtaken_at_every_try_is_told_to_retry_and_nothing_is_written(
+        monkeypatch, first, shared):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    sequences.ensure_sequences(client)
+    if shared:
+        sequences.set_dedicated(client, False, actor="admin:setup")
+    before = {name: client.hgetall(keys.seq_settings(name)) for name in sequences.SEQUENCES}
+    checked = overlap.check_sequences
+    racing = []
+
+    def overtaken(invoice, credit_note):  # another admin changes invoices' padding each time
+        checked(invoice, credit_note)
+        if not racing:
+            racing.append(True)
+            padding = 5 if sequences.read_settings(client, "invoice")["padding"] == 6 else 6
+            sequences.update(client, "invoice", {"padding": padding}, actor="admin:b")
+            racing.pop()
+
+    monkeypatch.setattr(overlap, "check_sequences", overtaken)
+    with pytest.raises(Conflict) as refused:
+        sequences.update(client, *first, actor="admin:a")
+    assert refused.value.message == "The settings were changed concurrently too often; retry"
+    assert client.hgetall(keys.seq_settings("credit_note")) == before["credit_note"]
+    assert all(r["by"] != "admin:a" for r in sequences.audit(client, "credit_note"))

@@ -4,6 +4,7 @@ both entries linked, the reason kept, one chained event, and every refusal chang
 from __future__ import annotations
 
 import json
+from datetime import date
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ app_config, blue, auditor = (ledger_support.app_config, ledger_support.blue,
                              ledger_support.auditor)
 
 REASON = "number voided by mistake, see ticket 812"
+DAY = date(2026, 11, 21)
 
 
 def take(client, headers, reference, status=201):
@@ -175,8 +177,9 @@ def test_every_refusal_changes_nothing(client, admin, blue, auditor, redis_clien
     assert reissue(client, admin, voided["id"]).status_code == 201
     status, message = _refused(client, redis_client, voided["id"], admin)
     assert status == 409
-    assert message.startswith("The document of invoice:2026:3 (invoice 'r-3' of system "
-                              "'blue') now has number invoice:2026:4;")
+    assert message == ("The document of invoice:2026:3 (invoice 'r-3' of system 'blue') now "
+                       "has number invoice:2026:4; only the document's current number can be "
+                       "reissued, and only when it is void")
 
 
 def test_a_document_numbered_anew_after_a_void_is_not_reissued(client, admin, blue,
@@ -187,6 +190,79 @@ def test_a_document_numbered_anew_after_a_void_is_not_reissued(client, admin, bl
     redis_client.hset(keys.seq_refs("invoice", "invoice", "blue"), "r-1", other["id"])
     status, message = _refused(client, redis_client, voided["id"], admin)
     assert status == 409 and "now has number invoice:2026:2" in message
+
+
+def test_damaged_or_half_switched_data_is_refused_by_name_and_changes_nothing(
+        client, admin, blue, redis_client):
+    """What only a hand repair, damaged data or a half-done switch leaves: each refusal says
+    exactly what is wrong (an admin must act on it), and nothing changes."""
+    voided = void(client, blue, take(client, blue, "r-1"))
+    refs = keys.seq_refs("invoice", "invoice", "blue")
+    redis_client.hdel(refs, "r-1")  # the reference index lost the document
+    assert _refused(client, redis_client, voided["id"], admin) == (
+        409, "The document of invoice:2026:1 (invoice 'r-1' of system 'blue') now has number "
+             "none; only the document's current number can be reissued, and only when it is void")
+    redis_client.hset(refs, "r-1", voided["id"])
+    formatted = keys.series_formatted("default")
+    redis_client.hset(formatted, "INV-2026-000002", "credit_note:2026:7")  # printed already
+    assert _refused(client, redis_client, voided["id"], admin) == (
+        409, "The next invoice number would print as 'INV-2026-000002', which series 'default' "
+             "already issued (credit_note:2026:7); no number was taken. Raise next_number or "
+             "change the format so the series prints a new string")
+    redis_client.hdel(formatted, "INV-2026-000002")
+    redis_client.hset(keys.seq_settings("invoice"), "reset", "monthly")  # the entry is yearly
+    status, message = _refused(client, redis_client, voided["id"], admin)
+    assert status == 500 and message.startswith(  # then the request id of the warning raised
+        "Internal error: reissue of invoice:2026:1 refused with 'reset': the stored settings "
+        "contradict the ledger entry; no number was taken. This is not a passing outage")
+    redis_client.hset(keys.seq_settings("invoice"), "reset", "yearly")
+    credit = void(client, blue, client.post("/v1/allocations", headers=blue, json={
+        "document": "credit_note", "reference": "c-1", "date": "2026-11-21"}).get_json())
+    # Credit notes half switched to the invoice sequence (credit_note closed, invoice not open).
+    redis_client.hset(keys.seq_settings("credit_note"), "dedicated", "0")
+    assert _refused(client, redis_client, credit["id"], admin) == (
+        409, "Credit notes of series 'default' are no longer numbered in credit_note; the "
+             "agent's next allocation of this document takes a number in the sequence that "
+             "numbers them now")
+
+
+def test_a_store_of_the_previous_release_is_adopted_and_the_reissue_waits_for_durability(
+        redis_client):
+    from coordinator.exceptions import NotDurable
+    from coordinator.numbering import guard
+    from coordinator.numbering.scripts import Durability
+
+    taken, _ = allocation.allocate(redis_client, "blue", "invoice", "r-1", DAY)
+    allocation.transition(redis_client, taken["id"], "void", "sent twice", actor_kind="admin",
+                          actor_system=None, actor="admin:t")
+    redis_client.delete(*(keys.seq_guard(s) for s in ("invoice", "credit_note")))  # no guard
+    # Adopted (it has history), then written; a replica that does not acknowledge: a 503.
+    with pytest.raises(NotDurable):
+        allocation.reissue(redis_client, taken["id"], REASON, actor="admin:t",
+                           durability=Durability(replicas=1, timeout_ms=50))
+    assert guard.is_initialised(redis_client, "default")
+    new = allocation.get(redis_client, allocation.get(redis_client, taken["id"])["reissued_as"])
+    assert (new["id"], new["reissue_reason"], new["reissued_by"]) == (
+        "invoice:2026:2", REASON, "admin:t")
+
+
+def test_a_void_number_gone_before_the_script_runs_is_a_404(redis_client, monkeypatch):
+    """Removed between the read and the script (a restore replaced the store meanwhile)."""
+    from coordinator.exceptions import NotFound
+
+    taken, _ = allocation.allocate(redis_client, "blue", "invoice", "r-1", DAY)
+    allocation.transition(redis_client, taken["id"], "void", "sent twice", actor_kind="admin",
+                          actor_system=None, actor="admin:t")
+    run = allocation.scripts.run
+
+    def gone_first(client, *args):
+        client.hdel(keys.seq_ledger("invoice", "2026"), "1")
+        return run(client, *args)
+
+    monkeypatch.setattr(allocation.scripts, "run", gone_first)
+    with pytest.raises(NotFound) as refused:
+        allocation.reissue(redis_client, taken["id"], REASON, actor="admin:t")
+    assert refused.value.message == "No allocation 'invoice:2026:1'"
 
 
 def test_a_system_moved_out_of_the_series_is_refused(client, admin, blue, redis_client):

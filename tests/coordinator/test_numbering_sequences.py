@@ -8,8 +8,9 @@ import fakeredis
 import pytest
 
 from coordinator import keys
-from coordinator.exceptions import Conflict, InvalidInput
-from coordinator.numbering import allocate, gaps, list_ledger, sequences
+from coordinator.exceptions import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from coordinator.numbering import allocate, gaps, list_ledger, overlap, sequences
+from coordinator.numbering.series import create_series, delete_series, join, prepare_registration
 from tests.support import initialise_numbering, snapshot
 
 
@@ -28,14 +29,25 @@ def test_good_formats(fmt, reset):
     sequences.check_format(fmt, reset)
 
 
-@pytest.mark.parametrize("fmt, reset", [
-    ("INV-{YEAR}", "yearly"),
-    ("{NUMBER}-{NUMBER}", "never"), ("{number}", "never"), ("{YEAR-{NUMBER}", "never"),
-    ("{ID}-{NUMBER}", "never"), ("{NUMBER}}", "never"),
+TAGS_ALLOWED = "allowed: {YEAR}, {MONTH}, {DAY}, {NUMBER}."
+ONE_NUMBER = "Must contain {NUMBER} exactly once."
+
+
+@pytest.mark.parametrize("fmt, reset, problems", [
+    ("INV-{YEAR}", "yearly", [ONE_NUMBER]),
+    ("{NUMBER}-{NUMBER}", "never", [ONE_NUMBER]),
+    ("{number}", "never", [f"Unknown or broken tag(s) ['{{number}}']; {TAGS_ALLOWED}", ONE_NUMBER]),
+    ("{YEAR-{NUMBER}", "never", [f"Unknown or broken tag(s) ; {TAGS_ALLOWED}"]),
+    ("{ID}-{NUMBER}", "never", [f"Unknown or broken tag(s) ['{{ID}}']; {TAGS_ALLOWED}"]),
+    ("{NUMBER}}", "never", [f"Unknown or broken tag(s) ; {TAGS_ALLOWED}"]),
+    ("}{NUMBER}{", "never", [f"Unknown or broken tag(s) ; {TAGS_ALLOWED}"]),
 ])
-def test_bad_formats(fmt, reset):
-    with pytest.raises(InvalidInput):
+def test_bad_formats(fmt, reset, problems):
+    # The admin's 422 says what is wrong with the format (API.md error shape, whole).
+    with pytest.raises(InvalidInput) as refused:
         sequences.check_format(fmt, reset)
+    assert (refused.value.message, refused.value.errors) == (
+        "Invalid format", {"json": {"format": problems}})
 
 
 @pytest.mark.parametrize("fmt, reset", [("INV-{NUMBER}", "yearly"), ("{YEAR}-{NUMBER}", "monthly")])
@@ -57,6 +69,68 @@ def test_allocation_logic_on_fakeredis():
     assert new and (entry["formatted"], entry["number"]) == ("INV-2026-000001", 1)
     again, new = allocate(client, "blue", "invoice", "1", date(2026, 7, 3))
     assert not new and again == entry
+
+
+def test_a_change_to_a_series_deleted_meanwhile_answers_503_and_writes_nothing(monkeypatch):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    sequences.ensure_sequences(client, "eu")
+    chosen = sequences.period_of
+
+    def deleted_meanwhile(day, reset):  # another admin deletes the (unused) series now
+        delete_series(client, "eu", [])
+        return chosen(day, reset)
+
+    monkeypatch.setattr(sequences, "period_of", deleted_meanwhile)
+    with pytest.raises(ServiceUnavailable) as refused:
+        sequences.update(client, "invoice", {"next_number": 5}, actor="admin:a", series="eu")
+    assert refused.value.message == "Sequence invoice of series eu is not initialised; retry"
+    assert client.keys("*eu*") == []
+
+
+def test_a_dedicated_switch_in_a_series_deleted_meanwhile_answers_404_and_writes_nothing(
+        monkeypatch):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    sequences.set_dedicated(client, False, actor="admin:a", series="eu")
+    checked = overlap.check_sequences
+
+    def deleted_meanwhile(invoice, credit_note):  # another admin deletes the series now
+        checked(invoice, credit_note)
+        delete_series(client, "eu", [])
+
+    monkeypatch.setattr(overlap, "check_sequences", deleted_meanwhile)
+    with pytest.raises(NotFound) as refused:
+        sequences.set_dedicated(client, True, actor="admin:a", series="eu")
+    assert refused.value.message == "No series 'eu'"
+    assert client.keys("*eu*") == []
+
+
+def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    prepare_registration(client, "eu", "orange")  # orange numbers in eu, as the registry does
+    client.hset(keys.system("orange"), mapping={"name": "orange", "series": "eu"})
+    join(client, "eu", "orange")
+    initialise_numbering(client)
+    day = date(2026, 3, 4)
+    allocate(client, "blue", "credit_note", "1", day)  # default's own credit notes count not
+    default_before = {name: client.hgetall(keys.seq_settings(name)) for name in sequences.SEQUENCES}
+    sequences.set_dedicated(client, False, actor="admin:a", series="eu")
+    assert sequences.credit_note_home(client, "eu") == "invoice"
+    assert client.hget(keys.seq_settings("invoice", "eu"), "credit_notes") == "1"
+    assert {name: sequences.audit(client, name, series="eu")[-1]["after"]
+            for name in sequences.SEQUENCES} == {name: {"dedicated": False}
+                                                for name in sequences.SEQUENCES}
+    # eu's credit notes, now numbered in eu's invoice sequence, keep eu from switching back
+    assert allocate(client, "orange", "credit_note", "1", day)[0]["sequence"] == "invoice"
+    with pytest.raises(Conflict) as refused:
+        sequences.set_dedicated(client, True, actor="admin:a", series="eu")
+    assert refused.value.message.startswith("dedicated cannot change: 1 credit note(s) were "
+                                            "numbered in the invoice sequence")
+    assert {name: client.hgetall(keys.seq_settings(name))
+            for name in sequences.SEQUENCES} == default_before
+    assert [sequences.audit(client, name) for name in sequences.SEQUENCES] == [[], []]
 
 
 # --- HTTP on the real server -----------------------------------------------------------------
@@ -90,6 +164,43 @@ def test_reset_locked_once_numbers_issued(client, agent, admin):
     response = client.patch("/v1/sequences/invoice", headers=admin,
                             json={"reset": "monthly", "format": "{YEAR}{MONTH}{NUMBER}"})
     assert response.status_code == 409
+
+
+@pytest.mark.integration
+def test_each_refused_setting_says_exactly_why(client, agent, admin, valkey):
+    """The admin reads why a change was refused (README "Troubleshooting"): whole answers."""
+
+    def refused(body, status):
+        response = client.patch("/v1/sequences/invoice", headers=admin, json=body)
+        assert response.status_code == status, response.get_json()
+        answer = response.get_json()
+        return answer["message"], answer["errors"]
+
+    assert client.get("/v1/sequences/invoice", headers=admin).status_code == 200  # defaults
+    before = snapshot(valkey.url)
+    # Nothing issued: an increment of 5 makes 5 the next number, so 3 goes backwards.
+    assert refused({"increment": 5, "next_number": 3, "period": "2026"}, 409) == (
+        "next_number can only move forward: in period 2026 the next number is 5 "
+        "(no number is issued yet)", {})
+    assert refused({"padding": 2, "next_number": 100, "period": "2026"}, 409) == (
+        "sequence exhausted: the next number 100 would not fit the padding or the cap "
+        f"{sequences.MAX_NUMBER}", {})
+    assert refused({"next_number": 9, "period": "2026-11"}, 422) == (
+        "Validation failed",
+        {"json": {"period": ["Not a period of a yearly reset ('all', 'YYYY' or 'YYYY-MM')."]}})
+    assert snapshot(valkey.url) == before
+    assert client.patch("/v1/sequences/invoice", headers=admin,
+                        json={"next_number": 2, "period": "2026"}).status_code == 200
+    assert refused({"next_number": 1, "period": "2026"}, 409)[0] == (
+        "next_number can only move forward: in period 2026 the next number is 2 "
+        "(no number is issued yet; 1–1 were skipped (see the audit))")
+    take(client, agent("blue"), "a")
+    assert refused({"next_number": 1, "period": "2026"}, 409)[0] == (
+        "next_number can only move forward: in period 2026 the next number is 3 "
+        "(numbers up to 2 are issued)")
+    assert refused({"reset": "monthly", "format": "{YEAR}{MONTH}{NUMBER}"}, 409) == (
+        "reset cannot change once numbers were issued in this sequence: the new periods "
+        "would restart and repeat formatted numbers", {})
 
 
 BAD_PATCHES = [

@@ -296,6 +296,10 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
     done = recovery.apply(redis_client, recovery.plan(redis_client, evidence, {"green": "eu"}),
                           actor="t", reason="lost")
     assert [(d["series"], d["new_counter"], d["recovered"]) for d in done] == [("eu", "5", 2)]
+    # Recovered numbers count as issued by eu: it serves no system yet, but deleting it (and
+    # its counter, so a series made again would print 4 and 5 again) is refused.
+    with pytest.raises(Conflict, match="^Series 'eu' issued 2 number"):
+        series.delete_series(redis_client, "eu", [])
     ledger = {e["number"]: e for e in iter_ledger(redis_client, "invoice", "2026", series="eu")}
     assert {n: (e["id"], e["system"]) for n, e in ledger.items()} == {
         4: ("eu/invoice:2026:4", "green"), 5: ("eu/invoice:2026:5", "teal")}
@@ -316,6 +320,55 @@ def test_a_lost_store_with_two_series_recovers_each_in_its_own(redis_client):
     for name in ("default", "eu"):
         assert guard.is_initialised(redis_client, name)
     assert allocation.allocate(redis_client, "blue", "invoice", "1", DAY)[0]["number"] == 1
+
+
+def test_numbers_not_fully_known_are_read_with_their_series_formats_as_their_document(
+        redis_client):
+    # green numbers in series eu, which prints its own invoice format; its WHMCS is ahead.
+    series.create_series(redis_client, "eu", "EU entity")
+    sequences.update(redis_client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, actor="admin",
+                     series="eu")
+    series.leave(redis_client, "default", "green")
+    series.join(redis_client, "eu", "green")
+    redis_client.hset(keys.system("green"), mapping={"name": "green", "series": "eu"})
+    for reference in ("1", "2"):
+        allocation.allocate(redis_client, "green", "invoice", reference, DAY)
+    journal = {"source": "journal:green", "document": "invoice", "series": "eu",
+               "period": "2026"}
+    evidence = [
+        Evidence("green", f"EU-2026-00000{n}", "whmcs:green", reference=str(n)) for n in (2, 4)]
+    evidence += [
+        Evidence("green", "CN-2026-000002", "whmcs:green", reference="9"),  # a credit note
+        # Journal rows that name no sequence this coordinator numbers, or no number: read by
+        # the number they print, as a WHMCS number is.
+        Evidence("green", "EU-2026-000003", reference="r3", sequence="bogus", number=3,
+                 **journal),
+        Evidence("green", "EU-2026-000005", reference="r5", sequence="invoice", **journal),
+        # teal numbered in eu before the loss (its membership there was lost with the store)
+        Evidence("teal", "EU-2026-000006", "journal:teal", reference="t6", document="invoice",
+                 series="eu", sequence="invoice", period="2026", number=6)]
+    plan = recovery.plan(redis_client, evidence, {"green": "eu"})
+    assert plan.unread == []
+    # eu's own counter and ledger (default's know nothing of eu's numbers).
+    assert [(p.series, p.sequence, p.period, p.counter, sorted(p.numbers), p.in_ledger)
+            for p in plan.periods] == [("eu", "credit_note", "2026", 0, [2], set()),
+                                       ("eu", "invoice", "2026", 2, [2, 3, 4, 5, 6], {2})]
+    recovery.apply(redis_client, plan, actor="t", reason="lost")
+    # The number the credit-note format printed is a credit note (docs/RECOVERY.md), and its
+    # WHMCS id answers it when the agent asks for that credit note's number.
+    ledger = iter_ledger(redis_client, "credit_note", "2026", series="eu")
+    assert [(e["number"], e["document"], e["reference"]) for e in ledger] == [
+        (2, "credit_note", "9")]
+    replay, new = allocation.allocate(redis_client, "green", "credit_note", "9", DAY)
+    assert (replay["id"], new) == ("eu/credit_note:2026:2", False)
+    # eu does not number teal now: its recovered number, voided, is not reissued in eu.
+    allocation.transition(redis_client, "eu/invoice:2026:6", "void", "sent twice",
+                          actor_kind="admin", actor_system=None, actor="admin")
+    with pytest.raises(Conflict) as refused:
+        allocation.reissue(redis_client, "eu/invoice:2026:6", "mistake", actor="admin")
+    assert refused.value.message == (
+        "System 'teal' is no longer numbered by series 'eu'; its documents get numbers in its "
+        "current series")
 
 
 def test_recover_in_a_series_counting_by_two_keeps_its_gap_report_and_audit_in_twos(
@@ -359,6 +412,21 @@ def test_a_recovered_number_is_never_printed_again_by_a_later_format(redis_clien
         "already issued (invoice:2026:1); no number was taken. Raise next_number or change the "
         "format so the series prints a new string")
 
+
+
+def test_a_store_lost_with_its_settings_recovered_from_a_journal_alone_counts_in_ones(
+        redis_client):
+    redis_client.flushall()  # settings lost too; only blue's journal knows number 3
+    plan = recovery.plan(redis_client, [Evidence(
+        "blue", "INV-2026-000003", "journal:blue", reference="r3", document="invoice",
+        series="default", sequence="invoice", period="2026", number=3)], {})
+    # The dry run counts as recover.lua writes (no increment stored: 1), and so do the
+    # skip it records and the gap report: 1 and 2 no source showed, then 3.
+    described = plan.describe()["periods"][0]
+    assert (described["next_number"], described["unknown_skipped"]) == (4, 2)
+    recovery.apply(redis_client, plan, actor="t", reason="lost")
+    assert [(g["kind"], g.get("after"), g.get("next")) for g in gaps(
+        redis_client, "invoice", "2026", grace_seconds=10**9)] == [("skipped", 0, 3)]
 
 
 def test_a_recover_stopped_by_durability_leaves_the_lost_store_refusing_until_rerun(

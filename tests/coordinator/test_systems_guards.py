@@ -30,6 +30,7 @@ def fernet():
 @pytest.mark.parametrize("change, errors", [
     ({"name": "red"}, {"json": {"name": ["A system cannot be renamed."]}}),
     ({"api_secret": None}, {"json": {"api_secret": ["Field may not be null."]}}),
+    ({"series": "nowhere"}, {"json": {"series": ["No series 'nowhere'."]}}),
 ])
 def test_a_refused_change_names_its_field_and_changes_nothing(redis_client, fernet, change,
                                                               errors):
@@ -67,6 +68,18 @@ def test_removing_an_access_key_that_was_never_set_is_no_error(redis_client, fer
     system = registry.update_system(redis_client, "blue", {"access_key": None, "step": 7},
                                     POLICY, fernet)
     assert (system["has_access_key"], system["step"]) == (False, 7)
+
+
+def test_the_central_poll_settings_are_kept_as_given_and_changed_as_asked(redis_client, fernet):
+    """What the central poll reads (whether it runs, how often, when WHMCS numbers): kept from
+    the registration, changed by an update, and read back as set."""
+    registry.create_system(redis_client, fernet, body(central_poll=True, central_poll_minutes=15,
+                                                      number_on="created"), POLICY)
+    shown = registry.get_system(redis_client, "blue")
+    assert (shown["central_poll"], shown["central_poll_minutes"], shown["number_on"]) == (
+        True, 15, "created")
+    registry.update_system(redis_client, "blue", {"central_poll": False}, POLICY)
+    assert registry.get_system(redis_client, "blue")["central_poll"] is False
 
 
 def test_a_move_that_finds_the_system_moved_meanwhile_is_refused(

@@ -146,6 +146,56 @@ def test_key_file_created_0600_once(tmp_path):
     assert (again, created_again) == (found, False)
 
 
+def test_an_unreadable_secret_says_which_setting_to_fix_and_never_the_secret():
+    # decrypt's message becomes the failed sync's error (GET /v1/syncs/{id}); rotate's that of
+    # `secrets rotate` when a secret changed under it: the whole text tells the operator what
+    # to do, and neither carries the token or a key.
+    lost, kept = secrets.generate_key(), secrets.generate_key()
+    token = secrets.encrypt(secrets.fernet_from_keys([lost]), SECRET)
+    fernet = secrets.fernet_from_keys([kept])
+    with pytest.raises(SecretUnreadable) as read:
+        secrets.decrypt(fernet, token)
+    assert read.value.message == (
+        "A stored WHMCS secret cannot be decrypted with the configured keys: was a key "
+        "removed from INVOICE_SYNC_SECRET_KEYS before `invoice-sync secrets rotate` ran?")
+    with pytest.raises(SecretUnreadable) as rotated:
+        secrets.rotate(fernet, token)
+    assert rotated.value.message == (
+        "A stored WHMCS secret cannot be decrypted with the configured keys, so it cannot be "
+        "rotated: put the key that encrypted it back in INVOICE_SYNC_SECRET_KEYS")
+    for error in (read.value, rotated.value):
+        assert token not in str(error) and lost not in str(error) and kept not in str(error)
+
+
+def test_key_file_in_a_data_dir_that_exists_or_is_not_made_yet(tmp_path):
+    # serve's --data-dir may already exist (a second key file beside the first) or be a path
+    # whose parents do not exist yet; either way the file is made, 0600.
+    for path in (tmp_path / secrets.KEY_FILE_NAME,
+                 tmp_path / "var" / "lib" / "invoice-sync" / secrets.KEY_FILE_NAME):
+        found, created = secrets.load_or_create_key_file(path)
+        assert created and len(found) == 1
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_key_file_made_by_a_racing_start_is_read_not_overwritten(tmp_path, monkeypatch):
+    # Two starts both find no file; the other one creates it first: this one reads its key.
+    path = tmp_path / secrets.KEY_FILE_NAME
+    theirs = secrets.generate_key()
+    path.write_text(f"{theirs}\n")
+    real_exists = type(path).exists
+    monkeypatch.setattr(type(path), "exists",
+                        lambda self, **kw: False if self == path else real_exists(self, **kw))
+    assert secrets.load_or_create_key_file(path) == ([theirs], False)
+    assert path.read_text() == f"{theirs}\n"
+
+
+def test_key_file_comments_may_be_indented(tmp_path):
+    path = tmp_path / secrets.KEY_FILE_NAME
+    key = secrets.generate_key()
+    path.write_text(f"  # the old key was removed on 2026-11-01\n{key}\n\n")
+    assert secrets.read_key_file(path) == [key]
+
+
 def test_serve_uses_key_file_on_embedded_default(tmp_path, monkeypatch):
     monkeypatch.delenv("INVOICE_SYNC_SECRET_KEYS", raising=False)
     cli._use_key_file(tmp_path)

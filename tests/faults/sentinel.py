@@ -49,7 +49,9 @@ class SentinelCluster:
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         rule = [f"min-replicas-to-write {1 if durable else 0}",
-                f"min-replicas-max-lag {max_lag_s}"]
+                f"min-replicas-max-lag {max_lag_s}",
+                # a (new) master syncs a replica at once, not after the default 5 s wait
+                "repl-diskless-sync-delay 0"]
         self.master = ValkeyServer(self.base_dir / "master", extra=[*_REPL, *rule],
                                    binary=self.binary)
         self.replicas = [

@@ -19,6 +19,8 @@ them and counts what the tests catch:
     python tests/mutations/run.py --report               # print the last results, run nothing
     python tests/mutations/run.py --module auth --only 'coordinator.auth.tokens.x_authenticate*'
                                                          # only the mutants of one function
+    python tests/mutations/run.py --module handwritten --only 'addon-*'
+                                                         # only some hand-written mutations
 
 Prints the kill rate per module (killed / total) with every survivor. Exits 2 when a hand-written
 mutation no longer applies (its snippet is not in the file exactly once: the list must follow the
@@ -29,6 +31,7 @@ they are triaged in tests/mutations/TRIAGE.md.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import json
 import os
@@ -230,19 +233,23 @@ def pytest_once(copy: Path, tests: list[str], log: Path) -> int:
         )
 
 
-def run_handwritten() -> Outcome:
+def run_handwritten(only: list[str]) -> Outcome:
+    """Apply each hand-written mutation (those whose id matches a glob of ``only``, if given)."""
     outcome = Outcome(HANDWRITTEN_MODULE)
     problems = check_handwritten()
     if problems:
         outcome.errors += [f"unapplicable: {p}" for p in problems]
         return outcome
     copy = stage(HANDWRITTEN_MODULE)
-    print(f"== {HANDWRITTEN_MODULE}: {len(load_handwritten())} mutations", flush=True)
+    entries = [e for e in load_handwritten()
+               if not only or any(fnmatch.fnmatchcase(e["id"], glob) for glob in only)]
+    outcome.not_run = len(load_handwritten()) - len(entries)
+    print(f"== {HANDWRITTEN_MODULE}: {len(entries)} mutations", flush=True)
     logs = WORK / f"{HANDWRITTEN_MODULE}-logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir()
     baseline: dict[tuple[str, ...], int] = {}
-    for entry in load_handwritten():
+    for entry in entries:
         tests = tuple(entry["tests"])
         if tests not in baseline:
             log = logs / f"baseline-{len(baseline)}.log"
@@ -307,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the last results only")
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
                         help="run only the mutants whose name matches (mutmut's names, e.g. "
-                             "'coordinator.auth.tokens.x_authenticate*'); the others are "
-                             "reported as not run")
+                             "'coordinator.auth.tokens.x_authenticate*', or hand-written ids, "
+                             "e.g. 'addon-*'); the others are reported as not run")
     parser.add_argument("--max-children", type=int, default=2,
                         help="mutmut workers (default 2: the machine is shared)")
     args = parser.parse_args(argv)
@@ -328,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for module in selected:
         if module == HANDWRITTEN_MODULE:
-            outcomes.append(run_handwritten())
+            outcomes.append(run_handwritten(args.only))
         else:
             outcomes.append(run_mutmut(module, modules[module], args.max_children, args.only))
     report(outcomes)

@@ -522,11 +522,19 @@ def test_the_admin_page_finishes_unconfirmed_numbers_on_request(
     whmcs.pay(43)
     page = whmcs.run("output")["output"]
     assert "Not confirmed (1)" in page
-    assert 'href="addonmodules.php?module=invoice_sync&amp;finish=1"' in page
+    assert ('<form method="post" action="addonmodules.php?module=invoice_sync">'
+            '<input type="hidden" name="token" value="stub-admin-session-token" />'
+            '<input type="hidden" name="finish" value="1" />') in page
     proxy.unconfirmable = False
-    page = whmcs.run("output", "finish=1")["output"]
-    assert "Finished 1 number(s)" in page and "Not confirmed (0)" in page
+    # Forged from elsewhere (a link, an image, a form without the admin session's token):
+    # WHMCS stops the request, nothing is finished.
+    assert "Not confirmed (1)" in whmcs.run("output", "finish=1")["output"]
+    for forged in ("finish=1", "finish=1&token=guessed"):
+        assert whmcs.run("output", "", forged)["output"] == "Invalid CSRF Protection Token"
     row = whmcs.log_rows()[0]
+    assert allocation(live_coordinator, row["allocation_id"])["status"] == "issued"
+    page = whmcs.run("output", "", "finish=1&token=stub-admin-session-token")["output"]
+    assert "Finished 1 number(s)" in page and "Not confirmed (0)" in page
     assert allocation(live_coordinator, row["allocation_id"])["status"] == "confirmed"
 
 

@@ -31,6 +31,19 @@ def test_the_default_and_a_valid_daily_time_are_accepted_at_start(redis_client):
         assert not thread.is_alive()
 
 
+def test_the_thread_ticks_as_often_as_the_setting_says():
+    """`SCHEDULER_TICK_SECONDS` (a setting; a string from the environment is read too) paces
+    the loop; an explicit interval wins; without either, the default."""
+    from coordinator import defaults as settings
+
+    client = object()  # not used before the thread runs
+    assert scheduler.SchedulerThread(client, {}).interval == float(
+        settings.SCHEDULER_TICK_SECONDS)
+    assert scheduler.SchedulerThread(client, {"SCHEDULER_TICK_SECONDS": "2.5"}).interval == 2.5
+    assert scheduler.SchedulerThread(client, {"SCHEDULER_TICK_SECONDS": "2.5"},
+                                     interval=0.5).interval == 0.5
+
+
 def test_the_thread_queues_daily_syncs_and_central_polls_through_redis_errors(
     redis_client, fake, register, settings, monkeypatch, caplog
 ):
@@ -149,3 +162,56 @@ def test_a_daily_sync_that_cannot_be_queued_is_logged_and_left_to_a_later_tick(
     # Unconfirmed: the claim lapses after its short pending time, then a tick queues it.
     claim = keys.sys_daily_claim("blue", "2026-03-02")
     assert 0 < redis_client.ttl(claim) <= defaults.DAILY_CLAIM_PENDING
+
+
+def test_the_thread_runs_the_ledgers_periodic_steps_and_logs_what_each_did(monkeypatch, caplog):
+    """Besides the syncs and polls, each tick warns of numbers left unconfirmed, signs the
+    due ledger checkpoints, updates the reconciliation without waiting for another process,
+    and compacts the ledger; each with the server's client and settings, each logged (the
+    unconfirmed numbers as a warning), each outliving its own failure."""
+    from coordinator.forecaster import reconcile_state
+    from coordinator.numbering import checkpoints, compaction
+    from coordinator.ops import unconfirmed
+
+    client, config = object(), {"SYNC_DAILY_AT": "00:00"}
+    called: dict[str, list] = {}
+
+    def step(name, answer):
+        def call(*args, **kwargs):
+            called.setdefault(name, []).append((args, kwargs))
+            if len(called[name]) == 1:
+                raise redis.ConnectionError(f"injected: {name}")
+            return answer
+        return call
+
+    monkeypatch.setattr(scheduler, "tick", lambda *args: [])
+    monkeypatch.setattr(central_poll, "due", lambda *args: [])
+    monkeypatch.setattr(unconfirmed, "warn", step("warn", ["blue", "red"]))
+    monkeypatch.setattr(checkpoints, "due", step("checkpoints", ["invoice 2026"]))
+    monkeypatch.setattr(reconcile_state, "refresh", step("refresh", "built"))
+    monkeypatch.setattr(compaction, "due", step("compaction", ["default"]))
+    caplog.set_level(logging.INFO, logger=scheduler.__name__)
+    thread = scheduler.SchedulerThread(client, config, interval=0.01)
+    thread.start()
+    try:
+        wait_for(lambda: all(len(called.get(name, ())) >= 2 for name in
+                             ("warn", "checkpoints", "refresh", "compaction")),
+                 "every step run twice")
+    finally:
+        thread.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert {name: calls[0] for name, calls in called.items()} == {
+        "warn": ((client, config), {}), "checkpoints": ((client, config), {}),
+        "refresh": ((client,), {"wait": 0}), "compaction": ((client, config), {})}
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records
+                if r.name == scheduler.__name__]
+    for logged in [(logging.ERROR, "unconfirmed-number check failed"),
+                   (logging.WARNING, "numbers unconfirmed past the grace time: blue, red"),
+                   (logging.ERROR, "ledger checkpoint tick failed"),
+                   (logging.INFO, "ledger checkpoint signed for: invoice 2026"),
+                   (logging.ERROR, "reconciliation update failed"),
+                   (logging.INFO, "reconciliation state built"),
+                   (logging.ERROR, "ledger compaction tick failed"),
+                   (logging.INFO, "ledger chain compacted for: default")]:
+        assert logged in messages

@@ -2,7 +2,7 @@
 // php run.php STATE_JSON FILES ACTION [ARGS...]
 //   FILES: the PHP files WHMCS would load, separated by ':' (the module's invoice_sync.php and
 //          hooks.php, or the standalone hook).
-//   ACTION: config | activate | deactivate | upgrade FROM_VERSION | output [QUERY]
+//   ACTION: config | activate | deactivate | upgrade FROM_VERSION | output [QUERY [POST_BODY]]
 //           | hook EVENT [INVOICE_ID...]
 // STATE_JSON holds {"tables": {...}, "race": {invoice id: number another writer sets}}; it is
 // the database while the action runs. Prints {"tables", "schemas", "log", "hooks", "result",
@@ -23,9 +23,17 @@ if ($action === 'hook' && count($argv) === 5) {
     }
 } elseif ($action === 'output') {
     if (isset($argv[4])) {
-        parse_str($argv[4], $_GET); // the page's query string, e.g. finish=1
+        parse_str($argv[4], $_GET); // the page's query string
     }
-    invoice_sync_output(array('modulelink' => 'addonmodules.php?module=invoice_sync', 'version' => '1.0'));
+    if (isset($argv[5])) {
+        parse_str($argv[5], $_POST); // a form posted to the page, e.g. finish=1&token=...
+    }
+    $_REQUEST = array_merge($_GET, $_POST);
+    try {
+        invoice_sync_output(array('modulelink' => 'addonmodules.php?module=invoice_sync', 'version' => '1.0'));
+    } catch (StubRequestStopped $stopped) {
+        echo $stopped->getMessage(); // what WHMCS shows instead of the page
+    }
 } elseif ($action === 'upgrade') {
     $result = invoice_sync_upgrade(array('version' => $argv[4]));
 } else {

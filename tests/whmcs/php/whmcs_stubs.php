@@ -242,6 +242,35 @@ namespace {
         $GLOBALS['STUB_LOG'][] = $message;
     }
 
+    // WHMCS's CSRF protection of its admin area: generate_token() prints the admin session's
+    // token ('form': a hidden input named "token", 'link': "&token=...", 'plain': the value);
+    // check_token() stops the request with "Invalid CSRF Protection Token" unless the request
+    // carries it. The stub stops by throwing StubRequestStopped, which run.php reports.
+    define('STUB_CSRF_TOKEN', 'stub-admin-session-token');
+
+    class StubRequestStopped extends Exception
+    {
+    }
+
+    function generate_token($type = 'form')
+    {
+        if ($type === 'link') {
+            return '&token=' . STUB_CSRF_TOKEN;
+        }
+        if ($type === 'plain') {
+            return STUB_CSRF_TOKEN;
+        }
+        return '<input type="hidden" name="token" value="' . STUB_CSRF_TOKEN . '" />';
+    }
+
+    function check_token($namespace = 'WHMCS.default')
+    {
+        $sent = isset($_REQUEST['token']) ? (string) $_REQUEST['token'] : '';
+        if (!hash_equals(STUB_CSRF_TOKEN, $sent)) {
+            throw new StubRequestStopped('Invalid CSRF Protection Token');
+        }
+    }
+
     // WHMCS's decrypt() of a password-type setting; the tests store such values as "enc:" + token.
     function decrypt($value)
     {

@@ -155,7 +155,10 @@ function invoice_sync_shown_url($url)
 function invoice_sync_output($vars)
 {
     $settings = invoice_sync_addon_settings();
-    if (isset($_GET['finish'])) {
+    if (isset($_POST['finish'])) {
+        // A change, so a POST with the admin session's CSRF token: a link or image elsewhere
+        // cannot make a logged-in admin's browser run it. check_token() stops the request.
+        check_token('WHMCS.admin.default');
         $finished = invoice_sync_addon_finish_pending($settings);
         echo '<div class="alert alert-info">Finished ' . (int) $finished . ' number(s); the activity log has any failure.</div>';
     }
@@ -184,8 +187,9 @@ function invoice_sync_output($vars)
     invoice_sync_addon_table($pending, 'Every number here was taken for an invoice but not confirmed as written. '
         . 'WHMCS\'s cron finishes it (the same number, never another); the activity log has the reason.');
     if (count($pending)) {
-        echo '<p><a class="btn btn-default" href="' . invoice_sync_h($vars['modulelink'] . '&finish=1')
-            . '">Finish them now</a></p>';
+        echo '<form method="post" action="' . invoice_sync_h($vars['modulelink']) . '">'
+            . generate_token('form') . '<input type="hidden" name="finish" value="1" />'
+            . '<button type="submit" class="btn btn-default">Finish them now</button></form>';
     }
     echo '<h2>Latest numbers</h2>';
     invoice_sync_addon_table(Capsule::table(INVOICE_SYNC_ADDON_TABLE)->orderBy('id', 'desc')->limit(25)->get(), '');
