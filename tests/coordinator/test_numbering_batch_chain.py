@@ -384,7 +384,7 @@ def test_the_sealer_thread_ends_when_idle_and_the_next_submit_starts_another(red
     assert redis_client.llen(keys.seq_chain("invoice")) == 2
 
 
-def test_a_failed_seal_loses_nothing_the_next_one_seals_it(redis_client, monkeypatch):
+def test_a_failed_seal_loses_nothing_the_next_one_seals_it(redis_client, monkeypatch, caplog):
     sealer, real, calls = chain.Sealer(), chain.seal_appended, []
 
     def refused_once(client, appended):
@@ -400,6 +400,11 @@ def test_a_failed_seal_loses_nothing_the_next_one_seals_it(redis_client, monkeyp
     sealer.submit(redis_client, appended.pop())
     assert sealer.drain(30)
     assert redis_client.llen(keys.seq_chain("invoice")) == 0  # logged, left unsealed
+    # The warning names the chain and carries the error (an operator's only trace of it).
+    (warned,) = [r for r in caplog.records if r.name == "coordinator.numbering.chain"]
+    assert warned.getMessage() == (
+        "sealing default/invoice failed; sealed by the next allocation or verify")
+    assert warned.exc_info[1].args == ("Redis went away",)
     allocation.allocate_batch(redis_client, "blue", [Item("invoice", "next", date(2026, 3, 1))],
                               appended=appended)
     sealer.submit(redis_client, appended.pop())

@@ -10,6 +10,7 @@ names the wrong event, drops the id or miscounts is caught, not only one that sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -249,3 +250,13 @@ def test_an_event_record_out_of_place_is_found_even_if_its_event_is_not():
 def test_an_export_without_a_header_fails_even_with_the_keys_given():
     assert chain.check_export(export()[1:], KEY.public()) == _fail(
         {"reason": "no header of invoice-sync-ledger/1"}, 8)
+
+
+def test_text_outside_ascii_is_hashed_as_its_utf8_bytes_as_documented():
+    """docs/AUDITORS.md's rule encodes with ensure_ascii=False: a void reason in German hashes
+    its UTF-8 bytes, not \\u escapes, or an auditor's recomputation would not match."""
+    event = {"type": "voided", "id": "invoice:2026:1", "reason": "Rückbuchung", "seq": 0}
+    assert b'"reason":"R\xc3\xbcckbuchung"' in chain.canonical({**event, "prev": chain.GENESIS})
+    documented = json.dumps({**event, "prev": chain.GENESIS}, sort_keys=True,
+                            separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert chain.event_hash(event, chain.GENESIS) == hashlib.sha256(documented).hexdigest()
