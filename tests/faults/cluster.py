@@ -67,8 +67,6 @@ class ClusterDeployment:
                 "cluster-require-full-coverage no",
                 # a replica cut off for a while may still be promoted (the test kills masters)
                 "cluster-replica-validity-factor 0",
-                # a (new) master syncs its replica at once, not after the default 5 s wait
-                "repl-diskless-sync-delay 0",
             ])
             for i in range(masters * 2)
         ]
