@@ -84,8 +84,11 @@ def check_format(fmt: str, reset: str) -> None:
     """
     problems = []
     unknown = sorted(set(_TAG.findall(fmt)) - set(TAGS))
-    if unknown or fmt.count("{") != fmt.count("}") or len(_TAG.findall(fmt)) != fmt.count("{"):
-        problems.append(f"Unknown or broken tag(s) {unknown or ''}; allowed: {', '.join(TAGS)}.")
+    if unknown:
+        problems.append(f"Unknown tag(s) {', '.join(unknown)}; allowed: {', '.join(TAGS)}.")
+    if fmt.count("{") != fmt.count("}") or len(_TAG.findall(fmt)) != fmt.count("{"):
+        problems.append(f"Unbalanced braces: write each tag as {{NAME}}; allowed: "
+                        f"{', '.join(TAGS)}.")
     if fmt.count("{NUMBER}") != 1:
         problems.append("Must contain {NUMBER} exactly once.")
     if problems:
@@ -322,7 +325,9 @@ def _settings_error(reply: list, name: str, period: str, series: str) -> None:
             taken = f"numbers up to {last} are issued"
         if counter > int(last or 0):
             # An admin raised next_number before: those numbers were skipped, not issued.
-            taken += f"; {int(last or 0) + 1}–{counter} were skipped (see the audit)"
+            first = int(last or 0) + 1
+            skipped = f"{first} was" if first == counter else f"{first}–{counter} were"
+            taken += f"; {skipped} skipped (see the audit)"
         raise Conflict(f"next_number can only move forward: in period {period} the next "
                        f"number is {next_now} ({taken})")
     if code == "exhausted":
