@@ -451,10 +451,14 @@ def check_export(records: Iterable[dict[str, Any]],
                 return {"ok": False, "events": count, "first_bad": {
                     "seq": count, "reason": "event missing or not an object"}}
             named = {"seq": count, **({"id": event["id"]} if "id" in event else {})}
-            if event.get("seq") != count or record.get("seq") != count:
+            if event.get("seq") != count:
                 return {"ok": False, "events": count, "first_bad": {
                     **named, "reason": f"event {event.get('seq')!r} found where event "
                                        f"{count} belongs (removed or re-ordered)"}}
+            if record.get("seq") != count:
+                return {"ok": False, "events": count, "first_bad": {
+                    **named, "reason": f"the record of event {count} says seq "
+                                       f"{record.get('seq')!r} (the file was edited)"}}
             if record.get("prev") != prev or event_hash(event, prev) != record.get("hash"):
                 return {"ok": False, "events": count, "first_bad": {
                     **named, "reason": "hash does not match (event changed, or an earlier one)"}}
