@@ -217,8 +217,6 @@ def allocate_batch(
                         f"{item.reference!r} was numbered in {sequence} period {period}, but "
                         "that ledger entry is missing; no new number was taken")
                 results.append((entry_out(raw, series), kind == "new"))
-            if any(item.document == CREDIT_NOTE for item in items):
-                hints.credit_note_home[series] = credit_home
             hints.series_of[system] = series
             if appended is not None:
                 appended.extend(
