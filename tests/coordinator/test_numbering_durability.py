@@ -12,6 +12,7 @@ import redis
 from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.numbering import iter_ledger
+from coordinator.ops.durability import ServerFacts
 from coordinator.ops.embedded import ValkeyServer
 from tests.support import initialise_numbering
 
@@ -49,17 +50,6 @@ def _wait_replica(url: str) -> None:
     while admin.execute_command("WAIT", 1, 100) < 1:
         assert time.monotonic() < deadline, "replica did not sync"
     admin.close()
-
-
-def _has_waitaof(url: str) -> bool:
-    client = redis.Redis.from_url(url)
-    try:
-        client.execute_command("WAITAOF", 0, 0, 0)
-        return True
-    except redis.ResponseError:  # "unknown command": Redis before 7.2
-        return False
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize("crash", [True, False], ids=["kill-9", "sigterm"])
@@ -203,9 +193,13 @@ def test_confirm_and_void_wait_for_durability(tmp_path, server_binary):
         confirm = (f"/v1/allocations/{confirmed['id']}/confirm",
                    {"invoicenum": confirmed["formatted"]})
         void = (f"/v1/allocations/{voided['id']}/void", {"reason": "invoice deleted"})
-        # WAITAOF where the server has it (Valkey, Redis 7.2+), WAIT on Debian's Redis 7.0.
+        # WAITAOF where the server has it (Valkey, Redis 7.2+), WAIT on Debian's Redis 7.0:
+        # the capability as the coordinator itself probes it.
+        probe = redis.Redis.from_url(primary.url)
+        waitaof = ServerFacts.probe(probe).waitaof
+        probe.close()
         refusal = ("Not confirmed durable within 300 ms (fsynced locally: True, replicas: 0/1); "
-                   "retry the same request") if _has_waitaof(primary.url) else (
+                   "retry the same request") if waitaof else (
                    "Not confirmed on 1 replica(s) within 300 ms (WAIT answered 0); "
                    "retry the same request")
         os.kill(replica.process.pid, signal.SIGSTOP)  # connected, but acknowledges nothing
