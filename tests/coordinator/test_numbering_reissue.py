@@ -44,6 +44,14 @@ def reissue(client, headers, allocation_id, payload=None):
                        json={"reason": REASON} if payload is None else payload)
 
 
+def void_and_reissue(client, headers, admin, entry) -> dict:
+    """Void ``entry`` (as ``headers``) and reissue it (as ``admin``): the new allocation."""
+    void(client, headers, entry)
+    response = reissue(client, admin, entry["id"])
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
 def numbering_state(redis_client) -> dict:
     """Every numbering key and its exact value (DUMP), to show a refusal changed nothing."""
     return {key: redis_client.dump(key) for key in redis_client.scan_iter("{ser:*")}
@@ -106,11 +114,8 @@ def test_reissue_in_a_sequence_that_never_resets(client, admin, blue):
     assert patched.status_code == 200, patched.get_json()
     first = take(client, blue, "r-1")
     assert first["id"] == "invoice:all:1"
-    void(client, blue, first)
-    response = reissue(client, admin, first["id"])
-    assert response.status_code == 201, response.get_json()
-    assert (response.get_json()["id"], response.get_json()["formatted"]) == (
-        "invoice:all:2", "000002")
+    reissued = void_and_reissue(client, blue, admin, first)
+    assert (reissued["id"], reissued["formatted"]) == ("invoice:all:2", "000002")
 
 
 def test_reissue_in_another_series_and_for_a_monthly_credit_note(client, admin, redis_client):
@@ -125,14 +130,12 @@ def test_reissue_in_another_series_and_for_a_monthly_credit_note(client, admin, 
     taken = client.post("/v1/allocations", headers=red, json={
         "document": "credit_note", "reference": "c-1", "date": "2026-11-21"}).get_json()
     assert taken["id"] == "acme-us/credit_note:2026-11:1"
-    void(client, red, taken)
-    response = reissue(client, admin, taken["id"])
-    assert response.status_code == 201, response.get_json()
-    assert (response.get_json()["id"], response.get_json()["formatted"]) == (
+    reissued = void_and_reissue(client, red, admin, taken)
+    assert (reissued["id"], reissued["formatted"]) == (
         "acme-us/credit_note:2026-11:2", "CN-202611-000002")
     again = client.post("/v1/allocations", headers=red, json={
         "document": "credit_note", "reference": "c-1", "date": "2026-11-21"})
-    assert again.status_code == 200 and again.get_json() == response.get_json()
+    assert again.status_code == 200 and again.get_json() == reissued
     assert chain.verify(redis_client, "credit_note", series="acme-us")["ok"] is True
 
 
