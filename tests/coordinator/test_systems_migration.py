@@ -17,7 +17,9 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from coordinator import keys
 from coordinator.app import create_app
+from coordinator.exceptions import Conflict
 from coordinator.systems import migrate, registry
+from coordinator.systems.lock import system_lock
 from tests.support import at_once, release_data_dir, upgraded_copy
 
 pytestmark = pytest.mark.integration
@@ -161,3 +163,21 @@ def test_a_deleted_system_is_not_copied_back_by_a_late_migration(redis_client):
     assert migrate.migrate_legacy(redis_client) == 0
     assert not redis_client.exists(keys.system("blue"))
     assert "blue" not in redis_client.smembers(keys.SYSTEMS)
+
+
+def test_a_migration_leaves_a_system_alone_while_it_is_being_registered_or_deleted(
+    redis_client, monkeypatch
+):
+    # A deletion (or registration) of blue holds blue's lock; the migration waits for it (cut
+    # from 30 s to half a second here) and gives up rather than copy a record that may be on its
+    # way out. The next start moves it.
+    records = _old_layout(redis_client, ["blue"])
+    monkeypatch.setattr(migrate, "LOCK_SECONDS", 0.5)
+    with system_lock(redis_client, "blue"):
+        with pytest.raises(Conflict) as caught:
+            migrate.migrate_legacy(redis_client)
+    assert caught.value.message == "System 'blue' is being registered, moved or deleted; retry"
+    assert not redis_client.exists(keys.system("blue"))
+    assert redis_client.hgetall(keys.legacy_system("blue")) == records["blue"]
+    assert migrate.migrate_legacy(redis_client) == 1
+    assert redis_client.hgetall(keys.system("blue")) == records["blue"]
