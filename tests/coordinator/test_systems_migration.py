@@ -9,6 +9,7 @@ done exactly once when several processes start at once.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,7 @@ def test_a_deleted_system_is_not_copied_back_by_a_late_migration(redis_client):
 
 
 def test_a_migration_leaves_a_system_alone_while_it_is_being_registered_or_deleted(
-    redis_client, monkeypatch
+    redis_client, monkeypatch, caplog
 ):
     # A deletion (or registration) of blue holds blue's lock; the migration waits for it (cut
     # from 30 s to half a second here) and gives up rather than copy a record that may be on its
@@ -179,5 +180,9 @@ def test_a_migration_leaves_a_system_alone_while_it_is_being_registered_or_delet
     assert caught.value.message == "System 'blue' is being registered, moved or deleted; retry"
     assert not redis_client.exists(keys.system("blue"))
     assert redis_client.hgetall(keys.legacy_system("blue")) == records["blue"]
+    caplog.set_level(logging.INFO, logger=migrate.__name__)
     assert migrate.migrate_legacy(redis_client) == 1
     assert redis_client.hgetall(keys.system("blue")) == records["blue"]
+    # The operator's one record of the upgrade, in the log.
+    assert [r.getMessage() for r in caplog.records if r.name == migrate.__name__] == [
+        "systems registry: moved 1 system record(s) under {auth}"]
