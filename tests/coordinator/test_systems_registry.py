@@ -104,8 +104,10 @@ def test_bad_names_never_found(redis_client, name):
 
 def test_create_refuses_bad_name_even_without_schema(redis_client, fernet):
     before = redis_client.dbsize()  # the fixture's initialised numbering
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput) as refused:
         registry.create_system(redis_client, fernet, body(name="a}b"), POLICY)
+    assert (refused.value.message, refused.value.errors) == (
+        "Validation failed", {"json": {"name": ["Not a valid system name."]}})
     assert redis_client.dbsize() == before
 
 
