@@ -70,9 +70,6 @@ class ExchangeRate(fields.Field):
             raise self.make_error("positive")
         return text
 
-    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        return None if value is None else str(value)
-
 
 def _no_control(value: str) -> None:
     if _CONTROL.search(value):
