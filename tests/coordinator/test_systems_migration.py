@@ -186,3 +186,18 @@ def test_a_migration_leaves_a_system_alone_while_it_is_being_registered_or_delet
     # The operator's one record of the upgrade, in the log.
     assert [r.getMessage() for r in caplog.records if r.name == migrate.__name__] == [
         "systems registry: moved 1 system record(s) under {auth}"]
+
+
+def test_a_record_of_the_first_release_reads_with_the_defaults_of_fields_added_since(
+    redis_client
+):
+    # The first release (88e5e0b) stored no series, central poll or number_on: such a system
+    # keeps numbering in the default series, on payment, without a central poll.
+    record = _old_layout(redis_client, ["blue"])["blue"]
+    redis_client.hset(keys.legacy_system("blue"), mapping={"description": "", "auto_sync": "1"})
+    migrate.migrate_legacy(redis_client)
+    system = registry.get_system(redis_client, "blue")
+    assert {name: system[name] for name in ("series", "central_poll", "central_poll_minutes",
+                                            "number_on", "step", "url")} == {
+        "series": "default", "central_poll": False, "central_poll_minutes": 5,
+        "number_on": "paid", "step": 100, "url": record["url"]}
