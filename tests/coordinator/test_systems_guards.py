@@ -262,3 +262,22 @@ def test_a_registration_that_clears_old_data_of_its_name_keeps_its_lock(
     registry.create_system(redis_client, fernet, body(), POLICY)
     assert locked_at_join == [1]
     assert redis_client.exists(*pages) == 0
+
+
+def test_a_system_changed_under_every_retry_is_refused_with_a_409_to_retry(redis_client, fernet):
+    # Another admin's write lands between WATCH and EXEC of every attempt: after the last retry
+    # the change is refused (409) with what to do, and nothing of it is written.
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    key = keys.system("blue")
+    attempts = []
+
+    def change(pipe):
+        attempts.append(1)
+        redis_client.hset(key, "description", f"changed {len(attempts)}")
+        pipe.multi()
+        pipe.hset(key, "step", "7")
+
+    with pytest.raises(Conflict) as refused:
+        registry._transaction(redis_client, key, change)
+    assert refused.value.message == "The system was changed concurrently too often; retry"
+    assert (len(attempts), redis_client.hget(key, "step")) == (20, "100")
