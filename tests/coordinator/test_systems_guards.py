@@ -281,3 +281,25 @@ def test_a_system_changed_under_every_retry_is_refused_with_a_409_to_retry(redis
         registry._transaction(redis_client, key, change)
     assert refused.value.message == "The system was changed concurrently too often; retry"
     assert (len(attempts), redis_client.hget(key, "step")) == (20, "100")
+
+
+def test_a_record_that_appears_after_the_locked_check_is_not_overwritten(
+    redis_client, fernet, monkeypatch
+):
+    # The transaction checks again: a writer that does not take the system's lock (the upgrade
+    # notes say to stop every coordinator of the previous release) and writes the record right
+    # before it keeps its record; the registration answers 409 and issues no agent token.
+    theirs = {"name": "blue", "url": "https://billing.red.example/includes/api.php"}
+    unlink = registry._unlink_data
+
+    def written_meanwhile(client, name, **kwargs):
+        client.hset(keys.system(name), mapping=theirs)
+        return unlink(client, name, **kwargs)
+
+    monkeypatch.setattr(registry, "_unlink_data", written_meanwhile)
+    tokens = redis_client.hgetall(keys.TOKENS)
+    with pytest.raises(Conflict) as refused:
+        registry.create_system(redis_client, fernet, body(), POLICY)
+    assert refused.value.message == "A system named 'blue' already exists"
+    assert redis_client.hgetall(keys.system("blue")) == theirs
+    assert redis_client.hgetall(keys.TOKENS) == tokens
