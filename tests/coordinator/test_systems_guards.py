@@ -303,3 +303,25 @@ def test_a_record_that_appears_after_the_locked_check_is_not_overwritten(
     assert refused.value.message == "A system named 'blue' already exists"
     assert redis_client.hgetall(keys.system("blue")) == theirs
     assert redis_client.hgetall(keys.TOKENS) == tokens
+
+
+def test_a_registration_whose_series_is_deleted_meanwhile_is_undone(
+    redis_client, fernet, monkeypatch
+):
+    # Another admin deletes the series between the registration's check and its join: the
+    # registration is undone (no record, no agent token) and answers the series' 422.
+    numbering_series.create_series(redis_client, "acme")
+    real_join = numbering_series.join
+
+    def join(client, series, name):
+        numbering_series.delete_series(client, series, [])
+        return real_join(client, series, name)
+
+    monkeypatch.setattr(numbering_series, "join", join)
+    tokens = redis_client.hgetall(keys.TOKENS)
+    with pytest.raises(InvalidInput) as refused:
+        registry.create_system(redis_client, fernet, body(series="acme"), POLICY)
+    assert refused.value.errors == {"json": {"series": ["No series 'acme'."]}}
+    assert not redis_client.exists(keys.system("blue"))
+    assert "blue" not in redis_client.smembers(keys.SYSTEMS)
+    assert redis_client.hgetall(keys.TOKENS) == tokens
