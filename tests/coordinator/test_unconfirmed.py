@@ -118,6 +118,17 @@ def test_the_index_says_what_it_left_and_rechecks_the_oldest_first(redis_client)
     assert redis_client.zrange(keys.seq_unconfirmed("invoice", "2026"), 0, -1) == ["3", "4"]
 
 
+def test_each_sequence_and_period_is_scanned_from_its_own_cursor(redis_client):
+    """Credit notes and invoices, and each year, are numbered apart: a number of one is not
+    passed over because another already reached it."""
+    for reference, (document, day) in enumerate([("invoice", DAY), ("invoice", DAY),
+                                                 ("credit_note", DAY),
+                                                 ("invoice", dt.date(2025, 12, 30))]):
+        allocation.allocate(redis_client, "blue", document, str(reference), day)
+    assert unconfirmed.refresh(redis_client, GRACE, now=later(GRACE + 60)) == {
+        "invoice": 3, "credit_note": 1}
+
+
 def test_issue_times_are_utc_whatever_the_servers_time_zone(redis_client, monkeypatch):
     """A coordinator on a server set to Tokyo time does not count a number issued now as
     issued nine hours ago (past the grace time)."""
