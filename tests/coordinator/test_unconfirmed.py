@@ -99,23 +99,26 @@ def test_settled_numbers_leave_the_index(redis_client):
 def test_the_index_says_what_it_left_and_rechecks_the_oldest_first(redis_client):
     """A scan reads at most its budget and returns what is left of it and how many numbers
     wait; a recheck reads at most ``limit`` numbers, the oldest, and drops the numbers
-    confirmed and settled out of the ledger's hash since they were seen issued."""
-    entries = [allocation.allocate(redis_client, "blue", "invoice", str(r), DAY)[0]
+    confirmed and settled out of the ledger's hash since they were seen issued. In a series
+    of its own: each series has its own index (and nothing in ``default`` to fall back on)."""
+    _in_series(redis_client, "acme-us", "red")
+    entries = [allocation.allocate(redis_client, "red", "invoice", str(r), DAY)[0]
                for r in range(4)]
-    assert pending.scan(redis_client, "default", "invoice", "2026", 1) == (0, 3)
-    assert pending.scan(redis_client, "default", "invoice", "2026", 4) == (1, 0)
+    args = (redis_client, "acme-us", "invoice", "2026")
+    assert pending.scan(*args, 1) == (0, 3)
+    assert pending.scan(*args, 4) == (1, 0)
     cutoff = later(GRACE).timestamp()
-    assert [number for number, _ in pending.recheck(
-        redis_client, "default", "invoice", "2026", cutoff, 2)] == ["1", "2"]
+    assert [number for number, _ in pending.recheck(*args, cutoff, 2)] == ["1", "2"]
     for entry in entries[:2]:
         allocation.transition(redis_client, entry["id"], "confirm", entry["formatted"],
-                              actor_kind="agent", actor_system="blue", actor="agent:blue")
-    assert settled.settle(redis_client, "invoice", "2026", later(GRACE), series="default",
+                              actor_kind="agent", actor_system="red", actor="agent:red")
+    assert settled.settle(redis_client, "invoice", "2026", later(GRACE), series="acme-us",
                           block=2, keep=1, after_seconds=0) == 2
-    assert redis_client.hmget(keys.seq_ledger("invoice", "2026"), ["1", "2"]) == [None, None]
-    assert [number for number, _ in pending.recheck(
-        redis_client, "default", "invoice", "2026", cutoff, None)] == ["3", "4"]
-    assert redis_client.zrange(keys.seq_unconfirmed("invoice", "2026"), 0, -1) == ["3", "4"]
+    assert redis_client.hmget(keys.seq_ledger("invoice", "2026", "acme-us"),
+                              ["1", "2"]) == [None, None]
+    assert [number for number, _ in pending.recheck(*args, cutoff, None)] == ["3", "4"]
+    assert redis_client.zrange(keys.seq_unconfirmed("invoice", "2026", "acme-us"),
+                               0, -1) == ["3", "4"]
 
 
 def test_each_sequence_and_period_is_scanned_from_its_own_cursor(redis_client):
