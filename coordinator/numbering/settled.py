@@ -90,11 +90,6 @@ def page(client: redis.Redis, sequence: str, period: str, after: int, limit: int
     return out
 
 
-def count(client: redis.Redis, sequence: str, period: str, *, series: str) -> int:
-    """How many entries of ``period`` live only in settled blocks."""
-    return int(client.hget(keys.seq_settled(sequence, period, series), "count") or 0)
-
-
 def unsettle(client: redis.Redis, sequence: str, period: str, number: int | str, *,
              series: str) -> bool:
     """Bring a settled entry back into the ledger hash (before a script changes it).

@@ -22,6 +22,7 @@ from redis.client import NEVER_DECODE
 
 from coordinator import keys
 from coordinator.cli import main
+from coordinator.clock import iso
 from coordinator.exceptions import Conflict, CoordinatorError, NotDurable
 from coordinator.numbering import (
     allocation,
@@ -194,6 +195,26 @@ def test_a_run_stopped_between_blocks_or_raced_loses_nothing(redis_client, monke
     assert compaction.compact(redis_client, "invoice", block=4, keep=3) == 0
 
 
+def test_two_compactions_at_once_archive_each_block_once(redis_client, monkeypatch):
+    """Another run archives the block this one packed: this one's write is stale, it reads
+    again and goes on from there (it counts only what it archived itself)."""
+    take(redis_client, 8)  # 16 sealed events
+    before = read_back(redis_client)
+    real, calls = scripts.COMPACT, []
+
+    def another_run_first(client, keys_, args):
+        calls.append(args[0])
+        if len(calls) == 1:
+            assert real(client, keys_, args)[0] == "ok"
+        return real(client, keys_, args)
+
+    monkeypatch.setattr(scripts, "COMPACT", another_run_first)
+    assert compaction.compact(redis_client, "invoice", block=4, keep=3) == 8
+    assert calls == [0, 4, 8]
+    assert redis_client.hget(keys.seq_archived("invoice"), "events") == "12"
+    assert read_back(redis_client) == before
+
+
 def test_the_cli_and_the_scheduler_compact_every_chain(redis_client, valkey, monkeypatch):
     take(redis_client, 6)
     monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
@@ -343,7 +364,8 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
 
 
 def test_a_settled_number_of_another_series_answers_its_replay(redis_client):
-    """A replay of a number compacted out of series eu's ledger answers from eu's reference
+    """The scheduler compacts series eu's own chain and entries (a block of one: all but the
+    newest); a replay of a number compacted out of eu's ledger answers from eu's reference
     index and blocks (those of default know nothing of it)."""
     series_mod.create_series(redis_client, "eu")
     series_mod.join(redis_client, "eu", "blue")
@@ -356,8 +378,13 @@ def test_a_settled_number_of_another_series_answers_its_replay(redis_client):
                               actor_kind="agent", actor_system="blue", actor="agent:blue")
         taken.append(allocation.get(redis_client, entry["id"]))
     chain.seal(redis_client, "invoice", series="eu")
-    compaction.run(redis_client, "invoice", SETTLE_NOW, series="eu")
+    assert compaction.due(redis_client, {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 1}) == [
+        "eu/invoice"]
+    assert redis_client.hget(keys.seq_archived("invoice", "eu"), "events") == "7"  # of 8
+    assert redis_client.hgetall(keys.seq_settled("invoice", "2026", "eu")) == {"count": "3",
+                                                                                "upto": "3"}
     assert not redis_client.hexists(keys.seq_ledger("invoice", "2026", "eu"), "1")  # settled
+    assert chain.verify(redis_client, "invoice", series="eu")["ok"] is True
     replay, new = allocation.allocate(redis_client, "blue", "invoice", "r-0", DAY, None, hints)
     assert (replay, new) == (taken[0], False)
 
@@ -406,6 +433,78 @@ def test_settling_leaves_the_order_set_the_size_of_what_stays(redis_client):
     assert redis_client.zrange(order, 0, -1) == redis_client.zrange("fresh", 0, -1)
     assert redis_client.memory_usage(order, samples=0) <= 1.2 * redis_client.memory_usage(
         "fresh", samples=0)
+
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+def write_entries(client, ages, lost=()):
+    """Confirmed entries of invoice 2026 numbered as ``ages`` (seconds before NOW each was
+    issued), written as allocate.lua writes them; the entries of ``lost`` only ordered."""
+    order, entries = keys.seq_ledger_order("invoice", "2026"), keys.seq_ledger("invoice", "2026")
+    for number, age in ages.items():
+        client.zadd(order, {str(number): number})
+        if number not in lost:
+            client.hset(entries, str(number), json.dumps({
+                "number": str(number), "status": "confirmed",
+                "issued_at": iso(NOW - dt.timedelta(seconds=age))}))
+    return entries
+
+
+def test_a_number_settles_once_old_enough_and_a_lost_entry_stays_listed(redis_client):
+    """A confirmed number issued at least LEDGER_SETTLE_AFTER_SECONDS ago settles; the first
+    younger one ends the scan (later ones are younger still). An ordered number whose entry is
+    lost is passed over and still listed as missing. A block of one moves one number."""
+    entries = write_entries(redis_client, {1: 7200, 2: 5000, 3: 3600, 4: 3599, 5: 3700, 6: 0},
+                            lost={2})
+    assert settled.settle(redis_client, "invoice", "2026", NOW, series="default", block=1,
+                          keep=1, after_seconds=3600) == 2
+    assert sorted(redis_client.hkeys(entries), key=int) == ["4", "5", "6"]
+    assert redis_client.zrange(keys.seq_settled_blocks("invoice", "2026"), 0, -1) == [
+        "1:1", "3:3"]
+    assert redis_client.hgetall(keys.seq_settled("invoice", "2026")) == {"count": "2",
+                                                                          "upto": "3"}
+    assert [(e["number"], e["status"]) for e in ledger.list_ledger(
+        redis_client, "invoice", "2026")] == [(1, "confirmed"), (2, "missing"),
+                                              (3, "confirmed"), (4, "confirmed"),
+                                              (5, "confirmed"), (6, "confirmed")]
+
+
+def test_a_settle_raced_by_a_void_or_by_another_run_moves_each_number_once(redis_client,
+                                                                            monkeypatch):
+    entries = write_entries(redis_client, dict.fromkeys(range(1, 8), 60))
+    real, calls = scripts.SETTLE, []
+
+    def void_meanwhile(client, keys_, args):
+        calls.append(args[4])
+        if len(calls) == 1:  # an admin voids 2 between the read and the script
+            entry = json.loads(client.hget(entries, "2"))
+            client.hset(entries, "2", json.dumps({**entry, "status": "void"}))
+        return real(client, keys_, args)
+
+    monkeypatch.setattr(scripts, "SETTLE", void_meanwhile)
+    # Nothing written; the next tick looks again.
+    assert settled.settle(redis_client, "invoice", "2026", NOW, series="default", block=2,
+                          keep=1, after_seconds=0) == 0
+    assert calls == [1]
+    assert not redis_client.exists(keys.seq_settled("invoice", "2026"),
+                                   keys.seq_settled_blocks("invoice", "2026"))
+
+    def another_run_first(client, keys_, args):
+        calls.append(args[4])
+        if len(calls) == 2:  # another compaction settles this block first: ours is stale
+            assert real(client, keys_, args)[0] == "ok"
+        return real(client, keys_, args)
+
+    monkeypatch.setattr(scripts, "SETTLE", another_run_first)
+    assert settled.settle(redis_client, "invoice", "2026", NOW, series="default", block=2,
+                          keep=1, after_seconds=0) == 2
+    assert calls == [1, 1, 4]
+    assert sorted(redis_client.hkeys(entries), key=int) == ["2", "6", "7"]
+    assert redis_client.zrange(keys.seq_settled_blocks("invoice", "2026"), 0, -1) == [
+        "1:3", "4:5"]
+    assert redis_client.hgetall(keys.seq_settled("invoice", "2026")) == {"count": "4",
+                                                                          "upto": "5"}
 
 
 @pytest.mark.parametrize("script", ["SETTLE", "COMPACT"])
