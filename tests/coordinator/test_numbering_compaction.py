@@ -23,7 +23,7 @@ from redis.client import NEVER_DECODE
 from coordinator import keys
 from coordinator.cli import main
 from coordinator.clock import iso
-from coordinator.exceptions import Conflict, CoordinatorError, NotDurable
+from coordinator.exceptions import Conflict, CoordinatorError, NotDurable, NotFound
 from coordinator.numbering import (
     allocation,
     blocks,
@@ -219,15 +219,15 @@ def test_the_cli_and_the_scheduler_compact_every_chain(redis_client, valkey, mon
     take(redis_client, 6)
     monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
     monkeypatch.setenv("INVOICE_SYNC_LEDGER_ARCHIVE_BLOCK", "4")
-    result = CliRunner().invoke(main, ["ledger", "compact", "--keep", "2"])
+    result = CliRunner().invoke(main, ["ledger", "compact", "--keep", "5"])  # 7 of 12 fit
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"series": "default", "sequence": "invoice",
-                                         "events": 8, "entries": 0}
+                                         "events": 4, "entries": 0}
     take(redis_client, 3, start=6)
     assert compaction.due(redis_client, {"LEDGER_ARCHIVE_BLOCK": 4,
                                          "LEDGER_ARCHIVE_KEEP": 1}) == ["default/invoice"]
     assert redis_client.hget(keys.seq_archived("invoice"), "events") == "16"
-    assert compaction.due(redis_client, {"LEDGER_ARCHIVE_BLOCK": 0}) == []
+    assert compaction.due(redis_client, {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 0}) == []  # never
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
@@ -363,6 +363,20 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
     assert plan.periods[0].in_ledger == {6}
 
 
+def test_a_lost_settled_block_is_reported_not_hidden(redis_client):
+    """A settled block gone from the store (lost data): its numbers are no allocation any more,
+    and the gap report, the quick one too, walks the period and places them as missing."""
+    take(redis_client, 8)  # 4 and 8 voided
+    compaction.run(redis_client, "invoice", {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 3})
+    redis_client.delete(keys.seq_settled_block("invoice", "2026", 5))  # 5, 6 and 7
+    with pytest.raises(NotFound, match=r"^No allocation 'invoice:2026:6'$"):
+        allocation.get(redis_client, "invoice:2026:6")
+    gaps = ledger.gaps(redis_client, "invoice", "2026", 3600)
+    assert [(g["kind"], g.get("number"), g.get("before")) for g in gaps] == [
+        ("void", 4, None), ("missing", None, 8), ("void", 8, None)]
+    assert ledger.gaps(redis_client, "invoice", "2026", 3600, full=True) == gaps
+
+
 def test_a_settled_number_of_another_series_answers_its_replay(redis_client):
     """The scheduler compacts series eu's own chain and entries (a block of one: all but the
     newest); a replay of a number compacted out of eu's ledger answers from eu's reference
@@ -387,6 +401,19 @@ def test_a_settled_number_of_another_series_answers_its_replay(redis_client):
     assert chain.verify(redis_client, "invoice", series="eu")["ok"] is True
     replay, new = allocation.allocate(redis_client, "blue", "invoice", "r-0", DAY, None, hints)
     assert (replay, new) == (taken[0], False)
+    # An admin voids it: its entry comes back into eu's ledger (none of default's keys).
+    voided, changed = allocation.transition(redis_client, taken[0]["id"], "void", "wrong",
+                                            actor_kind="admin", actor_system=None,
+                                            actor="admin")
+    assert changed and voided["status"] == "void"
+    assert redis_client.hget(keys.seq_settled("invoice", "2026", "eu"), "count") == "2"
+    assert [(e["number"], e["status"]) for e in ledger.list_ledger(
+        redis_client, "invoice", "2026", series="eu")] == [
+        (1, "void"), (2, "confirmed"), (3, "confirmed"), (4, "confirmed")]
+    gaps = ledger.gaps(redis_client, "invoice", "2026", 3600, series="eu")
+    assert [g["number"] for g in gaps] == [1]
+    assert ledger.gaps(redis_client, "invoice", "2026", 3600, series="eu", full=True) == gaps
+    assert redis_client.keys(keys.seq_prefix("invoice") + "*") == [keys.seq_guard("invoice")]
 
 
 # --- upgrade -------------------------------------------------------------------------------
