@@ -6,6 +6,7 @@ or changed list, and a second run lose nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -152,6 +153,47 @@ def test_a_changed_byte_or_a_missing_block_is_found_and_named(redis_client, tamp
     assert now["ok"] is False and now["first_bad"]["seq"] == bad["seq"]
     # Compaction never archives past a block it cannot read back into a sound chain.
     assert compaction.compact(redis_client, "invoice", block=5, keep=3) == 0
+
+
+ARCHIVED = ['{"seq":5}', '{"seq":6}', '{"seq":7}']
+DIGESTS = [hashlib.sha256(raw.encode()).hexdigest() for raw in ARCHIVED]
+SOUND = blocks.pack(5, ARCHIVED, DIGESTS)  # 16 header, 3 x 4 prefix, 32 hash, then zlib
+PREFIXES = [digest[:8] for digest in DIGESTS]
+# Events whose block is read back in several chunks (~900 compressed bytes).
+LONG = [raw[:-1] + ',"pad":"' + "".join(hashlib.sha256(f"{raw}{n}".encode()).hexdigest()
+                                        for n in range(8)) + '"}' for raw in ARCHIVED]
+
+
+def _damaged(why):
+    return blocks.Broken(f"archived block from event 5 is damaged{why}")
+
+
+@pytest.mark.parametrize(("data", "records", "last"), [
+    (SOUND, list(zip(ARCHIVED, PREFIXES, strict=True)), DIGESTS[2]),
+    (SOUND[:15], [(_damaged(" (too short)"), None)], ""),
+    (SOUND[:16], [(_damaged(" (no events after its hashes)"), None)], ""),
+    (SOUND[:60], [(_damaged(" (no events after its hashes)"), None)], ""),
+    (blocks.pack(0, ARCHIVED, DIGESTS), [(_damaged(
+        " or misplaced (its header says b'ISL1', 3 events from event 0)"), None)], ""),
+    (b"ISL1" + (5).to_bytes(8, "big") + bytes(4) + SOUND[16:], [(_damaged(
+        " or misplaced (its header says b'ISL1', 0 events from event 5)"), None)], ""),
+    (SOUND[:12] + (1).to_bytes(4, "big") + SOUND[16:20] + bytes.fromhex(DIGESTS[0])
+     + SOUND[60:], [(_damaged(": it holds 3 events, its header says 1"), PREFIXES[0])],
+     DIGESTS[0]),
+    (None, [(blocks.Broken("archived block from event 5 is missing"), None)], ""),
+    (blocks.pack(5, LONG, DIGESTS), list(zip(LONG, PREFIXES, strict=True)), DIGESTS[2]),
+    (SOUND + b"x", [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+                    (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:-3], [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+                  (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:60] + blocks.zlib.compress(b'{"seq":5}\n\xff\n{"seq":7}\n'),
+     [(ARCHIVED[0], PREFIXES[0]), (_damaged(": event 6 cannot be read back"), PREFIXES[1])],
+     DIGESTS[2]),
+], ids=["sound", "short", "header", "hashes", "misplaced", "empty", "more", "missing", "long",
+        "trailing", "cut", "utf8"])
+def test_a_damaged_block_reads_back_up_to_the_damage_and_names_why(data, records, last):
+    """What verify names (``first_bad.reason``) for each kind of damage to a block's bytes."""
+    assert blocks.unpack(5, data) == blocks.Block(records, last)
 
 
 def test_a_run_stopped_between_blocks_or_raced_loses_nothing(redis_client, monkeypatch):
