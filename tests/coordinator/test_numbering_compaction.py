@@ -237,6 +237,14 @@ def test_a_run_stopped_between_blocks_or_raced_loses_nothing(redis_client, monke
     assert compaction.compact(redis_client, "invoice", block=4, keep=3) == 0
 
 
+def test_events_lost_from_the_list_are_not_archived(redis_client):
+    take(redis_client, 4, void_every=9)  # 8 sealed events
+    redis_client.ltrim(EVENTS, 0, 1)  # the events after the second are lost; their hashes stay
+    assert compaction.compact(redis_client, "invoice", block=2, keep=1) == 2
+    assert chain.verify(redis_client, "invoice")["first_bad"] == {
+        "seq": 2, "reason": "event missing (its hash is in the chain)"}
+
+
 def test_two_compactions_at_once_archive_each_block_once(redis_client, monkeypatch):
     """Another run archives the block this one packed: this one's write is stale, it reads
     again and goes on from there (it counts only what it archived itself)."""
