@@ -159,6 +159,9 @@ ARCHIVED = ['{"seq":5}', '{"seq":6}', '{"seq":7}']
 DIGESTS = [hashlib.sha256(raw.encode()).hexdigest() for raw in ARCHIVED]
 SOUND = blocks.pack(5, ARCHIVED, DIGESTS)  # 16 header, 3 x 4 prefix, 32 hash, then zlib
 PREFIXES = [digest[:8] for digest in DIGESTS]
+# A stored (level 0) stream of 505 bytes: 516 bytes, its checksum alone in the last chunk.
+_PADDED = ('{"seq":5}\n{"seq":6}\n{"seq":7,"p":"' + "x" * 468 + '"}\n').encode()
+_STORED = blocks.zlib.compress(_PADDED, 0)
 # Events whose block is read back in several chunks (~900 compressed bytes).
 LONG = [raw[:-1] + ',"pad":"' + "".join(hashlib.sha256(f"{raw}{n}".encode()).hexdigest()
                                         for n in range(8)) + '"}' for raw in ARCHIVED]
@@ -184,13 +187,19 @@ def _damaged(why):
     (blocks.pack(5, LONG, DIGESTS), list(zip(LONG, PREFIXES, strict=True)), DIGESTS[2]),
     (SOUND + b"x", [*zip(ARCHIVED[:2], PREFIXES, strict=False),
                     (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:60] + _STORED[:-1] + bytes([_STORED[-1] ^ 1]),
+     [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+      (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:60] + blocks.zlib.compress(b'{"seq":5}\n{"seq":6}\n{"seq":7}\n\xff\n'),
+     [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+      (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
     (SOUND[:-3], [*zip(ARCHIVED[:2], PREFIXES, strict=False),
                   (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
     (SOUND[:60] + blocks.zlib.compress(b'{"seq":5}\n\xff\n{"seq":7}\n'),
      [(ARCHIVED[0], PREFIXES[0]), (_damaged(": event 6 cannot be read back"), PREFIXES[1])],
      DIGESTS[2]),
 ], ids=["sound", "short", "header", "hashes", "misplaced", "empty", "more", "missing", "long",
-        "trailing", "cut", "utf8"])
+        "trailing", "checksum", "utf8-after", "cut", "utf8"])
 def test_a_damaged_block_reads_back_up_to_the_damage_and_names_why(data, records, last):
     """What verify names (``first_bad.reason``) for each kind of damage to a block's bytes."""
     assert blocks.unpack(5, data) == blocks.Block(records, last)
