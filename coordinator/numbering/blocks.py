@@ -103,7 +103,7 @@ def _inflate(compressed: bytes) -> tuple[list[str], bool]:
 
     Fed a chunk at a time, so damage stops the output near the damaged event: every line
     before it comes back; a line cut or not valid UTF-8 ends the list."""
-    inflater, text, sound = zlib.decompressobj(), b"", True
+    inflater, text = zlib.decompressobj(), b""
     try:
         for at in range(0, len(compressed), _CHUNK):
             text += inflater.decompress(compressed[at:at + _CHUNK])

@@ -122,7 +122,8 @@ def gaps(
 
 def _consistent(client: redis.Redis, sequence: str, period: str, series: str) -> bool:
     """Whether the counts agree: as many ledger entries as ordered numbers in ``period``, and
-    as many ordered numbers in all periods as the sequence ever issued (``stats``)."""
+    as many ordered numbers in all periods as the sequence ever issued (``stats``); and every
+    settled block of ``period`` is there (a lost one changes no count)."""
     every = periods(client, sequence, series=series)
     pipe = client.pipeline(transaction=False)
     pipe.hget(keys.seq_stats(sequence, series), "issued")
@@ -133,7 +134,8 @@ def _consistent(client: redis.Redis, sequence: str, period: str, series: str) ->
     issued, entries, *counts = pipe.execute()
     ordered, moved = counts[0::2], [int(n or 0) for n in counts[1::2]]
     here = ordered[every.index(period)] if period in every else 0
-    return entries == here and int(issued or 0) == sum(ordered) + sum(moved)
+    return (entries == here and int(issued or 0) == sum(ordered) + sum(moved)
+            and not settled.blocks_lost(client, sequence, period, series=series))
 
 
 def _base(entry: dict[str, Any]) -> dict[str, Any]:

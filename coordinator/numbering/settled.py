@@ -41,7 +41,7 @@ def _read_block(client: redis.Redis, sequence: str, period: str, first: int,
     try:
         return zlib.decompress(data).decode("utf-8").splitlines() if data else []
     except (zlib.error, UnicodeDecodeError):
-        return []  # damaged: its numbers read as missing (the gap report's consistency check)
+        return []  # damaged: its numbers read as missing (the full gap report, the export)
 
 
 def _number(raw: str) -> int | None:
@@ -90,9 +90,13 @@ def page(client: redis.Redis, sequence: str, period: str, after: int, limit: int
     return out
 
 
-def count(client: redis.Redis, sequence: str, period: str, *, series: str) -> int:
-    """How many entries of ``period`` live only in settled blocks."""
-    return int(client.hget(keys.seq_settled(sequence, period, series), "count") or 0)
+def blocks_lost(client: redis.Redis, sequence: str, period: str, *, series: str) -> bool:
+    """Whether a settled block that the index of ``period`` names is gone from the store (lost
+    data: the gap report then walks the period, where its numbers read as missing)."""
+    index = client.zrange(keys.seq_settled_blocks(sequence, period, series), 0, -1)
+    named = [keys.seq_settled_block(sequence, period, int(member.split(":")[0]), series)
+             for member in index]
+    return bool(named) and client.exists(*named) != len(named)
 
 
 def unsettle(client: redis.Redis, sequence: str, period: str, number: int | str, *,
@@ -168,5 +172,5 @@ def settle(
 
 
 def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(stamp).timestamp()  # reads the "Z" of clock.iso (3.11+)
 

@@ -6,6 +6,7 @@ or changed list, and a second run lose nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -22,7 +23,8 @@ from redis.client import NEVER_DECODE
 
 from coordinator import keys
 from coordinator.cli import main
-from coordinator.exceptions import Conflict, CoordinatorError, NotDurable
+from coordinator.clock import iso
+from coordinator.exceptions import Conflict, CoordinatorError, NotDurable, NotFound
 from coordinator.numbering import (
     allocation,
     blocks,
@@ -153,6 +155,56 @@ def test_a_changed_byte_or_a_missing_block_is_found_and_named(redis_client, tamp
     assert compaction.compact(redis_client, "invoice", block=5, keep=3) == 0
 
 
+ARCHIVED = ['{"seq":5}', '{"seq":6}', '{"seq":7}']
+DIGESTS = [hashlib.sha256(raw.encode()).hexdigest() for raw in ARCHIVED]
+SOUND = blocks.pack(5, ARCHIVED, DIGESTS)  # 16 header, 3 x 4 prefix, 32 hash, then zlib
+PREFIXES = [digest[:8] for digest in DIGESTS]
+# A stored (level 0) stream of 505 bytes: 516 bytes, its checksum alone in the last chunk.
+_PADDED = ('{"seq":5}\n{"seq":6}\n{"seq":7,"p":"' + "x" * 468 + '"}\n').encode()
+_STORED = blocks.zlib.compress(_PADDED, 0)
+# Events whose block is read back in several chunks (~900 compressed bytes).
+LONG = [raw[:-1] + ',"pad":"' + "".join(hashlib.sha256(f"{raw}{n}".encode()).hexdigest()
+                                        for n in range(8)) + '"}' for raw in ARCHIVED]
+
+
+def _damaged(why):
+    return blocks.Broken(f"archived block from event 5 is damaged{why}")
+
+
+@pytest.mark.parametrize(("data", "records", "last"), [
+    (SOUND, list(zip(ARCHIVED, PREFIXES, strict=True)), DIGESTS[2]),
+    (SOUND[:15], [(_damaged(" (too short)"), None)], ""),
+    (SOUND[:16], [(_damaged(" (no events after its hashes)"), None)], ""),
+    (SOUND[:60], [(_damaged(" (no events after its hashes)"), None)], ""),
+    (blocks.pack(0, ARCHIVED, DIGESTS), [(_damaged(
+        " or misplaced (its header says b'ISL1', 3 events from event 0)"), None)], ""),
+    (b"ISL1" + (5).to_bytes(8, "big") + bytes(4) + SOUND[16:], [(_damaged(
+        " or misplaced (its header says b'ISL1', 0 events from event 5)"), None)], ""),
+    (SOUND[:12] + (1).to_bytes(4, "big") + SOUND[16:20] + bytes.fromhex(DIGESTS[0])
+     + SOUND[60:], [(_damaged(": it holds 3 events, its header says 1"), PREFIXES[0])],
+     DIGESTS[0]),
+    (None, [(blocks.Broken("archived block from event 5 is missing"), None)], ""),
+    (blocks.pack(5, LONG, DIGESTS), list(zip(LONG, PREFIXES, strict=True)), DIGESTS[2]),
+    (SOUND + b"x", [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+                    (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:60] + _STORED[:-1] + bytes([_STORED[-1] ^ 1]),
+     [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+      (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:60] + blocks.zlib.compress(b'{"seq":5}\n{"seq":6}\n{"seq":7}\n\xff\n'),
+     [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+      (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:-3], [*zip(ARCHIVED[:2], PREFIXES, strict=False),
+                  (_damaged(" after its last event"), PREFIXES[2])], DIGESTS[2]),
+    (SOUND[:60] + blocks.zlib.compress(b'{"seq":5}\n\xff\n{"seq":7}\n'),
+     [(ARCHIVED[0], PREFIXES[0]), (_damaged(": event 6 cannot be read back"), PREFIXES[1])],
+     DIGESTS[2]),
+], ids=["sound", "short", "header", "hashes", "misplaced", "empty", "more", "missing", "long",
+        "trailing", "checksum", "utf8-after", "cut", "utf8"])
+def test_a_damaged_block_reads_back_up_to_the_damage_and_names_why(data, records, last):
+    """What verify names (``first_bad.reason``) for each kind of damage to a block's bytes."""
+    assert blocks.unpack(5, data) == blocks.Block(records, last)
+
+
 def test_a_run_stopped_between_blocks_or_raced_loses_nothing(redis_client, monkeypatch):
     take(redis_client, 8)
     before = read_back(redis_client)
@@ -194,19 +246,47 @@ def test_a_run_stopped_between_blocks_or_raced_loses_nothing(redis_client, monke
     assert compaction.compact(redis_client, "invoice", block=4, keep=3) == 0
 
 
+def test_events_lost_from_the_list_are_not_archived(redis_client):
+    take(redis_client, 4, void_every=9)  # 8 sealed events
+    redis_client.ltrim(EVENTS, 0, 1)  # the events after the second are lost; their hashes stay
+    assert compaction.compact(redis_client, "invoice", block=2, keep=1) == 2
+    assert chain.verify(redis_client, "invoice")["first_bad"] == {
+        "seq": 2, "reason": "event missing (its hash is in the chain)"}
+
+
+def test_two_compactions_at_once_archive_each_block_once(redis_client, monkeypatch):
+    """Another run archives the block this one packed: this one's write is stale, it reads
+    again and goes on from there (it counts only what it archived itself)."""
+    take(redis_client, 8)  # 16 sealed events
+    before = read_back(redis_client)
+    real, calls = scripts.COMPACT, []
+
+    def another_run_first(client, keys_, args):
+        calls.append(args[0])
+        if len(calls) == 1:
+            assert real(client, keys_, args)[0] == "ok"
+        return real(client, keys_, args)
+
+    monkeypatch.setattr(scripts, "COMPACT", another_run_first)
+    assert compaction.compact(redis_client, "invoice", block=4, keep=3) == 8
+    assert calls == [0, 4, 8]
+    assert redis_client.hget(keys.seq_archived("invoice"), "events") == "12"
+    assert read_back(redis_client) == before
+
+
 def test_the_cli_and_the_scheduler_compact_every_chain(redis_client, valkey, monkeypatch):
     take(redis_client, 6)
     monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
     monkeypatch.setenv("INVOICE_SYNC_LEDGER_ARCHIVE_BLOCK", "4")
-    result = CliRunner().invoke(main, ["ledger", "compact", "--keep", "2"])
+    result = CliRunner().invoke(main, ["ledger", "compact", "--keep", "5"])  # 7 of 12 fit
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"series": "default", "sequence": "invoice",
-                                         "events": 8, "entries": 0}
+                                         "events": 4, "entries": 0}
     take(redis_client, 3, start=6)
     assert compaction.due(redis_client, {"LEDGER_ARCHIVE_BLOCK": 4,
                                          "LEDGER_ARCHIVE_KEEP": 1}) == ["default/invoice"]
     assert redis_client.hget(keys.seq_archived("invoice"), "events") == "16"
-    assert compaction.due(redis_client, {"LEDGER_ARCHIVE_BLOCK": 0}) == []
+    assert compaction.due(redis_client, {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 0}) == []  # never
     assert chain.verify(redis_client, "invoice")["ok"] is True
 
 
@@ -342,8 +422,23 @@ def test_settled_numbers_answer_every_request_and_can_still_be_voided(redis_clie
     assert plan.periods[0].in_ledger == {6}
 
 
+def test_a_lost_settled_block_is_reported_not_hidden(redis_client):
+    """A settled block gone from the store (lost data): its numbers are no allocation any more,
+    and the gap report, the quick one too, walks the period and places them as missing."""
+    take(redis_client, 8)  # 4 and 8 voided
+    compaction.run(redis_client, "invoice", {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 3})
+    redis_client.delete(keys.seq_settled_block("invoice", "2026", 5))  # 5, 6 and 7
+    with pytest.raises(NotFound, match=r"^No allocation 'invoice:2026:6'$"):
+        allocation.get(redis_client, "invoice:2026:6")
+    gaps = ledger.gaps(redis_client, "invoice", "2026", 3600)
+    assert [(g["kind"], g.get("number"), g.get("before")) for g in gaps] == [
+        ("void", 4, None), ("missing", None, 8), ("void", 8, None)]
+    assert ledger.gaps(redis_client, "invoice", "2026", 3600, full=True) == gaps
+
+
 def test_a_settled_number_of_another_series_answers_its_replay(redis_client):
-    """A replay of a number compacted out of series eu's ledger answers from eu's reference
+    """The scheduler compacts series eu's own chain and entries (a block of one: all but the
+    newest); a replay of a number compacted out of eu's ledger answers from eu's reference
     index and blocks (those of default know nothing of it)."""
     series_mod.create_series(redis_client, "eu")
     series_mod.join(redis_client, "eu", "blue")
@@ -356,10 +451,28 @@ def test_a_settled_number_of_another_series_answers_its_replay(redis_client):
                               actor_kind="agent", actor_system="blue", actor="agent:blue")
         taken.append(allocation.get(redis_client, entry["id"]))
     chain.seal(redis_client, "invoice", series="eu")
-    compaction.run(redis_client, "invoice", SETTLE_NOW, series="eu")
+    assert compaction.due(redis_client, {**SETTLE_NOW, "LEDGER_ARCHIVE_BLOCK": 1}) == [
+        "eu/invoice"]
+    assert redis_client.hget(keys.seq_archived("invoice", "eu"), "events") == "7"  # of 8
+    assert redis_client.hgetall(keys.seq_settled("invoice", "2026", "eu")) == {"count": "3",
+                                                                                "upto": "3"}
     assert not redis_client.hexists(keys.seq_ledger("invoice", "2026", "eu"), "1")  # settled
+    assert chain.verify(redis_client, "invoice", series="eu")["ok"] is True
     replay, new = allocation.allocate(redis_client, "blue", "invoice", "r-0", DAY, None, hints)
     assert (replay, new) == (taken[0], False)
+    # An admin voids it: its entry comes back into eu's ledger (none of default's keys).
+    voided, changed = allocation.transition(redis_client, taken[0]["id"], "void", "wrong",
+                                            actor_kind="admin", actor_system=None,
+                                            actor="admin")
+    assert changed and voided["status"] == "void"
+    assert redis_client.hget(keys.seq_settled("invoice", "2026", "eu"), "count") == "2"
+    assert [(e["number"], e["status"]) for e in ledger.list_ledger(
+        redis_client, "invoice", "2026", series="eu")] == [
+        (1, "void"), (2, "confirmed"), (3, "confirmed"), (4, "confirmed")]
+    gaps = ledger.gaps(redis_client, "invoice", "2026", 3600, series="eu")
+    assert [g["number"] for g in gaps] == [1]
+    assert ledger.gaps(redis_client, "invoice", "2026", 3600, series="eu", full=True) == gaps
+    assert redis_client.keys(keys.seq_prefix("invoice") + "*") == [keys.seq_guard("invoice")]
 
 
 # --- upgrade -------------------------------------------------------------------------------
@@ -406,6 +519,78 @@ def test_settling_leaves_the_order_set_the_size_of_what_stays(redis_client):
     assert redis_client.zrange(order, 0, -1) == redis_client.zrange("fresh", 0, -1)
     assert redis_client.memory_usage(order, samples=0) <= 1.2 * redis_client.memory_usage(
         "fresh", samples=0)
+
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+def write_entries(client, ages, lost=()):
+    """Confirmed entries of invoice 2026 numbered as ``ages`` (seconds before NOW each was
+    issued), written as allocate.lua writes them; the entries of ``lost`` only ordered."""
+    order, entries = keys.seq_ledger_order("invoice", "2026"), keys.seq_ledger("invoice", "2026")
+    for number, age in ages.items():
+        client.zadd(order, {str(number): number})
+        if number not in lost:
+            client.hset(entries, str(number), json.dumps({
+                "number": str(number), "status": "confirmed",
+                "issued_at": iso(NOW - dt.timedelta(seconds=age))}))
+    return entries
+
+
+def test_a_number_settles_once_old_enough_and_a_lost_entry_stays_listed(redis_client):
+    """A confirmed number issued at least LEDGER_SETTLE_AFTER_SECONDS ago settles; the first
+    younger one ends the scan (later ones are younger still). An ordered number whose entry is
+    lost is passed over and still listed as missing. A block of one moves one number."""
+    entries = write_entries(redis_client, {1: 7200, 2: 5000, 3: 3600, 4: 3599, 5: 3700, 6: 0},
+                            lost={2})
+    assert settled.settle(redis_client, "invoice", "2026", NOW, series="default", block=1,
+                          keep=1, after_seconds=3600) == 2
+    assert sorted(redis_client.hkeys(entries), key=int) == ["4", "5", "6"]
+    assert redis_client.zrange(keys.seq_settled_blocks("invoice", "2026"), 0, -1) == [
+        "1:1", "3:3"]
+    assert redis_client.hgetall(keys.seq_settled("invoice", "2026")) == {"count": "2",
+                                                                          "upto": "3"}
+    assert [(e["number"], e["status"]) for e in ledger.list_ledger(
+        redis_client, "invoice", "2026")] == [(1, "confirmed"), (2, "missing"),
+                                              (3, "confirmed"), (4, "confirmed"),
+                                              (5, "confirmed"), (6, "confirmed")]
+
+
+def test_a_settle_raced_by_a_void_or_by_another_run_moves_each_number_once(redis_client,
+                                                                            monkeypatch):
+    entries = write_entries(redis_client, dict.fromkeys(range(1, 8), 60))
+    real, calls = scripts.SETTLE, []
+
+    def void_meanwhile(client, keys_, args):
+        calls.append(args[4])
+        if len(calls) == 1:  # an admin voids 2 between the read and the script
+            entry = json.loads(client.hget(entries, "2"))
+            client.hset(entries, "2", json.dumps({**entry, "status": "void"}))
+        return real(client, keys_, args)
+
+    monkeypatch.setattr(scripts, "SETTLE", void_meanwhile)
+    # Nothing written; the next tick looks again.
+    assert settled.settle(redis_client, "invoice", "2026", NOW, series="default", block=2,
+                          keep=1, after_seconds=0) == 0
+    assert calls == [1]
+    assert not redis_client.exists(keys.seq_settled("invoice", "2026"),
+                                   keys.seq_settled_blocks("invoice", "2026"))
+
+    def another_run_first(client, keys_, args):
+        calls.append(args[4])
+        if len(calls) == 2:  # another compaction settles this block first: ours is stale
+            assert real(client, keys_, args)[0] == "ok"
+        return real(client, keys_, args)
+
+    monkeypatch.setattr(scripts, "SETTLE", another_run_first)
+    assert settled.settle(redis_client, "invoice", "2026", NOW, series="default", block=2,
+                          keep=1, after_seconds=0) == 2
+    assert calls == [1, 1, 4]
+    assert sorted(redis_client.hkeys(entries), key=int) == ["2", "6", "7"]
+    assert redis_client.zrange(keys.seq_settled_blocks("invoice", "2026"), 0, -1) == [
+        "1:3", "4:5"]
+    assert redis_client.hgetall(keys.seq_settled("invoice", "2026")) == {"count": "4",
+                                                                          "upto": "5"}
 
 
 @pytest.mark.parametrize("script", ["SETTLE", "COMPACT"])
