@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 
 from coordinator import keys
+from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from coordinator.numbering import allocate, gaps, list_ledger, overlap, sequences
 from coordinator.numbering.series import create_series, delete_series, join, prepare_registration
@@ -109,18 +110,27 @@ def test_a_dedicated_switch_in_a_series_deleted_meanwhile_answers_404_and_writes
     assert client.keys("*eu*") == []
 
 
-def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
+def series_eu_with_orange():
+    """A store with series ``eu`` numbering system ``orange`` (as the registry does), and
+    ``default`` numbering ``blue``."""
     client = fakeredis.FakeRedis(decode_responses=True)
     create_series(client, "eu")
-    prepare_registration(client, "eu", "orange")  # orange numbers in eu, as the registry does
+    prepare_registration(client, "eu", "orange")
     client.hset(keys.system("orange"), mapping={"name": "orange", "series": "eu"})
     join(client, "eu", "orange")
     initialise_numbering(client)
+    return client
+
+
+def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
+    client = series_eu_with_orange()
     day = date(2026, 3, 4)
     allocate(client, "blue", "credit_note", "1", day)  # default's own credit notes count not
     default_before = {name: client.hgetall(keys.seq_settings(name)) for name in sequences.SEQUENCES}
-    sequences.set_dedicated(client, False, actor="admin:a", series="eu")
-    assert sequences.credit_note_home(client, "eu") == "invoice"
+    switched = sequences.update(client, "credit_note", {"dedicated": False}, actor="admin:a",
+                                series="eu")  # as PATCH /v1/series/eu/sequences/credit_note
+    assert switched == sequences.describe(client, "credit_note", series="eu")
+    assert switched["dedicated"] is False
     assert client.hget(keys.seq_settings("invoice", "eu"), "credit_notes") == "1"
     assert {name: sequences.audit(client, name, series="eu")[-1]["after"]
             for name in sequences.SEQUENCES} == {name: {"dedicated": False}
@@ -128,12 +138,109 @@ def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
     # eu's credit notes, now numbered in eu's invoice sequence, keep eu from switching back
     assert allocate(client, "orange", "credit_note", "1", day)[0]["sequence"] == "invoice"
     with pytest.raises(Conflict) as refused:
-        sequences.set_dedicated(client, True, actor="admin:a", series="eu")
+        sequences.update(client, "credit_note", {"dedicated": True}, actor="admin:a",
+                         series="eu")
     assert refused.value.message.startswith("dedicated cannot change: 1 credit note(s) were "
                                             "numbered in the invoice sequence")
     assert {name: client.hgetall(keys.seq_settings(name))
             for name in sequences.SEQUENCES} == default_before
     assert [sequences.audit(client, name) for name in sequences.SEQUENCES] == [[], []]
+
+
+def contents(client, series):
+    """Every key of ``series`` with what it holds (a fakeredis store)."""
+    read = {"hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+            "set": client.smembers, "string": client.get,
+            "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}
+    return {key: read[client.type(key)](key) for key in client.keys(f"{{ser:{series}}}*")}
+
+
+def test_a_sequence_of_another_series_is_described_and_changed_in_that_series_only():
+    client = series_eu_with_orange()
+    day, eu = date(2026, 3, 4), {"actor": "admin:a", "series": "eu"}
+    sequences.ensure_sequences(client)  # default's settings, as serve's first start writes
+    default_before = contents(client, "default")
+    sequences.update(client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, **eu)
+    sequences.update(client, "invoice", {"next_number": 7}, period="2025", **eu)
+    assert [allocate(client, "orange", "invoice", ref, day)[0]["formatted"]
+            for ref in "ab"] == ["EU-2026-000001", "EU-2026-000002"]
+    settings = {"name": "invoice", "increment": 1, "format": "EU-{YEAR}-{NUMBER}",
+                "padding": 6, "reset": "yearly"}
+    rows = [{"period": "2025", "last_number": None, "next_number": 7, "issued": 0},
+            {"period": "2026", "last_number": 2, "next_number": 3, "issued": 2}]
+    assert sequences.describe(client, "invoice", date(2026, 5, 1), series="eu") == {
+        **settings, "period": "2026", "next_number": 3, "periods": rows}
+    # A period with nothing yet is listed too, at its first number.
+    new_year = {"period": "2027", "last_number": None, "next_number": 1, "issued": 0}
+    assert sequences.describe(client, "invoice", date(2027, 1, 2), series="eu") == {
+        **settings, "period": "2027", "next_number": 1, "periods": [*rows, new_year]}
+    # A request without changes answers eu's sequence as it is.
+    assert sequences.update(client, "invoice", {}, period="2026", **eu) == (
+        sequences.describe(client, "invoice", series="eu"))
+    # eu's changes are checked against eu's numbers (default issued none).
+    with pytest.raises(Conflict) as refused:
+        sequences.update(client, "invoice", {"next_number": 2}, period="2026", **eu)
+    assert refused.value.message == ("next_number can only move forward: in period 2026 the "
+                                     "next number is 3 (numbers up to 2 are issued)")
+    with pytest.raises(Conflict) as refused:
+        sequences.update(client, "invoice", {"reset": "monthly",
+                                             "format": "EU{YEAR}{MONTH}-{NUMBER}"}, **eu)
+    assert refused.value.message.startswith("reset cannot change once numbers were issued")
+    # The credit notes' change is checked against eu's invoices (not default's).
+    sequences.update(client, "credit_note", {"format": "EUCN-{YEAR}-{NUMBER}"}, **eu)
+    raised = sequences.update(client, "invoice", {"next_number": 10}, period="2026", **eu)
+    assert raised["periods"][1] == {"period": "2026", "last_number": 2, "next_number": 10,
+                                    "issued": 2}
+    assert allocate(client, "orange", "invoice", "c", day)[0]["formatted"] == "EU-2026-000010"
+    assert [record["after"].get("format") for record in sequences.audit(
+        client, "invoice", series="eu")] == ["EU-{YEAR}-{NUMBER}"] * 3
+    assert sequences.audit(client, "credit_note", series="eu")[-1]["after"]["format"] == (
+        "EUCN-{YEAR}-{NUMBER}")
+    assert contents(client, "default") == default_before
+    assert [sequences.audit(client, name) for name in sequences.SEQUENCES] == [[], []]
+
+
+def test_dedicated_is_changed_alone_and_only_for_credit_notes(redis_client):
+    # API.md: the 422 names the field and says what to do; nothing is written.
+    alone = ["Change dedicated on its own, in a request without other fields."]
+    refusals = [
+        ("invoice", {"dedicated": False}, None, ["Only the credit_note sequence has it."]),
+        ("credit_note", {"dedicated": False, "increment": 2}, None, alone),
+        ("credit_note", {"dedicated": False}, "2026", alone),
+    ]
+    before = snapshot(redis_client)
+    for name, changes, period, why in refusals:
+        with pytest.raises(InvalidInput) as refused:
+            sequences.update(redis_client, name, changes, actor="admin:a", period=period)
+        assert (refused.value.message, refused.value.errors) == (
+            "Validation failed", {"json": {"dedicated": why}})
+    assert snapshot(redis_client) == before
+
+
+def test_a_new_reset_applies_from_the_change_without_naming_a_period(redis_client):
+    # The admin moves a sequence that issued nothing to monthly numbers (README "Sequences").
+    changed = sequences.update(redis_client, "invoice",
+                               {"reset": "monthly", "format": "INV-{YEAR}{MONTH}-{NUMBER}"},
+                               actor="admin:a")
+    assert (changed["reset"], changed["period"]) == ("monthly", utcnow().strftime("%Y-%m"))
+    assert allocate(redis_client, "blue", "invoice", "1", date(2026, 3, 4))[0]["formatted"] == (
+        "INV-202603-000001")
+
+
+def test_all_printed_settings_changed_at_once_are_still_checked(redis_client):
+    # format, padding and reset in one request: still refused where invoices and credit notes
+    # could print one number, or the format is broken; nothing is written.
+    sequences.ensure_sequences(redis_client)
+    before = snapshot(redis_client)
+    with pytest.raises(Conflict, match="could both print"):
+        sequences.update(redis_client, "invoice",
+                         {"format": "CN-{YEAR}-{NUMBER}", "padding": 6, "reset": "yearly"},
+                         actor="admin:a")
+    with pytest.raises(InvalidInput):
+        sequences.update(redis_client, "invoice",
+                         {"format": "INV-{NUMBER", "padding": 6, "reset": "never"},
+                         actor="admin:a")
+    assert snapshot(redis_client) == before
 
 
 # --- HTTP on the real server -----------------------------------------------------------------
