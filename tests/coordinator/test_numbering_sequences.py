@@ -243,6 +243,45 @@ def test_all_printed_settings_changed_at_once_are_still_checked(redis_client):
     assert snapshot(redis_client) == before
 
 
+def test_a_series_that_lost_its_settings_numbers_with_the_defaults_again():
+    # Settings hashes gone (a partial restore): reading, changing and numbering in that
+    # series write the defaults back, in that series only.
+    client = series_eu_with_orange()
+    sequences.ensure_sequences(client)
+    default_before = contents(client, "default")
+    eu_settings = [keys.seq_settings(name, "eu") for name in sequences.SEQUENCES]
+    client.delete(*eu_settings)
+    assert sequences.describe(client, "credit_note", series="eu")["dedicated"] is True
+    assert [client.hgetall(key) for key in eu_settings] == [
+        sequences.DEFAULTS[name] for name in sequences.SEQUENCES]
+    client.delete(*eu_settings)
+    sequences.update(client, "invoice", {"increment": 2}, actor="admin:a", series="eu")
+    assert [client.hgetall(key) for key in eu_settings] == [
+        {**sequences.DEFAULTS["invoice"], "increment": "2"}, sequences.DEFAULTS["credit_note"]]
+    client.delete(*eu_settings)
+    entry, _ = allocate(client, "orange", "invoice", "1", date(2026, 3, 4))
+    assert (entry["series"], entry["formatted"]) == ("eu", "INV-2026-000001")
+    assert contents(client, "default") == default_before
+
+
+def test_a_change_racing_the_deletion_of_its_series_answers_503_and_writes_nothing(
+        monkeypatch):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    client.delete(*(keys.seq_settings(name, "eu") for name in sequences.SEQUENCES))
+    ensure = sequences.ensure_sequences
+
+    def deleted_right_after(client, series):  # the defaults are written, then eu is deleted
+        ensure(client, series)
+        delete_series(client, series, [])
+
+    monkeypatch.setattr(sequences, "ensure_sequences", deleted_right_after)
+    with pytest.raises(ServiceUnavailable) as refused:
+        sequences.update(client, "invoice", {"increment": 2}, actor="admin:a", series="eu")
+    assert refused.value.message == "Series eu is not initialised; retry"
+    assert client.keys("*eu*") == []
+
+
 # --- HTTP on the real server -----------------------------------------------------------------
 
 
