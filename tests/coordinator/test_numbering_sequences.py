@@ -10,7 +10,15 @@ import pytest
 from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, ServiceUnavailable
-from coordinator.numbering import allocate, gaps, list_ledger, overlap, sequences
+from coordinator.numbering import (
+    allocate,
+    compaction,
+    gaps,
+    list_ledger,
+    overlap,
+    sequences,
+    transition,
+)
 from coordinator.numbering.series import create_series, delete_series, join, prepare_registration
 from tests.support import initialise_numbering, snapshot
 
@@ -110,10 +118,10 @@ def test_a_dedicated_switch_in_a_series_deleted_meanwhile_answers_404_and_writes
     assert client.keys("*eu*") == []
 
 
-def series_eu_with_orange():
-    """A store with series ``eu`` numbering system ``orange`` (as the registry does), and
-    ``default`` numbering ``blue``."""
-    client = fakeredis.FakeRedis(decode_responses=True)
+def series_eu_with_orange(client=None):
+    """A store (fakeredis unless given) with series ``eu`` numbering system ``orange`` (as the
+    registry does), and ``default`` numbering ``blue``."""
+    client = client or fakeredis.FakeRedis(decode_responses=True)
     create_series(client, "eu")
     prepare_registration(client, "eu", "orange")
     client.hset(keys.system("orange"), mapping={"name": "orange", "series": "eu"})
@@ -148,15 +156,16 @@ def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
 
 
 def contents(client, series):
-    """Every key of ``series`` with what it holds (a fakeredis store)."""
+    """Every key of ``series`` with what it holds."""
     read = {"hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
             "set": client.smembers, "string": client.get,
             "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}
     return {key: read[client.type(key)](key) for key in client.keys(f"{{ser:{series}}}*")}
 
 
-def test_a_sequence_of_another_series_is_described_and_changed_in_that_series_only():
-    client = series_eu_with_orange()
+def test_a_sequence_of_another_series_is_described_and_changed_in_that_series_only(
+        redis_client):
+    client = series_eu_with_orange(redis_client)  # a real server: settling runs sha1hex
     day, eu = date(2026, 3, 4), {"actor": "admin:a", "series": "eu"}
     sequences.ensure_sequences(client)  # default's settings, as serve's first start writes
     default_before = contents(client, "default")
@@ -192,6 +201,16 @@ def test_a_sequence_of_another_series_is_described_and_changed_in_that_series_on
     assert raised["periods"][1] == {"period": "2026", "last_number": 2, "next_number": 10,
                                     "issued": 2}
     assert allocate(client, "orange", "invoice", "c", day)[0]["formatted"] == "EU-2026-000010"
+    # Confirmed numbers settled into blocks still count as issued (and only eu's).
+    for ref in "abc":
+        entry, _ = allocate(client, "orange", "invoice", ref, day)
+        transition(client, entry["id"], "confirm", entry["formatted"], actor_kind="agent",
+                   actor_system="orange", actor="agent:orange")
+    settle_now = {"LEDGER_ARCHIVE_BLOCK": 2, "LEDGER_ARCHIVE_KEEP": 1,
+                  "LEDGER_SETTLE_AFTER_SECONDS": 0}
+    assert compaction.run(client, "invoice", settle_now, series="eu")["entries"] == 2
+    assert sequences.describe(client, "invoice", date(2026, 5, 1), series="eu")["periods"][1] == (
+        {"period": "2026", "last_number": 10, "next_number": 11, "issued": 3})
     assert [record["after"].get("format") for record in sequences.audit(
         client, "invoice", series="eu")] == ["EU-{YEAR}-{NUMBER}"] * 3
     assert sequences.audit(client, "credit_note", series="eu")[-1]["after"]["format"] == (
