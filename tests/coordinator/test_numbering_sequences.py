@@ -69,6 +69,12 @@ def test_formats_that_repeat_across_periods_are_a_conflict(fmt, reset):
         sequences.check_format(fmt, reset)
 
 
+def test_an_unknown_sequence_is_refused_naming_the_sequences_there_are():
+    with pytest.raises(NotFound) as refused:
+        sequences.check_name("receipt")
+    assert refused.value.message == "No sequence 'receipt'; sequences: invoice, credit_note"
+
+
 def test_periods_by_document_date():
     assert sequences.periods_of(date(2026, 1, 5)) == ("all", "2026", "2026-01")
     assert sequences.period_of(date(2025, 12, 31), "monthly") == "2025-12"
@@ -267,7 +273,7 @@ def test_a_series_that_lost_its_settings_numbers_with_the_defaults_again():
     # Settings hashes gone (a partial restore): reading, changing and numbering in that
     # series write the defaults back, in that series only.
     client = series_eu_with_orange()
-    sequences.ensure_sequences(client)
+    sequences.update(client, "credit_note", {"dedicated": False}, actor="admin:a")  # default's
     default_before = contents(client, "default")
     eu_settings = [keys.seq_settings(name, "eu") for name in sequences.SEQUENCES]
     client.delete(*eu_settings)
