@@ -102,7 +102,8 @@ def redis_checks(client: redis.Redis, config: Mapping[str, Any]) -> list[Check]:
     checks.append(_finding_check(verdict, durability.ROLE, "role master", f"role {facts.role}"))
     checks.append(_finding_check(
         verdict, durability.REPLICAS, "replicas connected",
-        f"{facts.connected_replicas} connected, INVOICE_SYNC_DURABLE_REPLICAS={wanted}"))
+        f"{facts.replicas_in_sync} in sync of {facts.connected_replicas} connected, "
+        f"INVOICE_SYNC_DURABLE_REPLICAS={wanted}"))
     if wanted:
         known = facts.min_replicas_to_write
         checks.append(_finding_check(

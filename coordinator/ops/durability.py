@@ -68,6 +68,16 @@ def _version_tuple(version: str | None) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _replicas_in_sync(replication: Mapping[str, Any]) -> int:
+    """How many replicas INFO lists in state ``online`` (the others are in their first sync:
+    ``wait_bgsave``, ``send_bulk``). A server that lists none counts its ``connected_slaves``."""
+    listed = [entry for name, entry in replication.items()
+              if name.startswith("slave") and name[5:].isdigit() and isinstance(entry, Mapping)]
+    if not listed:
+        return int(replication.get("connected_slaves", 0))
+    return sum(1 for entry in listed if entry.get("state") == "online")
+
+
 @dataclass(frozen=True)
 class ServerFacts:
     """What one server told us about itself (see :meth:`probe`)."""
@@ -80,6 +90,9 @@ class ServerFacts:
     appendfsync: str | None = None
     role: str | None = None
     connected_replicas: int = 0
+    #: Replicas the master streams writes to (``state=online``): a replica still in its first
+    #: sync is connected but acknowledges nothing, so ``WAIT``/``WAITAOF`` cannot count it.
+    replicas_in_sync: int = 0
     min_replicas_to_write: int | None = None
     maxmemory_policy: str | None = None
 
@@ -125,6 +138,7 @@ class ServerFacts:
             appendfsync=append.get("appendfsync"),
             role=replication.get("role"),
             connected_replicas=int(replication.get("connected_slaves", 0)),
+            replicas_in_sync=_replicas_in_sync(replication),
             min_replicas_to_write=(int(raw_min) if raw_min is not None
                                    and str(raw_min).isdigit() else None),
             # INFO, not CONFIG GET: managed services that hide CONFIG still report it here.
@@ -137,6 +151,7 @@ class ServerFacts:
             "server": f"{self.name} {self.version}", "waitaof": self.waitaof,
             "aof_enabled": self.aof_enabled, "appendfsync": self.appendfsync,
             "role": self.role, "connected_replicas": self.connected_replicas,
+            "replicas_in_sync": self.replicas_in_sync,
             "min_replicas_to_write": self.min_replicas_to_write,
             "maxmemory_policy": self.maxmemory_policy,
         }
@@ -221,11 +236,14 @@ def assess(facts: ServerFacts, replicas: int) -> Verdict:
     eviction = eviction_problem(facts.maxmemory_policy)
     if eviction:
         problems.append(Finding(EVICTION, eviction))
-    if facts.connected_replicas < replicas:
+    if facts.replicas_in_sync < replicas:
+        syncing = facts.connected_replicas - facts.replicas_in_sync
         problems.append(Finding(REPLICAS, (
-            f"{facts.connected_replicas} replica(s) connected, INVOICE_SYNC_DURABLE_REPLICAS "
-            f"wants {replicas}: start the missing replica(s) (`replicaof <master> <port>`, with "
-            "`appendonly yes`) or lower INVOICE_SYNC_DURABLE_REPLICAS")))
+            f"{facts.replicas_in_sync} replica(s) connected and in sync"
+            + (f" ({syncing} more still in their first sync)" if syncing > 0 else "")
+            + f", INVOICE_SYNC_DURABLE_REPLICAS wants {replicas}: start the missing replica(s) "
+            "(`replicaof <master> <port>`, with `appendonly yes`), wait for their sync, or "
+            "lower INVOICE_SYNC_DURABLE_REPLICAS")))
     if replicas and (facts.min_replicas_to_write or 0) < 1:
         known = facts.min_replicas_to_write
         advice.append(Finding(MIN_REPLICAS, (
@@ -246,6 +264,7 @@ def _weakest(facts: list[ServerFacts]) -> ServerFacts:
         appendfsync=next((x for x in fsyncs if x != "always"), "always"),
         role=next((f.role for f in facts if f.role != "master"), "master"),
         connected_replicas=min(f.connected_replicas for f in facts),
+        replicas_in_sync=min(f.replicas_in_sync for f in facts),
         min_replicas_to_write=min((f.min_replicas_to_write or 0) for f in facts),
         maxmemory_policy=next((p for p in policies if eviction_problem(p)), policies[0]),
     )

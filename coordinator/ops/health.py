@@ -23,7 +23,8 @@ class ReadinessSchema(Schema):
     status = fields.String(metadata={"description": "`ok`, `not durable` or `unavailable`"})
     redis = fields.Dict(metadata={
         "description": "What was found: server, waitaof, aof_enabled, appendfsync, role, "
-                       "connected_replicas, min_replicas_to_write, maxmemory_policy, "
+                       "connected_replicas, replicas_in_sync (state online), "
+                       "min_replicas_to_write, maxmemory_policy, "
                        "confirmation (waitaof | fsync-always | null), cluster_masters"})
     problems = fields.List(fields.String(), metadata={"description": "What to fix; [] when ok"})
     advice = fields.List(fields.String(), metadata={

@@ -14,6 +14,7 @@ import hashlib
 import json
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from coordinator.numbering import blocks, chain, checkpoints
 
@@ -183,6 +184,25 @@ def test_an_export_checkpoint_is_checked_against_the_keys_given():
     checkpoint["checkpoint"] = KEY.sign({**unsigned, "head": HASHES[3]})
     assert chain.check_export(changed, KEY.public())["first_bad"] == {"checkpoint": 0, "reason": (
         "the chain's hash of event 2 is not the signed head (events rewritten since)")}
+
+
+def test_a_key_id_is_what_auditors_md_says_an_auditor_computes_from_the_pem():
+    # "first 16 hex digits of SHA-256 of the 32-byte raw public key"
+    pem = checkpoints.public_pem(next(iter(KEY.public().values())))
+    raw = serialization.load_pem_public_key(pem.encode()).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert KID == hashlib.sha256(raw).hexdigest()[:16]
+
+
+def test_a_signed_checkpoint_of_no_events_signs_nothing():
+    # Signed with the trusted key, yet naming no event (0, or not a number): not a head.
+    for events in (0, "3"):
+        changed = export(signed_at=[3])
+        checkpoint = next(r for r in changed if r["kind"] == "checkpoint")
+        unsigned = {k: v for k, v in checkpoint["checkpoint"].items() if k != "signature"}
+        checkpoint["checkpoint"] = KEY.sign({**unsigned, "events": events})
+        assert chain.check_export(changed, KEY.public())["first_bad"] == {
+            "checkpoint": 0, "reason": "checkpoint names no events"}
 
 
 def _fail(first_bad, events):

@@ -5,6 +5,7 @@ found."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import stat
@@ -17,6 +18,7 @@ from coordinator.cli import main
 from coordinator.numbering import chain, checkpoints, export
 from coordinator.ops import datadir
 from tests.coordinator import ledger_support
+from tests.coordinator.systems_support import body
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +26,7 @@ blue, auditor = ledger_support.blue, ledger_support.auditor
 
 KEY = checkpoints.generate_key()
 OTHER_KEY = checkpoints.generate_key()
+OTHER_KID = next(iter(checkpoints.SigningKeys.from_setting(OTHER_KEY).public()))
 EVENTS = keys.seq_events("invoice")
 CHAIN = keys.seq_chain("invoice")
 STORE = keys.seq_checkpoints("invoice")
@@ -35,9 +38,9 @@ def app_config(app_config):
     return {**ledger_support.ledger_config(app_config), "LEDGER_SIGNING_KEYS": KEY}
 
 
-def take(client, headers, reference):
+def take(client, headers, reference, document="invoice"):
     response = client.post("/v1/allocations", headers=headers, json={
-        "document": "invoice", "reference": reference, "date": "2026-11-21"})
+        "document": document, "reference": reference, "date": "2026-11-21"})
     assert response.status_code == 201, response.get_json()
     return response.get_json()
 
@@ -84,12 +87,18 @@ def test_a_signed_checkpoint_holds_the_head_and_verifies(client, admin, blue, au
     head = verify(client, admin)["head"]
     assert made == {**made, "format": "invoice-sync-checkpoint/1", "series": "default",
                     "sequence": "invoice", "events": 2, "head": head}
+    # What the module's docstring says is signed, the signing time (UTC, API.md's form) too.
+    assert set(made) == {"format", "series", "sequence", "events", "head", "at", "key_id",
+                         "signature"}
+    assert dt.datetime.strptime(made["at"], "%Y-%m-%dT%H:%M:%SZ")
     public = checkpoints.SigningKeys.from_setting(KEY).public()
     assert list(public) == [made["key_id"]]
     assert checkpoints.check_signature(made, public) is None
+    # Asked again with no new event, an operator still gets a checkpoint (signed now).
+    assert sign(client, admin)["events"] == 2
     take(client, blue, "r-3")
     result = verify(client, auditor)
-    assert result["ok"] is True and result["checkpoints"] == 1 and result["events"] == 3
+    assert result["ok"] is True and result["checkpoints"] == 2 and result["events"] == 3
     assert client.post(f"{BASE}/checkpoints", headers=auditor).status_code == 403
     assert client.post(f"{BASE}/checkpoints", headers=blue).status_code == 403
 
@@ -125,14 +134,17 @@ def _forge(redis_client, change):
     redis_client.lset(STORE, 0, json.dumps(change(raw)))
 
 
+CHANGED = "signature does not match (checkpoint changed, or not signed by that key)"
+
+
 @pytest.mark.parametrize(("change", "reason"), [
-    (lambda c: {**c, "events": c["events"] - 1}, "signature does not match"),
-    (lambda c: {**c, "head": "0" * 64}, "signature does not match"),
-    (lambda c: {**c, "signature": c["signature"][:-4] + "AAA="}, "signature does not match"),
+    (lambda c: {**c, "events": c["events"] - 1}, CHANGED),
+    (lambda c: {**c, "head": "0" * 64}, CHANGED),
+    (lambda c: {**c, "signature": c["signature"][:-4] + "AAA="}, CHANGED),
     (lambda c: checkpoints.SigningKeys.from_setting(OTHER_KEY).sign(
         {k: v for k, v in c.items() if k not in ("key_id", "signature")}),
-     "which is not among the public keys"),
-    (lambda c: "not json", "not a JSON object"),
+     f"signed by key {OTHER_KID!r}, which is not among the public keys verified against"),
+    (lambda c: "not json", "checkpoint is not a JSON object"),
 ], ids=["events", "head", "signature", "other-key", "garbage"])
 def test_a_tampered_checkpoint_is_found(client, admin, blue, redis_client, change, reason):
     take(client, blue, "r-1")
@@ -140,11 +152,12 @@ def test_a_tampered_checkpoint_is_found(client, admin, blue, redis_client, chang
     sign(client, admin)
     if change(json.loads(redis_client.lindex(STORE, 0))) == "not json":
         redis_client.lset(STORE, 0, "not json")
+        # The export shows an auditor the stored text as it is.
+        assert checkpoints.stored(redis_client, "invoice") == ["not json"]
     else:
         _forge(redis_client, change)
     result = verify(client, admin)
-    assert result["ok"] is False and result["first_bad"]["checkpoint"] == 0
-    assert reason in result["first_bad"]["reason"]
+    assert result == {**result, "ok": False, "first_bad": {"checkpoint": 0, "reason": reason}}
 
 
 def test_events_removed_at_the_end_are_found_by_the_checkpoint(client, admin, blue,
@@ -231,33 +244,66 @@ def test_no_key_or_a_bad_key_is_a_clear_error(client, admin, blue, app_config):
     response = unsigned.post(f"{BASE}/checkpoints", headers=admin)
     assert response.status_code == 503
     assert "INVOICE_SYNC_LEDGER_SIGNING_KEYS" in response.get_json()["message"]
+    # Without a key, the missing key is what the operator is told, even before any event.
+    no_events = "/v1/series/default/sequences/credit_note/ledger/checkpoints"
+    assert unsigned.post(no_events, headers=admin).status_code == 503
     broken = create_app({**app_config, "LEDGER_SIGNING_KEYS": "c2hvcnQ="}).test_client()
     response = broken.post(f"{BASE}/checkpoints", headers=admin)
     assert response.status_code == 503
-    assert response.get_json()["message"].startswith(
-        "INVOICE_SYNC_LEDGER_SIGNING_KEYS: key #1 is not an Ed25519 private key")
+    assert response.get_json()["message"] == (
+        "INVOICE_SYNC_LEDGER_SIGNING_KEYS: key #1 is not an Ed25519 private key (32 url-safe "
+        "base64-encoded bytes); make one with `invoice-sync ledger generate-key`")
     assert "c2hvcnQ=" not in response.get_data(as_text=True)
-    empty = client.post("/v1/series/default/sequences/credit_note/ledger/checkpoints",
-                        headers=admin)
+    empty = client.post(no_events, headers=admin)
     assert empty.status_code == 409
+    assert empty.get_json()["message"] == (
+        "The credit_note ledger of series 'default' has no events yet: nothing to sign")
 
 
 def test_the_scheduler_signs_each_grown_chain_once_per_interval(client, admin, blue,
                                                                redis_client, app_config):
     config = {**app_config, "LEDGER_CHECKPOINT_SECONDS": 3600}
+    claim = keys.seq_checkpoint_claim("invoice")
     assert checkpoints.due(redis_client, config) == []  # no events anywhere yet
     take(client, blue, "r-1")
     assert checkpoints.due(redis_client, config) == ["default/invoice"]
+    assert 0 < redis_client.ttl(claim) <= 3600  # the claim ends with the interval
+    redis_client.delete(claim)
+    assert checkpoints.due(redis_client, config) == []  # the head did not move
     take(client, blue, "r-2")
     assert checkpoints.due(redis_client, config) == []  # claimed for this interval
-    redis_client.delete(keys.seq_checkpoint_claim("invoice"))
+    redis_client.delete(claim)
     assert checkpoints.due(redis_client, config) == ["default/invoice"]
-    redis_client.delete(keys.seq_checkpoint_claim("invoice"))
-    assert checkpoints.due(redis_client, config) == []  # the head did not move
-    assert [c["events"] for c in checkpoints.stored(redis_client, "invoice")] == [1, 2]
-    assert checkpoints.due(redis_client, {**config, "LEDGER_CHECKPOINT_SECONDS": 0}) == []
-    assert checkpoints.due(redis_client, {**config, "LEDGER_SIGNING_KEYS": None}) == []
-    assert verify(client, admin)["checkpoints"] == 2
+    take(client, blue, "r-3")
+    # Switched off, or no key: nothing, though the head moved and no claim is held.
+    for off in ({**config, "LEDGER_CHECKPOINT_SECONDS": 0},
+                {**config, "LEDGER_SIGNING_KEYS": None}):
+        redis_client.delete(claim)
+        assert checkpoints.due(redis_client, off) == []
+    assert checkpoints.due(redis_client, {**config, "LEDGER_CHECKPOINT_SECONDS": 1}) == [
+        "default/invoice"]  # the shortest interval signs too
+    redis_client.delete(claim)
+    assert checkpoints.due(redis_client, config) == []  # not moved since the third
+    assert [c["events"] for c in checkpoints.stored(redis_client, "invoice")] == [1, 2, 3]
+    result = verify(client, admin)
+    assert result["ok"] is True and result["checkpoints"] == 3
+    # Every series' chains are signed, each in its own series, with its own claim: also a
+    # series whose only events are credit notes.
+    assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
+    made = client.post("/v1/systems", headers=admin, json=body(name="red", series="acme-us"))
+    red = {"Authorization": f"Bearer {made.get_json()['agent_token']}"}
+    take(client, red, "cn-1", document="credit_note")
+    take(client, blue, "r-4")
+    redis_client.delete(claim)
+    assert sorted(checkpoints.due(redis_client, config)) == ["acme-us/credit_note",
+                                                             "default/invoice"]
+    take(client, red, "u-1")
+    take(client, blue, "r-5")
+    redis_client.delete(claim)
+    assert sorted(checkpoints.due(redis_client, config)) == ["acme-us/invoice",
+                                                             "default/invoice"]
+    assert [(c["series"], c["events"]) for c in checkpoints.stored(
+        redis_client, "invoice", series="acme-us")] == [("acme-us", 1)]
 
 
 def test_serve_keeps_its_signing_key_in_the_data_dir(tmp_path, monkeypatch):

@@ -82,7 +82,8 @@ def test_missing_replica_answers_503_and_retry_returns_same_number(tmp_path, ser
         refused = _take(strict, headers, "10234")
         assert refused.status_code == 503
         assert refused.get_json()["code"] == 503
-        assert "0 replica(s) connected" in refused.get_json()["message"]
+        assert "0 replica(s) connected and in sync, INVOICE_SYNC_DURABLE_REPLICAS wants 1" in \
+            refused.get_json()["message"]
         # Known missing before writing: refused without taking a number.
         reader = redis.Redis.from_url(primary.url, decode_responses=True)
         assert list(iter_ledger(reader, "invoice", "2026")) == []
@@ -98,6 +99,36 @@ def test_missing_replica_answers_503_and_retry_returns_same_number(tmp_path, ser
     finally:
         if replica:
             replica.stop()
+        primary.stop()
+
+
+def test_a_replica_still_in_its_first_sync_does_not_count(tmp_path, server_binary):
+    # The primary holds the replica's first sync back for a minute: it stays connected in state
+    # wait_bgsave, where it acknowledges nothing, so a durable write is refused before it is sent.
+    primary = ValkeyServer(tmp_path / "p", binary=server_binary,
+                           extra=["repl-diskless-sync-delay 60"]).start()
+    replica = ValkeyServer(tmp_path / "r", binary=server_binary, extra=[
+        f"replicaof {primary.host} {primary.port}"]).start()
+    try:
+        headers = _agent(primary.url)
+        reader = redis.Redis.from_url(primary.url, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while reader.info("replication")["connected_slaves"] < 1:
+            assert time.monotonic() < deadline, "replica did not connect"
+            time.sleep(0.05)
+        facts = ServerFacts.probe(reader)
+        assert (facts.connected_replicas, facts.replicas_in_sync) == (1, 0)
+        refused = _take(_app(primary.url, DURABLE_REPLICAS=1), headers, "10234")
+        assert refused.status_code == 503
+        assert refused.get_json()["message"] == (
+            "Redis is not durable: 0 replica(s) connected and in sync (1 more still in their "
+            "first sync), INVOICE_SYNC_DURABLE_REPLICAS wants 1: start the missing replica(s) "
+            "(`replicaof <master> <port>`, with `appendonly yes`), wait for their sync, or lower "
+            "INVOICE_SYNC_DURABLE_REPLICAS")
+        assert list(iter_ledger(reader, "invoice", "2026")) == []
+        reader.close()
+    finally:
+        replica.stop()
         primary.stop()
 
 

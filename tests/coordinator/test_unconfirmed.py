@@ -4,13 +4,14 @@ gaps report, whatever happened in between, while each refresh reads a bounded nu
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordinator import keys
-from coordinator.numbering import allocation, ledger
+from coordinator.numbering import allocation, ledger, pending, settled
 from coordinator.ops import unconfirmed
 from tests.support import initialise_numbering
 
@@ -93,6 +94,56 @@ def test_settled_numbers_leave_the_index(redis_client):
     when = later(GRACE + 60)
     assert unconfirmed.refresh(redis_client, GRACE, now=when)["invoice"] == 2
     assert redis_client.zcard(keys.seq_unconfirmed("invoice", "2026")) == 2
+
+
+def test_the_index_says_what_it_left_and_rechecks_the_oldest_first(redis_client):
+    """A scan reads at most its budget and returns what is left of it and how many numbers
+    wait; a recheck reads at most ``limit`` numbers, the oldest, and drops the numbers
+    confirmed and settled out of the ledger's hash since they were seen issued. In a series
+    of its own: each series has its own index (and nothing in ``default`` to fall back on)."""
+    _in_series(redis_client, "acme-us", "red")
+    entries = [allocation.allocate(redis_client, "red", "invoice", str(r), DAY)[0]
+               for r in range(4)]
+    args = (redis_client, "acme-us", "invoice", "2026")
+    assert pending.scan(*args, 1) == (0, 3)
+    assert pending.scan(*args, 4) == (1, 0)
+    cutoff = later(GRACE).timestamp()
+    assert [number for number, _ in pending.recheck(*args, cutoff, 2)] == ["1", "2"]
+    for entry in entries[:2]:
+        allocation.transition(redis_client, entry["id"], "confirm", entry["formatted"],
+                              actor_kind="agent", actor_system="red", actor="agent:red")
+    assert settled.settle(redis_client, "invoice", "2026", later(GRACE), series="acme-us",
+                          block=2, keep=1, after_seconds=0) == 2
+    assert redis_client.hmget(keys.seq_ledger("invoice", "2026", "acme-us"),
+                              ["1", "2"]) == [None, None]
+    assert [number for number, _ in pending.recheck(*args, cutoff, None)] == ["3", "4"]
+    assert redis_client.zrange(keys.seq_unconfirmed("invoice", "2026", "acme-us"),
+                               0, -1) == ["3", "4"]
+
+
+def test_each_sequence_and_period_is_scanned_from_its_own_cursor(redis_client):
+    """Credit notes and invoices, and each year, are numbered apart: a number of one is not
+    passed over because another already reached it."""
+    for reference, (document, day) in enumerate([("invoice", DAY), ("invoice", DAY),
+                                                 ("credit_note", DAY),
+                                                 ("invoice", dt.date(2025, 12, 30))]):
+        allocation.allocate(redis_client, "blue", document, str(reference), day)
+    assert unconfirmed.refresh(redis_client, GRACE, now=later(GRACE + 60)) == {
+        "invoice": 3, "credit_note": 1}
+
+
+def test_issue_times_are_utc_whatever_the_servers_time_zone(redis_client, monkeypatch):
+    """A coordinator on a server set to Tokyo time does not count a number issued now as
+    issued nine hours ago (past the grace time)."""
+    allocation.allocate(redis_client, "blue", "invoice", "1", DAY)
+    monkeypatch.setenv("TZ", "JST-9")
+    time.tzset()
+    try:
+        assert unconfirmed.refresh(redis_client, GRACE)["invoice"] == 0
+        assert unconfirmed.refresh(redis_client, GRACE, now=later(GRACE + 60))["invoice"] == 1
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def _in_series(redis_client, series: str, system: str) -> None:
