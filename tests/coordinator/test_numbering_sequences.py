@@ -8,7 +8,6 @@ import fakeredis
 import pytest
 
 from coordinator import keys
-from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from coordinator.numbering import (
     allocate,
@@ -241,16 +240,6 @@ def test_dedicated_is_changed_alone_and_only_for_credit_notes(redis_client):
         assert (refused.value.message, refused.value.errors) == (
             "Validation failed", {"json": {"dedicated": why}})
     assert snapshot(redis_client) == before
-
-
-def test_a_new_reset_applies_from_the_change_without_naming_a_period(redis_client):
-    # The admin moves a sequence that issued nothing to monthly numbers (README "Sequences").
-    changed = sequences.update(redis_client, "invoice",
-                               {"reset": "monthly", "format": "INV-{YEAR}{MONTH}-{NUMBER}"},
-                               actor="admin:a")
-    assert (changed["reset"], changed["period"]) == ("monthly", utcnow().strftime("%Y-%m"))
-    assert allocate(redis_client, "blue", "invoice", "1", date(2026, 3, 4))[0]["formatted"] == (
-        "INV-202603-000001")
 
 
 def test_all_printed_settings_changed_at_once_are_still_checked(redis_client):
