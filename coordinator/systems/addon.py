@@ -28,7 +28,7 @@ def module_dir() -> Path:
 def write_zip(output: Path) -> list[str]:
     """Write the module to ``output`` as ``modules/addons/invoice_sync/…``; return the names."""
     source = module_dir()
-    files = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = sorted(p for p in source.rglob("*") if p.is_file())
     if not files:
         raise click.ClickException(f"the WHMCS addon module is missing from {source}")
     names = []

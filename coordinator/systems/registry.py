@@ -108,20 +108,18 @@ def _public(record: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _transaction(
-    client: redis.Redis, key: str, body: Callable[[Any], Any], *, replies: bool = False
-) -> Any:
+def _transaction(client: redis.Redis, key: str, body: Callable[[Any], Any]) -> Any:
     """Run ``body(pipe)`` under WATCH ``key``, retrying when someone else changed it.
 
-    Returns what ``body`` returned, or with ``replies`` the replies of the queued commands.
+    Returns what ``body`` returned.
     """
     for _ in range(_RETRIES):
         with client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(key)
                 result = body(pipe)
-                executed = pipe.execute()
-                return executed if replies else result
+                pipe.execute()
+                return result
             except redis.WatchError:
                 continue
     raise Conflict("The system was changed concurrently too often; retry")

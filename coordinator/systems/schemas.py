@@ -61,17 +61,14 @@ class ExchangeRate(fields.Field):
     }
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise self.make_error("invalid")
-        text = value if isinstance(value, str) else str(value)
+        # A string as given, a number exactly as written; the str() of anything else JSON holds
+        # (true, a list, an object) fails the pattern.
+        text = str(value)
         if not _RATE_RE.fullmatch(text):
             raise self.make_error("invalid")
         if not text.strip("0."):
             raise self.make_error("positive")
         return text
-
-    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        return None if value is None else str(value)
 
 
 def _no_control(value: str) -> None:

@@ -133,11 +133,8 @@ def _ip_literal(host: str) -> IPAddress | None:
             return ipaddress.IPv6Address(host)
         except ValueError:
             raise _unsafe("Not a valid IPv6 address.") from None
-    try:
-        return ipaddress.IPv4Address(host)
-    except ValueError:
-        pass
-    # inet_aton takes what the C resolver takes: 127.1, 0x7f000001, 2130706433, 0177.0.0.1.
+    # inet_aton takes what the C resolver takes: 1.2.3.4, and 127.1, 0x7f000001, 2130706433,
+    # 0177.0.0.1 too.
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:

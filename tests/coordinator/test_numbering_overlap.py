@@ -71,14 +71,24 @@ def test_shared_output_is_exact(fmt_a, pad_a, fmt_b, pad_b):
     (("INV-{YEAR}-{NUMBER}", 6), ("INV-{YEAR}-{NUMBER}", 6)),
     (("{YEAR}{NUMBER}", 6), ("{YEAR}0{NUMBER}", 5)),  # the string compare missed this one
     (("{NUMBER}", 0), ("{YEAR}{NUMBER}", 2)),
+    (("{NUMBER}", 0), ("{NUMBER}", 1)),  # unpadded numbers from one digit
+    (("{NUMBER}", 0), ("{NUMBER}", 15)),  # ... up to the cap's 15 digits
 ])
 def test_known_overlaps(a, b):
     assert overlap.shared_output(a, b) is not None
 
 
-def test_distinct_formats_pass():
-    assert overlap.shared_output(("INV-{YEAR}-{NUMBER}", 6), ("CN-{YEAR}-{NUMBER}", 6)) is None
-    assert overlap.shared_output(("{YEAR}{NUMBER}", 6), ("{YEAR}{NUMBER}", 5)) is None
+@pytest.mark.parametrize("a, b", [
+    (("INV-{YEAR}-{NUMBER}", 6), ("CN-{YEAR}-{NUMBER}", 6)),
+    (("{YEAR}{NUMBER}", 6), ("{YEAR}{NUMBER}", 5)),
+    (("{NUMBER}", 0), ("1{NUMBER}", 15)),  # 16 digits: no number is above the cap
+    # a letter is never a digit of a tag (the property test's formats have no X)
+    *[((f"{tag}-{{NUMBER}}", 2), (f"{text}-{{NUMBER}}", 2))
+      for tag in ("{MONTH}", "{DAY}") for text in ("X1", "1X", "3X")],
+    (("A{NUMBER}", 2), ("AX{NUMBER}", 1)),
+])
+def test_distinct_formats_pass(a, b):
+    assert overlap.shared_output(a, b) is None
 
 
 # --- any admin history, any allocations: no duplicate within a series ---------------------

@@ -61,11 +61,18 @@ def test_bad_formats(fmt, reset, problems):
         "Invalid format", {"json": {"format": problems}})
 
 
-@pytest.mark.parametrize("fmt, reset", [("INV-{NUMBER}", "yearly"), ("{YEAR}-{NUMBER}", "monthly")])
-def test_formats_that_repeat_across_periods_are_a_conflict(fmt, reset):
-    # Two periods would print the same string: refused as an overlap (409), API.md "Series".
-    with pytest.raises(Conflict):
+@pytest.mark.parametrize("fmt, reset, missing", [
+    ("INV-{NUMBER}", "yearly", "{YEAR}"), ("{YEAR}-{NUMBER}", "monthly", "{MONTH}"),
+    ("{NUMBER}", "monthly", "{YEAR} and {MONTH}")])
+def test_formats_that_repeat_across_periods_are_a_conflict(fmt, reset, missing):
+    # Two periods would print the same string: refused as an overlap (409), API.md "Series";
+    # the admin is told which tags the reset needs (the whole error, as the API returns it).
+    with pytest.raises(Conflict) as refused:
         sequences.check_format(fmt, reset)
+    assert (refused.value.message, refused.value.errors) == (
+        f"A {reset} reset restarts the numbers every period, so {fmt!r} would print the same "
+        f"number again; the format needs {missing}",
+        {"json": {"format": [f"A {reset} reset needs {missing} in the format."]}})
 
 
 def test_an_unknown_sequence_is_refused_naming_the_sequences_there_are():
@@ -390,9 +397,17 @@ def test_bad_patches_change_nothing(client, admin, agent, valkey, body):
 
 @pytest.mark.integration
 def test_credit_note_format_must_differ_from_invoices(client, admin):
+    # The admin is told which settings meet and one number both would print (SERIES.md).
     response = client.patch("/v1/sequences/credit_note", headers=admin,
                             json={"format": "INV-{YEAR}-{NUMBER}"})
     assert response.status_code == 409
+    answer = response.get_json()
+    assert (answer["message"], answer["errors"]) == (
+        "Invoices ('INV-{YEAR}-{NUMBER}', padding 6) and dedicated credit notes "
+        "('INV-{YEAR}-{NUMBER}', padding 6) could both print 'INV-1000-100000'; give them "
+        "formats that cannot meet",
+        {"json": {"format": ["Invoices and dedicated credit notes need formats that can never "
+                             "print the same number."]}})
 
 
 @pytest.mark.integration

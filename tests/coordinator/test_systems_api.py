@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from cryptography.fernet import Fernet
@@ -10,6 +11,7 @@ from cryptography.fernet import Fernet
 from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.systems.secrets import generate_key
+from coordinator.systems.urls import check_url_shape
 from tests.coordinator.systems_support import (
     ACCESS_KEY,
     SECRET,
@@ -401,3 +403,46 @@ def test_openapi_documents_systems(client):
         spec["paths"])
     created = spec["components"]["schemas"]["SystemWithToken"]["properties"]
     assert "agent_token" in created and "api_secret" not in created
+    # The request bodies document what they enforce: limits, the slug pattern, write-only
+    # credentials, and examples the API itself accepts.
+    slug = "^[a-z0-9][a-z0-9_-]{0,62}$"
+    for schema in ("SystemCreate", "SystemPatch"):
+        fields = spec["components"]["schemas"][schema]["properties"]
+        for name in ("api_identifier", "api_secret", "access_key"):
+            field = fields[name]
+            assert (field["writeOnly"], field["minLength"], field["maxLength"]) == (True, 1, 512)
+        assert fields["description"]["maxLength"] == 500
+        url = fields["url"]
+        assert url["maxLength"] == 2048 and url["description"]
+        check_url_shape(url["example"])  # raises UnsafeURL if the example would be refused
+        series = fields["series"]
+        assert series["pattern"] == slug and series["description"]
+        assert re.fullmatch(slug, series["example"])
+        assert (fields["step"]["minimum"], fields["step"]["maximum"]) == (1, 1000)
+        minutes = fields["central_poll_minutes"]
+        assert (minutes["minimum"], minutes["maximum"]) == (1, 1440)
+    create = spec["components"]["schemas"]["SystemCreate"]
+    assert sorted(create["required"]) == ["api_identifier", "api_secret", "name", "url"]
+    assert {name: field["default"] for name, field in create["properties"].items()
+            if "default" in field} == {
+        "description": "", "access_key": None, "step": 100, "auto_sync": True,
+        "exchange_rate": "1", "series": "default", "central_poll": False,
+        "central_poll_minutes": 5, "number_on": "paid"}
+
+
+def test_each_refused_field_says_what_is_wrong_all_at_once(client, admin, redis_client):
+    """The 422 names every bad field with what to change (never the value sent)."""
+    before = snapshot(redis_client)
+    payload = assert_error(client.post("/v1/systems", headers=admin, json=body(
+        description="EU\x00brand", api_identifier=" ident-blue", api_secret="whmcs\nsecret",
+        series="Blue Brand", url="ftp://billing.blue.example/includes/api.php", step=0)), 422)
+    assert payload["errors"]["json"] == {
+        "description": ["Must not contain control characters."],
+        "api_identifier": ["Must not start or end with whitespace."],
+        "api_secret": ["Must not contain control characters."],
+        "series": ["Must be 1 to 63 characters: lowercase letters, digits, '-' and '_', "
+                   "starting with a letter or digit."],
+        "url": ["Must be an https:// URL."],
+        "step": ["Must be greater than or equal to 1 and less than or equal to 1000."],
+    }
+    assert snapshot(redis_client) == before

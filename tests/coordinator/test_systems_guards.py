@@ -262,3 +262,66 @@ def test_a_registration_that_clears_old_data_of_its_name_keeps_its_lock(
     registry.create_system(redis_client, fernet, body(), POLICY)
     assert locked_at_join == [1]
     assert redis_client.exists(*pages) == 0
+
+
+def test_a_system_changed_under_every_retry_is_refused_with_a_409_to_retry(redis_client, fernet):
+    # Another admin's write lands between WATCH and EXEC of every attempt: after the last retry
+    # the change is refused (409) with what to do, and nothing of it is written.
+    registry.create_system(redis_client, fernet, body(), POLICY)
+    key = keys.system("blue")
+    attempts = []
+
+    def change(pipe):
+        attempts.append(1)
+        redis_client.hset(key, "description", f"changed {len(attempts)}")
+        pipe.multi()
+        pipe.hset(key, "step", "7")
+
+    with pytest.raises(Conflict) as refused:
+        registry._transaction(redis_client, key, change)
+    assert refused.value.message == "The system was changed concurrently too often; retry"
+    assert (len(attempts), redis_client.hget(key, "step")) == (20, "100")
+
+
+def test_a_record_that_appears_after_the_locked_check_is_not_overwritten(
+    redis_client, fernet, monkeypatch
+):
+    # The transaction checks again: a writer that does not take the system's lock (the upgrade
+    # notes say to stop every coordinator of the previous release) and writes the record right
+    # before it keeps its record; the registration answers 409 and issues no agent token.
+    theirs = {"name": "blue", "url": "https://billing.red.example/includes/api.php"}
+    unlink = registry._unlink_data
+
+    def written_meanwhile(client, name, **kwargs):
+        client.hset(keys.system(name), mapping=theirs)
+        return unlink(client, name, **kwargs)
+
+    monkeypatch.setattr(registry, "_unlink_data", written_meanwhile)
+    tokens = redis_client.hgetall(keys.TOKENS)
+    with pytest.raises(Conflict) as refused:
+        registry.create_system(redis_client, fernet, body(), POLICY)
+    assert refused.value.message == "A system named 'blue' already exists"
+    assert redis_client.hgetall(keys.system("blue")) == theirs
+    assert redis_client.hgetall(keys.TOKENS) == tokens
+
+
+def test_a_registration_whose_series_is_deleted_meanwhile_is_undone(
+    redis_client, fernet, monkeypatch
+):
+    # Another admin deletes the series between the registration's check and its join: the
+    # registration is undone (no record, no agent token) and answers the series' 422.
+    numbering_series.create_series(redis_client, "acme")
+    real_join = numbering_series.join
+
+    def join(client, series, name):
+        numbering_series.delete_series(client, series, [])
+        return real_join(client, series, name)
+
+    monkeypatch.setattr(numbering_series, "join", join)
+    tokens = redis_client.hgetall(keys.TOKENS)
+    with pytest.raises(InvalidInput) as refused:
+        registry.create_system(redis_client, fernet, body(series="acme"), POLICY)
+    assert refused.value.errors == {"json": {"series": ["No series 'acme'."]}}
+    assert not redis_client.exists(keys.system("blue"))
+    assert "blue" not in redis_client.smembers(keys.SYSTEMS)
+    assert redis_client.hgetall(keys.TOKENS) == tokens

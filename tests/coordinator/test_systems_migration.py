@@ -9,6 +9,7 @@ done exactly once when several processes start at once.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from coordinator import keys
 from coordinator.app import create_app
+from coordinator.exceptions import Conflict
 from coordinator.systems import migrate, registry
+from coordinator.systems.lock import system_lock
 from tests.support import at_once, release_data_dir, upgraded_copy
 
 pytestmark = pytest.mark.integration
@@ -161,3 +164,40 @@ def test_a_deleted_system_is_not_copied_back_by_a_late_migration(redis_client):
     assert migrate.migrate_legacy(redis_client) == 0
     assert not redis_client.exists(keys.system("blue"))
     assert "blue" not in redis_client.smembers(keys.SYSTEMS)
+
+
+def test_a_migration_leaves_a_system_alone_while_it_is_being_registered_or_deleted(
+    redis_client, monkeypatch, caplog
+):
+    # A deletion (or registration) of blue holds blue's lock; the migration waits for it (cut
+    # from 30 s to half a second here) and gives up rather than copy a record that may be on its
+    # way out. The next start moves it.
+    records = _old_layout(redis_client, ["blue"])
+    monkeypatch.setattr(migrate, "LOCK_SECONDS", 0.5)
+    with system_lock(redis_client, "blue"):
+        with pytest.raises(Conflict) as caught:
+            migrate.migrate_legacy(redis_client)
+    assert caught.value.message == "System 'blue' is being registered, moved or deleted; retry"
+    assert not redis_client.exists(keys.system("blue"))
+    assert redis_client.hgetall(keys.legacy_system("blue")) == records["blue"]
+    caplog.set_level(logging.INFO, logger=migrate.__name__)
+    assert migrate.migrate_legacy(redis_client) == 1
+    assert redis_client.hgetall(keys.system("blue")) == records["blue"]
+    # The operator's one record of the upgrade, in the log.
+    assert [r.getMessage() for r in caplog.records if r.name == migrate.__name__] == [
+        "systems registry: moved 1 system record(s) under {auth}"]
+
+
+def test_a_record_of_the_first_release_reads_with_the_defaults_of_fields_added_since(
+    redis_client
+):
+    # The first release (88e5e0b) stored no series, central poll or number_on: such a system
+    # keeps numbering in the default series, on payment, without a central poll.
+    record = _old_layout(redis_client, ["blue"])["blue"]
+    redis_client.hset(keys.legacy_system("blue"), mapping={"description": "", "auto_sync": "1"})
+    migrate.migrate_legacy(redis_client)
+    system = registry.get_system(redis_client, "blue")
+    assert {name: system[name] for name in ("series", "central_poll", "central_poll_minutes",
+                                            "number_on", "step", "url")} == {
+        "series": "default", "central_poll": False, "central_poll_minutes": 5,
+        "number_on": "paid", "step": 100, "url": record["url"]}

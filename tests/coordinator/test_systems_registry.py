@@ -13,7 +13,7 @@ from coordinator import auth, keys
 from coordinator.exceptions import Conflict, InvalidInput, NotFound
 from coordinator.systems import registry, secrets
 from coordinator.systems.urls import UrlPolicy
-from tests.coordinator.systems_support import FakeResolver, body
+from tests.coordinator.systems_support import URL, FakeResolver, body
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_servers]
 
@@ -102,10 +102,32 @@ def test_bad_names_never_found(redis_client, name):
         registry.delete_system(redis_client, name)
 
 
+def test_a_registration_of_the_required_fields_only_gets_the_documented_defaults(
+    redis_client, fernet
+):
+    """Callers other than the API (the dashboard, the demo) may leave out what the API
+    defaults; the registry fills in the same values (docs/API.md)."""
+    stamp = "2026-11-21T10:15:02Z"
+    moment = datetime(2026, 11, 21, 10, 15, 2, tzinfo=UTC)
+    required = {"name": "blue", "url": URL, "api_identifier": "ident-blue", "api_secret": "s"}
+    system, _ = registry.create_system(redis_client, fernet, required, POLICY, now=lambda: moment)
+    expected = {
+        "name": "blue", "description": "", "url": URL, "api_identifier": "ident-blue",
+        "has_api_secret": True, "has_access_key": False, "step": 100, "auto_sync": True,
+        "exchange_rate": "1", "series": "default", "central_poll": False,
+        "central_poll_minutes": 5, "number_on": "paid", "agent_token_issued_at": stamp,
+        "created_at": stamp, "updated_at": stamp,
+    }
+    assert system == expected
+    assert registry.get_system(redis_client, "blue") == expected
+
+
 def test_create_refuses_bad_name_even_without_schema(redis_client, fernet):
     before = redis_client.dbsize()  # the fixture's initialised numbering
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput) as refused:
         registry.create_system(redis_client, fernet, body(name="a}b"), POLICY)
+    assert (refused.value.message, refused.value.errors) == (
+        "Validation failed", {"json": {"name": ["Not a valid system name."]}})
     assert redis_client.dbsize() == before
 
 

@@ -57,6 +57,8 @@ def test_fetch_check_relaxed_in_labs():
     resolver = FakeResolver({"whmcs-lab": ["127.0.0.1"]})
     url = "http://whmcs-lab:8081/includes/api.php"
     assert check_fetch_url(url, LAB, resolver) == ["127.0.0.1"]
+    assert check_fetch_url("http://whmcs-lab/includes/api.php", LAB, resolver) == ["127.0.0.1"]
+    assert resolver.calls == [("whmcs-lab", 8081), ("whmcs-lab", 80)]  # http's own port
     assert check_fetch_url("http://127.0.0.1:9/includes/api.php", LAB) == ["127.0.0.1"]
     with pytest.raises(UnsafeURL):
         check_fetch_url(url, STRICT, resolver)
@@ -149,6 +151,8 @@ REFUSALS = [
      "Must be the WHMCS API endpoint, ending in /includes/api.php."),
     ("https:///includes/api.php", "Must name a host."),
     ("https://[fe80::1%25eth0]/includes/api.php", "IPv6 zone identifiers are not accepted."),
+    # urlsplit lets a bracketed "IPvFuture" host through; ipaddress does not read it.
+    ("https://[vf.x:y]/includes/api.php", "Not a valid IPv6 address."),
     ("https://-billing.blue.example/includes/api.php", "Not a valid host name."),
     ("https://billing..example/includes/api.php", "Not a valid host name."),
     ("https://billing_blue.example/includes/api.php", "Not a valid host name."),
@@ -175,6 +179,8 @@ REFUSALS = [
      "Points at a loopback address; the coordinator does not fetch there."),
     ("https://localhost/includes/api.php",
      "Must not name an internal host (localhost, metadata, .internal, .local)."),
+    ("https://localhost./includes/api.php",  # the root's trailing dot hides no internal name
+     "Must not name an internal host (localhost, metadata, .internal, .local)."),
     ("https://billing/includes/api.php", "Must be a fully qualified host name."),
     ("https://rebind.example/includes/api.php", "The host resolves to a private or reserved "
      "address; the coordinator does not fetch there."),
@@ -191,6 +197,7 @@ def test_each_refusal_says_exactly_what_is_wrong(url, message):
 @pytest.mark.parametrize("url", [
     "https://billing.blue.example/" + "w" * (2048 - 46) + "/includes/api.php",  # 2048 exactly
     "https://billing.blue.example/~acme/includes/api.php",
+    "https://billing.blue.example./includes/api.php",  # a fully qualified name's root dot
     "HTTPS://Billing.Blue.Example:8443/includes/api.php",
     "https://93.184.216.34/includes/api.php",
 ])
