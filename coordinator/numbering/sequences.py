@@ -165,11 +165,6 @@ def read_settings(
     return _typed(name, raw)
 
 
-def credit_note_home(client: redis.Redis, series: str = DEFAULT_SERIES) -> str:
-    """Return the sequence that numbers credit notes now (``credit_note`` or ``invoice``)."""
-    return CREDIT_NOTE if read_settings(client, CREDIT_NOTE, series)["dedicated"] else INVOICE
-
-
 def describe(
     client: redis.Redis, name: str, today: date | None = None, *, series: str = DEFAULT_SERIES,
 ) -> dict[str, Any]:

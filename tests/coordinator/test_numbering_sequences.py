@@ -9,7 +9,15 @@ import pytest
 
 from coordinator import keys
 from coordinator.exceptions import Conflict, InvalidInput, NotFound, ServiceUnavailable
-from coordinator.numbering import allocate, gaps, list_ledger, overlap, sequences
+from coordinator.numbering import (
+    allocate,
+    compaction,
+    gaps,
+    list_ledger,
+    overlap,
+    sequences,
+    transition,
+)
 from coordinator.numbering.series import create_series, delete_series, join, prepare_registration
 from tests.support import initialise_numbering, snapshot
 
@@ -67,6 +75,12 @@ def test_formats_that_repeat_across_periods_are_a_conflict(fmt, reset, missing):
         {"json": {"format": [f"A {reset} reset needs {missing} in the format."]}})
 
 
+def test_an_unknown_sequence_is_refused_naming_the_sequences_there_are():
+    with pytest.raises(NotFound) as refused:
+        sequences.check_name("receipt")
+    assert refused.value.message == "No sequence 'receipt'; sequences: invoice, credit_note"
+
+
 def test_periods_by_document_date():
     assert sequences.periods_of(date(2026, 1, 5)) == ("all", "2026", "2026-01")
     assert sequences.period_of(date(2025, 12, 31), "monthly") == "2025-12"
@@ -116,18 +130,27 @@ def test_a_dedicated_switch_in_a_series_deleted_meanwhile_answers_404_and_writes
     assert client.keys("*eu*") == []
 
 
-def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
-    client = fakeredis.FakeRedis(decode_responses=True)
+def series_eu_with_orange(client=None):
+    """A store (fakeredis unless given) with series ``eu`` numbering system ``orange`` (as the
+    registry does), and ``default`` numbering ``blue``."""
+    client = client or fakeredis.FakeRedis(decode_responses=True)
     create_series(client, "eu")
-    prepare_registration(client, "eu", "orange")  # orange numbers in eu, as the registry does
+    prepare_registration(client, "eu", "orange")
     client.hset(keys.system("orange"), mapping={"name": "orange", "series": "eu"})
     join(client, "eu", "orange")
     initialise_numbering(client)
+    return client
+
+
+def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
+    client = series_eu_with_orange()
     day = date(2026, 3, 4)
     allocate(client, "blue", "credit_note", "1", day)  # default's own credit notes count not
     default_before = {name: client.hgetall(keys.seq_settings(name)) for name in sequences.SEQUENCES}
-    sequences.set_dedicated(client, False, actor="admin:a", series="eu")
-    assert sequences.credit_note_home(client, "eu") == "invoice"
+    switched = sequences.update(client, "credit_note", {"dedicated": False}, actor="admin:a",
+                                series="eu")  # as PATCH /v1/series/eu/sequences/credit_note
+    assert switched == sequences.describe(client, "credit_note", series="eu")
+    assert switched["dedicated"] is False
     assert client.hget(keys.seq_settings("invoice", "eu"), "credit_notes") == "1"
     assert {name: sequences.audit(client, name, series="eu")[-1]["after"]
             for name in sequences.SEQUENCES} == {name: {"dedicated": False}
@@ -135,12 +158,150 @@ def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
     # eu's credit notes, now numbered in eu's invoice sequence, keep eu from switching back
     assert allocate(client, "orange", "credit_note", "1", day)[0]["sequence"] == "invoice"
     with pytest.raises(Conflict) as refused:
-        sequences.set_dedicated(client, True, actor="admin:a", series="eu")
+        sequences.update(client, "credit_note", {"dedicated": True}, actor="admin:a",
+                         series="eu")
     assert refused.value.message.startswith("dedicated cannot change: 1 credit note(s) were "
                                             "numbered in the invoice sequence")
     assert {name: client.hgetall(keys.seq_settings(name))
             for name in sequences.SEQUENCES} == default_before
     assert [sequences.audit(client, name) for name in sequences.SEQUENCES] == [[], []]
+
+
+def contents(client, series):
+    """Every key of ``series`` with what it holds."""
+    read = {"hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+            "set": client.smembers, "string": client.get,
+            "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}
+    return {key: read[client.type(key)](key) for key in client.keys(f"{{ser:{series}}}*")}
+
+
+def test_a_sequence_of_another_series_is_described_and_changed_in_that_series_only(
+        redis_client):
+    client = series_eu_with_orange(redis_client)  # a real server: settling runs sha1hex
+    day, eu = date(2026, 3, 4), {"actor": "admin:a", "series": "eu"}
+    sequences.ensure_sequences(client)  # default's settings, as serve's first start writes
+    default_before = contents(client, "default")
+    sequences.update(client, "invoice", {"format": "EU-{YEAR}-{NUMBER}"}, **eu)
+    sequences.update(client, "invoice", {"next_number": 7}, period="2025", **eu)
+    assert [allocate(client, "orange", "invoice", ref, day)[0]["formatted"]
+            for ref in "ab"] == ["EU-2026-000001", "EU-2026-000002"]
+    settings = {"name": "invoice", "increment": 1, "format": "EU-{YEAR}-{NUMBER}",
+                "padding": 6, "reset": "yearly"}
+    rows = [{"period": "2025", "last_number": None, "next_number": 7, "issued": 0},
+            {"period": "2026", "last_number": 2, "next_number": 3, "issued": 2}]
+    assert sequences.describe(client, "invoice", date(2026, 5, 1), series="eu") == {
+        **settings, "period": "2026", "next_number": 3, "periods": rows}
+    # A period with nothing yet is listed too, at its first number.
+    new_year = {"period": "2027", "last_number": None, "next_number": 1, "issued": 0}
+    assert sequences.describe(client, "invoice", date(2027, 1, 2), series="eu") == {
+        **settings, "period": "2027", "next_number": 1, "periods": [*rows, new_year]}
+    # A request without changes answers eu's sequence as it is.
+    assert sequences.update(client, "invoice", {}, period="2026", **eu) == (
+        sequences.describe(client, "invoice", series="eu"))
+    # eu's changes are checked against eu's numbers (default issued none).
+    with pytest.raises(Conflict) as refused:
+        sequences.update(client, "invoice", {"next_number": 2}, period="2026", **eu)
+    assert refused.value.message == ("next_number can only move forward: in period 2026 the "
+                                     "next number is 3 (numbers up to 2 are issued)")
+    with pytest.raises(Conflict) as refused:
+        sequences.update(client, "invoice", {"reset": "monthly",
+                                             "format": "EU{YEAR}{MONTH}-{NUMBER}"}, **eu)
+    assert refused.value.message.startswith("reset cannot change once numbers were issued")
+    # The credit notes' change is checked against eu's invoices (not default's).
+    sequences.update(client, "credit_note", {"format": "EUCN-{YEAR}-{NUMBER}"}, **eu)
+    raised = sequences.update(client, "invoice", {"next_number": 10}, period="2026", **eu)
+    assert raised["periods"][1] == {"period": "2026", "last_number": 2, "next_number": 10,
+                                    "issued": 2}
+    assert allocate(client, "orange", "invoice", "c", day)[0]["formatted"] == "EU-2026-000010"
+    row = {"period": "2026", "last_number": 10, "next_number": 11, "issued": 3}
+    assert sequences.describe(client, "invoice", date(2026, 5, 1), series="eu")["periods"][1] == row
+    # Confirmed numbers settled into blocks still count as issued (and only eu's).
+    for ref in "abc":
+        entry, _ = allocate(client, "orange", "invoice", ref, day)
+        transition(client, entry["id"], "confirm", entry["formatted"], actor_kind="agent",
+                   actor_system="orange", actor="agent:orange")
+    settle_now = {"LEDGER_ARCHIVE_BLOCK": 2, "LEDGER_ARCHIVE_KEEP": 1,
+                  "LEDGER_SETTLE_AFTER_SECONDS": 0}
+    assert compaction.run(client, "invoice", settle_now, series="eu")["entries"] == 2
+    assert sequences.describe(client, "invoice", date(2026, 5, 1), series="eu")["periods"][1] == row
+    assert [record["after"].get("format") for record in sequences.audit(
+        client, "invoice", series="eu")] == ["EU-{YEAR}-{NUMBER}"] * 3
+    assert sequences.audit(client, "credit_note", series="eu")[-1]["after"]["format"] == (
+        "EUCN-{YEAR}-{NUMBER}")
+    assert contents(client, "default") == default_before
+    assert [sequences.audit(client, name) for name in sequences.SEQUENCES] == [[], []]
+
+
+def test_dedicated_is_changed_alone_and_only_for_credit_notes(redis_client):
+    # API.md: the 422 names the field and says what to do; nothing is written.
+    alone = ["Change dedicated on its own, in a request without other fields."]
+    refusals = [
+        ("invoice", {"dedicated": False}, None, ["Only the credit_note sequence has it."]),
+        ("credit_note", {"dedicated": False, "increment": 2}, None, alone),
+        ("credit_note", {"dedicated": False}, "2026", alone),
+    ]
+    before = snapshot(redis_client)
+    for name, changes, period, why in refusals:
+        with pytest.raises(InvalidInput) as refused:
+            sequences.update(redis_client, name, changes, actor="admin:a", period=period)
+        assert (refused.value.message, refused.value.errors) == (
+            "Validation failed", {"json": {"dedicated": why}})
+    assert snapshot(redis_client) == before
+
+
+def test_all_printed_settings_changed_at_once_are_still_checked(redis_client):
+    # format, padding and reset in one request: still refused where invoices and credit notes
+    # could print one number, or the format is broken; nothing is written.
+    sequences.ensure_sequences(redis_client)
+    before = snapshot(redis_client)
+    with pytest.raises(Conflict, match="could both print"):
+        sequences.update(redis_client, "invoice",
+                         {"format": "CN-{YEAR}-{NUMBER}", "padding": 6, "reset": "yearly"},
+                         actor="admin:a")
+    with pytest.raises(InvalidInput):
+        sequences.update(redis_client, "invoice",
+                         {"format": "INV-{NUMBER", "padding": 6, "reset": "never"},
+                         actor="admin:a")
+    assert snapshot(redis_client) == before
+
+
+def test_a_series_that_lost_its_settings_numbers_with_the_defaults_again():
+    # Settings hashes gone (a partial restore): reading, changing and numbering in that
+    # series write the defaults back, in that series only.
+    client = series_eu_with_orange()
+    sequences.update(client, "credit_note", {"dedicated": False}, actor="admin:a")  # default's
+    default_before = contents(client, "default")
+    eu_settings = [keys.seq_settings(name, "eu") for name in sequences.SEQUENCES]
+    client.delete(*eu_settings)
+    assert sequences.describe(client, "credit_note", series="eu")["dedicated"] is True
+    assert [client.hgetall(key) for key in eu_settings] == [
+        sequences.DEFAULTS[name] for name in sequences.SEQUENCES]
+    client.delete(*eu_settings)
+    sequences.update(client, "invoice", {"increment": 2}, actor="admin:a", series="eu")
+    assert [client.hgetall(key) for key in eu_settings] == [
+        {**sequences.DEFAULTS["invoice"], "increment": "2"}, sequences.DEFAULTS["credit_note"]]
+    client.delete(*eu_settings)
+    entry, _ = allocate(client, "orange", "invoice", "1", date(2026, 3, 4))
+    assert (entry["series"], entry["formatted"]) == ("eu", "INV-2026-000001")
+    assert contents(client, "default") == default_before
+
+
+def test_a_change_racing_the_deletion_of_its_series_answers_503_and_writes_nothing(
+        monkeypatch):
+    client = fakeredis.FakeRedis(decode_responses=True)
+    create_series(client, "eu")
+    client.delete(*(keys.seq_settings(name, "eu") for name in sequences.SEQUENCES))
+    ensure = sequences.ensure_sequences
+
+    def deleted_right_after(client, series):  # the defaults are written, then eu is deleted
+        ensure(client, series)
+        delete_series(client, series, [])
+
+    monkeypatch.setattr(sequences, "ensure_sequences", deleted_right_after)
+    with pytest.raises(ServiceUnavailable) as refused:
+        sequences.update(client, "invoice", {"increment": 2}, actor="admin:a", series="eu")
+    assert refused.value.message == "Series eu is not initialised; retry"
+    assert client.keys("*eu*") == []
 
 
 # --- HTTP on the real server -----------------------------------------------------------------
