@@ -114,7 +114,7 @@ def test_doctor_and_readyz_on_a_cluster(cluster, gunicorn, monkeypatch):
     result = CliRunner().invoke(main, ["doctor"], env=env)
     out = result.output
     assert "✓ Cluster: 3 masters" in out, out
-    assert "✓ replicas connected: 1 connected" in out, out
+    assert "✓ replicas connected: 1 in sync of 1 connected," in out, out
     assert "✗ job queue: INVOICE_SYNC_QUEUE_REDIS_URL is not set" in out, out
     assert "RQ does not run on a Redis Cluster" in out
     assert result.exit_code == 1
@@ -136,7 +136,7 @@ def test_doctor_and_readyz_on_a_cluster(cluster, gunicorn, monkeypatch):
         assert time.monotonic() < deadline, "readyz stayed ok with a replica missing"
         time.sleep(0.2)
     result = CliRunner().invoke(main, ["doctor"], env=env)
-    assert "✗ replicas connected: 0 connected" in result.output, result.output
+    assert "✗ replicas connected: 0 in sync of 0 connected," in result.output, result.output
     for attempt in (
         lambda: requests.post(coordinator.url + "/v1/tokens", headers=admin, timeout=10,
                               json={"role": "auditor", "label": "after"}),
