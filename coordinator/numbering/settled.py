@@ -44,6 +44,12 @@ def _read_block(client: redis.Redis, sequence: str, period: str, first: int,
         return []  # damaged: its numbers read as missing (the full gap report, the export)
 
 
+def _span(member: str) -> tuple[int, int]:
+    """The first and last number of a block, from its member ``first:last`` in the index."""
+    first, last = member.split(":")
+    return int(first), int(last)
+
+
 def _number(raw: str) -> int | None:
     try:
         return int(json.loads(raw)["number"])
@@ -59,7 +65,7 @@ def find(client: redis.Redis, sequence: str, period: str, number: int | str, *,
                                     number, "-inf", start=0, num=1)
     if not found:
         return None
-    first, last = (int(part) for part in found[0].split(":"))
+    first, last = _span(found[0])
     if number > last:
         return None
     for raw in _read_block(client, sequence, period, first, series):
@@ -78,7 +84,7 @@ def page(client: redis.Redis, sequence: str, period: str, after: int, limit: int
     below, above = pipe.execute()
     out: list[tuple[int, str]] = []
     for member in below + above:
-        first, last = (int(part) for part in member.split(":"))
+        first, last = _span(member)
         if last <= after:
             continue
         for raw in _read_block(client, sequence, period, first, series):
@@ -94,7 +100,7 @@ def blocks_lost(client: redis.Redis, sequence: str, period: str, *, series: str)
     """Whether a settled block that the index of ``period`` names is gone from the store (lost
     data: the gap report then walks the period, where its numbers read as missing)."""
     index = client.zrange(keys.seq_settled_blocks(sequence, period, series), 0, -1)
-    named = [keys.seq_settled_block(sequence, period, int(member.split(":")[0]), series)
+    named = [keys.seq_settled_block(sequence, period, _span(member)[0], series)
              for member in index]
     return bool(named) and client.exists(*named) != len(named)
 

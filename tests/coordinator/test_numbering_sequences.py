@@ -168,11 +168,9 @@ def test_switching_dedicated_in_one_series_leaves_the_others_as_they_were():
 
 
 def contents(client, series):
-    """Every key of ``series`` with what it holds."""
-    read = {"hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
-            "set": client.smembers, "string": client.get,
-            "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}
-    return {key: read[client.type(key)](key) for key in client.keys(f"{{ser:{series}}}*")}
+    """Every key of ``series`` with what it holds (the part of a ``snapshot`` that is its)."""
+    prefix = f"{{ser:{series}}}".encode()
+    return {key: held for key, held in snapshot(client).items() if key.startswith(prefix)}
 
 
 def test_a_sequence_of_another_series_is_described_and_changed_in_that_series_only(
@@ -265,10 +263,10 @@ def test_all_printed_settings_changed_at_once_are_still_checked(redis_client):
     assert snapshot(redis_client) == before
 
 
-def test_a_series_that_lost_its_settings_numbers_with_the_defaults_again():
+def test_a_series_that_lost_its_settings_numbers_with_the_defaults_again(redis_client):
     # Settings hashes gone (a partial restore): reading, changing and numbering in that
     # series write the defaults back, in that series only.
-    client = series_eu_with_orange()
+    client = series_eu_with_orange(redis_client)
     sequences.update(client, "credit_note", {"dedicated": False}, actor="admin:a")  # default's
     default_before = contents(client, "default")
     eu_settings = [keys.seq_settings(name, "eu") for name in sequences.SEQUENCES]
