@@ -3,6 +3,7 @@ moves, and the hardening items that live in numbering (issue 8 items 1, 9 and 12
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,14 @@ from cryptography.fernet import Fernet
 
 from coordinator import keys
 from coordinator.app import create_app
-from coordinator.numbering import allocation
+from coordinator.numbering import (
+    allocation,
+    checkpoints,
+    compaction,
+    guard,
+    sequences,
+)
+from coordinator.numbering import series as series_domain
 from coordinator.numbering.api import SEALER
 from tests.coordinator.systems_support import FakeResolver, body
 from tests.support import initialise_numbering, snapshot
@@ -322,3 +330,48 @@ def test_two_series_allocate_concurrently_without_duplicate_or_gap(client, admin
                     else f"/v1/sequences/{sequence}/gaps?period=2026")
             gaps = client.get(path, headers=admin).get_json()["gaps"]
             assert [g for g in gaps if g["kind"] in ("missing", "skipped")] == []
+
+
+# --- series.py on the domain: what the API's answers do not show (issue 17, mutation triage) --
+
+T1 = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC)
+T2 = dt.datetime(2026, 11, 2, 10, 30, tzinfo=dt.UTC)
+
+
+def test_a_series_shows_when_it_was_made_and_last_described(redis_client):
+    assert series_domain.get_series(redis_client, "default") == {
+        "name": "default", "description": "The default series", "created_at": None,
+        "updated_at": None}
+    made = series_domain.create_series(redis_client, "acme", "ACME", now=lambda: T1)
+    assert made == {"name": "acme", "description": "ACME", "created_at": "2026-11-01T09:00:00Z",
+                    "updated_at": "2026-11-01T09:00:00Z"}
+    assert series_domain.get_series(redis_client, "acme") == made
+    described = series_domain.update_series(redis_client, "acme", {"description": "ACME Inc."},
+                                     now=lambda: T2)
+    assert described == {**made, "description": "ACME Inc.", "updated_at": "2026-11-02T10:30:00Z"}
+    assert series_domain.update_series(redis_client, "acme", {}, now=lambda: T1) == described
+    # default has no record until an admin describes it: that is when it was made.
+    main = series_domain.update_series(redis_client, "default", {"description": "Main"},
+                                       now=lambda: T2)
+    assert main == {"name": "default", "description": "Main",
+                    "created_at": "2026-11-02T10:30:00Z", "updated_at": "2026-11-02T10:30:00Z"}
+    redis_client.sadd(keys.SERIES, "half")  # a creation interrupted before its record
+    assert series_domain.list_series(redis_client) == [main, described]
+
+
+def test_a_deleted_series_leaves_nothing_behind_and_its_name_starts_afresh(redis_client):
+    before = snapshot(redis_client)
+    series_domain.create_series(redis_client, "acme", now=lambda: T1)
+    for name in sequences.SEQUENCES:  # settings changed (audit), numbers skipped in 2026
+        sequences.update(redis_client, name, {"padding": 5, "next_number": 40}, actor="admin:t",
+                         period="2026", series="acme")
+    guard.mark_initialised(redis_client, "test", series="acme")
+    # Its ledger's chain: sealed, signed, its oldest events archived (as the scheduler does).
+    checkpoints.make(redis_client, checkpoints.SigningKeys.from_setting(
+        checkpoints.generate_key()), "invoice", series="acme")
+    assert compaction.compact(redis_client, "invoice", series="acme", block=1, keep=1) == 1
+    series_domain.delete_series(redis_client, "acme", [])
+    assert snapshot(redis_client) == before
+    again = series_domain.create_series(redis_client, "acme", now=lambda: T2)
+    assert again["created_at"] == "2026-11-02T10:30:00Z"
+    assert sequences.describe(redis_client, "invoice", series="acme")["padding"] == 6
