@@ -47,15 +47,15 @@ def valid_name(name: Any) -> bool:
     return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
 
 
-def _transaction(client: redis.Redis, watched: list[str], body: Callable[[Any], Any]) -> Any:
+def _transaction(client: redis.Redis, watched: list[str], body: Callable[[Any], None]) -> None:
     """Run ``body(pipe)`` under WATCH ``watched`` (keys of one slot), retrying on changes."""
     for _ in range(_RETRIES):
         with client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(*watched)
-                result = body(pipe)
+                body(pipe)
                 pipe.execute()
-                return result
+                return
             except redis.WatchError:
                 continue
     raise Conflict("The series was changed concurrently too often; retry")
@@ -125,7 +125,6 @@ def create_series(
         pipe.multi()
         pipe.hset(record_key, mapping=record)
         for sequence in SEQUENCES:
-            pipe.delete(keys.seq_settings(sequence, name))
             pipe.hset(keys.seq_settings(sequence, name), mapping=DEFAULTS[sequence])
 
     _transaction(client, [record_key], body)
@@ -163,11 +162,6 @@ def _number_keys(name: str, system: str) -> list[str]:
     return [keys.seq_refs(INVOICE, INVOICE, system, name),
             keys.seq_refs(INVOICE, CREDIT_NOTE, system, name),
             keys.seq_refs(CREDIT_NOTE, CREDIT_NOTE, system, name)]
-
-
-def has_numbers(client: redis.Redis, name: str, system: str) -> bool:
-    """Whether ``system`` was ever given a number in series ``name``."""
-    return bool(client.exists(*_number_keys(name, system)))
 
 
 def delete_series(client: redis.Redis, name: str, systems: list[str]) -> None:
