@@ -477,3 +477,23 @@ def test_a_series_change_racing_another_is_retried_and_refused_when_it_keeps_los
         series_domain._transaction(redis_client, [members], body(1000))
     assert refused.value.message == "The series was changed concurrently too often; retry"
     assert len(tries) == 20 and redis_client.hget(members, "mine") is None
+
+
+def test_a_series_deleted_right_after_the_check_is_not_brought_back(redis_client, monkeypatch):
+    """Another admin deletes acme between this change's check and its transaction."""
+    check = series_domain.require
+
+    def deleted_meanwhile(client, name):
+        check(client, name)
+        monkeypatch.setattr(series_domain, "require", check)
+        series_domain.delete_series(client, name, [])
+
+    for change in (lambda: series_domain.update_series(redis_client, "acme", {"description": "x"}),
+                   lambda: series_domain.delete_series(redis_client, "acme", [])):
+        series_domain.create_series(redis_client, "acme", now=lambda: T1)
+        monkeypatch.setattr(series_domain, "require", deleted_meanwhile)
+        with pytest.raises(NotFound) as gone:
+            change()
+        assert gone.value.message == "No series 'acme'"
+        assert redis_client.keys("{ser:acme}*") == [] and not series_domain.exists(redis_client,
+                                                                                    "acme")
