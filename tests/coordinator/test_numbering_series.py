@@ -245,6 +245,10 @@ def test_moving_a_system(client, admin, app_config, valkey):
     assert take(client, lime, "n1", document="credit_note").get_json()["sequence"] == "invoice"
     assert client.patch("/v1/systems/lime", headers=admin,
                         json={"series": "beta"}).status_code == 409
+    teal = register(client, admin, "teal", series="beta")  # beta's credit notes are dedicated
+    assert take(client, teal, "n1", document="credit_note").get_json()["sequence"] == "credit_note"
+    assert client.patch("/v1/systems/teal", headers=admin,
+                        json={"series": "acme"}).status_code == 409
     # green has a number in default too: refused as well; a fresh system moves freely.
     assert client.patch("/v1/systems/green", headers=admin,
                         json={"series": "acme"}).status_code == 409
