@@ -353,3 +353,41 @@ def test_a_migration_whose_copies_keep_vanishing_gives_up_and_keeps_the_old_data
                                  "run it again")
     assert not redis_client.exists(keys.seq_settings("invoice"))
     assert {key: redis_client.dump(key) for key in old} == old
+
+
+def test_a_start_after_a_crash_between_commit_and_clean_up_finishes_the_clean_up(
+        redis_client, monkeypatch):
+    old = _old_layout(redis_client)
+
+    class Killed(Exception):
+        pass
+
+    def killed(_client):
+        raise Killed("the process died after the commit")
+
+    monkeypatch.setattr(migration, "_clean_up", killed)
+    with pytest.raises(Killed):
+        migration.migrate(redis_client)
+    monkeypatch.undo()
+    report = migration.migrate(redis_client)
+    assert report == migration.MigrationReport("current", cleaned=4)
+    assert report.line() == ("numbering data is already in the series layout; removed 4 key(s) "
+                             "of the old layout")
+    for legacy_key, dumped in old.items():
+        assert redis_client.dump(_new_name(legacy_key)) == dumped, legacy_key
+        assert not redis_client.exists(legacy_key)
+
+
+def test_old_keys_of_a_sequence_whose_fence_was_lifted_are_left_alone(redis_client):
+    _old_layout(redis_client)
+    migration.migrate(redis_client)
+    # Old keys written after the upgrade (a coordinator of the old release still running, which
+    # docs/SERIES.md says to stop first), and the invoices' fence lifted: the fenced sequence's
+    # old keys are removed, the other's are not the migration's to delete.
+    redis_client.hset("{seq:invoice}:settings", "reset", "monthly")
+    redis_client.set("{seq:invoice}:counter:2026-06", "1")
+    redis_client.set("{seq:credit_note}:counter:all", "8")
+    report = migration.migrate(redis_client)
+    assert report == migration.MigrationReport("current", cleaned=1)
+    assert redis_client.get("{seq:invoice}:counter:2026-06") == "1"  # not fenced: not ours
+    assert not redis_client.exists("{seq:credit_note}:counter:all")
