@@ -391,3 +391,15 @@ def test_old_keys_of_a_sequence_whose_fence_was_lifted_are_left_alone(redis_clie
     assert report == migration.MigrationReport("current", cleaned=1)
     assert redis_client.get("{seq:invoice}:counter:2026-06") == "1"  # not fenced: not ours
     assert not redis_client.exists("{seq:credit_note}:counter:all")
+
+
+def test_a_refused_first_request_on_a_new_store_writes_nothing(client, agent, valkey):
+    # The layout check before the first numbering request only reads: old data is moved, but a
+    # new store is set up by its first number, not by a request that is refused.
+    for headers, body in ((agent("blue"), {"document": "invoice"}),
+                          ({"Authorization": "Bearer nope"}, {"document": "invoice",
+                                                              "reference": "1"})):
+        before = snapshot(valkey.url)
+        refused = client.post("/v1/allocations", json=body, headers=headers)
+        assert refused.status_code in (401, 422), refused.get_json()
+        assert snapshot(valkey.url) == before
