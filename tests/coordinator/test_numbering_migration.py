@@ -403,3 +403,21 @@ def test_a_refused_first_request_on_a_new_store_writes_nothing(client, agent, va
         refused = client.post("/v1/allocations", json=body, headers=headers)
         assert refused.status_code in (401, 422), refused.get_json()
         assert snapshot(valkey.url) == before
+
+
+def test_keys_that_scan_returns_twice_are_moved_once(redis_client, monkeypatch):
+    # SCAN may return a key more than once (Redis docs: while the keyspace is resized, e.g. by
+    # another process's writes during a long scan); each old key must still be moved once.
+    old = _old_layout(redis_client)
+    scan = redis.Redis.scan_iter
+
+    def twice(self, *args, **kwargs):
+        for key in scan(self, *args, **kwargs):
+            yield key
+            yield key
+
+    monkeypatch.setattr(redis.Redis, "scan_iter", twice)
+    report = migration.migrate(redis_client)
+    assert report == migration.MigrationReport("migrated", keys=5, entries=3, cleaned=4)
+    for legacy_key, dumped in old.items():
+        assert redis_client.dump(_new_name(legacy_key)) == dumped, legacy_key
