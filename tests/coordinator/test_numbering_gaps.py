@@ -102,13 +102,17 @@ def test_lost_data_still_shows_through_the_counts(redis_client):
     ledger.gaps(redis_client, "invoice", "2026", GRACE)  # index built
     redis_client.hdel(keys.seq_ledger("invoice", "2026"), "2")
     redis_client.zrem(keys.seq_ledger_order("invoice", "2026"), "2")
-    found = ledger.gaps(redis_client, "invoice", "2026", 10**9)
-    assert found == [{"kind": "missing", "after": 1, "before": 3}]
-    # And a number taken from the counter whose entry never came: missing at the end.
+    for full in (False, True):
+        found = ledger.gaps(redis_client, "invoice", "2026", 10**9, full=full)
+        assert found == [{"kind": "missing", "after": 1, "before": 3}], full
+    # And a number taken from the counter whose entry never came: missing at the end (by the
+    # counts; the walk places both holes).
     redis_client.incr(keys.seq_counter("invoice", "2026"))
     redis_client.hincrby(keys.seq_stats("invoice"), "issued", -1)  # counts agree again
     assert ledger.gaps(redis_client, "invoice", "2026", 10**9) == [
         {"kind": "missing", "after": 4, "before": 6}]
+    assert ledger.gaps(redis_client, "invoice", "2026", 10**9, full=True) == [
+        {"kind": "missing", "after": 1, "before": 3}, {"kind": "missing", "after": 4, "before": 6}]
 
 
 @pytest.mark.parametrize("series", ["default", "eu"])
