@@ -115,6 +115,21 @@ def test_lost_data_still_shows_through_the_counts(redis_client):
         {"kind": "missing", "after": 1, "before": 3}, {"kind": "missing", "after": 4, "before": 6}]
 
 
+def test_a_hole_shows_when_the_sequence_lost_its_count_of_issued_numbers_too(redis_client):
+    """Lost data: numbers 1 and 2 and the sequence's stats (the count of issued numbers) are
+    gone. With only one number left to count, the quick report still sees the counts disagree
+    and places the hole, as the walk does."""
+    for r in range(3):
+        allocation.allocate(redis_client, "blue", "invoice", str(r), DAY)
+    ledger.gaps(redis_client, "invoice", "2026", GRACE)  # index built
+    redis_client.hdel(keys.seq_ledger("invoice", "2026"), "1", "2")
+    redis_client.zrem(keys.seq_ledger_order("invoice", "2026"), "1", "2")
+    redis_client.delete(keys.seq_stats("invoice"))
+    for full in (False, True):
+        assert ledger.gaps(redis_client, "invoice", "2026", 10**9, full=full) == [
+            {"kind": "missing", "after": 0, "before": 3}], full
+
+
 @pytest.mark.parametrize("series", ["default", "eu"])
 def test_a_skip_in_a_series_counting_by_two_names_the_number_it_went_on_with(redis_client,
                                                                               series):
