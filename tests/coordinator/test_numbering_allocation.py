@@ -262,6 +262,26 @@ def test_bad_allocation_input_changes_nothing(client, agent, valkey, body):
     assert snapshot(valkey.url) == before
 
 
+def test_a_refused_reference_or_date_says_exactly_what_is_wrong(client, agent, valkey):
+    """The agent shows the field's error next to the document: each is the documented text,
+    a date outside the years a period can name is refused, and the first and last years it
+    can name are numbered."""
+    blue = agent("blue")
+    take(client, blue, "warm-up")
+    before = snapshot(valkey.url)
+    for reference, date, errors in (
+        ("a\x07b", "2026-11-21",
+         {"reference": ["Must contain printable characters only (no control characters)."]}),
+        ("old", "1899-12-31", {"date": ["Year must be between 1900 and 9999."]}),
+    ):
+        response = take(client, blue, reference, date=date)
+        assert (response.status_code, response.get_json().get("errors")) == (422, {"json": errors})
+    assert snapshot(valkey.url) == before
+    for date, formatted in (("1900-01-01", "INV-1900-000001"), ("9999-12-31", "INV-9999-000001")):
+        taken = take(client, blue, f"edge-{date}", date=date)
+        assert (taken.status_code, taken.get_json()["formatted"]) == (201, formatted)
+
+
 @pytest.mark.parametrize("raw, content_type, code", [
     (b"{not json", "application/json", 400),
     (b'{"document": "invoice", "reference": "' + b"x" * 70000 + b'"}', "application/json", 413),
