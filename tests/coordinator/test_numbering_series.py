@@ -225,7 +225,7 @@ def test_systems_in_series_numbers_come_only_from_their_series(client, admin, va
 
 
 def test_a_series_routes_answer_for_that_series_period_and_page(client, admin, monkeypatch,
-                                                                redis_client):
+                                                                redis_client, valkey):
     """/v1/series/<s>/sequences/... answer for <s>: its own settings (their changes sealed in
     its own chain); the period asked for, or today's by the series' own reset when none is;
     the page size asked for; and each body names the sequence and period it is about."""
@@ -243,6 +243,11 @@ def test_a_series_routes_answer_for_that_series_period_and_page(client, admin, m
                 for reference, day in (("old", "2025-06-01"), ("new", "2026-11-21")))
     assert client.post(f"/v1/allocations/{old['id']}/void", headers=orange,
                        json={"reason": "deleted"}).status_code == 200
+    # Once the app learnt where orange numbers (series, reset), one script run a number (and
+    # the seal of its event), as in `default`
+    calls = _evalsha_calls(valkey.url)
+    assert take(client, orange, "next", date="2026-10-05").status_code == 201
+    assert _evalsha_calls(valkey.url) - calls == 2
     shown = client.get(base, headers=admin).get_json()
     assert (shown["format"], shown["reset"], shown["padding"], shown["period"]) == (
         "US-{YEAR}{MONTH}-{NUMBER}", "monthly", 5, "2026-11")
