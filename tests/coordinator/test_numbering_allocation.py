@@ -21,8 +21,16 @@ def take(client, headers, reference, document="invoice", date="2026-11-21"):
     return client.post("/v1/allocations", json=body, headers=headers)
 
 
+def _counted(result: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("invoice_sync_allocations_total", {
+        "series": "default", "sequence": "invoice", "result": result}) or 0.0
+
+
 def test_new_then_replay_same_number(client, agent):
     blue = agent("blue")
+    counted = _counted("new"), _counted("replay")  # docs/MONITORING.md
     first = take(client, blue, "10234")
     assert first.status_code == 201
     body = first.get_json()
@@ -35,6 +43,7 @@ def test_new_then_replay_same_number(client, agent):
     assert again.status_code == 200
     assert again.get_json() == body
     assert take(client, blue, "10235").get_json()["number"] == 2
+    assert (_counted("new"), _counted("replay")) == (counted[0] + 2, counted[1] + 1)
 
 
 def test_same_reference_different_systems_get_different_numbers(client, agent):
