@@ -288,7 +288,7 @@ def test_a_refused_reference_or_date_says_exactly_what_is_wrong(client, agent, v
     assert snapshot(valkey.url) == before
     for date, formatted in (("1900-01-01", "INV-1900-000001"), ("9999-12-31", "INV-9999-000001")):
         taken = take(client, blue, f"edge-{date}", date=date)
-        assert (taken.status_code, taken.get_json()["formatted"]) == (201, formatted)
+        assert (taken.status_code, taken.get_json().get("formatted")) == (201, formatted)
 
 
 @pytest.mark.parametrize("raw, content_type, code", [
