@@ -22,6 +22,7 @@ from coordinator.numbering import series as series_mod
 from coordinator.numbering.allocation import Hints
 from tests.coordinator import ledger_support
 from tests.coordinator.systems_support import body
+from tests.support import snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -257,13 +258,23 @@ def test_auditor_verifies_and_exports_but_changes_nothing(client, admin, blue, a
     assert client.get(VERIFY).status_code == 401
 
 
-def test_bad_query_is_a_clear_error(client, admin):
+def test_bad_query_is_a_clear_error(client, admin, blue, redis_client):
     response = client.get(VERIFY + "?period=26", headers=admin)
     assert response.status_code == 422
     assert set(response.get_json()) >= {"code", "status", "message", "errors"}
     assert client.get(EXPORT + "?format=xml", headers=admin).status_code == 422
-    missing = client.get("/v1/series/nope/sequences/invoice/ledger/verify", headers=admin)
-    assert missing.status_code == 404
+    take(client, blue, "r-1")
+    before = snapshot(redis_client)
+    # an unknown series or sequence is a 404 on each ledger route, and writes nothing
+    for method, route in (("GET", "verify"), ("GET", "export"), ("POST", "checkpoints")):
+        for where in ("nope/sequences/invoice", "default/sequences/nope"):
+            path = f"/v1/series/{where}/ledger/{route}"
+            assert client.open(path, method=method, headers=admin).status_code == 404, path
+    assert snapshot(redis_client) == before
+    # no period: the whole ledger, and the download's file name says so
+    whole = client.get(EXPORT, headers=admin)
+    assert whole.headers["Content-Disposition"] == (
+        'attachment; filename="ledger-default-invoice-all.jsonl"')
 
 
 def test_verify_of_another_series_seals_and_checks_that_series_chain_only(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -16,6 +17,8 @@ from coordinator.app import create_app
 from coordinator.exceptions import Conflict, InvalidInput, NotFound
 from coordinator.numbering import (
     allocation,
+    api,
+    chain,
     checkpoints,
     compaction,
     guard,
@@ -153,10 +156,22 @@ def test_series_crud_and_rules(client, admin, valkey):
         response = client.post("/v1/series", headers=admin, json=bad)
         assert response.status_code in (409, 422), bad
         assert snapshot(valkey.url) == before
+    # A description (printed on the dashboard and in exports) says what is wrong with it
+    for method, path, bad, errors in (
+        ("POST", "/v1/series", {"name": "x", "description": "d" * 501},
+         {"description": ["Longer than maximum length 500."]}),
+        ("POST", "/v1/series", {"name": "x", "description": "a\x07b"},
+         {"description": ["Must contain printable characters only (no control characters)."]}),
+        ("PATCH", "/v1/series/acme-us", {}, {"description": ["Missing data for required field."]}),
+    ):
+        before = snapshot(valkey.url)
+        response = client.open(path, method=method, headers=admin, json=bad)
+        assert (response.status_code, response.get_json().get("errors")) == (422, {"json": errors})
+        assert snapshot(valkey.url) == before
     names = [s["name"] for s in client.get("/v1/series", headers=admin).get_json()]
     assert names == ["default", "acme-us"]
-    patched = client.patch("/v1/series/acme-us", headers=admin, json={"description": "ACME"})
-    assert patched.get_json() == {**created.get_json(), "description": "ACME",
+    patched = client.patch("/v1/series/acme-us", headers=admin, json={"description": "d" * 500})
+    assert patched.get_json() == {**created.get_json(), "description": "d" * 500,
                                   "updated_at": patched.get_json()["updated_at"]}
     assert client.get("/v1/series/acme-us", headers=admin).get_json() == patched.get_json()
     for path, message in (("nope", "No series 'nope'"), ("Nope", "No such series"),
@@ -168,7 +183,8 @@ def test_series_crud_and_rules(client, admin, valkey):
     assert kept.get_json()["message"] == "The series 'default' cannot be deleted"
     assert client.delete("/v1/series/acme-us", headers=admin).status_code == 204
     assert client.get("/v1/series/acme-us", headers=admin).status_code == 404
-    assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
+    again = client.post("/v1/series", headers=admin, json={"name": "acme-us"})
+    assert (again.status_code, again.get_json()["description"]) == (201, "")
 
 
 def test_default_series_routes_answer_exactly_as_v1_sequences(client, admin, agent):
@@ -222,6 +238,53 @@ def test_systems_in_series_numbers_come_only_from_their_series(client, admin, va
     assert client.get("/v1/sequences/invoice/audit", headers=admin).get_json()["records"] == []
     # A series with a system or a number stays.
     assert client.delete("/v1/series/acme", headers=admin).status_code == 409
+
+
+def test_a_series_routes_answer_for_that_series_period_and_page(client, admin, monkeypatch,
+                                                                redis_client, valkey):
+    """/v1/series/<s>/sequences/... answer for <s>: its own settings (their changes sealed in
+    its own chain); the period asked for, or today's by the series' own reset when none is;
+    the page size asked for; and each body names the sequence and period it is about."""
+    today = lambda: datetime(2026, 11, 21, 10, tzinfo=UTC)  # noqa: E731
+    monkeypatch.setattr(api, "utcnow", today)
+    monkeypatch.setattr(sequences, "utcnow", today)
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    orange = register(client, admin, "orange", series="acme")
+    base = "/v1/series/acme/sequences/invoice"
+    for change in ({"format": "US-{YEAR}{MONTH}-{NUMBER}", "reset": "monthly"}, {"padding": 5}):
+        assert client.patch(base, headers=admin, json=change).status_code == 200
+    events = chain.event_count(redis_client, "invoice", series="acme")
+    assert events > 0 and redis_client.llen(keys.seq_chain("invoice", "acme")) == events
+    old, new = (take(client, orange, reference, date=day).get_json()
+                for reference, day in (("old", "2025-06-01"), ("new", "2026-11-21")))
+    assert client.post(f"/v1/allocations/{old['id']}/void", headers=orange,
+                       json={"reason": "deleted"}).status_code == 200
+    # Once the app learnt where orange numbers (series, reset), one script run a number (and
+    # the seal of its event), as in `default`
+    calls = _evalsha_calls(valkey.url)
+    assert take(client, orange, "next", date="2026-10-05").status_code == 201
+    assert _evalsha_calls(valkey.url) - calls == 2
+    shown = client.get(base, headers=admin).get_json()
+    assert (shown["format"], shown["reset"], shown["padding"], shown["period"]) == (
+        "US-{YEAR}{MONTH}-{NUMBER}", "monthly", 5, "2026-11")
+    assert client.get("/v1/series/acme/sequences", headers=admin).get_json()[0] == shown
+
+    def read(tail):
+        answer = client.get(f"{base}/{tail}", headers=admin).get_json()
+        listed = answer.get("entries", answer.get("gaps", answer.get("records")))
+        return answer.get("sequence"), answer.get("period"), listed, answer.get("next_after")
+
+    assert read("ledger") == ("invoice", "2026-11", [client.get(
+        f"/v1/allocations/{new['id']}", headers=admin).get_json()], None)
+    _, period, entries, after = read("ledger?period=2025-06&limit=1")
+    assert (period, [e["id"] for e in entries], after) == ("2025-06", [old["id"]], 1)
+    assert read("gaps") == ("invoice", "2026-11", [], None)
+    _, period, gaps, _ = read("gaps?period=2025-06")
+    assert (period, [(g["number"], g["reason"]) for g in gaps]) == ("2025-06", [(1, "deleted")])
+    _, _, records, _ = read("audit?limit=1")
+    assert [(record["before"]["padding"], record["after"]["padding"]) for record in records] == [
+        ("6", "5")]
+    assert read("audit")[0] == "invoice"
 
 
 def test_moving_a_system(client, admin, app_config, valkey):
