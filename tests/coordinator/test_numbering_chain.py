@@ -239,6 +239,8 @@ def test_export_holds_events_entries_gaps_and_audit_and_verifies_offline(
     assert {(r["period"], r["gap"]["kind"]) for r in records if r["kind"] == "gap"} >= {
         ("2026", "void"), ("2026", "skipped")}
     assert kinds.count("audit") == 101
+    assert [r["audit"] for r in records if r["kind"] == "audit"] == sequences_mod.audit(
+        redis_client, "invoice", 1000)
     assert export.verify_text(text)["ok"] is True
 
 
