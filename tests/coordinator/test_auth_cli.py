@@ -26,7 +26,8 @@ def run(valkey, redis_client, monkeypatch):
     return invoke
 
 
-def test_create_list_revoke(run, redis_client):
+def test_create_list_revoke(run, redis_client, monkeypatch):
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
     created = run("create", "--role", "auditor", "--label", "Audit & Co")
     assert created.exit_code == 0, created.output
     token = created.stdout.strip()
@@ -43,7 +44,7 @@ def test_create_list_revoke(run, redis_client):
     assert token not in listed.stdout and auth.digest(token) not in listed.stdout
     as_json = json.loads(run("list", "--json").stdout)
     assert {t["role"] for t in as_json} == {"admin", "auditor"}
-    assert next(t for t in as_json if t["id"] == token_id)["created_by"].startswith("cli")
+    assert next(t for t in as_json if t["id"] == token_id)["created_by"] == "cli:alice"
 
     revoked = run("revoke", token_id)
     assert revoked.exit_code == 0 and token_id in revoked.stdout
@@ -51,7 +52,8 @@ def test_create_list_revoke(run, redis_client):
         auth.authenticate(redis_client, f"Bearer {token}", None)
     again = run("revoke", token_id)
     assert (again.exit_code, again.output) == (1, f"Error: No token {token_id!r}\n")
-    assert [e["action"] for e in tokens.audit(redis_client)] == ["created", "created", "revoked"]
+    assert [(e["action"], e["by"]) for e in tokens.audit(redis_client)] == [
+        ("created", "cli:alice"), ("created", "cli:alice"), ("revoked", "cli:alice")]
 
 
 def test_create_admin_still_works(run, redis_client):

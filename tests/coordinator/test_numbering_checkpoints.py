@@ -38,9 +38,9 @@ def app_config(app_config):
     return {**ledger_support.ledger_config(app_config), "LEDGER_SIGNING_KEYS": KEY}
 
 
-def take(client, headers, reference, document="invoice"):
+def take(client, headers, reference, document="invoice", date="2026-11-21"):
     response = client.post("/v1/allocations", headers=headers, json={
-        "document": document, "reference": reference, "date": "2026-11-21"})
+        "document": document, "reference": reference, "date": date})
     assert response.status_code == 201, response.get_json()
     return response.get_json()
 
@@ -236,6 +236,52 @@ def test_cli_checkpoint_public_key_and_verify_export(client, admin, blue, valkey
     assert bad.exit_code == 2 and "is not an Ed25519 public key" in bad.output
 
 
+def test_the_ledger_commands_act_on_the_series_and_period_given(
+        client, admin, blue, redis_client, valkey, monkeypatch, tmp_path):
+    """`ledger checkpoint|export|verify|compact --series S [--period P]` work on S's chain (3
+    events here), not the default series' (1 event), and on P's entries only."""
+    take(client, blue, "r-1")
+    assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
+    made = client.post("/v1/systems", headers=admin, json=body(name="red", series="acme-us"))
+    red = {"Authorization": f"Bearer {made.get_json()['agent_token']}"}
+    take(client, red, "a-1", date="2025-06-02")
+    take(client, red, "a-2")
+    take(client, red, "a-3")
+    monkeypatch.setenv("INVOICE_SYNC_REDIS_URL", valkey.url)
+    monkeypatch.setenv("INVOICE_SYNC_LEDGER_SIGNING_KEYS", KEY)
+    runner = CliRunner()
+    acme = ["--series", "acme-us"]
+    signed = runner.invoke(main, ["ledger", "checkpoint", *acme])
+    assert signed.exit_code == 0, signed.output
+    assert (json.loads(signed.output)["series"], json.loads(signed.output)["events"]) == (
+        "acme-us", 3)
+    empty = runner.invoke(main, ["ledger", "checkpoint", *acme, "--sequence", "credit_note"])
+    assert (empty.exit_code, empty.output) == (1, "Error: The credit_note ledger of series "
+                                                  "'acme-us' has no events yet: nothing to sign\n")
+    out = tmp_path / "acme.jsonl"
+    assert runner.invoke(main, ["ledger", "export", *acme, "--period", "2026", "--output",
+                                str(out)]).exit_code == 0
+    found = [json.loads(line) for line in out.read_text().splitlines()]
+    kinds = [r["kind"] for r in found]
+    assert (kinds.count("event"), kinds.count("checkpoint"), kinds.count("entry")) == (3, 1, 2)
+    assert {r["entry"]["reference"] for r in found if r["kind"] == "entry"} == {"a-2", "a-3"}
+    csv_out = tmp_path / "acme.csv"
+    assert runner.invoke(main, ["ledger", "export", *acme, "--format", "csv", "--output",
+                                str(csv_out)]).exit_code == 0
+    assert csv_out.read_text().splitlines()[0] == "kind,seq,prev,hash,data"
+    checked = runner.invoke(main, ["ledger", "verify", *acme, "--period", "2026"])
+    assert checked.exit_code == 0, checked.output
+    result = json.loads(checked.output)
+    assert (result["events"], result["entries"], result["checkpoints"]) == (3, 2, 1)
+    # Compaction: the settings' LEDGER_ARCHIVE_KEEP (1000) keeps all 3 when only --block is
+    # given; --keep 1 moves the 2 older ones, of S's chain.
+    for options, moved in ((["--block", "1"], 0), (["--block", "1", "--keep", "1"], 2)):
+        compacted = runner.invoke(main, ["ledger", "compact", *acme, *options])
+        assert compacted.exit_code == 0, compacted.output
+        assert json.loads(compacted.output)["events"] == moved, options
+    assert redis_client.hget(keys.seq_archived("invoice", "acme-us"), "events") == "2"
+
+
 def test_no_key_or_a_bad_key_is_a_clear_error(client, admin, blue, app_config):
     from coordinator.app import create_app
 
@@ -318,3 +364,28 @@ def test_serve_keeps_its_signing_key_in_the_data_dir(tmp_path, monkeypatch):
     # An explicit setting wins over the file.
     monkeypatch.setenv("INVOICE_SYNC_LEDGER_SIGNING_KEYS", OTHER_KEY)
     assert datadir.use_signing_key_file(tmp_path, create=True) is None
+
+
+def test_public_key_reads_serve_s_key_file_and_generate_key_prints_a_key(tmp_path, monkeypatch):
+    """On `serve`'s embedded Redis (no Redis configured), `ledger public-key --data-dir D`
+    prints the public half of D's key file, no Redis needed; without any key it says how to
+    get one (exit 1). `ledger generate-key` prints a key the setting accepts."""
+    for name in ("INVOICE_SYNC_LEDGER_SIGNING_KEYS", "INVOICE_SYNC_REDIS_URL"):
+        monkeypatch.setenv(name, "x")  # recorded, so the commands' own settings are undone
+        monkeypatch.delenv(name)
+    runner = CliRunner()
+    generated = runner.invoke(main, ["ledger", "generate-key"])
+    assert generated.exit_code == 0
+    key = generated.output.strip()
+    assert checkpoints.SigningKeys.from_setting(key).private
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / checkpoints.KEY_FILE_NAME).write_text(key + "\n")
+    printed = runner.invoke(main, ["ledger", "public-key", "--data-dir", str(tmp_path / "serve")])
+    assert printed.exit_code == 0, printed.output
+    (kid,) = checkpoints.SigningKeys.from_setting(key).public()
+    assert printed.output.startswith(f"# key_id {kid}\n-----BEGIN PUBLIC KEY-----")
+    monkeypatch.delenv("INVOICE_SYNC_LEDGER_SIGNING_KEYS")
+    none = runner.invoke(main, ["ledger", "public-key", "--data-dir", str(tmp_path / "empty")])
+    assert (none.exit_code, none.output) == (
+        1, "Error: no signing key: set INVOICE_SYNC_LEDGER_SIGNING_KEYS (or run `invoice-sync "
+           "serve`, which makes one in its data dir)\n")

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from coordinator import keys
+from coordinator import keys, numbering
 from coordinator.cli import main
 
 pytestmark = pytest.mark.integration
@@ -40,13 +40,23 @@ def test_series_commands(run, redis_client):
                                                       "api_identifier": "i", "step": "1",
                                                       "exchange_rate": "1", "series": "acme-us",
                                                       "created_at": "t", "updated_at": "t"})
-    redis_client.sadd(keys.SYSTEMS, "orange")
+    redis_client.hset(keys.system("green"), mapping={"name": "green", "url": "u",
+                                                     "api_identifier": "i", "step": "1",
+                                                     "exchange_rate": "1", "series": "default",
+                                                     "created_at": "t", "updated_at": "t"})
+    redis_client.sadd(keys.SYSTEMS, "orange", "green")
     listed = run("series", "list")
-    assert listed.output.splitlines() == ["default\tThe default series\t-",
+    assert listed.output.splitlines() == ["default\tThe default series\tgreen",
                                           "acme-us\tACME Inc. (US)\torange"]
+    # The default series' invoices are further on: `show acme-us` shows acme-us's own.
+    period = numbering.describe(redis_client, "invoice")["period"]
+    redis_client.set(keys.seq_counter("invoice", period), "41")
     shown = json.loads(run("series", "show", "acme-us").output)
     assert shown["systems"] == ["orange"]
-    assert [s["name"] for s in shown["sequences"]] == ["invoice", "credit_note"]
+    assert [(s["name"], s["next_number"]) for s in shown["sequences"]] == [
+        ("invoice", 1), ("credit_note", 1)]
+    assert json.loads(run("series", "show", "default").output)["sequences"][0][
+        "next_number"] == 42
     for name, output in (("nope", "Error: No series 'nope'\n"),
                          ("No pe", "Error: No such series\n")):
         missing = run("series", "show", name)
