@@ -265,6 +265,10 @@ def test_the_ledger_commands_act_on_the_series_and_period_given(
     kinds = [r["kind"] for r in found]
     assert (kinds.count("event"), kinds.count("checkpoint"), kinds.count("entry")) == (3, 1, 2)
     assert {r["entry"]["reference"] for r in found if r["kind"] == "entry"} == {"a-2", "a-3"}
+    # Its header carries the signing key's public half: checked offline without --public-key.
+    offline = runner.invoke(main, ["ledger", "verify-export", str(out)])
+    assert offline.exit_code == 0, offline.output
+    assert json.loads(offline.output)["keys_from_file"] is True
     csv_out = tmp_path / "acme.csv"
     assert runner.invoke(main, ["ledger", "export", *acme, "--format", "csv", "--output",
                                 str(csv_out)]).exit_code == 0
