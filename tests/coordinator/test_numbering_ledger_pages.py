@@ -1,0 +1,104 @@
+"""The ledger as an auditor reads it (DESIGN.md invariant 3), on a real Valkey: every number of
+every period once, in order, across pages, each exactly as it reads by its id; an entry lost
+from the store is shown where it was, never skipped; and each number of the gap report says who
+took it, for what, when, and why it was voided."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from coordinator import keys
+from coordinator.numbering import allocation, ledger
+from coordinator.numbering import series as series_mod
+from coordinator.numbering.allocation import Hints
+
+pytestmark = pytest.mark.integration
+
+DAY_2025, DAY_2026 = dt.date(2025, 6, 1), dt.date(2026, 3, 1)
+GRACE = 3600
+
+
+def take(client, system, references, day, hints=None):
+    return [allocation.allocate(client, system, "invoice", reference, day, None, hints)[0]["id"]
+            for reference in references]
+
+
+def test_every_number_of_every_period_is_listed_once_in_order_as_read_by_id(redis_client):
+    series_mod.create_series(redis_client, "eu")
+    series_mod.join(redis_client, "eu", "blue")
+    eu = Hints(series_of={"blue": "eu"})
+    old = take(redis_client, "blue", ["a", "b"], DAY_2025, eu)
+    new = take(redis_client, "blue", ["c", "d", "e", "f"], DAY_2026, eu)
+    take(redis_client, "red", ["x"], DAY_2026)  # default's own ledger: never in eu's
+    by_id = {each: allocation.get(redis_client, each) for each in old + new}
+    assert ledger.periods(redis_client, "invoice", series="eu") == ["2025", "2026"]
+    # Pages of three: 2025 in one short page, 2026 in a full page and the rest; oldest first.
+    assert list(ledger.iter_ledger(redis_client, "invoice", page=3, series="eu")) == [
+        by_id[each] for each in old + new]
+    assert list(ledger.iter_ledger(redis_client, "invoice", "2026", page=3, series="eu")) == [
+        by_id[each] for each in new]
+    # One page, as the API's ledger pages read it: ``limit`` entries above the cursor.
+    first = ledger.list_ledger(redis_client, "invoice", "2026", limit=1, series="eu")
+    assert first == [by_id[new[0]]]
+    assert ledger.list_ledger(redis_client, "invoice", "2026", first[-1]["number"], 2,
+                              series="eu") == [by_id[each] for each in new[1:3]]
+
+
+def test_an_entry_lost_from_the_store_is_listed_missing_where_it_was(redis_client):
+    """allocate.lua writes an entry and its order together: an order without its entry is
+    lost data, shown in its place, with the numbers after it still listed."""
+    series_mod.create_series(redis_client, "eu")
+    series_mod.join(redis_client, "eu", "blue")
+    eu = Hints(series_of={"blue": "eu"})
+    here = take(redis_client, "red", ["a", "b", "c"], DAY_2026)
+    there = take(redis_client, "blue", ["a", "b", "c"], DAY_2026, eu)
+    kept = {each: allocation.get(redis_client, each) for each in here + there}
+    redis_client.hdel(keys.seq_ledger("invoice", "2026"), "2")
+    redis_client.hdel(keys.seq_ledger("invoice", "2026", "eu"), "1")
+    assert ledger.list_ledger(redis_client, "invoice", "2026") == [
+        kept[here[0]],
+        {"id": "invoice:2026:2", "number": 2, "status": "missing", "series": "default"},
+        kept[here[2]]]
+    assert ledger.list_ledger(redis_client, "invoice", "2026", series="eu") == [
+        {"id": "eu/invoice:2026:1", "number": 1, "status": "missing", "series": "eu"},
+        kept[there[1]], kept[there[2]]]
+
+
+def test_each_gap_names_who_took_the_number_for_what_when_and_why(redis_client):
+    """The quick report and the full walk list the same whole objects: the void with its
+    reason, who voided it and the number its document got instead; the number left
+    unconfirmed with its age; and a period never used has no gap at all."""
+    ids = take(redis_client, "blue", ["a", "b", "c", "d"], DAY_2026)
+    for each, reason in ((ids[0], "sent to the wrong customer"), (ids[2], "duplicate")):
+        allocation.transition(redis_client, each, "void", reason, actor_kind="admin",
+                              actor_system=None, actor="admin:t")
+    reissued, _ = allocation.reissue(redis_client, ids[0], "issue it again", actor="admin:t")
+    for each in (ids[3], reissued["id"]):
+        allocation.transition(redis_client, each, "confirm",
+                              allocation.get(redis_client, each)["formatted"],
+                              actor_kind="agent", actor_system="blue", actor="agent:blue")
+    one, two, three = (allocation.get(redis_client, each) for each in ids[:3])
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=GRACE + 90)
+
+    def base(entry):
+        return {"id": entry["id"], "number": entry["number"], "formatted": entry["formatted"],
+                "system": "blue", "document": "invoice", "reference": entry["reference"],
+                "issued_at": entry["issued_at"]}
+
+    issued = dt.datetime.fromisoformat(two["issued_at"])
+    expected = [
+        {"kind": "void", **base(one), "reason": "sent to the wrong customer",
+         "voided_at": one["voided_at"], "voided_by": "admin:t",
+         "reissued_as": reissued["id"]},
+        {"kind": "unconfirmed", **base(two),
+         "age_seconds": int((now - issued).total_seconds())},
+        {"kind": "void", **base(three), "reason": "duplicate", "voided_at": three["voided_at"],
+         "voided_by": "admin:t"},
+    ]
+    assert [g["reference"] for g in expected] == ["a", "b", "c"]
+    assert expected[1]["age_seconds"] > GRACE  # past the grace: reported
+    assert ledger.gaps(redis_client, "invoice", "2026", GRACE, now=now) == expected
+    assert ledger.gaps(redis_client, "invoice", "2026", GRACE, now=now, full=True) == expected
+    assert ledger.gaps(redis_client, "invoice", "2031", GRACE, now=now) == []
