@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 
 from coordinator import keys
-from coordinator.numbering import allocation, ledger
+from coordinator.numbering import allocation, ledger, settled
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.allocation import Hints
 
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 DAY_2025, DAY_2026 = dt.date(2025, 6, 1), dt.date(2026, 3, 1)
 GRACE = 3600
+LATER = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
 def take(client, system, references, day, hints=None):
@@ -64,6 +65,35 @@ def test_an_entry_lost_from_the_store_is_listed_missing_where_it_was(redis_clien
     assert ledger.list_ledger(redis_client, "invoice", "2026", series="eu") == [
         {"id": "eu/invoice:2026:1", "number": 1, "status": "missing", "series": "eu"},
         kept[there[1]], kept[there[2]]]
+
+
+def test_pages_read_the_same_from_any_cursor_once_numbers_are_settled(redis_client):
+    """Settled numbers move out of the ledger hash into compressed blocks (numbering/settled.py):
+    every page, from any cursor and of any size, reads what it read before, the blocks' numbers
+    merged in order with those still in the hash."""
+    ids = take(redis_client, "blue", [f"r{i}" for i in range(10)], DAY_2026)
+    for i, each in enumerate(ids):
+        if i == 4:
+            allocation.transition(redis_client, each, "void", "deleted", actor_kind="agent",
+                                  actor_system="blue", actor="agent:blue")
+        elif i != 8:
+            allocation.transition(redis_client, each, "confirm",
+                                  allocation.get(redis_client, each)["formatted"],
+                                  actor_kind="agent", actor_system="blue", actor="agent:blue")
+
+    def pages():
+        return {(after, limit): ledger.list_ledger(redis_client, "invoice", "2026", after, limit)
+                for after in range(11) for limit in (1, 2, 3, 4)}
+
+    before = pages()
+    assert [e["number"] for e in before[0, 4] + before[4, 4] + before[8, 4]] == list(range(1, 11))
+    # Blocks of three confirmed numbers, the newest kept: 1-3 and 4, 6, 7 (5 is void, 9 issued;
+    # 8 alone is no full block).
+    assert settled.settle(redis_client, "invoice", "2026", LATER, series="default", block=3,
+                          keep=1, after_seconds=0) == 6
+    assert sorted(map(int, redis_client.hkeys(keys.seq_ledger("invoice", "2026")))) == [
+        5, 8, 9, 10]
+    assert pages() == before
 
 
 def test_each_gap_names_who_took_the_number_for_what_when_and_why(redis_client):
