@@ -70,8 +70,11 @@ def test_an_entry_lost_from_the_store_is_listed_missing_where_it_was(redis_clien
 def test_pages_read_the_same_from_any_cursor_once_numbers_are_settled(redis_client):
     """Settled numbers move out of the ledger hash into compressed blocks (numbering/settled.py):
     every page, from any cursor and of any size, reads what it read before, the blocks' numbers
-    merged in order with those still in the hash."""
-    ids = take(redis_client, "blue", [f"r{i}" for i in range(10)], DAY_2026)
+    merged in order with those still in the hash (series eu: its own blocks)."""
+    series_mod.create_series(redis_client, "eu")
+    series_mod.join(redis_client, "eu", "blue")
+    ids = take(redis_client, "blue", [f"r{i}" for i in range(10)], DAY_2026,
+               Hints(series_of={"blue": "eu"}))
     for i, each in enumerate(ids):
         if i == 4:
             allocation.transition(redis_client, each, "void", "deleted", actor_kind="agent",
@@ -82,16 +85,17 @@ def test_pages_read_the_same_from_any_cursor_once_numbers_are_settled(redis_clie
                                   actor_kind="agent", actor_system="blue", actor="agent:blue")
 
     def pages():
-        return {(after, limit): ledger.list_ledger(redis_client, "invoice", "2026", after, limit)
+        return {(after, limit): ledger.list_ledger(redis_client, "invoice", "2026", after, limit,
+                                                   series="eu")
                 for after in range(11) for limit in (1, 2, 3, 4)}
 
     before = pages()
     assert [e["number"] for e in before[0, 4] + before[4, 4] + before[8, 4]] == list(range(1, 11))
     # Blocks of three confirmed numbers, the newest kept: 1-3 and 4, 6, 7 (5 is void, 9 issued;
     # 8 alone is no full block).
-    assert settled.settle(redis_client, "invoice", "2026", LATER, series="default", block=3,
+    assert settled.settle(redis_client, "invoice", "2026", LATER, series="eu", block=3,
                           keep=1, after_seconds=0) == 6
-    assert sorted(map(int, redis_client.hkeys(keys.seq_ledger("invoice", "2026")))) == [
+    assert sorted(map(int, redis_client.hkeys(keys.seq_ledger("invoice", "2026", "eu")))) == [
         5, 8, 9, 10]
     assert pages() == before
 
