@@ -136,3 +136,20 @@ def test_each_gap_names_who_took_the_number_for_what_when_and_why(redis_client):
     assert ledger.gaps(redis_client, "invoice", "2026", GRACE, now=now) == expected
     assert ledger.gaps(redis_client, "invoice", "2026", GRACE, now=now, full=True) == expected
     assert ledger.gaps(redis_client, "invoice", "2031", GRACE, now=now) == []
+
+
+def test_old_voids_of_a_series_are_found_whatever_another_series_indexed(redis_client):
+    """Voids made before the gap report indexed them (upgraded data) are found by one walk of
+    their own series' period, even when default's same period was indexed already."""
+    series_mod.create_series(redis_client, "eu")
+    series_mod.join(redis_client, "eu", "blue")
+    take(redis_client, "red", ["a"], DAY_2026)
+    ids = take(redis_client, "blue", ["a", "b"], DAY_2026, Hints(series_of={"blue": "eu"}))
+    allocation.transition(redis_client, ids[0], "void", "deleted", actor_kind="admin",
+                          actor_system=None, actor="admin:t")
+    assert ledger.gaps(redis_client, "invoice", "2026", GRACE) == []  # default's index built
+    redis_client.delete(keys.seq_voids("invoice", "2026", "eu"),
+                        keys.seq_gap_index("invoice", "2026", "eu"))
+    for full in (False, True):
+        assert [(g["kind"], g["id"]) for g in ledger.gaps(
+            redis_client, "invoice", "2026", GRACE, series="eu", full=full)] == [("void", ids[0])]
