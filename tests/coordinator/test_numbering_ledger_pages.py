@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 
 from coordinator import keys
-from coordinator.numbering import allocation, ledger, settled
+from coordinator.numbering import allocation, ledger, pending, settled
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.allocation import Hints
 
@@ -140,10 +140,11 @@ def test_each_gap_names_who_took_the_number_for_what_when_and_why(redis_client):
 
 def test_old_voids_of_a_series_are_found_whatever_another_series_indexed(redis_client):
     """Voids made before the gap report indexed them (upgraded data) are found by one walk of
-    their own series' period, even when default's same period was indexed already."""
+    their own series' period, even when default's same period was indexed already; and eu's
+    report reads eu's counter (default's, further on, is no number missing in eu)."""
     series_mod.create_series(redis_client, "eu")
     series_mod.join(redis_client, "eu", "blue")
-    take(redis_client, "red", ["a"], DAY_2026)
+    take(redis_client, "red", ["a", "b", "c"], DAY_2026)  # default's counter past eu's
     ids = take(redis_client, "blue", ["a", "b"], DAY_2026, Hints(series_of={"blue": "eu"}))
     allocation.transition(redis_client, ids[0], "void", "deleted", actor_kind="admin",
                           actor_system=None, actor="admin:t")
@@ -153,3 +154,15 @@ def test_old_voids_of_a_series_are_found_whatever_another_series_indexed(redis_c
     for full in (False, True):
         assert [(g["kind"], g["id"]) for g in ledger.gaps(
             redis_client, "invoice", "2026", GRACE, series="eu", full=full)] == [("void", ids[0])]
+
+
+def test_the_gap_report_lists_every_unconfirmed_number_not_a_batch(redis_client, monkeypatch):
+    """The unconfirmed-count scrape re-reads past-grace numbers in bounded batches
+    (``pending.RECHECK_LIMIT``, 10,000; 2 here); the gap report must list them all."""
+    monkeypatch.setattr(pending.recheck, "__defaults__", (2,))
+    ids = take(redis_client, "blue", ["a", "b", "c"], DAY_2026)
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=GRACE + 90)
+    for full in (False, True):
+        assert [(g["kind"], g["id"]) for g in ledger.gaps(
+            redis_client, "invoice", "2026", GRACE, now=now, full=full)] == [
+            ("unconfirmed", each) for each in ids]
