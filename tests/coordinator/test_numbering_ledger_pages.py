@@ -166,3 +166,14 @@ def test_the_gap_report_lists_every_unconfirmed_number_not_a_batch(redis_client,
         assert [(g["kind"], g["id"]) for g in ledger.gaps(
             redis_client, "invoice", "2026", GRACE, now=now, full=full)] == [
             ("unconfirmed", each) for each in ids]
+
+
+def test_a_period_longer_than_a_page_is_listed_whole(redis_client):
+    """A page without a limit holds 100 entries (as the API's); the export's iteration reads
+    pages of its own size (500), so a period of 101 numbers is listed whole."""
+    batch = allocation.allocate_batch(redis_client, "blue", [
+        allocation.Item("invoice", f"r{i}", DAY_2026) for i in range(101)])
+    numbers = [entry["number"] for entry, _ in batch]
+    assert [e["number"] for e in ledger.list_ledger(redis_client, "invoice", "2026")] == (
+        numbers[:100])
+    assert [e["number"] for e in ledger.iter_ledger(redis_client, "invoice")] == numbers
