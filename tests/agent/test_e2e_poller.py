@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from agent import Client, ExitCode, Journal, Poller, WhmcsClient
+from agent import Client, ExitCode, Journal, Poller, RetryPolicy, WhmcsClient
 from agent._poller import poll_lock
 
 from .e2e_support import run_cli
@@ -144,6 +144,10 @@ def test_coordinator_down_means_no_number_and_exit_3(
     iid = blue.whmcs.add_invoice(status="Paid", subtotal="10.00", date=TODAY)
     env = blue.agent_env(tmp_path / "journal.sqlite3")
     live_coordinator.stop()
+    # The CLI retries with backoff (RetryPolicy's defaults); record the waits instead of
+    # sleeping them, and check it did retry before giving up.
+    waits: list[float] = []
+    monkeypatch.setitem(Client.__init__.__kwdefaults__, "sleep", waits.append)
 
     assert run_cli(monkeypatch, env, "next", "invoice", "--reference", str(iid)) == (
         ExitCode.UNAVAILABLE
@@ -151,6 +155,9 @@ def test_coordinator_down_means_no_number_and_exit_3(
     captured = capsys.readouterr()
     assert captured.out == ""  # no number printed, none guessed
     assert "coordinator" in captured.err and "no answer" in captured.err
+    attempts = RetryPolicy().attempts
+    assert f"after {attempts} attempt(s)" in captured.err
+    assert len(waits) == attempts - 1 and all(wait > 0 for wait in waits)
 
     assert run_cli(monkeypatch, env, "poll", "--json") == ExitCode.UNAVAILABLE
     captured = capsys.readouterr()

@@ -171,6 +171,23 @@ class ClusterDeployment:
             time.sleep(0.1)
         raise TimeoutError(f"no replica of :{old_master} was promoted in {timeout}s")
 
+    def move_slot(self, key: str, to_master: int) -> int:
+        """Reshard: move ``key``'s slot, with its keys, to the master at ``to_master``, the
+        way ``--cluster reshard`` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE on every
+        master). Clients keep their old slot map until a MOVED teaches them; returns the port
+        of the master that served the slot."""
+        slot = key_slot(key.encode())
+        source = self.master_of(key)
+        old, new = self._client(source), self._client(to_master)
+        old_id, new_id = (c.execute_command("CLUSTER", "MYID") for c in (old, new))
+        new.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", old_id)
+        old.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", new_id)
+        while moved := old.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            old.execute_command("MIGRATE", "127.0.0.1", to_master, "", 0, 5000, "KEYS", *moved)
+        for port in self.masters():
+            self._client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", new_id)
+        return source
+
     def client(self) -> RedisCluster:
         """A cluster-aware client of this deployment (decoded strings)."""
         return RedisCluster("127.0.0.1", self.nodes[0].port, decode_responses=True)

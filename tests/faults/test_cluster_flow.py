@@ -306,13 +306,50 @@ def test_every_route_answered_on_the_cluster(stack):
     assert wanted - stack.http.answered == set()
 
 
-def _series_on_another_master(stack: Stack, avoid: set[int]) -> str:
+def _series_on_another_master(stack: Stack, avoid: set[int], prefix: str = "east") -> str:
     """A series name whose hash tag's slot is served by none of the masters in ``avoid``."""
     for index in range(1000):
-        name = f"east-{index}"
+        name = f"{prefix}-{index}"
         if stack.cluster.master_of(keys.series_record(name)) not in avoid:
             return name
     raise LookupError("no series name on another master")
+
+
+def test_a_resharded_series_keeps_numbering_where_it_was(stack):
+    """An operator moves a series' slot to another master (``--cluster reshard``). The
+    coordinator's slot map is stale: at most one allocation is refused (503, no number), then
+    it learns the map again and numbering goes on from the moved keys, exactly in order."""
+    http, admin, cluster = stack.http, stack.admin, stack.cluster
+    tokens = stack.state["tokens"]
+    auth_master = cluster.master_of(keys.TOKENS)
+    moved = _series_on_another_master(stack, {auth_master}, prefix="west")
+    _ok(http("POST", "/v1/series", admin, json={"name": moved}), 201)
+    tokens["lima"] = _ok(http("POST", "/v1/systems", admin, json={
+        "name": "lima", "url": "http://127.0.0.1:9/includes/api.php", "api_identifier": "i",
+        "api_secret": "s", "auto_sync": False, "series": moved}), 201)["agent_token"]
+
+    def allocate(reference: str) -> requests.Response:
+        return http("POST", "/v1/allocations", tokens["lima"], json={
+            "document": "invoice", "reference": reference, "date": DATE})
+
+    assert [_ok(allocate(f"l{i}"), 201)["number"] for i in range(2)] == [1, 2]
+    source = cluster.move_slot(keys.series_record(moved), auth_master)
+    assert cluster.master_of(keys.series_record(moved)) == auth_master != source
+    http.master_down = True  # the one stale-map answer may be a 503
+    try:
+        first = allocate("l-moved")
+        if first.status_code == 503:
+            assert "number" not in first.json(), first.text
+            first = allocate("l-moved")  # the agent's retry: the same request
+    finally:
+        http.master_down = False
+    assert _ok(first, 201)["number"] == 3
+    assert _ok(allocate("l-next"), 201)["number"] == 4
+    ledger = _ok(http("GET", f"/v1/series/{moved}/sequences/invoice/ledger", admin,
+                      params={"period": YEAR}))
+    assert [e["number"] for e in ledger["entries"]] == [1, 2, 3, 4]
+    verdict = _ok(http("GET", f"/v1/series/{moved}/sequences/invoice/ledger/verify", admin))
+    assert verdict["ok"] is True, verdict
 
 
 def test_another_slot_keeps_serving_while_a_master_is_down(stack):
