@@ -163,8 +163,12 @@ def previous_release(ref: str, target: Path) -> Path:
 
     Skips (fails under ``INVOICE_SYNC_REQUIRE_TOOLS``) when git cannot produce it.
     """
+    # The nearest directory with a .git: ROOT, or for a copy of the tree made inside the work
+    # tree (the mutation run's git-ignored mutants/<module>/), the work tree itself, since git
+    # refuses to run in an ignored directory and the upgrade tests would silently skip there.
+    repository = next((p for p in (ROOT, *ROOT.parents) if (p / ".git").exists()), ROOT)
     try:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref],
+        archive = subprocess.run(["git", "-C", str(repository), "archive", ref],
                                  capture_output=True, check=True, timeout=60).stdout
     except (OSError, subprocess.CalledProcessError) as error:
         reason = f"git archive {ref} failed ({error})"

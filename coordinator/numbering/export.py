@@ -2,9 +2,9 @@
 
 Records, one per line (JSONL) or row (CSV ``kind,seq,prev,hash,data``):
 ``header`` (format, series, sequence, period, the hash rule), one ``event`` per chained event
-(``seq``, ``prev``, ``hash``, ``event``), then for the period: each ledger ``entry``, each
-``gap`` with its explanation, each settings ``audit`` record, each signed ``checkpoint``; last
-``end`` (event count, head).
+(``seq``, ``prev``, ``hash``, ``event``), each signed ``checkpoint``, then for the period (every
+period when none is given): each ledger ``entry``, each ``gap`` with its explanation, each
+settings ``audit`` record; last ``end`` (event count, head).
 Only events are chained; entries, gaps and audit records are what they looked like at export
 and are checked against the events by a reader who wants to (each number's ``issued`` event).
 """
@@ -78,9 +78,12 @@ def read(text: str) -> Iterator[dict[str, Any]]:
         ValueError: a line or row that is not a record.
     """
     if text.startswith("{"):
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                yield json.loads(line)
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"line {number} is not a record (a JSON object)")
+                yield record
         return
     rows = csv.reader(io.StringIO(text))
     if tuple(next(rows, ())) != CSV_COLUMNS:

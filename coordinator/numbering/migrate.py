@@ -128,7 +128,8 @@ def _copy_and_commit(client: redis.Redis) -> MigrationReport | None:
     duplicates: dict[str, list[str]] = {}
     for sequence in SEQUENCES:
         prefix = _legacy(sequence)
-        for old_key in sorted(client.scan_iter(match=prefix + "*", count=1000)):
+        # A set: SCAN may return a key twice, and a pair named twice fails the commit.
+        for old_key in sorted(set(client.scan_iter(match=prefix + "*", count=1000))):
             rest = old_key[len(prefix):]
             if rest == "settings":
                 continue

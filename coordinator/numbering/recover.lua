@@ -18,6 +18,9 @@
 -- ARGV[9] JSON list of [after, moved_to]: numbers above the counter no source showed, recorded
 --         as skips (the gap report lists them, with the audit record explaining the jump)
 --
+-- A recovered number inside a range an admin skipped (next_number raised past it) splits that
+-- skip around it: the gap report then lists as skipped only the numbers nobody issued.
+--
 -- Returns {counter before, counter after, recovered, JSON list of skipped {number, why, ...}}
 
 local period, now, actor, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -26,6 +29,23 @@ local increment = tonumber(redis.call('HGET', KEYS[9], 'increment') or '1')
 local before = tonumber(redis.call('GET', KEYS[2]) or '0')
 local highest = math.max(before, tonumber(ARGV[8]))
 local recovered, skipped = 0, {}
+
+local function split_skip(number)
+  local skips = redis.call('HGETALL', KEYS[10])
+  for i = 1, #skips, 2 do
+    local after, moved_to = tonumber(skips[i]), tonumber(skips[i + 1])
+    if after < number and number <= moved_to then
+      redis.call('HDEL', KEYS[10], skips[i])
+      if number - increment > after then
+        redis.call('HSET', KEYS[10], skips[i], string.format('%.0f', number - increment))
+      end
+      if moved_to > number then
+        redis.call('HSET', KEYS[10], string.format('%.0f', number), skips[i + 1])
+      end
+      return
+    end
+  end
+end
 
 for _, e in ipairs(cjson.decode(ARGV[7])) do
   local number = tonumber(e.number)
@@ -50,6 +70,7 @@ for _, e in ipairs(cjson.decode(ARGV[7])) do
     }))
     redis.call('ZADD', KEYS[4], number, e.number)
     redis.call('HINCRBY', KEYS[1], 'issued', 1)
+    split_skip(number)
     if e.refs > 0 and e.reference ~= '' then
       -- A reference keeps the number it has; a new one answers the recovered number on replay.
       redis.call('HSETNX', KEYS[e.refs], e.reference, id)

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import NEVER_DECODE
 
 from coordinator import keys
 from coordinator.clock import utcnow
 from coordinator.exceptions import Conflict, InvalidInput, NotFound
+from coordinator.numbering import blocks
 from coordinator.numbering.sequences import (
     CREDIT_NOTE,
     DEFAULTS,
@@ -45,15 +47,15 @@ def valid_name(name: Any) -> bool:
     return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
 
 
-def _transaction(client: redis.Redis, watched: list[str], body: Callable[[Any], Any]) -> Any:
+def _transaction(client: redis.Redis, watched: list[str], body: Callable[[Any], None]) -> None:
     """Run ``body(pipe)`` under WATCH ``watched`` (keys of one slot), retrying on changes."""
     for _ in range(_RETRIES):
         with client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(*watched)
-                result = body(pipe)
+                body(pipe)
                 pipe.execute()
-                return result
+                return
             except redis.WatchError:
                 continue
     raise Conflict("The series was changed concurrently too often; retry")
@@ -123,7 +125,6 @@ def create_series(
         pipe.multi()
         pipe.hset(record_key, mapping=record)
         for sequence in SEQUENCES:
-            pipe.delete(keys.seq_settings(sequence, name))
             pipe.hset(keys.seq_settings(sequence, name), mapping=DEFAULTS[sequence])
 
     _transaction(client, [record_key], body)
@@ -163,11 +164,6 @@ def _number_keys(name: str, system: str) -> list[str]:
             keys.seq_refs(CREDIT_NOTE, CREDIT_NOTE, system, name)]
 
 
-def has_numbers(client: redis.Redis, name: str, system: str) -> bool:
-    """Whether ``system`` was ever given a number in series ``name``."""
-    return bool(client.exists(*_number_keys(name, system)))
-
-
 def delete_series(client: redis.Redis, name: str, systems: list[str]) -> None:
     """Delete series ``name`` while no system belongs to it and it issued no number.
 
@@ -186,6 +182,11 @@ def delete_series(client: redis.Redis, name: str, systems: list[str]) -> None:
     record_key, members_key = keys.series_record(name), keys.series_members(name)
     stats = [keys.seq_stats(sequence, name) for sequence in SEQUENCES]
     periods_keys = [keys.seq_periods(sequence, name) for sequence in SEQUENCES]
+    # Its ledger's chain (settings changes, raised next_numbers): watched, so an event appended,
+    # sealed or archived meanwhile is deleted too (or refused, once a number is in it).
+    chains = [key for sequence in SEQUENCES for key in (
+        keys.seq_events(sequence, name), keys.seq_chain(sequence, name),
+        keys.seq_archived(sequence, name), keys.seq_checkpoints(sequence, name))]
 
     def body(pipe: Any) -> None:
         if not pipe.exists(record_key):
@@ -196,18 +197,32 @@ def delete_series(client: redis.Redis, name: str, systems: list[str]) -> None:
         if issued:
             raise Conflict(f"Series {name!r} issued {issued} number(s); a series with numbers "
                            "is kept for its ledger")
-        doomed = [record_key, members_key, keys.series_formatted(name), *stats, *periods_keys]
+        doomed = [record_key, members_key, keys.series_formatted(name), *stats, *periods_keys,
+                  *chains]
         for sequence, periods_key in zip(SEQUENCES, periods_keys, strict=True):
             doomed += [keys.seq_settings(sequence, name), keys.seq_audit(sequence, name),
-                       keys.seq_guard(sequence, name)]  # a series made again starts afresh
+                       keys.seq_guard(sequence, name),  # a series made again starts afresh
+                       keys.seq_checkpoint_claim(sequence, name),
+                       *_archived_blocks(pipe, sequence, name)]
             for period in pipe.smembers(periods_key):
                 doomed += [keys.seq_counter(sequence, period, name),
                            keys.seq_skips(sequence, period, name)]
         pipe.multi()
         pipe.delete(*doomed)
 
-    _transaction(client, [record_key, members_key, *stats, *periods_keys], body)
+    _transaction(client, [record_key, members_key, *stats, *periods_keys, *chains], body)
     client.srem(keys.SERIES, name)
+
+
+def _archived_blocks(pipe: Any, sequence: str, name: str) -> list[str]:
+    """The keys of the blocks ``numbering.compaction`` archived of ``sequence``'s chain."""
+    archived = int(pipe.hget(keys.seq_archived(sequence, name), "events") or 0)
+    found, start = [], 0
+    while start < archived:
+        found.append(keys.seq_block(sequence, start, name))
+        raw = pipe.execute_command("GET", found[-1], **{NEVER_DECODE: True})
+        start += len(blocks.unpack(start, raw).records)  # a damaged block counts one
+    return found
 
 
 # --- membership -------------------------------------------------------------------------------

@@ -21,8 +21,16 @@ def take(client, headers, reference, document="invoice", date="2026-11-21"):
     return client.post("/v1/allocations", json=body, headers=headers)
 
 
+def _counted(result: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("invoice_sync_allocations_total", {
+        "series": "default", "sequence": "invoice", "result": result}) or 0.0
+
+
 def test_new_then_replay_same_number(client, agent):
     blue = agent("blue")
+    counted = _counted("new"), _counted("replay")  # docs/MONITORING.md
     first = take(client, blue, "10234")
     assert first.status_code == 201
     body = first.get_json()
@@ -35,6 +43,7 @@ def test_new_then_replay_same_number(client, agent):
     assert again.status_code == 200
     assert again.get_json() == body
     assert take(client, blue, "10235").get_json()["number"] == 2
+    assert (_counted("new"), _counted("replay")) == (counted[0] + 2, counted[1] + 1)
 
 
 def test_same_reference_different_systems_get_different_numbers(client, agent):
@@ -260,6 +269,26 @@ def test_bad_allocation_input_changes_nothing(client, agent, valkey, body):
     error = response.get_json()
     assert error["code"] == response.status_code and error["message"]
     assert snapshot(valkey.url) == before
+
+
+def test_a_refused_reference_or_date_says_exactly_what_is_wrong(client, agent, valkey):
+    """The agent shows the field's error next to the document: each is the documented text,
+    a date outside the years a period can name is refused, and the first and last years it
+    can name are numbered."""
+    blue = agent("blue")
+    take(client, blue, "warm-up")
+    before = snapshot(valkey.url)
+    for reference, date, errors in (
+        ("a\x07b", "2026-11-21",
+         {"reference": ["Must contain printable characters only (no control characters)."]}),
+        ("old", "1899-12-31", {"date": ["Year must be between 1900 and 9999."]}),
+    ):
+        response = take(client, blue, reference, date=date)
+        assert (response.status_code, response.get_json().get("errors")) == (422, {"json": errors})
+    assert snapshot(valkey.url) == before
+    for date, formatted in (("1900-01-01", "INV-1900-000001"), ("9999-12-31", "INV-9999-000001")):
+        taken = take(client, blue, f"edge-{date}", date=date)
+        assert (taken.status_code, taken.get_json().get("formatted")) == (201, formatted)
 
 
 @pytest.mark.parametrize("raw, content_type, code", [

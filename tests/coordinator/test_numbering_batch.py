@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 import redis
@@ -16,6 +16,7 @@ from coordinator import auth, keys
 from coordinator.app import create_app
 from coordinator.exceptions import Conflict
 from coordinator.numbering import allocation, iter_ledger
+from coordinator.numbering import api as numbering_api
 from coordinator.numbering.allocation import BatchConflict, Hints, Item
 from coordinator.numbering.sequences import MAX_NUMBER
 from coordinator.ops.embedded import ValkeyServer
@@ -29,7 +30,8 @@ def batch(client, headers, *items):
         {"document": doc, "reference": ref, "date": day} for doc, ref, day in items]})
 
 
-def test_batch_numbers_in_order_and_a_replayed_batch_answers_the_same(client, agent):
+def test_batch_numbers_in_order_and_a_replayed_batch_answers_the_same(client, agent,
+                                                                     monkeypatch):
     blue = agent("blue")
     items = [("invoice", "a", "2026-02-01"), ("credit_note", "b", "2026-02-02"),
              ("invoice", "c", "2026-02-03")]
@@ -46,6 +48,11 @@ def test_batch_numbers_in_order_and_a_replayed_batch_answers_the_same(client, ag
     single = client.post("/v1/allocations", headers=blue, json={
         "document": "invoice", "reference": "d", "date": "2026-02-04"})
     assert single.get_json()["number"] == 3
+    # an item without a date is dated today (UTC), as a single allocation is
+    monkeypatch.setattr(numbering_api, "utcnow", lambda: datetime(2027, 3, 1, 12, tzinfo=UTC))
+    undated = client.post("/v1/allocation-batches", headers=blue, json={"items": [
+        {"document": "invoice", "reference": "e"}]}).get_json()["items"]
+    assert [(e["id"], e["date"]) for e in undated] == [("invoice:2027:1", "2027-03-01")]
 
 
 def test_same_reference_twice_in_one_batch_is_a_replay_of_its_first_item(client, agent):

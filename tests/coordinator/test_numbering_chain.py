@@ -18,10 +18,13 @@ from hypothesis import strategies as st
 from coordinator import keys
 from coordinator.cli import main
 from coordinator.numbering import allocation, chain, checkpoints, compaction, export, scripts
+from coordinator.numbering import ledger as ledger_mod
+from coordinator.numbering import sequences as sequences_mod
 from coordinator.numbering import series as series_mod
 from coordinator.numbering.allocation import Hints
 from tests.coordinator import ledger_support
 from tests.coordinator.systems_support import body
+from tests.support import snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -216,15 +219,29 @@ def _export_lines(client, admin, fmt):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_export_holds_events_entries_gaps_and_audit_and_verifies_offline(
-        client, admin, blue, fmt):
+        client, admin, blue, redis_client, fmt):
     history(client, admin, blue)
+    # The export walks the period (docs/AUDITORS.md), not the gap report's indexes: a void
+    # whose index entry was lost (after a report indexed the period) is still in it, where the
+    # quick report no longer lists it.
+    assert "void" in [gap["kind"] for gap in ledger_mod.gaps(redis_client, "invoice", "2026", 0)]
+    redis_client.delete(keys.seq_voids("invoice", "2026"))
+    quick = ledger_mod.gaps(redis_client, "invoice", "2026", 10**9)
+    assert "void" not in [gap["kind"] for gap in quick]
+    # A long settings history is exported whole, not the latest 100 the settings page shows.
+    audit_key = keys.seq_audit("invoice")
+    redis_client.rpush(audit_key, *[redis_client.lindex(audit_key, 0)] * 100)
     text = _export_lines(client, admin, fmt)
     records = list(export.read(text))
     kinds = [r["kind"] for r in records]
     assert kinds[0] == "header" and kinds[-1] == "end"
+    assert records[0]["period"] == "2026"
     assert kinds.count("event") == 7 and kinds.count("entry") == 3
-    assert {r["gap"]["kind"] for r in records if r["kind"] == "gap"} >= {"void", "skipped"}
-    assert kinds.count("audit") == 1
+    assert {(r["period"], r["gap"]["kind"]) for r in records if r["kind"] == "gap"} >= {
+        ("2026", "void"), ("2026", "skipped")}
+    assert kinds.count("audit") == 101
+    assert [r["audit"] for r in records if r["kind"] == "audit"] == sequences_mod.audit(
+        redis_client, "invoice", 1000)
     assert export.verify_text(text)["ok"] is True
 
 
@@ -257,13 +274,23 @@ def test_auditor_verifies_and_exports_but_changes_nothing(client, admin, blue, a
     assert client.get(VERIFY).status_code == 401
 
 
-def test_bad_query_is_a_clear_error(client, admin):
+def test_bad_query_is_a_clear_error(client, admin, blue, redis_client):
     response = client.get(VERIFY + "?period=26", headers=admin)
     assert response.status_code == 422
     assert set(response.get_json()) >= {"code", "status", "message", "errors"}
     assert client.get(EXPORT + "?format=xml", headers=admin).status_code == 422
-    missing = client.get("/v1/series/nope/sequences/invoice/ledger/verify", headers=admin)
-    assert missing.status_code == 404
+    take(client, blue, "r-1")
+    before = snapshot(redis_client)
+    # an unknown series or sequence is a 404 on each ledger route, and writes nothing
+    for method, route in (("GET", "verify"), ("GET", "export"), ("POST", "checkpoints")):
+        for where in ("nope/sequences/invoice", "default/sequences/nope"):
+            path = f"/v1/series/{where}/ledger/{route}"
+            assert client.open(path, method=method, headers=admin).status_code == 404, path
+    assert snapshot(redis_client) == before
+    # no period: the whole ledger, and the download's file name says so
+    whole = client.get(EXPORT, headers=admin)
+    assert whole.headers["Content-Disposition"] == (
+        'attachment; filename="ledger-default-invoice-all.jsonl"')
 
 
 def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
@@ -327,6 +354,26 @@ def test_verify_of_another_series_seals_and_checks_that_series_chain_only(
     assert client.post(f"/v1/allocations/{last['id']}/confirm", headers=red, json={
         "invoicenum": last["formatted"]}).status_code == 200
     assert redis_client.llen(ours) == 5
+    # The auditor's file of this series (export.records, what the API and the CLI write): its
+    # own entries, gaps and settings audit, of every period when none is named (its numbers
+    # span 2025 and 2026, default's only 2026), of the one named otherwise.
+    u2 = next(ledger_mod.iter_ledger(redis_client, "invoice", "2026", series="acme-us"))
+    assert client.post(f"/v1/allocations/{u2['id']}/void", headers=red,
+                       json={"reason": "typo"}).status_code == 200
+    assert sequences_mod.audit(redis_client, "invoice") != sequences_mod.audit(
+        redis_client, "invoice", series="acme-us")
+    for period, references in ((None, ["u-1", "u-2", "u-3", "u-4"]),
+                               ("2026", ["u-2", "u-3", "u-4"])):
+        found = list(export.records(redis_client, "invoice", period, 10**9, series="acme-us",
+                                    signing=signing))
+        assert {key: found[0][key] for key in ("series", "period")} == {
+            "series": "acme-us", "period": period}
+        assert [r["entry"]["reference"] for r in found if r["kind"] == "entry"] == references
+        assert [(r["period"], r["gap"]["kind"], r["gap"]["reference"])
+                for r in found if r["kind"] == "gap"] == [("2026", "void", "u-2")]
+        assert [r["audit"] for r in found if r["kind"] == "audit"] == sequences_mod.audit(
+            redis_client, "invoice", series="acme-us")
+        assert found[-1] == {"kind": "end", "events": 6, "head": redis_client.lindex(ours, -1)}
 
 
 def test_upgraded_data_without_events_verifies_and_counts_unchained_numbers(

@@ -10,13 +10,18 @@ names the wrong event, drops the id or miscounts is caught, not only one that sa
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
+from coordinator.cli import main
 from coordinator.numbering import blocks, chain, checkpoints
+from coordinator.numbering import export as export_file
 
 # One of each event type, as the Lua scripts write them (docs/AUDITORS.md, "What is chained"),
 # over two periods: the numbers of 2025 were voided/confirmed after 2026 had started.
@@ -276,3 +281,56 @@ def test_text_outside_ascii_is_hashed_as_its_utf8_bytes_as_documented():
     documented = json.dumps({**event, "prev": chain.GENESIS}, sort_keys=True,
                             separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert chain.event_hash(event, chain.GENESIS) == hashlib.sha256(documented).hexdigest()
+
+
+def test_an_export_file_holds_each_record_as_documented_and_reads_back_whole():
+    """The file an auditor keeps (docs/AUDITORS.md, step 3), in both formats: JSON lines, or
+    CSV ``kind,seq,prev,hash,data`` where only events fill seq/prev/hash and ``data`` holds the
+    rest. Text outside ASCII is written as itself (a spreadsheet shows the void reason as the
+    user typed it), an event not sealed has no hash, and reading the file gives every record."""
+    found = export(signed_at=[3])
+    unsealed = dict(found[-2], hash=None)  # an event whose seal was lost
+    entry = {"id": "invoice:2026:1", "number": "1", "reference": "r-2", "status": "void",
+             "void_reason": "Rückbuchung"}
+    extra = [unsealed, {"kind": "entry", "entry": entry},
+             {"kind": "gap", "period": "2026", "gap": {"kind": "void", "number": 1,
+                                                       "reason": "Rückbuchung"}},
+             {"kind": "audit", "audit": {"by": "admin:t1", "at": "2026-01-02T00:00:03Z"}}]
+    found = found[:-2] + extra + found[-1:]
+    as_jsonl = "".join(export_file.jsonl(found))
+    as_csv = "".join(export_file.csv_rows(found))
+    for text in (as_jsonl, as_csv):
+        assert "Rückbuchung" in text and "\\u00fc" not in text
+        assert list(export_file.read(text)) == found
+    lines = as_jsonl.split("\n")  # one record a line, each line ended
+    assert lines[-1] == "" and [json.loads(line) for line in lines[:-1]] == found
+    rows = list(csv.reader(io.StringIO(as_csv)))
+    assert rows[0] == ["kind", "seq", "prev", "hash", "data"]
+    for row, record in zip(rows[1:], found, strict=True):
+        if record["kind"] == "event":
+            assert row[:4] == ["event", str(record["seq"]), record["prev"], record["hash"] or ""]
+            assert json.loads(row[4]) == record["event"]
+        else:
+            assert row[:4] == [record["kind"], "", "", ""]
+            assert json.loads(row[4]) == {k: v for k, v in record.items() if k != "kind"}
+
+
+NOT_AN_EXPORT = "neither JSON lines nor a CSV export (header row missing)"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("", NOT_AN_EXPORT),
+    ("kind;seq;prev;hash;data\n", NOT_AN_EXPORT),
+    # Valid JSON on every line, yet a line that is not a record: named, not a crash.
+    ('{"kind": "header"}\n[1, 2]\n', "line 2 is not a record (a JSON object)"),
+    ('{"kind": "header"}\n\n"end"\n', "line 3 is not a record (a JSON object)"),
+], ids=["empty", "other-csv", "jsonl-list", "jsonl-string"])
+def test_a_file_that_is_not_an_export_is_reported_unreadable(text, reason, tmp_path):
+    verdict = {"ok": False, "events": 0, "first_bad": {"reason": f"unreadable: {reason}"}}
+    assert export_file.verify_text(text) == verdict
+    # `verify-export` prints that verdict and exits 1 ("broken"), without a traceback.
+    path = tmp_path / "ledger.jsonl"
+    path.write_text(text, encoding="utf-8")
+    ran = CliRunner().invoke(main, ["ledger", "verify-export", str(path)])
+    assert ran.exit_code == 1 and isinstance(ran.exception, SystemExit)
+    assert json.loads(ran.output) == verdict

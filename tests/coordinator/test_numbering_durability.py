@@ -196,13 +196,24 @@ def test_replay_waits_for_the_original_write_not_just_its_own(tmp_path):
         primary.stop()
 
 
+def _not_durable() -> float:
+    """The refusals `invoice_sync_allocations_total` counts (docs/MONITORING.md; the alert
+    `deploy/prometheus/alerts.yml` fires on them): series `-`, refused before it is known."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("invoice_sync_allocations_total", {
+        "series": "-", "sequence": "invoice", "result": "not_durable"}) or 0.0
+
+
 def test_aof_off_is_never_acknowledged(tmp_path, server_binary):
     server = ValkeyServer(tmp_path / "v", binary=server_binary).start()
     try:
         redis.Redis.from_url(server.url).config_set("appendonly", "no")
+        refused = _not_durable()
         response = _take(_app(server.url), _agent(server.url), "1")
         assert response.status_code == 503
         assert "appendonly" in response.get_json()["message"]
+        assert _not_durable() == refused + 1
     finally:
         server.stop()
 

@@ -52,6 +52,9 @@ def test_other_formats_and_zero_are_not_numbers_of_the_sequence():
     assert parse("INV-2026-000000", "INV-{YEAR}-{NUMBER}", 6, "yearly") is None
     assert parse("2026/13/0007", "{YEAR}/{MONTH}/{NUMBER}", 4, "monthly") is None
     assert parse("", "INV-{YEAR}-{NUMBER}", 6, "yearly") is None
+    # wider than the padding: a padding of 1 ends at 9 (allocation refuses 10: exhausted)
+    assert parse("INV-10", "INV-{NUMBER}", 1, "never") is None
+    assert parse("INV-9", "INV-{NUMBER}", 1, "never") == ("all", 9)
 
 
 def test_render_prints_what_allocation_prints(redis_client):

@@ -64,6 +64,9 @@ def test_reissue_gives_the_document_a_new_number_linked_both_ways(
     void(client, blue, first)
     response = reissue(client, admin, first["id"])
     assert response.status_code == 201, response.get_json()
+    # sealed after the answer, as every change of the ledger is (no verify needed)
+    assert redis_client.llen(keys.seq_chain("invoice")) == chain.event_count(
+        redis_client, "invoice") == 4
     new = response.get_json()
     assert (new["id"], new["number"], new["formatted"]) == (
         "invoice:2026:3", 3, "INV-2026-000003")

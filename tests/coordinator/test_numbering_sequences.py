@@ -391,6 +391,9 @@ def test_bad_patches_change_nothing(client, admin, agent, valkey, body):
     assert 400 <= response.status_code < 500, body
     assert response.get_json()["code"] == response.status_code
     assert snapshot(valkey.url) == before
+    if not body:  # nothing to change is an error, saying so
+        assert (response.status_code, response.get_json()["errors"]) == (
+            422, {"json": {"_schema": ["Send at least one setting to change."]}})
 
 
 @pytest.mark.integration

@@ -3,8 +3,10 @@ moves, and the hardening items that live in numbering (issue 8 items 1, 9 and 12
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -12,7 +14,17 @@ from cryptography.fernet import Fernet
 
 from coordinator import keys
 from coordinator.app import create_app
-from coordinator.numbering import allocation
+from coordinator.exceptions import Conflict, InvalidInput, NotFound
+from coordinator.numbering import (
+    allocation,
+    api,
+    chain,
+    checkpoints,
+    compaction,
+    guard,
+    sequences,
+)
+from coordinator.numbering import series as series_domain
 from coordinator.numbering.api import SEALER
 from tests.coordinator.systems_support import FakeResolver, body
 from tests.support import initialise_numbering, snapshot
@@ -144,17 +156,35 @@ def test_series_crud_and_rules(client, admin, valkey):
         response = client.post("/v1/series", headers=admin, json=bad)
         assert response.status_code in (409, 422), bad
         assert snapshot(valkey.url) == before
+    # A description (printed on the dashboard and in exports) says what is wrong with it
+    for method, path, bad, errors in (
+        ("POST", "/v1/series", {"name": "x", "description": "d" * 501},
+         {"description": ["Longer than maximum length 500."]}),
+        ("POST", "/v1/series", {"name": "x", "description": "a\x07b"},
+         {"description": ["Must contain printable characters only (no control characters)."]}),
+        ("PATCH", "/v1/series/acme-us", {}, {"description": ["Missing data for required field."]}),
+    ):
+        before = snapshot(valkey.url)
+        response = client.open(path, method=method, headers=admin, json=bad)
+        assert (response.status_code, response.get_json().get("errors")) == (422, {"json": errors})
+        assert snapshot(valkey.url) == before
     names = [s["name"] for s in client.get("/v1/series", headers=admin).get_json()]
     assert names == ["default", "acme-us"]
-    patched = client.patch("/v1/series/acme-us", headers=admin, json={"description": "ACME"})
-    assert patched.get_json()["description"] == "ACME"
-    assert client.get("/v1/series/nope", headers=admin).status_code == 404
-    assert client.get("/v1/series/nope/sequences/invoice", headers=admin).status_code == 404
+    patched = client.patch("/v1/series/acme-us", headers=admin, json={"description": "d" * 500})
+    assert patched.get_json() == {**created.get_json(), "description": "d" * 500,
+                                  "updated_at": patched.get_json()["updated_at"]}
+    assert client.get("/v1/series/acme-us", headers=admin).get_json() == patched.get_json()
+    for path, message in (("nope", "No series 'nope'"), ("Nope", "No such series"),
+                          ("nope/sequences/invoice", "No series 'nope'")):
+        missing = client.get(f"/v1/series/{path}", headers=admin)
+        assert (missing.status_code, missing.get_json()["message"]) == (404, message), path
     assert client.get("/v1/series/acme-us/sequences/nope", headers=admin).status_code == 404
-    assert client.delete("/v1/series/default", headers=admin).status_code == 409
+    kept = client.delete("/v1/series/default", headers=admin)
+    assert kept.get_json()["message"] == "The series 'default' cannot be deleted"
     assert client.delete("/v1/series/acme-us", headers=admin).status_code == 204
     assert client.get("/v1/series/acme-us", headers=admin).status_code == 404
-    assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 201
+    again = client.post("/v1/series", headers=admin, json={"name": "acme-us"})
+    assert (again.status_code, again.get_json()["description"]) == (201, "")
 
 
 def test_default_series_routes_answer_exactly_as_v1_sequences(client, admin, agent):
@@ -210,6 +240,53 @@ def test_systems_in_series_numbers_come_only_from_their_series(client, admin, va
     assert client.delete("/v1/series/acme", headers=admin).status_code == 409
 
 
+def test_a_series_routes_answer_for_that_series_period_and_page(client, admin, monkeypatch,
+                                                                redis_client, valkey):
+    """/v1/series/<s>/sequences/... answer for <s>: its own settings (their changes sealed in
+    its own chain); the period asked for, or today's by the series' own reset when none is;
+    the page size asked for; and each body names the sequence and period it is about."""
+    today = lambda: datetime(2026, 11, 21, 10, tzinfo=UTC)  # noqa: E731
+    monkeypatch.setattr(api, "utcnow", today)
+    monkeypatch.setattr(sequences, "utcnow", today)
+    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+    orange = register(client, admin, "orange", series="acme")
+    base = "/v1/series/acme/sequences/invoice"
+    for change in ({"format": "US-{YEAR}{MONTH}-{NUMBER}", "reset": "monthly"}, {"padding": 5}):
+        assert client.patch(base, headers=admin, json=change).status_code == 200
+    events = chain.event_count(redis_client, "invoice", series="acme")
+    assert events > 0 and redis_client.llen(keys.seq_chain("invoice", "acme")) == events
+    old, new = (take(client, orange, reference, date=day).get_json()
+                for reference, day in (("old", "2025-06-01"), ("new", "2026-11-21")))
+    assert client.post(f"/v1/allocations/{old['id']}/void", headers=orange,
+                       json={"reason": "deleted"}).status_code == 200
+    # Once the app learnt where orange numbers (series, reset), one script run a number (and
+    # the seal of its event), as in `default`
+    calls = _evalsha_calls(valkey.url)
+    assert take(client, orange, "next", date="2026-10-05").status_code == 201
+    assert _evalsha_calls(valkey.url) - calls == 2
+    shown = client.get(base, headers=admin).get_json()
+    assert (shown["format"], shown["reset"], shown["padding"], shown["period"]) == (
+        "US-{YEAR}{MONTH}-{NUMBER}", "monthly", 5, "2026-11")
+    assert client.get("/v1/series/acme/sequences", headers=admin).get_json()[0] == shown
+
+    def read(tail):
+        answer = client.get(f"{base}/{tail}", headers=admin).get_json()
+        listed = answer.get("entries", answer.get("gaps", answer.get("records")))
+        return answer.get("sequence"), answer.get("period"), listed, answer.get("next_after")
+
+    assert read("ledger") == ("invoice", "2026-11", [client.get(
+        f"/v1/allocations/{new['id']}", headers=admin).get_json()], None)
+    _, period, entries, after = read("ledger?period=2025-06&limit=1")
+    assert (period, [e["id"] for e in entries], after) == ("2025-06", [old["id"]], 1)
+    assert read("gaps") == ("invoice", "2026-11", [], None)
+    _, period, gaps, _ = read("gaps?period=2025-06")
+    assert (period, [(g["number"], g["reason"]) for g in gaps]) == ("2025-06", [(1, "deleted")])
+    _, _, records, _ = read("audit?limit=1")
+    assert [(record["before"]["padding"], record["after"]["padding"]) for record in records] == [
+        ("6", "5")]
+    assert read("audit")[0] == "invoice"
+
+
 def test_moving_a_system(client, admin, app_config, valkey):
     for name in ("acme", "beta"):
         assert client.post("/v1/series", headers=admin, json={"name": name}).status_code == 201
@@ -220,8 +297,21 @@ def test_moving_a_system(client, admin, app_config, valkey):
     take(client, orange, "1")
     before = snapshot(valkey.url)
     refused = client.patch("/v1/systems/orange", headers=admin, json={"series": "beta"})
-    assert refused.status_code == 409 and "has numbers" in refused.get_json()["message"]
+    assert (refused.status_code, refused.get_json()["message"]) == (409, (
+        "System 'orange' has numbers in series 'acme'; a system that has numbers cannot move "
+        "to another series"))
     assert snapshot(valkey.url) == before
+    # Its only number a credit note that acme numbers in its invoice sequence: it stays too.
+    assert client.patch("/v1/series/acme/sequences/credit_note", headers=admin,
+                        json={"dedicated": False}).status_code == 200
+    lime = register(client, admin, "lime", series="acme")
+    assert take(client, lime, "n1", document="credit_note").get_json()["sequence"] == "invoice"
+    assert client.patch("/v1/systems/lime", headers=admin,
+                        json={"series": "beta"}).status_code == 409
+    teal = register(client, admin, "teal", series="beta")  # beta's credit notes are dedicated
+    assert take(client, teal, "n1", document="credit_note").get_json()["sequence"] == "credit_note"
+    assert client.patch("/v1/systems/teal", headers=admin,
+                        json={"series": "acme"}).status_code == 409
     # green has a number in default too: refused as well; a fresh system moves freely.
     assert client.patch("/v1/systems/green", headers=admin,
                         json={"series": "acme"}).status_code == 409
@@ -233,6 +323,11 @@ def test_moving_a_system(client, admin, app_config, valkey):
     # Moved back while it has numbers in beta: refused, numbers stay where they are.
     assert client.patch("/v1/systems/violet", headers=admin,
                         json={"series": "default"}).status_code == 409
+    # A system moved (back) into default is numbered there.
+    plum = register(client, admin, "plum", series="beta")
+    assert client.patch("/v1/systems/plum", headers=admin,
+                        json={"series": "default"}).status_code == 200
+    assert take(stale, plum, "p1").get_json()["id"] == "invoice:2026:1"
 
 
 def test_stale_process_never_numbers_a_system_in_its_old_series(client, admin, app_config):
@@ -280,12 +375,25 @@ def test_a_registration_stopped_before_its_series_knew_the_system_is_finished(
     assert redis_client.hget(keys.series_members("acme"), "teal") == "closed"
 
 
-def test_delete_system_and_series(client, admin):
-    assert client.post("/v1/series", headers=admin, json={"name": "acme"}).status_code == 201
+def test_delete_system_and_series(client, admin, valkey):
+    for name in ("acme", "beta"):
+        assert client.post("/v1/series", headers=admin, json={"name": name}).status_code == 201
     register(client, admin, "orange", series="acme")
-    assert client.delete("/v1/series/acme", headers=admin).status_code == 409
-    assert client.delete("/v1/systems/orange", headers=admin).status_code == 204
+    register(client, admin, "lime", series="acme")
+    refused = client.delete("/v1/series/acme", headers=admin)
+    assert (refused.status_code, refused.get_json()["message"]) == (
+        409, "Series 'acme' has systems: lime, orange; move or delete them first")
+    for name in ("orange", "lime"):
+        assert client.delete(f"/v1/systems/{name}", headers=admin).status_code == 204
     assert client.delete("/v1/series/acme", headers=admin).status_code == 204
+    # A series that issued a number keeps its ledger, also once its systems are gone.
+    take(client, register(client, admin, "plum", series="beta"), "p1")
+    assert client.delete("/v1/systems/plum", headers=admin).status_code == 204
+    before = snapshot(valkey.url)
+    refused = client.delete("/v1/series/beta", headers=admin)
+    assert (refused.status_code, refused.get_json()["message"]) == (
+        409, "Series 'beta' issued 1 number(s); a series with numbers is kept for its ledger")
+    assert snapshot(valkey.url) == before
 
 
 def test_two_series_allocate_concurrently_without_duplicate_or_gap(client, admin, app_config,
@@ -322,3 +430,137 @@ def test_two_series_allocate_concurrently_without_duplicate_or_gap(client, admin
                     else f"/v1/sequences/{sequence}/gaps?period=2026")
             gaps = client.get(path, headers=admin).get_json()["gaps"]
             assert [g for g in gaps if g["kind"] in ("missing", "skipped")] == []
+
+
+# --- series.py on the domain: what the API's answers do not show (issue 17, mutation triage) --
+
+T1 = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC)
+T2 = dt.datetime(2026, 11, 2, 10, 30, tzinfo=dt.UTC)
+
+
+def test_a_series_shows_when_it_was_made_and_last_described(redis_client):
+    assert series_domain.get_series(redis_client, "default") == {
+        "name": "default", "description": "The default series", "created_at": None,
+        "updated_at": None}
+    made = series_domain.create_series(redis_client, "acme", "ACME", now=lambda: T1)
+    assert made == {"name": "acme", "description": "ACME", "created_at": "2026-11-01T09:00:00Z",
+                    "updated_at": "2026-11-01T09:00:00Z"}
+    assert series_domain.get_series(redis_client, "acme") == made
+    described = series_domain.update_series(redis_client, "acme", {"description": "ACME Inc."},
+                                     now=lambda: T2)
+    assert described == {**made, "description": "ACME Inc.", "updated_at": "2026-11-02T10:30:00Z"}
+    assert series_domain.update_series(redis_client, "acme", {}, now=lambda: T1) == described
+    # default has no record until an admin describes it: that is when it was made.
+    main = series_domain.update_series(redis_client, "default", {"description": "Main"},
+                                       now=lambda: T2)
+    assert main == {"name": "default", "description": "Main",
+                    "created_at": "2026-11-02T10:30:00Z", "updated_at": "2026-11-02T10:30:00Z"}
+    redis_client.sadd(keys.SERIES, "half")  # a creation interrupted before its record
+    assert series_domain.list_series(redis_client) == [main, described]
+
+
+def test_a_deleted_series_leaves_nothing_behind_and_its_name_starts_afresh(redis_client):
+    before = snapshot(redis_client)
+    series_domain.create_series(redis_client, "acme", now=lambda: T1)
+    for name in sequences.SEQUENCES:  # settings changed (audit), numbers skipped in 2026
+        sequences.update(redis_client, name, {"padding": 5, "next_number": 40}, actor="admin:t",
+                         period="2026", series="acme")
+    guard.mark_initialised(redis_client, "test", series="acme")
+    # Its ledger's chain: sealed, signed, its oldest events archived (as the scheduler does).
+    checkpoints.make(redis_client, checkpoints.SigningKeys.from_setting(
+        checkpoints.generate_key()), "invoice", series="acme")
+    assert compaction.compact(redis_client, "invoice", series="acme", block=1, keep=1) == 1
+    series_domain.delete_series(redis_client, "acme", [])
+    assert snapshot(redis_client) == before
+    again = series_domain.create_series(redis_client, "acme", now=lambda: T2)
+    assert again["created_at"] == "2026-11-02T10:30:00Z"
+    assert sequences.describe(redis_client, "invoice", series="acme")["padding"] == 6
+
+
+def test_creating_a_series_writes_its_own_keys_only_and_a_refusal_writes_nothing(redis_client):
+    assert sequences.update(redis_client, "invoice", {"format": "D-{YEAR}-{NUMBER}"},
+                            actor="admin:t")["format"] == "D-{YEAR}-{NUMBER}"
+    before = snapshot(redis_client)
+    series_domain.create_series(redis_client, "acme", now=lambda: T1)
+    after = snapshot(redis_client)
+    made = {key.decode() for key in after.keys() | before.keys()
+            if after.get(key) != before.get(key)}
+    assert made == {keys.SERIES, keys.series_record("acme"),
+                    *(keys.seq_settings(name, "acme") for name in sequences.SEQUENCES)}
+    for name in sequences.SEQUENCES:
+        assert redis_client.hgetall(keys.seq_settings(name, "acme")) == sequences.DEFAULTS[name]
+    for name, error, message, errors in (
+            ("acme", Conflict, "A series named 'acme' already exists", None),
+            ("default", Conflict, "The series 'default' always exists", None),
+            ("Acme", InvalidInput, "Validation failed",
+             {"json": {"name": ["Not a valid series name."]}})):
+        with pytest.raises(error) as refused:
+            series_domain.create_series(redis_client, name, now=lambda: T2)
+        assert (refused.value.message, refused.value.errors) == (message, errors), name
+    assert snapshot(redis_client) == after
+
+
+def test_a_system_that_joined_after_the_listing_keeps_its_series(redis_client):
+    """The API lists a series' systems from the registry, then deletes: a registration that
+    joined in between is seen by the series itself, which refuses."""
+    series_domain.create_series(redis_client, "acme", now=lambda: T1)
+    series_domain.join(redis_client, "acme", "orange")
+    before = snapshot(redis_client)
+    with pytest.raises(Conflict) as refused:
+        series_domain.delete_series(redis_client, "acme", [])
+    assert refused.value.message == "Series 'acme' serves a system; move or delete it first"
+    assert snapshot(redis_client) == before
+
+
+def test_joining_a_series_that_is_gone_is_refused_and_default_needs_no_record(redis_client):
+    before = snapshot(redis_client)
+    with pytest.raises(NotFound) as refused:
+        series_domain.join(redis_client, "gone", "orange")
+    assert refused.value.message == "No series 'gone'"
+    assert snapshot(redis_client) == before
+    series_domain.join(redis_client, "default", "orange")
+    assert redis_client.hget(keys.series_members("default"), "orange") == "open"
+
+
+def test_a_series_change_racing_another_is_retried_and_refused_when_it_keeps_losing(
+        redis_client, valkey):
+    other, members, tries = redis.Redis.from_url(valkey.url), keys.series_members("acme"), []
+
+    def body(races):
+        def change(pipe):  # another admin's change lands while this one is being made
+            tries.append(pipe)
+            if len(tries) <= races:
+                other.hset(members, "other", len(tries))
+            pipe.multi()
+            pipe.hset(members, "mine", "1")
+        return change
+
+    series_domain._transaction(redis_client, [members], body(2))
+    assert len(tries) == 3
+    assert redis_client.hgetall(members) == {"other": "2", "mine": "1"}
+    redis_client.delete(members)
+    tries.clear()
+    with pytest.raises(Conflict) as refused:
+        series_domain._transaction(redis_client, [members], body(1000))
+    assert refused.value.message == "The series was changed concurrently too often; retry"
+    assert len(tries) == 20 and redis_client.hget(members, "mine") is None
+
+
+def test_a_series_deleted_right_after_the_check_is_not_brought_back(redis_client, monkeypatch):
+    """Another admin deletes acme between this change's check and its transaction."""
+    check = series_domain.require
+
+    def deleted_meanwhile(client, name):
+        check(client, name)
+        monkeypatch.setattr(series_domain, "require", check)
+        series_domain.delete_series(client, name, [])
+
+    for change in (lambda: series_domain.update_series(redis_client, "acme", {"description": "x"}),
+                   lambda: series_domain.delete_series(redis_client, "acme", [])):
+        series_domain.create_series(redis_client, "acme", now=lambda: T1)
+        monkeypatch.setattr(series_domain, "require", deleted_meanwhile)
+        with pytest.raises(NotFound) as gone:
+            change()
+        assert gone.value.message == "No series 'acme'"
+        assert redis_client.keys("{ser:acme}*") == [] and not series_domain.exists(redis_client,
+                                                                                    "acme")
