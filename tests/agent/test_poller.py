@@ -570,6 +570,7 @@ def test_a_watched_invoice_whmcs_cannot_read_is_reported_by_id_and_still_watched
         f"WHMCS at {blue.env['INVOICE_SYNC_AGENT_WHMCS_URL']} could not run GetInvoice: "
         "Command Not Found.")
     assert report["aborted"] is None
+    assert report["ok"] is False  # not stopped, but an invoice was left without its number
     with Journal(blue.journal_path) as journal:
         assert journal.watched() == {str(draft): "draft"}
 
@@ -579,6 +580,7 @@ def test_a_watched_invoice_whmcs_cannot_read_is_reported_by_id_and_still_watched
     assert code == ExitCode.OK
     assert [(o["reference"], o["action"]) for o in report["outcomes"]] == [
         (str(draft), "numbered")]
+    assert report["ok"] is True
     with Journal(blue.journal_path) as journal:
         assert journal.watched() == {}
 
@@ -826,6 +828,7 @@ def test_a_refused_token_stops_the_run_before_any_number(blue, monkeypatch, caps
         "reference": str(iid), "action": "failed", "document": "invoice", "formatted": None,
         "message": "injected failure (HTTP 401)", "kind": "refused"}
     assert blue.invoicenums()[iid] == ""
+    assert report["ok"] is False  # scripts read "ok": a stopped run is not a good one
 
 
 def test_the_first_poll_of_an_empty_whmcs_misses_none_of_its_first_invoices(
