@@ -175,9 +175,18 @@ def test_series_crud_and_rules(client, admin, valkey):
                                   "updated_at": patched.get_json()["updated_at"]}
     assert client.get("/v1/series/acme-us", headers=admin).get_json() == patched.get_json()
     for path, message in (("nope", "No series 'nope'"), ("Nope", "No such series"),
-                          ("nope/sequences/invoice", "No series 'nope'")):
+                          ("nope/sequences/invoice", "No series 'nope'"),
+                          ("nope/sequences", "No series 'nope'"),
+                          ("nope/sequences/invoice/audit", "No series 'nope'"),
+                          ("nope/sequences/invoice/ledger?period=2026", "No series 'nope'"),
+                          ("nope/sequences/invoice/gaps?period=2026", "No series 'nope'")):
         missing = client.get(f"/v1/series/{path}", headers=admin)
         assert (missing.status_code, missing.get_json()["message"]) == (404, message), path
+    before = snapshot(valkey.url)  # a sequence of a series that does not exist is not made
+    missing = client.patch("/v1/series/nope/sequences/invoice", headers=admin,
+                           json={"padding": 4})
+    assert (missing.status_code, missing.get_json()["message"]) == (404, "No series 'nope'")
+    assert snapshot(valkey.url) == before
     assert client.get("/v1/series/acme-us/sequences/nope", headers=admin).status_code == 404
     kept = client.delete("/v1/series/default", headers=admin)
     assert kept.get_json()["message"] == "The series 'default' cannot be deleted"
