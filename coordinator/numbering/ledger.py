@@ -151,7 +151,7 @@ def _void(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _unconfirmed(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
-    issued = datetime.fromisoformat(entry["issued_at"].replace("Z", "+00:00"))
+    issued = datetime.fromisoformat(entry["issued_at"])  # 3.11+ reads clock.iso's "Z"
     return {"kind": "unconfirmed", **_base(entry),
             "age_seconds": int((now - issued).total_seconds())}
 

@@ -482,9 +482,11 @@ def test_a_deleted_series_leaves_nothing_behind_and_its_name_starts_afresh(redis
         sequences.update(redis_client, name, {"padding": 5, "next_number": 40}, actor="admin:t",
                          period="2026", series="acme")
     guard.mark_initialised(redis_client, "test", series="acme")
-    # Its ledger's chain: sealed, signed, its oldest events archived (as the scheduler does).
-    checkpoints.make(redis_client, checkpoints.SigningKeys.from_setting(
-        checkpoints.generate_key()), "invoice", series="acme")
+    # Its ledger's chain: sealed, signed (the scheduler's periodic checkpoint, which leaves a
+    # claim per chain for its interval), its oldest events archived (as the scheduler does).
+    assert checkpoints.due(redis_client, {"LEDGER_CHECKPOINT_SECONDS": 3600,
+                                          "LEDGER_SIGNING_KEYS": checkpoints.generate_key()}) == [
+        "acme/invoice", "acme/credit_note"]
     assert compaction.compact(redis_client, "invoice", series="acme", block=1, keep=1) == 1
     series_domain.delete_series(redis_client, "acme", [])
     assert snapshot(redis_client) == before
