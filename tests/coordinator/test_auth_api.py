@@ -198,6 +198,20 @@ def test_create_list_revoke_over_http(client, admin, redis_client):
     trail = client.get("/v1/tokens/audit", headers=admin).get_json()
     assert [(e["action"], e["token"]) for e in trail][-2:] == [("created", token_id),
                                                                ("revoked", token_id)]
+    # each record names the admin token that made the change; ?limit= answers the latest only
+    assert [e["by"] for e in trail][-2:] == [body["created_by"]] * 2
+    assert client.get("/v1/tokens/audit?limit=1", headers=admin).get_json() == trail[-1:]
+
+
+def test_the_configured_admin_token_is_not_revoked_over_http(app_config, redis_client, admin):
+    configured = auth.new_token(auth.ADMIN)
+    client = create_app({**app_config, "ADMIN_TOKEN": configured}).test_client()
+    before = snapshot(redis_client)
+    answer = client.delete(f"/v1/tokens/{auth.token_id(auth.digest(configured))}", headers=admin)
+    assert (answer.status_code, answer.get_json()["message"]) == (
+        409, "This admin token is set by INVOICE_SYNC_ADMIN_TOKEN: change or unset the variable "
+             "and restart the coordinator to revoke it")
+    assert snapshot(redis_client) == before
 
 
 def test_admin_created_over_http_is_an_admin(client, admin):

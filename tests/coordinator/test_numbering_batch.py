@@ -30,9 +30,17 @@ def batch(client, headers, *items):
         {"document": doc, "reference": ref, "date": day} for doc, ref, day in items]})
 
 
+def _counted(result: str, series: str = "default") -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("invoice_sync_allocations_total", {
+        "series": series, "sequence": "invoice", "result": result}) or 0.0
+
+
 def test_batch_numbers_in_order_and_a_replayed_batch_answers_the_same(client, agent,
                                                                      monkeypatch):
     blue = agent("blue")
+    counted = _counted("new"), _counted("replay")  # docs/MONITORING.md
     items = [("invoice", "a", "2026-02-01"), ("credit_note", "b", "2026-02-02"),
              ("invoice", "c", "2026-02-03")]
     first = batch(client, blue, *items)
@@ -44,6 +52,8 @@ def test_batch_numbers_in_order_and_a_replayed_batch_answers_the_same(client, ag
     again = batch(client, blue, *items).get_json()["items"]
     assert [{**e, "replay": False} for e in again] == taken
     assert all(e["replay"] for e in again)
+    # each item counted once, as taken or replayed (invoice: 2 new, then 2 replays)
+    assert (_counted("new"), _counted("replay")) == (counted[0] + 2, counted[1] + 2)
     # a single allocation after the batch continues the sequence
     single = client.post("/v1/allocations", headers=blue, json={
         "document": "invoice", "reference": "d", "date": "2026-02-04"})

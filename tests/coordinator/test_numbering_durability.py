@@ -210,10 +210,16 @@ def test_aof_off_is_never_acknowledged(tmp_path, server_binary):
     try:
         redis.Redis.from_url(server.url).config_set("appendonly", "no")
         refused = _not_durable()
-        response = _take(_app(server.url), _agent(server.url), "1")
+        client, headers = _app(server.url), _agent(server.url)
+        response = _take(client, headers, "1")
         assert response.status_code == 503
         assert "appendonly" in response.get_json()["message"]
         assert _not_durable() == refused + 1
+        # a refused batch is counted once per item, as that many single refusals would be
+        items = [{"document": "invoice", "reference": ref, "date": "2026-03-03"} for ref in "23"]
+        batch = client.post("/v1/allocation-batches", headers=headers, json={"items": items})
+        assert batch.status_code == 503
+        assert _not_durable() == refused + 3
     finally:
         server.stop()
 

@@ -149,6 +149,7 @@ def test_series_crud_and_rules(client, admin, valkey):
                           json={"name": "acme-us", "description": "ACME Inc. (US)"})
     assert created.status_code == 201
     assert created.get_json()["name"] == "acme-us" and created.get_json()["systems"] == []
+    assert created.get_json()["description"] == "ACME Inc. (US)"
     assert client.post("/v1/series", headers=admin, json={"name": "acme-us"}).status_code == 409
     for bad in ({"name": "Acme"}, {"name": ""}, {"name": "a/b"}, {"description": "x"},
                 {"name": "x", "colour": "red"}, {"name": "default"}):
@@ -175,9 +176,21 @@ def test_series_crud_and_rules(client, admin, valkey):
                                   "updated_at": patched.get_json()["updated_at"]}
     assert client.get("/v1/series/acme-us", headers=admin).get_json() == patched.get_json()
     for path, message in (("nope", "No series 'nope'"), ("Nope", "No such series"),
-                          ("nope/sequences/invoice", "No series 'nope'")):
+                          ("nope/sequences/invoice", "No series 'nope'"),
+                          ("nope/sequences", "No series 'nope'"),
+                          ("nope/sequences/invoice/audit", "No series 'nope'"),
+                          ("nope/sequences/invoice/ledger?period=2026", "No series 'nope'"),
+                          ("nope/sequences/invoice/gaps?period=2026", "No series 'nope'"),
+                          ("Nope/sequences", "No such series"),
+                          ("Nope/sequences/invoice", "No such series")):
         missing = client.get(f"/v1/series/{path}", headers=admin)
         assert (missing.status_code, missing.get_json()["message"]) == (404, message), path
+    before = snapshot(valkey.url)  # a sequence of a series that does not exist is not made
+    for name, message in (("nope", "No series 'nope'"), ("Nope", "No such series")):
+        missing = client.patch(f"/v1/series/{name}/sequences/invoice", headers=admin,
+                               json={"padding": 4})
+        assert (missing.status_code, missing.get_json()["message"]) == (404, message)
+    assert snapshot(valkey.url) == before
     assert client.get("/v1/series/acme-us/sequences/nope", headers=admin).status_code == 404
     kept = client.delete("/v1/series/default", headers=admin)
     assert kept.get_json()["message"] == "The series 'default' cannot be deleted"
@@ -228,6 +241,9 @@ def test_systems_in_series_numbers_come_only_from_their_series(client, admin, va
     assert [(e["system"], e["id"]) for e in ledger["entries"]] == [
         ("orange", "acme/invoice:2026:1")]
     assert client.get("/v1/series/acme", headers=admin).get_json()["systems"] == ["orange"]
+    listed = client.get("/v1/series", headers=admin).get_json()
+    assert [(s["name"], s["systems"]) for s in listed] == [("default", ["blue"]),
+                                                           ("acme", ["orange"])]
     # Settings are per series.
     assert client.patch("/v1/series/acme/sequences/invoice", headers=admin,
                         json={"format": "US-{YEAR}-{NUMBER}"}).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -100,7 +101,8 @@ def test_numeric_exchange_rate_converted_exactly(client, admin):
     assert system.get_json()["exchange_rate"] == "2"
 
 
-def test_list_get_patch_delete(client, admin, redis_client):
+def test_list_get_patch_delete(client, admin, redis_client, caplog):
+    caplog.set_level(logging.INFO, logger="coordinator.systems.api")
     client.post("/v1/systems", json=body(), headers=admin)
     client.post("/v1/systems", json=body(name="red", access_key=None), headers=admin)
     listed = client.get("/v1/systems", headers=admin)
@@ -113,6 +115,11 @@ def test_list_get_patch_delete(client, admin, redis_client):
     assert patched.status_code == 200, patched.get_json()
     assert "new-" + SECRET not in patched.get_data(as_text=True)
     assert_no_plaintext(patched)
+    # secrets are never logged: the change is logged by the names of its fields
+    logged = [r.getMessage() for r in caplog.records if r.name == "coordinator.systems.api"]
+    assert logged[-1] == ("system updated: red (access_key, api_secret, auto_sync, "
+                          "description, exchange_rate, step)")
+    assert SECRET not in caplog.text and ACCESS_KEY not in caplog.text
     red = client.get("/v1/systems/red", headers=admin).get_json()
     assert (red["description"], red["step"], red["auto_sync"], red["exchange_rate"]) == (
         "US brand", 250, False, "0.9231")
