@@ -6,7 +6,8 @@ them and counts what the tests catch:
 - the Python of each module in ``[tool.invoice-sync.mutation.<module>]`` (pyproject.toml) with
   mutmut, one module at a time, each in its own copy under ``mutants/<module>/`` and with only its
   own tests (mutmut then runs, per mutant, just the tests that reach the mutated function);
-- the Lua scripts and the WHMCS PHP, which mutmut cannot change, with the hand-written list in
+- the Lua scripts, the WHMCS PHP and the decorated Python functions (Flask views, click
+  commands, context managers, properties), which mutmut cannot change, with the hand-written list in
   ``tests/mutations/handwritten.toml``: one mutation at a time in a copy under
   ``mutants/handwritten/``, the named tests run, the file restored before the next.
 
