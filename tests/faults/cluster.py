@@ -29,17 +29,42 @@ from redis.cluster import RedisCluster, key_slot
 
 from coordinator.ops.embedded import ValkeyServer, server_binary
 
+BUS_OFFSET = 10000
+"""A node's cluster bus listens on its port + 10000."""
+
+_handed_out: set[int] = set()
+"""Ports and bus ports given to nodes by this process: free when checked, bound only later."""
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where every client connection and every
+    ``free_port()`` server of the other tests gets its port)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too (so below 55536)."""
+    """A free port whose cluster bus port (+10000) is free too.
+
+    Both lie below the ephemeral range, so no connection or other test's server takes them
+    between this check and the node's start; and neither is the port or bus port of a node
+    picked before (a node started first would otherwise bind its bus on the next one's port).
+    """
+    high = max(_ephemeral_low() - BUS_OFFSET - 1, 15001)
     while True:
-        port = random.randint(20000, 45000)
+        port = random.randint(15000, high)
+        pair = {port, port + BUS_OFFSET}
+        if pair & _handed_out:
+            continue
         try:
-            for candidate in (port, port + 10000):
+            for candidate in pair:
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", candidate))
         except OSError:
             continue
+        _handed_out.update(pair)
         return port
 
 
@@ -82,14 +107,18 @@ class ClusterDeployment:
     def start(self, timeout: float = 60.0) -> ClusterDeployment:
         if self.cli is None:
             raise RuntimeError(f"no cluster CLI next to {self.binary} or on PATH")
-        for node in self.nodes:
-            node.start()
-        subprocess.run(
-            [self.cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
-             "--cluster-replicas", "1", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )
-        self.wait_healthy(timeout)
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                [self.cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                 "--cluster-replicas", "1", "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()  # no node left running behind a failed start
+            raise
         return self
 
     def _client(self, port: int) -> redis.Redis:
